@@ -35,6 +35,12 @@ def apply_override(config: dict, assignment: str) -> dict:
     if not sep or not key:
         raise KdsweepError(f"override '{assignment}' is not of the form key=value, e.g. training.lr=0.01")
     value = yaml.safe_load(raw) if raw != "" else ""
+    if isinstance(value, str):
+        # YAML 1.1 reads 1e-3 (no dot) as a string; on a command line it means a number.
+        try:
+            value = float(value)
+        except ValueError:
+            pass
     update = value
     for part in reversed(key.split(".")):
         update = {part: update}

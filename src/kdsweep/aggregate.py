@@ -1,0 +1,267 @@
+"""Run folders -> tables: whatever has finished so far, as CSV (and Markdown where the seed has a table).
+
+Every aggregate over seeds carries `<quantity>_mean`, `_std`, `_n` and `_ci95` (the half-width of a
+Student-t 95% confidence interval); with one seed std and ci95 are NaN, never zero.
+Accuracies are percent. `soft_weight` is w, the weight of the soft (teacher) term (the seed's alpha = 1 - w).
+"""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from kdsweep.errors import KdsweepError
+from kdsweep.io import write_text
+from kdsweep.naming import fmt
+
+ROLES = ("teacher", "baseline", "kd")
+TABLES = ("runs.csv", "robustness.csv", "table1.csv", "table1.md",
+          "kd_vs_hard.csv", "kd_vs_hard.md", "grid.csv")
+KEYS = ["dataset", "model", "role", "temperature", "soft_weight", "seed"]
+RUN_COLUMNS = KEYS + ["epochs", "best_epoch", "stopped_early", "val_acc", "val_loss", "test_acc",
+                      "test_loss", "train_seconds", "device", "run"]
+ROBUSTNESS_COLUMNS = KEYS + ["attack", "epsilon", "clean_acc", "adv_acc", "adv_acc_on_correct",
+                             "n", "n_correct", "run"]
+_METRICS_REQUIRED = ("role", "dataset", "model", "seed", "temperature", "soft_weight", "val_acc", "test_acc")
+_ATTACK_REQUIRED = ("attack", "epsilon", "role", "model", "temperature", "soft_weight", "seed",
+                    "clean_acc", "adv_acc", "adv_acc_on_correct")
+_NUMERIC = ("temperature", "soft_weight", "seed", "epochs", "best_epoch", "val_acc", "val_loss", "test_acc",
+            "test_loss", "train_seconds", "epsilon", "clean_acc", "adv_acc", "adv_acc_on_correct", "n", "n_correct")
+_TIE = 1e-9  # means closer than this count as a tie
+
+
+def _read_json(path, required):
+    path = Path(path)
+    fix = "delete it and rerun the job that writes it"
+    try:
+        record = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise KdsweepError(f"{path} is not valid JSON ({exc}): {fix}.") from None
+    missing = [key for key in required if key not in record] if isinstance(record, dict) else list(required)
+    if missing:
+        raise KdsweepError(f"{path} lacks {', '.join(missing)}: {fix}.")
+    return record
+
+
+def _frame(rows, columns):
+    frame = pd.DataFrame(rows, columns=columns)
+    for column in set(_NUMERIC) & set(columns):
+        frame[column] = pd.to_numeric(frame[column])
+    return frame
+
+
+def _sorted(frame, by):
+    order = {role: i for i, role in enumerate(ROLES)}
+    return frame.sort_values(by, key=lambda c: c.map(order) if c.name == "role" else c,
+                             ignore_index=True)
+
+
+def _results(results_dir):
+    results_dir = Path(results_dir)
+    if not results_dir.is_dir():
+        raise KdsweepError(f"{results_dir} is not a folder: pass the study's results folder (results/<study>).")
+    return results_dir
+
+
+def collect_runs(results_dir) -> pd.DataFrame:
+    """One row per finished run (a folder with metrics.json); unfinished runs are skipped."""
+    results_dir = _results(results_dir)
+    rows = []
+    for path in results_dir.glob("runs/*/*/metrics.json"):
+        record = _read_json(path, _METRICS_REQUIRED)
+        row = {key: record.get(key) for key in RUN_COLUMNS}
+        row["run"] = path.parent.relative_to(results_dir).as_posix()
+        rows.append(row)
+    return _sorted(_frame(rows, RUN_COLUMNS), ["role", "dataset", "model", "temperature", "soft_weight", "seed"])
+
+
+def collect_attacks(results_dir) -> pd.DataFrame:
+    """One row per attack result file; `run` is the attacked run folder relative to results_dir."""
+    results_dir = _results(results_dir)
+    columns = [c for c in ROBUSTNESS_COLUMNS if c != "dataset"]
+    rows = []
+    for path in results_dir.glob("attacks/*/*/*.json"):
+        record = _read_json(path, _ATTACK_REQUIRED)
+        row = {key: record.get(key) for key in columns}
+        row["run"] = f"runs/{path.parent.parent.name}/{path.parent.name}"
+        rows.append(row)
+    return _sorted(_frame(rows, columns),
+                   ["role", "model", "temperature", "soft_weight", "seed", "attack", "epsilon"])
+
+
+def summarise(frame, by, value, name=None) -> pd.DataFrame:
+    """Per group of `by`: `<name>_mean, _std, _n, _ci95` of column `value` over the group's rows (seeds)."""
+    out = frame.groupby(by, dropna=False, sort=True)[value].agg(["mean", "std", "count"])
+    out = out.rename(columns={"count": "n"})
+    with np.errstate(invalid="ignore", divide="ignore"):
+        half = stats.t.ppf(0.975, out["n"] - 1) * out["std"] / np.sqrt(out["n"])
+    out["ci95"] = half.where(out["n"] > 1)
+    out.columns = [f"{name or value}_{c}" for c in out.columns]
+    return out
+
+
+def pick_best(means: pd.Series):
+    """Index label of the highest value; ties (and near-ties) go to the lowest label."""
+    means = means.dropna().sort_index()
+    return means.index[means >= means.max() - _TIE][0]
+
+
+def _robustness(runs, attacks):
+    frame = attacks.merge(runs[["run", "dataset"]], on="run", how="left")
+    return frame[ROBUSTNESS_COLUMNS]
+
+
+def _scores(runs, robustness):
+    """Long form: one accuracy per (run, epsilon); epsilon 0 is the clean test accuracy."""
+    clean = runs[["run", "test_acc"]].rename(columns={"test_acc": "acc"}).assign(epsilon=0.0)
+    fgsm = robustness.loc[robustness["attack"] == "fgsm", ["run", "adv_acc", "epsilon"]]
+    return pd.concat([clean, fgsm.rename(columns={"adv_acc": "acc"})], ignore_index=True)
+
+
+def _eps(epsilon):
+    return f"eps={fmt(epsilon)}"
+
+
+def _counts_as_int(table):
+    """Groups absent from one side of a join have n = 0, not NaN."""
+    counts = [c for c in table.columns if c.endswith("_n")]
+    table[counts] = table[counts].fillna(0).astype(int)
+    return table
+
+
+def _table1(runs, robustness):
+    keys = ["role", "dataset", "model"]
+    base = runs[runs["role"].isin(["teacher", "baseline"])]
+    fgsm = robustness.loc[robustness["attack"] == "fgsm", ["run", "epsilon", "adv_acc"]]
+    fgsm = fgsm.merge(base[["run", *keys]], on="run")
+    parts = [summarise(base, keys, "test_acc")]
+    parts += [summarise(rows, keys, "adv_acc", _eps(epsilon)) for epsilon, rows in fgsm.groupby("epsilon")]
+    return _counts_as_int(_sorted(pd.concat(parts, axis=1).reset_index(), keys))
+
+
+def _grid(runs):
+    keys = ["dataset", "model", "temperature", "soft_weight"]
+    kd = runs[runs["role"] == "kd"]
+    return pd.concat([summarise(kd, keys, "test_acc"), summarise(kd, keys, "val_acc")], axis=1).reset_index()
+
+
+def _kd_vs_hard(runs, robustness, grid):
+    """Per student: the distilled (T, w > 0) with the best mean validation accuracy against the baseline."""
+    scores = _scores(runs, robustness)
+    rows = []
+    students = runs.loc[runs["role"].isin(["baseline", "kd"]), ["dataset", "model"]].drop_duplicates()
+    for dataset, model in students.itertuples(index=False):
+        mine = runs[(runs["dataset"] == dataset) & (runs["model"] == model)]
+        cells = grid[(grid["dataset"] == dataset) & (grid["model"] == model) & (grid["soft_weight"] > 0)]
+        cells = cells.set_index(["temperature", "soft_weight"])["val_acc_mean"]
+        temperature = soft_weight = val_acc = np.nan
+        kd_runs = []
+        if len(cells):  # w = 0 is hard targets only: not a distilled candidate
+            temperature, soft_weight = pick_best(cells)
+            val_acc = cells[(temperature, soft_weight)]
+            kd_runs = mine.loc[(mine["role"] == "kd") & (mine["temperature"] == temperature)
+                               & (mine["soft_weight"] == soft_weight), "run"]
+        hard_runs = mine.loc[mine["role"] == "baseline", "run"]
+        hard = summarise(scores[scores["run"].isin(hard_runs)], "epsilon", "acc", "hard")
+        kd = summarise(scores[scores["run"].isin(kd_runs)], "epsilon", "acc", "kd")
+        both = pd.concat([hard, kd], axis=1).sort_index().reset_index()
+        both = _counts_as_int(both.reindex(columns=["epsilon", *hard.columns, *kd.columns]))
+        both["boost"] = both["kd_mean"] - both["hard_mean"]
+        both.insert(0, "measure", np.where(both["epsilon"] == 0, "clean", "fgsm"))
+        rows.append(both.assign(dataset=dataset, model=model, temperature=temperature,
+                                soft_weight=soft_weight, kd_val_acc_mean=val_acc))
+    columns = ["dataset", "model", "temperature", "soft_weight", "kd_val_acc_mean", "measure", "epsilon",
+               *(f"{side}_{stat}" for side in ("hard", "kd") for stat in ("mean", "std", "n", "ci95")), "boost"]
+    table = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame()
+    return table.reindex(columns=columns).sort_values(["dataset", "model", "epsilon"], ignore_index=True)
+
+
+def _cell(mean, ci, n):
+    """`mean ± ci95 (n)` with several seeds, the mean alone with one, a dash with none."""
+    if pd.isna(mean):
+        return "–"
+    return f"{mean:.2f} ± {ci:.2f} ({int(n)})" if n > 1 else f"{mean:.2f}"
+
+
+def _markdown(caption, header, rows):
+    lines = [caption, "", "| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    lines += ["| " + " | ".join(str(value) for value in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+_CI_NOTE = "Accuracies in %; with several seeds: mean ± 95% CI half-width (Student t) (n seeds)."
+
+
+def _table1_markdown(table):
+    epsilons = [c[: -len("_mean")] for c in table.columns if c.startswith("eps=") and c.endswith("_mean")]
+    header = ["role", "dataset", "model", "test accuracy (%)", *(f"FGSM {e} (%)" for e in epsilons)]
+    rows = [[row["role"], row["dataset"], row["model"],
+             *(_cell(row[f"{q}_mean"], row[f"{q}_ci95"], row[f"{q}_n"]) for q in ["test_acc", *epsilons])]
+            for _, row in table.iterrows()]
+    caption = ("Table I. Teacher and hard-target baselines: clean test accuracy and accuracy under FGSM "
+               "(eps in [0, 1] pixel units). " + _CI_NOTE)
+    return _markdown(caption, header, rows)
+
+
+def _kd_vs_hard_markdown(table):
+    header = ["dataset", "student", "temperature T", "soft_weight w", "measure", "hard targets (%)",
+              "distilled (%)", "boost (kd - hard, points)"]
+    rows = []
+    for _, row in table.iterrows():
+        measure = "clean test accuracy" if row["measure"] == "clean" else f"FGSM eps={fmt(row['epsilon'])}"
+        rows.append([row["dataset"], row["model"],
+                     "–" if pd.isna(row["temperature"]) else fmt(row["temperature"]),
+                     "–" if pd.isna(row["soft_weight"]) else fmt(row["soft_weight"]), measure,
+                     _cell(row["hard_mean"], row["hard_ci95"], row["hard_n"]),
+                     _cell(row["kd_mean"], row["kd_ci95"], row["kd_n"]),
+                     "–" if pd.isna(row["boost"]) else f"{row['boost']:+.2f}"])
+    caption = ("Tables II-V. Best distilled run per student against its hard-target baseline. The distilled "
+               "(T, w) is the one with the highest VALIDATION accuracy (mean over seeds, w > 0); test accuracy "
+               "is never used to choose it. w = soft_weight, the weight of the soft (teacher) term; the seed's "
+               "alpha = 1 - w. " + _CI_NOTE)
+    return _markdown(caption, header, rows)
+
+
+def write_tables(results_dir) -> list[Path]:
+    """Write every table of TABLES under results_dir/tables/ from whatever has finished."""
+    results_dir = _results(results_dir)
+    runs = collect_runs(results_dir)
+    robustness = _robustness(runs, collect_attacks(results_dir))
+    grid = _grid(runs)
+    table1 = _table1(runs, robustness)
+    kd_vs_hard = _kd_vs_hard(runs, robustness, grid)
+    out = results_dir / "tables"
+    csv = {"runs.csv": runs, "robustness.csv": robustness, "table1.csv": table1,
+           "kd_vs_hard.csv": kd_vs_hard, "grid.csv": grid}
+    texts = {name: frame.to_csv(index=False, float_format="%.10g") for name, frame in csv.items()}
+    texts["table1.md"] = _table1_markdown(table1)
+    texts["kd_vs_hard.md"] = _kd_vs_hard_markdown(kd_vs_hard)
+    return [write_text(out / name, texts[name]) for name in TABLES]
+
+
+def best_temperature(run_dirs) -> dict:
+    """Staged sweep: the temperature whose runs (one student, one soft weight, any seeds) have the
+    highest mean validation accuracy; ties go to the lower temperature."""
+    records = []
+    for run_dir in run_dirs:
+        path = Path(run_dir) / "metrics.json"
+        if not path.is_file():
+            raise KdsweepError(f"{run_dir} has no metrics.json (the run has not finished): "
+                               "finish its distill job before choosing the temperature.")
+        records.append(_read_json(path, _METRICS_REQUIRED))
+    if not records:
+        raise KdsweepError("best-temperature got no run folders: pass the distilled runs of one student.")
+    runs = _frame(records, list(_METRICS_REQUIRED))
+    if (runs["role"] != "kd").any():
+        raise KdsweepError("best-temperature takes distilled (kd) runs only: pass runs/kd/... folders.")
+    for key in ("dataset", "model", "soft_weight"):
+        if runs[key].nunique(dropna=False) != 1:
+            raise KdsweepError(f"best-temperature got runs with different {key} values "
+                               f"({sorted(runs[key].unique())}): pass the runs of one student at one soft weight.")
+    means = runs.groupby("temperature")["val_acc"].mean()
+    best = pick_best(means)
+    return {"student": runs["model"].iloc[0], "temperature": float(best),
+            "soft_weight": float(runs["soft_weight"].iloc[0]), "val_acc": float(means[best]),
+            "candidates": {float(t): float(v) for t, v in means.items()}}

@@ -1,0 +1,217 @@
+"""`python -m kdsweep <command>`: every job of the workflow, runnable by hand.
+
+Each command takes the study config as YAML files (`--config`, repeatable,
+merged in order) and trailing `key=value` overrides, like snakemake's
+--configfile and --config. Errors a user can cause end with one sentence on
+stderr and exit status 2.
+"""
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from .errors import KdsweepError
+
+EPILOG = "Overrides are dotted config keys with YAML values, e.g. training.lr=0.01 runtime.device=cpu seeds=[0,1]."
+
+
+def _config_args(parser):
+    parser.add_argument("--config", action="append", default=[], metavar="YAML",
+                        help="study config file; repeat to merge several in order "
+                             "(default: ./config.yaml)")
+    parser.add_argument("overrides", nargs="*", metavar="key=value",
+                        help="config overrides applied after the files, e.g. training.max_epochs=5")
+
+
+def _load(args):
+    from .config import load_config
+
+    return load_config(args.config, args.overrides)
+
+
+def _command(subparsers, name, help_text, description=None):
+    parser = subparsers.add_parser(name, help=help_text, description=description or help_text, epilog=EPILOG)
+    return parser
+
+
+def cmd_download(args):
+    from . import data
+
+    config = _load(args)
+    path = data.download(config["dataset"]["name"], config["dataset"]["root"])
+    print(f"{config['dataset']['name']} is ready in {path}")
+
+
+def cmd_stats(args):
+    from . import data
+
+    config = _load(args)
+    stats = data.write_stats(args.out, config["dataset"])
+    print(f"wrote {args.out}: mean {['%.4f' % m for m in stats['mean']]} std {['%.4f' % s for s in stats['std']]}")
+
+
+def _train(args, spec, teacher_dir=None):
+    from .train import EXIT_PREEMPTED, Preempted, train_run
+
+    config = _load(args)
+    try:
+        train_run(config, spec, args.stats, args.out, teacher_dir=teacher_dir)
+    except Preempted:
+        sys.exit(EXIT_PREEMPTED)
+
+
+def cmd_train(args):
+    from .train import RunSpec
+
+    _train(args, RunSpec(role=args.role, model=args.model, seed=args.seed))
+
+
+def cmd_distill(args):
+    from .train import RunSpec
+
+    spec = RunSpec(role="kd", model=args.student, seed=args.seed,
+                   temperature=args.temperature, soft_weight=args.soft_weight)
+    _train(args, spec, teacher_dir=args.teacher)
+
+
+def cmd_attack(args):
+    import torch
+
+    from . import data, io
+    from .attacks import evaluate_attack
+    from .models import load_model
+    from .train import describe_device, environment, setup_runtime
+
+    config = _load(args)
+    if not args.epsilon > 0:
+        raise KdsweepError(f"epsilon {args.epsilon} must be positive, in [0, 1] pixel units (e.g. 0.03)")
+    run_dir = Path(args.run)
+    if not (run_dir / "metrics.json").exists():
+        raise KdsweepError(f"run {run_dir} is not finished (no metrics.json); train it before attacking it")
+    run = io.read_json(run_dir / "metrics.json")
+    device = setup_runtime(config["runtime"])
+    model = load_model(run_dir / "model.pt", device)
+    splits = data.load_splits(config["dataset"], device)
+    started = time.perf_counter()
+    result = evaluate_attack(model, splits.test.images, splits.test.labels, args.epsilon, config["training"]["eval_batch_size"])
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    result.update(
+        attack="fgsm", epsilon=args.epsilon, run=str(run_dir),
+        **{key: run[key] for key in ("role", "model", "temperature", "soft_weight", "seed", "dataset")},
+        seconds=time.perf_counter() - started, device=describe_device(device), slurm=environment()["slurm"],
+    )
+    io.write_json(args.out, result)
+    print(f"{run_dir} FGSM eps={args.epsilon:g}: clean {result['clean_acc']:.2f}% -> adversarial {result['adv_acc']:.2f}%")
+
+
+def cmd_aggregate(args):
+    from .aggregate import write_tables
+
+    for path in write_tables(Path(args.results)):
+        print(f"wrote {path}")
+
+
+def cmd_plots(args):
+    from .plots import write_figures
+
+    for path in write_figures(Path(args.results), args.soft_weight, students=args.students):
+        print(f"wrote {path}")
+
+
+def cmd_best_temperature(args):
+    from . import io
+    from .aggregate import best_temperature
+
+    choice = best_temperature([Path(run) for run in args.runs])
+    io.write_json(args.out, choice)
+    print(f"best temperature for {choice['student']}: T={choice['temperature']:g} "
+          f"(mean val acc {choice['val_acc']:.2f}%)")
+
+
+def cmd_models(args):
+    from .models import MODELS
+
+    print("\n".join(MODELS))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m kdsweep",
+        description="Knowledge-distillation study jobs. Each command is one job of the Snakemake workflow.",
+    )
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="command")
+
+    p = _command(subparsers, "download", "download dataset.name into dataset.root (run once, on a login node)")
+    _config_args(p)
+    p.set_defaults(func=cmd_download)
+
+    p = _command(subparsers, "stats", "split the training set and store its per-channel mean and std")
+    _config_args(p)
+    p.add_argument("--out", required=True, help="stats file to write, e.g. results/<study>/data/stats.json")
+    p.set_defaults(func=cmd_stats)
+
+    for name, help_text in (
+        ("train", "train a teacher or a hard-target baseline"),
+        ("distill", "distil a student from a trained teacher at one temperature and soft weight"),
+    ):
+        p = _command(subparsers, name, help_text)
+        _config_args(p)
+        if name == "train":
+            p.add_argument("--role", choices=["teacher", "baseline"], default="baseline",
+                           help="teacher or hard-target baseline (default: baseline); only the name differs")
+            p.add_argument("--model", required=True, help="architecture (see `python -m kdsweep models`)")
+        else:
+            p.add_argument("--student", required=True, help="student architecture")
+            p.add_argument("--teacher", required=True, help="run folder of the trained teacher (holds model.pt)")
+            p.add_argument("--temperature", type=float, required=True, help="softmax temperature T > 0")
+            p.add_argument("--soft-weight", type=float, required=True,
+                           help="weight w of the soft (teacher) term in [0, 1]; 1 - w weighs the hard labels")
+        p.add_argument("--seed", type=int, required=True, help="seed of the run (python, numpy, torch, data order)")
+        p.add_argument("--stats", required=True, help="stats file written by `python -m kdsweep stats`")
+        p.add_argument("--out", required=True, help="run folder; a checkpoint there is resumed")
+        p.set_defaults(func=cmd_train if name == "train" else cmd_distill)
+
+    p = _command(subparsers, "attack", "FGSM accuracy of a finished run on the whole test set at one epsilon")
+    _config_args(p)
+    p.add_argument("--run", required=True, help="finished run folder (holds metrics.json and model.pt)")
+    p.add_argument("--epsilon", type=float, required=True, help="perturbation size in [0, 1] pixel units")
+    p.add_argument("--out", required=True, help="JSON file to write")
+    p.set_defaults(func=cmd_attack)
+
+    p = _command(subparsers, "aggregate", "write the tables of a study from whatever runs have finished")
+    p.add_argument("results", help="the study's folder, results/<study>")
+    p.set_defaults(func=cmd_aggregate)
+
+    p = _command(subparsers, "plots", "draw the study's figures from its tables")
+    p.add_argument("results", help="the study's folder, results/<study>")
+    p.add_argument("--soft-weight", type=float, required=True,
+                   help="soft weight of the accuracy-vs-temperature figure (the config's staged.soft_weight)")
+    p.add_argument("--students", nargs="+", metavar="MODEL",
+                   help="students to draw (default: those with a finished run); each gets its figures "
+                        "even before its runs finish")
+    p.set_defaults(func=cmd_plots)
+
+    p = _command(subparsers, "best-temperature",
+                 "pick a student's temperature on validation accuracy (the staged sweep's checkpoint)")
+    p.add_argument("runs", nargs="+", help="finished distillation run folders of one student at one soft weight")
+    p.add_argument("--out", required=True, help="JSON file to write")
+    p.set_defaults(func=cmd_best_temperature)
+
+    p = _command(subparsers, "models", "list the architectures that can be named in the config")
+    p.set_defaults(func=cmd_models)
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except KdsweepError as err:
+        print(f"kdsweep: error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

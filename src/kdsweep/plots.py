@@ -1,0 +1,240 @@
+"""Tables -> figures (PNG + PDF) under results/<study>/figures/, one fixed file name per figure.
+
+Plots whatever has finished: a figure whose data is missing is still written, with a note saying so.
+Error bars and bands are 95% confidence intervals over seeds (absent with one seed).
+"""
+
+import io
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
+
+from kdsweep import aggregate
+from kdsweep.io import write_bytes
+from kdsweep.naming import fmt
+
+FORMATS = ("png", "pdf")
+PER_STUDENT = ("soft_weight", "grid", "fgsm")
+_NEEDED = ("runs.csv", "table1.csv", "kd_vs_hard.csv", "grid.csv")
+_SIZE = (6.4, 4.4)
+_STYLE = {"axes.titlesize": "medium", "savefig.dpi": 150}  # two-line titles fit; readable at 100%
+_ACC = "test accuracy (%)"
+_W = "soft weight w (weight of the teacher term; α = 1 − w)"
+
+
+def figure_names(students) -> list[str]:
+    """File names (under figures/) that write_figures writes for these students."""
+    stems = ["temperature", *(f"{kind}_{student}" for student in students for kind in PER_STUDENT)]
+    return [f"{stem}.{ext}" for stem in stems for ext in FORMATS]
+
+
+def _close(series, value):
+    return (series.astype(float) - value).abs() < 1e-9
+
+
+def _ticks(ax, values):
+    values = sorted(set(float(v) for v in values))
+    ax.set_xticks(values, [fmt(v) for v in values])
+
+
+def _note(ax, text):
+    ax.set(xticks=[], yticks=[])
+    ax.text(0.5, 0.5, text, transform=ax.transAxes, ha="center", va="center", wrap=True,
+            bbox={"boxstyle": "round", "facecolor": "0.95", "edgecolor": "0.6"})
+
+
+def _errorbar(ax, x, frame, prefix, **style):
+    ci = frame[f"{prefix}_ci95"].astype(float)
+    ax.errorbar(x, frame[f"{prefix}_mean"], yerr=None if ci.isna().all() else ci.fillna(0),
+                marker="o", capsize=3, **style)
+
+
+def _hline(ax, row, prefix, label, color, band=False):
+    """A dashed reference line; with band, its 95% CI (several seeds) as thin dotted lines either side."""
+    mean, ci = row[f"{prefix}_mean"], row[f"{prefix}_ci95"]
+    band = band and pd.notna(ci)
+    ax.axhline(mean, linestyle="--", color=color, label=label + (" (dotted: 95% CI)" if band else ""))
+    if band:
+        for bound in (mean - ci, mean + ci):
+            ax.axhline(bound, linestyle=":", linewidth=0.8, color=color)
+
+
+def _legend(ax, frames):
+    """Legend below the axes (never over the data); its title says what the error bars are when any
+    point has several seeds."""
+    several = any((frame.filter(regex="_n$") > 1).any(axis=None) for frame in frames)
+    ax.figure.legend(loc="outside lower center", ncols=2, fontsize="small", title_fontsize="small",
+                     title="error bars: 95% CI over seeds" if several else None)
+
+
+def _student_temperature(grid, runs, student, soft_weight):
+    """The temperature best_temperature would pick at `soft_weight`, else the best over all kd runs."""
+    cells = grid[(grid["model"] == student) & _close(grid["soft_weight"], soft_weight)]
+    if len(cells):
+        best = aggregate.pick_best(cells.set_index("temperature")["val_acc_mean"])
+        return best, f"best validation accuracy at w = {fmt(soft_weight)}"
+    kd = runs[(runs["model"] == student) & (runs["role"] == "kd")]
+    if kd.empty:
+        return None, None
+    best = aggregate.pick_best(kd.groupby("temperature")["val_acc"].mean())
+    return best, f"best mean validation accuracy over all w; none at w = {fmt(soft_weight)}"
+
+
+def _soft_weight_figure(tables, student, soft_weight, dataset):
+    grid, runs, table1 = tables["grid.csv"], tables["runs.csv"], tables["table1.csv"]
+    fig = Figure(figsize=_SIZE, layout="constrained")
+    ax = fig.add_subplot()
+    temperature, why = _student_temperature(grid, runs, student, soft_weight)
+    title = f"{dataset} · {student}: test accuracy vs soft weight"
+    if temperature is None:
+        _note(ax, f"no distilled run of {student} has finished yet")
+    else:
+        title += f"\nT = {fmt(temperature)} ({why})"
+        cells = grid[(grid["model"] == student) & _close(grid["temperature"], temperature)]
+        cells = cells.sort_values("soft_weight")
+        _errorbar(ax, cells["soft_weight"], cells, "test_acc", color="C0",
+                  label=f"distilled, T = {fmt(temperature)}")
+        hard = cells[_close(cells["soft_weight"], 0)]
+        baseline = table1[(table1["role"] == "baseline") & (table1["model"] == student)]
+        if len(hard):
+            _hline(ax, hard.iloc[0], "test_acc", "w = 0 (hard targets only)", "tab:red")
+        elif len(baseline):
+            _hline(ax, baseline.iloc[0], "test_acc", "hard-target baseline (w = 0)", "tab:red", band=True)
+        soft = cells[_close(cells["soft_weight"], 1)]
+        if len(soft):
+            _hline(ax, soft.iloc[0], "test_acc", "w = 1 (soft targets only)", "tab:green")
+        _ticks(ax, [0.0, 1.0, *cells["soft_weight"]])  # w lies in [0, 1]
+        ax.set_xlim(-0.05, 1.05)
+        _legend(ax, [cells, baseline])
+    ax.set(xlabel=_W, ylabel=_ACC, title=title)
+    return fig
+
+
+def _temperature_figure(tables, students, soft_weight, dataset):
+    grid = tables["grid.csv"]
+    fig = Figure(figsize=_SIZE, layout="constrained")
+    ax = fig.add_subplot()
+    at_w = grid[_close(grid["soft_weight"], soft_weight)]
+    plotted = False
+    for i, student in enumerate(students):
+        cells = at_w[at_w["model"] == student].sort_values("temperature")
+        if cells.empty:
+            continue
+        plotted = True
+        _errorbar(ax, cells["temperature"], cells, "test_acc", color=f"C{i}", label=student)
+        plain = cells[_close(cells["temperature"], 1)]
+        if len(plain):
+            _hline(ax, plain.iloc[0], "test_acc", f"{student} at T = 1", f"C{i}")
+    if plotted:
+        _ticks(ax, at_w["temperature"])
+        _legend(ax, [at_w[at_w["model"].isin(students)]])
+    else:
+        _note(ax, f"no distilled run at w = {fmt(soft_weight)} has finished yet")
+    ax.set(xlabel="temperature T", ylabel=_ACC,
+           title=f"{dataset}: test accuracy vs temperature at w = {fmt(soft_weight)}")
+    return fig
+
+
+def _grid_figure(tables, student, dataset):
+    grid = tables["grid.csv"]
+    temperatures = sorted(grid["temperature"].astype(float).unique())
+    weights = sorted(grid["soft_weight"].astype(float).unique())
+    cells = grid[grid["model"] == student]
+    fig = Figure(figsize=(1.0 * len(weights) + 3.4, 0.55 * len(temperatures) + 2.2) if len(cells) else _SIZE,
+                 layout="constrained")
+    ax = fig.add_subplot()
+    ax.set(xlabel=_W, ylabel="temperature T",
+           title=f"{dataset} · {student}: test accuracy (%)\n(mean over seeds; box: best on validation)")
+    if cells.empty:
+        _note(ax, f"no distilled run of {student} has finished yet")
+        return fig
+
+    def table(column):
+        return cells.pivot(index="temperature", columns="soft_weight", values=column).reindex(
+            index=temperatures, columns=weights).to_numpy(dtype=float)
+
+    mean, ci, n = table("test_acc_mean"), table("test_acc_ci95"), table("test_acc_n")
+    cmap = matplotlib.colormaps["viridis"].with_extremes(bad="white")
+    image = ax.imshow(np.ma.masked_invalid(mean), cmap=cmap, aspect="auto", origin="lower")
+    ax.set_xticks(range(len(weights)), [fmt(w) for w in weights])
+    ax.set_yticks(range(len(temperatures)), [fmt(t) for t in temperatures])
+    for i, j in zip(*np.nonzero(np.isfinite(mean))):
+        text = f"{mean[i, j]:.2f}" + (f"\n±{ci[i, j]:.2f}" if n[i, j] > 1 else "")
+        ax.text(j, i, text, ha="center", va="center", fontsize=8,
+                color="black" if image.norm(mean[i, j]) > 0.5 else "white")
+    chosen = tables["kd_vs_hard.csv"]
+    chosen = chosen[(chosen["model"] == student) & chosen["temperature"].notna()]
+    if len(chosen):  # the distilled run of kd_vs_hard (best on validation)
+        best_t, best_w = chosen.iloc[0][["temperature", "soft_weight"]]
+        ax.add_patch(Rectangle((weights.index(best_w) - 0.5, temperatures.index(best_t) - 0.5), 1, 1,
+                               fill=False, edgecolor="red", linewidth=2))
+    fig.colorbar(image, ax=ax, label=_ACC)
+    return fig
+
+
+def _fgsm_figure(tables, student, dataset):
+    rows = tables["kd_vs_hard.csv"]
+    rows = rows[rows["model"] == student].sort_values("epsilon")
+    fig = Figure(figsize=_SIZE, layout="constrained")
+    ax = fig.add_subplot()
+    plotted = False
+    if len(rows):
+        first = rows.iloc[0]
+        kd_label = (f"distilled (T = {fmt(first['temperature'])}, w = {fmt(first['soft_weight'])})"
+                    if pd.notna(first["temperature"]) else "distilled")
+        for side, label, color in (("hard", "hard targets", "tab:red"), ("kd", kd_label, "C0")):
+            have = rows[rows[f"{side}_n"] > 0]
+            if len(have):
+                plotted = True
+                _errorbar(ax, have["epsilon"], have, side, color=color, label=label)
+    if plotted:
+        _ticks(ax, rows["epsilon"])
+        _legend(ax, [rows])
+    else:
+        _note(ax, f"no finished run of {student} yet")
+    ax.set(xlabel="FGSM ε ([0, 1] pixel units; 0 = clean test set)", ylabel="accuracy under attack (%)",
+           title=f"{dataset} · {student}: FGSM robustness\n(distilled run chosen on validation accuracy)")
+    return fig
+
+
+def _save(fig, folder, stem):
+    paths = []
+    for ext in FORMATS:
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format=ext)
+        paths.append(write_bytes(folder / f"{stem}.{ext}", buffer.getvalue()))  # temp name + os.replace
+    return paths
+
+
+def write_figures(results_dir, soft_weight, students=None) -> list[Path]:
+    """Write every figure of figure_names(students) under results_dir/figures/.
+
+    soft_weight: the weight of the temperature sweep (Fig 6) and of the staged temperature choice.
+    students: the students to draw (default: every student with a finished run); the workflow
+    passes the config's list so that each declared file exists even before any of its runs finish.
+    """
+    results_dir = Path(results_dir)
+    tables_dir = results_dir / "tables"
+    if not all((tables_dir / name).is_file() for name in _NEEDED):
+        aggregate.write_tables(results_dir)
+    tables = {name: pd.read_csv(tables_dir / name) for name in _NEEDED}
+    runs = tables["runs.csv"]
+    if students is None:
+        students = sorted(runs.loc[runs["role"] != "teacher", "model"].unique())
+    dataset = ", ".join(sorted(runs["dataset"].dropna().unique())) or "(no finished run)"
+    out = results_dir / "figures"
+    with matplotlib.rc_context(_STYLE):
+        return _draw_all(tables, students, soft_weight, dataset, out)
+
+
+def _draw_all(tables, students, soft_weight, dataset, out):
+    paths = _save(_temperature_figure(tables, students, soft_weight, dataset), out, "temperature")
+    for student in students:
+        paths += _save(_soft_weight_figure(tables, student, soft_weight, dataset), out, f"soft_weight_{student}")
+        paths += _save(_grid_figure(tables, student, dataset), out, f"grid_{student}")
+        paths += _save(_fgsm_figure(tables, student, dataset), out, f"fgsm_{student}")
+    return paths

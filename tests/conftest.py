@@ -1,0 +1,90 @@
+"""Shared pytest fixtures."""
+
+import pickle
+import struct
+
+import numpy as np
+import pytest
+
+
+# ---------------------------------------------------------------- data: synthetic CIFAR files
+
+class _Py2Pickler(pickle._Pickler):
+    """Pickles str and bytes as Python 2 `str`, as the real CIFAR files were written.
+
+    Read back with encoding="latin1" (what torchvision does) the keys are str ('data');
+    with encoding="bytes" they are b'data', exactly as with the downloaded files.
+    """
+
+    dispatch = dict(pickle._Pickler.dispatch)
+
+    def _save_py2_str(self, obj):
+        data = obj if isinstance(obj, bytes) else obj.encode("latin1")
+        if len(data) < 256:
+            self.write(pickle.SHORT_BINSTRING + bytes([len(data)]) + data)
+        else:
+            self.write(pickle.BINSTRING + struct.pack("<i", len(data)) + data)
+        self.memoize(obj)
+
+    dispatch[str] = _save_py2_str
+    dispatch[bytes] = _save_py2_str
+
+
+def _dump(path, obj):
+    with open(path, "wb") as handle:
+        _Py2Pickler(handle, protocol=2).dump(obj)
+
+
+def write_synthetic_cifar(root, name="cifar10", n_train=50, n_test=20, seed=0):
+    """Random images in CIFAR's on-disk layout under root; returns (train, test) as
+    (uint8 N x 3 x 32 x 32, int64 labels) numpy pairs, in file order."""
+    rng = np.random.default_rng(seed)
+    num_classes = 10 if name == "cifar10" else 100
+    names = [f"class{i}" for i in range(num_classes)]
+
+    def part(n, offset):
+        images = rng.integers(0, 256, size=(n, 3, 32, 32), dtype=np.uint8)
+        labels = (np.arange(n) + offset) % num_classes
+        return images, labels
+
+    train, test = part(n_train, 0), part(n_test, 3)
+
+    def batch(images, labels, label_key, label):
+        entry = {"batch_label": label, "data": images.reshape(len(images), 3072),  # channel-major rows
+                 label_key: [int(x) for x in labels], "filenames": [f"img_{i}.png" for i in range(len(labels))]}
+        if label_key == "fine_labels":
+            entry["coarse_labels"] = [int(x) // 5 for x in labels]
+        return entry
+
+    if name == "cifar10":
+        folder = root / "cifar-10-batches-py"
+        folder.mkdir(parents=True)
+        chunks = np.array_split(np.arange(n_train), 5)
+        for i, idx in enumerate(chunks, start=1):
+            _dump(folder / f"data_batch_{i}",
+                  batch(train[0][idx], train[1][idx], "labels", f"training batch {i} of 5"))
+        _dump(folder / "test_batch", batch(*test, "labels", "testing batch 1 of 1"))
+        _dump(folder / "batches.meta", {"num_cases_per_batch": len(chunks[0]), "label_names": names, "num_vis": 3072})
+    elif name == "cifar100":
+        folder = root / "cifar-100-python"
+        folder.mkdir(parents=True)
+        _dump(folder / "train", batch(*train, "fine_labels", "training batch 1 of 1"))
+        _dump(folder / "test", batch(*test, "fine_labels", "testing batch 1 of 1"))
+        _dump(folder / "meta", {"fine_label_names": names, "coarse_label_names": [f"super{i}" for i in range(20)]})
+    else:
+        raise ValueError(name)
+    return train, test
+
+
+@pytest.fixture
+def synthetic_cifar(tmp_path):
+    """synthetic_cifar(name="cifar10", n_train=50, n_test=20, seed=0) -> (root, (train, test)).
+
+    Writes small random CIFAR files in torchvision's layout under a fresh folder of tmp_path,
+    so the real torchvision loading code runs on them (their md5s do not match the real ones).
+    """
+    def make(name="cifar10", n_train=50, n_test=20, seed=0):
+        root = tmp_path / f"data_{name}_{seed}"
+        return root, write_synthetic_cifar(root, name, n_train, n_test, seed)
+
+    return make

@@ -1,0 +1,237 @@
+"""Aggregation of a fake, partly finished study written in the documented file formats."""
+
+import json
+import math
+
+import pandas as pd
+import pytest
+
+from kdsweep import aggregate
+from kdsweep.errors import KdsweepError
+from kdsweep.naming import attack_file, run_path
+
+DATASET = "cifar10"
+TEACHER = "resnet50"
+BASE = {"resnet18": 88.80, "mobilenet_v3_small": 81.35}  # hard-target test accuracy, seed 0
+TEMPERATURES = (1.0, 4.0, 8.0)
+WEIGHTS = (0.5, 0.9, 1.0)
+EPSILONS = (0.01, 0.05)
+FGSM_FACTOR = {0.01: 0.8, 0.05: 0.2}
+SEED_OFFSET = (0.0, -0.5, 0.5)  # seeds 0, 1, 2: mean = the seed-0 value, std = 0.5
+UNFINISHED = ("mobilenet_v3_small", 8.0, 1.0, 0)  # no metrics.json
+VAL_BEST = (4.0, 0.9)  # resnet18's best cell on validation...
+TEST_BEST = (8.0, 0.5)  # ...and a different one, best on test only
+T_975_2 = 4.302652729911275  # Student t, 97.5% quantile, 2 degrees of freedom (from a t table)
+
+
+def accuracies(model, temperature=None, soft_weight=None):
+    """(val_acc, test_acc) of seed 0 for one run coordinate."""
+    base = BASE.get(model, 91.36)
+    if temperature is None:
+        return base + 0.3, base
+    val = base + 1.0 - 0.05 * temperature - 0.5 * abs(soft_weight - 0.5)
+    if model == "resnet18" and (temperature, soft_weight) == VAL_BEST:
+        return base + 2.0, base + 1.5
+    if model == "resnet18" and (temperature, soft_weight) == TEST_BEST:
+        return base + 1.0, base + 2.5
+    return val, val - 0.4
+
+
+def write_run(root, role, model, seed, temperature=None, soft_weight=None, val_acc=None, test_acc=None):
+    """A finished run folder (metrics.json as train.py writes it); returns its folder."""
+    folder = root / run_path(role, model, seed, temperature, soft_weight)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "history.csv").write_text("epoch,lr,train_loss,val_loss,val_acc,seconds\n")
+    metrics = {
+        "role": role, "dataset": DATASET, "model": model, "seed": seed,
+        "temperature": temperature, "soft_weight": soft_weight,
+        "teacher_run": None if role != "kd" else str(root / run_path("teacher", TEACHER, 0)),
+        "epochs": 42, "best_epoch": 32, "stopped_early": True,
+        "val_acc": val_acc, "val_loss": 0.35, "test_acc": test_acc, "test_loss": 0.37,
+        "train_seconds": 1234.5, "resumed": 0, "device": "cuda:0",
+        "versions": {"python": "3.12.3", "torch": "2.5.1", "torchvision": "0.20.1", "kdsweep": "0.1.0"},
+        "slurm": {"job_id": None, "array_task": None, "gpus": None},
+        "config": {}, "config_hash": "0123abcd",
+    }
+    (folder / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    return folder
+
+
+def write_attack(root, role, model, seed, temperature, soft_weight, epsilon, test_acc):
+    run = run_path(role, model, seed, temperature, soft_weight)
+    adv = test_acc * FGSM_FACTOR[epsilon] + (1.0 if role == "kd" else 0.0)
+    record = {
+        "attack": "fgsm", "epsilon": epsilon, "run": str(root / run), "role": role, "model": model,
+        "temperature": temperature, "soft_weight": soft_weight, "seed": seed, "n": 10000,
+        "clean_acc": test_acc, "adv_acc": adv, "n_correct": round(test_acc * 100),
+        "adv_acc_on_correct": 100 * adv / test_acc, "seconds": 3.2, "device": "cuda:0",
+        "slurm": {"job_id": "17", "array_task": None, "gpus": "0"},
+    }
+    path = root / "attacks" / role / run.split("/")[-1] / attack_file("fgsm", epsilon)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record))
+
+
+def make_study(root, seeds=(0,), weights=WEIGHTS):
+    """A study in progress: teacher, baselines, a T x w sweep over `seeds`, one unfinished run."""
+    coords = [("teacher", TEACHER, 0, None, None)]
+    for model in BASE:
+        for seed in seeds:
+            coords.append(("baseline", model, seed, None, None))
+            coords += [("kd", model, seed, t, w) for t in TEMPERATURES for w in weights]
+    for role, model, seed, t, w in coords:
+        if (model, t, w, seed) == UNFINISHED:
+            folder = root / run_path(role, model, seed, t, w)
+            folder.mkdir(parents=True)
+            (folder / "checkpoint.pt").write_bytes(b"")
+            continue
+        val, test = (a + SEED_OFFSET[seed] for a in accuracies(model, t, w))
+        write_run(root, role, model, seed, t, w, val, test)
+        for epsilon in EPSILONS:
+            write_attack(root, role, model, seed, t, w, epsilon, test)
+    return root
+
+
+def finished(seeds, weights=WEIGHTS):
+    return 1 + len(BASE) * len(seeds) * (1 + len(TEMPERATURES) * len(weights)) - 1
+
+
+@pytest.fixture(params=[(0,), (0, 1, 2)], ids=["1seed", "3seeds"])
+def study(request, tmp_path):
+    seeds = request.param
+    make_study(tmp_path, seeds)
+    paths = aggregate.write_tables(tmp_path)
+    return seeds, tmp_path, paths
+
+
+def read(root, name):
+    return pd.read_csv(root / "tables" / name)
+
+
+def test_row_counts_and_files(study):
+    seeds, root, paths = study
+    assert [p.name for p in paths] == list(aggregate.TABLES)
+    assert all(p.is_file() and p.parent == root / "tables" for p in paths)
+    runs, robustness = read(root, "runs.csv"), read(root, "robustness.csv")
+    assert len(runs) == finished(seeds)
+    assert len(robustness) == finished(seeds) * len(EPSILONS)
+    assert list(runs["role"].drop_duplicates()) == ["teacher", "baseline", "kd"]
+    assert {"dataset", "model", "role", "temperature", "soft_weight", "seed", "epochs", "best_epoch",
+            "val_acc", "test_acc", "train_seconds", "run"} <= set(runs.columns)
+    assert {"attack", "epsilon", "clean_acc", "adv_acc", "adv_acc_on_correct"} <= set(robustness.columns)
+    assert robustness["dataset"].eq(DATASET).all()
+    grid = read(root, "grid.csv")
+    cell = grid.query("model == 'mobilenet_v3_small' and temperature == 8 and soft_weight == 1")
+    if len(seeds) == 1:  # the unfinished run's cell is absent
+        assert len(grid) == len(BASE) * len(TEMPERATURES) * len(WEIGHTS) - 1 and cell.empty
+    else:
+        assert len(grid) == len(BASE) * len(TEMPERATURES) * len(WEIGHTS)
+        assert cell["test_acc_n"].item() == len(seeds) - 1
+    table1 = read(root, "table1.csv")
+    assert list(table1["model"]) == [TEACHER, "mobilenet_v3_small", "resnet18"]
+    assert {"eps=0.01_mean", "eps=0.05_ci95", "test_acc_n"} <= set(table1.columns)
+
+
+def test_best_run_is_chosen_on_validation_not_test(study):
+    seeds, root, _ = study
+    table = read(root, "kd_vs_hard.csv").query("model == 'resnet18'")
+    assert (table[["temperature", "soft_weight"]].drop_duplicates().values.tolist() == [list(VAL_BEST)])
+    clean = table.query("measure == 'clean'").iloc[0]
+    assert clean["kd_mean"] == pytest.approx(BASE["resnet18"] + 1.5)
+    assert clean["hard_mean"] == pytest.approx(BASE["resnet18"])
+    assert clean["boost"] == pytest.approx(1.5)
+    assert clean["kd_val_acc_mean"] == pytest.approx(BASE["resnet18"] + 2.0)
+    fgsm = table.query("measure == 'fgsm' and epsilon == 0.01").iloc[0]
+    assert fgsm["boost"] == pytest.approx(1.5 * FGSM_FACTOR[0.01] + 1.0)
+    assert len(table) == 1 + len(EPSILONS)
+    md = (root / "tables" / "kd_vs_hard.md").read_text()
+    assert "VALIDATION" in md and "alpha = 1 - w" in md and "never used" in md
+
+
+def test_three_seed_statistics_match_hand_computation(tmp_path):
+    make_study(tmp_path, seeds=(0, 1, 2))
+    aggregate.write_tables(tmp_path)
+    std, ci = 0.5, T_975_2 * 0.5 / math.sqrt(3)
+    base = read(tmp_path, "table1.csv").query("model == 'resnet18'").iloc[0]
+    assert (base["test_acc_mean"], base["test_acc_std"], base["test_acc_n"]) == pytest.approx((88.80, std, 3))
+    assert base["test_acc_ci95"] == pytest.approx(ci)
+    assert base["eps=0.05_mean"] == pytest.approx(88.80 * FGSM_FACTOR[0.05])
+    assert base["eps=0.05_ci95"] == pytest.approx(T_975_2 * 0.5 * FGSM_FACTOR[0.05] / math.sqrt(3))
+    teacher = read(tmp_path, "table1.csv").query("role == 'teacher'").iloc[0]
+    assert teacher["test_acc_n"] == 1 and math.isnan(teacher["test_acc_std"])
+    grid = read(tmp_path, "grid.csv").query("model == 'resnet18' and temperature == 4 and soft_weight == 0.9")
+    assert grid[["test_acc_mean", "test_acc_std", "test_acc_n", "test_acc_ci95"]].iloc[0].tolist() == \
+        pytest.approx([BASE["resnet18"] + 1.5, std, 3, ci])
+    assert grid["val_acc_mean"].item() == pytest.approx(BASE["resnet18"] + 2.0)
+    kd = read(tmp_path, "kd_vs_hard.csv").query("model == 'resnet18' and measure == 'clean'").iloc[0]
+    assert [kd["kd_std"], kd["kd_n"], kd["kd_ci95"], kd["hard_ci95"]] == pytest.approx([std, 3, ci, ci])
+    md = (tmp_path / "tables" / "table1.md").read_text()
+    assert f"88.80 ± {ci:.2f} (3)" in md and "| 91.36 |" in md
+
+
+def test_one_seed_has_nan_std_and_ci(tmp_path):
+    make_study(tmp_path)
+    aggregate.write_tables(tmp_path)
+    grid = read(tmp_path, "grid.csv")
+    assert grid["test_acc_n"].eq(1).all()
+    assert grid["test_acc_std"].isna().all() and grid["test_acc_ci95"].isna().all()
+    kd = read(tmp_path, "kd_vs_hard.csv")
+    assert kd["kd_ci95"].isna().all() and kd["hard_std"].isna().all()
+    md = (tmp_path / "tables" / "kd_vs_hard.md").read_text()
+    assert "±" not in md.split("\n", 1)[1] and "| 88.80 | 90.30 | +1.50 |" in md
+
+
+def test_partial_and_empty_studies_still_aggregate(tmp_path):
+    paths = aggregate.write_tables(tmp_path)
+    assert all(p.is_file() for p in paths)
+    assert read(tmp_path, "runs.csv").empty and read(tmp_path, "kd_vs_hard.csv").empty
+    # only a baseline, no attack yet
+    write_run(tmp_path, "baseline", "resnet18", 0, val_acc=89.1, test_acc=88.8)
+    aggregate.write_tables(tmp_path)
+    kd = read(tmp_path, "kd_vs_hard.csv")
+    assert kd["hard_mean"].tolist() == [88.8] and kd["kd_n"].tolist() == [0]
+    with pytest.raises(KdsweepError, match="not a folder"):
+        aggregate.write_tables(tmp_path / "typo")
+
+
+@pytest.mark.parametrize("where", ["runs/kd/resnet18_T4_soft0.9_seed0/metrics.json",
+                                   "attacks/baseline/resnet18_seed0/fgsm_eps0.01.json"])
+def test_malformed_json_names_the_file_and_the_fix(tmp_path, where):
+    make_study(tmp_path)
+    path = tmp_path / where
+    path.write_text('{"role": "kd", "val_acc": 9')  # a truncated write
+    with pytest.raises(KdsweepError, match=r"(?s)" + path.name + ".*delete it and rerun"):
+        aggregate.write_tables(tmp_path)
+    path.write_text('{"role": "kd"}')
+    with pytest.raises(KdsweepError, match="lacks"):
+        aggregate.write_tables(tmp_path)
+
+
+def kd_runs(root, val_by_temperature, model="resnet18", soft_weight=0.9):
+    return [write_run(root, "kd", model, seed, t, soft_weight, val, val - 0.4)
+            for t, vals in val_by_temperature.items() for seed, val in enumerate(vals)]
+
+
+def test_best_temperature_highest_mean_validation(tmp_path):
+    # T=2 has the best single run, T=4 the best mean
+    dirs = kd_runs(tmp_path, {1.0: [80.0, 80.2], 2.0: [83.0, 79.0], 4.0: [82.0, 82.2]})
+    best = aggregate.best_temperature(dirs)
+    assert best == {"student": "resnet18", "temperature": 4.0, "soft_weight": 0.9,
+                    "val_acc": pytest.approx(82.1),
+                    "candidates": {1.0: pytest.approx(80.1), 2.0: pytest.approx(81.0), 4.0: pytest.approx(82.1)}}
+
+
+def test_best_temperature_ties_go_low(tmp_path):
+    dirs = kd_runs(tmp_path, {8.0: [82.3, 81.9], 4.0: [81.9, 82.3], 1.0: [80.0, 80.0]})
+    assert aggregate.best_temperature(reversed(dirs))["temperature"] == 4.0
+
+
+def test_best_temperature_refuses_bad_input(tmp_path):
+    dirs = kd_runs(tmp_path, {1.0: [80.0], 4.0: [82.0]})
+    unfinished = tmp_path / "runs/kd/resnet18_T8_soft0.9_seed0"
+    unfinished.mkdir()
+    with pytest.raises(KdsweepError, match="no metrics.json"):
+        aggregate.best_temperature([*dirs, unfinished])
+    other = kd_runs(tmp_path, {2.0: [81.0]}, soft_weight=0.5)
+    with pytest.raises(KdsweepError, match="soft_weight"):
+        aggregate.best_temperature(dirs + other)

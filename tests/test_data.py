@@ -1,0 +1,311 @@
+import pickle
+from urllib.error import URLError
+
+import numpy as np
+import pytest
+import torch
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms.v2 import functional as TF
+
+from kdsweep import data
+from kdsweep.errors import KdsweepError
+
+
+def dataset_cfg(root, name="cifar10", val_fraction=0.1, split_seed=0):
+    return {"name": name, "root": str(root), "val_fraction": val_fraction, "split_seed": split_seed}
+
+
+# ---------------------------------------------------------------- datasets
+
+@pytest.mark.parametrize("name, num_classes", [("cifar10", 10), ("cifar100", 100)])
+def test_cifar_loads_torchvision_files(synthetic_cifar, name, num_classes):
+    root, ((train_x, train_y), (test_x, test_y)) = synthetic_cifar(name, n_train=23, n_test=7)
+    ds = data.load_dataset(name, root)
+    assert ds.train_images.dtype == torch.uint8 and ds.train_labels.dtype == torch.int64
+    assert ds.train_images.shape == (23, 3, 32, 32) and ds.test_images.shape == (7, 3, 32, 32)
+    assert torch.equal(ds.train_images, torch.from_numpy(train_x))
+    assert torch.equal(ds.test_images, torch.from_numpy(test_x))
+    assert ds.train_labels.tolist() == train_y.tolist() and ds.test_labels.tolist() == test_y.tolist()
+    assert ds.num_classes == num_classes and ds.classes[1] == "class1"
+    assert ds.image_size == [3, 32, 32] and ds.source.startswith(str(root))
+
+
+def test_synthetic_cifar_reads_like_the_real_python2_pickles(synthetic_cifar):
+    root, _ = synthetic_cifar("cifar10")
+    with open(root / "cifar-10-batches-py" / "data_batch_1", "rb") as handle:
+        entry = pickle.load(handle, encoding="bytes")
+    assert {b"data", b"labels"} <= set(entry)
+    assert entry[b"data"].dtype == np.uint8 and entry[b"data"].shape[1] == 3072
+
+
+@pytest.mark.parametrize("name, folder, remove", [
+    ("cifar10", "cifar-10-batches-py", None),
+    ("cifar10", "cifar-10-batches-py", "data_batch_3"),
+    ("cifar10", "cifar-10-batches-py", "batches.meta"),
+    ("cifar100", "cifar-100-python", "test"),
+])
+def test_missing_dataset_names_download_command_and_folder(synthetic_cifar, tmp_path, name, folder, remove):
+    if remove is None:
+        root = tmp_path / "empty"
+    else:
+        root, _ = synthetic_cifar(name)
+        (root / folder / remove).unlink()
+    with pytest.raises(KdsweepError) as err:
+        data.load_dataset(name, root)
+    message = str(err.value)
+    assert "python -m kdsweep download --config" in message
+    assert str(root / folder) in message
+    assert message.count(". ") == 0  # one sentence
+    if remove:
+        assert remove in message
+
+
+def test_unreadable_cifar_file_is_a_kdsweep_error(synthetic_cifar):
+    root, _ = synthetic_cifar("cifar10")
+    path = root / "cifar-10-batches-py" / "data_batch_2"
+    path.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(KdsweepError, match="unreadable"):
+        data.load_dataset("cifar10", root)
+
+
+def test_download_verifies_md5_and_reports_network_failure(synthetic_cifar, monkeypatch):
+    # The synthetic files exist but fail the real md5: download must try to fetch, not trust them.
+    root, _ = synthetic_cifar("cifar10")
+    calls = []
+
+    def offline(*args, **kwargs):
+        calls.append(args)
+        raise URLError("no network")
+
+    monkeypatch.setattr("torchvision.datasets.cifar.download_and_extract_archive", offline)
+    with pytest.raises(KdsweepError, match="internet access"):
+        data.download("cifar10", root)
+    assert len(calls) == 1
+
+
+def test_unknown_dataset():
+    with pytest.raises(KdsweepError, match="dataset.name"):
+        data.load_dataset("imagenet", "data")
+
+
+def test_digits_native_8x8_fixed_split():
+    from sklearn.datasets import load_digits
+
+    ds = data.load_dataset("digits", "unused")
+    assert ds.train_images.shape == (1437, 3, 8, 8) and ds.test_images.shape == (360, 3, 8, 8)
+    assert ds.train_images.dtype == torch.uint8 and ds.test_labels.dtype == torch.int64
+    assert ds.train_images.max() == 255 and ds.train_images.min() == 0
+    assert torch.equal(ds.train_images[:, 0], ds.train_images[:, 2])
+    bunch = load_digits()
+    assert ds.test_labels.tolist() == bunch.target[::5].tolist()
+    assert torch.equal(ds.test_images[:, 1], torch.from_numpy(np.rint(bunch.images[::5] * 255 / 16).astype(np.uint8)))
+    assert ds.classes == [str(i) for i in range(10)]
+    assert "scikit-learn" in data.download("digits", "unused")
+
+
+# ---------------------------------------------------------------- split and stats
+
+def test_split_is_seeded_disjoint_and_complete():
+    train, val = data.split_indices(1000, 0.1, 3)
+    again_train, again_val = data.split_indices(1000, 0.1, 3)
+    assert torch.equal(train, again_train) and torch.equal(val, again_val)
+    assert len(val) == 100 and len(train) == 900
+    assert torch.equal(torch.cat([train, val]).sort().values, torch.arange(1000))
+    assert not torch.equal(data.split_indices(1000, 0.1, 4)[1], val)
+    assert data.index_sha(val) == data.index_sha(again_val) != data.index_sha(data.split_indices(1000, 0.1, 4)[1])
+
+
+def test_split_refuses_an_empty_part():
+    with pytest.raises(KdsweepError, match="val_fraction"):
+        data.split_indices(5, 0.01, 0)
+
+
+def test_stats_use_the_train_split_only(synthetic_cifar, tmp_path):
+    root, ((train_x, _), (test_x, _)) = synthetic_cifar("cifar10", n_train=60, n_test=10)
+    cfg = dataset_cfg(root, val_fraction=0.2, split_seed=5)
+    path = tmp_path / "stats.json"
+    stats = data.write_stats(path, cfg)
+    assert set(stats) == set(data.STATS_FIELDS)
+    assert data.read_stats(path, cfg) == stats
+    train_idx, val_idx = data.split_indices(60, 0.2, 5)
+    pixels = train_x[train_idx.numpy()].astype(np.float64) / 255
+    np.testing.assert_allclose(stats["mean"], pixels.mean(axis=(0, 2, 3)), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(stats["std"], pixels.std(axis=(0, 2, 3)), rtol=0, atol=1e-12)
+    everything = np.concatenate([train_x, test_x]).astype(np.float64) / 255
+    assert np.abs(np.array(stats["mean"]) - train_x.mean(axis=(0, 2, 3)) / 255).max() > 1e-6
+    assert np.abs(np.array(stats["mean"]) - everything.mean(axis=(0, 2, 3))).max() > 1e-6
+    assert (stats["n_train"], stats["n_val"], stats["n_test"]) == (48, 12, 10)
+    assert stats["image_size"] == [3, 32, 32] and stats["num_classes"] == 10
+    assert stats["val_index_sha"] == data.index_sha(val_idx)
+
+
+def test_channel_stats_independent_of_chunking():
+    images = torch.randint(0, 256, (37, 3, 5, 4), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    assert data.channel_stats(images, chunk=5) == data.channel_stats(images, chunk=100)
+
+
+@pytest.mark.parametrize("change, match", [
+    ({"name": "cifar100"}, "dataset"),
+    ({"val_fraction": 0.2}, "val_fraction"),
+    ({"split_seed": 1}, "split_seed"),
+])
+def test_read_stats_refuses_another_split(tmp_path, change, match):
+    cfg = dataset_cfg("unused", name="digits")
+    path = tmp_path / "stats.json"
+    data.write_stats(path, cfg)
+    with pytest.raises(KdsweepError, match=match) as err:
+        data.read_stats(path, {**cfg, **change})
+    assert "python -m kdsweep stats" in str(err.value)
+
+
+@pytest.mark.parametrize("damage, match", [
+    (lambda path: path.unlink(), "does not exist"),
+    (lambda path: path.write_text("{not json"), "unreadable"),
+    (lambda path: path.write_text('{"dataset": "digits"}'), "lacks"),
+    (lambda path: path.write_text(path.read_text().replace('"val_index_sha": "', '"val_index_sha": "0')),
+     "val_index_sha"),
+])
+def test_read_stats_refuses_missing_or_damaged_file(tmp_path, damage, match):
+    cfg = dataset_cfg("unused", name="digits")
+    path = tmp_path / "stats.json"
+    data.write_stats(path, cfg)
+    damage(path)
+    with pytest.raises(KdsweepError, match=match) as err:
+        data.read_stats(path, cfg)
+    assert "python -m kdsweep stats" in str(err.value)
+
+
+def test_load_splits_on_device(tmp_path):
+    cfg = dataset_cfg("unused", name="digits")
+    stats = data.write_stats(tmp_path / "stats.json", cfg)
+    splits = data.load_splits(cfg, "cpu", stats=stats)
+    ds = data.load_dataset("digits", "unused")
+    train_idx, val_idx = data.split_indices(1437, 0.1, 0)
+    assert (len(splits.train), len(splits.val), len(splits.test)) == (1293, 144, 360)
+    assert splits.train.images.dtype == torch.uint8 and splits.val.labels.dtype == torch.int64
+    assert torch.equal(splits.val.images, ds.train_images[val_idx])
+    assert torch.equal(splits.train.labels, ds.train_labels[train_idx])
+    assert torch.equal(splits.test.images, ds.test_images)
+    assert splits.num_classes == 10
+    with pytest.raises(KdsweepError, match="n_test"):
+        data.load_splits(cfg, "cpu", stats={**stats, "n_test": 359})
+
+
+def test_batches_in_order_and_shuffled():
+    images = torch.arange(10).view(10, 1, 1, 1).to(torch.uint8)
+    labels = torch.arange(10)
+    ordered = list(data.batches(images, labels, 4))
+    assert [len(y) for _, y in ordered] == [4, 4, 2]
+    assert torch.equal(torch.cat([y for _, y in ordered]), labels)
+    shuffled = list(data.batches(images, labels, 4, torch.Generator().manual_seed(1), drop_last=True))
+    assert [len(y) for _, y in shuffled] == [4, 4]
+    seen = torch.cat([y for _, y in shuffled])
+    assert not torch.equal(seen, labels[:8]) and len(seen.unique()) == 8
+    assert all(torch.equal(x.flatten().long(), y) for x, y in shuffled)
+    again = torch.cat([y for _, y in data.batches(images, labels, 4, torch.Generator().manual_seed(1), drop_last=True)])
+    assert torch.equal(seen, again)
+
+
+# ---------------------------------------------------------------- augmentation vs torchvision, image by image
+
+def rand_images(n, h, w, seed=0):
+    return torch.randint(0, 256, (n, 3, h, w), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
+
+
+EDGE_ANGLES = [0.0, 15.0, -15.0, 90.0, -90.0, 180.0, 45.0, 1e-6, -1e-6, 0.5, -7.5, 89.99]
+
+
+@pytest.mark.parametrize("h, w", [(40, 40), (40, 37), (9, 14), (16, 16)])
+def test_rotate_equals_torchvision_per_image(h, w):
+    extra = 28
+    angles = torch.cat([torch.tensor(EDGE_ANGLES, dtype=torch.float64),
+                        torch.rand(extra, dtype=torch.float64, generator=torch.Generator().manual_seed(h * w)) * 360 - 180])
+    images = rand_images(len(angles), h, w, seed=w)
+    out = data.rotate_images(images, angles)
+    assert out.dtype == torch.uint8
+    for image, angle, got in zip(images, angles.tolist(), out):
+        expected = TF.rotate(image, angle, interpolation=InterpolationMode.NEAREST, expand=False, center=None, fill=0)
+        assert torch.equal(got, expected), (h, w, angle)
+    floats = data.rotate_images(images.float() / 255, angles)
+    assert torch.equal(floats, out.float() / 255)
+
+
+def test_pad_flip_crop_equal_torchvision_per_image():
+    pad, n, h, w = 4, 20, 12, 9
+    images = rand_images(n, h, w)
+    padded = data.pad_images(images, pad)
+    flip = torch.arange(n) % 3 == 0
+    flipped = data.flip_images(padded, flip)
+    tops = torch.randint(0, 2 * pad + 1, (n,), generator=torch.Generator().manual_seed(1))
+    lefts = torch.randint(0, 2 * pad + 1, (n,), generator=torch.Generator().manual_seed(2))
+    tops[0], lefts[0], tops[1], lefts[1] = 0, 0, 2 * pad, 2 * pad
+    cropped = data.crop_images(flipped, tops, lefts, h, w)
+    for i in range(n):
+        assert torch.equal(padded[i], TF.pad(images[i], [pad], fill=0))
+        assert torch.equal(flipped[i], TF.horizontal_flip(padded[i]) if flip[i] else padded[i])
+        assert torch.equal(cropped[i], TF.crop(flipped[i], int(tops[i]), int(lefts[i]), h, w))
+    assert not torch.equal(flipped, padded)
+
+
+@pytest.mark.parametrize("h, w", [(32, 32), (8, 8), (10, 7)])
+def test_augment_equals_the_torchvision_composition(h, w):
+    augment = data.Augment(pad=4, flip_p=0.5, rotation_degrees=15)
+    images = rand_images(24, h, w)
+    params = augment.sample(len(images), torch.Generator().manual_seed(7))
+    out = augment.apply(images, params)
+    assert out.dtype == torch.float32 and out.shape == images.shape
+    assert 0 <= out.min() and out.max() <= 1
+    for i in range(len(images)):
+        x = TF.pad(images[i], [4], fill=0)
+        if params.flip[i]:
+            x = TF.horizontal_flip(x)
+        x = TF.rotate(x, float(params.angles[i]), interpolation=InterpolationMode.NEAREST, fill=0)
+        x = TF.crop(x, int(params.tops[i]), int(params.lefts[i]), h, w)
+        assert torch.equal(out[i], x.float() / 255), i
+
+
+def test_augment_is_a_function_of_the_generator_state():
+    augment = data.Augment.from_config({"pad": 2, "flip_p": 0.5, "rotation_degrees": 30})
+    images = rand_images(16, 8, 8)
+    generator = torch.Generator().manual_seed(3)
+    state = generator.get_state()
+    first = augment(images, generator)
+    second = augment(images, generator)
+    generator.set_state(state)
+    assert torch.equal(augment(images, generator), first)
+    assert not torch.equal(first, second)
+
+
+def test_identity_augmentation():
+    augment = data.Augment(pad=0, flip_p=0.0, rotation_degrees=0)
+    images = rand_images(5, 6, 7)
+    assert torch.equal(augment(images, torch.Generator().manual_seed(0)), images.float() / 255)
+
+
+def test_sampled_parameter_distributions():
+    pad, p, degrees, n = 3, 0.3, 12.0, 20000
+    params = data.Augment(pad, p, degrees).sample(n, torch.Generator().manual_seed(0))
+    assert abs(params.flip.float().mean().item() - p) < 0.02
+    assert params.angles.min() >= -degrees and params.angles.max() <= degrees
+    assert params.angles.min() < -0.99 * degrees and params.angles.max() > 0.99 * degrees
+    assert abs(params.angles.mean().item()) < 0.5
+    for offsets in (params.tops, params.lefts):
+        assert offsets.min() == 0 and offsets.max() == 2 * pad
+        assert torch.bincount(offsets).min() > n / (2 * pad + 1) * 0.9
+    assert not torch.equal(params.tops, params.lefts)
+    always = data.Augment(pad, 1.0, degrees).sample(100, torch.Generator().manual_seed(0))
+    assert always.flip.all()
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_augment_and_splits_on_cuda(tmp_path):
+    augment = data.Augment(pad=4, flip_p=0.5, rotation_degrees=15)
+    images = rand_images(64, 32, 32)
+    params = augment.sample(len(images), torch.Generator().manual_seed(0))
+    out = augment.apply(images.cuda(), params)
+    assert out.is_cuda and torch.equal(out.cpu(), augment.apply(images, params))
+    splits = data.load_splits(dataset_cfg("unused", name="digits"), "cuda")
+    assert splits.train.images.is_cuda and splits.test.labels.is_cuda
+    x, y = next(data.batches(splits.train.images, splits.train.labels, 50, torch.Generator().manual_seed(0)))
+    assert x.is_cuda and y.is_cuda and len(y) == 50

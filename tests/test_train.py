@@ -1,0 +1,221 @@
+"""Training runs through the real command line on the bundled digits: outputs, resume, refusals."""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from kdsweep.data import load_dataset
+from kdsweep.models import load_model
+
+ROOT = Path(__file__).resolve().parents[1]
+
+TINY = {
+    "dataset": {"name": "digits"},
+    "training": {"batch_size": 64, "max_epochs": 3, "eval_batch_size": 512, "bn_momentum": 0.1,
+                 "early_stopping_patience": 10},
+    "runtime": {"device": "cpu", "threads": 1},
+}
+
+
+def kdsweep(*args, cwd, check=True, **kwargs):
+    result = subprocess.run([sys.executable, "-m", "kdsweep", *map(str, args)], cwd=cwd,
+                            capture_output=True, text=True, **kwargs)
+    if check and result.returncode != 0:
+        raise AssertionError(f"kdsweep {args[0]} failed ({result.returncode}):\n{result.stderr}")
+    return result
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    """A tiny digits study with its stats and a trained resnet18 teacher."""
+    folder = tmp_path_factory.mktemp("study")
+    (folder / "tiny.yaml").write_text(json.dumps(TINY))
+    config = ["--config", ROOT / "config.yaml", "--config", folder / "tiny.yaml"]
+    kdsweep("stats", *config, "--out", folder / "stats.json", cwd=folder)
+    kdsweep("train", *config, "--role", "teacher", "--model", "resnet18", "--seed", 0,
+            "--stats", folder / "stats.json", "--out", folder / "teacher", "training.max_epochs=1", cwd=folder)
+    return folder, config
+
+
+def history(run):
+    with open(run / "history.csv") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_teacher_run_writes_its_outputs(study):
+    folder, _ = study
+    teacher = folder / "teacher"
+    metrics = json.loads((teacher / "metrics.json").read_text())
+    assert metrics["role"] == "teacher" and metrics["model"] == "resnet18" and metrics["dataset"] == "digits"
+    assert metrics["epochs"] == 1 and metrics["best_epoch"] == 1
+    assert 0 <= metrics["test_acc"] <= 100 and 0 <= metrics["val_acc"] <= 100
+    assert metrics["config"]["training"]["batch_size"] == 64 and len(metrics["config_hash"]) == 16
+    assert {"torch", "torchvision", "python"} <= set(metrics["versions"])
+    rows = history(teacher)
+    assert [int(r["epoch"]) for r in rows] == [1]
+    assert float(rows[metrics["best_epoch"] - 1]["val_acc"]) == pytest.approx(metrics["val_acc"])
+    model = load_model(teacher / "model.pt")
+    assert not model.training
+    assert not (teacher / "checkpoint.pt").exists() and not (teacher / "best.pt").exists()
+    assert list((teacher / "tensorboard").iterdir()), "tensorboard is installed, so events are written"
+
+
+def test_distilled_student_and_attack(study):
+    folder, config = study
+    run = folder / "kd"
+    kdsweep("distill", *config, "--student", "mobilenet_v3_small", "--teacher", folder / "teacher",
+            "--temperature", 4, "--soft-weight", 0.9, "--seed", 1, "--stats", folder / "stats.json",
+            "--out", run, cwd=folder)
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert (metrics["role"], metrics["temperature"], metrics["soft_weight"]) == ("kd", 4.0, 0.9)
+    assert metrics["config"]["run"]["teacher_config_hash"] == json.loads(
+        (folder / "teacher" / "metrics.json").read_text())["config_hash"]
+    assert all(float(r["train_soft_loss"]) > 0 for r in history(run))
+
+    out = folder / "fgsm.json"
+    kdsweep("attack", *config, "--run", run, "--epsilon", 0.1, "--out", out, cwd=folder)
+    result = json.loads(out.read_text())
+    assert result["clean_acc"] == pytest.approx(metrics["test_acc"])
+    assert result["adv_acc"] <= result["clean_acc"]
+    assert result["n"] == len(load_dataset("digits", None).test_labels) and (result["model"], result["temperature"]) == ("mobilenet_v3_small", 4.0)
+
+
+def _train_args(folder, config, out, *extra):
+    return ["train", *config, "--model", "mobilenet_v3_small", "--seed", 3, "--stats", folder / "stats.json",
+            "--out", out, "training.max_epochs=4", *extra]
+
+
+def _run_until_epoch(folder, args, epoch, stop_signal):
+    """Start a run, wait until it logs `epoch`, then send it a signal; return its exit status."""
+    process = subprocess.Popen([sys.executable, "-m", "kdsweep", *map(str, args)], cwd=folder,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    for line in process.stdout:
+        if line.startswith(f"epoch {epoch:3d}"):
+            process.send_signal(stop_signal)
+            break
+    process.stdout.read()
+    return process.wait()
+
+
+COMPARED = ["epochs", "best_epoch", "val_acc", "val_loss", "test_acc", "test_loss", "config_hash"]
+
+
+def test_killed_run_resumes_to_the_same_metrics(study):
+    folder, config = study
+    whole, killed = folder / "whole", folder / "killed"
+    kdsweep(*_train_args(folder, config, whole), cwd=folder)
+    status = _run_until_epoch(folder, _train_args(folder, config, killed), 2, signal.SIGKILL)
+    assert status == -signal.SIGKILL
+    assert (killed / "checkpoint.pt").exists()
+    assert not any((killed / name).exists() for name in ("metrics.json", "model.pt", "history.csv")), \
+        "a killed run leaves nothing that looks finished"
+    resumed = kdsweep(*_train_args(folder, config, killed), cwd=folder)
+    assert "resuming" in resumed.stdout
+    a, b = (json.loads((run / "metrics.json").read_text()) for run in (whole, killed))
+    assert {k: a[k] for k in COMPARED} == {k: b[k] for k in COMPARED}
+    assert b["resumed"] == 1 and a["resumed"] == 0
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]  # noqa: E731
+    assert strip(history(whole)) == strip(history(killed))
+    weights_a = torch.load(whole / "model.pt", weights_only=True)["state_dict"]
+    weights_b = torch.load(killed / "model.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(weights_a[k], weights_b[k]) for k in weights_a)
+
+
+def test_warning_signal_checkpoints_and_exits_for_a_retry(study):
+    folder, config = study
+    run = folder / "signalled"
+    status = _run_until_epoch(folder, _train_args(folder, config, run), 1, signal.SIGUSR1)
+    assert status == 75, "EX_TEMPFAIL: stopped on request, resumable"
+    checkpoint = torch.load(run / "checkpoint.pt", weights_only=False)
+    assert checkpoint["state"]["epoch"] in (1, 2)
+    assert not (run / "metrics.json").exists()
+
+
+def test_corrupt_or_mismatched_checkpoint_is_refused(study):
+    folder, config = study
+    run = folder / "mismatch"
+    assert _run_until_epoch(folder, _train_args(folder, config, run), 1, signal.SIGTERM) == 75
+    changed = kdsweep(*_train_args(folder, config, run, "training.lr=0.01"), cwd=folder, check=False)
+    assert changed.returncode == 2 and "another configuration" in changed.stderr
+    (run / "checkpoint.pt").write_bytes((run / "checkpoint.pt").read_bytes()[:1000])
+    corrupt = kdsweep(*_train_args(folder, config, run), cwd=folder, check=False)
+    assert corrupt.returncode == 2 and "corrupt" in corrupt.stderr
+    assert "Traceback" not in corrupt.stderr + changed.stderr
+    assert not (run / "metrics.json").exists()
+
+
+def test_non_finite_loss_stops_the_run(study):
+    folder, config = study
+    result = kdsweep(*_train_args(folder, config, folder / "nan", "training.lr=1e30"), cwd=folder, check=False)
+    assert result.returncode == 2 and "non-finite" in result.stderr
+    assert not (folder / "nan" / "metrics.json").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["train", "--model", "vgg11", "--seed", 0], "vgg11"),
+    (["distill", "--student", "resnet18", "--teacher", "teacher", "--temperature", -1, "--soft-weight", 0.5,
+      "--seed", 0], "temperature"),
+    (["distill", "--student", "resnet18", "--teacher", "teacher", "--temperature", 4, "--soft-weight", 1.5,
+      "--seed", 0], "soft weight"),
+    (["distill", "--student", "resnet18", "--teacher", "no-such-teacher", "--temperature", 4,
+      "--soft-weight", 0.5, "--seed", 0], "teacher"),
+    (["train", "--model", "resnet18", "--seed", 0, "training.lr=-1"], "training.lr"),
+    (["train", "--model", "resnet18", "--seed", 0, "training.learning_rate=1"], "learning_rate"),
+])
+def test_bad_input_is_one_clear_sentence(study, args, message):
+    folder, config = study
+    result = kdsweep(*args[:1], *config, *args[1:], "--stats", folder / "stats.json",
+                     "--out", folder / "bad", cwd=folder, check=False)
+    assert result.returncode == 2
+    assert result.stderr.startswith("kdsweep: error: ") and message in result.stderr
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_missing_stats_names_the_stats_command(study):
+    folder, config = study
+    result = kdsweep("train", *config, "--model", "resnet18", "--seed", 0, "--stats", folder / "none.json",
+                     "--out", folder / "bad", cwd=folder, check=False)
+    assert result.returncode == 2 and "kdsweep stats" in result.stderr
+
+
+def test_cuda_requested_without_a_gpu_is_refused(study):
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is visible here: the refusal only applies without one")
+    folder, config = study
+    result = kdsweep(*_train_args(folder, config, folder / "gpu", "runtime.device=cuda"), cwd=folder, check=False)
+    assert result.returncode == 2 and "no GPU" in result.stderr
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU; none is visible")
+def test_cuda_run(study):
+    folder, config = study
+    kdsweep(*_train_args(folder, config, folder / "cuda", "runtime.device=cuda", "training.max_epochs=1"),
+            cwd=folder)
+    metrics = json.loads((folder / "cuda" / "metrics.json").read_text())
+    assert metrics["device"].startswith("cuda")
+
+
+def test_interrupted_outputs_are_atomic(tmp_path):
+    from kdsweep import io
+
+    target = tmp_path / "metrics.json"
+
+    class Boom(Exception):
+        pass
+
+    def explode(handle):
+        handle.write(b"{partial")
+        raise Boom
+
+    with pytest.raises(Boom):
+        io._atomic(target, explode)
+    assert not target.exists() and list(tmp_path.iterdir()) == []
+    os.environ.get("PATH")
