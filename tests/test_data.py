@@ -11,8 +11,9 @@ from kdsweep import data
 from kdsweep.errors import KdsweepError
 
 
-def dataset_cfg(root, name="cifar10", val_fraction=0.1, split_seed=0):
-    return {"name": name, "root": str(root), "val_fraction": val_fraction, "split_seed": split_seed}
+def dataset_cfg(root, name="cifar10", val_fraction=0.1, split_seed=0, subset=None):
+    return {"name": name, "root": str(root), "val_fraction": val_fraction, "split_seed": split_seed,
+            "subset": subset}
 
 
 # ---------------------------------------------------------------- datasets
@@ -309,3 +310,11 @@ def test_augment_and_splits_on_cuda(tmp_path):
     assert splits.train.images.is_cuda and splits.test.labels.is_cuda
     x, y = next(data.batches(splits.train.images, splits.train.labels, 50, torch.Generator().manual_seed(0)))
     assert x.is_cuda and y.is_cuda and len(y) == 50
+
+
+def test_subset_cuts_train_and_test(synthetic_cifar):
+    root, _ = synthetic_cifar("cifar10", n_train=50, n_test=20)
+    splits = data.load_splits(dataset_cfg(root, subset=30))
+    assert len(splits.train) + len(splits.val) == 30 and len(splits.test) == 20
+    full = data.load_dataset("cifar10", root)
+    assert torch.equal(splits.test.images, full.test_images[:20])

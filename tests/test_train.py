@@ -17,7 +17,7 @@ from kdsweep.models import load_model
 ROOT = Path(__file__).resolve().parents[1]
 
 TINY = {
-    "dataset": {"name": "digits"},
+    "dataset": {"name": "digits", "subset": 400},
     "training": {"batch_size": 64, "max_epochs": 3, "eval_batch_size": 512, "bn_momentum": 0.1,
                  "early_stopping_patience": 10},
     "runtime": {"device": "cpu", "threads": 1},
@@ -84,7 +84,7 @@ def test_distilled_student_and_attack(study):
     result = json.loads(out.read_text())
     assert result["clean_acc"] == pytest.approx(metrics["test_acc"])
     assert result["adv_acc"] <= result["clean_acc"]
-    assert result["n"] == len(load_dataset("digits", None).test_labels) and (result["model"], result["temperature"]) == ("mobilenet_v3_small", 4.0)
+    assert result["n"] == min(400, len(load_dataset("digits", None).test_labels)) and (result["model"], result["temperature"]) == ("mobilenet_v3_small", 4.0)
 
 
 def _train_args(folder, config, out, *extra):
@@ -97,7 +97,7 @@ def _run_until_epoch(folder, args, epoch, stop_signal):
     process = subprocess.Popen([sys.executable, "-m", "kdsweep", *map(str, args)], cwd=folder,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     for line in process.stdout:
-        if line.startswith(f"epoch {epoch:3d}"):
+        if f"  epoch {epoch:3d}" in line:
             process.send_signal(stop_signal)
             break
     process.stdout.read()
@@ -219,3 +219,30 @@ def test_interrupted_outputs_are_atomic(tmp_path):
         io._atomic(target, explode)
     assert not target.exists() and list(tmp_path.iterdir()) == []
     os.environ.get("PATH")
+
+
+def test_packed_points_equal_unpacked_runs(study):
+    """One job training three points (dropout included) ends exactly as three separate jobs."""
+    folder, config = study
+    points = [(4, 0.5), (2, 0.9), (1, 0.0)]
+    common = ["distill", *config, "--student", "mobilenet_v3_small", "--teacher", folder / "teacher",
+              "--seed", 5, "--stats", folder / "stats.json", "training.max_epochs=2"]
+    packed = []
+    for i, (temperature, weight) in enumerate(points):
+        kdsweep(*common, "--temperature", temperature, "--soft-weight", weight, "--out", folder / f"alone{i}",
+                cwd=folder)
+        packed += ["--temperature", temperature, "--soft-weight", weight, "--out", folder / f"packed{i}"]
+    kdsweep(*common, *packed, cwd=folder)
+    for i in range(len(points)):
+        alone, pack = (json.loads((folder / f"{kind}{i}" / "metrics.json").read_text()) for kind in ("alone", "packed"))
+        assert {k: alone[k] for k in COMPARED} == {k: pack[k] for k in COMPARED}
+    test_accs = {json.loads((folder / f"packed{i}" / "metrics.json").read_text())["val_loss"] for i in range(3)}
+    assert len(test_accs) == 3, "different points really trained differently"
+
+
+def test_pack_needs_one_folder_per_point(study):
+    folder, config = study
+    result = kdsweep("distill", *config, "--student", "resnet18", "--teacher", folder / "teacher", "--seed", 0,
+                     "--stats", folder / "stats.json", "--temperature", 4, "--temperature", 2,
+                     "--soft-weight", 0.5, "--out", folder / "x", cwd=folder, check=False)
+    assert result.returncode == 2 and "once per sweep point" in result.stderr

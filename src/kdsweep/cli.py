@@ -51,12 +51,12 @@ def cmd_stats(args):
     print(f"wrote {args.out}: mean {['%.4f' % m for m in stats['mean']]} std {['%.4f' % s for s in stats['std']]}")
 
 
-def _train(args, spec, teacher_dir=None):
-    from .train import EXIT_PREEMPTED, Preempted, train_run
+def _train(args, specs, out_dirs, teacher_dir=None):
+    from .train import EXIT_PREEMPTED, Preempted, train_points
 
     config = _load(args)
     try:
-        train_run(config, spec, args.stats, args.out, teacher_dir=teacher_dir)
+        train_points(config, specs, args.stats, out_dirs, teacher_dir=teacher_dir)
     except Preempted:
         sys.exit(EXIT_PREEMPTED)
 
@@ -64,15 +64,19 @@ def _train(args, spec, teacher_dir=None):
 def cmd_train(args):
     from .train import RunSpec
 
-    _train(args, RunSpec(role=args.role, model=args.model, seed=args.seed))
+    _train(args, [RunSpec(role=args.role, model=args.model, seed=args.seed)], [args.out])
 
 
 def cmd_distill(args):
     from .train import RunSpec
 
-    spec = RunSpec(role="kd", model=args.student, seed=args.seed,
-                   temperature=args.temperature, soft_weight=args.soft_weight)
-    _train(args, spec, teacher_dir=args.teacher)
+    if not len(args.temperature) == len(args.soft_weight) == len(args.out):
+        raise KdsweepError("give --temperature, --soft-weight and --out once per sweep point, "
+                           f"the same number of times (got {len(args.temperature)}, {len(args.soft_weight)}, "
+                           f"{len(args.out)})")
+    specs = [RunSpec(role="kd", model=args.student, seed=args.seed, temperature=temperature, soft_weight=weight)
+             for temperature, weight in zip(args.temperature, args.soft_weight)]
+    _train(args, specs, args.out, teacher_dir=args.teacher)
 
 
 def cmd_attack(args):
@@ -165,12 +169,17 @@ def build_parser() -> argparse.ArgumentParser:
         else:
             p.add_argument("--student", required=True, help="student architecture")
             p.add_argument("--teacher", required=True, help="run folder of the trained teacher (holds model.pt)")
-            p.add_argument("--temperature", type=float, required=True, help="softmax temperature T > 0")
-            p.add_argument("--soft-weight", type=float, required=True,
+            p.add_argument("--temperature", type=float, required=True, action="append",
+                           help="softmax temperature T > 0")
+            p.add_argument("--soft-weight", type=float, required=True, action="append",
                            help="weight w of the soft (teacher) term in [0, 1]; 1 - w weighs the hard labels")
         p.add_argument("--seed", type=int, required=True, help="seed of the run (python, numpy, torch, data order)")
         p.add_argument("--stats", required=True, help="stats file written by `python -m kdsweep stats`")
-        p.add_argument("--out", required=True, help="run folder; a checkpoint there is resumed")
+        p.add_argument("--out", required=True, action="append" if name == "distill" else None,
+                       help="run folder; a checkpoint there is resumed" + (
+                           ". Repeat --temperature, --soft-weight and --out together to train several sweep "
+                           "points in one job (they share the data stream and the teacher's forward pass)"
+                           if name == "distill" else ""))
         p.set_defaults(func=cmd_train if name == "train" else cmd_distill)
 
     p = _command(subparsers, "attack", "FGSM accuracy of a finished run on the whole test set at one epsilon")

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import pickle
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import Callable, Iterator, NamedTuple
@@ -192,9 +192,20 @@ def channel_stats(images: torch.Tensor, chunk: int = 4096) -> tuple[list, list]:
     return (mean / 255).tolist(), (var.sqrt() / 255).tolist()
 
 
+def load_configured(dataset_cfg: dict) -> Dataset:
+    """The dataset of a config's dataset section, cut to its first dataset.subset training and
+    test images when that is set (smoke tests and quick trials)."""
+    data = load_dataset(dataset_cfg["name"], dataset_cfg["root"])
+    n = dataset_cfg["subset"]
+    if n is None:
+        return data
+    return replace(data, train_images=data.train_images[:n], train_labels=data.train_labels[:n],
+                   test_images=data.test_images[:n], test_labels=data.test_labels[:n])
+
+
 def compute_stats(dataset_cfg: dict) -> dict:
     """The stats.json record of a config's dataset section (statistics of the train split only)."""
-    data = load_dataset(dataset_cfg["name"], dataset_cfg["root"])
+    data = load_configured(dataset_cfg)
     train_idx, val_idx = split_indices(len(data.train_labels), dataset_cfg["val_fraction"], dataset_cfg["split_seed"])
     mean, std = channel_stats(data.train_images[train_idx])
     return {
@@ -278,7 +289,7 @@ class Splits:
 
 def load_splits(dataset_cfg: dict, device="cpu", stats: dict | None = None) -> Splits:
     """train / val / test of a config's dataset section, on `device`; checked against `stats` when given."""
-    data = load_dataset(dataset_cfg["name"], dataset_cfg["root"])
+    data = load_configured(dataset_cfg)
     train_idx, val_idx = split_indices(len(data.train_labels), dataset_cfg["val_fraction"], dataset_cfg["split_seed"])
     if stats is not None:
         found = {"n_train": len(train_idx), "n_val": len(val_idx), "n_test": len(data.test_labels),

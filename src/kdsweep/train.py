@@ -7,6 +7,7 @@ folder; it checkpoints every epoch and resumes from that checkpoint when started
 again, and it writes metrics.json last, so a folder with metrics.json is finished.
 """
 
+import contextlib
 import csv
 import io as _io
 import math
@@ -14,7 +15,6 @@ import os
 import platform
 import random
 import signal
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -118,43 +118,51 @@ def seed_everything(seed: int):
     torch.manual_seed(seed)
 
 
-def _rng_state(generator: torch.Generator) -> dict:
-    numpy_state = np.random.get_state()
-    return {
-        "python": random.getstate(),
-        "numpy": (numpy_state[0], numpy_state[1].tolist(), *numpy_state[2:]),
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "data": generator.get_state(),
-    }
+def _torch_rng(device) -> dict:
+    return {"cpu": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
 
 
-def _set_rng_state(state: dict, generator: torch.Generator):
-    random.setstate(_as_tuple(state["python"]))
-    kind, keys, *rest = state["numpy"]
-    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), *rest))
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    generator.set_state(state["data"])
-
-
-def _as_tuple(value):
-    return tuple(_as_tuple(v) for v in value) if isinstance(value, (list, tuple)) else value
+def _set_torch_rng(state: dict, device):
+    torch.set_rng_state(state["cpu"])
+    if device.type == "cuda" and state["cuda"] is not None:
+        torch.cuda.set_rng_state(state["cuda"], device)
 
 
 @torch.inference_mode()
-def evaluate(model, images, labels, batch_size) -> tuple[float, float]:
+def evaluate(model, images, labels, batch_size, precision=None) -> tuple[float, float]:
     """Mean cross-entropy and accuracy (%) of the model on uint8 images."""
     model.eval()
     loss_sum = torch.zeros((), device=images.device, dtype=torch.float64)
     correct = torch.zeros((), device=images.device, dtype=torch.int64)
     for batch_images, batch_labels in data.batches(images, labels, batch_size):
-        logits = model(batch_images.float().div_(255)).float()
+        with precision() if precision else contextlib.nullcontext():
+            logits = model(batch_images.float().div_(255)).float()
         loss_sum += F.cross_entropy(logits, batch_labels, reduction="sum").double()
         correct += (logits.argmax(1) == batch_labels).sum()
     n = len(labels)
     return loss_sum.item() / n, 100.0 * correct.item() / n
+
+
+class _Precision:
+    """The job's numeric settings: bf16 autocast and channels_last on CUDA (runtime.precision, .channels_last)."""
+
+    def __init__(self, runtime: dict, device):
+        cuda = device.type == "cuda"
+        self.device = device
+        self.bf16 = runtime["precision"] == "bf16" or (runtime["precision"] == "auto" and cuda)
+        channels_last = runtime["channels_last"]
+        self.memory_format = (torch.channels_last if channels_last is True or (channels_last == "auto" and cuda)
+                              else torch.contiguous_format)
+        self.compile = runtime["compile"]
+        self.fused_adam = cuda
+
+    def __call__(self):
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
+
+    def prepare(self, model):
+        model = model.to(self.device, memory_format=self.memory_format)
+        return torch.compile(model) if self.compile else model
 
 
 class _SignalStop:
@@ -252,114 +260,190 @@ def _load_checkpoint(path: Path, expected_hash: str) -> dict:
     return checkpoint
 
 
-def train_run(config: dict, spec: RunSpec, stats_path, out_dir, teacher_dir=None, log=print) -> dict:
-    """Train (or resume) one run into out_dir and return its metrics."""
-    out_dir = Path(out_dir)
-    training, augmentation = config["training"], config["augmentation"]
+class _Point:
+    """One sweep point in training: its model, optimiser, schedule, early stopping, RNG and folder."""
+
+    def __init__(self, config, spec, out_dir, teacher_hash, num_classes, stats, precision, log):
+        training = config["training"]
+        self.spec, self.out_dir, self.log = spec, Path(out_dir), log
+        self.run_config = run_slice(config, spec, teacher_hash)
+        self.run_hash = config_hash(self.run_config)
+        self.failed = None
+        seed_everything(spec.seed)
+        generator = torch.Generator().manual_seed(spec.seed)
+        self.model = precision.prepare(build_model(spec.model, num_classes, stats["mean"], stats["std"],
+                                                   bn_momentum=training["bn_momentum"]))
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=training["lr"],
+                                          weight_decay=training["weight_decay"], fused=precision.fused_adam or None)
+        self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            self.optimizer, mode="min", factor=training["lr_factor"], patience=training["lr_patience"])
+        # Each point draws its dropout masks from its own torch RNG stream, so a point
+        # trains exactly as it would alone, whatever else shares its job.
+        self.rng = _torch_rng(precision.device)
+        self.data_state = generator.get_state()
+        self.state = {"epoch": 0, "best_val_loss": math.inf, "best_epoch": 0, "bad_epochs": 0,
+                      "history": [], "train_seconds": 0.0, "resumed": 0}
+        self.done = (self.out_dir / "metrics.json").exists()
+        if not self.done and (self.out_dir / CHECKPOINT).exists():
+            checkpoint = _load_checkpoint(self.out_dir / CHECKPOINT, self.run_hash)
+            self.model.load_state_dict(checkpoint["model"])
+            self.optimizer.load_state_dict(checkpoint["optimizer"])
+            self.scheduler.load_state_dict(checkpoint["scheduler"])
+            self.rng, self.data_state, self.state = checkpoint["rng"], checkpoint["data"], checkpoint["state"]
+            self.state["resumed"] += 1
+            log(f"resuming {self.out_dir} after epoch {self.state['epoch']}")
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.board = None if self.done else _TensorBoard(self.out_dir / "tensorboard")
+        self.stopping = (training["max_epochs"], training["early_stopping_patience"])
+
+    @property
+    def needs_teacher(self):
+        return self.spec.role == "kd" and self.spec.soft_weight > 0
+
+    @contextlib.contextmanager
+    def own_rng(self, device):
+        _set_torch_rng(self.rng, device)
+        yield
+        self.rng = _torch_rng(device)
+
+    def end_epoch(self, sums, val_loss, val_acc, seconds, data_state):
+        epoch = self.state["epoch"] + 1
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.scheduler.step(val_loss)
+        if val_loss < self.state["best_val_loss"]:
+            self.state.update(best_val_loss=val_loss, best_epoch=epoch, bad_epochs=0)
+            io.torch_save(self.model.state_dict(), self.out_dir / BEST)
+        else:
+            self.state["bad_epochs"] += 1
+        row = {"epoch": epoch, "lr": lr, "train_loss": sums["total"], "train_hard_loss": sums["hard"],
+               "train_soft_loss": sums["soft"], "val_loss": val_loss, "val_acc": val_acc, "seconds": seconds}
+        self.state["history"].append(row)
+        self.state["epoch"] = epoch
+        self.state["train_seconds"] += seconds
+        self.data_state = data_state
+        io.torch_save({"config_hash": self.run_hash, "model": self.model.state_dict(),
+                       "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                       "rng": self.rng, "data": data_state, "state": self.state}, self.out_dir / CHECKPOINT)
+        self.board.epoch(row)
+        self.log(f"{self.out_dir.name}  epoch {epoch:3d}  lr {lr:.2e}  train loss {sums['total']:.4f}  "
+                 f"val loss {val_loss:.4f}  val acc {val_acc:6.2f}%  {seconds:6.1f}s")
+        max_epochs, patience = self.stopping
+        return epoch >= max_epochs or self.state["bad_epochs"] >= patience
+
+
+def train_epoch(points, teacher, augment, images, labels, batch_size, generator, precision, stop=None):
+    """One epoch of every point on one shared stream of augmented batches and teacher logits.
+
+    Returns each point's mean losses {"total", "hard", "soft"} (NaN for a term it does not use).
+    """
+    device = images.device
+    for point in points:
+        point.model.train()
+    totals = [{} for _ in points]
+    needs_teacher = teacher is not None and any(point.needs_teacher for point in points)
+    for index in torch.randperm(len(labels), generator=generator).to(device).split(batch_size):
+        if stop:
+            stop.check()
+        batch = augment(images[index], generator).contiguous(memory_format=precision.memory_format)
+        batch_labels = labels[index]
+        teacher_logits = None
+        if needs_teacher:
+            with torch.inference_mode(), precision():
+                teacher_logits = teacher(batch).float()
+        for point, total in zip(points, totals):
+            spec = point.spec
+            with point.own_rng(device):
+                with precision():
+                    logits = point.model(batch).float()
+                losses = kd_losses(logits, teacher_logits if point.needs_teacher else None, batch_labels,
+                                   spec.temperature or 1.0, spec.soft_weight or 0.0)
+                point.optimizer.zero_grad(set_to_none=True)
+                losses["total"].backward()
+                point.optimizer.step()
+            for name, value in losses.items():
+                # A term the point does not use (soft at w = 0) is None: logged as NaN.
+                if value is not None:
+                    total[name] = total.get(name, 0) + value.detach() * len(index)
+    return [{name: total[name].item() / len(labels) if name in total else math.nan
+             for name in ("total", "hard", "soft")} for total in totals]
+
+
+def train_points(config: dict, specs, stats_path, out_dirs, teacher_dir=None, log=print) -> list:
+    """Train (or resume) sweep points of one student and seed in one job; return their metrics.
+
+    The points share one augmented data stream and one teacher forward pass per batch:
+    for one student and seed these are the same whatever the temperature and weight.
+    Each keeps its own optimiser, schedule, early stopping, checkpoint and folder; a
+    point that stops early is finished, and the job goes on while any point trains.
+    """
+    specs, out_dirs = list(specs), [Path(d) for d in out_dirs]
+    if len({(spec.model, spec.seed, spec.role) for spec in specs}) != 1 or len(specs) != len(out_dirs):
+        raise KdsweepError("the points of one job must share student, seed and role, one output folder each")
+    training = config["training"]
     device = setup_runtime(config["runtime"])
+    precision = _Precision(config["runtime"], device)
     stats = data.read_stats(stats_path, config["dataset"])
 
     teacher, teacher_hash = None, None
-    if spec.role == "kd":
+    if specs[0].role == "kd":
         if teacher_dir is None:
             raise KdsweepError("distillation needs the teacher's run folder; pass --teacher RUN_DIR")
         teacher, teacher_hash = _load_teacher(Path(teacher_dir), device)
-    run_config = run_slice(config, spec, teacher_hash)
-    run_hash = config_hash(run_config)
-
+        teacher = precision.prepare(teacher)
     splits = data.load_splits(config["dataset"], device, stats)
-    seed_everything(spec.seed)
-    generator = torch.Generator().manual_seed(spec.seed)
-    model = build_model(spec.model, splits.num_classes, stats["mean"], stats["std"],
-                        bn_momentum=training["bn_momentum"]).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=training["lr"], weight_decay=training["weight_decay"])
-    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-        optimizer, mode="min", factor=training["lr_factor"], patience=training["lr_patience"])
-    augment = data.Augment.from_config(augmentation)
-
-    state = {"epoch": 0, "best_val_loss": math.inf, "best_epoch": 0, "bad_epochs": 0,
-             "history": [], "train_seconds": 0.0, "resumed": 0}
-    checkpoint_path = out_dir / CHECKPOINT
-    if checkpoint_path.exists():
-        checkpoint = _load_checkpoint(checkpoint_path, run_hash)
-        model.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        scheduler.load_state_dict(checkpoint["scheduler"])
-        _set_rng_state(checkpoint["rng"], generator)
-        state = checkpoint["state"]
-        state["resumed"] += 1
-        log(f"resuming {out_dir} after epoch {state['epoch']}")
-    out_dir.mkdir(parents=True, exist_ok=True)
-
-    board = _TensorBoard(out_dir / "tensorboard")
-    train_images, train_labels = splits.train.images, splits.train.labels
+    points = [_Point(config, spec, out_dir, teacher_hash, splits.num_classes, stats, precision, log)
+              for spec, out_dir in zip(specs, out_dirs)]
+    augment = data.Augment.from_config(config["augmentation"])
+    generator = torch.Generator()
+    results = {point.out_dir: io.read_json(point.out_dir / "metrics.json") for point in points if point.done}
     try:
         with _SignalStop() as stop:
-            while state["epoch"] < training["max_epochs"] and state["bad_epochs"] < training["early_stopping_patience"]:
+            while active := [point for point in points if not point.done]:
+                # Points resumed from checkpoints of different epochs catch up one group at a time.
+                epoch = min(point.state["epoch"] for point in active)
+                group = [point for point in active if point.state["epoch"] == epoch]
+                generator.set_state(group[0].data_state)
                 started = time.perf_counter()
-                epoch = state["epoch"] + 1
-                model.train()
-                totals = {}
-                permutation = torch.randperm(len(train_labels), generator=generator).to(device)
-                for index in permutation.split(training["batch_size"]):
-                    stop.check()
-                    images = augment(train_images[index], generator)
-                    labels = train_labels[index]
-                    teacher_logits = None
-                    if teacher is not None and spec.soft_weight > 0:
-                        with torch.inference_mode():
-                            teacher_logits = teacher(images)
-                    losses = kd_losses(model(images), teacher_logits, labels,
-                                       spec.temperature or 1.0, spec.soft_weight or 0.0)
-                    optimizer.zero_grad(set_to_none=True)
-                    losses["total"].backward()
-                    optimizer.step()
-                    for name, value in losses.items():
-                        # A term the run does not use (soft at w = 0) is None: logged as NaN.
-                        if value is not None:
-                            totals[name] = totals.get(name, 0) + value.detach() * len(index)
-                sums = {name: totals[name].item() / len(train_labels) if name in totals else math.nan
-                        for name in ("total", "hard", "soft")}
-                if not math.isfinite(sums["total"]):
-                    raise KdsweepError(
-                        f"the training loss became non-finite ({sums['total']}) in epoch {epoch} of {out_dir}; "
-                        "lower training.lr or check the data, then delete the run folder and rerun"
-                    )
-                val_loss, val_acc = evaluate(model, splits.val.images, splits.val.labels, training["eval_batch_size"])
-                lr = optimizer.param_groups[0]["lr"]
-                scheduler.step(val_loss)
-                if val_loss < state["best_val_loss"]:
-                    state.update(best_val_loss=val_loss, best_epoch=epoch, bad_epochs=0)
-                    io.torch_save(model.state_dict(), out_dir / BEST)
-                else:
-                    state["bad_epochs"] += 1
-                seconds = time.perf_counter() - started
-                row = {"epoch": epoch, "lr": lr, "train_loss": sums["total"], "train_hard_loss": sums["hard"],
-                       "train_soft_loss": sums["soft"], "val_loss": val_loss, "val_acc": val_acc, "seconds": seconds}
-                state["history"].append(row)
-                state["epoch"] = epoch
-                state["train_seconds"] += seconds
-                io.torch_save({"config_hash": run_hash, "model": model.state_dict(),
-                               "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                               "rng": _rng_state(generator), "state": state}, checkpoint_path)
-                board.epoch(row)
-                log(f"epoch {epoch:3d}  lr {lr:.2e}  train loss {sums['total']:.4f}  "
-                    f"val loss {val_loss:.4f}  val acc {val_acc:6.2f}%  {seconds:6.1f}s")
+                losses = train_epoch(group, teacher, augment, splits.train.images, splits.train.labels,
+                                     training["batch_size"], generator, precision, stop)
+                for point, sums in zip(group, losses):
+                    if not math.isfinite(sums["total"]):
+                        point.done, point.failed = True, (
+                            f"the training loss became non-finite ({sums['total']}) in epoch {epoch + 1} of "
+                            f"{point.out_dir}; lower training.lr or check the data, then delete that folder and rerun")
+                        log(point.failed)
+                        continue
+                    val_loss, val_acc = evaluate(point.model, splits.val.images, splits.val.labels,
+                                                 training["eval_batch_size"], precision)
+                    if point.end_epoch(sums, val_loss, val_acc, time.perf_counter() - started, generator.get_state()):
+                        results[point.out_dir] = _finish(point, splits, training, device, precision, teacher_dir)
+                        point.done = True
     except Preempted as signal_name:
-        log(f"received {signal_name}: stopped; the checkpoint of epoch {state['epoch']} resumes the run")
+        log(f"received {signal_name}: stopped; each point resumes from the checkpoint of its last finished epoch")
         raise
     finally:
-        board.close()
+        for point in points:
+            if point.board:
+                point.board.close()
+    failed = [point.failed for point in points if point.failed]
+    if failed:
+        raise KdsweepError(failed[0] if len(failed) == 1 else f"{len(failed)} points failed; first: {failed[0]}")
+    return [results[out_dir] for out_dir in out_dirs]
 
-    return _finish(model, spec, splits, training, state, run_config, run_hash, out_dir, device, teacher_dir, log)
+
+def train_run(config: dict, spec: RunSpec, stats_path, out_dir, teacher_dir=None, log=print) -> dict:
+    """Train (or resume) one run into out_dir and return its metrics."""
+    return train_points(config, [spec], stats_path, [out_dir], teacher_dir=teacher_dir, log=log)[0]
 
 
-def _finish(model, spec, splits, training, state, run_config, run_hash, out_dir, device, teacher_dir, log):
+def _finish(point, splits, training, device, precision, teacher_dir):
     """Evaluate the best-validation weights on the test set and write the run's outputs, metrics.json last."""
-    model.load_state_dict(torch.load(out_dir / BEST, map_location=device, weights_only=True))
+    out_dir, state, spec = point.out_dir, point.state, point.spec
+    point.model.load_state_dict(torch.load(out_dir / BEST, map_location=device, weights_only=True))
     best = state["history"][state["best_epoch"] - 1]
-    test_loss, test_acc = evaluate(model, splits.test.images, splits.test.labels, training["eval_batch_size"])
-    save_model(out_dir / "model.pt", model, spec.model, splits.num_classes)
+    test_loss, test_acc = evaluate(point.model, splits.test.images, splits.test.labels,
+                                   training["eval_batch_size"], precision)
+    save_model(out_dir / "model.pt", point.model, spec.model, splits.num_classes)
     buffer = _io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=HISTORY_FIELDS, lineterminator="\n")
     writer.writeheader()
@@ -367,7 +451,7 @@ def _finish(model, spec, splits, training, state, run_config, run_hash, out_dir,
     io.write_text(out_dir / "history.csv", buffer.getvalue())
     metrics = {
         **asdict(spec),
-        "dataset": run_config["dataset"]["name"],
+        "dataset": point.run_config["dataset"]["name"],
         "teacher_run": str(teacher_dir) if teacher_dir else None,
         "epochs": state["epoch"],
         "best_epoch": state["best_epoch"],
@@ -379,13 +463,14 @@ def _finish(model, spec, splits, training, state, run_config, run_hash, out_dir,
         "train_seconds": state["train_seconds"],
         "resumed": state["resumed"],
         "device": describe_device(device),
+        "precision": "bf16 autocast" if precision.bf16 else "fp32",
         **environment(),
-        "config": run_config,
-        "config_hash": run_hash,
+        "config": point.run_config,
+        "config_hash": point.run_hash,
     }
     io.write_json(out_dir / "metrics.json", metrics)
     for scratch in (CHECKPOINT, BEST):
         (out_dir / scratch).unlink(missing_ok=True)
-    log(f"finished {out_dir}: best epoch {state['best_epoch']} of {state['epoch']}, "
-        f"val acc {best['val_acc']:.2f}%, test acc {test_acc:.2f}%")
+    point.log(f"finished {out_dir}: best epoch {state['best_epoch']} of {state['epoch']}, "
+              f"val acc {best['val_acc']:.2f}%, test acc {test_acc:.2f}%")
     return metrics
