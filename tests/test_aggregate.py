@@ -17,6 +17,10 @@ TEMPERATURES = (1.0, 4.0, 8.0)
 WEIGHTS = (0.5, 0.9, 1.0)
 EPSILONS = (0.01, 0.05)
 FGSM_FACTOR = {0.01: 0.8, 0.05: 0.2}
+PGD_FACTOR = {0.01: 0.6, 0.05: 0.05}  # PGD is stronger
+ATTACK_FACTOR = {"fgsm": FGSM_FACTOR, "pgd": PGD_FACTOR}
+PGD_PARAMS = {"steps": 10, "relative_step_size": 0.25, "random_start": True, "seed": 0}
+NOT_EVALUATED = ("resnet18", 1.0, 0.5, 0)  # finished, but its evaluation file is not written yet
 SEED_OFFSET = (0.0, -0.5, 0.5)  # seeds 0, 1, 2: mean = the seed-0 value, std = 0.5
 UNFINISHED = ("mobilenet_v3_small", 8.0, 1.0, 0)  # no metrics.json
 VAL_BEST = (4.0, 0.9)  # resnet18's best cell on validation...
@@ -57,17 +61,44 @@ def write_run(root, role, model, seed, temperature=None, soft_weight=None, val_a
     return folder
 
 
-def write_attack(root, role, model, seed, temperature, soft_weight, epsilon, test_acc):
+def write_attack(root, role, model, seed, temperature, soft_weight, epsilon, test_acc, attack="fgsm"):
     run = run_path(role, model, seed, temperature, soft_weight)
-    adv = test_acc * FGSM_FACTOR[epsilon] + (1.0 if role == "kd" else 0.0)
+    adv = test_acc * ATTACK_FACTOR[attack][epsilon] + (1.0 if role == "kd" else 0.0)
     record = {
-        "attack": "fgsm", "epsilon": epsilon, "run": str(root / run), "role": role, "model": model,
+        "attack": attack, "params": PGD_PARAMS if attack == "pgd" else {},
+        "epsilon": epsilon, "run": str(root / run), "role": role, "model": model,
         "temperature": temperature, "soft_weight": soft_weight, "seed": seed, "n": 10000,
         "clean_acc": test_acc, "adv_acc": adv, "n_correct": round(test_acc * 100),
         "adv_acc_on_correct": 100 * adv / test_acc, "seconds": 3.2, "device": "cuda:0",
         "slurm": {"job_id": "17", "array_task": None, "gpus": "0"},
     }
-    path = root / "attacks" / role / run.split("/")[-1] / attack_file("fgsm", epsilon)
+    path = root / "attacks" / role / run.split("/")[-1] / attack_file(attack, epsilon)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record))
+
+
+def evaluation_values(model, seed, temperature=None, soft_weight=None):
+    """The measures of evaluation/<role>/<run>.json: logits grow with T (as distillation at high T does)."""
+    t = 0.0 if temperature is None else temperature
+    w = 0.0 if soft_weight is None else soft_weight
+    return {"agreement": 90.0 + 5 * w + SEED_OFFSET[seed], "kl_to_teacher": 0.3 - 0.2 * w,
+            "ece": 3.0 + 0.1 * t, "nll": 0.4 + 0.01 * t,
+            "max_logit": 8.0 + t + SEED_OFFSET[seed], "logit_norm": 12.0 + 2 * t}
+
+
+def write_evaluation(root, role, model, seed, temperature=None, soft_weight=None, test_acc=None):
+    """evaluation/<role>/<run>.json as `python -m kdsweep evaluate` writes it."""
+    run = run_path(role, model, seed, temperature, soft_weight)
+    record = {
+        "run": str(root / run), "role": role, "dataset": DATASET, "model": model, "seed": seed,
+        "temperature": temperature, "soft_weight": soft_weight,
+        "teacher_run": str(root / run_path("teacher", TEACHER, 0)), "teacher_model": TEACHER,
+        "n": 10000, "test_acc": test_acc, "test_acc_metrics": test_acc, "ece_bins": 15,
+        **evaluation_values(model, seed, temperature, soft_weight),
+        "seconds": 2.0, "device": "cuda:0", "precision": "bf16 autocast",
+        "slurm": {"job_id": "18", "array_task": None, "gpus": "0"},
+    }
+    path = root / "evaluation" / role / f"{run.split('/')[-1]}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(record))
 
@@ -88,7 +119,10 @@ def make_study(root, seeds=(0,), weights=WEIGHTS):
         val, test = (a + SEED_OFFSET[seed] for a in accuracies(model, t, w))
         write_run(root, role, model, seed, t, w, val, test)
         for epsilon in EPSILONS:
-            write_attack(root, role, model, seed, t, w, epsilon, test)
+            for attack in ATTACK_FACTOR:
+                write_attack(root, role, model, seed, t, w, epsilon, test, attack)
+        if (model, t, w, seed) != NOT_EVALUATED:
+            write_evaluation(root, role, model, seed, t, w, test)
     return root
 
 
@@ -114,12 +148,16 @@ def test_row_counts_and_files(study):
     assert all(p.is_file() and p.parent == root / "tables" for p in paths)
     runs, robustness = read(root, "runs.csv"), read(root, "robustness.csv")
     assert len(runs) == finished(seeds)
-    assert len(robustness) == finished(seeds) * len(EPSILONS)
+    assert len(robustness) == finished(seeds) * len(EPSILONS) * len(ATTACK_FACTOR)
     assert list(runs["role"].drop_duplicates()) == ["teacher", "baseline", "kd"]
     assert {"dataset", "model", "role", "temperature", "soft_weight", "seed", "epochs", "best_epoch",
-            "val_acc", "test_acc", "train_seconds", "run"} <= set(runs.columns)
-    assert {"attack", "epsilon", "clean_acc", "adv_acc", "adv_acc_on_correct"} <= set(robustness.columns)
+            "val_acc", "test_acc", "train_seconds", "run", *aggregate.EVALUATION_COLUMNS} <= set(runs.columns)
+    assert {"attack", "epsilon", "clean_acc", "adv_acc", "adv_acc_on_correct", "max_logit", "logit_norm",
+            "params"} <= set(robustness.columns)
     assert robustness["dataset"].eq(DATASET).all()
+    # one row per run x attack x epsilon
+    assert not robustness.duplicated(["run", "attack", "epsilon"]).any()
+    assert robustness.groupby("attack").size().to_dict() == {a: finished(seeds) * len(EPSILONS) for a in ATTACK_FACTOR}
     grid = read(root, "grid.csv")
     cell = grid.query("model == 'mobilenet_v3_small' and temperature == 8 and soft_weight == 1")
     if len(seeds) == 1:  # the unfinished run's cell is absent
@@ -129,7 +167,67 @@ def test_row_counts_and_files(study):
         assert cell["test_acc_n"].item() == len(seeds) - 1
     table1 = read(root, "table1.csv")
     assert list(table1["model"]) == [TEACHER, "mobilenet_v3_small", "resnet18"]
-    assert {"eps=0.01_mean", "eps=0.05_ci95", "test_acc_n"} <= set(table1.columns)
+    assert {"fgsm eps=0.01_mean", "fgsm eps=0.05_ci95", "pgd eps=0.01_mean", "pgd eps=0.05_n", "test_acc_n",
+            "max_logit_mean", "logit_norm_ci95"} <= set(table1.columns)
+    assert not [c for c in table1.columns if c.startswith("eps=")]
+
+
+def test_evaluation_and_pgd_files_are_joined(tmp_path):
+    make_study(tmp_path)
+    aggregate.write_tables(tmp_path)
+    runs = read(tmp_path, "runs.csv").set_index("run")
+    name = run_path("kd", "resnet18", 0, 4.0, 0.9)
+    assert runs.loc[name, aggregate.EVALUATION_COLUMNS].tolist() == pytest.approx(
+        list(evaluation_values("resnet18", 0, 4.0, 0.9).values()))
+    # a finished run whose evaluation is still to come: empty cells, not a crash
+    model, t, w, seed = NOT_EVALUATED
+    assert runs.loc[run_path("kd", model, seed, t, w), aggregate.EVALUATION_COLUMNS].isna().all()
+
+    robustness = read(tmp_path, "robustness.csv")
+    pgd = robustness.query("attack == 'pgd' and epsilon == 0.05 and run == @name").iloc[0]
+    test = BASE["resnet18"] + 1.5  # VAL_BEST's test accuracy
+    assert pgd["adv_acc"] == pytest.approx(test * PGD_FACTOR[0.05] + 1)
+    assert (pgd["max_logit"], pgd["logit_norm"]) == pytest.approx((12.0, 20.0))  # the run's, joined
+    assert json.loads(pgd["params"]) == PGD_PARAMS
+    assert robustness.query("attack == 'fgsm'")["params"].eq("{}").all()
+    columns = list(robustness.columns)
+    assert columns.index("adv_acc_on_correct") + 1 == columns.index("max_logit")  # next to the numbers
+
+    base = read(tmp_path, "table1.csv").query("model == 'resnet18'").iloc[0]
+    assert base["pgd eps=0.01_mean"] == pytest.approx(BASE["resnet18"] * PGD_FACTOR[0.01])
+    assert base["fgsm eps=0.01_mean"] == pytest.approx(BASE["resnet18"] * FGSM_FACTOR[0.01])
+    assert base["max_logit_mean"] == pytest.approx(8.0) and base["logit_norm_n"] == 1
+    md = (tmp_path / "tables" / "table1.md").read_text()
+    assert "| FGSM eps=0.01 (%) | FGSM eps=0.05 (%) | PGD eps=0.01 (%) | PGD eps=0.05 (%) |" in md
+    assert "pgd (random_start=true, relative_step_size=0.25, seed=0, steps=10)" in md
+
+    kd = read(tmp_path, "kd_vs_hard.csv").query("model == 'resnet18'")
+    assert kd["measure"].tolist() == ["clean", "fgsm", "fgsm", "pgd", "pgd", *aggregate.MEASURES]
+    row = kd.query("measure == 'pgd' and epsilon == 0.01").iloc[0]
+    assert row["boost"] == pytest.approx(1.5 * PGD_FACTOR[0.01] + 1.0)
+    row = kd.query("measure == 'max_logit'").iloc[0]
+    assert (row["hard_mean"], row["kd_mean"], row["boost"]) == pytest.approx((8.0, 12.0, 4.0))
+    assert math.isnan(row["epsilon"])
+    md = (tmp_path / "tables" / "kd_vs_hard.md").read_text()
+    assert "| PGD eps=0.05 (%) |" in md and "| mean largest logit | 8.00 | 12.00 | +4.00 |" in md
+    assert "| KL(teacher ‖ student), T = 1 | 0.300 | 0.120 | -0.180 |" in md
+
+
+def test_evaluation_files_missing_or_broken(tmp_path):
+    make_study(tmp_path)
+    for path in (tmp_path / "evaluation").glob("*/*.json"):
+        path.unlink()
+    aggregate.write_tables(tmp_path)  # a sweep in progress: no evaluation yet
+    assert read(tmp_path, "runs.csv")[aggregate.EVALUATION_COLUMNS].isna().all(axis=None)
+    assert read(tmp_path, "robustness.csv")[["max_logit", "logit_norm"]].isna().all(axis=None)
+    kd = read(tmp_path, "kd_vs_hard.csv")
+    assert set(kd["measure"]) == {"clean", "fgsm", "pgd"}
+    assert read(tmp_path, "table1.csv")["max_logit_n"].eq(0).all()
+    assert "| – | – |" in (tmp_path / "tables" / "table1.md").read_text()
+    path = tmp_path / "evaluation" / "baseline" / "resnet18_seed0.json"
+    path.write_text('{"agreement": 90')
+    with pytest.raises(KdsweepError, match=r"resnet18_seed0.json.*delete it and rerun"):
+        aggregate.write_tables(tmp_path)
 
 
 def test_best_run_is_chosen_on_validation_not_test(study):
@@ -143,7 +241,7 @@ def test_best_run_is_chosen_on_validation_not_test(study):
     assert clean["kd_val_acc_mean"] == pytest.approx(BASE["resnet18"] + 2.0)
     fgsm = table.query("measure == 'fgsm' and epsilon == 0.01").iloc[0]
     assert fgsm["boost"] == pytest.approx(1.5 * FGSM_FACTOR[0.01] + 1.0)
-    assert len(table) == 1 + len(EPSILONS)
+    assert len(table) == 1 + len(EPSILONS) * len(ATTACK_FACTOR) + len(aggregate.EVALUATION_COLUMNS)
     md = (root / "tables" / "kd_vs_hard.md").read_text()
     assert "VALIDATION" in md and "alpha = 1 - w" in md and "never used" in md
 
@@ -155,8 +253,10 @@ def test_three_seed_statistics_match_hand_computation(tmp_path):
     base = read(tmp_path, "table1.csv").query("model == 'resnet18'").iloc[0]
     assert (base["test_acc_mean"], base["test_acc_std"], base["test_acc_n"]) == pytest.approx((88.80, std, 3))
     assert base["test_acc_ci95"] == pytest.approx(ci)
-    assert base["eps=0.05_mean"] == pytest.approx(88.80 * FGSM_FACTOR[0.05])
-    assert base["eps=0.05_ci95"] == pytest.approx(T_975_2 * 0.5 * FGSM_FACTOR[0.05] / math.sqrt(3))
+    assert base["fgsm eps=0.05_mean"] == pytest.approx(88.80 * FGSM_FACTOR[0.05])
+    assert base["fgsm eps=0.05_ci95"] == pytest.approx(T_975_2 * 0.5 * FGSM_FACTOR[0.05] / math.sqrt(3))
+    assert base["pgd eps=0.05_ci95"] == pytest.approx(T_975_2 * 0.5 * PGD_FACTOR[0.05] / math.sqrt(3))
+    assert (base["max_logit_mean"], base["max_logit_std"], base["max_logit_ci95"]) == pytest.approx((8.0, std, ci))
     teacher = read(tmp_path, "table1.csv").query("role == 'teacher'").iloc[0]
     assert teacher["test_acc_n"] == 1 and math.isnan(teacher["test_acc_std"])
     grid = read(tmp_path, "grid.csv").query("model == 'resnet18' and temperature == 4 and soft_weight == 0.9")

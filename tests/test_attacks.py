@@ -1,11 +1,12 @@
 import copy
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdsweep.attacks import evaluate_attack, fgsm
+from kdsweep.attacks import ATTACKS, PARAMS, evaluate_attack, fgsm, pgd
 
 
 def small_net(dtype=torch.float64):
@@ -175,3 +176,131 @@ def test_images_must_be_uint8(digits):
     model, images, labels = digits
     with pytest.raises(ValueError, match="uint8"):
         evaluate_attack(model, images.float() / 255, labels, 0.1, batch_size=64)
+
+
+# ---------------------------------------------------------------- PGD
+
+PGD = {"steps": 10, "relative_step_size": 0.25, "random_start": True, "seed": 0}
+
+
+def textbook_pgd(model, images, labels, epsilon, step_size, steps, start=None):
+    """Madry et al.'s iteration, one image at a time, model in eval mode, written out in full:
+    x_{k+1} = clip_[0,1](x + clip_[-eps,eps](x_k + step_size * sign(grad) - x))."""
+    model.eval()
+    out = []
+    for i, (x, y) in enumerate(zip(images, labels)):
+        x = x[None]
+        adv = (x if start is None else start[i][None]).clone()
+        for _ in range(steps):
+            adv = adv.detach().requires_grad_(True)
+            F.cross_entropy(model(adv), y[None]).backward()
+            adv = adv + step_size * adv.grad.sign()
+            delta = torch.clamp(adv - x, -epsilon, epsilon)
+            adv = torch.clamp(x + delta, 0, 1)
+        out.append(adv.detach()[0])
+    return torch.stack(out)
+
+
+def test_pgd_is_the_textbook_iteration(batch):
+    images, labels = batch
+    model = with_running_stats(small_net()).eval()
+    epsilon, step_size, steps = 0.3, 0.1, 5
+    adversarial = pgd(model, images, labels, epsilon, step_size, steps, random_start=False)
+    expected = textbook_pgd(copy.deepcopy(model), images, labels, epsilon, step_size, steps)
+    torch.testing.assert_close(adversarial, expected, rtol=0, atol=1e-12)
+    assert not adversarial.requires_grad
+    # the projection was exercised: some pixels sit on the eps-ball's surface, others inside it
+    distance = (adversarial - images).abs()
+    assert (distance > epsilon - 1e-12).any() and ((distance > 1e-12) & (distance < epsilon - 1e-12)).any()
+    # one step of size epsilon without a random start is FGSM
+    torch.testing.assert_close(pgd(model, images, labels, 0.2, 0.2, 1, random_start=False),
+                               fgsm(model, images, labels, 0.2), rtol=0, atol=1e-12)
+
+
+def test_pgd_random_start_is_seeded_and_textbook(batch):
+    images, labels = batch
+    model = with_running_stats(small_net()).eval()
+    epsilon, step_size, steps = 0.2, 0.05, 3
+
+    def run(seed):
+        return pgd(model, images, labels, epsilon, step_size, steps, generator=torch.Generator().manual_seed(seed))
+
+    first = run(7)
+    assert torch.equal(first, run(7))
+    assert not torch.equal(first, run(8))
+    noise = torch.rand(images.shape, generator=torch.Generator().manual_seed(7), dtype=images.dtype)
+    start = (images + (2 * noise - 1) * epsilon).clamp(0, 1)  # uniform in [-eps, eps], then the image box
+    expected = textbook_pgd(copy.deepcopy(model), images, labels, epsilon, step_size, steps, start)
+    torch.testing.assert_close(first, expected, rtol=0, atol=1e-12)
+
+
+def test_pgd_stays_within_epsilon_and_the_image_box(batch):
+    images, labels = batch
+    model = small_net()
+    for epsilon in (0.01, 0.1, 0.5):
+        for random_start in (False, True):
+            adversarial = pgd(model, images, labels, epsilon, epsilon / 2, 6, random_start,
+                              torch.Generator().manual_seed(0))
+            assert (adversarial - images).abs().max().item() <= epsilon + 1e-12
+            assert (adversarial - images).abs().max().item() > 0
+            assert adversarial.min().item() >= 0 and adversarial.max().item() <= 1
+    assert torch.equal(pgd(model, images, labels, 0.0, 0.0, 3), images)
+
+
+def test_pgd_restores_modes_and_leaves_the_model_alone(batch):
+    images, labels = batch
+    model = with_running_stats(small_net())
+    model[1].eval()
+    running_mean = model[1].running_mean.clone()
+    pgd(model, images, labels, 0.1, 0.05, 3, generator=torch.Generator().manual_seed(0))
+    assert [m.training for m in model] == [True, False, True, True, True]
+    assert torch.equal(model[1].running_mean, running_mean)
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_pgd_refuses_bad_parameters(batch):
+    images, labels = batch
+    for args, match in (((-0.1, 0.1, 3), "epsilon"), ((0.1, -0.1, 3), "step_size"), ((0.1, 0.1, 0), "steps")):
+        with pytest.raises(ValueError, match=match):
+            pgd(small_net(), images, labels, *args)
+
+
+def test_registry_names_the_config_attacks():
+    from kdsweep.config import load_config, schema
+
+    assert set(ATTACKS) == set(PARAMS) == set(schema()["properties"]["attacks"]["properties"])
+    attacks = load_config([Path(__file__).resolve().parents[1] / "config.yaml"])["attacks"]
+    for name, params in attacks.items():
+        assert set(params) == set(PARAMS[name]), name
+
+
+def test_pgd_is_at_least_as_strong_as_fgsm(digits):
+    model, images, labels = digits
+    for epsilon in (0.02, 0.05, 0.1):
+        fgsm_result = evaluate_attack(model, images, labels, epsilon, 128)
+        pgd_result = evaluate_attack(model, images, labels, epsilon, 128, "pgd", **PGD)
+        assert pgd_result["clean_acc"] == fgsm_result["clean_acc"]
+        assert pgd_result["n_correct"] == fgsm_result["n_correct"]
+        assert pgd_result["adv_acc"] <= fgsm_result["adv_acc"], epsilon
+        assert pgd_result["adv_acc_on_correct"] <= fgsm_result["adv_acc_on_correct"]
+    assert pgd_result["adv_acc"] < fgsm_result["adv_acc"]  # strictly, at the largest epsilon
+    # without a random start too
+    no_start = evaluate_attack(model, images, labels, 0.05, 128, "pgd", **{**PGD, "random_start": False})
+    assert no_start["adv_acc"] <= evaluate_attack(model, images, labels, 0.05, 128)["adv_acc"]
+
+
+def test_pgd_evaluation_is_seeded_and_batch_size_free(digits):
+    model, images, labels = digits
+    first = evaluate_attack(model, images, labels, 0.05, 7, "pgd", **{**PGD, "steps": 2})
+    assert first == evaluate_attack(model, images, labels, 0.05, 1000, "pgd", **{**PGD, "steps": 2})
+    assert first["clean_acc"] == evaluate_attack(model, images, labels, 0.05, 1000)["clean_acc"]
+
+
+def test_attack_parameters_are_checked(digits):
+    model, images, labels = digits
+    with pytest.raises(ValueError, match="unknown attack"):
+        evaluate_attack(model, images, labels, 0.05, 64, "cw")
+    with pytest.raises(ValueError, match="parameters"):
+        evaluate_attack(model, images, labels, 0.05, 64, "pgd", steps=3)
+    with pytest.raises(ValueError, match="parameters"):
+        evaluate_attack(model, images, labels, 0.05, 64, "fgsm", steps=3)

@@ -21,9 +21,10 @@ def assert_figures(root, students, paths):
 
 def test_figure_names():
     names = plots.figure_names(["resnet18"])
-    assert names == ["temperature.png", "temperature.pdf", "soft_weight_resnet18.png", "soft_weight_resnet18.pdf",
-                     "grid_resnet18.png", "grid_resnet18.pdf", "fgsm_resnet18.png", "fgsm_resnet18.pdf"]
-    assert len(plots.figure_names(["a", "b"])) == 2 + 2 * 3 * 2
+    assert names == ["temperature.png", "temperature.pdf", "fidelity.png", "fidelity.pdf",
+                     "soft_weight_resnet18.png", "soft_weight_resnet18.pdf", "grid_resnet18.png", "grid_resnet18.pdf",
+                     "robustness_resnet18.png", "robustness_resnet18.pdf"]
+    assert len(plots.figure_names(["a", "b"])) == 2 * 2 + 2 * 3 * 2
 
 
 @pytest.mark.parametrize("seeds", [(0,), (0, 1, 2)], ids=["1seed", "3seeds"])
@@ -41,3 +42,15 @@ def test_missing_data_still_gives_every_figure(tmp_path):
     students = ["resnet18", "mobilenet_v3_large"]
     paths = plots.write_figures(tmp_path, 0.3, students=students)
     assert_figures(tmp_path, students, paths)
+
+
+def test_figures_before_any_evaluation_or_pgd_result(tmp_path):
+    """A sweep in progress: FGSM results only, no evaluation file yet (fidelity: a note; robustness: FGSM)."""
+    import shutil
+
+    make_study(tmp_path)
+    shutil.rmtree(tmp_path / "evaluation")
+    for path in tmp_path.glob("attacks/*/*/pgd_eps*.json"):
+        path.unlink()
+    paths = plots.write_figures(tmp_path, STAGED_WEIGHT)
+    assert_figures(tmp_path, sorted(BASE), paths)

@@ -3,6 +3,11 @@
 Every aggregate over seeds carries `<quantity>_mean`, `_std`, `_n` and `_ci95` (the half-width of a
 Student-t 95% confidence interval); with one seed std and ci95 are NaN, never zero.
 Accuracies are percent. `soft_weight` is w, the weight of the soft (teacher) term (the seed's alpha = 1 - w).
+
+Inputs under results/<study>/: runs/<role>/<run>/metrics.json (a finished run),
+attacks/<role>/<run>/<attack>_eps<eps>.json (one per attack and epsilon) and
+evaluation/<role>/<run>.json (fidelity, calibration, logit scale; kdsweep.evaluation). A missing
+attack or evaluation file (a sweep in progress) leaves empty cells, never an error.
 """
 
 import json
@@ -20,15 +25,31 @@ ROLES = ("teacher", "baseline", "kd")
 TABLES = ("runs.csv", "robustness.csv", "table1.csv", "table1.md",
           "kd_vs_hard.csv", "kd_vs_hard.md", "grid.csv")
 KEYS = ["dataset", "model", "role", "temperature", "soft_weight", "seed"]
+# Columns from evaluation/<role>/<run>.json (kdsweep.evaluation): agreement with the teacher (%),
+# KL(teacher || student) at T = 1, ECE (%), NLL, mean largest logit, mean logit L2 norm.
+EVALUATION_COLUMNS = ["agreement", "kl_to_teacher", "ece", "nll", "max_logit", "logit_norm"]
+LOGIT_SCALE = ["max_logit", "logit_norm"]
 RUN_COLUMNS = KEYS + ["epochs", "best_epoch", "stopped_early", "val_acc", "val_loss", "test_acc",
-                      "test_loss", "train_seconds", "device", "run"]
-ROBUSTNESS_COLUMNS = KEYS + ["attack", "epsilon", "clean_acc", "adv_acc", "adv_acc_on_correct",
-                             "n", "n_correct", "run"]
+                      "test_loss", *EVALUATION_COLUMNS, "train_seconds", "device", "run"]
+ROBUSTNESS_COLUMNS = KEYS + ["attack", "epsilon", "clean_acc", "adv_acc", "adv_acc_on_correct", *LOGIT_SCALE,
+                             "n", "n_correct", "params", "run"]
 _METRICS_REQUIRED = ("role", "dataset", "model", "seed", "temperature", "soft_weight", "val_acc", "test_acc")
 _ATTACK_REQUIRED = ("attack", "epsilon", "role", "model", "temperature", "soft_weight", "seed",
                     "clean_acc", "adv_acc", "adv_acc_on_correct")
+_EVALUATION_REQUIRED = tuple(EVALUATION_COLUMNS)
 _NUMERIC = ("temperature", "soft_weight", "seed", "epochs", "best_epoch", "val_acc", "val_loss", "test_acc",
-            "test_loss", "train_seconds", "epsilon", "clean_acc", "adv_acc", "adv_acc_on_correct", "n", "n_correct")
+            "test_loss", "train_seconds", "epsilon", "clean_acc", "adv_acc", "adv_acc_on_correct", "n", "n_correct",
+            *EVALUATION_COLUMNS)
+# kd_vs_hard's measures after the clean accuracy and the attacks, and how the Markdown shows them:
+# (label, decimals).
+MEASURES = {
+    "max_logit": ("mean largest logit", 2),
+    "logit_norm": ("mean logit L2 norm", 2),
+    "agreement": ("top-1 agreement with the teacher (%)", 2),
+    "kl_to_teacher": ("KL(teacher ‖ student), T = 1", 3),
+    "ece": ("expected calibration error (%)", 2),
+    "nll": ("negative log-likelihood", 3),
+}
 _TIE = 1e-9  # means closer than this count as a tie
 
 
@@ -66,13 +87,19 @@ def _results(results_dir):
 
 
 def collect_runs(results_dir) -> pd.DataFrame:
-    """One row per finished run (a folder with metrics.json); unfinished runs are skipped."""
+    """One row per finished run (a folder with metrics.json); unfinished runs are skipped.
+
+    The EVALUATION_COLUMNS come from evaluation/<role>/<run>.json, empty while that file is missing."""
     results_dir = _results(results_dir)
     rows = []
     for path in results_dir.glob("runs/*/*/metrics.json"):
         record = _read_json(path, _METRICS_REQUIRED)
-        row = {key: record.get(key) for key in RUN_COLUMNS}
+        row = {key: record.get(key) for key in RUN_COLUMNS if key not in EVALUATION_COLUMNS}
         row["run"] = path.parent.relative_to(results_dir).as_posix()
+        evaluation = results_dir / "evaluation" / path.parent.parent.name / f"{path.parent.name}.json"
+        if evaluation.is_file():
+            record = _read_json(evaluation, _EVALUATION_REQUIRED)
+            row.update({key: record[key] for key in EVALUATION_COLUMNS})
         rows.append(row)
     return _sorted(_frame(rows, RUN_COLUMNS), ["role", "dataset", "model", "temperature", "soft_weight", "seed"])
 
@@ -80,11 +107,12 @@ def collect_runs(results_dir) -> pd.DataFrame:
 def collect_attacks(results_dir) -> pd.DataFrame:
     """One row per attack result file; `run` is the attacked run folder relative to results_dir."""
     results_dir = _results(results_dir)
-    columns = [c for c in ROBUSTNESS_COLUMNS if c != "dataset"]
+    columns = [c for c in ROBUSTNESS_COLUMNS if c not in ("dataset", *LOGIT_SCALE)]  # joined from the run
     rows = []
     for path in results_dir.glob("attacks/*/*/*.json"):
         record = _read_json(path, _ATTACK_REQUIRED)
         row = {key: record.get(key) for key in columns}
+        row["params"] = json.dumps(record.get("params") or {}, sort_keys=True)
         row["run"] = f"runs/{path.parent.parent.name}/{path.parent.name}"
         rows.append(row)
     return _sorted(_frame(rows, columns),
@@ -109,19 +137,40 @@ def pick_best(means: pd.Series):
 
 
 def _robustness(runs, attacks):
-    frame = attacks.merge(runs[["run", "dataset"]], on="run", how="left")
+    """Attack results with the attacked run's dataset and logit scale joined."""
+    frame = attacks.merge(runs[["run", "dataset", *LOGIT_SCALE]], on="run", how="left")
     return frame[ROBUSTNESS_COLUMNS]
 
 
+def _attacks(robustness):
+    """The attacks present, FGSM first, then by name."""
+    return sorted(robustness["attack"].dropna().unique(), key=lambda name: (name != "fgsm", name))
+
+
+def _measure_rank(measure):
+    """Order of kd_vs_hard's rows: clean, FGSM, other attacks (then by name), then MEASURES."""
+    if measure == "clean":
+        return 0
+    if measure in MEASURES:
+        return 3 + list(MEASURES).index(measure)
+    return 1 if measure == "fgsm" else 2
+
+
 def _scores(runs, robustness):
-    """Long form: one accuracy per (run, epsilon); epsilon 0 is the clean test accuracy."""
-    clean = runs[["run", "test_acc"]].rename(columns={"test_acc": "acc"}).assign(epsilon=0.0)
-    fgsm = robustness.loc[robustness["attack"] == "fgsm", ["run", "adv_acc", "epsilon"]]
-    return pd.concat([clean, fgsm.rename(columns={"adv_acc": "acc"})], ignore_index=True)
+    """Long form: one value per (run, measure, epsilon): measure "clean" (the test accuracy, epsilon 0),
+    each attack (accuracy under it, at its epsilon) and each of EVALUATION_COLUMNS (epsilon NaN; only
+    runs with an evaluation file)."""
+    clean = runs[["run", "test_acc"]].rename(columns={"test_acc": "value"}).assign(measure="clean", epsilon=0.0)
+    attacked = robustness[["run", "attack", "epsilon", "adv_acc"]].rename(
+        columns={"attack": "measure", "adv_acc": "value"})
+    evaluation = runs.melt(id_vars="run", value_vars=EVALUATION_COLUMNS, var_name="measure",
+                           value_name="value").dropna(subset="value").assign(epsilon=np.nan)
+    return pd.concat([clean, attacked, evaluation], ignore_index=True)[["run", "measure", "epsilon", "value"]]
 
 
-def _eps(epsilon):
-    return f"eps={fmt(epsilon)}"
+def _eps(attack, epsilon):
+    """Column name of an attack's accuracy at epsilon in table1: `fgsm eps=0.01`."""
+    return f"{attack} eps={fmt(epsilon)}"
 
 
 def _counts_as_int(table):
@@ -132,12 +181,17 @@ def _counts_as_int(table):
 
 
 def _table1(runs, robustness):
+    """Teacher and baselines: test accuracy, accuracy per attack and epsilon (`fgsm eps=0.01_mean`, ...)
+    and logit scale (`max_logit_mean`, `logit_norm_mean`, ...)."""
     keys = ["role", "dataset", "model"]
     base = runs[runs["role"].isin(["teacher", "baseline"])]
-    fgsm = robustness.loc[robustness["attack"] == "fgsm", ["run", "epsilon", "adv_acc"]]
-    fgsm = fgsm.merge(base[["run", *keys]], on="run")
+    attacked = robustness[["run", "attack", "epsilon", "adv_acc"]].merge(base[["run", *keys]], on="run")
     parts = [summarise(base, keys, "test_acc")]
-    parts += [summarise(rows, keys, "adv_acc", _eps(epsilon)) for epsilon, rows in fgsm.groupby("epsilon")]
+    for attack in _attacks(attacked):
+        rows = attacked[attacked["attack"] == attack]
+        parts += [summarise(group, keys, "adv_acc", _eps(attack, epsilon))
+                  for epsilon, group in rows.groupby("epsilon")]
+    parts += [summarise(base, keys, column) for column in LOGIT_SCALE]
     return _counts_as_int(_sorted(pd.concat(parts, axis=1).reset_index(), keys))
 
 
@@ -164,25 +218,29 @@ def _kd_vs_hard(runs, robustness, grid):
             kd_runs = mine.loc[(mine["role"] == "kd") & (mine["temperature"] == temperature)
                                & (mine["soft_weight"] == soft_weight), "run"]
         hard_runs = mine.loc[mine["role"] == "baseline", "run"]
-        hard = summarise(scores[scores["run"].isin(hard_runs)], "epsilon", "acc", "hard")
-        kd = summarise(scores[scores["run"].isin(kd_runs)], "epsilon", "acc", "kd")
-        both = pd.concat([hard, kd], axis=1).sort_index().reset_index()
-        both = _counts_as_int(both.reindex(columns=["epsilon", *hard.columns, *kd.columns]))
+        by = ["measure", "epsilon"]
+        hard = summarise(scores[scores["run"].isin(hard_runs)], by, "value", "hard")
+        kd = summarise(scores[scores["run"].isin(kd_runs)], by, "value", "kd")
+        both = pd.concat([hard, kd], axis=1).reset_index()
+        both = _counts_as_int(both.reindex(columns=[*by, *hard.columns, *kd.columns]))
         both["boost"] = both["kd_mean"] - both["hard_mean"]
-        both.insert(0, "measure", np.where(both["epsilon"] == 0, "clean", "fgsm"))
         rows.append(both.assign(dataset=dataset, model=model, temperature=temperature,
                                 soft_weight=soft_weight, kd_val_acc_mean=val_acc))
     columns = ["dataset", "model", "temperature", "soft_weight", "kd_val_acc_mean", "measure", "epsilon",
                *(f"{side}_{stat}" for side in ("hard", "kd") for stat in ("mean", "std", "n", "ci95")), "boost"]
     table = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame()
-    return table.reindex(columns=columns).sort_values(["dataset", "model", "epsilon"], ignore_index=True)
+    table = table.reindex(columns=columns)
+    # clean, the attacks (FGSM first) by epsilon, then MEASURES in their order
+    rank = table["measure"].map(_measure_rank)
+    return (table.assign(_rank=rank).sort_values(["dataset", "model", "_rank", "measure", "epsilon"])
+            .drop(columns="_rank").reset_index(drop=True))
 
 
-def _cell(mean, ci, n):
+def _cell(mean, ci, n, digits=2):
     """`mean ± ci95 (n)` with several seeds, the mean alone with one, a dash with none."""
     if pd.isna(mean):
         return "–"
-    return f"{mean:.2f} ± {ci:.2f} ({int(n)})" if n > 1 else f"{mean:.2f}"
+    return f"{mean:.{digits}f} ± {ci:.{digits}f} ({int(n)})" if n > 1 else f"{mean:.{digits}f}"
 
 
 def _markdown(caption, header, rows):
@@ -191,36 +249,71 @@ def _markdown(caption, header, rows):
     return "\n".join(lines) + "\n"
 
 
-_CI_NOTE = "Accuracies in %; with several seeds: mean ± 95% CI half-width (Student t) (n seeds)."
+_SEEDS_NOTE = "with several seeds: mean ± 95% CI half-width (Student t) (n seeds)."
+_CI_NOTE = "Accuracies in %; " + _SEEDS_NOTE
 
 
-def _table1_markdown(table):
-    epsilons = [c[: -len("_mean")] for c in table.columns if c.startswith("eps=") and c.endswith("_mean")]
-    header = ["role", "dataset", "model", "test accuracy (%)", *(f"FGSM {e} (%)" for e in epsilons)]
+def _attack_note(robustness):
+    """`Attacks: fgsm; pgd (random_start=true, relative_step_size=0.25, seed=0, steps=10).` from the files."""
+    if robustness.empty:
+        return ""
+    parts = []
+    for attack in _attacks(robustness):
+        settings = []
+        for text in sorted(robustness.loc[robustness["attack"] == attack, "params"].dropna().unique()):
+            params = json.loads(text)
+            if params:
+                settings.append(", ".join(f"{k}={json.dumps(v)}" for k, v in sorted(params.items())))
+        parts.append(attack + (f" ({' / '.join(settings)})" if settings else ""))
+    return ("Attacks (L-inf, eps in [0, 1] pixel units; PGD step = relative_step_size x eps): "
+            + "; ".join(parts) + ". ")
+
+
+_LOGIT_NOTE = ("Logit scale: mean over test images of the largest logit and of the logit vector's L2 norm; "
+               "an attack gain that comes with a much larger logit scale may be gradient masking. ")
+
+
+def _table1_markdown(table, robustness):
+    attacked = [c[: -len("_mean")] for c in table.columns if " eps=" in c and c.endswith("_mean")]
+    header = ["role", "dataset", "model", "test accuracy (%)",
+              *(f"{q.split(' ', 1)[0].upper()} {q.split(' ', 1)[1]} (%)" for q in attacked),
+              MEASURES["max_logit"][0], MEASURES["logit_norm"][0]]
     rows = [[row["role"], row["dataset"], row["model"],
-             *(_cell(row[f"{q}_mean"], row[f"{q}_ci95"], row[f"{q}_n"]) for q in ["test_acc", *epsilons])]
+             *(_cell(row[f"{q}_mean"], row[f"{q}_ci95"], row[f"{q}_n"])
+               for q in ["test_acc", *attacked, *LOGIT_SCALE])]
             for _, row in table.iterrows()]
-    caption = ("Table I. Teacher and hard-target baselines: clean test accuracy and accuracy under FGSM "
-               "(eps in [0, 1] pixel units). " + _CI_NOTE)
+    caption = ("Table I. Teacher and hard-target baselines: clean test accuracy, accuracy under each attack "
+               "and logit scale. " + _attack_note(robustness) + _LOGIT_NOTE + _CI_NOTE)
     return _markdown(caption, header, rows)
 
 
-def _kd_vs_hard_markdown(table):
-    header = ["dataset", "student", "temperature T", "soft_weight w", "measure", "hard targets (%)",
-              "distilled (%)", "boost (kd - hard, points)"]
+def _measure_label(measure, epsilon):
+    if measure == "clean":
+        return "clean test accuracy (%)", 2
+    if measure in MEASURES:
+        return MEASURES[measure]
+    return f"{measure.upper()} eps={fmt(epsilon)} (%)", 2
+
+
+def _kd_vs_hard_markdown(table, robustness):
+    header = ["dataset", "student", "temperature T", "soft_weight w", "measure", "hard targets",
+              "distilled", "kd - hard"]
     rows = []
     for _, row in table.iterrows():
-        measure = "clean test accuracy" if row["measure"] == "clean" else f"FGSM eps={fmt(row['epsilon'])}"
+        measure, digits = _measure_label(row["measure"], row["epsilon"])
         rows.append([row["dataset"], row["model"],
                      "–" if pd.isna(row["temperature"]) else fmt(row["temperature"]),
                      "–" if pd.isna(row["soft_weight"]) else fmt(row["soft_weight"]), measure,
-                     _cell(row["hard_mean"], row["hard_ci95"], row["hard_n"]),
-                     _cell(row["kd_mean"], row["kd_ci95"], row["kd_n"]),
-                     "–" if pd.isna(row["boost"]) else f"{row['boost']:+.2f}"])
+                     _cell(row["hard_mean"], row["hard_ci95"], row["hard_n"], digits),
+                     _cell(row["kd_mean"], row["kd_ci95"], row["kd_n"], digits),
+                     "–" if pd.isna(row["boost"]) else f"{row['boost']:+.{digits}f}"])
     caption = ("Tables II-V. Best distilled run per student against its hard-target baseline. The distilled "
                "(T, w) is the one with the highest VALIDATION accuracy (mean over seeds, w > 0); test accuracy "
                "is never used to choose it. w = soft_weight, the weight of the soft (teacher) term; the seed's "
-               "alpha = 1 - w. " + _CI_NOTE)
+               "alpha = 1 - w. " + _attack_note(robustness) + _LOGIT_NOTE
+               + "Agreement and KL(teacher ‖ student) at T = 1 measure fidelity to the teacher (Stanton et al. "
+               "2021); ECE (equal-width confidence bins) and NLL measure calibration. "
+               "Accuracies in %, kd - hard in points; " + _SEEDS_NOTE)
     return _markdown(caption, header, rows)
 
 
@@ -236,8 +329,8 @@ def write_tables(results_dir) -> list[Path]:
     csv = {"runs.csv": runs, "robustness.csv": robustness, "table1.csv": table1,
            "kd_vs_hard.csv": kd_vs_hard, "grid.csv": grid}
     texts = {name: frame.to_csv(index=False, float_format="%.10g") for name, frame in csv.items()}
-    texts["table1.md"] = _table1_markdown(table1)
-    texts["kd_vs_hard.md"] = _kd_vs_hard_markdown(kd_vs_hard)
+    texts["table1.md"] = _table1_markdown(table1, robustness)
+    texts["kd_vs_hard.md"] = _kd_vs_hard_markdown(kd_vs_hard, robustness)
     return [write_text(out / name, texts[name]) for name in TABLES]
 
 

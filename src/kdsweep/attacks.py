@@ -1,7 +1,19 @@
-"""FGSM (Goodfellow et al. 2014) in pixel space, and accuracy under it.
+"""White-box L-inf attacks in pixel space (FGSM, PGD), and accuracy under them.
 
 Models normalise their own input, so images here are in [0, 1] and epsilon is in
 [0, 1] pixel units, as torchattacks, Foolbox and RobustBench count it.
+
+- fgsm: Goodfellow et al. 2014, one signed-gradient step of size epsilon.
+- pgd: Madry et al. 2018, `steps` signed-gradient steps of size `step_size`, each
+  followed by the projection onto the L-inf ball of radius epsilon around the clean
+  image and a clamp to [0, 1]; optionally from a uniform random start in that ball.
+
+Both take the gradient of the summed cross-entropy with the model in eval mode
+(BatchNorm on its running statistics, which they leave untouched), w.r.t. the
+input only, and restore every module's mode afterwards.
+
+ATTACKS names them for the config (`attacks:` in config.yaml); evaluate_attack runs
+one by name with the config's parameters (PARAMS) at one epsilon over a test set.
 """
 
 from contextlib import contextmanager
@@ -23,20 +35,31 @@ def _eval_mode(model):
             module.training = training
 
 
-def _fgsm(model, images, labels, epsilon):
-    """(adversarial images, clean logits): the attack's forward pass is the clean prediction."""
+def _check_epsilon(epsilon):
     if epsilon < 0:
         raise ValueError(f"epsilon must be >= 0, got {epsilon}")
+
+
+def _input_gradient(model, images, labels):
+    """(grad_x CE(model(x), y) summed over the batch, logits at x), the model already in eval mode."""
     x = images.detach().clone().requires_grad_(True)
-    with torch.enable_grad(), _eval_mode(model):
+    with torch.enable_grad():
         logits = model(x)
         # Summed, not averaged: each image's gradient is its own loss's, whatever the
         # batch, and a large batch cannot shrink gradients until their sign underflows.
         loss = F.cross_entropy(logits, labels, reduction="sum")
         # autograd.grad w.r.t. x only: nothing accumulates in the parameters' .grad.
         (grad,) = torch.autograd.grad(loss, x)
+    return grad, logits.detach()
+
+
+def _fgsm(model, images, labels, epsilon):
+    """(adversarial images, clean logits): the attack's forward pass is the clean prediction."""
+    _check_epsilon(epsilon)
+    with _eval_mode(model):
+        grad, logits = _input_gradient(model, images, labels)
     adversarial = (images.detach() + epsilon * grad.sign()).clamp_(0.0, 1.0)
-    return adversarial, logits.detach()
+    return adversarial, logits
 
 
 def fgsm(model, images, labels, epsilon):
@@ -48,13 +71,86 @@ def fgsm(model, images, labels, epsilon):
     return _fgsm(model, images, labels, epsilon)[0]
 
 
+def _random_start(images, epsilon, generator):
+    """images + U(-epsilon, epsilon) per pixel, clamped to [0, 1]; the noise is drawn from
+    `generator` on the generator's device (so a CPU generator gives the same start on any device)."""
+    where = generator.device if generator is not None else images.device
+    noise = torch.rand(images.shape, generator=generator, device=where, dtype=images.dtype)
+    noise = noise.to(images.device).mul_(2).sub_(1).mul_(epsilon)
+    return (images + noise).clamp_(0.0, 1.0)
+
+
+def _pgd(model, images, labels, epsilon, step_size, steps, random_start=True, generator=None):
+    """(adversarial images, clean logits or None): without a random start the first step's
+    forward pass is the clean prediction; with one, no clean forward pass happens."""
+    _check_epsilon(epsilon)
+    if step_size < 0:
+        raise ValueError(f"step_size must be >= 0, got {step_size}")
+    if int(steps) != steps or steps < 1:
+        raise ValueError(f"steps must be a positive integer, got {steps}")
+    clean = images.detach()
+    adversarial = _random_start(clean, epsilon, generator) if random_start else clean.clone()
+    clean_logits = None
+    with _eval_mode(model):
+        for step in range(int(steps)):
+            grad, logits = _input_gradient(model, adversarial, labels)
+            if step == 0 and not random_start:
+                clean_logits = logits
+            adversarial = adversarial + step_size * grad.sign()
+            # Projection onto the eps-ball around the clean image, then onto the image box.
+            adversarial = torch.min(torch.max(adversarial, clean - epsilon), clean + epsilon).clamp_(0.0, 1.0)
+    return adversarial.detach(), clean_logits
+
+
+def pgd(model, images, labels, eps, step_size, steps, random_start=True, generator=None):
+    """Projected gradient descent (Madry et al. 2018) in L-inf, in [0, 1] pixel space, detached.
+
+    x_0 = x (or clamp(x + U(-eps, eps), 0, 1) with random_start, drawn from `generator`:
+    a torch.Generator on the images' device or the CPU; None = torch's global generator);
+    x_{k+1} = clamp(clip(x_k + step_size * sign(grad CE(model(x_k), y)), x - eps, x + eps), 0, 1).
+    `step_size` is in pixel units (Madry et al.: 2.5 * eps / steps). The gradients are taken
+    with the model in eval mode; every module's mode is restored. The last iterate is returned.
+    """
+    return _pgd(model, images, labels, eps, step_size, steps, random_start, generator)[0]
+
+
+ATTACKS = {"fgsm": fgsm, "pgd": pgd}
+
+# The parameters each attack takes in the config (attacks.<name> in config.yaml) and in
+# evaluate_attack's **params; see config.schema.yaml for their meaning and bounds.
+PARAMS = {
+    "fgsm": (),
+    # step size = relative_step_size * epsilon; seed seeds the random start's CPU generator
+    "pgd": ("steps", "relative_step_size", "random_start", "seed"),
+}
+
+
+def _attack_batches(attack, epsilon, params):
+    """A function (model, x, y) -> (adversarial, clean logits or None) for one batch after another."""
+    if attack not in ATTACKS:
+        raise ValueError(f"unknown attack {attack!r}; choose one of {', '.join(ATTACKS)}")
+    expected = set(PARAMS[attack])
+    if set(params) != expected:
+        raise ValueError(f"attack {attack!r} takes the parameters {sorted(expected)}, got {sorted(params)}")
+    if attack == "fgsm":
+        return lambda model, x, y: _fgsm(model, x, y, epsilon)
+    # One CPU generator for the whole test set: the random start of image i is the i-th
+    # draw of one stream (CPU draws are serial), whatever the batch size or the device.
+    generator = torch.Generator().manual_seed(int(params["seed"])) if params["random_start"] else None
+    step_size = params["relative_step_size"] * epsilon
+    return lambda model, x, y: _pgd(model, x, y, epsilon, step_size, params["steps"],
+                                    params["random_start"], generator)
+
+
 def _device(model):
     return next(iter(model.parameters())).device
 
 
-def evaluate_attack(model, images_uint8, labels, epsilon, batch_size) -> dict:
-    """FGSM at `epsilon` over all images (uint8, N x C x H x W), in batches.
+def evaluate_attack(model, images_uint8, labels, epsilon, batch_size, attack="fgsm", **params) -> dict:
+    """Attack `attack` (a name of ATTACKS) at `epsilon` over all images (uint8, N x C x H x W), in batches.
 
+    params: the attack's config parameters, exactly those of PARAMS[attack] (pgd: steps,
+    relative_step_size (step = relative_step_size * epsilon), random_start, seed).
     Returns {"n", "clean_acc", "adv_acc", "n_correct", "adv_acc_on_correct"}, in
     percent. adv_acc counts all images (as the seed reports it); adv_acc_on_correct
     only those classified correctly before the attack (None if there are none).
@@ -66,14 +162,18 @@ def evaluate_attack(model, images_uint8, labels, epsilon, batch_size) -> dict:
     n = len(images_uint8)
     if n == 0 or len(labels) != n:
         raise ValueError(f"need as many labels as images, and at least one: {n} images, {len(labels)} labels")
+    _check_epsilon(epsilon)
+    run_attack = _attack_batches(attack, epsilon, params)
     device = _device(model)
     clean_correct = adv_correct = adv_correct_on_correct = 0
     with _eval_mode(model):
         for start in range(0, n, batch_size):
             x = images_uint8[start : start + batch_size].to(device).float().div_(255)
             y = labels[start : start + batch_size].to(device).long()
-            adversarial, clean_logits = _fgsm(model, x, y, epsilon)
+            adversarial, clean_logits = run_attack(model, x, y)
             with torch.no_grad():
+                if clean_logits is None:
+                    clean_logits = model(x)
                 adv_logits = model(adversarial)
             clean_hit = clean_logits.argmax(1) == y
             adv_hit = adv_logits.argmax(1) == y

@@ -30,8 +30,9 @@ fresh iterator per epoch, persistent_workers=False, the default); that start-up 
 on its own (`loader_startup_s`, the time until the first batch arrives), with the throughput
 without it, since over a real 45,000-image epoch it is amortised and a `--quick` epoch is short.
 Before the timed epoch each side runs `--warmup` untimed steps (allocator, cuDNN autotuning, oneDNN
-primitives, lazy imports). `--repeats R` times R epochs per side and keeps the fastest (noise only
-ever adds time). On CUDA the device is synchronised before every clock read.
+primitives, lazy imports). Then `--repeats R` epochs per side are timed, alternating ours and the
+reference so that load from other processes falls on both alike, and the fastest of each side
+counts (noise only ever adds time). On CUDA the device is synchronised before every clock read.
 
 Data: synthetic CIFAR-shaped images (uniform random uint8, 3 x size x size, 10 random labels),
 seeded; throughput does not depend on pixel values. Normalisation statistics are computed from
@@ -40,11 +41,14 @@ them with `data.channel_stats`.
 The floor: FLOPs per image of one step, counted with `torch.utils.flop_counter.FlopCounterMode`
 on the real models at the benchmark's image size (convolutions and matrix products; backward
 counted as executed, not estimated): training = forward + backward; distillation = student
-forward + backward + teacher forward; FGSM = `evaluate_attack` itself (forward, input gradient,
+forward + backward + teacher forward; FGSM = the work of `evaluate_attack` (forward, input gradient,
 forward of the adversarial batch). `floor_seconds_per_epoch` is what one epoch of
 `--epoch-images` (45,000: CIFAR-10's 90% training split) would take at the device's peak.
-Peak: on CUDA dense bf16 FLOP/s from a table by device name (`PEAK_BF16`), on the CPU measured
-with fp32 `torch.mm` of 2048 x 2048 matrices; `--peak-flops` overrides either. Achieved FLOP/s is
+Peak: on CUDA dense bf16 FLOP/s from a table by device name (`PEAK_BF16`; a GPU not in it gets a
+measured bf16 matmul), on the CPU measured with fp32 `torch.mm` of 2048 x 2048 matrices at the
+start and at the end of the run, the higher kept (other processes only ever lower it); `--peak-flops`
+overrides either. FlopCounterMode counts convolutions and matrix products only (not BatchNorm,
+activations, the optimiser): a memory-bound network like MobileNetV3 sits far below the peak. Achieved FLOP/s is
 flops_per_image * images_per_s; `peak_fraction` is that over the peak.
 
 Packing (`--pack-sizes 1 4 8`): several sweep points trained at once in one process. kdsweep.train
@@ -68,10 +72,11 @@ JSON (`--json PATH`), every number positive unless marked:
                             distill), pack, flops_per_image, floor_seconds_per_epoch,
                             ours, reference, ratio (ours / reference images_per_s),
                             ratio_without_startup (ours / reference images_per_s_without_startup)}
-    ours                   {images, seconds, images_per_s, peak_fraction, others_cpu}
+    ours                   {images, seconds (the fastest epoch), seconds_each [every timed epoch],
+                            images_per_s, peak_fraction, others_cpu}
     reference              the same + loader_startup_s, images_per_s_without_startup
                            others_cpu: share (0..1) of all cores that OTHER processes used while
-                           the epoch ran (from /proc/stat minus this process and its workers);
+                           the fastest epoch ran (/proc/stat minus this process and its workers);
                            null where /proc/stat is missing
   skipped                  [{key, label, reason}]: measurements asked for but not available
 """
@@ -110,8 +115,8 @@ PEAK_BF16 = (
 EPOCH_IMAGES = 45_000
 NUM_CLASSES = 10  # CIFAR-10 shaped synthetic data
 
-QUICK = {"batch_size": 32, "eval_batch_size": 64, "images": 96, "warmup": 2}
-FULL = {"images": 15_000, "warmup": 10}  # batch sizes from the config (300, 1000)
+QUICK = {"batch_size": 32, "eval_batch_size": 32, "images": 64, "warmup": 1, "repeats": 2}
+FULL = {"images": 15_000, "warmup": 10, "repeats": 2}  # batch sizes from the config (300, 1000)
 
 
 # ---------------------------------------------------------------- command line
@@ -128,22 +133,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         help="auto: CUDA when a GPU is visible (default)")
     parser.add_argument("--json", metavar="PATH", help="write the numbers as JSON (keys: see the module docstring)")
     parser.add_argument("--teacher", metavar="MODEL", help="teacher architecture (default: config teacher.model)")
-    parser.add_argument("--students", nargs="+", metavar="MODEL", help="student architectures (default: config students)")
+    parser.add_argument("--students", nargs="+", metavar="MODEL",
+                        help="student architectures (default: config students)")
     parser.add_argument("--batch-size", type=int, help="training batch (default: config, or quick's)")
     parser.add_argument("--eval-batch-size", type=int, help="FGSM batch (default: config, or quick's)")
-    parser.add_argument("--images", type=int, help=f"images per timed epoch (default {FULL['images']}, quick {QUICK['images']})")
-    parser.add_argument("--warmup", type=int, help=f"untimed warm-up steps per side (default {FULL['warmup']}, quick {QUICK['warmup']})")
-    parser.add_argument("--repeats", type=int, default=1, help="timed epochs per side; the fastest counts (default 1)")
+    parser.add_argument("--images", type=int,
+                        help=f"images per timed epoch (default {FULL['images']}, quick {QUICK['images']})")
+    parser.add_argument("--warmup", type=int,
+                        help=f"untimed warm-up steps per side (default {FULL['warmup']}, quick {QUICK['warmup']})")
+    parser.add_argument("--repeats", type=int, help="timed epochs per side, alternating ours / reference; the fastest "
+                                                    f"counts (default {FULL['repeats']}, quick {QUICK['repeats']})")
     parser.add_argument("--image-size", type=int, default=32, help="side of the square images (default 32, CIFAR)")
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers of the reference (default 2)")
-    parser.add_argument("--threads", type=int, help="torch threads (default: config runtime.threads; 0 = torch's default)")
+    parser.add_argument("--threads", type=int,
+                        help="torch threads (default: config runtime.threads; 0 = torch's default)")
     parser.add_argument("--temperature", type=float, help="distillation temperature (default: config temperatures[0]; "
                                                           "throughput does not depend on it)")
-    parser.add_argument("--soft-weight", type=float, help="distillation soft weight in (0, 1] (default: config staged.soft_weight)")
+    parser.add_argument("--soft-weight", type=float,
+                        help="distillation soft weight in (0, 1] (default: config staged.soft_weight)")
     parser.add_argument("--epsilon", type=float, help="FGSM epsilon (default: config epsilons[0])")
     parser.add_argument("--pack-sizes", type=int, nargs="+", default=[1], metavar="K",
                         help="sweep points trained at once per distillation measurement (default: 1)")
-    parser.add_argument("--peak-flops", type=float, help="device peak FLOP/s for the floor (default: table on CUDA, measured on CPU)")
+    parser.add_argument("--peak-flops", type=float,
+                        help="device peak FLOP/s for the floor (default: table on CUDA, measured on CPU)")
     parser.add_argument("--epoch-images", type=int, default=EPOCH_IMAGES,
                         help=f"images per epoch for the floor's seconds per epoch (default {EPOCH_IMAGES})")
     parser.add_argument("--only", nargs="+", choices=["train", "distill", "fgsm"], default=["train", "distill", "fgsm"],
@@ -239,8 +251,10 @@ def _peak(device, override) -> tuple[float, str]:
         for key, flops in PEAK_BF16:
             if key in name:
                 return flops, f"table: {key} dense bf16 ({'fp16' if key == 'V100' else 'bf16'} tensor cores)"
-        return _measure_matmul(device, torch.bfloat16, 8192), f"measured: bf16 torch.mm 8192x8192 ({name} not in the table)"
-    return _measure_matmul(device, torch.float32, 2048), "measured: fp32 torch.mm 2048x2048, best of 3 rounds of 5"
+        return (_measure_matmul(device, torch.bfloat16, 8192),
+                f"measured: bf16 torch.mm 8192x8192 ({name} not in the table)")
+    return _measure_matmul(device, torch.float32, 2048, rounds=8, per_round=2), \
+        "measured: fp32 torch.mm 2048x2048, best of 8 rounds of 2"
 
 
 def _measure_matmul(device, dtype, n, rounds=3, per_round=5) -> float:
@@ -283,36 +297,38 @@ def _flops(fn) -> float:
     return float(counter.get_total_flops())
 
 
-def _flops_per_image(models: dict, image_size, epsilon) -> dict:
-    """{name: {"forward", "train"(fwd+bwd), "fgsm"}} per image, counted on the CPU at batch 2."""
+def _model_flops(model, image_size) -> dict:
+    """{"forward", "train" (forward + backward), "fgsm"} per image of one model, counted at batch 2."""
     n = 2
-    counts = {}
-    for name, model in models.items():
-        x = torch.rand(n, *image_size)
-        y = torch.arange(n) % NUM_CLASSES
-        model.train()
+    x = torch.rand(n, *image_size)
+    y = torch.arange(n) % NUM_CLASSES
 
-        def train_step():
-            F.cross_entropy(model(x), y).backward()
+    def train_step():
+        F.cross_entropy(model(x), y).backward()
 
-        train = _flops(train_step)
-        model.zero_grad(set_to_none=True)
-        model.eval()
-        with torch.inference_mode():
-            forward = _flops(lambda: model(x))
-        # attacks.evaluate_attack's work: forward, gradient w.r.t. the input only, forward of the
-        # adversarial batch. (Counted with backward() on a frozen model: FlopCounterMode's module
-        # tracker cannot follow the torch.autograd.grad that attacks.py uses; the ops are the same.)
-        model.requires_grad_(False)
-        x_attack = x.clone().requires_grad_(True)
+    model.train()
+    train = _flops(train_step)
+    model.zero_grad(set_to_none=True)
+    model.eval()
+    with torch.inference_mode():
+        forward = _flops(lambda: model(x))
+    # attacks.evaluate_attack's work: forward, gradient w.r.t. the input only, forward of the
+    # adversarial batch. (Counted with backward() on a frozen model: FlopCounterMode's module
+    # tracker cannot follow the torch.autograd.grad that attacks.py uses; the ops are the same.)
+    model.requires_grad_(False)
+    x_attack = x.clone().requires_grad_(True)
 
-        def input_gradient():
-            F.cross_entropy(model(x_attack), y, reduction="sum").backward()
+    def input_gradient():
+        F.cross_entropy(model(x_attack), y, reduction="sum").backward()
 
-        fgsm = _flops(input_gradient) + forward
-        model.requires_grad_(True)
-        counts[name] = {"forward": forward / n, "train": train / n, "fgsm": fgsm / n}
-    return counts
+    fgsm = _flops(input_gradient) + forward
+    model.requires_grad_(True)
+    return {"forward": forward / n, "train": train / n, "fgsm": fgsm / n}
+
+
+def _flops_per_image(models: dict, image_size) -> dict:
+    """{name: {"forward", "train", "fgsm"}} per image, counted on the CPU."""
+    return {name: _model_flops(model, image_size) for name, model in models.items()}
 
 
 # ---------------------------------------------------------------- ours: kdsweep's pipeline
@@ -414,7 +430,8 @@ def _reference_train_epoch(net, optimizer, loader, device, teacher=None, tempera
         if teacher is not None:
             with torch.no_grad():
                 teacher_outputs = teacher(inputs)
-            soft = F.kl_div(F.log_softmax(outputs / temperature, dim=1), F.softmax(teacher_outputs / temperature, dim=1),
+            soft = F.kl_div(F.log_softmax(outputs / temperature, dim=1),
+                            F.softmax(teacher_outputs / temperature, dim=1),
                             reduction="batchmean") * temperature * temperature
             loss = soft_weight * soft + (1 - soft_weight) * F.cross_entropy(outputs, targets)
         else:
@@ -500,7 +517,8 @@ class _Bench:
     # models ------------------------------------------------------------
     def ours_model(self, name):
         torch.manual_seed(self.args.seed)
-        return build_model(name, NUM_CLASSES, self.mean, self.std, bn_momentum=self.training["bn_momentum"]).to(self.device)
+        model = build_model(name, NUM_CLASSES, self.mean, self.std, bn_momentum=self.training["bn_momentum"])
+        return model.to(self.device)
 
     def ours_teacher(self, name):
         return self.ours_model(name).eval().requires_grad_(False)  # as train._load_teacher
@@ -553,7 +571,8 @@ class _Bench:
 
             return (lambda: epoch(a.warmup * bs)), (lambda: epoch(n)), startup
         net = self.reference_net(case.model)
-        optimizer = torch.optim.Adam(net.parameters(), lr=self.training["lr"], weight_decay=self.training["weight_decay"])
+        optimizer = torch.optim.Adam(net.parameters(), lr=self.training["lr"],
+                                     weight_decay=self.training["weight_decay"])
         transform = _reference_transforms(self.augmentation, a.image_size, self.mean, self.std, train=True)
         teacher = self.reference_net(case.teacher).eval() if case.task == "distill" else None
 
@@ -565,26 +584,30 @@ class _Bench:
 
         return (lambda: epoch(a.warmup * a.batch_size)), (lambda: epoch(n)), startup
 
-    def time_side(self, make):
-        warm, timed, startup = make()
-        warm()
-        best = None
+    def time_case(self, case) -> tuple[dict, dict]:
+        """Warm both sides up, then time `repeats` epochs of each, alternating ours / reference."""
+        sides = {"ours": self.ours(case), "reference": self.reference(case)}
+        for warm, _, _ in sides.values():
+            warm()
+        results = {name: {"images": self.args.images, "seconds": None, "seconds_each": []} for name in sides}
         for _ in range(self.args.repeats):
-            share = _CpuShare()
-            _sync(self.device)
-            share.start()
-            started = time.perf_counter()
-            timed()
-            _sync(self.device)
-            seconds = time.perf_counter() - started
-            others = share.stop()
-            if best is None or seconds < best["seconds"]:
-                best = {"images": self.args.images, "seconds": seconds, "images_per_s": self.args.images / seconds,
-                        "others_cpu": others}
-                if startup is not None:
-                    best["loader_startup_s"] = startup.seconds
-                    best["images_per_s_without_startup"] = self.args.images / max(seconds - startup.seconds, 1e-9)
-        return best
+            for name, (_, timed, startup) in sides.items():
+                share = _CpuShare()
+                _sync(self.device)
+                share.start()
+                started = time.perf_counter()
+                timed()
+                _sync(self.device)
+                seconds = time.perf_counter() - started
+                others = share.stop()
+                best = results[name]
+                best["seconds_each"].append(seconds)
+                if best["seconds"] is None or seconds < best["seconds"]:
+                    best.update(seconds=seconds, images_per_s=self.args.images / seconds, others_cpu=others)
+                    if startup is not None:
+                        best["loader_startup_s"] = startup.seconds
+                        best["images_per_s_without_startup"] = self.args.images / max(seconds - startup.seconds, 1e-9)
+        return results["ours"], results["reference"]
 
 
 # ---------------------------------------------------------------- run
@@ -600,6 +623,7 @@ def _resolve(args, config):
     args.eval_batch_size = args.eval_batch_size or sizes.get("eval_batch_size", training["eval_batch_size"])
     args.images = args.images or sizes["images"]
     args.warmup = sizes["warmup"] if args.warmup is None else args.warmup
+    args.repeats = args.repeats or sizes["repeats"]
     args.temperature = config["temperatures"][0] if args.temperature is None else args.temperature
     args.soft_weight = config["staged"]["soft_weight"] if args.soft_weight is None else args.soft_weight
     args.epsilon = config["epsilons"][0] if args.epsilon is None else args.epsilon
@@ -626,9 +650,9 @@ def _resolve(args, config):
 
 
 def run(args) -> dict:
+    from . import io
     from .config import load_config
     from .train import setup_runtime
-    from . import io
 
     started = time.perf_counter()
     config = load_config(args.config, [])
@@ -646,51 +670,61 @@ def run(args) -> dict:
                 "data": "synthetic CIFAR-shaped: uniform random uint8 pixels, 10 random labels"}
     _print_header(machine, settings, load_before)
 
-    peak, peak_source = _peak(device, args.peak_flops)
-    print(f"peak      {peak:.3g} FLOP/s ({peak_source})")
+    peak_start, peak_source = _peak(device, args.peak_flops)
+    print(f"peak      {peak_start:.3g} FLOP/s ({peak_source})", flush=True)
     names = list(dict.fromkeys([args.teacher, *args.students]))
     counts = _flops_per_image(
-        {name: build_model(name, NUM_CLASSES, bench.mean, bench.std) for name in names}, bench.image_size, args.epsilon)
+        {name: build_model(name, NUM_CLASSES, bench.mean, bench.std) for name in names}, bench.image_size)
 
     cases = _cases(args.teacher, args.students, args.pack_sizes, args.only)
     measurements, skipped = {}, []
-    print()
-    print(_ROW.format("measurement", "ours img/s", "ref img/s", "ours/ref", "excl.start", "GFLOP/img",
-                      "floor s/ep", "ours %pk", "ref %pk", "others%"))
     for case in cases:
-        if case.pack > 1:
+        if case.pack > 1 and _packed_trainer() is None:
             reason = ("kdsweep.train has no packed trainer yet (train_packed_epoch); "
                       "this row is measured once it does")
-            if _packed_trainer() is None:
-                skipped.append({"key": case.key, "label": case.label, "reason": reason})
-                print(f"{case.label:<32s} skipped: {reason}")
-                continue
+            skipped.append({"key": case.key, "label": case.label, "reason": reason})
+            print(f"skipped   {case.label}: {reason}", flush=True)
+            continue
         if case.task == "fgsm":
             flops = counts[case.model]["fgsm"]
         elif case.task == "distill":
             flops = counts[case.model]["train"] + counts[case.teacher]["forward"]
         else:
             flops = counts[case.model]["train"]
-        ours = bench.time_side(lambda: bench.ours(case))
-        reference = bench.time_side(lambda: bench.reference(case))
-        for side in (ours, reference):
-            side["peak_fraction"] = flops * side["images_per_s"] / peak
-        entry = {"label": case.label, "task": case.task, "model": case.model, "teacher": case.teacher,
-                 "pack": case.pack, "flops_per_image": flops,
-                 "floor_seconds_per_epoch": flops * args.epoch_images / peak,
-                 "ours": ours, "reference": reference,
-                 "ratio": ours["images_per_s"] / reference["images_per_s"],
-                 "ratio_without_startup": ours["images_per_s"] / reference["images_per_s_without_startup"]}
-        measurements[case.key] = entry
-        _print_entry(entry)
+        ours, reference = bench.time_case(case)
+        measurements[case.key] = {
+            "label": case.label, "task": case.task, "model": case.model, "teacher": case.teacher, "pack": case.pack,
+            "flops_per_image": flops, "ours": ours, "reference": reference,
+            "ratio": ours["images_per_s"] / reference["images_per_s"],
+            "ratio_without_startup": ours["images_per_s"] / reference["images_per_s_without_startup"]}
+        print(f"measured  {case.label}: ours {ours['images_per_s']:.1f} img/s, reference "
+              f"{reference['images_per_s']:.1f} img/s (load {os.getloadavg()[0]:.2f})", flush=True)
+
+    peak = peak_start
+    if args.peak_flops is None and device.type == "cpu":
+        # Other processes slow a measured peak down: measure again at the end and keep the higher.
+        peak_end, _ = _peak(device, None)
+        peak = max(peak_start, peak_end)
+        peak_source += f"; the higher of {peak_start:.3g} (start) and {peak_end:.3g} (end)"
+    for entry in measurements.values():
+        entry["floor_seconds_per_epoch"] = entry["flops_per_image"] * args.epoch_images / peak
+        for side in (entry["ours"], entry["reference"]):
+            side["peak_fraction"] = entry["flops_per_image"] * side["images_per_s"] / peak
 
     result = {"version": 1, "seconds": time.perf_counter() - started, "machine": machine, "settings": settings,
               "peak": {"flops_per_s": peak, "source": peak_source}, "load_before": load_before,
               "load_after": list(os.getloadavg()), "measurements": measurements, "skipped": skipped}
-    print(f"\nload average after: {' '.join('%.2f' % x for x in result['load_after'])}   "
-          f"total {result['seconds']:.0f} s")
-    print("ours/ref: whole epochs of the same images, reference DataLoader start-up included; "
-          "excl.start: without it. others%: CPU share other processes used meanwhile.")
+    print(f"\npeak      {peak:.3g} FLOP/s ({peak_source})")
+    print(_ROW.format("measurement", "ours img/s", "ref img/s", "ours/ref", "excl.start", "GFLOP/img",
+                      "floor s/ep", "ours %pk", "ref %pk", "others%"))
+    for entry in measurements.values():
+        _print_entry(entry)
+    for item in skipped:
+        print(f"{item['label'][:32]:<32s} skipped (see above)")
+    print(f"load avg  after: {_loads(result['load_after'])}   total {result['seconds']:.0f} s")
+    print("ours/ref: whole epochs of the same images, the reference's DataLoader start-up included; excl.start: "
+          "without it; best of the repeats. floor s/ep: one epoch of "
+          f"{args.epoch_images} images at the peak. others%: CPU share other processes used during the best epochs.")
     if args.json:
         io.write_json(args.json, result)
         print(f"wrote {args.json}")
@@ -698,6 +732,10 @@ def run(args) -> dict:
 
 
 _ROW = "{:<32s} {:>10s} {:>10s} {:>8s} {:>10s} {:>9s} {:>10s} {:>8s} {:>8s} {:>7s}"
+
+
+def _loads(values):
+    return " ".join(f"{x:.2f}" for x in values)
 
 
 def _pct(x):
@@ -725,7 +763,7 @@ def _print_header(machine, s, load):
           f"measurement and side, after {s['warmup_steps']} untimed warm-up steps; best of {s['repeats']}; "
           f"reference DataLoader workers {s['workers']}")
     print(f"distill   T={s['temperature']:g}, soft weight {s['soft_weight']:g}; FGSM eps={s['epsilon']:g}")
-    print(f"load avg  before: {' '.join('%.2f' % x for x in load)}", flush=True)
+    print(f"load avg  before: {_loads(load)}", flush=True)
 
 
 if __name__ == "__main__":

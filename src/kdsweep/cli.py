@@ -83,31 +83,45 @@ def cmd_attack(args):
     import torch
 
     from . import data, io
-    from .attacks import evaluate_attack
+    from .attacks import ATTACKS, evaluate_attack
+    from .evaluation import check_dataset, finished_run
     from .models import load_model
     from .train import describe_device, environment, setup_runtime
 
     config = _load(args)
     if not args.epsilon > 0:
         raise KdsweepError(f"epsilon {args.epsilon} must be positive, in [0, 1] pixel units (e.g. 0.03)")
+    if args.attack not in ATTACKS:
+        raise KdsweepError(f"unknown attack {args.attack!r}; choose one of {', '.join(ATTACKS)}")
+    params = config["attacks"].get(args.attack)
+    if params is None:
+        raise KdsweepError(f"attack {args.attack!r} is switched off in the config (attacks.{args.attack} "
+                           f"is null or absent); give it its parameters under attacks: or pick another --attack")
     run_dir = Path(args.run)
-    if not (run_dir / "metrics.json").exists():
-        raise KdsweepError(f"run {run_dir} is not finished (no metrics.json); train it before attacking it")
-    run = io.read_json(run_dir / "metrics.json")
+    run = finished_run(run_dir)
+    check_dataset(run, run_dir, config["dataset"])
     device = setup_runtime(config["runtime"])
     model = load_model(run_dir / "model.pt", device)
     splits = data.load_splits(config["dataset"], device)
     started = time.perf_counter()
-    result = evaluate_attack(model, splits.test.images, splits.test.labels, args.epsilon, config["training"]["eval_batch_size"])
+    result = evaluate_attack(model, splits.test.images, splits.test.labels, args.epsilon,
+                             config["training"]["eval_batch_size"], args.attack, **params)
     if device.type == "cuda":
         torch.cuda.synchronize()
     result.update(
-        attack="fgsm", epsilon=args.epsilon, run=str(run_dir),
+        attack=args.attack, params=params, epsilon=args.epsilon, run=str(run_dir),
         **{key: run[key] for key in ("role", "model", "temperature", "soft_weight", "seed", "dataset")},
         seconds=time.perf_counter() - started, device=describe_device(device), slurm=environment()["slurm"],
     )
     io.write_json(args.out, result)
-    print(f"{run_dir} FGSM eps={args.epsilon:g}: clean {result['clean_acc']:.2f}% -> adversarial {result['adv_acc']:.2f}%")
+    print(f"{run_dir} {args.attack.upper()} eps={args.epsilon:g}: clean {result['clean_acc']:.2f}% "
+          f"-> adversarial {result['adv_acc']:.2f}%")
+
+
+def cmd_evaluate(args):
+    from .evaluation import evaluate_job
+
+    evaluate_job(_load(args), args.run, args.teacher, args.out)
 
 
 def cmd_aggregate(args):
@@ -182,12 +196,27 @@ def build_parser() -> argparse.ArgumentParser:
                            if name == "distill" else ""))
         p.set_defaults(func=cmd_train if name == "train" else cmd_distill)
 
-    p = _command(subparsers, "attack", "FGSM accuracy of a finished run on the whole test set at one epsilon")
+    p = _command(subparsers, "attack", "accuracy of a finished run under one attack (FGSM, PGD) on the whole "
+                                       "test set at one epsilon")
     _config_args(p)
     p.add_argument("--run", required=True, help="finished run folder (holds metrics.json and model.pt)")
-    p.add_argument("--epsilon", type=float, required=True, help="perturbation size in [0, 1] pixel units")
-    p.add_argument("--out", required=True, help="JSON file to write")
+    p.add_argument("--attack", default="fgsm", metavar="NAME",
+                   help="attack named under attacks: in the config, which gives its parameters "
+                        "(fgsm or pgd; default: fgsm)")
+    p.add_argument("--epsilon", type=float, required=True, help="perturbation size (L-inf) in [0, 1] pixel units")
+    p.add_argument("--out", required=True,
+                   help="JSON file to write (the workflow's name: attacks/<role>/<run>/<attack>_eps<eps>.json)")
     p.set_defaults(func=cmd_attack)
+
+    p = _command(subparsers, "evaluate",
+                 "fidelity to the teacher, calibration and logit scale of a finished run on the whole test set")
+    _config_args(p)
+    p.add_argument("--run", required=True, help="finished run folder (holds metrics.json and model.pt)")
+    p.add_argument("--teacher", required=True,
+                   help="the study's finished teacher run folder (agreement and KL are measured against it)")
+    p.add_argument("--out", required=True,
+                   help="JSON file to write (the workflow's name: evaluation/<role>/<run>.json)")
+    p.set_defaults(func=cmd_evaluate)
 
     p = _command(subparsers, "aggregate", "write the tables of a study from whatever runs have finished")
     p.add_argument("results", help="the study's folder, results/<study>")

@@ -11,6 +11,7 @@ import matplotlib
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 from matplotlib.patches import Rectangle
 
 from kdsweep import aggregate
@@ -18,7 +19,8 @@ from kdsweep.io import write_bytes
 from kdsweep.naming import fmt
 
 FORMATS = ("png", "pdf")
-PER_STUDENT = ("soft_weight", "grid", "fgsm")
+STUDY = ("temperature", "fidelity")
+PER_STUDENT = ("soft_weight", "grid", "robustness")
 _NEEDED = ("runs.csv", "table1.csv", "kd_vs_hard.csv", "grid.csv")
 _SIZE = (6.4, 4.4)
 _STYLE = {"axes.titlesize": "medium", "savefig.dpi": 150}  # two-line titles fit; readable at 100%
@@ -28,7 +30,7 @@ _W = "soft weight w (weight of the teacher term; α = 1 − w)"
 
 def figure_names(students) -> list[str]:
     """File names (under figures/) that write_figures writes for these students."""
-    stems = ["temperature", *(f"{kind}_{student}" for student in students for kind in PER_STUDENT)]
+    stems = [*STUDY, *(f"{kind}_{student}" for student in students for kind in PER_STUDENT)]
     return [f"{stem}.{ext}" for stem in stems for ext in FORMATS]
 
 
@@ -63,12 +65,15 @@ def _hline(ax, row, prefix, label, color, band=False):
             ax.axhline(bound, linestyle=":", linewidth=0.8, color=color)
 
 
-def _legend(ax, frames):
+def _legend(ax, frames, title=None, **kwargs):
     """Legend below the axes (never over the data); its title says what the error bars are when any
-    point has several seeds."""
+    point has several seeds (after `title`, if given)."""
     several = any((frame.filter(regex="_n$") > 1).any(axis=None) for frame in frames)
-    ax.figure.legend(loc="outside lower center", ncols=2, fontsize="small", title_fontsize="small",
-                     title="error bars: 95% CI over seeds" if several else None)
+    lines = [title] if title else []
+    lines += ["error bars: 95% CI over seeds"] if several else []
+    kwargs = {"ncols": 2, **kwargs}
+    ax.figure.legend(loc="outside lower center", fontsize="small", title_fontsize="small",
+                     title="\n".join(lines) or None, **kwargs)
 
 
 def _student_temperature(grid, runs, student, soft_weight):
@@ -176,28 +181,96 @@ def _grid_figure(tables, student, dataset):
     return fig
 
 
-def _fgsm_figure(tables, student, dataset):
+_ATTACK_STYLE = {"fgsm": "-", "pgd": "--"}  # any other attack: dotted
+
+
+def _robustness_figure(tables, student, dataset):
+    """Accuracy against epsilon (0 = clean) under every attack present: hard targets against the
+    distilled run of kd_vs_hard, one line style per attack; the logit scales in the legend title."""
     rows = tables["kd_vs_hard.csv"]
-    rows = rows[rows["model"] == student].sort_values("epsilon")
+    rows = rows[rows["model"] == student]
+    clean = rows[rows["measure"] == "clean"]
+    attacks = sorted((set(rows["measure"]) - {"clean"} - set(aggregate.MEASURES)), key=lambda a: (a != "fgsm", a))
     fig = Figure(figsize=_SIZE, layout="constrained")
     ax = fig.add_subplot()
-    plotted = False
+    plotted = []
     if len(rows):
         first = rows.iloc[0]
         kd_label = (f"distilled (T = {fmt(first['temperature'])}, w = {fmt(first['soft_weight'])})"
                     if pd.notna(first["temperature"]) else "distilled")
         for side, label, color in (("hard", "hard targets", "tab:red"), ("kd", kd_label, "C0")):
-            have = rows[rows[f"{side}_n"] > 0]
-            if len(have):
-                plotted = True
-                _errorbar(ax, have["epsilon"], have, side, color=color, label=label)
+            for attack in attacks:
+                line = pd.concat([clean, rows[rows["measure"] == attack]]).sort_values("epsilon")
+                line = line[line[f"{side}_n"] > 0]
+                if (line["measure"] == attack).any():
+                    plotted.append(line)
+                    _errorbar(ax, line["epsilon"], line, side, color=color, label=f"{label}, {attack.upper()}",
+                              linestyle=_ATTACK_STYLE.get(attack, ":"))
     if plotted:
-        _ticks(ax, rows["epsilon"])
-        _legend(ax, [rows])
+        _ticks(ax, pd.concat(plotted)["epsilon"])
+        scale = rows[rows["measure"] == "max_logit"]
+        title = None
+        if len(scale):
+            values = [f"{name} {scale.iloc[0][f'{side}_mean']:.1f}" for side, name in
+                      (("hard", "hard targets"), ("kd", "distilled")) if pd.notna(scale.iloc[0][f"{side}_mean"])]
+            title = "mean largest logit: " + ", ".join(values)
+        _legend(ax, plotted, title)
     else:
-        _note(ax, f"no finished run of {student} yet")
-    ax.set(xlabel="FGSM ε ([0, 1] pixel units; 0 = clean test set)", ylabel="accuracy under attack (%)",
-           title=f"{dataset} · {student}: FGSM robustness\n(distilled run chosen on validation accuracy)")
+        _note(ax, f"no attack on a finished run of {student} yet")
+    ax.set(xlabel="attack ε ([0, 1] pixel units; 0 = clean test set)", ylabel="accuracy under attack (%)",
+           title=f"{dataset} · {student}: accuracy under attack\n"
+                 "(distilled run chosen on validation accuracy)")
+    return fig
+
+
+_MARKERS = "osD^vPXph<>d"  # one per temperature; baselines are stars
+
+
+def _fidelity_figure(tables, students, dataset):
+    """Test accuracy against top-1 agreement with the teacher: every distilled run a point (colour:
+    student, marker: temperature), hard-target baselines as large stars, the teacher's accuracy a line."""
+    runs = tables["runs.csv"]
+    if "agreement" not in runs.columns:  # tables written before the evaluation columns existed
+        runs = runs.assign(agreement=np.nan)
+    have = runs[runs["agreement"].notna() & runs["model"].isin(students) & (runs["role"] != "teacher")]
+    fig = Figure(figsize=_SIZE, layout="constrained")
+    ax = fig.add_subplot()
+    ax.set(xlabel="top-1 agreement with the teacher (%)", ylabel=_ACC,
+           title=f"{dataset}: test accuracy vs agreement with the teacher\n(each point one run; fidelity as in "
+                 "Stanton et al. 2021)")
+    if have.empty:
+        _note(ax, "no student run has been evaluated against the teacher yet")
+        return fig
+    temperatures = sorted(runs.loc[runs["role"] == "kd", "temperature"].dropna().astype(float).unique())
+    marker = {t: _MARKERS[i % len(_MARKERS)] for i, t in enumerate(temperatures)}
+    handles, shapes = [], []
+    for i, student in enumerate(students):
+        mine = have[have["model"] == student]
+        if mine.empty:
+            continue
+        color = f"C{i}"
+        handles.append(Line2D([], [], color=color, linestyle="", marker="o", label=student))
+        kd = mine[mine["role"] == "kd"]
+        for temperature, points in kd.groupby("temperature"):
+            ax.scatter(points["agreement"], points["test_acc"], marker=marker[float(temperature)], s=28,
+                       color=color, alpha=0.8, linewidths=0)
+        base = mine[mine["role"] == "baseline"]
+        ax.scatter(base["agreement"], base["test_acc"], marker="*", s=220, facecolor=color, edgecolor="black",
+                   linewidths=1.0, zorder=3)
+    if (have["role"] == "baseline").any():
+        handles.append(Line2D([], [], color="0.6", markeredgecolor="black", linestyle="", marker="*",
+                              markersize=12, label="hard-target baseline"))
+    teacher = runs[runs["role"] == "teacher"]
+    if len(teacher):
+        ax.axhline(teacher["test_acc"].mean(), color="0.3", linestyle=":")
+        handles.append(Line2D([], [], color="0.3", linestyle=":", label="teacher's test accuracy"))
+    shapes = [Line2D([], [], color="0.4", linestyle="", marker=marker[t], label=f"T = {fmt(t)}")
+              for t in temperatures if (have["temperature"].astype(float) == t).any()]
+    style = {"fontsize": "small", "title_fontsize": "small"}
+    fig.legend(handles=handles, loc="outside lower left", title="colour: student", **style)
+    if shapes:
+        fig.legend(handles=shapes, loc="outside lower right", ncols=2 if len(shapes) > 4 else 1,
+                   title="distilled runs (all w): marker = temperature", **style)
     return fig
 
 
@@ -233,8 +306,9 @@ def write_figures(results_dir, soft_weight, students=None) -> list[Path]:
 
 def _draw_all(tables, students, soft_weight, dataset, out):
     paths = _save(_temperature_figure(tables, students, soft_weight, dataset), out, "temperature")
+    paths += _save(_fidelity_figure(tables, students, dataset), out, "fidelity")
     for student in students:
         paths += _save(_soft_weight_figure(tables, student, soft_weight, dataset), out, f"soft_weight_{student}")
         paths += _save(_grid_figure(tables, student, dataset), out, f"grid_{student}")
-        paths += _save(_fgsm_figure(tables, student, dataset), out, f"fgsm_{student}")
+        paths += _save(_robustness_figure(tables, student, dataset), out, f"robustness_{student}")
     return paths

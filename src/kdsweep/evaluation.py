@@ -1,0 +1,194 @@
+"""What a finished run's test-set logits say beyond accuracy: fidelity to the teacher, calibration, logit scale.
+
+Why: distillation at a high temperature can inflate the student's logits, which saturates its
+softmax and masks the input gradients that FGSM follows (as defensive distillation did, until
+stronger attacks broke it). Logit scale next to FGSM and PGD accuracy tells a real robustness
+gain from a masked one; fidelity (Stanton et al. 2021, "Does knowledge distillation really
+work?") says how closely the student matches its teacher; calibration says whether its
+confidences mean what they say.
+
+`python -m kdsweep evaluate --run RUN_DIR --teacher TEACHER_RUN_DIR --out FILE.json` writes
+evaluation/<role>/<run>.json under the study's results folder, with the keys
+  run, role, dataset, model, temperature, soft_weight, seed   the evaluated run (as its metrics.json)
+  teacher_run, teacher_model    the teacher folder compared against, and its architecture
+  n                   test images
+  test_acc            accuracy (%) recomputed here from model.pt (same batches and precision as training)
+  test_acc_metrics    metrics.json's test_acc; equal to test_acc unless the GPU's arithmetic differs
+  agreement           top-1 agreement with the teacher (%): share of test images where argmaxes match
+  kl_to_teacher       mean over images of KL(teacher || student) at T = 1, summed over classes (nats)
+  ece                 expected calibration error (%), `ece_bins` equal-width bins of the top-1 confidence
+  ece_bins            that number of bins (config evaluation.ece_bins)
+  nll                 negative log-likelihood: mean cross-entropy of the true label (nats)
+  max_logit           mean over images of the largest logit
+  logit_norm          mean over images of the L2 norm of the logit vector
+  seconds, device, precision, slurm
+For the teacher itself agreement is 100 and kl_to_teacher 0 (computed, not special-cased).
+"""
+
+import contextlib
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from . import data, io
+from .errors import KdsweepError
+
+RUN_KEYS = ("role", "dataset", "model", "temperature", "soft_weight", "seed")
+
+
+def _float64(tensor):
+    return torch.as_tensor(tensor).detach().to("cpu", torch.float64)
+
+
+def expected_calibration_error(probs, labels, bins: int) -> float:
+    """ECE in percent: sum over `bins` equal-width confidence bins of (share of images in the bin) x
+    |accuracy - mean confidence| of the bin (Naeini et al. 2015, Guo et al. 2017).
+
+    probs: N x K class probabilities; the confidence is the largest, the prediction its class.
+    Bin b holds confidences in (b / bins, (b + 1) / bins] (the first also holds 0).
+    """
+    probs, labels = _float64(probs), torch.as_tensor(labels).cpu()
+    if probs.ndim != 2 or len(probs) != len(labels) or len(labels) == 0:
+        raise ValueError(f"need N x K probabilities and N labels, N > 0: got {tuple(probs.shape)} and {len(labels)}")
+    if int(bins) != bins or bins < 1:
+        raise ValueError(f"bins must be a positive integer, got {bins}")
+    confidence, predicted = probs.max(1)
+    correct = (predicted == labels).to(torch.float64)
+    edges = torch.linspace(0, 1, int(bins) + 1, dtype=torch.float64)
+    # bucketize(right=False): edges[i-1] < x <= edges[i] -> i; shift to 0-based and keep 0 in the first bin
+    index = (torch.bucketize(confidence, edges[1:-1], right=False)).clamp_(0, int(bins) - 1)
+    count = torch.zeros(int(bins), dtype=torch.float64).index_add_(0, index, torch.ones_like(confidence))
+    gap = (torch.zeros(int(bins), dtype=torch.float64).index_add_(0, index, correct)
+           - torch.zeros(int(bins), dtype=torch.float64).index_add_(0, index, confidence))
+    # sum_b (n_b / N) |acc_b - conf_b| = sum_b |sum_{i in b} (correct_i - conf_i)| / N
+    return 100.0 * gap.abs().sum().item() / count.sum().item()
+
+
+def fidelity(student_logits, teacher_logits) -> dict:
+    """{"agreement": % of images whose top-1 classes match, "kl_to_teacher": mean KL(teacher || student)}
+    at temperature 1, the KL summed over classes (nats) and averaged over images (Stanton et al. 2021)."""
+    student, teacher = _float64(student_logits), _float64(teacher_logits)
+    if student.shape != teacher.shape or student.ndim != 2 or len(student) == 0:
+        raise ValueError(f"student and teacher logits must both be N x K, N > 0: got {tuple(student.shape)} "
+                         f"and {tuple(teacher.shape)}")
+    log_student, log_teacher = F.log_softmax(student, 1), F.log_softmax(teacher, 1)
+    # finite logits give finite log-probabilities, so p = 0 (underflow) contributes 0, never NaN
+    kl = (log_teacher.exp() * (log_teacher - log_student)).sum(1)
+    agree = (student.argmax(1) == teacher.argmax(1)).to(torch.float64)
+    return {"agreement": 100.0 * agree.mean().item(), "kl_to_teacher": kl.mean().item()}
+
+
+def logit_scale(logits) -> dict:
+    """{"max_logit": mean of each image's largest logit, "logit_norm": mean L2 norm of its logit vector}."""
+    logits = _float64(logits)
+    if logits.ndim != 2 or len(logits) == 0:
+        raise ValueError(f"logits must be N x K, N > 0: got {tuple(logits.shape)}")
+    return {"max_logit": logits.max(1).values.mean().item(),
+            "logit_norm": torch.linalg.vector_norm(logits, dim=1).mean().item()}
+
+
+def calibration(logits, labels, bins: int) -> dict:
+    """{"ece": % (see expected_calibration_error), "nll": mean cross-entropy (nats)} of logits."""
+    logits, labels = _float64(logits), torch.as_tensor(labels).cpu().long()
+    return {"ece": expected_calibration_error(F.softmax(logits, 1), labels, bins),
+            "nll": F.cross_entropy(logits, labels).item()}
+
+
+@torch.inference_mode()
+def predict(model, images_uint8, batch_size, precision=None) -> torch.Tensor:
+    """The model's logits (float32, on the CPU, N x K) for uint8 images, batch by batch, in eval mode;
+    precision: a context-manager factory (train._Precision) or None for the model's own dtype."""
+    model.eval()
+    out = []
+    for start in range(0, len(images_uint8), batch_size):
+        batch = images_uint8[start:start + batch_size]
+        with precision() if precision else contextlib.nullcontext():
+            out.append(model(batch.float().div_(255)).float().cpu())
+    return torch.cat(out)
+
+
+def evaluate_logits(student_logits, teacher_logits, labels, ece_bins: int) -> dict:
+    """Every measure of the module docstring but the bookkeeping, from test-set logits."""
+    labels = torch.as_tensor(labels).cpu().long()
+    correct = (_float64(student_logits).argmax(1) == labels).sum().item()
+    return {"n": len(labels), "test_acc": 100.0 * correct / len(labels),
+            **fidelity(student_logits, teacher_logits), **calibration(student_logits, labels, ece_bins),
+            "ece_bins": int(ece_bins), **logit_scale(student_logits)}
+
+
+def evaluate_run(model, teacher, images_uint8, labels, batch_size, ece_bins, precision=None) -> dict:
+    """Logits of `model` and `teacher` on all images (batched, inference mode), then evaluate_logits."""
+    images_uint8, labels = torch.as_tensor(images_uint8), torch.as_tensor(labels)
+    if images_uint8.dtype != torch.uint8:
+        raise ValueError(f"images must be uint8 (0-255), got {images_uint8.dtype}")
+    if len(images_uint8) == 0 or len(labels) != len(images_uint8):
+        raise ValueError(f"need as many labels as images, and at least one: {len(images_uint8)} images, "
+                         f"{len(labels)} labels")
+    student_logits = predict(model, images_uint8, batch_size, precision)
+    teacher_logits = predict(teacher, images_uint8, batch_size, precision)
+    if student_logits.shape != teacher_logits.shape:
+        raise KdsweepError(f"the run has {student_logits.shape[1]} classes but the teacher "
+                           f"{teacher_logits.shape[1]}: pass the teacher of the same study (--teacher)")
+    return evaluate_logits(student_logits, teacher_logits, labels, ece_bins)
+
+
+# ---------------------------------------------------------------- the job (python -m kdsweep evaluate)
+
+
+def finished_run(run_dir, what="run") -> dict:
+    """metrics.json of a finished run folder; KdsweepError naming the fix otherwise."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "metrics.json").is_file():
+        raise KdsweepError(f"{what} {run_dir} is not finished (no metrics.json); train it first "
+                           f"(or check the path)")
+    return io.read_json(run_dir / "metrics.json")
+
+
+def check_dataset(run: dict, run_dir, dataset_cfg: dict):
+    """The run was trained on the config's test set (dataset name and subset), or KdsweepError."""
+    trained = (run.get("config") or {}).get("dataset")
+    if not trained:
+        return
+    for key in ("name", "subset"):
+        if trained.get(key) != dataset_cfg[key]:
+            raise KdsweepError(
+                f"run {run_dir} was trained with dataset.{key} = {trained.get(key)!r} but the config says "
+                f"{dataset_cfg[key]!r}: pass the config of the run's study (--config)")
+
+
+def evaluate_job(config: dict, run_dir, teacher_dir, out, log=print) -> dict:
+    """Evaluate a finished run against a finished teacher on the config's test set; write `out` (JSON)."""
+    from .models import load_model
+    from .train import _Precision, describe_device, environment, setup_runtime
+
+    run_dir, teacher_dir = Path(run_dir), Path(teacher_dir)
+    run = finished_run(run_dir)
+    teacher_run = finished_run(teacher_dir, "teacher run")
+    check_dataset(run, run_dir, config["dataset"])
+    check_dataset(teacher_run, teacher_dir, config["dataset"])
+    device = setup_runtime(config["runtime"])
+    precision = _Precision(config["runtime"], device)
+    model = precision.prepare(load_model(run_dir / "model.pt", device))
+    teacher = precision.prepare(load_model(teacher_dir / "model.pt", device))
+    splits = data.load_splits(config["dataset"], device)
+    started = time.perf_counter()
+    result = evaluate_run(model, teacher, splits.test.images, splits.test.labels,
+                          config["training"]["eval_batch_size"], config["evaluation"]["ece_bins"], precision)
+    result.update(
+        {key: run.get(key) for key in RUN_KEYS}, run=str(run_dir), teacher_run=str(teacher_dir),
+        teacher_model=teacher_run.get("model"), test_acc_metrics=run.get("test_acc"),
+        seconds=time.perf_counter() - started, device=describe_device(device),
+        precision="bf16 autocast" if precision.bf16 else "fp32", slurm=environment()["slurm"],
+    )
+    if run.get("test_acc") is not None and result["test_acc"] != run["test_acc"]:
+        # Same data, weights, batches and precision: only a GPU's non-deterministic kernels can do this.
+        print(f"kdsweep: warning: {run_dir}: test accuracy {result['test_acc']:.4f}% here, "
+              f"{run['test_acc']:.4f}% in metrics.json", file=sys.stderr)
+    io.write_json(out, result)
+    log(f"{run_dir}: test acc {result['test_acc']:.2f}%, agreement {result['agreement']:.2f}%, "
+        f"KL {result['kl_to_teacher']:.4f}, ECE {result['ece']:.2f}%, NLL {result['nll']:.4f}, "
+        f"max logit {result['max_logit']:.2f}, logit norm {result['logit_norm']:.2f}")
+    return result

@@ -1,0 +1,135 @@
+"""The throughput benchmark end to end at toy sizes: every documented JSON key, positive numbers.
+
+Speeds and ratios are not asserted: timings on a shared CI machine are noise.
+"""
+
+import argparse
+import json
+from pathlib import Path
+
+import pytest
+
+from kdsweep import bench
+from kdsweep.errors import KdsweepError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+TOP = {"version", "seconds", "machine", "settings", "peak", "load_before", "load_after", "measurements", "skipped"}
+MACHINE = {"device", "name", "cpu_count", "torch_threads", "torch", "torchvision", "python", "kdsweep", "host"}
+SETTINGS = {"quick", "image_size", "batch_size", "eval_batch_size", "images", "warmup_steps", "repeats", "workers",
+            "temperature", "soft_weight", "epsilon", "epoch_images", "seed", "teacher", "students", "pack_sizes",
+            "data"}
+ENTRY = {"label", "task", "model", "teacher", "pack", "flops_per_image", "floor_seconds_per_epoch", "ours",
+         "reference", "ratio", "ratio_without_startup"}
+SIDE = {"images", "seconds", "seconds_each", "images_per_s", "peak_fraction", "others_cpu"}
+REFERENCE = SIDE | {"loader_startup_s", "images_per_s_without_startup"}
+
+
+def parse(argv):
+    """The bench's arguments wired as cli.py wires them: a `bench` subcommand."""
+    parser = argparse.ArgumentParser(prog="kdsweep")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("bench")
+    bench.add_arguments(p)
+    p.set_defaults(func=bench.run)
+    return parser.parse_args(["bench", *argv])
+
+
+TINY = ["--config", str(ROOT / "config.yaml"), "--device", "cpu", "--teacher", "resnet18",
+        "--students", "mobilenet_v3_small", "--image-size", "16", "--batch-size", "8", "--eval-batch-size", "8",
+        "--images", "16", "--warmup", "1", "--repeats", "2", "--workers", "1", "--threads", "1"]
+
+
+@pytest.fixture(scope="module")
+def result(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench") / "bench.json"
+    args = parse([*TINY, "--pack-sizes", "1", "4", "--peak-flops", "1e11", "--json", str(out)])
+    returned = args.func(args)
+    written = json.loads(out.read_text())
+    assert written == json.loads(json.dumps(returned))
+    return written
+
+
+def positive(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+
+
+def test_every_documented_key_is_there(result):
+    assert set(result) == TOP
+    assert set(result["machine"]) == MACHINE
+    assert set(result["settings"]) == SETTINGS
+    assert set(result["peak"]) == {"flops_per_s", "source"}
+    assert result["peak"] == {"flops_per_s": 1e11, "source": "--peak-flops"}
+    assert result["machine"]["device"] == "cpu"
+    assert result["settings"]["image_size"] == [3, 16, 16] and result["settings"]["batch_size"] == 8
+
+
+def test_every_measurement_has_positive_numbers(result):
+    expected = {"train:resnet18", "train:mobilenet_v3_small", "distill:mobilenet_v3_small",
+                "fgsm:mobilenet_v3_small", "fgsm:resnet18"}
+    assert set(result["measurements"]) == expected
+    for key, entry in result["measurements"].items():
+        assert set(entry) == ENTRY, key
+        assert set(entry["ours"]) == SIDE and set(entry["reference"]) == REFERENCE, key
+        for name in ("flops_per_image", "floor_seconds_per_epoch", "ratio", "ratio_without_startup", "pack"):
+            assert positive(entry[name]), (key, name)
+        for side in (entry["ours"], entry["reference"]):
+            for name, value in side.items():
+                if name == "others_cpu":
+                    assert value is None or 0 <= value <= 1
+                elif name == "seconds_each":
+                    assert len(value) == 2 and all(positive(v) for v in value) and min(value) == side["seconds"]
+                else:
+                    assert positive(value), (key, name, value)
+            assert side["images"] == 16
+        assert entry["teacher"] == ("resnet18" if entry["task"] == "distill" else None)
+    assert positive(result["peak"]["flops_per_s"]) and positive(result["seconds"])
+    # A distillation step costs the student's training step plus the teacher's forward pass.
+    assert (result["measurements"]["distill:mobilenet_v3_small"]["flops_per_image"]
+            > result["measurements"]["train:mobilenet_v3_small"]["flops_per_image"])
+
+
+def test_pack_sizes_become_rows_or_are_skipped_with_a_reason(result):
+    key = "distill:mobilenet_v3_small:pack4"
+    skipped = {item["key"]: item for item in result["skipped"]}
+    assert (key in result["measurements"]) != (key in skipped)
+    if key in skipped:
+        assert skipped[key]["reason"] and "pack=4" in skipped[key]["label"]
+
+
+def test_cpu_peak_is_measured_with_a_matmul(monkeypatch):
+    import torch
+
+    assert bench._measure_matmul(torch.device("cpu"), torch.float32, 128, rounds=2, per_round=2) > 1e6
+    sizes = []
+    monkeypatch.setattr(bench, "_measure_matmul", lambda device, dtype, n, **kw: sizes.append((dtype, n)) or 5e10)
+    assert bench._peak(torch.device("cpu"), None)[0] == 5e10
+    assert sizes == [(torch.float32, 2048)] and "measured: fp32 torch.mm" in bench._peak(torch.device("cpu"), None)[1]
+    with pytest.raises(KdsweepError, match="peak-flops"):
+        bench._peak(torch.device("cpu"), 0.0)
+
+
+def test_flop_count_of_grouped_convolutions_is_not_inflated():
+    # torch's formula counts a depthwise conv's weight gradient `groups` times too high.
+    import torch
+    from torch import nn
+
+    def train_flops(conv):
+        x = torch.rand(2, 8, 8, 8)
+        return bench._flops(lambda: conv(x).sum().backward())
+
+    dense, depthwise = nn.Conv2d(8, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1, groups=8)
+    forward_dense = 2 * 2 * 8 * 8 * 8 * 8 * 9
+    # forward + grad_weight (the input needs no gradient)
+    assert train_flops(dense) == 2 * forward_dense
+    assert train_flops(depthwise) == 2 * forward_dense // 8
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--students", "vgg11"], "unknown"),
+    (["--soft-weight", "0"], "soft-weight"),
+    (["--warmup", "0"], "warm-up"),
+])
+def test_bad_arguments_name_the_fix(argv, message):
+    with pytest.raises(KdsweepError, match=message):
+        bench.run(parse([*TINY, *argv]))

@@ -1,0 +1,488 @@
+"""profiles/slurm: the study's jobs on a real SLURM cluster, and the time-limit resume.
+
+The tests marked `slurm` need a cluster: scripts/slurm-cluster.sh starts a one-node
+one with two fake GPUs and accounting (docs/slurm-cluster.md). Where none answers
+(`sinfo` missing or failing) they skip, unless KDSWEEP_REQUIRE_SLURM=1 (CI) says the
+cluster is required: then they fail. They run the workflow in a temporary directory
+(`--snakefile` of this checkout, never its results/), as a user would:
+`snakemake --profile profiles/slurm --configfile config.yaml tests/studies/slurm.yaml`.
+
+The study is tests/studies/slurm.yaml, a smaller cut of studies/demo.yaml (same data
+and settings, one small network, one distillation run, one epsilon): the demo takes
+about ten minutes on two cores by itself, and through SLURM's scheduling and
+status polling more, while this file has to finish in about ten.
+
+SLURM account, partition and QoS come from KDSWEEP_SLURM_ACCOUNT, _PARTITION and _QOS
+as for users; the account defaults to `root`, the one scripts/slurm-cluster.sh registers.
+"""
+
+import csv
+import json
+import math
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from kdsweep.config import load_config
+from kdsweep.naming import attack_file, run_path
+
+ROOT = Path(__file__).resolve().parents[1]
+PROFILE = ROOT / "profiles" / "slurm"
+STUDY = ROOT / "tests" / "studies" / "slurm.yaml"
+CONFIGS = [ROOT / "config.yaml", STUDY]
+TRAINING_RULES = ("teacher", "baseline", "distill")
+EVALUATION_RULES = ("fgsm", "pgd", "evaluate")
+GPU_RULES = (*TRAINING_RULES, *EVALUATION_RULES)
+LOCAL_RULES = ("download", "tables", "figures", "best_temperature")
+SITE_VARIABLES = ("KDSWEEP_SLURM_ACCOUNT", "KDSWEEP_SLURM_PARTITION", "KDSWEEP_SLURM_QOS")
+# Status polling starts 5 s after a submission instead of the profile's 20 s (a scalar
+# option: the command line overrides it without touching the rest of the profile).
+FAST_POLL = ["--slurm-init-seconds-before-status-checks", "5"]
+
+
+# ---------------------------------------------------------------- the profile itself (no cluster)
+
+
+def parse_profile(monkeypatch, **variables):
+    """The profile as Snakemake reads it (YTE rendering included), with these environment variables."""
+    from snakemake.profiles import ProfileConfigFileParser
+
+    for name in (*SITE_VARIABLES, "KDSWEEP_SLURM_TRAIN_MINUTES"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in variables.items():
+        monkeypatch.setenv(name, value)
+    with open(PROFILE / "config.yaml") as stream:
+        return ProfileConfigFileParser().parse(stream)
+
+
+def test_profile_gives_every_gpu_rule_one_gpu_one_cpu_and_growing_runtimes(monkeypatch):
+    profile = parse_profile(monkeypatch)
+    assert profile["executor"] == "slurm" and int(profile["jobs"]) > 0 and int(profile["retries"]) >= 1
+    resources = {}
+    for entry in profile["set-resources"]:
+        rule, _, assignment = entry.partition(":")
+        name, _, value = assignment.partition("=")
+        resources.setdefault(rule, {})[name] = value
+    threads = dict(entry.split("=") for entry in profile["set-threads"])
+    for rule in GPU_RULES:
+        assert resources[rule]["gpu"] == "1", f"{rule} asks for one GPU (gpu=, not gpus=: see docs/slurm-cluster.md)"
+        assert threads[rule] == "1", f"{rule} asks for one CPU, so that two jobs share a 2-CPU node"
+        assert int(resources[rule]["mem_mb"]) > 0
+        runtimes = [eval(resources[rule]["runtime"], {"attempt": attempt}) for attempt in (1, 2, 3)]
+        assert runtimes[0] < runtimes[1] < runtimes[2], f"{rule}'s runtime grows with the attempt"
+    for rule in TRAINING_RULES:
+        assert re.fullmatch(r"'--signal=URG@\d+'", resources[rule]["slurm_extra"]), \
+            "training jobs ask for SIGURG before the time limit (SIGUSR1 kills the job's snakemake)"
+        assert eval(resources[rule]["runtime"], {"attempt": 1}) == 240
+    assert not any("slurm_extra" in resources[rule] for rule in EVALUATION_RULES)
+    assert profile["slurm-keep-successful-logs"] == "True" and profile["slurm-logdir"]
+    # Nothing site-specific unless the user sets it.
+    assert not any(entry.startswith(("slurm_account", "slurm_partition")) for entry in profile["default-resources"])
+    assert "slurm-qos" not in profile and "slurm-status-command" not in profile
+
+
+def test_profile_reads_account_partition_qos_and_time_limit_from_the_environment(monkeypatch):
+    profile = parse_profile(monkeypatch, KDSWEEP_SLURM_ACCOUNT="proj-42", KDSWEEP_SLURM_PARTITION="all",
+                            KDSWEEP_SLURM_QOS="high", KDSWEEP_SLURM_TRAIN_MINUTES="90")
+    # quoted, so that a partition named like a Python builtin (`all`) stays a string
+    assert "slurm_account='proj-42'" in profile["default-resources"]
+    assert "slurm_partition='all'" in profile["default-resources"]
+    assert profile["slurm-qos"] == "high"
+    for rule in TRAINING_RULES:
+        assert f"{rule}:runtime=90 * attempt" in profile["set-resources"]
+
+
+def _workflow_local_rules(workdir):
+    """{rule: declared local?} of the workflow, loaded through Snakemake's API for a CIFAR-10
+    study (which has the download rule). Runs in a subprocess: the API changes directory."""
+    script = f"""
+import json
+from pathlib import Path
+from snakemake.api import SnakemakeApi
+from snakemake.settings.types import ConfigSettings, OutputSettings, ResourceSettings
+with SnakemakeApi(OutputSettings()) as api:
+    workflow_api = api.workflow(
+        resource_settings=ResourceSettings(),
+        config_settings=ConfigSettings(configfiles=[Path(p) for p in {[str(p) for p in CONFIGS]!r}],
+                                       config={{"dataset": {{"name": "cifar10", "root": "data"}}}}),
+        snakefile=Path({str(ROOT / "Snakefile")!r}), workdir=Path.cwd())
+    workflow = workflow_api._workflow
+    print(json.dumps({{rule.name: rule.name in workflow._localrules for rule in workflow.rules}}))
+"""
+    result = subprocess.run([sys.executable, "-c", script], check=False, cwd=workdir, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.workflow
+def test_download_aggregation_and_plots_are_local_rules(tmp_path):
+    """Under the slurm executor these run on the login node (download: compute nodes
+    often have no internet); the GPU rules and stats are submitted."""
+    local = _workflow_local_rules(tmp_path)
+    submitted = [rule for rule in LOCAL_RULES if not local.get(rule)]
+    assert not submitted, f"{submitted} would be submitted to SLURM: list them under `localrules:` in workflow/rules/"
+    assert not [rule for rule in (*GPU_RULES, "stats") if local[rule]], local
+
+
+# ---------------------------------------------------------------- the cluster
+
+
+def _cluster_problem():
+    """Why no usable cluster answers, or None."""
+    sinfo = shutil.which("sinfo")
+    if sinfo is None:
+        return "no SLURM cluster: `sinfo` is not on PATH (start one with `sudo scripts/slurm-cluster.sh`)"
+    try:
+        result = subprocess.run([sinfo, "-h", "-o", "%T %G"], check=False, capture_output=True, text=True, timeout=30)
+    except subprocess.TimeoutExpired:
+        return "no SLURM cluster: `sinfo` did not answer within 30 s (start one with `sudo scripts/slurm-cluster.sh`)"
+    if result.returncode != 0:
+        reason = result.stderr.strip().splitlines()[-1] if result.stderr.strip() else f"exit status {result.returncode}"
+        return f"no SLURM cluster: `sinfo` failed: {reason} (start one with `sudo scripts/slurm-cluster.sh`)"
+    if not result.stdout.strip():
+        return "no SLURM cluster: `sinfo` lists no nodes"
+    return None
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    problem = _cluster_problem()
+    if problem:
+        if os.environ.get("KDSWEEP_REQUIRE_SLURM") == "1":
+            pytest.fail(f"{problem}; KDSWEEP_REQUIRE_SLURM=1 says this machine has a cluster", pytrace=False)
+        pytest.skip(problem)
+    nodes = subprocess.run(["sinfo", "-h", "-N", "-o", "%N %T %G"], check=False, capture_output=True, text=True).stdout.split("\n")
+    usable = [line for line in nodes if re.search(r"\b(idle|mixed|allocated|completing)\b", line) and "gpu" in line]
+    if not usable:
+        pytest.fail("the SLURM cluster answers but has no node that is up with GPUs (gres gpu); "
+                    f"`sinfo -N -o '%N %T %G'` says: {' | '.join(n for n in nodes if n)}. "
+                    "Restart it with `sudo scripts/slurm-cluster.sh`", pytrace=False)
+    if shutil.which("sacct") is None:
+        pytest.fail("the SLURM cluster has no `sacct`; these tests read job records from accounting", pytrace=False)
+
+
+def _environment(**variables):
+    """The caller's environment as a user's shell with the venv active; no SLURM job variables."""
+    env = {name: value for name, value in os.environ.items()
+           if not name.startswith(("SLURM_", "SBATCH_", "SRUN_", "KDSWEEP_SLURM_"))}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    for name in SITE_VARIABLES:
+        if os.environ.get(name):
+            env[name] = os.environ[name]
+    env.setdefault("KDSWEEP_SLURM_ACCOUNT", "root")
+    env.update(variables)
+    return env
+
+
+def _slurm_logs(workdir):
+    return sorted((workdir / "results" / "slurm-logs").rglob("*.log"))
+
+
+def _cancel_leftovers(workdir):
+    """scancel this run's jobs still queued or running (after a timeout or a crash): those
+    whose working directory is workdir."""
+    queue = subprocess.run(["squeue", "-h", "-o", "%i %Z"], check=False, capture_output=True, text=True).stdout
+    ids = [job_id for job_id, _, folder in (line.partition(" ") for line in queue.splitlines())
+           if Path(folder.strip()) == Path(workdir)]
+    if ids:
+        subprocess.run(["scancel", *ids], check=False, capture_output=True)
+
+
+def run_snakemake(workdir, *args, timeout, env=None, watch=None):
+    """`snakemake TARGETS --profile profiles/slurm ...` in workdir; returns (exit status, output).
+
+    watch(workdir) is called every 2 s while it runs. Past the timeout snakemake gets SIGTERM
+    (it cancels its SLURM jobs), then SIGKILL, and whatever is still queued is cancelled.
+    """
+    command = [sys.executable, "-m", "snakemake", *args, "--profile", str(PROFILE),
+               "--snakefile", str(ROOT / "Snakefile"), "--configfile", *map(str, CONFIGS), *FAST_POLL]
+    log_path = workdir / "snakemake.log"
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(command, cwd=workdir, stdout=log, stderr=subprocess.STDOUT,
+                                   env=env or _environment(), start_new_session=True)
+        deadline = time.monotonic() + timeout
+        try:
+            while process.poll() is None:
+                if time.monotonic() > deadline:
+                    process.send_signal(signal.SIGTERM)
+                    try:
+                        process.wait(60)
+                    except subprocess.TimeoutExpired:
+                        os.killpg(process.pid, signal.SIGKILL)
+                        process.wait()
+                    _cancel_leftovers(workdir)
+                    pytest.fail(f"snakemake ran past {timeout} s; its output:\n{_tail(log_path)}")
+                if watch:
+                    watch(workdir)
+                time.sleep(2)
+        finally:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+                _cancel_leftovers(workdir)
+    return process.returncode, log_path.read_text()
+
+
+def _tail(path, chars=6000):
+    text = Path(path).read_text(errors="replace") if Path(path).exists() else "(none)"
+    return text[-chars:]
+
+
+def _failure_report(workdir, output):
+    """Snakemake's output and the SLURM logs, for an assertion message."""
+    logs = "".join(f"\n--- {log.relative_to(workdir)}\n{_tail(log, 1500)}" for log in _slurm_logs(workdir))
+    return f"snakemake output:\n{output[-6000:]}\nSLURM logs:{logs}"
+
+
+def sacct(job_ids):
+    """{job id: {State, AllocTRES, Timelimit, Elapsed, ...}} from SLURM's accounting."""
+    fields = ["JobID", "State", "ExitCode", "AllocTRES", "Timelimit", "Elapsed", "Account", "Partition"]
+    result = subprocess.run(["sacct", "-X", "-n", "-P", "-j", ",".join(job_ids), "-o", ",".join(fields)],
+                            capture_output=True, text=True, check=True)
+    records = {}
+    for line in result.stdout.splitlines():
+        record = dict(zip(fields, line.split("|")))
+        records[record["JobID"]] = record
+    return records
+
+
+def _seconds(duration):
+    """SLURM's [D-]HH:MM:SS as seconds."""
+    days, _, clock = duration.rpartition("-")
+    hours, minutes, seconds = (int(x) for x in clock.split(":"))
+    return int(days or 0) * 86400 + hours * 3600 + minutes * 60 + seconds
+
+
+def _read_json(path):
+    return json.loads(Path(path).read_text())
+
+
+def _csv(path):
+    with open(path) as handle:
+        return list(csv.DictReader(handle))
+
+
+def _assert_one_gpu_job(record, where):
+    assert re.fullmatch(r"\d+", record.get("job_id") or ""), f"{where} ran outside SLURM: slurm = {record}"
+    assert re.fullmatch(r"\d+", record.get("gpus") or ""), \
+        f"{where} did not see exactly one GPU: CUDA_VISIBLE_DEVICES = {record.get('gpus')!r}"
+
+
+# ---------------------------------------------------------------- the study through SLURM
+
+
+@pytest.mark.slurm
+def test_study_runs_every_gpu_job_on_slurm_with_one_gpu(cluster, tmp_path):
+    config = load_config([str(p) for p in CONFIGS], [])
+    results = tmp_path / "results" / config["study"]
+    status, output = run_snakemake(tmp_path, timeout=600)
+    assert status == 0, _failure_report(tmp_path, output)
+
+    teacher = config["teacher"]
+    runs = [("teacher", teacher["model"], teacher["seed"], None, None)]
+    runs += [("baseline", s, seed, None, None) for s in config["students"] for seed in config["seeds"]]
+    runs += [("kd", s, seed, t, w) for s in config["students"] for t in config["temperatures"]
+             for w in config["soft_weights"] for seed in config["seeds"]]
+
+    # Every run and every attack: a SLURM job with one GPU, recorded in its JSON.
+    training_jobs, attack_jobs = {}, {}
+    for run in runs:
+        folder = results / run_path(*run)
+        metrics = _read_json(folder / "metrics.json")
+        _assert_one_gpu_job(metrics["slurm"], folder)
+        training_jobs[metrics["slurm"]["job_id"]] = run[0]
+        assert not any((folder / scratch).exists() for scratch in ("checkpoint.pt", "best.pt"))
+        ids = set()
+        evaluations = [results / "attacks" / run[0] / folder.name / attack_file(attack, eps)
+                       for attack, params in config["attacks"].items() if params is not None
+                       for eps in config["epsilons"]]
+        evaluations.append(results / "evaluation" / run[0] / f"{folder.name}.json")
+        for path in evaluations:
+            evaluation = _read_json(path)
+            _assert_one_gpu_job(evaluation["slurm"], path)
+            ids.add(evaluation["slurm"]["job_id"])
+        assert len(ids) == 1, f"the evaluations of {folder.name} go out as one SLURM job (group), not {sorted(ids)}"
+        attack_jobs[ids.pop()] = folder.name
+    assert len(training_jobs) == len(runs), "each training run is its own SLURM job"
+    assert not set(training_jobs) & set(attack_jobs)
+
+    records = sacct([*training_jobs, *attack_jobs])
+    for job_id in [*training_jobs, *attack_jobs]:
+        record = records[job_id]
+        assert record["State"] == "COMPLETED", record
+        tres = record["AllocTRES"].split(",")
+        assert "gres/gpu=1" in tres and "cpu=1" in tres, f"job {job_id} had {record['AllocTRES']}"
+        assert record["Account"] == (os.environ.get("KDSWEEP_SLURM_ACCOUNT") or "root"), record
+
+    # One SLURM log per job, kept after success, where the profile says.
+    logs = {log.stem: log.relative_to(tmp_path / "results" / "slurm-logs").parts for log in _slurm_logs(tmp_path)}
+    for job_id, role in training_jobs.items():
+        rule = "distill" if role == "kd" else role
+        assert logs.get(job_id, ("?",))[0] == f"rule_{rule}", f"no SLURM log for job {job_id}: {logs}"
+    for job_id, run in attack_jobs.items():
+        assert logs.get(job_id, ("?",))[0].startswith("group_eval_"), f"no SLURM log for job {job_id}: {logs}"
+    # Aggregation and plots ran here, not as SLURM jobs.
+    submitted = {"rule_stats", *(f"rule_{rule}" for rule in TRAINING_RULES)}
+    assert all(parts[0] in submitted or parts[0].startswith("group_eval_") for parts in logs.values()), logs
+    assert "localrule tables:" in output and "localrule figures:" in output
+
+    # The tables hold every run and every attack.
+    tables = results / "tables"
+    assert sorted(row["run"] for row in _csv(tables / "runs.csv")) == sorted(run_path(*run) for run in runs)
+    robustness = {(row["run"], row["attack"], float(row["epsilon"]))
+                  for row in _csv(tables / "robustness.csv") if row["adv_acc"]}
+    assert robustness == {(run_path(*run), attack, float(eps)) for run in runs for eps in config["epsilons"]
+                          for attack, params in config["attacks"].items() if params is not None}
+    grid = {(row["model"], float(row["temperature"]), float(row["soft_weight"])) for row in _csv(tables / "grid.csv")}
+    assert grid == {(s, float(t), float(w)) for s in config["students"] for t in config["temperatures"]
+                    for w in config["soft_weights"]}
+    table1 = _csv(tables / "table1.csv")
+    assert sorted((row["role"], row["model"]) for row in table1) == sorted(
+        [("teacher", teacher["model"])] + [("baseline", s) for s in config["students"]])
+    assert {row["model"] for row in _csv(tables / "kd_vs_hard.csv")} == set(config["students"])
+    for name in ("table1.md", "kd_vs_hard.md"):
+        assert (tables / name).stat().st_size > 0
+    # (snakemake checked that every figure the workflow declares exists)
+    figures = results / "figures"
+    assert sorted(p.stem for p in figures.glob("*.png")) == sorted(p.stem for p in figures.glob("*.pdf")) != []
+
+
+@pytest.mark.slurm
+def test_an_account_slurm_does_not_know_stops_the_run_at_submission(cluster, tmp_path):
+    """KDSWEEP_SLURM_ACCOUNT reaches the plugin, which checks it with sacctmgr before sbatch."""
+    status, output = run_snakemake(tmp_path, timeout=120,
+                                   env=_environment(KDSWEEP_SLURM_ACCOUNT="kdsweep-no-such-account"))
+    assert status != 0
+    assert "The given account kdsweep-no-such-account appears to be invalid" in output, output[-3000:]
+    assert not _slurm_logs(tmp_path), "no job was submitted"
+
+
+# ---------------------------------------------------------------- the time limit
+
+
+# Seconds of training the time-limit run is sized to: more than the first attempt's
+# 2 minutes hold (so it is stopped even if the signal never came), about half of the
+# second attempt's 4 (so that one usually finishes it).
+TRAINING_SECONDS = 150
+
+
+@pytest.mark.slurm
+def test_training_over_its_time_limit_is_stopped_retried_and_resumed_to_the_same_result(cluster, tmp_path):
+    """A teacher run of ~TRAINING_SECONDS under a 2-minute first time limit (KDSWEEP_SLURM_TRAIN_MINUTES=2).
+
+    SLURM sends SIGURG 60-90 s before the limit; the run stops with its checkpoint and exit
+    status 75, the job fails, Snakemake resubmits it with 4 minutes, and the second attempt
+    resumes from the checkpoint (on a busy machine a third attempt, with 6, may be needed).
+    Its metrics must equal those of an uninterrupted local run (training on the CPU with
+    one thread is deterministic).
+    """
+    from kdsweep.train import CHECKPOINT
+
+    config = load_config([str(p) for p in CONFIGS], [])
+    teacher = config["teacher"]
+    name = run_path("teacher", teacher["model"], teacher["seed"])
+    work, reference = tmp_path / "slurm", tmp_path / "local"
+    work.mkdir()
+    reference.mkdir()
+    kdsweep = [sys.executable, "-m", "kdsweep"]
+    config_args = [arg for path in CONFIGS for arg in ("--config", str(path))]
+    def train(out, *overrides):
+        return [*kdsweep, "train", *config_args, "--role", "teacher", "--model", teacher["model"], "--seed",
+                str(teacher["seed"]), "--stats", "stats.json", "--out", out, *overrides, "runtime.threads=1"]
+
+    subprocess.run([*kdsweep, "stats", *config_args, "--out", "stats.json"], cwd=reference, check=True,
+                   capture_output=True)
+    # This machine's speed: one epoch, then as many epochs as fill TRAINING_SECONDS.
+    subprocess.run(train("calibration", "training.max_epochs=1"), cwd=reference, check=True, capture_output=True)
+    epoch_seconds = _read_json(reference / "calibration" / "metrics.json")["train_seconds"]
+    epochs = min(max(math.ceil(TRAINING_SECONDS / epoch_seconds), 12), 200)
+    overrides = [f"training.max_epochs={epochs}", f"training.early_stopping_patience={epochs}"]
+
+    # The uninterrupted run, on this machine, while the cluster trains (one CPU each).
+    local = subprocess.Popen(train("run", *overrides), cwd=reference,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    results = work / "results" / config["study"]
+    run_folder = results / name
+    rule_log = results / "logs" / f"{name}.log"
+    seen = {"stops": {}, "between_attempts": None}
+
+    def watch(workdir):
+        # Each attempt's shell replaces the rule's log: keep every attempt's stop message,
+        # keyed by where the attempt started ("" or its "resuming ... after epoch k").
+        text = rule_log.read_text(errors="replace") if rule_log.exists() else ""
+        stop = re.search(r"received (SIG\w+)", text)
+        if stop:
+            start = re.search(r"resuming \S+ after epoch \d+", text)
+            seen["stops"][start.group(0) if start else ""] = stop.group(1)
+        attempts = [log for log in _slurm_logs(workdir) if "rule_teacher" in log.parts]
+        if len(attempts) >= 2 and seen["between_attempts"] is None and run_folder.exists():
+            seen["between_attempts"] = sorted(p.name for p in run_folder.iterdir())
+
+    try:
+        status, output = run_snakemake(
+            work, str(run_folder.relative_to(work) / "metrics.json"),
+            "--config", f"training={{max_epochs: {epochs}, early_stopping_patience: {epochs}}}",
+            timeout=660, env=_environment(KDSWEEP_SLURM_TRAIN_MINUTES="2"), watch=watch)
+        assert status == 0, _failure_report(work, output)
+        local_output, _ = local.communicate(timeout=600)
+    finally:
+        if local.poll() is None:
+            local.kill()
+            local.wait()
+    assert local.returncode == 0, local_output
+
+    # SLURM's side: attempt n had a time limit of 2n minutes; every attempt but the last
+    # stopped itself on the signal before its limit (FAILED, exit status 75, not TIMEOUT).
+    attempts = sorted((log for log in _slurm_logs(work) if "rule_teacher" in log.parts), key=lambda p: int(p.stem))
+    assert len(attempts) >= 2, f"the first attempt was not stopped: {attempts}\n{output[-4000:]}"
+    records = sacct([log.stem for log in attempts])
+    for number, log in enumerate(attempts, start=1):
+        record = records[log.stem]
+        assert _seconds(record["Timelimit"]) == 120 * number, record
+        if number < len(attempts):
+            assert record["State"] == "FAILED" and _seconds(record["Elapsed"]) < 120 * number, record
+            assert "non-zero exit status 75" in log.read_text(errors="replace"), _tail(log)
+        else:
+            assert record["State"] == "COMPLETED", record
+
+    # The run's side: each stop kept the last finished epoch, and nothing that looks finished
+    # was there between the attempts; the next attempt resumed from there.
+    stops = seen["stops"]
+    assert list(stops.values()) == ["SIGURG"] * (len(attempts) - 1), f"stops seen in the rule's log: {stops}"
+    between = seen["between_attempts"]
+    assert between is not None and CHECKPOINT in between, between
+    assert not {"metrics.json", "model.pt", "history.csv"} & set(between), between
+    resumed_after = [int(e) for e in re.findall(r"resuming \S+ after epoch (\d+)", rule_log.read_text())]
+    assert len(resumed_after) == 1 and resumed_after[0] >= 1, _tail(rule_log)
+    # each attempt but the first started where the one before it stopped, with progress each time
+    starts = sorted(int(start.rsplit(" ", 1)[1]) for start in stops if start) + resumed_after
+    assert starts == sorted(set(starts)), f"an attempt made no progress: {stops}"
+    metrics = _read_json(run_folder / "metrics.json")
+    assert metrics["resumed"] == len(stops) and metrics["slurm"]["job_id"] == attempts[-1].stem
+    _assert_one_gpu_job(metrics["slurm"], run_folder)
+    assert not (run_folder / CHECKPOINT).exists()
+
+    # The same result as the uninterrupted run: metrics, history and weights.
+    import torch
+
+    expected = _read_json(reference / "run" / "metrics.json")
+    compared = ["epochs", "best_epoch", "stopped_early", "val_acc", "val_loss", "test_acc", "test_loss", "config_hash"]
+    assert {k: metrics[k] for k in compared} == {k: expected[k] for k in compared}
+    assert metrics["epochs"] == epochs and expected["resumed"] == 0
+
+    def history(folder):
+        return [{k: v for k, v in row.items() if k != "seconds"} for row in _csv(folder / "history.csv")]
+
+    assert history(run_folder) == history(reference / "run")
+    weights = torch.load(run_folder / "model.pt", weights_only=True)["state_dict"]
+    weights_local = torch.load(reference / "run" / "model.pt", weights_only=True)["state_dict"]
+    assert weights.keys() == weights_local.keys()
+    assert all(torch.equal(weights[k], weights_local[k]) for k in weights)

@@ -1,0 +1,253 @@
+"""The Snakemake workflow, run by the real snakemake (subprocess) in a temporary directory.
+
+Dry runs check the DAG (jobs per rule, the staged checkpoint, FGSM groups, config errors);
+one end-to-end run of tests/studies/tiny.yaml checks that the jobs, tables and figures exist.
+Nothing is written into the repository: every call uses --directory TMP.
+"""
+
+import json
+import re
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.workflow
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULTS = REPO / "config.yaml"
+TINY = REPO / "tests" / "studies" / "tiny.yaml"
+# the value profiles/slurm passes: one submission per run, spanning all of its evaluations
+GROUP_COMPONENTS = "eval_{role}_{run}=100"
+
+
+def snakemake(workdir, *args, configfiles=(), check=True, timeout=600):
+    """Run snakemake on the repository's Snakefile in workdir; return the CompletedProcess."""
+    command = [
+        sys.executable, "-m", "snakemake",
+        "--snakefile", str(REPO / "Snakefile"),
+        "--directory", str(workdir),
+        "--configfile", str(DEFAULTS), *map(str, configfiles),
+        *args,
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+    if check and result.returncode != 0:
+        pytest.fail(f"snakemake {' '.join(args)} failed ({result.returncode}):\n"
+                    f"{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
+    return result
+
+
+def job_counts(output: str) -> Counter:
+    """The first 'Job stats' table of a snakemake run, as {rule: count}."""
+    lines = output.splitlines()
+    start = lines.index("Job stats:") + 3  # title, header, dashes
+    counts = Counter()
+    for line in lines[start:]:
+        if not line.strip():
+            break
+        rule, count = line.split()
+        counts[rule] = int(count)
+    return counts
+
+
+def dry_run(workdir, *args, configfiles=()):
+    result = snakemake(workdir, "--dry-run", *args, configfiles=configfiles)
+    return job_counts(result.stdout), result.stdout
+
+
+def groups(output: str) -> list:
+    """Group jobs of a dry run, in order: [(group id, Counter of its jobs' rules)]."""
+    found = []
+    for line in output.splitlines():
+        match = re.search(r"Group job (\S+) \(jobs in lexicogr\. order\):", line)
+        if match:
+            found.append((match.group(1), Counter()))
+        elif found and (rule := re.match(r"\s+rule (\w+):", line)):
+            found[-1][1][rule.group(1)] += 1
+    return found
+
+
+@pytest.fixture(scope="module")
+def seed_study(tmp_path_factory):
+    """Dry run of config.yaml (the seed's study) with profiles/slurm's group components."""
+    return dry_run(tmp_path_factory.mktemp("seed"), "--group-components", GROUP_COMPONENTS)
+
+
+def test_grid_dry_run_has_every_job_of_the_seed_study(seed_study):
+    counts, _ = seed_study
+    runs = 1 + 2 + 2 * 8 * 7  # teacher, baselines, students x temperatures x soft weights
+    assert counts["stats"] == 1
+    assert counts["teacher"] == 1
+    assert counts["baseline"] == 2
+    assert counts["distill"] == 112
+    assert counts["fgsm"] == counts["pgd"] == 3 * runs == 345  # every run x epsilon
+    assert counts["evaluate"] == runs
+    assert counts["tables"] == counts["figures"] == counts["all"] == 1
+    assert counts["download"] == 1  # no CIFAR-10 files in the empty working directory
+    assert "best_temperature" not in counts
+
+
+def test_seeds_multiply_the_student_runs(tmp_path):
+    counts, _ = dry_run(tmp_path, "--config", "seeds=[0,1,2]")
+    assert counts["teacher"] == 1
+    assert counts["baseline"] == 2 * 3
+    assert counts["distill"] == 112 * 3
+    assert counts["fgsm"] == counts["pgd"] == 3 * (1 + 6 + 336)
+    assert counts["evaluate"] == 1 + 6 + 336
+
+
+def test_an_attack_switched_off_has_no_jobs(tmp_path):
+    counts, _ = dry_run(tmp_path, "--config", "attacks={pgd: null}")
+    assert counts["fgsm"] == 345 and "pgd" not in counts
+
+
+def test_staged_sweep_runs_the_temperature_sweep_before_its_checkpoint(tmp_path):
+    counts, _ = dry_run(tmp_path, "--config", "sweep=staged")
+    assert counts["best_temperature"] == 2  # one checkpoint per student
+    assert counts["distill"] == 2 * 8  # every temperature at staged.soft_weight, nothing else yet
+    assert counts["fgsm"] == counts["pgd"] == 3 * (1 + 2 + 16)
+    assert counts["evaluate"] == 1 + 2 + 16
+    assert counts["tables"] == counts["figures"] == 1
+
+
+def test_evaluations_of_one_run_are_one_group_job(seed_study):
+    _, output = seed_study
+    found = groups(output)
+    assert len(found) == 115  # one submission per model run ...
+    for _, rules in found:  # ... holding both attacks at each epsilon and the evaluation
+        assert rules == Counter(fgsm=3, pgd=3, evaluate=1)
+    ids = {group for group, _ in found}
+    assert len(ids) == 115
+    assert "eval_teacher_resnet50_seed0" in ids and "eval_kd_resnet18_T4_soft0.9_seed0" in ids
+
+
+def test_without_group_components_each_job_is_its_own_group(tmp_path):
+    _, output = dry_run(tmp_path)
+    found = groups(output)
+    assert len(found) == 345 + 345 + 115
+    assert all(sum(rules.values()) == 1 for _, rules in found)
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("soft_weights=[1.5]", "soft_weights"),
+        ("colour=blue", "colour"),
+        ("training={lr: -1}", "lr"),
+        ("sweep=both", "sweep"),
+        ("students=[vgg16]", "students"),
+    ],
+)
+def test_bad_config_fails_before_any_job_with_the_key_named(tmp_path, override, key):
+    result = snakemake(tmp_path, "--dry-run", "--config", override, check=False)
+    output = result.stdout + result.stderr  # snakemake logs errors to either
+    assert result.returncode != 0
+    assert "Error validating config file" in output
+    assert key in output.split("Error validating config file", 1)[1]
+    assert "Job stats" not in output
+    assert not (tmp_path / "results").exists()
+
+
+def test_two_values_with_one_folder_name_are_refused(tmp_path):
+    result = snakemake(tmp_path, "--dry-run", "--config", "temperatures=[4,4.0000001]", check=False)
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    assert "temperatures hold 4 and 4.0000001" in output and "folder name '4'" in output
+
+
+def test_jobs_get_the_exact_config_numbers_and_the_config_slice(tmp_path):
+    eps = 8 / 255  # folder name 0.0313725, command line the full float
+    result = snakemake(tmp_path, "--dry-run", "--printshellcmds", "--forceall",
+                       "--config", f"epsilons=[{eps!r}]", "temperatures=[2.5]", "soft_weights=[0.3]")
+    out = result.stdout
+    assert "attacks/kd/resnet18_T2.5_soft0.3_seed0/fgsm_eps0.0313725.json" in out
+    assert "attacks/kd/resnet18_T2.5_soft0.3_seed0/pgd_eps0.0313725.json" in out
+    assert f"--epsilon {eps!r} " in out
+    pgd = next(line for line in out.splitlines() if " attack --attack pgd " in line)
+    fgsm = next(line for line in out.splitlines() if " attack --attack fgsm " in line)
+    assert "attacks.pgd.steps=10" in pgd and "attacks.pgd.random_start=true" in pgd
+    assert "attacks.pgd" not in fgsm and "'attacks.fgsm={}'" in fgsm
+    assert "runtime.pack_size" not in out  # changes no result, so no rerun
+    assert "--temperature 2.5 --soft-weight 0.3 " in out
+    distill = next(line for line in out.splitlines() if " distill --student resnet18" in line)
+    assert f"-m kdsweep distill" in distill and sys.executable in distill
+    assert f"--config {DEFAULTS}" in distill
+    for override in ("training.batch_size=300", "training.bn_momentum=null", "augmentation.pad=4",
+                     "'runtime.device=\"auto\"'", "'dataset.name=\"cifar10\"'", "runtime.threads=1"):
+        assert override in distill
+
+
+def tables(results):
+    import pandas as pd
+
+    return {name: pd.read_csv(results / "tables" / name)
+            for name in ("runs.csv", "robustness.csv", "table1.csv", "kd_vs_hard.csv", "grid.csv")}
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A working directory in which the tiny study has run to the end (a real run, about a minute)."""
+    workdir = tmp_path_factory.mktemp("tiny")
+    snakemake(workdir, "--cores", "2", "--show-failed-logs", configfiles=[TINY])
+    return workdir
+
+
+def test_tiny_study_end_to_end(tiny):
+    """Train, distil, attack, aggregate and plot for real: every table row and figure is there."""
+    results = tiny / "results" / "tiny"
+    found = tables(results)
+    runs = found["runs.csv"]
+    assert sorted(runs["role"]) == ["baseline", "kd", "kd", "teacher"]
+    assert sorted(runs.loc[runs["role"] == "kd", "soft_weight"]) == [0.5, 0.9]
+    assert len(found["robustness.csv"]) == 4  # 4 runs x 1 epsilon x FGSM (PGD is off)
+    assert set(found["robustness.csv"]["attack"]) == {"fgsm"}
+    assert runs["agreement"].notna().all()  # every run's evaluation joined in
+    assert sorted(found["table1.csv"]["role"]) == ["baseline", "teacher"]
+    assert len(found["grid.csv"]) == 2
+    assert {"clean", "fgsm"} <= set(found["kd_vs_hard.csv"]["measure"])
+    for stem in ("temperature", "fidelity", "soft_weight_mobilenet_v3_small",
+                 "grid_mobilenet_v3_small", "robustness_mobilenet_v3_small"):
+        for ext in ("png", "pdf"):
+            assert (results / "figures" / f"{stem}.{ext}").stat().st_size > 0
+    run = results / "runs/kd/mobilenet_v3_small_T4_soft0.5_seed0"
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["temperature"] == 4 and metrics["soft_weight"] == 0.5
+    assert metrics["config"]["training"]["max_epochs"] == 1  # the study's value reached the job
+    assert (run / "history.csv").is_file() and (run / "model.pt").is_file()
+    assert (results / "evaluation/kd/mobilenet_v3_small_T4_soft0.5_seed0.json").is_file()
+    assert not (run / "checkpoint.pt").exists()
+
+
+def test_tiny_study_is_up_to_date_and_reruns_on_a_changed_value(tiny):
+    result = snakemake(tiny, "--dry-run", configfiles=[TINY])
+    assert "Nothing to be done" in result.stdout + result.stderr
+
+    # a changed value of the jobs' config slice reruns the runs (params trigger), not the split
+    counts, output = dry_run(tiny, "--config", "training={lr: 0.002}", configfiles=[TINY])
+    assert counts["teacher"] == 1 and counts["baseline"] == 1 and counts["distill"] == 2
+    assert "stats" not in counts
+    assert "Params have changed since last execution" in output
+
+
+def test_tiny_study_report_has_every_figure_and_table(tiny):
+    report = tiny / "report.html"
+    snakemake(tiny, "--report", str(report), configfiles=[TINY])
+    assert report.stat().st_size > 0
+
+
+def test_tiny_staged_study_resolves_its_checkpoint(tiny):
+    """The staged sweep for real: stage 1, the checkpoint's choice, then stage 2 at that temperature.
+    Runs after the grid tests in the same folder (its teacher and baseline are reused)."""
+    results = tiny / "results" / "tiny"
+    staged = ["--config", "sweep=staged", "temperatures=[1,4]", "soft_weights=[0.5,0.9]"]
+    counts, _ = dry_run(tiny, *staged, configfiles=[TINY])
+    assert counts["best_temperature"] == 1 and counts["distill"] == 1  # T=1 at w=0.9; T=4 exists
+    snakemake(tiny, "--cores", "2", "--show-failed-logs", *staged, configfiles=[TINY])
+    choice = json.loads((results / "staged" / "mobilenet_v3_small_seed-all.json").read_text())
+    assert choice["temperature"] in (1, 4)
+    runs = tables(results)["runs.csv"]
+    kd = runs[runs["role"] == "kd"]
+    assert set(kd.loc[kd["soft_weight"] == 0.9, "temperature"]) == {1, 4}
+    assert set(kd.loc[kd["temperature"] == choice["temperature"], "soft_weight"]) == {0.5, 0.9}
