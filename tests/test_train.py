@@ -218,7 +218,17 @@ def test_interrupted_outputs_are_atomic(tmp_path):
     with pytest.raises(Boom):
         io._atomic(target, explode)
     assert not target.exists() and list(tmp_path.iterdir()) == []
-    os.environ.get("PATH")
+
+
+def test_outputs_are_readable_like_any_file_the_user_writes(tmp_path):
+    from kdsweep import io
+
+    previous = os.umask(0o022)
+    try:
+        path = io.write_json(tmp_path / "metrics.json", {"a": 1})
+    finally:
+        os.umask(previous)
+    assert path.stat().st_mode & 0o777 == 0o644
 
 
 def test_packed_points_equal_unpacked_runs(study):
