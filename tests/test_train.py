@@ -64,7 +64,12 @@ def test_teacher_run_writes_its_outputs(study):
     model = load_model(teacher / "model.pt")
     assert not model.training
     assert not (teacher / "checkpoint.pt").exists() and not (teacher / "best.pt").exists()
-    assert list((teacher / "tensorboard").iterdir()), "tensorboard is installed, so events are written"
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        assert not (teacher / "tensorboard").exists() or not list((teacher / "tensorboard").iterdir())
+    else:
+        assert list((teacher / "tensorboard").iterdir()), "tensorboard is installed, so events are written"
 
 
 def test_distilled_student_and_attack(study):
