@@ -18,10 +18,10 @@ TOP = {"version", "seconds", "machine", "settings", "peak", "load_before", "load
 MACHINE = {"device", "name", "cpu_count", "torch_threads", "torch", "torchvision", "python", "kdsweep", "host"}
 SETTINGS = {"quick", "image_size", "batch_size", "eval_batch_size", "images", "warmup_steps", "repeats", "workers",
             "temperature", "soft_weight", "epsilon", "epoch_images", "seed", "teacher", "students", "pack_sizes",
-            "data"}
+            "data", "precision", "channels_last", "compile"}
 ENTRY = {"label", "task", "model", "teacher", "pack", "flops_per_image", "floor_seconds_per_epoch", "ours",
-         "reference", "ratio", "ratio_without_startup"}
-SIDE = {"images", "seconds", "seconds_each", "images_per_s", "peak_fraction", "others_cpu"}
+         "reference", "ratio", "ratio_without_startup", "cpu_ratio"}
+SIDE = {"images", "seconds", "seconds_each", "images_per_s", "peak_fraction", "others_cpu", "cpu_seconds"}
 REFERENCE = SIDE | {"loader_startup_s", "images_per_s_without_startup"}
 
 
@@ -62,16 +62,18 @@ def test_every_documented_key_is_there(result):
     assert result["peak"] == {"flops_per_s": 1e11, "source": "--peak-flops"}
     assert result["machine"]["device"] == "cpu"
     assert result["settings"]["image_size"] == [3, 16, 16] and result["settings"]["batch_size"] == 8
+    assert result["settings"]["precision"] == "fp32" and result["settings"]["channels_last"] is False
 
 
 def test_every_measurement_has_positive_numbers(result):
     expected = {"train:resnet18", "train:mobilenet_v3_small", "distill:mobilenet_v3_small",
-                "fgsm:mobilenet_v3_small", "fgsm:resnet18"}
+                "distill:mobilenet_v3_small:pack4", "fgsm:mobilenet_v3_small", "fgsm:resnet18"}
     assert set(result["measurements"]) == expected
     for key, entry in result["measurements"].items():
         assert set(entry) == ENTRY, key
         assert set(entry["ours"]) == SIDE and set(entry["reference"]) == REFERENCE, key
-        for name in ("flops_per_image", "floor_seconds_per_epoch", "ratio", "ratio_without_startup", "pack"):
+        for name in ("flops_per_image", "floor_seconds_per_epoch", "ratio", "ratio_without_startup", "cpu_ratio",
+                     "pack"):
             assert positive(entry[name]), (key, name)
         for side in (entry["ours"], entry["reference"]):
             for name, value in side.items():
@@ -89,12 +91,15 @@ def test_every_measurement_has_positive_numbers(result):
             > result["measurements"]["train:mobilenet_v3_small"]["flops_per_image"])
 
 
-def test_pack_sizes_become_rows_or_are_skipped_with_a_reason(result):
-    key = "distill:mobilenet_v3_small:pack4"
-    skipped = {item["key"]: item for item in result["skipped"]}
-    assert (key in result["measurements"]) != (key in skipped)
-    if key in skipped:
-        assert skipped[key]["reason"] and "pack=4" in skipped[key]["label"]
+def test_a_pack_size_is_one_more_row(result):
+    single, packed = (result["measurements"][key] for key in ("distill:mobilenet_v3_small",
+                                                               "distill:mobilenet_v3_small:pack4"))
+    assert result["skipped"] == [] and packed["pack"] == 4 and "pack=4" in packed["label"]
+    # Point-images: four students share one teacher forward pass per batch.
+    assert single["flops_per_image"] > packed["flops_per_image"] > 0
+    # The usual loop trains the points one after another: the reference is the single row's.
+    assert packed["reference"] == single["reference"]
+    assert positive(packed["ours"]["images_per_s"]) and positive(packed["ratio"])
 
 
 def test_cpu_peak_is_measured_with_a_matmul(monkeypatch):

@@ -10,12 +10,14 @@ process and one run, images per second of
 
 each twice:
 
-ours       kdsweep's own pieces, called as the training loop calls them: the whole dataset as
-           uint8 N x C x H x W on the device, `data.Augment` on whole batches, `build_model`
-           (normalisation inside the model), `kd_losses`, Adam as `train.train_run` builds it,
-           the teacher under `torch.inference_mode`; FGSM through `attacks.evaluate_attack`.
-           The epoch body is a line-for-line copy of `train.train_run`'s (see `_ours_epoch`)
-           until train.py exposes it as a function.
+ours       kdsweep's own pieces, called as a training job calls them: `train.train_epoch` itself
+           (the whole dataset as uint8 N x C x H x W on the device, `data.Augment` on whole
+           batches, the teacher under `torch.inference_mode`, `kd_losses`, each point on its own
+           RNG stream) over `train.Point`s, built as a training job builds them (`build_model` with
+           the normalisation inside, Adam, fused on CUDA), with the job's numeric settings
+           `train._Precision` from the config's runtime section (on CUDA by default bf16 autocast
+           and channels_last; on the CPU fp32, NCHW); FGSM through `attacks.evaluate_attack`, as
+           the attack job calls it (fp32).
 reference  the loop written the usual way: a Dataset of uint8 H x W x C images turned into PIL
            images one by one (as torchvision's CIFAR10 does), torchvision per-image transforms
            Pad -> RandomHorizontalFlip -> RandomRotation -> RandomCrop -> ToTensor -> Normalize,
@@ -51,9 +53,11 @@ overrides either. FlopCounterMode counts convolutions and matrix products only (
 activations, the optimiser): a memory-bound network like MobileNetV3 sits far below the peak. Achieved FLOP/s is
 flops_per_image * images_per_s; `peak_fraction` is that over the peak.
 
-Packing (`--pack-sizes 1 4 8`): several sweep points trained at once in one process. kdsweep.train
-has no packed trainer yet; every pack size above 1 is listed under "skipped" with the reason, and
-becomes one more row (key `distill:<student>:pack<k>`) once train.py provides one.
+Packing (`--pack-sizes 1 4 8`): k sweep points of one student (different temperatures, as a sweep's
+points differ) trained by one `train.train_epoch` on one augmented stream and one teacher forward
+pass per batch (runtime.pack_size). A packed row (key `distill:<student>:pack<k>`) counts
+point-images: ours images_per_s = k x images / seconds, flops_per_image = student step + teacher
+forward / k. Its reference is the pack-1 row's (the usual loop trains points one after another).
 
 JSON (`--json PATH`), every number positive unless marked:
   version                  1
@@ -63,7 +67,8 @@ JSON (`--json PATH`), every number positive unless marked:
   settings                 {quick (bool), image_size [C, H, W], batch_size, eval_batch_size, images
                             (timed per measurement and side), warmup_steps, repeats, workers (may be
                             0), temperature, soft_weight, epsilon, epoch_images, seed, teacher,
-                            students [..], pack_sizes [..], data (str)}
+                            students [..], pack_sizes [..], data (str), precision ("bf16" | "fp32",
+                            ours' training), channels_last (bool), compile (bool)}
   peak                     {flops_per_s, source (str: "table: ...", "measured: ...", "--peak-flops")}
   load_before, load_after  os.getloadavg() (1, 5, 15 minutes) before and after, may be 0
   measurements             {key: entry}; keys "train:<teacher>", "train:<student>",
@@ -71,14 +76,21 @@ JSON (`--json PATH`), every number positive unless marked:
     entry                  {label, task ("train" | "distill" | "fgsm"), model, teacher (null unless
                             distill), pack, flops_per_image, floor_seconds_per_epoch,
                             ours, reference, ratio (ours / reference images_per_s),
-                            ratio_without_startup (ours / reference images_per_s_without_startup)}
+                            ratio_without_startup (ours / reference images_per_s_without_startup),
+                            cpu_ratio (reference / ours CPU seconds per (point-)image: > 1 when
+                            ours spends less CPU time on the same images)}
     ours                   {images, seconds (the fastest epoch), seconds_each [every timed epoch],
-                            images_per_s, peak_fraction, others_cpu}
+                            images_per_s, peak_fraction, others_cpu, cpu_seconds}
+                           cpu_seconds: CPU time (user + system) of this process and its DataLoader
+                           workers during the fastest epoch: the work, nearly independent of other
+                           processes' load when torch runs 1 thread (with more, OpenMP spin-waits
+                           count too)
     reference              the same + loader_startup_s, images_per_s_without_startup
                            others_cpu: share (0..1) of all cores that OTHER processes used while
                            the fastest epoch ran (/proc/stat minus this process and its workers);
                            null where /proc/stat is missing
-  skipped                  [{key, label, reason}]: measurements asked for but not available
+  skipped                  [{key, label, reason}]: measurements asked for but not available (empty
+                           unless a later version cannot measure something on some device)
 """
 
 from __future__ import annotations
@@ -99,7 +111,6 @@ import torch.nn.functional as F
 from . import __version__, data
 from .attacks import evaluate_attack
 from .errors import KdsweepError
-from .losses import kd_losses
 from .models import MODELS, build_model
 
 # Dense bf16 tensor-core peak by GPU name (first match wins; the PCIe H100 is slower than the SXM).
@@ -186,7 +197,7 @@ class _CpuShare:
     """Share of all cores used by other processes between start() and stop() (Linux /proc/stat)."""
 
     def __init__(self):
-        self.start_state = None
+        self.start_state, self.own_start = None, 0.0
 
     @staticmethod
     def _state():
@@ -197,24 +208,31 @@ class _CpuShare:
             return None
         # user nice system idle iowait irq softirq steal ...: busy = user+nice+system+irq+softirq
         busy = sum(values[:3]) + sum(values[5:7])
-        ticks = os.sysconf("SC_CLK_TCK")
+        return busy / os.sysconf("SC_CLK_TCK"), _CpuShare._own(), time.monotonic()
+
+    @staticmethod
+    def _own() -> float:
         own = 0.0
         for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
             usage = resource.getrusage(who)
             own += usage.ru_utime + usage.ru_stime
-        return busy / ticks, own, time.monotonic()
+        return own
 
     def start(self):
+        self.own_start = self._own()
         self.start_state = self._state()
 
-    def stop(self):
+    def stop(self) -> tuple[float | None, float]:
+        """(others' share of all cores or None, CPU seconds of this process and its reaped children)."""
         end = self._state()
+        own_now = self._own()
+        own = own_now - self.own_start
         if end is None or self.start_state is None:
-            return None
-        busy, own, wall = (b - a for a, b in zip(self.start_state, end))
+            return None, own
+        busy, own_proc, wall = (b - a for a, b in zip(self.start_state, end))
         if wall <= 0:
-            return None
-        return min(1.0, max(0.0, (busy - own) / (wall * (os.cpu_count() or 1))))
+            return None, own
+        return min(1.0, max(0.0, (busy - own_proc) / (wall * (os.cpu_count() or 1)))), own
 
 
 def _cpu_name() -> str:
@@ -331,42 +349,6 @@ def _flops_per_image(models: dict, image_size) -> dict:
     return {name: _model_flops(model, image_size) for name, model in models.items()}
 
 
-# ---------------------------------------------------------------- ours: kdsweep's pipeline
-
-
-def _ours_optimizer(model, training):
-    # As train.train_run builds it.
-    return torch.optim.Adam(model.parameters(), lr=training["lr"], weight_decay=training["weight_decay"])
-
-
-def _ours_epoch(model, optimizer, augment, train_images, train_labels, batch_size, generator,
-                teacher=None, temperature=None, soft_weight=None):
-    """One epoch exactly as train.train_run's loop body runs it (minus the SLURM stop check).
-
-    TODO(lead): extract this body from train_run into train.train_epoch(...) and call it here.
-    """
-    device = train_images.device
-    model.train()
-    totals = {}
-    permutation = torch.randperm(len(train_labels), generator=generator).to(device)
-    for index in permutation.split(batch_size):
-        images = augment(train_images[index], generator)
-        labels = train_labels[index]
-        teacher_logits = None
-        if teacher is not None and soft_weight > 0:
-            with torch.inference_mode():
-                teacher_logits = teacher(images)
-        losses = kd_losses(model(images), teacher_logits, labels, temperature or 1.0, soft_weight or 0.0)
-        optimizer.zero_grad(set_to_none=True)
-        losses["total"].backward()
-        optimizer.step()
-        for name, value in losses.items():
-            if value is not None:
-                totals[name] = totals.get(name, 0) + value.detach() * len(index)
-    # train_run reads the epoch's sums once, at the end of the epoch.
-    return {name: value.item() / len(train_labels) for name, value in totals.items()}
-
-
 # ---------------------------------------------------------------- reference: the usual loop
 
 
@@ -481,7 +463,7 @@ def _cases(teacher, students, pack_sizes, only) -> list[Case]:
         cases += [Case(f"train:{s}", f"hard train {s}", "train", s) for s in students if s != teacher]
     if "distill" in only:
         for s in students:
-            for pack in pack_sizes:
+            for pack in sorted(set(pack_sizes)):
                 suffix = "" if pack == 1 else f":pack{pack}"
                 label = f"distill {s} <- {teacher}" + ("" if pack == 1 else f" pack={pack}")
                 cases.append(Case(f"distill:{s}{suffix}", label, "distill", s, teacher, pack))
@@ -492,17 +474,14 @@ def _cases(teacher, students, pack_sizes, only) -> list[Case]:
     return cases
 
 
-def _packed_trainer():
-    """The packed trainer of kdsweep.train, once the lead adds it (None until then)."""
-    from . import train
-
-    return getattr(train, "train_packed_epoch", None)
-
-
 class _Bench:
     def __init__(self, args, config, device):
         self.args, self.config, self.device = args, config, device
+        from .train import _Precision
+
         self.training, self.augmentation = config["training"], config["augmentation"]
+        # The job's numeric settings (runtime.precision / channels_last / compile), as train.train_points makes them.
+        self.precision = _Precision(config["runtime"], device)
         size = args.image_size
         self.image_size = [3, size, size]
         generator = torch.Generator().manual_seed(args.seed)
@@ -542,17 +521,26 @@ class _Bench:
                 return evaluate_attack(model, self.images[:count], self.labels[:count], a.epsilon, bs)
 
             return (lambda: epoch(a.warmup * bs)), (lambda: epoch(n)), None
-        model = self.ours_model(case.model)
-        optimizer = _ours_optimizer(model, self.training)
+        from . import train
+
+        precision = self.precision
         augment = data.Augment.from_config(self.augmentation)
         generator = torch.Generator().manual_seed(a.seed)
-        teacher, temperature, soft_weight = None, None, None
+        teacher = None
         if case.task == "distill":
-            teacher, temperature, soft_weight = self.ours_teacher(case.teacher), a.temperature, a.soft_weight
+            temperatures = self.config["temperatures"]
+            # Packed points differ in temperature (and so in their soft targets), as a sweep's do.
+            specs = [train.RunSpec("kd", case.model, a.seed, temperature=temperatures[i % len(temperatures)]
+                                   if case.pack > 1 else a.temperature, soft_weight=a.soft_weight)
+                     for i in range(case.pack)]
+            teacher = precision.prepare(self.ours_teacher(case.teacher))  # as train.train_points does
+        else:
+            specs = [train.RunSpec("teacher" if case.model == a.teacher else "baseline", case.model, a.seed)]
+        points = [train.Point(spec, self.training, NUM_CLASSES, self.mean, self.std, precision) for spec in specs]
 
         def epoch(count):
-            return _ours_epoch(model, optimizer, augment, self.images[:count], self.labels[:count], a.batch_size,
-                               generator, teacher, temperature, soft_weight)
+            return train.train_epoch(points, teacher, augment, self.images[:count], self.labels[:count],
+                                     a.batch_size, generator, precision)
 
         return (lambda: epoch(a.warmup * a.batch_size)), (lambda: epoch(n)), None
 
@@ -584,9 +572,16 @@ class _Bench:
 
         return (lambda: epoch(a.warmup * a.batch_size)), (lambda: epoch(n)), startup
 
-    def time_case(self, case) -> tuple[dict, dict]:
-        """Warm both sides up, then time `repeats` epochs of each, alternating ours / reference."""
-        sides = {"ours": self.ours(case), "reference": self.reference(case)}
+    def time_case(self, case, reference=None) -> tuple[dict, dict]:
+        """Warm both sides up, then time `repeats` epochs of each, alternating ours / reference.
+
+        `reference`: an earlier reference measurement to reuse (a packed row's: the usual loop trains
+        the points one after another, at the point-images/s of one). Ours' images_per_s counts
+        point-images: pack x images per second.
+        """
+        sides = {"ours": self.ours(case)}
+        if reference is None:
+            sides["reference"] = self.reference(case)
         for warm, _, _ in sides.values():
             warm()
         results = {name: {"images": self.args.images, "seconds": None, "seconds_each": []} for name in sides}
@@ -599,15 +594,17 @@ class _Bench:
                 timed()
                 _sync(self.device)
                 seconds = time.perf_counter() - started
-                others = share.stop()
+                others, cpu_seconds = share.stop()
                 best = results[name]
                 best["seconds_each"].append(seconds)
                 if best["seconds"] is None or seconds < best["seconds"]:
-                    best.update(seconds=seconds, images_per_s=self.args.images / seconds, others_cpu=others)
+                    points = case.pack if name == "ours" else 1
+                    best.update(seconds=seconds, images_per_s=points * self.args.images / seconds,
+                                others_cpu=others, cpu_seconds=cpu_seconds)
                     if startup is not None:
                         best["loader_startup_s"] = startup.seconds
                         best["images_per_s_without_startup"] = self.args.images / max(seconds - startup.seconds, 1e-9)
-        return results["ours"], results["reference"]
+        return results["ours"], results.get("reference", reference)
 
 
 # ---------------------------------------------------------------- run
@@ -657,6 +654,9 @@ def run(args) -> dict:
     started = time.perf_counter()
     config = load_config(args.config, [])
     args = _resolve(args, config)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise KdsweepError(f"--device cuda but no GPU is visible (CUDA_VISIBLE_DEVICES="
+                           f"{os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}); run it on a GPU node or use --device cpu")
     device = setup_runtime({"device": args.device, "threads": args.threads})
     load_before = list(os.getloadavg())
     machine = _machine(device)
@@ -667,7 +667,10 @@ def run(args) -> dict:
                 "soft_weight": float(args.soft_weight), "epsilon": float(args.epsilon),
                 "epoch_images": args.epoch_images, "seed": args.seed, "teacher": args.teacher,
                 "students": list(args.students), "pack_sizes": list(args.pack_sizes),
-                "data": "synthetic CIFAR-shaped: uniform random uint8 pixels, 10 random labels"}
+                "data": "synthetic CIFAR-shaped: uniform random uint8 pixels, 10 random labels",
+                "precision": "bf16" if bench.precision.bf16 else "fp32",
+                "channels_last": bench.precision.memory_format == torch.channels_last,
+                "compile": bool(bench.precision.compile)}
     _print_header(machine, settings, load_before)
 
     peak_start, peak_source = _peak(device, args.peak_flops)
@@ -677,26 +680,29 @@ def run(args) -> dict:
         {name: build_model(name, NUM_CLASSES, bench.mean, bench.std) for name in names}, bench.image_size)
 
     cases = _cases(args.teacher, args.students, args.pack_sizes, args.only)
-    measurements, skipped = {}, []
+    measurements, skipped, reference_flops = {}, [], {}
     for case in cases:
-        if case.pack > 1 and _packed_trainer() is None:
-            reason = ("kdsweep.train has no packed trainer yet (train_packed_epoch); "
-                      "this row is measured once it does")
-            skipped.append({"key": case.key, "label": case.label, "reason": reason})
-            print(f"skipped   {case.label}: {reason}", flush=True)
-            continue
         if case.task == "fgsm":
             flops = counts[case.model]["fgsm"]
         elif case.task == "distill":
-            flops = counts[case.model]["train"] + counts[case.teacher]["forward"]
+            # Per point-image: each point trains its student; the teacher's forward pass is shared.
+            flops = counts[case.model]["train"] + counts[case.teacher]["forward"] / case.pack
         else:
             flops = counts[case.model]["train"]
-        ours, reference = bench.time_case(case)
+        # The reference trains one point at a time: its FLOPs per image are the unpacked step's.
+        reference_flops[case.key] = flops if case.task != "distill" else (
+            counts[case.model]["train"] + counts[case.teacher]["forward"])
+        earlier = measurements.get(f"distill:{case.model}") if case.pack > 1 else None
+        reused = ({**earlier["reference"], "seconds_each": list(earlier["reference"]["seconds_each"])}
+                  if earlier else None)
+        ours, reference = bench.time_case(case, reused)
+        ours_cpu_per_image = ours["cpu_seconds"] / (case.pack * ours["images"])
         measurements[case.key] = {
             "label": case.label, "task": case.task, "model": case.model, "teacher": case.teacher, "pack": case.pack,
             "flops_per_image": flops, "ours": ours, "reference": reference,
             "ratio": ours["images_per_s"] / reference["images_per_s"],
-            "ratio_without_startup": ours["images_per_s"] / reference["images_per_s_without_startup"]}
+            "ratio_without_startup": ours["images_per_s"] / reference["images_per_s_without_startup"],
+            "cpu_ratio": reference["cpu_seconds"] / reference["images"] / max(ours_cpu_per_image, 1e-12)}
         print(f"measured  {case.label}: ours {ours['images_per_s']:.1f} img/s, reference "
               f"{reference['images_per_s']:.1f} img/s (load {os.getloadavg()[0]:.2f})", flush=True)
 
@@ -706,32 +712,33 @@ def run(args) -> dict:
         peak_end, _ = _peak(device, None)
         peak = max(peak_start, peak_end)
         peak_source += f"; the higher of {peak_start:.3g} (start) and {peak_end:.3g} (end)"
-    for entry in measurements.values():
+    for key, entry in measurements.items():
         entry["floor_seconds_per_epoch"] = entry["flops_per_image"] * args.epoch_images / peak
-        for side in (entry["ours"], entry["reference"]):
-            side["peak_fraction"] = entry["flops_per_image"] * side["images_per_s"] / peak
+        entry["ours"]["peak_fraction"] = entry["flops_per_image"] * entry["ours"]["images_per_s"] / peak
+        entry["reference"]["peak_fraction"] = reference_flops[key] * entry["reference"]["images_per_s"] / peak
 
     result = {"version": 1, "seconds": time.perf_counter() - started, "machine": machine, "settings": settings,
               "peak": {"flops_per_s": peak, "source": peak_source}, "load_before": load_before,
               "load_after": list(os.getloadavg()), "measurements": measurements, "skipped": skipped}
     print(f"\npeak      {peak:.3g} FLOP/s ({peak_source})")
-    print(_ROW.format("measurement", "ours img/s", "ref img/s", "ours/ref", "excl.start", "GFLOP/img",
+    print(_ROW.format("measurement", "ours img/s", "ref img/s", "ours/ref", "excl.start", "CPU r/o", "GFLOP/img",
                       "floor s/ep", "ours %pk", "ref %pk", "others%"))
     for entry in measurements.values():
         _print_entry(entry)
     for item in skipped:
-        print(f"{item['label'][:32]:<32s} skipped (see above)")
+        print(f"{item['label'][:46]:<46s} skipped (see above)")
     print(f"load avg  after: {_loads(result['load_after'])}   total {result['seconds']:.0f} s")
     print("ours/ref: whole epochs of the same images, the reference's DataLoader start-up included; excl.start: "
-          "without it; best of the repeats. floor s/ep: one epoch of "
-          f"{args.epoch_images} images at the peak. others%: CPU share other processes used during the best epochs.")
+          "without it; best of the repeats.\nCPU r/o: reference / ours CPU seconds (workers included). floor s/ep: "
+          f"one epoch of {args.epoch_images} images at the peak. others%: CPU share other processes used "
+          "during the best epochs.")
     if args.json:
         io.write_json(args.json, result)
         print(f"wrote {args.json}")
     return result
 
 
-_ROW = "{:<32s} {:>10s} {:>10s} {:>8s} {:>10s} {:>9s} {:>10s} {:>8s} {:>8s} {:>7s}"
+_ROW = "{:<46s} {:>10s} {:>10s} {:>8s} {:>10s} {:>8s} {:>9s} {:>10s} {:>8s} {:>8s} {:>7s}"
 
 
 def _loads(values):
@@ -745,8 +752,8 @@ def _pct(x):
 def _print_entry(e):
     o, r = e["ours"], e["reference"]
     others = [v for v in (o["others_cpu"], r["others_cpu"]) if v is not None]
-    print(_ROW.format(e["label"][:32], f"{o['images_per_s']:.1f}", f"{r['images_per_s']:.1f}", f"{e['ratio']:.2f}",
-                      f"{e['ratio_without_startup']:.2f}", f"{e['flops_per_image'] / 1e9:.3f}",
+    print(_ROW.format(e["label"][:46], f"{o['images_per_s']:.1f}", f"{r['images_per_s']:.1f}", f"{e['ratio']:.2f}",
+                      f"{e['ratio_without_startup']:.2f}", f"{e['cpu_ratio']:.2f}", f"{e['flops_per_image'] / 1e9:.3f}",
                       f"{e['floor_seconds_per_epoch']:.3g}", f"{100 * o['peak_fraction']:.2f}",
                       f"{100 * r['peak_fraction']:.2f}", _pct(max(others) if others else None)), flush=True)
 
@@ -763,6 +770,8 @@ def _print_header(machine, s, load):
           f"measurement and side, after {s['warmup_steps']} untimed warm-up steps; best of {s['repeats']}; "
           f"reference DataLoader workers {s['workers']}")
     print(f"distill   T={s['temperature']:g}, soft weight {s['soft_weight']:g}; FGSM eps={s['epsilon']:g}")
+    print(f"ours      {s['precision']}, channels_last {s['channels_last']}, compile {s['compile']}; "
+          "reference fp32, NCHW")
     print(f"load avg  before: {_loads(load)}", flush=True)
 
 

@@ -260,27 +260,48 @@ def _load_checkpoint(path: Path, expected_hash: str) -> dict:
     return checkpoint
 
 
-class _Point:
-    """One sweep point in training: its model, optimiser, schedule, early stopping, RNG and folder."""
+class Point:
+    """What `train_epoch` trains: a sweep point's model, Adam optimiser and torch RNG stream.
 
-    def __init__(self, config, spec, out_dir, teacher_hash, num_classes, stats, precision, log):
-        training = config["training"]
-        self.spec, self.out_dir, self.log = spec, Path(out_dir), log
-        self.run_config = run_slice(config, spec, teacher_hash)
-        self.run_hash = config_hash(self.run_config)
-        self.failed = None
+    Built as every training job builds it (the benchmark builds it too): seeded by the
+    run's seed, normalisation inside the model, on the job's device and memory format.
+    """
+
+    def __init__(self, spec, training, num_classes, mean, std, precision):
+        self.spec = spec
         seed_everything(spec.seed)
-        generator = torch.Generator().manual_seed(spec.seed)
-        self.model = precision.prepare(build_model(spec.model, num_classes, stats["mean"], stats["std"],
+        self.model = precision.prepare(build_model(spec.model, num_classes, mean, std,
                                                    bn_momentum=training["bn_momentum"]))
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=training["lr"],
                                           weight_decay=training["weight_decay"], fused=precision.fused_adam or None)
-        self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-            self.optimizer, mode="min", factor=training["lr_factor"], patience=training["lr_patience"])
         # Each point draws its dropout masks from its own torch RNG stream, so a point
         # trains exactly as it would alone, whatever else shares its job.
         self.rng = _torch_rng(precision.device)
-        self.data_state = generator.get_state()
+
+    @property
+    def needs_teacher(self):
+        return self.spec.role == "kd" and self.spec.soft_weight > 0
+
+    @contextlib.contextmanager
+    def own_rng(self, device):
+        _set_torch_rng(self.rng, device)
+        yield
+        self.rng = _torch_rng(device)
+
+
+class _RunPoint(Point):
+    """A Point of a training job: its schedule, early stopping, checkpoint and run folder."""
+
+    def __init__(self, config, spec, out_dir, teacher_hash, num_classes, stats, precision, log):
+        training = config["training"]
+        super().__init__(spec, training, num_classes, stats["mean"], stats["std"], precision)
+        self.out_dir, self.log = Path(out_dir), log
+        self.run_config = run_slice(config, spec, teacher_hash)
+        self.run_hash = config_hash(self.run_config)
+        self.failed = None
+        self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            self.optimizer, mode="min", factor=training["lr_factor"], patience=training["lr_patience"])
+        self.data_state = torch.Generator().manual_seed(spec.seed).get_state()
         self.state = {"epoch": 0, "best_val_loss": math.inf, "best_epoch": 0, "bad_epochs": 0,
                       "history": [], "train_seconds": 0.0, "resumed": 0}
         self.done = (self.out_dir / "metrics.json").exists()
@@ -295,16 +316,6 @@ class _Point:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.board = None if self.done else _TensorBoard(self.out_dir / "tensorboard")
         self.stopping = (training["max_epochs"], training["early_stopping_patience"])
-
-    @property
-    def needs_teacher(self):
-        return self.spec.role == "kd" and self.spec.soft_weight > 0
-
-    @contextlib.contextmanager
-    def own_rng(self, device):
-        _set_torch_rng(self.rng, device)
-        yield
-        self.rng = _torch_rng(device)
 
     def end_epoch(self, sums, val_loss, val_acc, seconds, data_state):
         epoch = self.state["epoch"] + 1
@@ -391,7 +402,7 @@ def train_points(config: dict, specs, stats_path, out_dirs, teacher_dir=None, lo
         teacher, teacher_hash = _load_teacher(Path(teacher_dir), device)
         teacher = precision.prepare(teacher)
     splits = data.load_splits(config["dataset"], device, stats)
-    points = [_Point(config, spec, out_dir, teacher_hash, splits.num_classes, stats, precision, log)
+    points = [_RunPoint(config, spec, out_dir, teacher_hash, splits.num_classes, stats, precision, log)
               for spec, out_dir in zip(specs, out_dirs)]
     augment = data.Augment.from_config(config["augmentation"])
     generator = torch.Generator()
