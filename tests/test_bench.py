@@ -138,3 +138,18 @@ def test_flop_count_of_grouped_convolutions_is_not_inflated():
 def test_bad_arguments_name_the_fix(argv, message):
     with pytest.raises(KdsweepError, match=message):
         bench.run(parse([*TINY, *argv]))
+
+
+def test_the_command_line_reaches_the_bench_and_refuses_cuda_without_a_gpu():
+    import subprocess
+    import sys
+
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is visible: --device cuda would run the whole benchmark")
+    result = subprocess.run([sys.executable, "-m", "kdsweep", "bench", "--device", "cuda", "--quick"],
+                            capture_output=True, text=True)
+    assert result.returncode == 2
+    assert result.stderr.strip().startswith("kdsweep: error: --device cuda but no GPU is visible")
+    assert "Traceback" not in result.stderr

@@ -89,6 +89,24 @@ def test_unknown_dataset():
         data.load_dataset("imagenet", "data")
 
 
+def test_digits_are_load_digits_read_without_importing_scikit_learn(monkeypatch):
+    import subprocess
+    import sys
+
+    code = ("import sys; from kdsweep import data; x, y = data._digits_arrays(); "
+            "print('sklearn' in sys.modules, x.shape, y.shape)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split()[0] == "False"
+    from sklearn.datasets import load_digits
+
+    pixels, target = data._digits_arrays()
+    assert np.array_equal(pixels, load_digits().data) and np.array_equal(target, load_digits().target)
+    # where scikit-learn keeps its file elsewhere, load_digits itself gives the same arrays
+    monkeypatch.setattr(data.importlib.util, "find_spec", lambda name: None)
+    fallback = data._digits_arrays()
+    assert np.array_equal(fallback[0], pixels) and np.array_equal(fallback[1], target)
+
+
 def test_digits_native_8x8_fixed_split():
     from sklearn.datasets import load_digits
 

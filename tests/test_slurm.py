@@ -355,6 +355,32 @@ def test_study_runs_every_gpu_job_on_slurm_with_one_gpu(cluster, tmp_path):
 
 
 @pytest.mark.slurm
+def test_a_pack_of_sweep_points_is_one_slurm_job_with_one_gpu(cluster, tmp_path):
+    """runtime.pack_size 2: both distillation points of one student and seed train in one
+    SLURM job (rule distill_<student>_seed<s>_pack1) with what the profile gives rule distill."""
+    overrides = ["soft_weights=[0.5,0.9]", "runtime={pack_size: 2}"]
+    config = load_config([str(p) for p in CONFIGS], overrides)
+    student, seed, temperature = config["students"][0], config["seeds"][0], config["temperatures"][0]
+    points = [("kd", student, seed, temperature, w) for w in config["soft_weights"]]
+    targets = [f"results/{config['study']}/{run_path(*run)}/metrics.json" for run in points]
+    status, output = run_snakemake(tmp_path, *targets, "--config", *overrides, timeout=480)
+    assert status == 0, _failure_report(tmp_path, output)
+
+    jobs = {_read_json(tmp_path / target)["slurm"]["job_id"] for target in targets}
+    assert len(jobs) == 1, f"the pack's points ran in {len(jobs)} SLURM jobs"
+    job_id = jobs.pop()
+    for target in targets:
+        _assert_one_gpu_job(_read_json(tmp_path / target)["slurm"], target)
+    record = sacct([job_id])[job_id]
+    assert record["State"] == "COMPLETED", record
+    assert {"gres/gpu=1", "cpu=1"} <= set(record["AllocTRES"].split(",")), record["AllocTRES"]
+    # distill's first-attempt limit (the profile's default: _environment leaves KDSWEEP_SLURM_TRAIN_MINUTES unset)
+    assert _seconds(record["Timelimit"]) == 240 * 60, record
+    logs = {log.stem: log.relative_to(tmp_path / "results" / "slurm-logs").parts for log in _slurm_logs(tmp_path)}
+    assert logs[job_id][0] == f"rule_distill_{student}_seed{seed}_pack1", logs
+
+
+@pytest.mark.slurm
 def test_an_account_slurm_does_not_know_stops_the_run_at_submission(cluster, tmp_path):
     """KDSWEEP_SLURM_ACCOUNT reaches the plugin, which checks it with sacctmgr before sbatch."""
     status, output = run_snakemake(tmp_path, timeout=120,

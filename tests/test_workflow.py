@@ -7,6 +7,7 @@ Nothing is written into the repository: every call uses --directory TMP.
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 from collections import Counter
@@ -130,6 +131,35 @@ def test_without_group_components_each_job_is_its_own_group(tmp_path):
     assert all(sum(rules.values()) == 1 for _, rules in found)
 
 
+def pack_jobs(counts):
+    """{rule: count} of the pack rules (distill_<student>_seed<s>_pack<i>) of a dry run."""
+    return {rule: n for rule, n in counts.items() if re.fullmatch(r"distill_\w+_seed\d+_pack\d+", rule)}
+
+
+def test_packed_grid_trains_pack_size_points_per_job(tmp_path):
+    counts, output = dry_run(tmp_path, "--printshellcmds", "--config", "runtime={pack_size: 8}")
+    packs = pack_jobs(counts)
+    # 56 points per student and seed, 8 to a job; the one-point rule has nothing left
+    assert sorted(packs) == [f"distill_{s}_seed0_pack{i}" for s in ("mobilenet_v3_small", "resnet18")
+                             for i in range(1, 8)]
+    assert set(packs.values()) == {1} and "distill" not in counts
+    assert counts["fgsm"] == counts["pgd"] == 345 and counts["evaluate"] == 115  # one folder per point
+    commands = [line for line in output.splitlines() if " -m kdsweep distill " in line]
+    assert len(commands) == 14
+    outs = [re.findall(r"--out (\S+)", line) for line in commands]
+    assert sorted(len(o) for o in outs) == [8] * 14
+    assert len({o for pack in outs for o in pack}) == 112  # every point in exactly one pack
+    for line in commands:  # one student and seed per pack
+        assert line.count("--student ") == 1 and line.count("--seed ") == 1
+
+
+def test_packed_staged_sweep_packs_the_temperature_sweep(tmp_path):
+    counts, _ = dry_run(tmp_path, "--config", "sweep=staged", "runtime={pack_size: 4}")
+    assert sorted(pack_jobs(counts)) == [f"distill_{s}_seed0_pack{i}"
+                                         for s in ("mobilenet_v3_small", "resnet18") for i in (1, 2)]
+    assert counts["best_temperature"] == 2 and "distill" not in counts
+
+
 @pytest.mark.parametrize(
     "override, key",
     [
@@ -229,6 +259,33 @@ def test_tiny_study_is_up_to_date_and_reruns_on_a_changed_value(tiny):
     assert counts["teacher"] == 1 and counts["baseline"] == 1 and counts["distill"] == 2
     assert "stats" not in counts
     assert "Params have changed since last execution" in output
+
+
+def test_tiny_study_packed_equals_unpacked_and_a_new_pack_size_reruns_nothing(tiny, tmp_path):
+    """The tiny study's two distillation points as one pack job: the same metrics as one job each."""
+    pack = ["--config", "runtime={pack_size: 2}"]
+    result = snakemake(tiny, "--dry-run", *pack, configfiles=[TINY])
+    assert "Nothing to be done" in result.stdout + result.stderr  # pack_size changes no result
+
+    packed = tmp_path / "packed"
+    shutil.copytree(tiny, packed, symlinks=True)
+    kd = packed / "results" / "tiny" / "runs" / "kd"
+    unpacked = {run.name: json.loads((run / "metrics.json").read_text()) for run in kd.iterdir()}
+    shutil.rmtree(kd)
+    counts, _ = dry_run(packed, *pack, configfiles=[TINY])
+    assert pack_jobs(counts) == {"distill_mobilenet_v3_small_seed0_pack1": 1} and "distill" not in counts
+    assert "teacher" not in counts and "baseline" not in counts
+    snakemake(packed, "--cores", "2", "--show-failed-logs", *pack, configfiles=[TINY])
+    log = packed / "results/tiny/logs/runs/kd/distill_mobilenet_v3_small_seed0_pack1.log"
+    assert log.read_text().count("finished results/tiny/runs/kd/") == 2
+    assert sorted(unpacked) == sorted(run.name for run in kd.iterdir())
+    for name, expected in unpacked.items():
+        got = json.loads((kd / name / "metrics.json").read_text())
+        for key in ("epochs", "best_epoch", "val_loss", "val_acc", "test_loss", "test_acc", "config_hash"):
+            assert got[key] == expected[key], (name, key)
+    assert len(tables(packed / "results" / "tiny")["runs.csv"]) == 4
+    result = snakemake(packed, "--dry-run", configfiles=[TINY])  # back to one point per job
+    assert "Nothing to be done" in result.stdout + result.stderr
 
 
 def test_tiny_study_report_has_every_figure_and_table(tiny):

@@ -237,12 +237,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="JSON file to write")
     p.set_defaults(func=cmd_best_temperature)
 
+    # Listed here for --help; main() hands `bench ...` to bench.main, which has its own parser.
+    _command(subparsers, "bench", "images per second of this pipeline against a plain PyTorch loop, and the "
+                                  "FLOP floor (README: Performance; `bench --help` lists its options)")
+
     p = _command(subparsers, "models", "list the architectures that can be named in the config")
     p.set_defaults(func=cmd_models)
     return parser
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["bench"]:
+        # bench.py imports torch to build its parser; the jobs' commands must not pay that at start-up.
+        from .bench import main as bench_main
+
+        bench_main(argv[1:])
+        return
     args = build_parser().parse_args(argv)
     try:
         args.func(args)

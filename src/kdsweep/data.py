@@ -27,6 +27,7 @@ torchvision.transforms.v2.functional's per-image op exactly (tests/test_data.py 
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import pickle
 from dataclasses import dataclass, replace
 from functools import partial
@@ -120,16 +121,32 @@ def _load_cifar(cls, name, root, download=False) -> Dataset:
     return Dataset(name, *tensors(train), *tensors(test), list(train.classes), str(folder))
 
 
-def _load_digits(root=None, download=False) -> Dataset:
-    from sklearn.datasets import load_digits
+def _digits_arrays():
+    """(pixels N x 64 in 0..16, labels N) of scikit-learn's bundled digits.
 
-    bunch = load_digits()
-    maximum = 16  # load_digits' pixel range is 0..16
-    images = np.rint(bunch.images * (255 / maximum)).astype(np.uint8)
+    Read from the package's own file (datasets/data/digits.csv.gz: 64 pixels then the label
+    per row, which is what load_digits parses) without importing scikit-learn: the import
+    costs more than a second, paid by every job of a digits study. load_digits where the
+    file is not where this expects it (tests check both give the same arrays).
+    """
+    spec = importlib.util.find_spec("sklearn")
+    path = Path(spec.submodule_search_locations[0], "datasets", "data", "digits.csv.gz") if spec else None
+    if path is None or not path.is_file():
+        from sklearn.datasets import load_digits
+
+        return load_digits(return_X_y=True)
+    table = np.loadtxt(path, delimiter=",")
+    return table[:, :-1], table[:, -1].astype(np.int64)
+
+
+def _load_digits(root=None, download=False) -> Dataset:
+    pixels, target = _digits_arrays()
+    maximum = 16  # the digits' pixel range is 0..16
+    images = np.rint(pixels.reshape(-1, 8, 8) * (255 / maximum)).astype(np.uint8)
     images = torch.from_numpy(images)[:, None].expand(-1, 3, -1, -1).contiguous()
-    labels = torch.from_numpy(bunch.target).to(torch.int64)
+    labels = torch.from_numpy(target).to(torch.int64)
     test = torch.arange(len(labels)) % DIGITS_TEST_EVERY == 0
-    classes = [str(c) for c in bunch.target_names]
+    classes = [str(c) for c in range(10)]
     return Dataset("digits", images[~test], labels[~test], images[test], labels[test], classes,
                    "scikit-learn's bundled copy (sklearn.datasets.load_digits)")
 

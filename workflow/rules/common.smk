@@ -139,7 +139,7 @@ wildcard_constraints:
 
 # Keys of the config that change no result, kept off the jobs' params: the
 # threads Snakemake grants are passed on their own, and pack_size only changes
-# how many sweep points one job trains (the workflow runs one point per job).
+# how many sweep points one job trains (DISTILL_PACKS below).
 NOT_RESULTS = {"runtime.threads", "runtime.pack_size"}
 
 
@@ -286,6 +286,75 @@ def staged_outputs(student):
 STUDY_OUTPUTS = {"fixed": fixed_outputs}
 if STAGED:
     STUDY_OUTPUTS.update({f"staged_{s}": staged_outputs(s) for s in STUDENTS})
+
+
+# ------------------------------------------------------------------ packed sweep points
+
+PACK_SIZE = config["runtime"]["pack_size"]
+
+
+def distill_packs():
+    """The distillation runs, runtime.pack_size to a job: [(rule name, [run, ...])].
+
+    The points of a pack share student and seed (so their data stream and teacher
+    logits). grid: the grid's points. staged: the temperature sweep, and for each
+    temperature the soft-weight sweep it would get if chosen (the points not in the
+    temperature sweep): only the chosen temperature's packs become jobs. No run is
+    in two packs, so each file has one rule. [] when pack_size is 1.
+    """
+    if PACK_SIZE == 1:
+        return []
+    packs = []
+    for student in STUDENTS:
+        if STAGED:
+            sweeps = [temperature_sweep(student)] + [
+                [run for run in grid_runs([student], [t]) if run[4] != STAGED_W]
+                for t in config["temperatures"]
+            ]
+        else:
+            sweeps = [grid_runs([student])]
+        for seed in SEEDS:
+            points = [[run for run in sweep if run[2] == seed] for sweep in sweeps]
+            chunks = [
+                sweep[i : i + PACK_SIZE]
+                for sweep in points
+                for i in range(0, len(sweep), PACK_SIZE)
+            ]
+            packs += [
+                (f"distill_{student}_seed{seed}_pack{number}", chunk)
+                for number, chunk in enumerate(chunks, 1)
+            ]
+    return packs
+
+
+def point_args(points):
+    """The `--temperature T --soft-weight w --out RUN` triples of a distill job.
+
+    A params function of `threads` (so not a rerun trigger, as above): the values are
+    in the run folders' names already, and a changed pack_size reruns nothing.
+    """
+    args = " ".join(
+        f"--temperature {json.dumps(t)} --soft-weight {json.dumps(w)}"
+        f" --out {shlex.quote(run_dir('kd', student, seed, t, w))}"
+        for (_, student, seed, t, w) in points
+    )
+
+    def distill_points(wildcards, threads):
+        return args
+
+    return distill_points
+
+
+def one_point(wildcards, threads):
+    """point_args of the one-point distill job (runtime.pack_size 1)."""
+    run = (
+        "kd",
+        wildcards.model,
+        int(wildcards.seed),
+        TEMPERATURE[wildcards.T],
+        SOFT_WEIGHT[wildcards.w],
+    )
+    return point_args([run])(wildcards, threads)
 
 
 def temperature_sweep_metrics(wildcards):
