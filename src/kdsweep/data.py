@@ -146,7 +146,7 @@ def _load_digits(root=None, download=False) -> Dataset:
     images = torch.from_numpy(images)[:, None].expand(-1, 3, -1, -1).contiguous()
     labels = torch.from_numpy(target).to(torch.int64)
     test = torch.arange(len(labels)) % DIGITS_TEST_EVERY == 0
-    classes = [str(c) for c in range(10)]
+    classes = [str(c) for c in np.unique(target)]
     return Dataset("digits", images[~test], labels[~test], images[test], labels[test], classes,
                    "scikit-learn's bundled copy (sklearn.datasets.load_digits)")
 
