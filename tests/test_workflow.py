@@ -233,7 +233,10 @@ def test_tiny_study_end_to_end(tiny):
     assert sorted(runs.loc[runs["role"] == "kd", "soft_weight"]) == [0.5, 0.9]
     assert len(found["robustness.csv"]) == 4  # 4 runs x 1 epsilon x FGSM (PGD is off)
     assert set(found["robustness.csv"]["attack"]) == {"fgsm"}
-    assert runs["agreement"].notna().all()  # every run's evaluation joined in
+    # every run's evaluation joined in: fidelity, calibration and logit scale (issue 6)
+    for column in ("agreement", "kl_to_teacher", "ece", "nll", "max_logit", "logit_norm"):
+        assert runs[column].notna().all(), column
+    assert {"max_logit", "logit_norm"} <= set(found["robustness.csv"].columns)
     assert sorted(found["table1.csv"]["role"]) == ["baseline", "teacher"]
     assert len(found["grid.csv"]) == 2
     assert {"clean", "fgsm"} <= set(found["kd_vs_hard.csv"]["measure"])
