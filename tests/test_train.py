@@ -261,3 +261,38 @@ def test_pack_needs_one_folder_per_point(study):
                      "--stats", folder / "stats.json", "--temperature", 4, "--temperature", 2,
                      "--soft-weight", 0.5, "--out", folder / "x", cwd=folder, check=False)
     assert result.returncode == 2 and "once per sweep point" in result.stderr
+
+
+def test_a_finished_point_of_a_job_that_died_is_written_again_not_retrained(study, monkeypatch, tmp_path):
+    """A pack whose job dies after some points finished: Snakemake removes the failed job's outputs,
+    and the retry writes those points' outputs again from their kept best weights, training nothing."""
+    from kdsweep import train
+    from kdsweep.config import load_config
+
+    folder, _ = study
+    config = load_config([str(ROOT / "config.yaml"), str(folder / "tiny.yaml")], ["training.max_epochs=2"])
+    specs = [train.RunSpec("kd", "mobilenet_v3_small", 5, temperature=t, soft_weight=w) for t, w in [(4, 0.5), (2, 0.9)]]
+    outs = [tmp_path / f"point{i}" for i in range(len(specs))]
+
+    def run():
+        return train.train_points(config, specs, folder / "stats.json", outs, teacher_dir=folder / "teacher",
+                                  log=lambda line: None)
+
+    with monkeypatch.context() as patch:  # the job dies after its points finished, before it ends
+        patch.setattr(train, "_remove_scratch", lambda points: None)
+        first = run()
+    for out in outs:
+        assert (out / "checkpoint.pt").exists() and (out / "best.pt").exists()
+        for name in ("metrics.json", "model.pt", "history.csv"):  # what Snakemake removes after a failed job
+            (out / name).unlink()
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a finished point was trained again")
+
+    monkeypatch.setattr(train, "train_epoch", no_training)
+    again = run()
+    for before, after, out in zip(first, again, outs):
+        assert {k: before[k] for k in COMPARED} == {k: after[k] for k in COMPARED}
+        assert after["resumed"] == 1
+        assert (out / "history.csv").is_file() and (out / "model.pt").is_file()
+        assert not (out / "checkpoint.pt").exists() and not (out / "best.pt").exists()

@@ -332,14 +332,15 @@ class _RunPoint(Point):
         self.state["epoch"] = epoch
         self.state["train_seconds"] += seconds
         self.data_state = data_state
+        max_epochs, patience = self.stopping
+        self.state["stopped"] = epoch >= max_epochs or self.state["bad_epochs"] >= patience
         io.torch_save({"config_hash": self.run_hash, "model": self.model.state_dict(),
                        "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                        "rng": self.rng, "data": data_state, "state": self.state}, self.out_dir / CHECKPOINT)
         self.board.epoch(row)
         self.log(f"{self.out_dir.name}  epoch {epoch:3d}  lr {lr:.2e}  train loss {sums['total']:.4f}  "
                  f"val loss {val_loss:.4f}  val acc {val_acc:6.2f}%  {seconds:6.1f}s")
-        max_epochs, patience = self.stopping
-        return epoch >= max_epochs or self.state["bad_epochs"] >= patience
+        return self.state["stopped"]
 
 
 def train_epoch(points, teacher, augment, images, labels, batch_size, generator, precision, stop=None):
@@ -408,6 +409,13 @@ def train_points(config: dict, specs, stats_path, out_dirs, teacher_dir=None, lo
     generator = torch.Generator()
     results = {point.out_dir: io.read_json(point.out_dir / "metrics.json") for point in points if point.done}
     try:
+        for point in points:
+            if not point.done and point.state.get("stopped"):
+                # Finished in an earlier attempt of this job that died before the job ended;
+                # Snakemake removes a failed job's outputs, so they are written again from the
+                # kept best weights, without training the point any further.
+                results[point.out_dir] = _finish(point, splits, training, device, precision, teacher_dir)
+                point.done = True
         with _SignalStop() as stop:
             while active := [point for point in points if not point.done]:
                 # Points resumed from checkpoints of different epochs catch up one group at a time.
@@ -439,7 +447,16 @@ def train_points(config: dict, specs, stats_path, out_dirs, teacher_dir=None, lo
     failed = [point.failed for point in points if point.failed]
     if failed:
         raise KdsweepError(failed[0] if len(failed) == 1 else f"{len(failed)} points failed; first: {failed[0]}")
+    _remove_scratch(points)
     return [results[out_dir] for out_dir in out_dirs]
+
+
+def _remove_scratch(points):
+    """Checkpoints and best weights go once the whole job has finished, not when each point
+    does: a finished point of a pack whose job then dies is written again, not retrained."""
+    for point in points:
+        for scratch in (CHECKPOINT, BEST):
+            (point.out_dir / scratch).unlink(missing_ok=True)
 
 
 def train_run(config: dict, spec: RunSpec, stats_path, out_dir, teacher_dir=None, log=print) -> dict:
@@ -480,8 +497,6 @@ def _finish(point, splits, training, device, precision, teacher_dir):
         "config_hash": point.run_hash,
     }
     io.write_json(out_dir / "metrics.json", metrics)
-    for scratch in (CHECKPOINT, BEST):
-        (out_dir / scratch).unlink(missing_ok=True)
     point.log(f"finished {out_dir}: best epoch {state['best_epoch']} of {state['epoch']}, "
               f"val acc {best['val_acc']:.2f}%, test acc {test_acc:.2f}%")
     return metrics
