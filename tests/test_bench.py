@@ -17,6 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TOP = {"version", "seconds", "machine", "settings", "peak", "load_before", "load_after", "measurements", "skipped"}
 MACHINE = {"device", "name", "cpu_count", "torch_threads", "torch", "torchvision", "python", "kdsweep", "host"}
 SETTINGS = {"quick", "image_size", "batch_size", "eval_batch_size", "images", "warmup_steps", "repeats", "workers",
+            "deterministic", "reference_precision",
             "temperature", "soft_weight", "epsilon", "epoch_images", "seed", "teacher", "students", "pack_sizes",
             "data", "precision", "channels_last", "compile"}
 ENTRY = {"label", "task", "model", "teacher", "pack", "flops_per_image", "floor_seconds_per_epoch", "ours",

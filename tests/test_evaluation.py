@@ -163,7 +163,7 @@ def test_evaluate_command_writes_the_documented_keys(finished):
     result = json.loads(out.read_text())
     documented = {"run", "role", "dataset", "model", "temperature", "soft_weight", "seed", "teacher_run",
                   "teacher_model", "n", "test_acc", "test_acc_metrics", "agreement", "kl_to_teacher", "ece",
-                  "ece_bins", "nll", "max_logit", "logit_norm", "seconds", "device", "precision", "slurm"}
+                  "ece_bins", "nll", "max_logit", "logit_norm", "seconds", "device", "precision", "runtime", "slurm"}
     assert set(result) == documented
     for key in documented:
         assert f"  {key}" in evaluation.__doc__ or f", {key}" in evaluation.__doc__, key

@@ -198,14 +198,7 @@ def test_cuda_requested_without_a_gpu_is_refused(study):
     assert result.returncode == 2 and "no GPU" in result.stderr
 
 
-@pytest.mark.cuda
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU; none is visible")
-def test_cuda_run(study):
-    folder, config = study
-    kdsweep(*_train_args(folder, config, folder / "cuda", "runtime.device=cuda", "training.max_epochs=1"),
-            cwd=folder)
-    metrics = json.loads((folder / "cuda" / "metrics.json").read_text())
-    assert metrics["device"].startswith("cuda")
+# The CUDA runs (training, distillation, packs, resume, compile, attacks, evaluate) are in test_runtime.py.
 
 
 def test_interrupted_outputs_are_atomic(tmp_path):

@@ -16,10 +16,12 @@ ATTACKS names them for the config (`attacks:` in config.yaml); evaluate_attack r
 one by name with the config's parameters (PARAMS) at one epsilon over a test set.
 """
 
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 import torch
 import torch.nn.functional as F
+
+from .runtime import to_device
 
 
 @contextmanager
@@ -73,10 +75,11 @@ def fgsm(model, images, labels, epsilon):
 
 def _random_start(images, epsilon, generator):
     """images + U(-epsilon, epsilon) per pixel, clamped to [0, 1]; the noise is drawn from
-    `generator` on the generator's device (so a CPU generator gives the same start on any device)."""
+    `generator` on the generator's device (so a CPU generator gives the same start on any device)
+    and copied to the images' device asynchronously."""
     where = generator.device if generator is not None else images.device
     noise = torch.rand(images.shape, generator=generator, device=where, dtype=images.dtype)
-    noise = noise.to(images.device).mul_(2).sub_(1).mul_(epsilon)
+    noise = to_device(noise, images.device).mul_(2).sub_(1).mul_(epsilon)
     return (images + noise).clamp_(0.0, 1.0)
 
 
@@ -146,13 +149,17 @@ def _device(model):
     return next(iter(model.parameters())).device
 
 
-def evaluate_attack(model, images_uint8, labels, epsilon, batch_size, attack="fgsm", **params) -> dict:
+def evaluate_attack(model, images_uint8, labels, epsilon, batch_size, attack="fgsm", runtime=None,
+                    **params) -> dict:
     """Attack `attack` (a name of ATTACKS) at `epsilon` over all images (uint8, N x C x H x W), in batches.
 
     params: the attack's config parameters, exactly those of PARAMS[attack] (pgd: steps,
     relative_step_size (step = relative_step_size * epsilon), random_start, seed).
+    runtime: the job's `runtime.Runtime`; every forward and gradient pass then runs in its
+    arithmetic (autocast, memory layout), the one the run's test accuracy was measured in.
+    None: the model's own dtype and layout.
     Returns {"n", "clean_acc", "adv_acc", "n_correct", "adv_acc_on_correct"}, in
-    percent. adv_acc counts all images (as the seed reports it); adv_acc_on_correct
+    percent. adv_acc counts all images (as the reference study reports it); adv_acc_on_correct
     only those classified correctly before the attack (None if there are none).
     """
     images_uint8 = torch.as_tensor(images_uint8)
@@ -165,10 +172,12 @@ def evaluate_attack(model, images_uint8, labels, epsilon, batch_size, attack="fg
     _check_epsilon(epsilon)
     run_attack = _attack_batches(attack, epsilon, params)
     device = _device(model)
-    clean_correct = adv_correct = adv_correct_on_correct = 0
-    with _eval_mode(model):
+    # Counted on the device, read once at the end: no batch waits for the host.
+    counts = torch.zeros(3, dtype=torch.int64, device=device)
+    with _eval_mode(model), runtime.autocast() if runtime else nullcontext():
         for start in range(0, n, batch_size):
-            x = images_uint8[start : start + batch_size].to(device).float().div_(255)
+            batch = images_uint8[start : start + batch_size]
+            x = runtime.pixels(batch) if runtime else batch.to(device).float().div_(255)
             y = labels[start : start + batch_size].to(device).long()
             adversarial, clean_logits = run_attack(model, x, y)
             with torch.no_grad():
@@ -177,9 +186,8 @@ def evaluate_attack(model, images_uint8, labels, epsilon, batch_size, attack="fg
                 adv_logits = model(adversarial)
             clean_hit = clean_logits.argmax(1) == y
             adv_hit = adv_logits.argmax(1) == y
-            clean_correct += int(clean_hit.sum())
-            adv_correct += int(adv_hit.sum())
-            adv_correct_on_correct += int((adv_hit & clean_hit).sum())
+            counts += torch.stack([clean_hit.sum(), adv_hit.sum(), (adv_hit & clean_hit).sum()])
+    clean_correct, adv_correct, adv_correct_on_correct = counts.tolist()
     return {
         "n": n,
         "clean_acc": 100.0 * clean_correct / n,

@@ -22,7 +22,9 @@ reference  the loop written the usual way: a Dataset of uint8 H x W x C images t
            images one by one (as torchvision's CIFAR10 does), torchvision per-image transforms
            Pad -> RandomHorizontalFlip -> RandomRotation -> RandomCrop -> ToTensor -> Normalize,
            a DataLoader with `--workers` worker processes (default 2, shuffle, pin_memory on CUDA),
-           the bare torchvision network (fp32, NCHW), the teacher under `torch.no_grad()`, Adam,
+           the bare torchvision network (fp32 weights, NCHW) in PyTorch's default kernel settings
+           (on Ampere and later GPUs cuDNN runs fp32 convolutions in TF32; no autotuning, no
+           deterministic mode), the teacher under `torch.no_grad()`, Adam,
            `loss.item()` every step; FGSM with `loss.backward()` (parameter gradients included)
            over a DataLoader of ToTensor'd test images.
 
@@ -67,8 +69,9 @@ JSON (`--json PATH`), every number positive unless marked:
   settings                 {quick (bool), image_size [C, H, W], batch_size, eval_batch_size, images
                             (timed per measurement and side), warmup_steps, repeats, workers (may be
                             0), temperature, soft_weight, epsilon, epoch_images, seed, teacher,
-                            students [..], pack_sizes [..], data (str), precision ("bf16" | "fp32",
-                            ours' training), channels_last (bool), compile (bool)}
+                            students [..], pack_sizes [..], data (str), precision (ours' arithmetic:
+                            "bf16 autocast, fp32 logits" | "fp32" | "tf32"), channels_last (bool),
+                            compile (bool), deterministic (bool), reference_precision (str)}
   peak                     {flops_per_s, source (str: "table: ...", "measured: ...", "--peak-flops")}
   load_before, load_after  os.getloadavg() (1, 5, 15 minutes) before and after, may be 0
   measurements             {key: entry}; keys "train:<teacher>", "train:<student>",
@@ -96,6 +99,7 @@ JSON (`--json PATH`), every number positive unless marked:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
 import platform
@@ -110,8 +114,10 @@ import torch.nn.functional as F
 
 from . import __version__, data
 from .attacks import evaluate_attack
+from .config import OVERRIDE
 from .errors import KdsweepError
 from .models import MODELS, build_model
+from .runtime import Runtime, pytorch_defaults
 
 # Dense bf16 tensor-core peak by GPU name (first match wins; the PCIe H100 is slower than the SXM).
 PEAK_BF16 = (
@@ -125,6 +131,9 @@ PEAK_BF16 = (
 # CIFAR-10's training split of the study (50,000 x 0.9): what one epoch of a sweep run sees.
 EPOCH_IMAGES = 45_000
 NUM_CLASSES = 10  # CIFAR-10 shaped synthetic data
+
+# PyTorch's default arithmetic for fp32 weights on a GPU, which the reference loop runs in.
+REFERENCE_PRECISION = "fp32 weights, PyTorch defaults (cuDNN convolutions in TF32 on Ampere and later)"
 
 QUICK = {"batch_size": 32, "eval_batch_size": 32, "images": 64, "warmup": 1, "repeats": 2}
 FULL = {"images": 15_000, "warmup": 10, "repeats": 2}  # batch sizes from the config (300, 1000)
@@ -172,11 +181,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--only", nargs="+", choices=["train", "distill", "fgsm"], default=["train", "distill", "fgsm"],
                         help="which kinds of measurement to run (default: all)")
     parser.add_argument("--seed", type=int, default=0, help="seed of data, models and augmentation (default 0)")
+    parser.add_argument("overrides", nargs="*", metavar="key=value",
+                        help="config overrides after the files, as for every job (e.g. runtime.deterministic=false "
+                             "runtime.compile=true): ours runs in the resulting runtime section")
     return parser
 
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(prog="python -m kdsweep bench", description=__doc__.split("\n\n")[0])
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # key=value overrides may come anywhere, also after an option that takes several values
+    overrides = [arg for arg in argv if OVERRIDE.match(arg)]
+    argv = [arg for arg in argv if not OVERRIDE.match(arg)] + (["--", *overrides] if overrides else [])
     args = add_arguments(parser).parse_args(argv)
     try:
         return run(args)
@@ -475,13 +491,11 @@ def _cases(teacher, students, pack_sizes, only) -> list[Case]:
 
 
 class _Bench:
-    def __init__(self, args, config, device):
-        self.args, self.config, self.device = args, config, device
-        from .train import _Precision
-
+    def __init__(self, args, config, runtime):
+        self.args, self.config, self.device = args, config, runtime.device
         self.training, self.augmentation = config["training"], config["augmentation"]
-        # The job's numeric settings (runtime.precision / channels_last / compile), as train.train_points makes them.
-        self.precision = _Precision(config["runtime"], device)
+        # The job's arithmetic (runtime.precision / channels_last / deterministic / compile), as a job makes it.
+        self.runtime = runtime
         size = args.image_size
         self.image_size = [3, size, size]
         generator = torch.Generator().manual_seed(args.seed)
@@ -490,7 +504,7 @@ class _Bench:
         labels = torch.randint(0, NUM_CLASSES, (n,), generator=generator)
         self.mean, self.std = data.channel_stats(images)
         # ours: device-resident uint8 N x C x H x W; reference: H x W x C numpy, as CIFAR10 keeps it.
-        self.images, self.labels = images.to(device), labels.to(device)
+        self.images, self.labels = images.to(self.device), labels.to(self.device)
         self.images_hwc, self.labels_np = images.permute(0, 2, 3, 1).contiguous().numpy(), labels.numpy()
 
     # models ------------------------------------------------------------
@@ -513,17 +527,18 @@ class _Bench:
     # runners: (warm-up, timed epoch) per side ----------------------------
     def ours(self, case):
         a, n = self.args, self.args.images
+        runtime = self.runtime
         if case.task == "fgsm":
-            model = self.ours_model(case.model).eval()
+            model = runtime.place(self.ours_model(case.model).eval())  # as the attack job places it
             bs = a.eval_batch_size
 
             def epoch(count):
-                return evaluate_attack(model, self.images[:count], self.labels[:count], a.epsilon, bs)
+                return evaluate_attack(model, self.images[:count], self.labels[:count], a.epsilon, bs,
+                                       runtime=runtime)
 
             return (lambda: epoch(a.warmup * bs)), (lambda: epoch(n)), None
         from . import train
 
-        precision = self.precision
         augment = data.Augment.from_config(self.augmentation)
         generator = torch.Generator().manual_seed(a.seed)
         teacher = None
@@ -533,14 +548,14 @@ class _Bench:
             specs = [train.RunSpec("kd", case.model, a.seed, temperature=temperatures[i % len(temperatures)]
                                    if case.pack > 1 else a.temperature, soft_weight=a.soft_weight)
                      for i in range(case.pack)]
-            teacher = precision.prepare(self.ours_teacher(case.teacher))  # as train.train_points does
+            teacher = runtime.compiled(runtime.place(self.ours_teacher(case.teacher)))  # as a distill job does
         else:
             specs = [train.RunSpec("teacher" if case.model == a.teacher else "baseline", case.model, a.seed)]
-        points = [train.Point(spec, self.training, NUM_CLASSES, self.mean, self.std, precision) for spec in specs]
+        points = [train.Point(spec, self.training, NUM_CLASSES, self.mean, self.std, runtime) for spec in specs]
 
         def epoch(count):
             return train.train_epoch(points, teacher, augment, self.images[:count], self.labels[:count],
-                                     a.batch_size, generator, precision)
+                                     a.batch_size, generator, runtime)
 
         return (lambda: epoch(a.warmup * a.batch_size)), (lambda: epoch(n)), None
 
@@ -582,8 +597,9 @@ class _Bench:
         sides = {"ours": self.ours(case)}
         if reference is None:
             sides["reference"] = self.reference(case)
-        for warm, _, _ in sides.values():
-            warm()
+        for name, (warm, _, _) in sides.items():
+            with contextlib.nullcontext() if name == "ours" else pytorch_defaults():
+                warm()
         results = {name: {"images": self.args.images, "seconds": None, "seconds_each": []} for name in sides}
         for _ in range(self.args.repeats):
             for name, (_, timed, startup) in sides.items():
@@ -591,8 +607,9 @@ class _Bench:
                 _sync(self.device)
                 share.start()
                 started = time.perf_counter()
-                timed()
-                _sync(self.device)
+                with contextlib.nullcontext() if name == "ours" else pytorch_defaults():
+                    timed()
+                    _sync(self.device)
                 seconds = time.perf_counter() - started
                 others, cpu_seconds = share.stop()
                 best = results[name]
@@ -649,18 +666,18 @@ def _resolve(args, config):
 def run(args) -> dict:
     from . import io
     from .config import load_config
-    from .train import setup_runtime
 
     started = time.perf_counter()
-    config = load_config(args.config, [])
+    config = load_config(args.config, args.overrides)
     args = _resolve(args, config)
     if args.device == "cuda" and not torch.cuda.is_available():
         raise KdsweepError(f"--device cuda but no GPU is visible (CUDA_VISIBLE_DEVICES="
                            f"{os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}); run it on a GPU node or use --device cpu")
-    device = setup_runtime({"device": args.device, "threads": args.threads})
+    runtime = Runtime.from_config({**config["runtime"], "device": args.device, "threads": args.threads})
+    device = runtime.device
     load_before = list(os.getloadavg())
     machine = _machine(device)
-    bench = _Bench(args, config, device)
+    bench = _Bench(args, config, runtime)
     settings = {"quick": bool(args.quick), "image_size": bench.image_size, "batch_size": args.batch_size,
                 "eval_batch_size": args.eval_batch_size, "images": args.images, "warmup_steps": args.warmup,
                 "repeats": args.repeats, "workers": args.workers, "temperature": float(args.temperature),
@@ -668,9 +685,9 @@ def run(args) -> dict:
                 "epoch_images": args.epoch_images, "seed": args.seed, "teacher": args.teacher,
                 "students": list(args.students), "pack_sizes": list(args.pack_sizes),
                 "data": "synthetic CIFAR-shaped: uniform random uint8 pixels, 10 random labels",
-                "precision": "bf16" if bench.precision.bf16 else "fp32",
-                "channels_last": bench.precision.memory_format == torch.channels_last,
-                "compile": bool(bench.precision.compile)}
+                "precision": runtime.precision, "channels_last": runtime.channels_last,
+                "compile": runtime.compile, "deterministic": runtime.record()["deterministic"],
+                "reference_precision": REFERENCE_PRECISION if device.type == "cuda" else "fp32"}
     _print_header(machine, settings, load_before)
 
     peak_start, peak_source = _peak(device, args.peak_flops)
@@ -770,8 +787,8 @@ def _print_header(machine, s, load):
           f"measurement and side, after {s['warmup_steps']} untimed warm-up steps; best of {s['repeats']}; "
           f"reference DataLoader workers {s['workers']}")
     print(f"distill   T={s['temperature']:g}, soft weight {s['soft_weight']:g}; FGSM eps={s['epsilon']:g}")
-    print(f"ours      {s['precision']}, channels_last {s['channels_last']}, compile {s['compile']}; "
-          "reference fp32, NCHW")
+    print(f"ours      {s['precision']}, channels_last {s['channels_last']}, compile {s['compile']}, "
+          f"deterministic {s['deterministic']}; reference {s['reference_precision']}, NCHW")
     print(f"load avg  before: {_loads(load)}", flush=True)
 
 

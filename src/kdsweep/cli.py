@@ -52,7 +52,8 @@ def cmd_stats(args):
 
 
 def _train(args, specs, out_dirs, teacher_dir=None):
-    from .train import EXIT_PREEMPTED, Preempted, train_points
+    from .runtime import EXIT_PREEMPTED, Preempted
+    from .train import train_points
 
     config = _load(args)
     try:
@@ -80,13 +81,11 @@ def cmd_distill(args):
 
 
 def cmd_attack(args):
-    import torch
-
     from . import data, io
     from .attacks import ATTACKS, evaluate_attack
     from .evaluation import check_dataset, finished_run
     from .models import load_model
-    from .train import describe_device, environment, setup_runtime
+    from .runtime import Runtime, environment, nondeterministic_op
 
     config = _load(args)
     if not args.epsilon > 0:
@@ -100,18 +99,23 @@ def cmd_attack(args):
     run_dir = Path(args.run)
     run = finished_run(run_dir)
     check_dataset(run, run_dir, config["dataset"])
-    device = setup_runtime(config["runtime"])
-    model = load_model(run_dir / "model.pt", device)
-    splits = data.load_splits(config["dataset"], device)
+    runtime = Runtime.from_config(config["runtime"], training_job=False)
+    model = runtime.place(load_model(run_dir / "model.pt", runtime.device))
+    splits = data.load_splits(config["dataset"], runtime.device)
     started = time.perf_counter()
-    result = evaluate_attack(model, splits.test.images, splits.test.labels, args.epsilon,
-                             config["training"]["eval_batch_size"], args.attack, **params)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+    try:
+        result = evaluate_attack(model, splits.test.images, splits.test.labels, args.epsilon,
+                                 config["training"]["eval_batch_size"], args.attack, runtime=runtime, **params)
+    except RuntimeError as err:
+        if refused := nondeterministic_op(err):
+            raise refused from err
+        raise
+    record = runtime.record()
     result.update(
         attack=args.attack, params=params, epsilon=args.epsilon, run=str(run_dir),
         **{key: run[key] for key in ("role", "model", "temperature", "soft_weight", "seed", "dataset")},
-        seconds=time.perf_counter() - started, device=describe_device(device), slurm=environment()["slurm"],
+        seconds=time.perf_counter() - started, device=record["device"], precision=record["precision"],
+        runtime=record, slurm=environment()["slurm"],
     )
     io.write_json(args.out, result)
     print(f"{run_dir} {args.attack.upper()} eps={args.epsilon:g}: clean {result['clean_acc']:.2f}% "
@@ -254,7 +258,16 @@ def main(argv=None):
 
         bench_main(argv[1:])
         return
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # key=value overrides may come anywhere after the command, also between options
+    args, extras = parser.parse_known_args(argv)
+    from .config import OVERRIDE
+
+    unknown = [arg for arg in extras if not OVERRIDE.match(arg) or not hasattr(args, "overrides")]
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    if extras:
+        args.overrides = [*args.overrides, *extras]
     try:
         args.func(args)
     except KdsweepError as err:

@@ -3,6 +3,7 @@
 import copy
 import hashlib
 import json
+import re
 from importlib import resources
 from pathlib import Path
 
@@ -27,6 +28,10 @@ def deep_merge(base: dict, update: dict) -> dict:
         else:
             merged[key] = copy.deepcopy(value)
     return merged
+
+
+# A `dotted.key=value` override on a command line (what apply_override takes).
+OVERRIDE = re.compile(r"^[A-Za-z_][\w.]*=")
 
 
 def apply_override(config: dict, assignment: str) -> dict:

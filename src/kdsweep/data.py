@@ -41,6 +41,7 @@ from torchvision.datasets import CIFAR10, CIFAR100
 
 from . import io
 from .errors import KdsweepError
+from .runtime import to_device
 
 # A property of the digits data set (its fixed test split), not of the study protocol.
 DIGITS_TEST_EVERY = 5
@@ -367,23 +368,27 @@ def rotate_images(images: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
     torchvision's rotate_image (expand=False, center=None) with its float math replicated
     (float64 matrix from the angle mod 360, float32 grid in pixel units, normalised after the
     matrix product), so that nearest-neighbour rounding picks the same pixel even where a sample
-    point falls on a pixel boundary (e.g. 90 degrees on a non-square image).
+    point falls on a pixel boundary (e.g. 90 degrees on a non-square image). Everything is
+    computed where the angles and the images are: nothing is copied from the host.
     """
     n, _, h, w = images.shape
     device = images.device
     # torchvision: matrix = _get_inverse_affine_matrix(center=[0, 0], -angle, ...) with zero
     # translate/shear and scale 1, i.e. [cos, sin, 0, -sin, cos, 0] of radians(-(angle % 360)),
-    # in float64 where the angles live (torchvision: Python floats, so pass CPU angles to match).
-    rad = torch.deg2rad(-torch.remainder(angles.to(torch.float64), 360))
+    # in float64 (torchvision: Python floats).
+    rad = torch.deg2rad(-torch.remainder(angles.to(device, torch.float64), 360))
     cos, sin = torch.cos(rad), torch.sin(rad)
     zero = torch.zeros_like(cos)
-    theta = torch.stack([cos, sin, zero, -sin, cos, zero], dim=1).to(device, torch.float32).view(n, 2, 3)
+    theta = torch.stack([cos, sin, zero, -sin, cos, zero], dim=1).to(torch.float32).view(n, 2, 3)
     # torchvision's _affine_grid, batched.
     base = torch.empty(1, h, w, 3, dtype=torch.float32, device=device)
     base[..., 0].copy_(torch.linspace((1.0 - w) * 0.5, (w - 1.0) * 0.5, steps=w, device=device))
     base[..., 1].copy_(torch.linspace((1.0 - h) * 0.5, (h - 1.0) * 0.5, steps=h, device=device).unsqueeze_(-1))
     base[..., 2].fill_(1)
-    scaled = theta.transpose(1, 2).div_(torch.tensor([0.5 * w, 0.5 * h], dtype=torch.float32, device=device))
+    # A divisor tensor filled on the device (a Python scalar divisor would be a multiplication
+    # by its reciprocal on CUDA, one bit off torchvision's division).
+    half_size = torch.stack([torch.full((), 0.5 * w, device=device), torch.full((), 0.5 * h, device=device)])
+    scaled = theta.transpose(1, 2).div_(half_size)
     grid = base.view(1, h * w, 3).expand(n, -1, -1).bmm(scaled).view(n, h, w, 2)
     floating = images.is_floating_point()
     out = F.grid_sample(images if floating else images.float(), grid, mode="nearest",
@@ -401,10 +406,21 @@ def crop_images(images: torch.Tensor, tops: torch.Tensor, lefts: torch.Tensor, h
 
 
 class AugmentParams(NamedTuple):
+    """The random draws of `Augment` for a run of images, one entry per image, on one device."""
+
     flip: torch.Tensor    # bool, per image
     angles: torch.Tensor  # float64 degrees
     tops: torch.Tensor    # int64 crop offsets into the padded image
     lefts: torch.Tensor
+
+    def to(self, device) -> "AugmentParams":
+        """On `device`, copied asynchronously (a training loop moves a whole epoch's draws at once)."""
+        return AugmentParams(*(to_device(field, device) for field in self))
+
+    def __getitem__(self, index) -> "AugmentParams":
+        if isinstance(index, int):  # NamedTuple field access stays as it was
+            return tuple.__getitem__(self, index)
+        return AugmentParams(*(field[index] for field in self))
 
 
 class Augment:
@@ -412,7 +428,8 @@ class Augment:
 
     `sample` draws every random number from the generator passed in (in a fixed order: flips,
     angles, tops, lefts), so a training loop that checkpoints the generator's state resumes
-    with the same augmentations. `apply` runs on the images' device and returns float [0,1].
+    with the same augmentations; a CPU generator gives the same draws for any device. `apply`
+    runs on the images' device and returns float [0,1].
     """
 
     def __init__(self, pad: int, flip_p: float, rotation_degrees: float):
@@ -431,11 +448,17 @@ class Augment:
         return AugmentParams(flip, angles, tops, lefts)
 
     def apply(self, images: torch.Tensor, params: AugmentParams) -> torch.Tensor:
-        """uint8 N x C x H x W -> augmented float N x C x H x W in [0,1]."""
+        """uint8 N x C x H x W -> augmented float N x C x H x W in [0,1].
+
+        With `params` already on the images' device (`AugmentParams.to`) nothing is copied from
+        the host, so a GPU's queue never drains here.
+        """
         h, w = images.shape[-2:]
         device = images.device
+        if params.flip.device != device:
+            params = params.to(device)
         x = pad_images(images, self.pad)
-        x = flip_images(x, params.flip.to(device))
+        x = flip_images(x, params.flip)
         if self.rotation_degrees:
             x = rotate_images(x, params.angles)
         x = crop_images(x, params.tops, params.lefts, h, w)

@@ -12,8 +12,8 @@ evaluation/<role>/<run>.json under the study's results folder, with the keys
   run, role, dataset, model, temperature, soft_weight, seed   the evaluated run (as its metrics.json)
   teacher_run, teacher_model    the teacher folder compared against, and its architecture
   n                   test images
-  test_acc            accuracy (%) recomputed here from model.pt (same batches and precision as training)
-  test_acc_metrics    metrics.json's test_acc; equal to test_acc unless the GPU's arithmetic differs
+  test_acc            accuracy (%) recomputed here from model.pt (same batches and arithmetic as training)
+  test_acc_metrics    metrics.json's test_acc; equal to test_acc when the runtime sections agree
   agreement           top-1 agreement with the teacher (%): share of test images where argmaxes match
   kl_to_teacher       mean over images of KL(teacher || student) at T = 1, summed over classes (nats)
   ece                 expected calibration error (%), `ece_bins` equal-width bins of the top-1 confidence
@@ -22,6 +22,8 @@ evaluation/<role>/<run>.json under the study's results folder, with the keys
   max_logit           mean over images of the largest logit
   logit_norm          mean over images of the L2 norm of the logit vector
   seconds, device, precision, slurm
+  runtime             the arithmetic (kdsweep.runtime.Runtime.record: device, precision, channels_last,
+                      compile, deterministic), the same for every evaluation of a run
 For the teacher itself agreement is 100 and kl_to_teacher 0 (computed, not special-cased).
 """
 
@@ -98,16 +100,17 @@ def calibration(logits, labels, bins: int) -> dict:
 
 
 @torch.inference_mode()
-def predict(model, images_uint8, batch_size, precision=None) -> torch.Tensor:
+def predict(model, images_uint8, batch_size, runtime=None) -> torch.Tensor:
     """The model's logits (float32, on the CPU, N x K) for uint8 images, batch by batch, in eval mode;
-    precision: a context-manager factory (train._Precision) or None for the model's own dtype."""
+    runtime: the job's `runtime.Runtime` (its autocast and layout), or None for the model's own dtype."""
     model.eval()
     out = []
     for start in range(0, len(images_uint8), batch_size):
         batch = images_uint8[start:start + batch_size]
-        with precision() if precision else contextlib.nullcontext():
-            out.append(model(batch.float().div_(255)).float().cpu())
-    return torch.cat(out)
+        with runtime.autocast() if runtime else contextlib.nullcontext():
+            pixels = runtime.pixels(batch) if runtime else batch.float().div_(255)
+            out.append(model(pixels).float())
+    return torch.cat(out).cpu()
 
 
 def evaluate_logits(student_logits, teacher_logits, labels, ece_bins: int) -> dict:
@@ -119,7 +122,7 @@ def evaluate_logits(student_logits, teacher_logits, labels, ece_bins: int) -> di
             "ece_bins": int(ece_bins), **logit_scale(student_logits)}
 
 
-def evaluate_run(model, teacher, images_uint8, labels, batch_size, ece_bins, precision=None) -> dict:
+def evaluate_run(model, teacher, images_uint8, labels, batch_size, ece_bins, runtime=None) -> dict:
     """Logits of `model` and `teacher` on all images (batched, inference mode), then evaluate_logits."""
     images_uint8, labels = torch.as_tensor(images_uint8), torch.as_tensor(labels)
     if images_uint8.dtype != torch.uint8:
@@ -127,8 +130,8 @@ def evaluate_run(model, teacher, images_uint8, labels, batch_size, ece_bins, pre
     if len(images_uint8) == 0 or len(labels) != len(images_uint8):
         raise ValueError(f"need as many labels as images, and at least one: {len(images_uint8)} images, "
                          f"{len(labels)} labels")
-    student_logits = predict(model, images_uint8, batch_size, precision)
-    teacher_logits = predict(teacher, images_uint8, batch_size, precision)
+    student_logits = predict(model, images_uint8, batch_size, runtime)
+    teacher_logits = predict(teacher, images_uint8, batch_size, runtime)
     if student_logits.shape != teacher_logits.shape:
         raise KdsweepError(f"the run has {student_logits.shape[1]} classes but the teacher "
                            f"{teacher_logits.shape[1]}: pass the teacher of the same study (--teacher)")
@@ -162,29 +165,31 @@ def check_dataset(run: dict, run_dir, dataset_cfg: dict):
 def evaluate_job(config: dict, run_dir, teacher_dir, out, log=print) -> dict:
     """Evaluate a finished run against a finished teacher on the config's test set; write `out` (JSON)."""
     from .models import load_model
-    from .train import _Precision, describe_device, environment, setup_runtime
+    from .runtime import Runtime, environment
 
     run_dir, teacher_dir = Path(run_dir), Path(teacher_dir)
     run = finished_run(run_dir)
     teacher_run = finished_run(teacher_dir, "teacher run")
     check_dataset(run, run_dir, config["dataset"])
     check_dataset(teacher_run, teacher_dir, config["dataset"])
-    device = setup_runtime(config["runtime"])
-    precision = _Precision(config["runtime"], device)
-    model = precision.prepare(load_model(run_dir / "model.pt", device))
-    teacher = precision.prepare(load_model(teacher_dir / "model.pt", device))
-    splits = data.load_splits(config["dataset"], device)
+    # One pass over the test set: never compiled (runtime.compile is for training jobs).
+    runtime = Runtime.from_config(config["runtime"], training_job=False)
+    model = runtime.place(load_model(run_dir / "model.pt", runtime.device))
+    teacher = runtime.place(load_model(teacher_dir / "model.pt", runtime.device))
+    splits = data.load_splits(config["dataset"], runtime.device)
     started = time.perf_counter()
     result = evaluate_run(model, teacher, splits.test.images, splits.test.labels,
-                          config["training"]["eval_batch_size"], config["evaluation"]["ece_bins"], precision)
+                          config["training"]["eval_batch_size"], config["evaluation"]["ece_bins"], runtime)
+    record = runtime.record()
     result.update(
         {key: run.get(key) for key in RUN_KEYS}, run=str(run_dir), teacher_run=str(teacher_dir),
         teacher_model=teacher_run.get("model"), test_acc_metrics=run.get("test_acc"),
-        seconds=time.perf_counter() - started, device=describe_device(device),
-        precision="bf16 autocast" if precision.bf16 else "fp32", slurm=environment()["slurm"],
+        seconds=time.perf_counter() - started, device=record["device"], precision=record["precision"],
+        runtime=record, slurm=environment()["slurm"],
     )
     if run.get("test_acc") is not None and result["test_acc"] != run["test_acc"]:
-        # Same data, weights, batches and precision: only a GPU's non-deterministic kernels can do this.
+        # Same data, weights, batches and arithmetic: only another runtime section than the training
+        # job's, or runtime.deterministic=false on a GPU, can do this.
         print(f"kdsweep: warning: {run_dir}: test accuracy {result['test_acc']:.4f}% here, "
               f"{run['test_acc']:.4f}% in metrics.json", file=sys.stderr)
     io.write_json(out, result)

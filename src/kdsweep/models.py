@@ -3,6 +3,14 @@
 A model takes images in [0, 1] and normalises them itself, with the training split's
 per-channel mean/std stored as buffers, so attacks work in pixel space and a saved
 model carries the statistics it was trained with.
+
+Two layers of torchvision's networks are swapped for equivalents that keep a GPU run exact
+and its logits full-precision (the state dict is unchanged):
+- every global average pool (`AdaptiveAvgPool2d(1)`, the head's and the squeeze-excitation
+  blocks') is a mean over the spatial dimensions, whose gradient CUDA computes
+  deterministically (adaptive_avg_pool2d's backward has no deterministic CUDA kernel);
+- the classifier's last Linear layer computes in fp32 under bf16 autocast, so the loss and the
+  attacks see logits that were never rounded to bf16.
 """
 
 from pathlib import Path
@@ -44,6 +52,50 @@ class Classifier(nn.Module):
 
     def forward(self, x):
         return self.net(self.normalize(x))
+
+
+class GlobalAvgPool(nn.Module):
+    """AdaptiveAvgPool2d(1) as a mean over H and W: the same values, a deterministic backward on CUDA."""
+
+    def forward(self, x):
+        return x.mean(dim=(-2, -1), keepdim=True)
+
+
+class FullPrecisionLinear(nn.Linear):
+    """A Linear layer that computes in fp32 even under autocast (the classifier's last layer).
+
+    Under bf16 autocast a Linear layer rounds its output to bf16 (8-bit mantissa): at T = 20
+    that put 2% error into the KD loss's gradient, and more as the student nears the teacher.
+    """
+
+    def forward(self, x):
+        with torch.autocast(x.device.type, enabled=False):
+            return super().forward(x.float())
+
+
+def _exact_and_full_precision(net: nn.Module) -> nn.Module:
+    """Swap the global pools and the last Linear layer of `net` for the classes above, in place."""
+    names = dict(net.named_modules())
+    linears = [name for name, module in names.items() if type(module) is nn.Linear]
+    for name, module in names.items():
+        if isinstance(module, nn.AdaptiveAvgPool2d) and module.output_size in (1, (1, 1)):
+            _set_submodule(net, name, GlobalAvgPool())
+    if linears:
+        head = names[linears[-1]]
+        # skip_init: no random draws, so every later initialisation is what torchvision's would be
+        full = torch.nn.utils.skip_init(FullPrecisionLinear, head.in_features, head.out_features,
+                                        bias=head.bias is not None)
+        with torch.no_grad():
+            full.weight.copy_(head.weight)
+            if head.bias is not None:
+                full.bias.copy_(head.bias)
+        _set_submodule(net, linears[-1], full)
+    return net
+
+
+def _set_submodule(root: nn.Module, name: str, module: nn.Module):
+    parent, _, child = name.rpartition(".")
+    setattr(root.get_submodule(parent) if parent else root, child, module)
 
 
 def _stem_conv(in_channels, out_channels):
@@ -98,7 +150,7 @@ def build_model(name, num_classes, mean, std, bn_momentum=None) -> nn.Module:
     if name not in MODELS:
         raise _unknown(name)
     normalize = Normalize(mean, std)
-    net = MODELS[name](int(num_classes), normalize.mean.numel())
+    net = _exact_and_full_precision(MODELS[name](int(num_classes), normalize.mean.numel()))
     if bn_momentum is not None:
         for module in net.modules():
             if isinstance(module, nn.modules.batchnorm._BatchNorm):

@@ -1,6 +1,6 @@
 """One training run of the study: a teacher, a hard-target baseline or a distilled student.
 
-The loop follows the seed's protocol (section IV.E) with every number from the
+The loop follows the reference study's protocol (section IV.E) with every number from the
 config: Adam, ReduceLROnPlateau on validation loss, early stopping on validation
 loss, and the best-validation weights evaluated on the test set. A run owns one
 folder; it checkpoints every epoch and resumes from that checkpoint when started
@@ -11,10 +11,7 @@ import contextlib
 import csv
 import io as _io
 import math
-import os
-import platform
 import random
-import signal
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -23,17 +20,19 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import __version__, data, io
+from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
+
+from . import data, io
 from .config import config_hash
 from .errors import KdsweepError
 from .losses import kd_losses
 from .models import MODELS, build_model, load_model, save_model
+from .runtime import EXIT_PREEMPTED, Preempted, Runtime, SignalStop, environment, nondeterministic_op, to_device
+
+__all__ = ["EXIT_PREEMPTED", "Preempted", "RunSpec", "train_points", "train_epoch", "evaluate", "Point"]
 
 CHECKPOINT = "checkpoint.pt"
 BEST = "best.pt"
-# Exit status of a run stopped by SLURM's warning signal or a SIGTERM: the
-# checkpoint of the last finished epoch is on disk and a restart resumes it.
-EXIT_PREEMPTED = 75
 
 HISTORY_FIELDS = ["epoch", "lr", "train_loss", "train_hard_loss", "train_soft_loss",
                   "val_loss", "val_acc", "seconds"]
@@ -61,57 +60,6 @@ class RunSpec:
                 raise KdsweepError(f"soft weight {self.soft_weight} must lie in [0, 1] (0 = hard targets only, 1 = teacher only)")
 
 
-class Preempted(Exception):
-    """SLURM asked the job to stop (time limit near, preemption): resume later from the checkpoint."""
-
-
-def resolve_device(runtime: dict) -> torch.device:
-    wanted = runtime["device"]
-    if wanted == "cuda" and not torch.cuda.is_available():
-        raise KdsweepError(
-            "runtime.device is cuda but no GPU is visible to this job "
-            f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}); "
-            "run it on a GPU node or set runtime.device=cpu"
-        )
-    if wanted == "auto":
-        wanted = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(wanted)
-
-
-def setup_runtime(runtime: dict) -> torch.device:
-    if runtime["threads"] > 0:
-        torch.set_num_threads(runtime["threads"])
-    device = resolve_device(runtime)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-    return device
-
-
-def describe_device(device: torch.device) -> str:
-    if device.type == "cuda":
-        return f"{device} ({torch.cuda.get_device_name(device)})"
-    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
-
-
-def environment() -> dict:
-    """What a reader needs to go from a number in a table to the job and software that made it."""
-    return {
-        "versions": {"python": platform.python_version(), "torch": torch.__version__,
-                     "torchvision": _torchvision_version(), "kdsweep": __version__},
-        "slurm": {"job_id": os.environ.get("SLURM_JOB_ID"),
-                  "array_task": os.environ.get("SLURM_ARRAY_TASK_ID"),
-                  "restart_count": os.environ.get("SLURM_RESTART_COUNT"),
-                  "gpus": os.environ.get("CUDA_VISIBLE_DEVICES")},
-        "host": platform.node(),
-    }
-
-
-def _torchvision_version():
-    import torchvision
-
-    return torchvision.__version__
-
-
 def seed_everything(seed: int):
     random.seed(seed)
     np.random.seed(seed)
@@ -130,76 +78,23 @@ def _set_torch_rng(state: dict, device):
 
 
 @torch.inference_mode()
-def evaluate(model, images, labels, batch_size, precision=None) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy (%) of the model on uint8 images."""
+def evaluate(model, images, labels, batch_size, runtime: Runtime | None = None) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy (%) of the model on uint8 images, in the job's arithmetic."""
     model.eval()
     loss_sum = torch.zeros((), device=images.device, dtype=torch.float64)
     correct = torch.zeros((), device=images.device, dtype=torch.int64)
     for batch_images, batch_labels in data.batches(images, labels, batch_size):
-        with precision() if precision else contextlib.nullcontext():
-            logits = model(batch_images.float().div_(255)).float()
+        with runtime.autocast() if runtime else contextlib.nullcontext():
+            pixels = runtime.pixels(batch_images) if runtime else batch_images.float().div_(255)
+            logits = model(pixels).float()
         loss_sum += F.cross_entropy(logits, batch_labels, reduction="sum").double()
         correct += (logits.argmax(1) == batch_labels).sum()
     n = len(labels)
     return loss_sum.item() / n, 100.0 * correct.item() / n
 
 
-class _Precision:
-    """The job's numeric settings: bf16 autocast and channels_last on CUDA (runtime.precision, .channels_last)."""
-
-    def __init__(self, runtime: dict, device):
-        cuda = device.type == "cuda"
-        self.device = device
-        self.bf16 = runtime["precision"] == "bf16" or (runtime["precision"] == "auto" and cuda)
-        channels_last = runtime["channels_last"]
-        self.memory_format = (torch.channels_last if channels_last is True or (channels_last == "auto" and cuda)
-                              else torch.contiguous_format)
-        self.compile = runtime["compile"]
-        self.fused_adam = cuda
-
-    def __call__(self):
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
-
-    def prepare(self, model):
-        model = model.to(self.device, memory_format=self.memory_format)
-        return torch.compile(model) if self.compile else model
-
-
-class _SignalStop:
-    """Turn SLURM's warning signal and SIGTERM into a clean stop.
-
-    profiles/slurm asks for SIGURG before the time limit: snakemake and the shells
-    between SLURM and this process ignore it, whereas SIGUSR1 would kill the
-    snakemake that runs inside the job. SIGTERM is what SLURM sends at the limit
-    itself and on preemption.
-    """
-
-    SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGURG)
-
-    def __init__(self):
-        self.received = None
-        self._previous = {}
-
-    def __enter__(self):
-        for sig in self.SIGNALS:
-            self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        self.received = signal.Signals(signum).name
-
-    def check(self):
-        if self.received:
-            raise Preempted(self.received)
-
-    def __exit__(self, *exc):
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-        return False
-
-
 class _TensorBoard:
-    """TensorBoard event files when the tensorboard package is installed (the seed monitored with it)."""
+    """TensorBoard event files when the tensorboard package is installed (the reference study monitored with it)."""
 
     def __init__(self, log_dir):
         try:
@@ -264,19 +159,21 @@ class Point:
     """What `train_epoch` trains: a sweep point's model, Adam optimiser and torch RNG stream.
 
     Built as every training job builds it (the benchmark builds it too): seeded by the
-    run's seed, normalisation inside the model, on the job's device and memory format.
+    run's seed, normalisation inside the model, on the job's device and memory layout.
+    `module` owns the weights (every state dict is saved and loaded through it); `model`
+    runs the training step: the module itself, or torch.compile of it (runtime.compile).
     """
 
-    def __init__(self, spec, training, num_classes, mean, std, precision):
+    def __init__(self, spec, training, num_classes, mean, std, runtime: Runtime):
         self.spec = spec
         seed_everything(spec.seed)
-        self.model = precision.prepare(build_model(spec.model, num_classes, mean, std,
-                                                   bn_momentum=training["bn_momentum"]))
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=training["lr"],
-                                          weight_decay=training["weight_decay"], fused=precision.fused_adam or None)
+        self.module = runtime.place(build_model(spec.model, num_classes, mean, std,
+                                                bn_momentum=training["bn_momentum"]))
+        self.model = runtime.compiled(self.module)
+        self.optimizer = runtime.adam(self.module.parameters(), training["lr"], training["weight_decay"])
         # Each point draws its dropout masks from its own torch RNG stream, so a point
         # trains exactly as it would alone, whatever else shares its job.
-        self.rng = _torch_rng(precision.device)
+        self.rng = _torch_rng(runtime.device)
 
     @property
     def needs_teacher(self):
@@ -289,12 +186,34 @@ class Point:
         self.rng = _torch_rng(device)
 
 
+def _weights(state_dict: dict) -> dict:
+    """A model state dict without torch.compile's `_orig_mod.` prefix (checkpoints of earlier versions had it)."""
+    state_dict = dict(state_dict)
+    consume_prefix_in_state_dict_if_present(state_dict, "_orig_mod.")
+    return state_dict
+
+
+def _match_layouts(optimizer: torch.optim.Optimizer):
+    """Give every optimiser state tensor its parameter's memory layout (strides).
+
+    Adam's state is saved with the strides it had; resumed under another runtime.channels_last
+    (or on another device) it would keep them, and CUDA's fused Adam refuses a parameter and a
+    state of different layouts. The values are copied unchanged.
+    """
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            state = optimizer.state.get(param, {})
+            for key, value in state.items():
+                if torch.is_tensor(value) and value.shape == param.shape and value.stride() != param.stride():
+                    state[key] = torch.empty_like(param, dtype=value.dtype).copy_(value)
+
+
 class _RunPoint(Point):
     """A Point of a training job: its schedule, early stopping, checkpoint and run folder."""
 
-    def __init__(self, config, spec, out_dir, teacher_hash, num_classes, stats, precision, log):
+    def __init__(self, config, spec, out_dir, teacher_hash, num_classes, stats, runtime, log):
         training = config["training"]
-        super().__init__(spec, training, num_classes, stats["mean"], stats["std"], precision)
+        super().__init__(spec, training, num_classes, stats["mean"], stats["std"], runtime)
         self.out_dir, self.log = Path(out_dir), log
         self.run_config = run_slice(config, spec, teacher_hash)
         self.run_hash = config_hash(self.run_config)
@@ -307,8 +226,9 @@ class _RunPoint(Point):
         self.done = (self.out_dir / "metrics.json").exists()
         if not self.done and (self.out_dir / CHECKPOINT).exists():
             checkpoint = _load_checkpoint(self.out_dir / CHECKPOINT, self.run_hash)
-            self.model.load_state_dict(checkpoint["model"])
+            self.module.load_state_dict(_weights(checkpoint["model"]))
             self.optimizer.load_state_dict(checkpoint["optimizer"])
+            _match_layouts(self.optimizer)
             self.scheduler.load_state_dict(checkpoint["scheduler"])
             self.rng, self.data_state, self.state = checkpoint["rng"], checkpoint["data"], checkpoint["state"]
             self.state["resumed"] += 1
@@ -323,7 +243,7 @@ class _RunPoint(Point):
         self.scheduler.step(val_loss)
         if val_loss < self.state["best_val_loss"]:
             self.state.update(best_val_loss=val_loss, best_epoch=epoch, bad_epochs=0)
-            io.torch_save(self.model.state_dict(), self.out_dir / BEST)
+            io.torch_save(self.module.state_dict(), self.out_dir / BEST)
         else:
             self.state["bad_epochs"] += 1
         row = {"epoch": epoch, "lr": lr, "train_loss": sums["total"], "train_hard_loss": sums["hard"],
@@ -334,7 +254,7 @@ class _RunPoint(Point):
         self.data_state = data_state
         max_epochs, patience = self.stopping
         self.state["stopped"] = epoch >= max_epochs or self.state["bad_epochs"] >= patience
-        io.torch_save({"config_hash": self.run_hash, "model": self.model.state_dict(),
+        io.torch_save({"config_hash": self.run_hash, "model": self.module.state_dict(),
                        "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                        "rng": self.rng, "data": data_state, "state": self.state}, self.out_dir / CHECKPOINT)
         self.board.epoch(row)
@@ -343,29 +263,36 @@ class _RunPoint(Point):
         return self.state["stopped"]
 
 
-def train_epoch(points, teacher, augment, images, labels, batch_size, generator, precision, stop=None):
+def train_epoch(points, teacher, augment, images, labels, batch_size, generator, runtime: Runtime, stop=None):
     """One epoch of every point on one shared stream of augmented batches and teacher logits.
 
-    Returns each point's mean losses {"total", "hard", "soft"} (NaN for a term it does not use).
+    The epoch's shuffle and augmentation parameters are drawn up front from the CPU generator
+    (the same draws on any device) and moved to the device in one asynchronous copy; after that
+    no step waits for the host, so the CPU queues work ahead of the GPU. Returns each point's
+    mean losses {"total", "hard", "soft"} (NaN for a term it does not use).
     """
     device = images.device
     for point in points:
         point.model.train()
     totals = [{} for _ in points]
     needs_teacher = teacher is not None and any(point.needs_teacher for point in points)
-    for index in torch.randperm(len(labels), generator=generator).to(device).split(batch_size):
+    n = len(labels)
+    order = to_device(torch.randperm(n, generator=generator), device)
+    draws = augment.sample(n, generator).to(device)
+    for start in range(0, n, batch_size):
         if stop:
             stop.check()
-        batch = augment(images[index], generator).contiguous(memory_format=precision.memory_format)
+        index = order[start:start + batch_size]
+        batch = runtime.layout(augment.apply(images[index], draws[start:start + batch_size]))
         batch_labels = labels[index]
         teacher_logits = None
         if needs_teacher:
-            with torch.inference_mode(), precision():
+            with torch.inference_mode(), runtime.autocast():
                 teacher_logits = teacher(batch).float()
         for point, total in zip(points, totals):
             spec = point.spec
             with point.own_rng(device):
-                with precision():
+                with runtime.autocast():
                     logits = point.model(batch).float()
                 losses = kd_losses(logits, teacher_logits if point.needs_teacher else None, batch_labels,
                                    spec.temperature or 1.0, spec.soft_weight or 0.0)
@@ -376,7 +303,7 @@ def train_epoch(points, teacher, augment, images, labels, batch_size, generator,
                 # A term the point does not use (soft at w = 0) is None: logged as NaN.
                 if value is not None:
                     total[name] = total.get(name, 0) + value.detach() * len(index)
-    return [{name: total[name].item() / len(labels) if name in total else math.nan
+    return [{name: total[name].item() / n if name in total else math.nan
              for name in ("total", "hard", "soft")} for total in totals]
 
 
@@ -388,12 +315,21 @@ def train_points(config: dict, specs, stats_path, out_dirs, teacher_dir=None, lo
     Each keeps its own optimiser, schedule, early stopping, checkpoint and folder; a
     point that stops early is finished, and the job goes on while any point trains.
     """
+    try:
+        return _train_points(config, specs, stats_path, out_dirs, teacher_dir, log)
+    except RuntimeError as err:
+        if refused := nondeterministic_op(err):
+            raise refused from err
+        raise
+
+
+def _train_points(config, specs, stats_path, out_dirs, teacher_dir, log):
     specs, out_dirs = list(specs), [Path(d) for d in out_dirs]
     if len({(spec.model, spec.seed, spec.role) for spec in specs}) != 1 or len(specs) != len(out_dirs):
         raise KdsweepError("the points of one job must share student, seed and role, one output folder each")
     training = config["training"]
-    device = setup_runtime(config["runtime"])
-    precision = _Precision(config["runtime"], device)
+    runtime = Runtime.from_config(config["runtime"])
+    device = runtime.device
     stats = data.read_stats(stats_path, config["dataset"])
 
     teacher, teacher_hash = None, None
@@ -401,9 +337,9 @@ def train_points(config: dict, specs, stats_path, out_dirs, teacher_dir=None, lo
         if teacher_dir is None:
             raise KdsweepError("distillation needs the teacher's run folder; pass --teacher RUN_DIR")
         teacher, teacher_hash = _load_teacher(Path(teacher_dir), device)
-        teacher = precision.prepare(teacher)
+        teacher = runtime.compiled(runtime.place(teacher))
     splits = data.load_splits(config["dataset"], device, stats)
-    points = [_RunPoint(config, spec, out_dir, teacher_hash, splits.num_classes, stats, precision, log)
+    points = [_RunPoint(config, spec, out_dir, teacher_hash, splits.num_classes, stats, runtime, log)
               for spec, out_dir in zip(specs, out_dirs)]
     augment = data.Augment.from_config(config["augmentation"])
     generator = torch.Generator()
@@ -414,9 +350,9 @@ def train_points(config: dict, specs, stats_path, out_dirs, teacher_dir=None, lo
                 # Finished in an earlier attempt of this job that died before the job ended;
                 # Snakemake removes a failed job's outputs, so they are written again from the
                 # kept best weights, without training the point any further.
-                results[point.out_dir] = _finish(point, splits, training, device, precision, teacher_dir)
+                results[point.out_dir] = _finish(point, splits, training, runtime, teacher_dir)
                 point.done = True
-        with _SignalStop() as stop:
+        with SignalStop() as stop:
             while active := [point for point in points if not point.done]:
                 # Points resumed from checkpoints of different epochs catch up one group at a time.
                 epoch = min(point.state["epoch"] for point in active)
@@ -424,7 +360,7 @@ def train_points(config: dict, specs, stats_path, out_dirs, teacher_dir=None, lo
                 generator.set_state(group[0].data_state)
                 started = time.perf_counter()
                 losses = train_epoch(group, teacher, augment, splits.train.images, splits.train.labels,
-                                     training["batch_size"], generator, precision, stop)
+                                     training["batch_size"], generator, runtime, stop)
                 for point, sums in zip(group, losses):
                     if not math.isfinite(sums["total"]):
                         point.done, point.failed = True, (
@@ -432,10 +368,12 @@ def train_points(config: dict, specs, stats_path, out_dirs, teacher_dir=None, lo
                             f"{point.out_dir}; lower training.lr or check the data, then delete that folder and rerun")
                         log(point.failed)
                         continue
-                    val_loss, val_acc = evaluate(point.model, splits.val.images, splits.val.labels,
-                                                 training["eval_batch_size"], precision)
+                    # Validation on the module itself, never its compiled wrapper: every evaluation of
+                    # a run (validation, test, attacks, evaluate) then runs the same kernels.
+                    val_loss, val_acc = evaluate(point.module, splits.val.images, splits.val.labels,
+                                                 training["eval_batch_size"], runtime)
                     if point.end_epoch(sums, val_loss, val_acc, time.perf_counter() - started, generator.get_state()):
-                        results[point.out_dir] = _finish(point, splits, training, device, precision, teacher_dir)
+                        results[point.out_dir] = _finish(point, splits, training, runtime, teacher_dir)
                         point.done = True
     except Preempted as signal_name:
         log(f"received {signal_name}: stopped; each point resumes from the checkpoint of its last finished epoch")
@@ -459,24 +397,20 @@ def _remove_scratch(points):
             (point.out_dir / scratch).unlink(missing_ok=True)
 
 
-def train_run(config: dict, spec: RunSpec, stats_path, out_dir, teacher_dir=None, log=print) -> dict:
-    """Train (or resume) one run into out_dir and return its metrics."""
-    return train_points(config, [spec], stats_path, [out_dir], teacher_dir=teacher_dir, log=log)[0]
-
-
-def _finish(point, splits, training, device, precision, teacher_dir):
+def _finish(point, splits, training, runtime: Runtime, teacher_dir):
     """Evaluate the best-validation weights on the test set and write the run's outputs, metrics.json last."""
     out_dir, state, spec = point.out_dir, point.state, point.spec
-    point.model.load_state_dict(torch.load(out_dir / BEST, map_location=device, weights_only=True))
+    point.module.load_state_dict(_weights(torch.load(out_dir / BEST, map_location=runtime.device, weights_only=True)))
     best = state["history"][state["best_epoch"] - 1]
-    test_loss, test_acc = evaluate(point.model, splits.test.images, splits.test.labels,
-                                   training["eval_batch_size"], precision)
-    save_model(out_dir / "model.pt", point.model, spec.model, splits.num_classes)
+    test_loss, test_acc = evaluate(point.module, splits.test.images, splits.test.labels,
+                                   training["eval_batch_size"], runtime)
+    save_model(out_dir / "model.pt", point.module, spec.model, splits.num_classes)
     buffer = _io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=HISTORY_FIELDS, lineterminator="\n")
     writer.writeheader()
     writer.writerows(state["history"])
     io.write_text(out_dir / "history.csv", buffer.getvalue())
+    record = runtime.record()
     metrics = {
         **asdict(spec),
         "dataset": point.run_config["dataset"]["name"],
@@ -490,8 +424,9 @@ def _finish(point, splits, training, device, precision, teacher_dir):
         "test_acc": test_acc,
         "train_seconds": state["train_seconds"],
         "resumed": state["resumed"],
-        "device": describe_device(device),
-        "precision": "bf16 autocast" if precision.bf16 else "fp32",
+        "device": record["device"],
+        "precision": record["precision"],
+        "runtime": record,
         **environment(),
         "config": point.run_config,
         "config_hash": point.run_hash,
