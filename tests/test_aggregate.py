@@ -322,6 +322,8 @@ def test_best_temperature_highest_mean_validation(tmp_path):
 
 
 def test_best_temperature_ties_go_low(tmp_path):
+    """An exact tie by construction: both means are (82.3 + 81.9) / 2, and IEEE addition commutes,
+    so the two temperatures' means are equal bit for bit whatever the order the runs come in."""
     dirs = kd_runs(tmp_path, {8.0: [82.3, 81.9], 4.0: [81.9, 82.3], 1.0: [80.0, 80.0]})
     assert aggregate.best_temperature(reversed(dirs))["temperature"] == 4.0
 

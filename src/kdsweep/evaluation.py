@@ -15,7 +15,7 @@ evaluation/<role>/<run>.json under the study's results folder, with the keys
   test_acc            accuracy (%) recomputed here from model.pt (same batches and arithmetic as training)
   test_acc_metrics    metrics.json's test_acc; equal to test_acc when the runtime sections agree
   agreement           top-1 agreement with the teacher (%): share of test images where argmaxes match
-  kl_to_teacher       mean over images of KL(teacher || student) at T = 1, summed over classes (nats)
+  kl_to_teacher       mean over images of KL(teacher || student) at T = 1, summed over classes (nats), each >= 0
   ece                 expected calibration error (%), `ece_bins` equal-width bins of the top-1 confidence
   ece_bins            that number of bins (config evaluation.ece_bins)
   nll                 negative log-likelihood: mean cross-entropy of the true label (nats)
@@ -71,7 +71,8 @@ def expected_calibration_error(probs, labels, bins: int) -> float:
 
 def fidelity(student_logits, teacher_logits) -> dict:
     """{"agreement": % of images whose top-1 classes match, "kl_to_teacher": mean KL(teacher || student)}
-    at temperature 1, the KL summed over classes (nats) and averaged over images (Stanton et al. 2021)."""
+    at temperature 1, the KL summed over classes (nats) and averaged over images (Stanton et al. 2021).
+    Each image's KL is clamped at 0 (rounding can make it -1e-16 for equal distributions): never negative."""
     student, teacher = _float64(student_logits), _float64(teacher_logits)
     if student.shape != teacher.shape or student.ndim != 2 or len(student) == 0:
         raise ValueError(f"student and teacher logits must both be N x K, N > 0: got {tuple(student.shape)} "
@@ -79,6 +80,11 @@ def fidelity(student_logits, teacher_logits) -> dict:
     log_student, log_teacher = F.log_softmax(student, 1), F.log_softmax(teacher, 1)
     # finite logits give finite log-probabilities, so p = 0 (underflow) contributes 0, never NaN
     kl = (log_teacher.exp() * (log_teacher - log_student)).sum(1)
+    # A KL is >= 0, but for (nearly) equal distributions the sum above is 0 plus rounding, of either
+    # sign (-3e-17 for two untrained networks; which sign depends on the processor's float path).
+    # Clamp each image's KL at 0 before the mean, so that no image's rounding can pull the mean below
+    # its true value and the reported KL is never negative on any machine.
+    kl = kl.clamp_min(0.0)
     agree = (student.argmax(1) == teacher.argmax(1)).to(torch.float64)
     return {"agreement": 100.0 * agree.mean().item(), "kl_to_teacher": kl.mean().item()}
 

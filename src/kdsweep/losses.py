@@ -24,12 +24,19 @@ def soft_loss(student_logits, teacher_logits, temperature):
 
     The T^2 keeps the gradient's size roughly independent of T (the softened
     gradients shrink as 1/T^2), so changing T does not silently rescale the
-    soft term against the hard one.
+    soft term against the hard one. The KL is clamped at 0: rounding can make it slightly
+    negative when the student matches the teacher, and a KL is never negative.
     """
     # The teacher is a fixed target: never let a gradient reach it through the loss.
     teacher_log_p = F.log_softmax(teacher_logits.detach() / temperature, dim=1)
     student_log_p = F.log_softmax(student_logits / temperature, dim=1)
     kl = F.kl_div(student_log_p, teacher_log_p, reduction="batchmean", log_target=True)
+    # A KL is >= 0, but when the student matches the teacher the sum is 0 plus rounding, of either sign
+    # (down to about -1e-16 in float64, -1e-7 in float32, depending on the processor's float path). Clamp it
+    # at 0. The gradient stays right: where the clamp bites (kl < 0, only at rounding level) the student
+    # is at the KL's minimum, whose true gradient is 0 up to rounding, and clamp_min passes the gradient
+    # through unchanged wherever kl >= 0.
+    kl = kl.clamp_min(0.0)
     return temperature**2 * kl
 
 
