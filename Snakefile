@@ -20,9 +20,8 @@ report: "workflow/report/workflow.rst"
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
-include: "workflow/rules/teacher.smk"
-include: "workflow/rules/students.smk"
-include: "workflow/rules/attacks.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/evaluation.smk"
 include: "workflow/rules/report.smk"
 
 
@@ -32,6 +31,6 @@ include: "workflow/rules/report.smk"
 rule all:
     default_target: True
     input:
-        [table(name) for name in TABLES],
-        [figure(*fig, ext) for fig in FIGURES for ext in ("png", "pdf")],
+        PLAN.tables(),
+        [path for path, _, _ in PLAN.figures()],
         **STUDY_OUTPUTS,

@@ -8,7 +8,11 @@ import pytest
 
 from kdsweep import aggregate
 from kdsweep.errors import KdsweepError
-from kdsweep.naming import attack_file, run_path
+from kdsweep.plan import Run, attack_file
+
+
+def run_path(*run):
+    return Run(*run).folder
 
 DATASET = "cifar10"
 TEACHER = "resnet50"

@@ -10,12 +10,14 @@ from pathlib import Path
 import pytest
 
 from kdsweep import bench
+from kdsweep.bench import floor
 from kdsweep.errors import KdsweepError
 
 ROOT = Path(__file__).resolve().parents[1]
 
 TOP = {"version", "seconds", "machine", "settings", "peak", "load_before", "load_after", "measurements", "skipped"}
-MACHINE = {"device", "name", "cpu_count", "torch_threads", "torch", "torchvision", "python", "kdsweep", "host"}
+MACHINE = {"device", "name", "cpu_count", "torch_threads", "torch", "torchvision", "python", "kdsweep", "cuda",
+           "cudnn", "host"}
 SETTINGS = {"quick", "image_size", "batch_size", "eval_batch_size", "images", "warmup_steps", "repeats", "workers",
             "deterministic", "reference_precision",
             "temperature", "soft_weight", "epsilon", "epoch_images", "seed", "teacher", "students", "pack_sizes",
@@ -106,13 +108,13 @@ def test_a_pack_size_is_one_more_row(result):
 def test_cpu_peak_is_measured_with_a_matmul(monkeypatch):
     import torch
 
-    assert bench._measure_matmul(torch.device("cpu"), torch.float32, 128, rounds=2, per_round=2) > 1e6
+    assert floor.measure_matmul(torch.device("cpu"), torch.float32, 128, rounds=2, per_round=2) > 1e6
     sizes = []
-    monkeypatch.setattr(bench, "_measure_matmul", lambda device, dtype, n, **kw: sizes.append((dtype, n)) or 5e10)
-    assert bench._peak(torch.device("cpu"), None)[0] == 5e10
-    assert sizes == [(torch.float32, 2048)] and "measured: fp32 torch.mm" in bench._peak(torch.device("cpu"), None)[1]
+    monkeypatch.setattr(floor, "measure_matmul", lambda device, dtype, n, **kw: sizes.append((dtype, n)) or 5e10)
+    assert floor.peak(torch.device("cpu"), None)[0] == 5e10
+    assert sizes == [(torch.float32, 2048)] and "measured: fp32 torch.mm" in floor.peak(torch.device("cpu"), None)[1]
     with pytest.raises(KdsweepError, match="peak-flops"):
-        bench._peak(torch.device("cpu"), 0.0)
+        floor.peak(torch.device("cpu"), 0.0)
 
 
 def test_flop_count_of_grouped_convolutions_is_not_inflated():
@@ -122,7 +124,7 @@ def test_flop_count_of_grouped_convolutions_is_not_inflated():
 
     def train_flops(conv):
         x = torch.rand(2, 8, 8, 8)
-        return bench._flops(lambda: conv(x).sum().backward())
+        return floor.flops(lambda: conv(x).sum().backward())
 
     dense, depthwise = nn.Conv2d(8, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1, groups=8)
     forward_dense = 2 * 2 * 8 * 8 * 8 * 8 * 9
@@ -152,5 +154,5 @@ def test_the_command_line_reaches_the_bench_and_refuses_cuda_without_a_gpu():
     result = subprocess.run([sys.executable, "-m", "kdsweep", "bench", "--device", "cuda", "--quick"],
                             capture_output=True, text=True)
     assert result.returncode == 2
-    assert result.stderr.strip().startswith("kdsweep: error: --device cuda but no GPU is visible")
+    assert result.stderr.strip().startswith("kdsweep: error: runtime.device is cuda but no GPU is visible")
     assert "Traceback" not in result.stderr

@@ -7,7 +7,8 @@ import torch
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
-from kdsweep import data
+from kdsweep import augment as augmentation
+from kdsweep import data, datasets
 from kdsweep.errors import KdsweepError
 
 
@@ -21,7 +22,7 @@ def dataset_cfg(root, name="cifar10", val_fraction=0.1, split_seed=0, subset=Non
 @pytest.mark.parametrize("name, num_classes", [("cifar10", 10), ("cifar100", 100)])
 def test_cifar_loads_torchvision_files(synthetic_cifar, name, num_classes):
     root, ((train_x, train_y), (test_x, test_y)) = synthetic_cifar(name, n_train=23, n_test=7)
-    ds = data.load_dataset(name, root)
+    ds = datasets.load_dataset(name, root)
     assert ds.train_images.dtype == torch.uint8 and ds.train_labels.dtype == torch.int64
     assert ds.train_images.shape == (23, 3, 32, 32) and ds.test_images.shape == (7, 3, 32, 32)
     assert torch.equal(ds.train_images, torch.from_numpy(train_x))
@@ -52,7 +53,7 @@ def test_missing_dataset_names_download_command_and_folder(synthetic_cifar, tmp_
         root, _ = synthetic_cifar(name)
         (root / folder / remove).unlink()
     with pytest.raises(KdsweepError) as err:
-        data.load_dataset(name, root)
+        datasets.load_dataset(name, root)
     message = str(err.value)
     assert "python -m kdsweep download --config" in message
     assert str(root / folder) in message
@@ -66,7 +67,7 @@ def test_unreadable_cifar_file_is_a_kdsweep_error(synthetic_cifar):
     path = root / "cifar-10-batches-py" / "data_batch_2"
     path.write_bytes(path.read_bytes()[:100])
     with pytest.raises(KdsweepError, match="unreadable"):
-        data.load_dataset("cifar10", root)
+        datasets.load_dataset("cifar10", root)
 
 
 def test_download_verifies_md5_and_reports_network_failure(synthetic_cifar, monkeypatch):
@@ -80,37 +81,37 @@ def test_download_verifies_md5_and_reports_network_failure(synthetic_cifar, monk
 
     monkeypatch.setattr("torchvision.datasets.cifar.download_and_extract_archive", offline)
     with pytest.raises(KdsweepError, match="internet access"):
-        data.download("cifar10", root)
+        datasets.download("cifar10", root)
     assert len(calls) == 1
 
 
 def test_unknown_dataset():
     with pytest.raises(KdsweepError, match="dataset.name"):
-        data.load_dataset("imagenet", "data")
+        datasets.load_dataset("imagenet", "data")
 
 
 def test_digits_are_load_digits_read_without_importing_scikit_learn(monkeypatch):
     import subprocess
     import sys
 
-    code = ("import sys; from kdsweep import data; x, y = data._digits_arrays(); "
+    code = ("import sys; from kdsweep import datasets; x, y = datasets._digits_arrays(); "
             "print('sklearn' in sys.modules, x.shape, y.shape)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split()[0] == "False"
     from sklearn.datasets import load_digits
 
-    pixels, target = data._digits_arrays()
+    pixels, target = datasets._digits_arrays()
     assert np.array_equal(pixels, load_digits().data) and np.array_equal(target, load_digits().target)
     # where scikit-learn keeps its file elsewhere, load_digits itself gives the same arrays
-    monkeypatch.setattr(data.importlib.util, "find_spec", lambda name: None)
-    fallback = data._digits_arrays()
+    monkeypatch.setattr(datasets.importlib.util, "find_spec", lambda name: None)
+    fallback = datasets._digits_arrays()
     assert np.array_equal(fallback[0], pixels) and np.array_equal(fallback[1], target)
 
 
 def test_digits_native_8x8_fixed_split():
     from sklearn.datasets import load_digits
 
-    ds = data.load_dataset("digits", "unused")
+    ds = datasets.load_dataset("digits", "unused")
     assert ds.train_images.shape == (1437, 3, 8, 8) and ds.test_images.shape == (360, 3, 8, 8)
     assert ds.train_images.dtype == torch.uint8 and ds.test_labels.dtype == torch.int64
     assert ds.train_images.max() == 255 and ds.train_images.min() == 0
@@ -119,7 +120,7 @@ def test_digits_native_8x8_fixed_split():
     assert ds.test_labels.tolist() == bunch.target[::5].tolist()
     assert torch.equal(ds.test_images[:, 1], torch.from_numpy(np.rint(bunch.images[::5] * 255 / 16).astype(np.uint8)))
     assert ds.classes == [str(i) for i in range(10)]
-    assert "scikit-learn" in data.download("digits", "unused")
+    assert "scikit-learn" in datasets.download("digits", "unused")
 
 
 # ---------------------------------------------------------------- split and stats
@@ -199,7 +200,7 @@ def test_load_splits_on_device(tmp_path):
     cfg = dataset_cfg("unused", name="digits")
     stats = data.write_stats(tmp_path / "stats.json", cfg)
     splits = data.load_splits(cfg, "cpu", stats=stats)
-    ds = data.load_dataset("digits", "unused")
+    ds = datasets.load_dataset("digits", "unused")
     train_idx, val_idx = data.split_indices(1437, 0.1, 0)
     assert (len(splits.train), len(splits.val), len(splits.test)) == (1293, 144, 360)
     assert splits.train.images.dtype == torch.uint8 and splits.val.labels.dtype == torch.int64
@@ -246,25 +247,25 @@ def test_rotate_equals_torchvision_per_image(h, w):
     angles = torch.cat([torch.tensor(EDGE_ANGLES, dtype=torch.float64),
                         torch.rand(extra, dtype=torch.float64, generator=torch.Generator().manual_seed(h * w)) * 360 - 180])
     images = rand_images(len(angles), h, w, seed=w)
-    out = data.rotate_images(images, angles)
+    out = augmentation.rotate_images(images, angles)
     assert out.dtype == torch.uint8
     for image, angle, got in zip(images, angles.tolist(), out):
         expected = TF.rotate(image, angle, interpolation=InterpolationMode.NEAREST, expand=False, center=None, fill=0)
         assert torch.equal(got, expected), (h, w, angle)
-    floats = data.rotate_images(images.float() / 255, angles)
+    floats = augmentation.rotate_images(images.float() / 255, angles)
     assert torch.equal(floats, out.float() / 255)
 
 
 def test_pad_flip_crop_equal_torchvision_per_image():
     pad, n, h, w = 4, 20, 12, 9
     images = rand_images(n, h, w)
-    padded = data.pad_images(images, pad)
+    padded = augmentation.pad_images(images, pad)
     flip = torch.arange(n) % 3 == 0
-    flipped = data.flip_images(padded, flip)
+    flipped = augmentation.flip_images(padded, flip)
     tops = torch.randint(0, 2 * pad + 1, (n,), generator=torch.Generator().manual_seed(1))
     lefts = torch.randint(0, 2 * pad + 1, (n,), generator=torch.Generator().manual_seed(2))
     tops[0], lefts[0], tops[1], lefts[1] = 0, 0, 2 * pad, 2 * pad
-    cropped = data.crop_images(flipped, tops, lefts, h, w)
+    cropped = augmentation.crop_images(flipped, tops, lefts, h, w)
     for i in range(n):
         assert torch.equal(padded[i], TF.pad(images[i], [pad], fill=0))
         assert torch.equal(flipped[i], TF.horizontal_flip(padded[i]) if flip[i] else padded[i])
@@ -274,7 +275,7 @@ def test_pad_flip_crop_equal_torchvision_per_image():
 
 @pytest.mark.parametrize("h, w", [(32, 32), (8, 8), (10, 7)])
 def test_augment_equals_the_torchvision_composition(h, w):
-    augment = data.Augment(pad=4, flip_p=0.5, rotation_degrees=15)
+    augment = augmentation.Augment(pad=4, flip_p=0.5, rotation_degrees=15)
     images = rand_images(24, h, w)
     params = augment.sample(len(images), torch.Generator().manual_seed(7))
     out = augment.apply(images, params)
@@ -290,7 +291,7 @@ def test_augment_equals_the_torchvision_composition(h, w):
 
 
 def test_augment_is_a_function_of_the_generator_state():
-    augment = data.Augment.from_config({"pad": 2, "flip_p": 0.5, "rotation_degrees": 30})
+    augment = augmentation.Augment.from_config({"pad": 2, "flip_p": 0.5, "rotation_degrees": 30})
     images = rand_images(16, 8, 8)
     generator = torch.Generator().manual_seed(3)
     state = generator.get_state()
@@ -302,14 +303,14 @@ def test_augment_is_a_function_of_the_generator_state():
 
 
 def test_identity_augmentation():
-    augment = data.Augment(pad=0, flip_p=0.0, rotation_degrees=0)
+    augment = augmentation.Augment(pad=0, flip_p=0.0, rotation_degrees=0)
     images = rand_images(5, 6, 7)
     assert torch.equal(augment(images, torch.Generator().manual_seed(0)), images.float() / 255)
 
 
 def test_sampled_parameter_distributions():
     pad, p, degrees, n = 3, 0.3, 12.0, 20000
-    params = data.Augment(pad, p, degrees).sample(n, torch.Generator().manual_seed(0))
+    params = augmentation.Augment(pad, p, degrees).sample(n, torch.Generator().manual_seed(0))
     assert abs(params.flip.float().mean().item() - p) < 0.02
     assert params.angles.min() >= -degrees and params.angles.max() <= degrees
     assert params.angles.min() < -0.99 * degrees and params.angles.max() > 0.99 * degrees
@@ -318,7 +319,7 @@ def test_sampled_parameter_distributions():
         assert offsets.min() == 0 and offsets.max() == 2 * pad
         assert torch.bincount(offsets).min() > n / (2 * pad + 1) * 0.9
     assert not torch.equal(params.tops, params.lefts)
-    always = data.Augment(pad, 1.0, degrees).sample(100, torch.Generator().manual_seed(0))
+    always = augmentation.Augment(pad, 1.0, degrees).sample(100, torch.Generator().manual_seed(0))
     assert always.flip.all()
 
 
@@ -336,5 +337,5 @@ def test_subset_cuts_train_and_test(synthetic_cifar):
     root, _ = synthetic_cifar("cifar10", n_train=50, n_test=20)
     splits = data.load_splits(dataset_cfg(root, subset=30))
     assert len(splits.train) + len(splits.val) == 30 and len(splits.test) == 20
-    full = data.load_dataset("cifar10", root)
+    full = datasets.load_dataset("cifar10", root)
     assert torch.equal(splits.test.images, full.test_images[:20])

@@ -194,9 +194,10 @@ def finished(tmp_path_factory):
     steps (so that its logits have margins far above rounding) and a student that is that teacher
     with classes 0 and 1 swapped, so that it differs from it by construction and its agreement and KL
     are known from the teacher's logits alone."""
-    from kdsweep import data, io, naming
+    from kdsweep import data, io
+    from kdsweep.plan import Run
     from kdsweep.models import build_model, save_model
-    from kdsweep.train import evaluate
+    from kdsweep.evaluation import loss_and_accuracy
 
     folder = tmp_path_factory.mktemp("evaluation")
     tiny = folder / "tiny.yaml"
@@ -223,9 +224,9 @@ def finished(tmp_path_factory):
     runs = {}
     for role, model, seed, temperature, soft_weight in (("teacher", teacher, 0, None, None),
                                                         ("kd", student, 1, 4.0, 0.9)):
-        run = folder / naming.run_path(role, "mobilenet_v3_small", seed, temperature, soft_weight)
+        run = folder / Run(role, "mobilenet_v3_small", seed, temperature, soft_weight).folder
         save_model(run / "model.pt", model, "mobilenet_v3_small", splits.num_classes)
-        test_loss, test_acc = evaluate(model, splits.test.images, splits.test.labels, 16)
+        test_loss, test_acc = loss_and_accuracy(model, splits.test.images, splits.test.labels, 16)
         io.write_json(run / "metrics.json", {
             "role": role, "dataset": "digits", "model": "mobilenet_v3_small", "seed": seed,
             "temperature": temperature, "soft_weight": soft_weight, "test_acc": test_acc,

@@ -12,7 +12,7 @@ from kdsweep.models import MODELS, build_model, load_model, save_model
 MEAN = [0.49, 0.48, 0.45]
 STD = [0.25, 0.24, 0.26]
 
-# The CIFAR-stem networks of the study with 10 classes (the seed's; torchvision's
+# The CIFAR-stem networks of the study with 10 classes (the reference study's; torchvision's
 # counts minus the 7x7 stem plus a 3x3 one).
 PARAMS_10_CLASSES = {"resnet18": 11_173_962, "resnet50": 23_520_842, "mobilenet_v3_small": 1_528_106}
 

@@ -24,8 +24,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from kdsweep import augment as augment_module
 from kdsweep import data, runtime, train
 from kdsweep.config import load_config
+from kdsweep.plan import Run
 from kdsweep.models import FullPrecisionLinear, build_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -190,16 +192,17 @@ def test_a_checkpoint_resumes_under_another_runtime_section(job, monkeypatch):
              "runtime.compile=true"]
     assert run_until_epoch(folder, distill_args(job, run, *before), 1, signal.SIGTERM) == runtime.EXIT_PREEMPTED
     config = load_config([str(p) for p in config_args[1::2]], after)
-    spec = train.RunSpec("kd", "mobilenet_v3_small", 1, temperature=4.0, soft_weight=0.5)
+    spec = Run("kd", "mobilenet_v3_small", 1, temperature=4.0, soft_weight=0.5)
     if device == "cpu":
         monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="eager"))
 
     # Adam's state takes its parameter's layout: CUDA's fused Adam refuses a mismatch.
     stats = data.read_stats(folder / "stats.json", config["dataset"])
-    resumed = train._RunPoint(config, spec, run, read(teacher / "metrics.json")["config_hash"], 10, stats,
-                              runtime.Runtime.from_config(config["runtime"]), log=lambda line: None)
+    splits = data.load_splits(config["dataset"], device, stats)
+    resumed = train._JobPoint(config, spec, run, read(teacher / "metrics.json")["config_hash"], splits, stats,
+                              runtime.Runtime.from_config(config["runtime"]), lambda line: None, False)
     # the signal lands during epoch 2 (or, on a slow pipe, just after it): the checkpoint is of 1 or 2
-    assert resumed.state["epoch"] in (1, 2) and resumed.model is not resumed.module
+    assert resumed.state.epoch in (1, 2) and resumed.model is not resumed.module
     states = [(param, state) for param, state in resumed.optimizer.state.items()]
     assert states and any(param.dim() == 4 for param, _ in states)
     for param, state in states:
@@ -273,7 +276,7 @@ def test_augmentation_of_a_batch_copies_nothing_from_the_host():
                 self.copies.append(str(func))
             return func(*args, **kwargs)
 
-    augment = data.Augment(pad=4, flip_p=0.5, rotation_degrees=15)
+    augment = augment_module.Augment(pad=4, flip_p=0.5, rotation_degrees=15)
     draws = augment.sample(64, torch.Generator().manual_seed(0)).to("meta")
     images = torch.empty(64, 3, 32, 32, dtype=torch.uint8, device="meta")
     with HostCopies() as mode:
@@ -293,14 +296,14 @@ def test_an_epoch_moves_its_shuffle_and_augmentation_to_the_device_once(monkeypa
         return real(tensor, device)
 
     monkeypatch.setattr(train, "to_device", counting)
-    monkeypatch.setattr(data, "to_device", counting)
+    monkeypatch.setattr(augment_module, "to_device", counting)
     rt = runtime.Runtime.from_config({"device": "cpu", "threads": 0, "precision": "fp32", "tf32": False,
                                       "deterministic": True, "channels_last": False, "compile": False})
     training = {"lr": 1e-3, "weight_decay": 0.0, "bn_momentum": 0.1}
-    point = train.Point(train.RunSpec("baseline", "mobilenet_v3_small", 0), training, 10, [0.5] * 3, [0.25] * 3, rt)
+    point = train.Point(Run("baseline", "mobilenet_v3_small", 0), training, 10, [0.5] * 3, [0.25] * 3, rt)
     images = torch.randint(0, 256, (96, 3, 8, 8), dtype=torch.uint8)
     labels = torch.arange(96) % 10
-    augment = data.Augment(pad=1, flip_p=0.5, rotation_degrees=10)
+    augment = augment_module.Augment(pad=1, flip_p=0.5, rotation_degrees=10)
     train.train_epoch([point], None, augment, images, labels, 8, torch.Generator().manual_seed(0), rt)
     # 12 batches; 5 moves: the order, then flips, angles, tops and lefts, each of the whole epoch
     assert moved == [(96,)] * 5
@@ -332,7 +335,7 @@ def test_bf16_accuracy_is_within_run_to_run_noise_of_fp32(tmp_path):
         run_config = load_config([str(ROOT / "config.yaml"), str(ROOT / "studies" / "demo.yaml")],
                                  ["training.max_epochs=4", f"runtime.precision={precision}"])
         accuracies[precision] = [
-            train.train_points(run_config, [train.RunSpec("baseline", "mobilenet_v3_small", seed)], stats_path,
+            train.train_points(run_config, [Run("baseline", "mobilenet_v3_small", seed)], stats_path,
                                [tmp_path / f"{precision}{seed}"], log=lambda line: None)[0]["test_acc"]
             for seed in (0, 1, 2)]
     fp32, bf16 = accuracies["fp32"], accuracies["bf16"]
@@ -370,11 +373,11 @@ def test_cuda_augmentation_equals_the_cpu_one():
     """The same draws on the same images: pad, flip and crop move the same bytes; the rotation's
     grid is float32 arithmetic on another device, so at most a few pixels on sample-point
     boundaries may differ."""
-    augment = data.Augment(pad=4, flip_p=0.5, rotation_degrees=15)
+    augment = augment_module.Augment(pad=4, flip_p=0.5, rotation_degrees=15)
     images = torch.randint(0, 256, (256, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     draws = augment.sample(len(images), torch.Generator().manual_seed(1))
     cpu = augment.apply(images, draws)
     gpu = augment.apply(images.cuda(), draws.to("cuda")).cpu()
     assert (cpu != gpu).float().mean().item() < 1e-3
-    flat = data.Augment(pad=4, flip_p=0.5, rotation_degrees=0)
+    flat = augment_module.Augment(pad=4, flip_p=0.5, rotation_degrees=0)
     assert torch.equal(flat.apply(images, draws), flat.apply(images.cuda(), draws.to("cuda")).cpu())

@@ -31,16 +31,20 @@ from pathlib import Path
 import pytest
 
 from kdsweep.config import load_config
-from kdsweep.naming import attack_file, run_path
+from kdsweep.plan import Plan, Run, attack_file
+
+
+def run_path(*run):
+    return Run(*run).folder
 
 ROOT = Path(__file__).resolve().parents[1]
 PROFILE = ROOT / "profiles" / "slurm"
 STUDY = ROOT / "tests" / "studies" / "slurm.yaml"
 CONFIGS = [ROOT / "config.yaml", STUDY]
-TRAINING_RULES = ("teacher", "baseline", "distill")
-EVALUATION_RULES = ("fgsm", "pgd", "evaluate")
+TRAINING_RULES = ("train", "distill")
+EVALUATION_RULES = ("attack", "evaluate")
 GPU_RULES = (*TRAINING_RULES, *EVALUATION_RULES)
-LOCAL_RULES = ("download", "tables", "figures", "best_temperature")
+LOCAL_RULES = ("download", "runtime", "tables", "figures", "best_temperature")
 SITE_VARIABLES = ("KDSWEEP_SLURM_ACCOUNT", "KDSWEEP_SLURM_PARTITION", "KDSWEEP_SLURM_QOS")
 # Status polling starts 5 s after a submission instead of the profile's 20 s (a scalar
 # option: the command line overrides it without touching the rest of the profile).
@@ -324,7 +328,7 @@ def test_study_runs_every_gpu_job_on_slurm_with_one_gpu(cluster, tmp_path):
     # One SLURM log per job, kept after success, where the profile says.
     logs = {log.stem: log.relative_to(tmp_path / "results" / "slurm-logs").parts for log in _slurm_logs(tmp_path)}
     for job_id, role in training_jobs.items():
-        rule = "distill" if role == "kd" else role
+        rule = "distill" if role == "kd" else "train"
         assert logs.get(job_id, ("?",))[0] == f"rule_{rule}", f"no SLURM log for job {job_id}: {logs}"
     for job_id, run in attack_jobs.items():
         assert logs.get(job_id, ("?",))[0].startswith("group_eval_"), f"no SLURM log for job {job_id}: {logs}"
@@ -362,11 +366,14 @@ def test_a_pack_of_sweep_points_is_one_slurm_job_with_one_gpu(cluster, tmp_path)
     config = load_config([str(p) for p in CONFIGS], overrides)
     student, seed, temperature = config["students"][0], config["seeds"][0], config["temperatures"][0]
     points = [("kd", student, seed, temperature, w) for w in config["soft_weights"]]
-    targets = [f"results/{config['study']}/{run_path(*run)}/metrics.json" for run in points]
-    status, output = run_snakemake(tmp_path, *targets, "--config", *overrides, timeout=480)
+    plan = Plan(config)
+    (record,) = {plan.pack_record(plan.pack_of(Run(*run))) for run in points}
+    status, output = run_snakemake(tmp_path, record, "--config", *overrides, timeout=480)
     assert status == 0, _failure_report(tmp_path, output)
 
+    targets = [f"results/{config['study']}/{run_path(*run)}/metrics.json" for run in points]
     jobs = {_read_json(tmp_path / target)["slurm"]["job_id"] for target in targets}
+    assert _read_json(tmp_path / record)["slurm"]["job_id"] in jobs
     assert len(jobs) == 1, f"the pack's points ran in {len(jobs)} SLURM jobs"
     job_id = jobs.pop()
     for target in targets:
@@ -377,7 +384,7 @@ def test_a_pack_of_sweep_points_is_one_slurm_job_with_one_gpu(cluster, tmp_path)
     # distill's first-attempt limit (the profile's default: _environment leaves KDSWEEP_SLURM_TRAIN_MINUTES unset)
     assert _seconds(record["Timelimit"]) == 240 * 60, record
     logs = {log.stem: log.relative_to(tmp_path / "results" / "slurm-logs").parts for log in _slurm_logs(tmp_path)}
-    assert logs[job_id][0] == f"rule_distill_{student}_seed{seed}_pack1", logs
+    assert logs[job_id][:2] == ("rule_distill", f"{student}_seed{seed}_pack1"), logs
 
 
 @pytest.mark.slurm
@@ -409,7 +416,7 @@ def test_training_over_its_time_limit_is_stopped_retried_and_resumed_to_the_same
     Its metrics must equal those of an uninterrupted local run (training on the CPU with
     one thread is deterministic).
     """
-    from kdsweep.train import CHECKPOINT
+    from kdsweep.checkpoint import CHECKPOINT
 
     config = load_config([str(p) for p in CONFIGS], [])
     teacher = config["teacher"]
@@ -448,7 +455,7 @@ def test_training_over_its_time_limit_is_stopped_retried_and_resumed_to_the_same
         if stop:
             start = re.search(r"resuming \S+ after epoch \d+", text)
             seen["stops"][start.group(0) if start else ""] = stop.group(1)
-        attempts = [log for log in _slurm_logs(workdir) if "rule_teacher" in log.parts]
+        attempts = [log for log in _slurm_logs(workdir) if "rule_train" in log.parts]
         if len(attempts) >= 2 and seen["between_attempts"] is None and run_folder.exists():
             seen["between_attempts"] = sorted(p.name for p in run_folder.iterdir())
 
@@ -467,7 +474,7 @@ def test_training_over_its_time_limit_is_stopped_retried_and_resumed_to_the_same
 
     # SLURM's side: attempt n had a time limit of 2n minutes; every attempt but the last
     # stopped itself on the signal before its limit (FAILED, exit status 75, not TIMEOUT).
-    attempts = sorted((log for log in _slurm_logs(work) if "rule_teacher" in log.parts), key=lambda p: int(p.stem))
+    attempts = sorted((log for log in _slurm_logs(work) if "rule_train" in log.parts), key=lambda p: int(p.stem))
     assert len(attempts) >= 2, f"the first attempt was not stopped: {attempts}\n{output[-4000:]}"
     records = sacct([log.stem for log in attempts])
     for number, log in enumerate(attempts, start=1):

@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from kdsweep.data import load_dataset
+from kdsweep.datasets import load_dataset
 from kdsweep.models import load_model
+from kdsweep.plan import Run
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -286,7 +287,7 @@ def test_a_finished_point_of_a_job_that_died_is_written_again_not_retrained(stud
 
     folder, _ = study
     config = load_config([str(ROOT / "config.yaml"), str(folder / "tiny.yaml")], ["training.max_epochs=2"])
-    specs = [train.RunSpec("kd", "mobilenet_v3_small", 5, temperature=t, soft_weight=w) for t, w in [(4, 0.5), (2, 0.9)]]
+    specs = [Run("kd", "mobilenet_v3_small", 5, temperature=t, soft_weight=w) for t, w in [(4, 0.5), (2, 0.9)]]
     outs = [tmp_path / f"point{i}" for i in range(len(specs))]
 
     def run():
@@ -294,7 +295,7 @@ def test_a_finished_point_of_a_job_that_died_is_written_again_not_retrained(stud
                                   log=lambda line: None)
 
     with monkeypatch.context() as patch:  # the job dies after its points finished, before it ends
-        patch.setattr(train, "_remove_scratch", lambda points: None)
+        patch.setattr(train.checkpoint, "remove_scratch", lambda folder: None)
         first = run()
     for out in outs:
         assert (out / "checkpoint.pt").exists() and (out / "best.pt").exists()

@@ -72,7 +72,7 @@ def groups(output: str) -> list:
 
 @pytest.fixture(scope="module")
 def seed_study(tmp_path_factory):
-    """Dry run of config.yaml (the seed's study) with profiles/slurm's group components."""
+    """Dry run of config.yaml (the reference study) with profiles/slurm's group components."""
     return dry_run(tmp_path_factory.mktemp("seed"), "--group-components", GROUP_COMPONENTS)
 
 
@@ -80,10 +80,9 @@ def test_grid_dry_run_has_every_job_of_the_seed_study(seed_study):
     counts, _ = seed_study
     runs = 1 + 2 + 2 * 8 * 7  # teacher, baselines, students x temperatures x soft weights
     assert counts["stats"] == 1
-    assert counts["teacher"] == 1
-    assert counts["baseline"] == 2
+    assert counts["train"] == 1 + 2  # the teacher and the baselines
     assert counts["distill"] == 112
-    assert counts["fgsm"] == counts["pgd"] == 3 * runs == 345  # every run x epsilon
+    assert counts["attack"] == 2 * 3 * runs == 690  # every run x attack x epsilon
     assert counts["evaluate"] == runs
     assert counts["tables"] == counts["figures"] == counts["all"] == 1
     assert counts["download"] == 1  # no CIFAR-10 files in the empty working directory
@@ -92,23 +91,22 @@ def test_grid_dry_run_has_every_job_of_the_seed_study(seed_study):
 
 def test_seeds_multiply_the_student_runs(tmp_path):
     counts, _ = dry_run(tmp_path, "--config", "seeds=[0,1]")
-    assert counts["teacher"] == 1
-    assert counts["baseline"] == 2 * 2
+    assert counts["train"] == 1 + 2 * 2
     assert counts["distill"] == 112 * 2
-    assert counts["fgsm"] == counts["pgd"] == 3 * (1 + 4 + 224)
+    assert counts["attack"] == 2 * 3 * (1 + 4 + 224)
     assert counts["evaluate"] == 1 + 4 + 224
 
 
 def test_an_attack_switched_off_has_no_jobs(tmp_path):
-    counts, _ = dry_run(tmp_path, "--config", "attacks={pgd: null}")
-    assert counts["fgsm"] == 345 and "pgd" not in counts
+    counts, output = dry_run(tmp_path, "--config", "attacks={pgd: null}")
+    assert counts["attack"] == 345 and "pgd_eps" not in output
 
 
 def test_staged_sweep_runs_the_temperature_sweep_before_its_checkpoint(tmp_path):
     counts, _ = dry_run(tmp_path, "--config", "sweep=staged")
     assert counts["best_temperature"] == 2  # one checkpoint per student
     assert counts["distill"] == 2 * 8  # every temperature at staged.soft_weight, nothing else yet
-    assert counts["fgsm"] == counts["pgd"] == 3 * (1 + 2 + 16)
+    assert counts["attack"] == 2 * 3 * (1 + 2 + 16)
     assert counts["evaluate"] == 1 + 2 + 16
     assert counts["tables"] == counts["figures"] == 1
 
@@ -118,7 +116,7 @@ def test_evaluations_of_one_run_are_one_group_job(seed_study):
     found = groups(output)
     assert len(found) == 115  # one submission per model run ...
     for _, rules in found:  # ... holding both attacks at each epsilon and the evaluation
-        assert rules == Counter(fgsm=3, pgd=3, evaluate=1)
+        assert rules == Counter(attack=6, evaluate=1)
     ids = {group for group, _ in found}
     assert len(ids) == 115
     assert "eval_teacher_resnet50_seed0" in ids and "eval_kd_resnet18_T4_soft0.9_seed0" in ids
@@ -127,37 +125,32 @@ def test_evaluations_of_one_run_are_one_group_job(seed_study):
 def test_without_group_components_each_job_is_its_own_group(tmp_path):
     _, output = dry_run(tmp_path)
     found = groups(output)
-    assert len(found) == 345 + 345 + 115
+    assert len(found) == 690 + 115
     assert all(sum(rules.values()) == 1 for _, rules in found)
-
-
-def pack_jobs(counts):
-    """{rule: count} of the pack rules (distill_<student>_seed<s>_pack<i>) of a dry run."""
-    return {rule: n for rule, n in counts.items() if re.fullmatch(r"distill_\w+_seed\d+_pack\d+", rule)}
 
 
 def test_packed_grid_trains_pack_size_points_per_job(tmp_path):
     counts, output = dry_run(tmp_path, "--printshellcmds", "--config", "runtime={pack_size: 8}")
-    packs = pack_jobs(counts)
-    # 56 points per student and seed, 8 to a job; the one-point rule has nothing left
-    assert sorted(packs) == [f"distill_{s}_seed0_pack{i}" for s in ("mobilenet_v3_small", "resnet18")
-                             for i in range(1, 8)]
-    assert set(packs.values()) == {1} and "distill" not in counts
-    assert counts["fgsm"] == counts["pgd"] == 345 and counts["evaluate"] == 115  # one folder per point
-    commands = [line for line in output.splitlines() if " -m kdsweep distill " in line]
+    # 56 points per student and seed, 8 to a job, all jobs of rule distill
+    assert counts["distill"] == 14
+    assert counts["attack"] == 690 and counts["evaluate"] == 115  # one folder per point
+    commands = [line for line in output.splitlines() if "kdsweep distill " in line]
     assert len(commands) == 14
     outs = [re.findall(r"--out (\S+)", line) for line in commands]
     assert sorted(len(o) for o in outs) == [8] * 14
     assert len({o for pack in outs for o in pack}) == 112  # every point in exactly one pack
     for line in commands:  # one student and seed per pack
         assert line.count("--student ") == 1 and line.count("--seed ") == 1
+    records = set(re.findall(r"--record (\S+)", output))
+    assert records == {f"results/cifar10-reference/packs/{s}_seed0_pack{i}.json"
+                       for s in ("mobilenet_v3_small", "resnet18") for i in range(1, 8)}
 
 
 def test_packed_staged_sweep_packs_the_temperature_sweep(tmp_path):
-    counts, _ = dry_run(tmp_path, "--config", "sweep=staged", "runtime={pack_size: 4}")
-    assert sorted(pack_jobs(counts)) == [f"distill_{s}_seed0_pack{i}"
-                                         for s in ("mobilenet_v3_small", "resnet18") for i in (1, 2)]
-    assert counts["best_temperature"] == 2 and "distill" not in counts
+    counts, output = dry_run(tmp_path, "--config", "sweep=staged", "runtime={pack_size: 4}")
+    assert counts["distill"] == 4 and counts["best_temperature"] == 2
+    assert set(re.findall(r"packs/(\S+)\.json", output)) == {
+        f"{s}_seed0_pack{i}" for s in ("mobilenet_v3_small", "resnet18") for i in (1, 2)}
 
 
 @pytest.mark.parametrize(
@@ -199,14 +192,35 @@ def test_jobs_get_the_exact_config_numbers_and_the_config_slice(tmp_path):
     fgsm = next(line for line in out.splitlines() if " attack --attack fgsm " in line)
     assert "attacks.pgd.steps=10" in pgd and "attacks.pgd.random_start=true" in pgd
     assert "attacks.pgd" not in fgsm and "'attacks.fgsm={}'" in fgsm
-    assert "runtime.pack_size" not in out  # changes no result, so no rerun
+    assert "runtime.pack_size" not in out  # how runs are grouped into jobs, not what they compute
     assert "--temperature 2.5 --soft-weight 0.3 " in out
     distill = next(line for line in out.splitlines() if " distill --student resnet18" in line)
-    assert f"-m kdsweep distill" in distill and sys.executable in distill
-    assert f"--config {DEFAULTS}" in distill
+    assert distill.split()[:4] == ["Shell", "command:", "kdsweep", "distill"]
     for override in ("training.batch_size=300", "training.bn_momentum=null", "augmentation.pad=4",
-                     "'runtime.device=\"auto\"'", "'dataset.name=\"cifar10\"'", "runtime.threads=1"):
+                     "'dataset.name=\"cifar10\"'", "runtime.threads=1", "--config results/cifar10-reference/runtime.yaml"):
         assert override in distill
+    runtime = next(line for line in out.splitlines() if "kdsweep config --section runtime" in line)
+    assert "'runtime.device=\"auto\"'" in runtime and "runtime.deterministic=true" in runtime
+
+
+def test_jobs_run_kdsweep_with_the_python_that_runs_snakemake(tmp_path):
+    """`kdsweep` in every rule's shell is a function of the shell prefix: this interpreter's -m kdsweep."""
+    script = f"""
+from pathlib import Path
+from snakemake.api import SnakemakeApi
+from snakemake.settings.types import ConfigSettings, OutputSettings, ResourceSettings
+from snakemake.shell import shell
+with SnakemakeApi(OutputSettings()) as api:
+    workflow = api.workflow(resource_settings=ResourceSettings(),
+                            config_settings=ConfigSettings(configfiles=[Path({str(DEFAULTS)!r})]),
+                            snakefile=Path({str(REPO / "Snakefile")!r}), workdir=Path.cwd())
+    workflow._workflow  # parses the Snakefile
+    print(shell._process_prefix)
+"""
+    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    prefix = result.stdout.strip().splitlines()[-1]
+    assert f'kdsweep() {{ {sys.executable} -m kdsweep "$@"; }};' in prefix and prefix.startswith("set -euo pipefail;")
 
 
 def tables(results):
@@ -257,40 +271,62 @@ def test_tiny_study_is_up_to_date_and_reruns_on_a_changed_value(tiny):
     result = snakemake(tiny, "--dry-run", configfiles=[TINY])
     assert "Nothing to be done" in result.stdout + result.stderr
 
+    # a changed runtime value rewrites runtime.yaml and reruns nothing (it changes no result)
+    counts, _ = dry_run(tiny, "--config", "runtime={channels_last: true, precision: bf16}", configfiles=[TINY])
+    assert dict(counts) == {"runtime": 1, "total": 1}
+
     # a changed value of the jobs' config slice reruns the runs (params trigger), not the split
     counts, output = dry_run(tiny, "--config", "training={lr: 0.002}", configfiles=[TINY])
-    assert counts["teacher"] == 1 and counts["baseline"] == 1 and counts["distill"] == 2
+    assert counts["train"] == 2 and counts["distill"] == 2  # teacher and baseline, both points
     assert "stats" not in counts
     assert "Params have changed since last execution" in output
 
 
-def test_tiny_study_packed_equals_unpacked_and_a_new_pack_size_reruns_nothing(tiny, tmp_path):
+def kd_metrics(results):
+    return {run.name: json.loads((run / "metrics.json").read_text()) for run in (results / "runs" / "kd").iterdir()}
+
+
+def test_a_new_pack_size_on_a_finished_study_retrains_nothing(tiny, tmp_path):
+    """runtime.pack_size 2 on the finished tiny study: one distill job writes the new pack's record and
+    trains nothing (its two points are finished, of this configuration); the distilled runs'
+    evaluations run again, since their input, the pack record, moved. Nothing else runs."""
+    moved = tmp_path / "moved"
+    shutil.copytree(tiny, moved, symlinks=True)
+    pack = ["--config", "runtime={pack_size: 2}"]
+    counts, _ = dry_run(moved, *pack, configfiles=[TINY])
+    assert counts["distill"] == 1 and counts["evaluate"] == 2 and counts["attack"] == 2
+    assert not {"train", "stats"} & set(counts)
+    before = kd_metrics(moved / "results" / "tiny")
+    snakemake(moved, "--cores", "2", "--show-failed-logs", *pack, configfiles=[TINY])
+    log = (moved / "results/tiny/logs/runs/kd/mobilenet_v3_small_seed0_pack1.log").read_text()
+    assert " epoch " not in log and "resuming" not in log, log  # no point trained again
+    assert kd_metrics(moved / "results" / "tiny") == before  # the same files, untouched
+    record = json.loads((moved / "results/tiny/packs/mobilenet_v3_small_seed0_pack1.json").read_text())
+    assert sorted(point["config_hash"] for point in record["points"]) == sorted(
+        metrics["config_hash"] for metrics in before.values())
+
+
+def test_tiny_study_packed_equals_unpacked(tiny, tmp_path):
     """The tiny study's two distillation points as one pack job: the same metrics as one job each. Both
     are the same computation on this machine (one thread, the same data stream per point), so the
     metrics are compared exactly."""
     pack = ["--config", "runtime={pack_size: 2}"]
-    result = snakemake(tiny, "--dry-run", *pack, configfiles=[TINY])
-    assert "Nothing to be done" in result.stdout + result.stderr  # pack_size changes no result
-
     packed = tmp_path / "packed"
     shutil.copytree(tiny, packed, symlinks=True)
-    kd = packed / "results" / "tiny" / "runs" / "kd"
-    unpacked = {run.name: json.loads((run / "metrics.json").read_text()) for run in kd.iterdir()}
-    shutil.rmtree(kd)
+    results = packed / "results" / "tiny"
+    unpacked = kd_metrics(results)
+    shutil.rmtree(results / "runs" / "kd")
     counts, _ = dry_run(packed, *pack, configfiles=[TINY])
-    assert pack_jobs(counts) == {"distill_mobilenet_v3_small_seed0_pack1": 1} and "distill" not in counts
-    assert "teacher" not in counts and "baseline" not in counts
+    assert counts["distill"] == 1 and not {"train", "stats"} & set(counts)
     snakemake(packed, "--cores", "2", "--show-failed-logs", *pack, configfiles=[TINY])
-    log = packed / "results/tiny/logs/runs/kd/distill_mobilenet_v3_small_seed0_pack1.log"
+    log = results / "logs/runs/kd/mobilenet_v3_small_seed0_pack1.log"
     assert log.read_text().count("finished results/tiny/runs/kd/") == 2
-    assert sorted(unpacked) == sorted(run.name for run in kd.iterdir())
+    packed_metrics = kd_metrics(results)
+    assert sorted(unpacked) == sorted(packed_metrics)
     for name, expected in unpacked.items():
-        got = json.loads((kd / name / "metrics.json").read_text())
         for key in ("epochs", "best_epoch", "val_loss", "val_acc", "test_loss", "test_acc", "config_hash"):
-            assert got[key] == expected[key], (name, key)
-    assert len(tables(packed / "results" / "tiny")["runs.csv"]) == 4
-    result = snakemake(packed, "--dry-run", configfiles=[TINY])  # back to one point per job
-    assert "Nothing to be done" in result.stdout + result.stderr
+            assert packed_metrics[name][key] == expected[key], (name, key)
+    assert len(tables(results)["runs.csv"]) == 4
 
 
 def test_tiny_study_report_has_every_figure_and_table(tiny):

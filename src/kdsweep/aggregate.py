@@ -1,8 +1,8 @@
-"""Run folders -> tables: whatever has finished so far, as CSV (and Markdown where the seed has a table).
+"""Run folders -> tables: whatever has finished so far, as CSV (and Markdown where the reference study has a table).
 
 Every aggregate over seeds carries `<quantity>_mean`, `_std`, `_n` and `_ci95` (the half-width of a
 Student-t 95% confidence interval); with one seed std and ci95 are NaN, never zero.
-Accuracies are percent. `soft_weight` is w, the weight of the soft (teacher) term (the seed's alpha = 1 - w).
+Accuracies are percent. `soft_weight` is w, the weight of the soft (teacher) term (the reference study's alpha = 1 - w).
 
 Inputs under results/<study>/: runs/<role>/<run>/metrics.json (a finished run),
 attacks/<role>/<run>/<attack>_eps<eps>.json (one per attack and epsilon) and
@@ -19,11 +19,9 @@ from scipy import stats
 
 from kdsweep.errors import KdsweepError
 from kdsweep.io import write_text
-from kdsweep.naming import fmt
+from kdsweep.plan import ROLES, TABLES, fmt
 
-ROLES = ("teacher", "baseline", "kd")
-TABLES = ("runs.csv", "robustness.csv", "table1.csv", "table1.md",
-          "kd_vs_hard.csv", "kd_vs_hard.md", "grid.csv")
+
 KEYS = ["dataset", "model", "role", "temperature", "soft_weight", "seed"]
 # Columns from evaluation/<role>/<run>.json (kdsweep.evaluation): agreement with the teacher (%),
 # KL(teacher || student) at T = 1, ECE (%), NLL, mean largest logit, mean logit L2 norm.
@@ -309,7 +307,7 @@ def _kd_vs_hard_markdown(table, robustness):
                      "–" if pd.isna(row["boost"]) else f"{row['boost']:+.{digits}f}"])
     caption = ("Tables II-V. Best distilled run per student against its hard-target baseline. The distilled "
                "(T, w) is the one with the highest VALIDATION accuracy (mean over seeds, w > 0); test accuracy "
-               "is never used to choose it. w = soft_weight, the weight of the soft (teacher) term; the seed's "
+               "is never used to choose it. w = soft_weight, the weight of the soft (teacher) term; the reference study's "
                "alpha = 1 - w. " + _attack_note(robustness) + _LOGIT_NOTE
                + "Agreement and KL(teacher ‖ student) at T = 1 measure fidelity to the teacher (Stanton et al. "
                "2021); ECE (equal-width confidence bins) and NLL measure calibration. "

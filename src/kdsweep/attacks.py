@@ -195,3 +195,50 @@ def evaluate_attack(model, images_uint8, labels, epsilon, batch_size, attack="fg
         "n_correct": clean_correct,
         "adv_acc_on_correct": 100.0 * adv_correct_on_correct / clean_correct if clean_correct else None,
     }
+
+
+def attack_job(config: dict, run_dir, attack: str, epsilon: float, out) -> dict:
+    """The attack job (`python -m kdsweep attack`): a finished run under `attack` at `epsilon` on the
+    config's whole test set, in the job's runtime arithmetic; writes `out` (JSON) and returns it."""
+    import time
+    from pathlib import Path
+
+    from . import data, io
+    from .errors import KdsweepError
+    from .evaluation import check_dataset, finished_run
+    from .models import load_model
+    from .runtime import Runtime, environment, nondeterministic_op
+
+    if not epsilon > 0:
+        raise KdsweepError(f"epsilon {epsilon} must be positive, in [0, 1] pixel units (e.g. 0.03)")
+    if attack not in ATTACKS:
+        raise KdsweepError(f"unknown attack {attack!r}; choose one of {', '.join(ATTACKS)}")
+    params = config["attacks"].get(attack)
+    if params is None:
+        raise KdsweepError(f"attack {attack!r} is switched off in the config (attacks.{attack} "
+                           f"is null or absent); give it its parameters under attacks: or pick another --attack")
+    run_dir = Path(run_dir)
+    run = finished_run(run_dir)
+    check_dataset(run, run_dir, config["dataset"])
+    runtime = Runtime.from_config(config["runtime"], training_job=False)
+    model = runtime.place(load_model(run_dir / "model.pt", runtime.device))
+    splits = data.load_splits(config["dataset"], runtime.device)
+    started = time.perf_counter()
+    try:
+        result = evaluate_attack(model, splits.test.images, splits.test.labels, epsilon,
+                                 config["training"]["eval_batch_size"], attack, runtime=runtime, **params)
+    except RuntimeError as err:
+        if refused := nondeterministic_op(err):
+            raise refused from err
+        raise
+    record = runtime.record()
+    result.update(
+        attack=attack, params=params, epsilon=epsilon, run=str(run_dir),
+        **{key: run[key] for key in ("role", "model", "temperature", "soft_weight", "seed", "dataset")},
+        seconds=time.perf_counter() - started, device=record["device"], precision=record["precision"],
+        runtime=record, slurm=environment()["slurm"],
+    )
+    io.write_json(out, result)
+    print(f"{run_dir} {attack.upper()} eps={epsilon:g}: clean {result['clean_acc']:.2f}% "
+          f"-> adversarial {result['adv_acc']:.2f}%")
+    return result

@@ -8,7 +8,6 @@ stderr and exit status 2.
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 from .errors import KdsweepError
@@ -36,10 +35,10 @@ def _command(subparsers, name, help_text, description=None):
 
 
 def cmd_download(args):
-    from . import data
+    from . import datasets
 
     config = _load(args)
-    path = data.download(config["dataset"]["name"], config["dataset"]["root"])
+    path = datasets.download(config["dataset"]["name"], config["dataset"]["root"])
     print(f"{config['dataset']['name']} is ready in {path}")
 
 
@@ -51,75 +50,51 @@ def cmd_stats(args):
     print(f"wrote {args.out}: mean {['%.4f' % m for m in stats['mean']]} std {['%.4f' % s for s in stats['std']]}")
 
 
-def _train(args, specs, out_dirs, teacher_dir=None):
+def _train(args, runs, out_dirs, teacher_dir=None):
+    from .models import MODELS
     from .runtime import EXIT_PREEMPTED, Preempted
     from .train import train_points
 
+    if runs[0].model not in MODELS:
+        raise KdsweepError(f"model '{runs[0].model}' is unknown; choose one of {', '.join(MODELS)}")
     config = _load(args)
     try:
-        train_points(config, specs, args.stats, out_dirs, teacher_dir=teacher_dir)
+        return train_points(config, runs, args.stats, out_dirs, teacher_dir=teacher_dir, rerun_stale=args.rerun_stale)
     except Preempted:
         sys.exit(EXIT_PREEMPTED)
 
 
 def cmd_train(args):
-    from .train import RunSpec
+    from .plan import Run
 
-    _train(args, [RunSpec(role=args.role, model=args.model, seed=args.seed)], [args.out])
+    _train(args, [Run(role=args.role, model=args.model, seed=args.seed)], [args.out])
 
 
 def cmd_distill(args):
-    from .train import RunSpec
+    from . import io
+    from .plan import Run
+    from .runtime import environment
 
     if not len(args.temperature) == len(args.soft_weight) == len(args.out):
         raise KdsweepError("give --temperature, --soft-weight and --out once per sweep point, "
                            f"the same number of times (got {len(args.temperature)}, {len(args.soft_weight)}, "
                            f"{len(args.out)})")
-    specs = [RunSpec(role="kd", model=args.student, seed=args.seed, temperature=temperature, soft_weight=weight)
-             for temperature, weight in zip(args.temperature, args.soft_weight)]
-    _train(args, specs, args.out, teacher_dir=args.teacher)
+    runs = [Run(role="kd", model=args.student, seed=args.seed, temperature=temperature, soft_weight=weight)
+            for temperature, weight in zip(args.temperature, args.soft_weight)]
+    results = _train(args, runs, args.out, teacher_dir=args.teacher)
+    if args.record:
+        # Written once every point has finished: the workflow's output for the pack.
+        io.write_json(args.record, {
+            "points": [{"run": out, "temperature": metrics["temperature"], "soft_weight": metrics["soft_weight"],
+                        "config_hash": metrics["config_hash"], "test_acc": metrics["test_acc"]}
+                       for out, metrics in zip(args.out, results)],
+            "slurm": environment()["slurm"]})
 
 
 def cmd_attack(args):
-    from . import data, io
-    from .attacks import ATTACKS, evaluate_attack
-    from .evaluation import check_dataset, finished_run
-    from .models import load_model
-    from .runtime import Runtime, environment, nondeterministic_op
+    from .attacks import attack_job
 
-    config = _load(args)
-    if not args.epsilon > 0:
-        raise KdsweepError(f"epsilon {args.epsilon} must be positive, in [0, 1] pixel units (e.g. 0.03)")
-    if args.attack not in ATTACKS:
-        raise KdsweepError(f"unknown attack {args.attack!r}; choose one of {', '.join(ATTACKS)}")
-    params = config["attacks"].get(args.attack)
-    if params is None:
-        raise KdsweepError(f"attack {args.attack!r} is switched off in the config (attacks.{args.attack} "
-                           f"is null or absent); give it its parameters under attacks: or pick another --attack")
-    run_dir = Path(args.run)
-    run = finished_run(run_dir)
-    check_dataset(run, run_dir, config["dataset"])
-    runtime = Runtime.from_config(config["runtime"], training_job=False)
-    model = runtime.place(load_model(run_dir / "model.pt", runtime.device))
-    splits = data.load_splits(config["dataset"], runtime.device)
-    started = time.perf_counter()
-    try:
-        result = evaluate_attack(model, splits.test.images, splits.test.labels, args.epsilon,
-                                 config["training"]["eval_batch_size"], args.attack, runtime=runtime, **params)
-    except RuntimeError as err:
-        if refused := nondeterministic_op(err):
-            raise refused from err
-        raise
-    record = runtime.record()
-    result.update(
-        attack=args.attack, params=params, epsilon=args.epsilon, run=str(run_dir),
-        **{key: run[key] for key in ("role", "model", "temperature", "soft_weight", "seed", "dataset")},
-        seconds=time.perf_counter() - started, device=record["device"], precision=record["precision"],
-        runtime=record, slurm=environment()["slurm"],
-    )
-    io.write_json(args.out, result)
-    print(f"{run_dir} {args.attack.upper()} eps={args.epsilon:g}: clean {result['clean_acc']:.2f}% "
-          f"-> adversarial {result['adv_acc']:.2f}%")
+    attack_job(_load(args), args.run, args.attack, args.epsilon, args.out)
 
 
 def cmd_evaluate(args):
@@ -150,6 +125,23 @@ def cmd_best_temperature(args):
     io.write_json(args.out, choice)
     print(f"best temperature for {choice['student']}: T={choice['temperature']:g} "
           f"(mean val acc {choice['val_acc']:.2f}%)")
+
+
+def cmd_config(args):
+    import yaml
+
+    from . import io
+
+    config = _load(args)
+    if args.section:
+        if args.section not in config:
+            raise KdsweepError(f"the config has no section {args.section!r}; choose one of {', '.join(config)}")
+        config = {args.section: config[args.section]}
+    text = yaml.safe_dump(config, sort_keys=False)
+    if args.out:
+        io.write_text(args.out, text)
+    else:
+        print(text, end="")
 
 
 def cmd_models(args):
@@ -192,6 +184,13 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--soft-weight", type=float, required=True, action="append",
                            help="weight w of the soft (teacher) term in [0, 1]; 1 - w weighs the hard labels")
         p.add_argument("--seed", type=int, required=True, help="seed of the run (python, numpy, torch, data order)")
+        p.add_argument("--rerun-stale", action="store_true",
+                       help="train again a folder that holds a finished run (or a checkpoint) of another "
+                            "configuration, instead of refusing it (the workflow passes this)")
+        if name == "distill":
+            p.add_argument("--record", metavar="JSON",
+                           help="file to write once every point has finished: the pack's points and their "
+                                "config hashes (the workflow's output of a distill job)")
         p.add_argument("--stats", required=True, help="stats file written by `python -m kdsweep stats`")
         p.add_argument("--out", required=True, action="append" if name == "distill" else None,
                        help="run folder; a checkpoint there is resumed" + (
@@ -244,6 +243,13 @@ def build_parser() -> argparse.ArgumentParser:
     # Listed here for --help; main() hands `bench ...` to bench.main, which has its own parser.
     _command(subparsers, "bench", "images per second of this pipeline against a plain PyTorch loop, and the "
                                   "FLOP floor (README: Performance; `bench --help` lists its options)")
+
+    p = _command(subparsers, "config", "print (or write) the study config the given files and overrides make, "
+                                       "validated: config.yaml's defaults, then --config files, then key=value")
+    _config_args(p)
+    p.add_argument("--section", help="only this top-level section (e.g. runtime)")
+    p.add_argument("--out", help="YAML file to write instead of printing")
+    p.set_defaults(func=cmd_config)
 
     p = _command(subparsers, "models", "list the architectures that can be named in the config")
     p.set_defaults(func=cmd_models)

@@ -1,4 +1,9 @@
-"""Study configuration: YAML files merged in order, `key=value` overrides, schema validation."""
+"""Study configuration: config.yaml's defaults, YAML files merged in order, `key=value` overrides, schema validation.
+
+The defaults are the package's copy of the top-level config.yaml (src/kdsweep/config.yaml links
+to it), so every command starts from the reference study's values and a study file only says
+what it changes, as `snakemake --configfile` does.
+"""
 
 import copy
 import hashlib
@@ -13,6 +18,7 @@ import yaml
 from .errors import KdsweepError
 
 SCHEMA_PATH = Path(str(resources.files("kdsweep") / "config.schema.yaml"))
+DEFAULTS_PATH = Path(str(resources.files("kdsweep") / "config.yaml"))
 
 
 def schema() -> dict:
@@ -34,19 +40,23 @@ def deep_merge(base: dict, update: dict) -> dict:
 OVERRIDE = re.compile(r"^[A-Za-z_][\w.]*=")
 
 
+def _yaml_value(raw: str):
+    """A command-line value read as YAML; YAML 1.1 reads 1e-3 (no dot) as a string, which here means a number."""
+    value = yaml.safe_load(raw) if raw != "" else ""
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            pass
+    return value
+
+
 def apply_override(config: dict, assignment: str) -> dict:
     """Apply one `dotted.key=value` override; the value is read as YAML (numbers, lists, null)."""
     key, sep, raw = assignment.partition("=")
     if not sep or not key:
         raise KdsweepError(f"override '{assignment}' is not of the form key=value, e.g. training.lr=0.01")
-    value = yaml.safe_load(raw) if raw != "" else ""
-    if isinstance(value, str):
-        # YAML 1.1 reads 1e-3 (no dot) as a string; on a command line it means a number.
-        try:
-            value = float(value)
-        except ValueError:
-            pass
-    update = value
+    update = _yaml_value(raw)
     for part in reversed(key.split(".")):
         update = {part: update}
     return deep_merge(config, update)
@@ -64,28 +74,57 @@ def validate(config: dict) -> dict:
     return config
 
 
+def _read_yaml(path) -> dict:
+    path = Path(path)
+    if not path.exists():
+        raise KdsweepError(f"config file {path} does not exist; check the --config path")
+    try:
+        loaded = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise KdsweepError(f"config file {path} is not valid YAML ({err.__class__.__name__}); fix its syntax") from err
+    if not isinstance(loaded, dict):
+        raise KdsweepError(f"config file {path} must hold a mapping of keys to values")
+    return loaded
+
+
 def load_config(paths=(), overrides=()) -> dict:
-    """Merge the YAML files in order, apply overrides, validate; the result is the full study config."""
-    if not paths:
-        default = Path("config.yaml")
-        if not default.exists():
-            raise KdsweepError("no config given and no config.yaml here; pass --config PATH/TO/config.yaml")
-        paths = [default]
-    config: dict = {}
+    """config.yaml's defaults, then the YAML files in order (none given: ./config.yaml if there is
+    one), then the overrides; validated. The result is the full study config."""
+    if not paths and Path("config.yaml").is_file():
+        paths = [Path("config.yaml")]
+    config = _read_yaml(DEFAULTS_PATH)
     for path in paths:
-        path = Path(path)
-        if not path.exists():
-            raise KdsweepError(f"config file {path} does not exist; check the --config path")
-        try:
-            loaded = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise KdsweepError(f"config file {path} is not valid YAML ({err.__class__.__name__}); fix its syntax") from err
-        if not isinstance(loaded, dict):
-            raise KdsweepError(f"config file {path} must hold a mapping of keys to values")
-        config = deep_merge(config, loaded)
+        config = deep_merge(config, _read_yaml(path))
     for assignment in overrides:
         config = apply_override(config, assignment)
     return validate(config)
+
+
+def coerce_strings(config: dict) -> dict:
+    """`snakemake --config` values read as YAML, where the schema wants something other than a string.
+
+    Snakemake reads the items of lists and mappings given with --config as strings
+    (`seeds=[0,1]` gives ['0', '1'], `attacks={pgd: null}` gives {'pgd': 'null'}); the kdsweep
+    command line reads them as YAML. A string the schema accepts as it is stays a string.
+    """
+    root = schema()
+
+    def walk(value, sub):
+        while "$ref" in sub:
+            sub = root["$defs"][sub["$ref"].rsplit("/", 1)[1]]
+        if isinstance(value, str):
+            if jsonschema.Draft202012Validator({**sub, "$defs": root["$defs"]}).is_valid(value):
+                return value
+            parsed = _yaml_value(value)
+            return value if isinstance(parsed, str) else walk(parsed, sub)
+        if isinstance(value, dict):
+            properties = sub.get("properties", {})
+            return {key: walk(item, properties.get(key, {})) for key, item in value.items()}
+        if isinstance(value, list):
+            return [walk(item, sub.get("items", {})) for item in value]
+        return value
+
+    return walk(config, root)
 
 
 def config_hash(obj) -> str:

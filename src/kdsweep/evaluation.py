@@ -105,18 +105,40 @@ def calibration(logits, labels, bins: int) -> dict:
             "nll": F.cross_entropy(logits, labels).item()}
 
 
+def batch_logits(model, images_uint8, batch_size, runtime=None):
+    """(logits, batch start) of the model on uint8 images, batch by batch, in eval mode and inference
+    mode: float32 logits on the images' device. runtime: the job's `runtime.Runtime` (its autocast and
+    layout: every evaluation of a run, validation and test included, passes through here), or None
+    for the model's own dtype and layout."""
+    model.eval()
+    for start in range(0, len(images_uint8), batch_size):
+        yield _logits(model, images_uint8[start:start + batch_size], runtime), start
+
+
+@torch.inference_mode()
+def _logits(model, batch, runtime):
+    with runtime.autocast() if runtime else contextlib.nullcontext():
+        pixels = runtime.pixels(batch) if runtime else batch.float().div_(255)
+        return model(pixels).float()
+
+
 @torch.inference_mode()
 def predict(model, images_uint8, batch_size, runtime=None) -> torch.Tensor:
-    """The model's logits (float32, on the CPU, N x K) for uint8 images, batch by batch, in eval mode;
-    runtime: the job's `runtime.Runtime` (its autocast and layout), or None for the model's own dtype."""
-    model.eval()
-    out = []
-    for start in range(0, len(images_uint8), batch_size):
-        batch = images_uint8[start:start + batch_size]
-        with runtime.autocast() if runtime else contextlib.nullcontext():
-            pixels = runtime.pixels(batch) if runtime else batch.float().div_(255)
-            out.append(model(pixels).float())
-    return torch.cat(out).cpu()
+    """The model's logits (float32, on the CPU, N x K) for uint8 images (see batch_logits)."""
+    return torch.cat([logits for logits, _ in batch_logits(model, images_uint8, batch_size, runtime)]).cpu()
+
+
+@torch.inference_mode()
+def loss_and_accuracy(model, images_uint8, labels, batch_size, runtime=None) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy (%) on uint8 images: validation and test of a training run."""
+    loss_sum = torch.zeros((), device=images_uint8.device, dtype=torch.float64)
+    correct = torch.zeros((), device=images_uint8.device, dtype=torch.int64)
+    for logits, start in batch_logits(model, images_uint8, batch_size, runtime):
+        batch_labels = labels[start:start + batch_size]
+        loss_sum += F.cross_entropy(logits, batch_labels, reduction="sum").double()
+        correct += (logits.argmax(1) == batch_labels).sum()
+    n = len(labels)
+    return loss_sum.item() / n, 100.0 * correct.item() / n
 
 
 def evaluate_logits(student_logits, teacher_logits, labels, ece_bins: int) -> dict:

@@ -3,7 +3,7 @@
     L = (1 - w) * CE(student, labels) + w * T^2 * KL(softmax(teacher / T) || softmax(student / T))
 
 w (soft_weight) is the weight of the SOFT (teacher) term; 1 - w is on the hard labels.
-The seed's eq. 3 puts its alpha on the hard term: alpha = 1 - w.
+The reference study's eq. 3 puts its alpha on the hard term: alpha = 1 - w.
 """
 
 import math
@@ -69,5 +69,5 @@ def kd_losses(student_logits, teacher_logits, targets, temperature, soft_weight)
 
 
 def kd_loss(student_logits, teacher_logits, targets, temperature, soft_weight):
-    """(1 - w) * CE + w * T^2 * KL with w = soft_weight (alpha = 1 - w in the seed's eq. 3)."""
+    """(1 - w) * CE + w * T^2 * KL with w = soft_weight (alpha = 1 - w in the reference study's eq. 3)."""
     return kd_losses(student_logits, teacher_logits, targets, temperature, soft_weight)["total"]

@@ -16,11 +16,8 @@ from matplotlib.patches import Rectangle
 
 from kdsweep import aggregate
 from kdsweep.io import write_bytes
-from kdsweep.naming import fmt
+from kdsweep.plan import FIGURE_FORMATS, PER_STUDENT_FIGURES, STUDY_FIGURES, fmt
 
-FORMATS = ("png", "pdf")
-STUDY = ("temperature", "fidelity")
-PER_STUDENT = ("soft_weight", "grid", "robustness")
 _NEEDED = ("runs.csv", "table1.csv", "kd_vs_hard.csv", "grid.csv")
 _SIZE = (6.4, 4.4)
 _STYLE = {"axes.titlesize": "medium", "savefig.dpi": 150}  # two-line titles fit; readable at 100%
@@ -30,8 +27,8 @@ _W = "soft weight w (weight of the teacher term; α = 1 − w)"
 
 def figure_names(students) -> list[str]:
     """File names (under figures/) that write_figures writes for these students."""
-    stems = [*STUDY, *(f"{kind}_{student}" for student in students for kind in PER_STUDENT)]
-    return [f"{stem}.{ext}" for stem in stems for ext in FORMATS]
+    stems = [*STUDY_FIGURES, *(f"{kind}_{student}" for student in students for kind in PER_STUDENT_FIGURES)]
+    return [f"{stem}.{ext}" for stem in stems for ext in FIGURE_FORMATS]
 
 
 def _close(series, value):
@@ -276,7 +273,7 @@ def _fidelity_figure(tables, students, dataset):
 
 def _save(fig, folder, stem):
     paths = []
-    for ext in FORMATS:
+    for ext in FIGURE_FORMATS:
         buffer = io.BytesIO()
         fig.savefig(buffer, format=ext)
         paths.append(write_bytes(folder / f"{stem}.{ext}", buffer.getvalue()))  # temp name + os.replace

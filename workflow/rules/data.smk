@@ -1,4 +1,24 @@
-# The dataset: torchvision's files (downloaded on the submit host) and the split's statistics.
+# What every job starts from: the dataset (torchvision's files, downloaded on the submit host),
+# the split's statistics, and the runtime section (results/<study>/runtime.yaml).
+
+
+# Rewritten whenever the config's runtime section changes (params); every job takes it as
+# an ancient() input, so that rewriting it reruns nothing.
+localrules:
+    runtime,
+
+
+rule runtime:
+    output:
+        RUNTIME,
+    log:
+        f"{LOGS}/runtime.log",
+    conda:
+        CONDA_ENV
+    params:
+        runtime=PLAN.runtime(),
+    shell:
+        "kdsweep config --section runtime --out {output:q} {params.runtime} > {log:q} 2>&1"
 
 
 if DATASET_DIR:
@@ -15,11 +35,9 @@ if DATASET_DIR:
         conda:
             CONDA_ENV
         params:
-            kdsweep=kdsweep,
-            defaults=defaults,
-            config=DATA_CONFIG,
+            config=PLAN.job_config("stats"),
         shell:
-            "{params.kdsweep} download --config {params.defaults} {params.config} > {log:q} 2>&1"
+            "kdsweep download {params.config} > {log:q} 2>&1"
 
 
 rule stats:
@@ -33,9 +51,6 @@ rule stats:
     conda:
         CONDA_ENV
     params:
-        kdsweep=kdsweep,
-        defaults=defaults,
-        config=DATA_CONFIG,
+        config=PLAN.job_config("stats"),
     shell:
-        "{params.kdsweep} stats --out {output:q} --config {params.defaults} {params.config}"
-        " > {log:q} 2>&1"
+        "kdsweep stats --out {output:q} {params.config} > {log:q} 2>&1"

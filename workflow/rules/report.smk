@@ -13,7 +13,7 @@ rule tables:
     output:
         **{
             name.replace(".", "_"): report(
-                table(name),
+                f"{RESULTS}/tables/{name}",
                 caption=f"../report/table_{name.split('.')[0]}.rst",
                 category="Tables",
                 labels={"table": name.split(".")[0], "format": name.split(".")[1]},
@@ -25,35 +25,34 @@ rule tables:
     conda:
         CONDA_ENV
     params:
-        kdsweep=kdsweep,
         results=lambda wildcards, output: study_folder(output.runs_csv),
     shell:
-        "{params.kdsweep} aggregate {params.results:q} > {log:q} 2>&1"
+        "kdsweep aggregate {params.results:q} > {log:q} 2>&1"
 
 
 rule figures:
     input:
-        [table(name) for name in TABLES],
+        PLAN.tables(),
     output:
         png=[
             report(
-                figure(kind, student, "png"),
+                path,
                 caption=f"../report/figure_{kind}.rst",
                 category="Figures",
                 subcategory=student or "all students",
                 labels={"figure": kind.replace("_", " "), "student": student or "all"},
             )
-            for kind, student in FIGURES
+            for path, kind, student in PLAN.figures(["png"])
         ],
-        pdf=[figure(kind, student, "pdf") for kind, student in FIGURES],
+        pdf=[path for path, _, _ in PLAN.figures(["pdf"])],
     log:
         f"{LOGS}/figures.log",
     conda:
         CONDA_ENV
     params:
-        kdsweep=kdsweep,
         results=lambda wildcards, output: study_folder(output.png[0]),
-        soft_weight=json.dumps(STAGED_W),
+        soft_weight=repr(PLAN.staged_weight),
+        students=PLAN.students,
     shell:
-        "{params.kdsweep} plots {params.results:q} --soft-weight {params.soft_weight}"
-        " > {log:q} 2>&1"
+        "kdsweep plots {params.results:q} --soft-weight {params.soft_weight}"
+        " --students {params.students} > {log:q} 2>&1"

@@ -1,0 +1,106 @@
+"""A training run between its epochs: the state a stopped run resumes from.
+
+Two scratch files in the run folder, each written whole under a temporary name and renamed
+(kdsweep.io): `checkpoint.pt` after every epoch (weights, Adam, the LR schedule, the torch RNG
+stream of the point, the data generator, and the `RunState`), and `best.pt`, the
+best-validation weights so far. Neither is a Snakemake output: a failed attempt leaves them
+and the next one resumes. They go when the whole job has finished (train.train_points), not
+when each point does, so that a finished point of a pack whose job then dies is written
+again from them, not trained again.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
+
+from . import io
+from .errors import KdsweepError
+
+CHECKPOINT = "checkpoint.pt"
+BEST = "best.pt"
+
+
+@dataclass
+class RunState:
+    """Where a run's training stands after its last finished epoch."""
+
+    epoch: int = 0
+    best_val_loss: float = math.inf
+    best_epoch: int = 0
+    bad_epochs: int = 0
+    history: list = field(default_factory=list)  # one row of train.HISTORY_FIELDS per epoch
+    train_seconds: float = 0.0
+    resumed: int = 0
+    stopped: bool = False  # max_epochs or early stopping reached: only the test evaluation is left
+
+    @classmethod
+    def from_dict(cls, state: dict) -> "RunState":
+        return cls(**{key: state[key] for key in cls.__dataclass_fields__ if key in state})
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def weights(state_dict: dict) -> dict:
+    """A model state dict without torch.compile's `_orig_mod.` prefix (checkpoints of earlier versions had it)."""
+    state_dict = dict(state_dict)
+    consume_prefix_in_state_dict_if_present(state_dict, "_orig_mod.")
+    return state_dict
+
+
+def match_layouts(optimizer: torch.optim.Optimizer):
+    """Give every optimiser state tensor its parameter's memory layout (strides).
+
+    Adam's state is saved with the strides it had; resumed under another runtime.channels_last
+    (or on another device) it would keep them, and CUDA's fused Adam refuses a parameter and a
+    state of different layouts. The values are copied unchanged.
+    """
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            state = optimizer.state.get(param, {})
+            for key, value in state.items():
+                if torch.is_tensor(value) and value.shape == param.shape and value.stride() != param.stride():
+                    state[key] = torch.empty_like(param, dtype=value.dtype).copy_(value)
+
+
+def save(folder: Path, run_hash: str, module, optimizer, scheduler, rng: dict, data_state, state: RunState):
+    io.torch_save({"config_hash": run_hash, "model": module.state_dict(), "optimizer": optimizer.state_dict(),
+                   "scheduler": scheduler.state_dict(), "rng": rng, "data": data_state, "state": state.as_dict()},
+                  Path(folder) / CHECKPOINT)
+
+
+def load(path: Path, expected_hash: str) -> dict:
+    """The checkpoint at `path`; KdsweepError if it is unreadable or of another configuration."""
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:
+        raise KdsweepError(
+            f"checkpoint {path} is corrupt or truncated ({err.__class__.__name__}); delete it to start the run over"
+        ) from err
+    if not isinstance(checkpoint, dict) or "config_hash" not in checkpoint:
+        raise KdsweepError(f"{path} is not a kdsweep checkpoint; delete it to start the run over")
+    if checkpoint["config_hash"] != expected_hash:
+        raise KdsweepError(
+            f"checkpoint {path} was written for another configuration (hash {checkpoint['config_hash']}, "
+            f"this run is {expected_hash}); delete it, or rerun with the settings it was made with"
+        )
+    return checkpoint
+
+
+def restore(checkpoint: dict, module, optimizer, scheduler) -> tuple[dict, object, RunState]:
+    """Load a checkpoint into a point's module, optimiser and schedule; return (rng, data state, state)."""
+    module.load_state_dict(weights(checkpoint["model"]))
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    match_layouts(optimizer)
+    scheduler.load_state_dict(checkpoint["scheduler"])
+    return checkpoint["rng"], checkpoint["data"], RunState.from_dict(checkpoint["state"])
+
+
+def remove_scratch(folder: Path):
+    for name in (CHECKPOINT, BEST):
+        (Path(folder) / name).unlink(missing_ok=True)

@@ -1,0 +1,326 @@
+"""The study as data: every run, pack and job file that a config asks for, and what each job reads.
+
+The workflow (workflow/rules/*.smk) wires these to rules; `python -m kdsweep status` compares
+them with the files on disk; the training job hashes a run's slice of the config from the same
+table. Nothing here imports torch: the Snakefile loads this module in every snakemake process.
+
+- `Run`: where a run sits in the study (role, model, seed, temperature, soft weight) and its
+  folder name, `runs/<role>/<model>[_T<T>_soft<w>]_seed<s>`.
+- `Pack`: the distillation runs one job trains (runtime.pack_size of one student and seed,
+  sharing the augmented batches and the teacher's forward pass). A pack of one is named after
+  its run; a larger one `<student>_seed<s>_pack<i>`. The job writes its record,
+  `packs/<pack>.json`, after every point finished: the file Snakemake tracks for them.
+- `JOB_SLICES`: the config values each kind of job reads. They are its rerun trigger (a rule's
+  params) and, for a training run, its identity (`run_slice`, hashed into checkpoints and
+  metrics.json), from this one table. The runtime section is in neither: it changes no result
+  beyond floating-point noise, so changing it reruns nothing and a checkpoint resumes under it.
+- `Plan(config)`: the runs of the grid or of the staged sweep, the packs, and the files.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from dataclasses import asdict, dataclass
+
+from .errors import KdsweepError
+
+ROLES = ("teacher", "baseline", "kd")
+# Every table aggregate.write_tables writes (under results/<study>/tables/).
+TABLES = ("runs.csv", "robustness.csv", "table1.csv", "table1.md", "kd_vs_hard.csv", "kd_vs_hard.md", "grid.csv")
+# Every figure plots.write_figures draws (under results/<study>/figures/), in each of FIGURE_FORMATS:
+# one of each STUDY_FIGURES, and one of each PER_STUDENT_FIGURES per student.
+STUDY_FIGURES = ("temperature", "fidelity")
+PER_STUDENT_FIGURES = ("soft_weight", "grid", "robustness")
+FIGURE_FORMATS = ("png", "pdf")
+
+# The config values a job of each kind reads (dotted paths; "{attack}" is the attack's name).
+JOB_SLICES = {
+    "stats": ("dataset",),
+    "train": ("dataset", "training", "augmentation"),
+    "attack": ("dataset", "training.eval_batch_size", "attacks.{attack}"),
+    "evaluate": ("dataset", "training.eval_batch_size", "evaluation"),
+}
+# Runtime values a job never takes from the config: the threads are what the scheduler granted
+# (runtime.threads={threads} on each command line), and pack_size is how the workflow groups runs.
+SCHEDULING = ("threads", "pack_size")
+
+
+def fmt(value) -> str:
+    """A number as it appears in names: 4.0 -> '4', 0.9 -> '0.9', 0.01 -> '0.01'."""
+    return f"{float(value):g}"
+
+
+def attack_file(attack: str, epsilon) -> str:
+    return f"{attack}_eps{fmt(epsilon)}.json"
+
+
+@dataclass(frozen=True)
+class Run:
+    """Where a run sits in the study: its role and sweep coordinates."""
+
+    role: str  # teacher | baseline | kd
+    model: str
+    seed: int
+    temperature: float | None = None
+    soft_weight: float | None = None
+
+    def __post_init__(self):
+        if self.role not in ROLES:
+            raise KdsweepError(f"role '{self.role}' is unknown; use teacher, baseline or kd")
+        if self.role == "kd":
+            if self.temperature is None or not self.temperature > 0:
+                raise KdsweepError(f"temperature {self.temperature} must be a positive number, e.g. --temperature 4")
+            if self.soft_weight is None or not 0 <= self.soft_weight <= 1:
+                raise KdsweepError(f"soft weight {self.soft_weight} must lie in [0, 1] "
+                                   "(0 = hard targets only, 1 = teacher only)")
+
+    @property
+    def name(self) -> str:
+        if self.role == "kd":
+            return f"{self.model}_T{fmt(self.temperature)}_soft{fmt(self.soft_weight)}_seed{self.seed}"
+        return f"{self.model}_seed{self.seed}"
+
+    @property
+    def folder(self) -> str:
+        """The run's folder relative to results/<study>/."""
+        return f"runs/{self.role}/{self.name}"
+
+    @property
+    def needs_teacher(self) -> bool:
+        return self.role == "kd" and self.soft_weight > 0
+
+
+@dataclass(frozen=True)
+class Pack:
+    """Distillation runs of one student and seed trained by one job."""
+
+    name: str
+    runs: tuple[Run, ...]
+
+    @property
+    def student(self) -> str:
+        return self.runs[0].model
+
+    @property
+    def seed(self) -> int:
+        return self.runs[0].seed
+
+
+# ---------------------------------------------------------------- what a job reads
+
+
+def _get(config: dict, dotted: str):
+    value = config
+    for part in dotted.split("."):
+        value = value[part]
+    return value
+
+
+def job_slice(config: dict, kind: str, attack: str | None = None) -> dict:
+    """The nested part of `config` a job of `kind` reads (JOB_SLICES)."""
+    out: dict = {}
+    for path in JOB_SLICES[kind]:
+        path = path.format(attack=attack)
+        *parents, leaf = path.split(".")
+        target = out
+        for part in parents:
+            target = target.setdefault(part, {})
+        target[leaf] = _get(config, path)
+    return out
+
+
+def run_slice(config: dict, run: Run, teacher_hash: str | None) -> dict:
+    """A training run's identity: the config it reads and where it sits (hashed into its checkpoint)."""
+    return {**job_slice(config, "train"), "run": {**asdict(run), "teacher_config_hash": teacher_hash}}
+
+
+def overrides(section: dict, prefix: str = "") -> list[str]:
+    """`dotted.key=value` overrides (values as JSON, which YAML reads) that set every value of `section`."""
+    out = []
+    for key, value in section.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out += overrides(value, f"{path}.")
+        else:
+            out.append(f"{path}={json.dumps(value)}")
+    return out
+
+
+def command_line(section: dict) -> str:
+    """overrides(section), shell-quoted, for a job's command line."""
+    return " ".join(map(shlex.quote, overrides(section)))
+
+
+def runtime_section(config: dict) -> dict:
+    """The runtime values a job takes from the config (all but SCHEDULING)."""
+    return {"runtime": {key: value for key, value in config["runtime"].items() if key not in SCHEDULING}}
+
+
+def number_table(key: str, values) -> dict:
+    """Folder-name spelling (fmt) -> the exact config number; KdsweepError for two values with one name."""
+    table = {}
+    for value in values:
+        name = fmt(value)
+        if name in table and table[name] != value:
+            raise KdsweepError(f"config {key} hold {table[name]!r} and {value!r}, which share the folder "
+                               f"name '{name}' (6 significant digits); make them differ within those")
+        table[name] = value
+    return table
+
+
+# ---------------------------------------------------------------- the study
+
+
+class Plan:
+    """Every run, pack and file of a validated study config."""
+
+    def __init__(self, config: dict):
+        self.config = config
+        self.study = config["study"]
+        self.results = f"results/{self.study}"
+        self.students = list(config["students"])
+        self.seeds = list(config["seeds"])
+        self.staged = config["sweep"] == "staged"
+        self.staged_weight = config["staged"]["soft_weight"]
+        self.pack_size = config["runtime"]["pack_size"]
+        self.attacks = [name for name, params in config["attacks"].items() if params is not None]
+        self.temperatures = number_table("temperatures", config["temperatures"])
+        self.soft_weights = number_table(
+            "soft_weights and staged.soft_weight" if self.staged else "soft_weights",
+            [*config["soft_weights"], *([self.staged_weight] if self.staged else [])])
+        self.epsilons = number_table("epsilons", config["epsilons"])
+        self.teacher = Run("teacher", config["teacher"]["model"], config["teacher"]["seed"])
+        self.packs = self._packs()
+        self._pack_of = {run: pack for pack in self.packs for run in pack.runs}
+        self._packs_by_name = {pack.name: pack for pack in self.packs}
+        self._runs = {(run.role, run.name): run
+                      for run in [self.teacher, *self.baselines(), *self._pack_of]}
+
+    # ---- runs
+
+    def baselines(self) -> list[Run]:
+        return [Run("baseline", student, seed) for student in self.students for seed in self.seeds]
+
+    def grid(self, students=None, temperatures=None, soft_weights=None) -> list[Run]:
+        """Distillation runs: every student x temperature x soft weight x seed (the config's, by default)."""
+        temperatures = self.config["temperatures"] if temperatures is None else temperatures
+        soft_weights = self.config["soft_weights"] if soft_weights is None else soft_weights
+        return [Run("kd", student, seed, temperature, weight)
+                for student in (self.students if students is None else students)
+                for temperature in temperatures for weight in soft_weights for seed in self.seeds]
+
+    def temperature_sweep(self, student) -> list[Run]:
+        """Staged sweep, stage 1: every temperature at w = staged.soft_weight."""
+        return self.grid([student], soft_weights=[self.staged_weight])
+
+    def soft_weight_sweep(self, student, temperature) -> list[Run]:
+        """Staged sweep, stage 2: every soft weight at the student's chosen temperature."""
+        return self.grid([student], temperatures=[temperature])
+
+    def fixed_runs(self) -> list[Run]:
+        """The runs known before any checkpoint: teacher, baselines, and the grid (or stage 1)."""
+        runs = [self.teacher, *self.baselines()]
+        if self.staged:
+            return runs + [run for student in self.students for run in self.temperature_sweep(student)]
+        return runs + self.grid()
+
+    def run(self, role: str, name: str) -> Run:
+        """The run of the study (staged: of any stage-2 candidate too) with this role and folder name."""
+        try:
+            return self._runs[(role, name)]
+        except KeyError:
+            raise KdsweepError(f"{role} run {name!r} is not part of study {self.study!r}") from None
+
+    def chosen_temperature(self, choice: dict, source: str) -> float:
+        """The config's number for the temperature a best-temperature record (`choice`) picked."""
+        spelling = fmt(choice["temperature"])
+        if spelling not in self.temperatures:
+            raise KdsweepError(f"{source} picks temperature {choice['temperature']}, which is not in the config's "
+                               f"temperatures; delete {source} so that it is chosen again")
+        return self.temperatures[spelling]
+
+    # ---- packs
+
+    def _sweeps(self, student) -> list[list[Run]]:
+        """The distillation runs of a student in the order they are packed. Staged: the temperature
+        sweep, then for each temperature the soft-weight sweep it would get if chosen (without the
+        point the temperature sweep trained already): only the chosen temperature's packs become jobs."""
+        if not self.staged:
+            return [self.grid([student])]
+        return [self.temperature_sweep(student)] + [
+            [run for run in self.soft_weight_sweep(student, t) if run.soft_weight != self.staged_weight]
+            for t in self.config["temperatures"]]
+
+    def _packs(self) -> list[Pack]:
+        packs = []
+        for student in self.students:
+            for seed in self.seeds:
+                points = [[run for run in sweep if run.seed == seed] for sweep in self._sweeps(student)]
+                chunks = [tuple(sweep[i:i + self.pack_size])
+                          for sweep in points for i in range(0, len(sweep), self.pack_size)]
+                for number, chunk in enumerate(chunks, 1):
+                    name = chunk[0].name if self.pack_size == 1 else f"{student}_seed{seed}_pack{number}"
+                    packs.append(Pack(name, chunk))
+        return packs
+
+    def pack(self, name: str) -> Pack:
+        try:
+            return self._packs_by_name[name]
+        except KeyError:
+            raise KdsweepError(f"pack {name!r} is not part of study {self.study!r}") from None
+
+    def pack_of(self, run: Run) -> Pack:
+        return self._pack_of[run]
+
+    def pack_points(self, pack: Pack) -> str:
+        """The `--temperature T --soft-weight w --out RUN_DIR` triples of the pack's distill command."""
+        return " ".join(f"--temperature {json.dumps(run.temperature)} --soft-weight {json.dumps(run.soft_weight)}"
+                        f" --out {shlex.quote(self.run_dir(run))}" for run in pack.runs)
+
+    # ---- files (relative to the directory snakemake runs in)
+
+    def run_dir(self, run: Run) -> str:
+        return f"{self.results}/{run.folder}"
+
+    def pack_record(self, pack: Pack) -> str:
+        return f"{self.results}/packs/{pack.name}.json"
+
+    def finished(self, run: Run) -> list[str]:
+        """The files the workflow tracks for a finished run: a distilled run's pack record,
+        another run's metrics.json and model.pt."""
+        if run.role == "kd":
+            return [self.pack_record(self.pack_of(run))]
+        folder = self.run_dir(run)
+        return [f"{folder}/metrics.json", f"{folder}/model.pt"]
+
+    def evaluations(self, run: Run) -> list[str]:
+        """A run's evaluation file and its result under every attack switched on at every epsilon."""
+        return [f"{self.results}/evaluation/{run.role}/{run.name}.json"] + [
+            f"{self.results}/attacks/{run.role}/{run.name}/{attack_file(attack, eps)}"
+            for attack in self.attacks for eps in self.config["epsilons"]]
+
+    def outputs(self, runs) -> list[str]:
+        """Every file of these runs (duplicates dropped): finished and evaluated."""
+        return list(dict.fromkeys(f for run in dict.fromkeys(runs) for f in [*self.finished(run),
+                                                                              *self.evaluations(run)]))
+
+    def tables(self) -> list[str]:
+        return [f"{self.results}/tables/{name}" for name in TABLES]
+
+    def figures(self, formats=FIGURE_FORMATS) -> list[tuple[str, str | None, str]]:
+        """(path, kind, student or None) of every figure, in each of `formats`."""
+        stems = [(kind, None) for kind in STUDY_FIGURES] + [
+            (kind, student) for student in self.students for kind in PER_STUDENT_FIGURES]
+        return [(f"{self.results}/figures/{kind if student is None else f'{kind}_{student}'}.{ext}", kind, student)
+                for kind, student in stems for ext in formats]
+
+    # ---- what each job runs with
+
+    def job_config(self, kind: str, attack: str | None = None) -> str:
+        """The command-line overrides of a job's config slice (its rule's params: its rerun trigger)."""
+        return command_line(job_slice(self.config, kind, attack))
+
+    def runtime(self) -> str:
+        """The command-line overrides of the runtime section (no rerun trigger: see the module docstring)."""
+        return command_line(runtime_section(self.config))

@@ -1,0 +1,170 @@
+"""The study plan (kdsweep.plan): every run, pack and file a config asks for, without Snakemake.
+
+The workflow wires exactly these (tests/test_workflow.py runs the real Snakemake on them).
+"""
+
+import json
+import shlex
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from kdsweep import plan as plan_module
+from kdsweep.config import coerce_strings, config_hash, load_config
+from kdsweep.errors import KdsweepError
+from kdsweep.plan import JOB_SLICES, Plan, Run, job_slice, run_slice
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def study(*overrides):
+    return Plan(load_config([str(ROOT / "config.yaml")], overrides))
+
+
+def test_the_reference_study():
+    plan = study()
+    assert plan.teacher == Run("teacher", "resnet50", 0)
+    assert plan.baselines() == [Run("baseline", "resnet18", 0), Run("baseline", "mobilenet_v3_small", 0)]
+    runs = plan.fixed_runs()
+    assert Counter(run.role for run in runs) == {"teacher": 1, "baseline": 2, "kd": 2 * 8 * 7}
+    assert len(set(runs)) == len(runs) == 115
+    kd = [run for run in runs if run.role == "kd"]
+    assert {(run.temperature, run.soft_weight) for run in kd if run.model == "resnet18"} == {
+        (t, w) for t in (1, 2, 4, 6, 8, 10, 15, 20) for w in (0.0, 0.1, 0.3, 0.5, 0.7, 0.9, 1.0)}
+    # one pack per point, named after it; every distilled run in exactly one pack
+    assert len(plan.packs) == 112 and all(len(pack.runs) == 1 for pack in plan.packs)
+    assert {pack.name for pack in plan.packs} == {run.name for run in kd}
+    # files: 115 runs x (evaluation + 2 attacks x 3 epsilons) + 112 pack records + 2 x 3 run files
+    outputs = plan.outputs(runs)
+    assert len(outputs) == len(set(outputs)) == 115 * 7 + 112 + 3 * 2
+    assert "results/cifar10-reference/packs/resnet18_T4_soft0.9_seed0.json" in outputs
+    assert "results/cifar10-reference/attacks/kd/resnet18_T4_soft0.9_seed0/pgd_eps0.05.json" in outputs
+    assert plan.finished(plan.teacher) == ["results/cifar10-reference/runs/teacher/resnet50_seed0/metrics.json",
+                                          "results/cifar10-reference/runs/teacher/resnet50_seed0/model.pt"]
+
+
+def test_names_and_folders():
+    run = Run("kd", "resnet18", 3, 4.0, 0.9)
+    assert run.name == "resnet18_T4_soft0.9_seed3" and run.folder == "runs/kd/resnet18_T4_soft0.9_seed3"
+    assert Run("baseline", "resnet18", 0).folder == "runs/baseline/resnet18_seed0"
+    assert plan_module.attack_file("fgsm", 8 / 255) == "fgsm_eps0.0313725.json"
+    assert plan_module.fmt(1.0) == "1" and plan_module.fmt(0.10) == "0.1" and plan_module.fmt(2.5) == "2.5"
+    for bad in (dict(temperature=0, soft_weight=0.5), dict(temperature=4, soft_weight=1.5),
+                dict(temperature=None, soft_weight=0.5)):
+        with pytest.raises(KdsweepError):
+            Run("kd", "resnet18", 0, **bad)
+    with pytest.raises(KdsweepError, match="role"):
+        Run("student", "resnet18", 0)
+    assert not Run("kd", "resnet18", 0, 4, 0.0).needs_teacher and Run("kd", "resnet18", 0, 4, 0.1).needs_teacher
+
+
+@pytest.mark.parametrize("pack_size", [1, 3, 8])
+def test_packs_cover_every_point_once_within_one_student_and_seed(pack_size):
+    plan = study(f"runtime.pack_size={pack_size}", "seeds=[0,1]")
+    kd = [run for run in plan.fixed_runs() if run.role == "kd"]
+    packed = [run for pack in plan.packs for run in pack.runs]
+    assert sorted(packed, key=str) == sorted(kd, key=str) and len(set(packed)) == len(packed) == 224
+    for pack in plan.packs:
+        assert 1 <= len(pack.runs) <= pack_size
+        assert {(run.model, run.seed) for run in pack.runs} == {(pack.student, pack.seed)}
+        assert all(plan.pack_of(run) is pack for run in pack.runs)
+    # per student and seed: ceil(56 / pack_size) packs
+    assert len(plan.packs) == 2 * 2 * -(-56 // pack_size)
+    if pack_size > 1:
+        assert plan.packs[0].name == "resnet18_seed0_pack1"
+    names = [pack.name for pack in plan.packs]
+    assert len(set(names)) == len(names)
+
+
+def test_a_pack_command_line_gives_the_exact_numbers():
+    plan = study("runtime.pack_size=2", "temperatures=[2.5]", "soft_weights=[0.3, 0.9]", "students=[resnet18]")
+    (pack,) = plan.packs
+    args = shlex.split(plan.pack_points(pack))
+    assert args == ["--temperature", "2.5", "--soft-weight", "0.3", "--out",
+                    "results/cifar10-reference/runs/kd/resnet18_T2.5_soft0.3_seed0",
+                    "--temperature", "2.5", "--soft-weight", "0.9", "--out",
+                    "results/cifar10-reference/runs/kd/resnet18_T2.5_soft0.9_seed0"]
+    assert plan.pack_record(pack) == "results/cifar10-reference/packs/resnet18_seed0_pack1.json"
+
+
+def test_the_staged_sweep():
+    plan = study("sweep=staged", "runtime.pack_size=4")
+    stage_one = [run for run in plan.fixed_runs() if run.role == "kd"]
+    assert {(run.model, run.soft_weight) for run in stage_one} == {("resnet18", 0.9), ("mobilenet_v3_small", 0.9)}
+    assert sorted(run.temperature for run in plan.temperature_sweep("resnet18")) == [1, 2, 4, 6, 8, 10, 15, 20]
+    stage_two = plan.soft_weight_sweep("resnet18", 4)
+    assert [(run.temperature, run.soft_weight) for run in stage_two] == [(4, w) for w in (0, .1, .3, .5, .7, .9, 1)]
+    # every stage-2 candidate has a pack; the point stage 1 trained already (T=4, w=0.9) stays in stage 1's
+    assert all(plan.pack_of(run) for run in stage_two)
+    assert plan.pack_of(Run("kd", "resnet18", 0, 4, 0.9)) in [plan.pack_of(r) for r in plan.temperature_sweep("resnet18")]
+    assert len({plan.pack_of(run).name for run in plan.temperature_sweep("resnet18")}) == 2  # 8 points / 4
+    assert plan.chosen_temperature({"temperature": 4.0}, "x.json") == 4
+    with pytest.raises(KdsweepError, match="not in the config's temperatures"):
+        plan.chosen_temperature({"temperature": 3.0}, "x.json")
+
+
+def test_several_seeds_multiply_the_student_runs_not_the_teacher():
+    plan = study("seeds=[0,1,2]")
+    assert Counter(run.role for run in plan.fixed_runs()) == {"teacher": 1, "baseline": 6, "kd": 336}
+
+
+def test_number_spellings_find_the_config_numbers_and_refuse_collisions():
+    plan = study("epsilons=[0.0313725490196, 0.1]", "temperatures=[4.0, 2.5]")
+    assert plan.epsilons == {"0.0313725": 0.0313725490196, "0.1": 0.1}
+    assert plan.temperatures == {"4": 4.0, "2.5": 2.5}
+    with pytest.raises(KdsweepError, match="share the folder name '4'"):
+        study("temperatures=[4, 4.0000001]")
+    assert study("sweep=staged", "staged.soft_weight=0.45").soft_weights["0.45"] == 0.45
+
+
+def test_a_run_is_found_by_its_folder_name():
+    plan = study()
+    assert plan.run("kd", "resnet18_T4_soft0.9_seed0") == Run("kd", "resnet18", 0, 4, 0.9)
+    assert plan.run("teacher", "resnet50_seed0") == plan.teacher
+    with pytest.raises(KdsweepError, match="not part of study"):
+        plan.run("kd", "resnet18_T3_soft0.9_seed0")
+
+
+def test_a_job_reads_exactly_its_slice_and_a_runs_hash_is_that_slice():
+    config = load_config([str(ROOT / "config.yaml")])
+    assert job_slice(config, "train") == {key: config[key] for key in ("dataset", "training", "augmentation")}
+    assert job_slice(config, "attack", "pgd") == {"dataset": config["dataset"],
+                                                  "training": {"eval_batch_size": 1000},
+                                                  "attacks": {"pgd": config["attacks"]["pgd"]}}
+    assert set(JOB_SLICES) == {"stats", "train", "attack", "evaluate"}
+    # the command line of a job sets exactly its slice: read back, it is the slice again
+    plan = Plan(config)
+    for kind, attack in (("train", None), ("attack", "fgsm"), ("attack", "pgd"), ("evaluate", None)):
+        read_back = load_config([], shlex.split(plan.job_config(kind, attack)))
+        assert job_slice(read_back, kind, attack) == job_slice(config, kind, attack)
+    # the runtime section is in no slice: it changes neither a job's params nor a run's hash
+    run = Run("kd", "resnet18", 0, 4, 0.9)
+    changed = load_config([str(ROOT / "config.yaml")], ["runtime.precision=fp32", "runtime.compile=true"])
+    assert Plan(changed).job_config("train") == plan.job_config("train")
+    assert config_hash(run_slice(changed, run, "t")) == config_hash(run_slice(config, run, "t"))
+    assert config_hash(run_slice(config, run, "t")) != config_hash(run_slice(config, run, "u"))
+    runtime = load_config([], shlex.split(Plan(changed).runtime()))["runtime"]
+    assert runtime["precision"] == "fp32" and runtime["compile"] is True
+
+
+def test_tables_and_figures_are_those_the_aggregation_and_plots_write():
+    from kdsweep import aggregate, plots
+
+    plan = study()
+    assert [Path(path).name for path in plan.tables()] == list(plan_module.TABLES) == list(aggregate.TABLES)
+    assert sorted(Path(path).name for path, _, _ in plan.figures()) == sorted(plots.figure_names(plan.students))
+
+
+def test_snakemake_config_strings_are_read_as_yaml_where_the_schema_wants_numbers():
+    config = load_config([str(ROOT / "config.yaml")])
+    config.update(seeds=["0", "1"], epsilons=["0.0313725490196"])
+    config["attacks"]["pgd"] = "null"
+    config["training"]["lr"] = "1e-3"
+    config["runtime"].update(channels_last="true", precision="auto", pack_size="2")
+    config["dataset"].update(subset="null", root="2024")  # a folder named like a number stays a string
+    got = coerce_strings(json.loads(json.dumps(config)))
+    assert got["seeds"] == [0, 1] and got["epsilons"] == [0.0313725490196] and got["attacks"]["pgd"] is None
+    assert got["training"]["lr"] == 0.001 and got["runtime"]["channels_last"] is True
+    assert got["runtime"]["precision"] == "auto" and got["runtime"]["pack_size"] == 2
+    assert got["dataset"]["subset"] is None and got["dataset"]["root"] == "2024"

@@ -1,0 +1,70 @@
+# Training: the teacher and the hard-target baselines (rule train, one run per job), and the
+# distillation sweep (rule distill, one pack of runtime.pack_size runs per job). A run's
+# checkpoint.pt is no output: it survives a failed attempt and the retry resumes from it.
+
+
+rule train:
+    input:
+        stats=STATS,
+        runtime=ancient(RUNTIME),
+    output:
+        metrics=f"{RESULTS}/runs/{{trained}}/{{model}}_seed{{seed}}/metrics.json",
+        history=f"{RESULTS}/runs/{{trained}}/{{model}}_seed{{seed}}/history.csv",
+        model=f"{RESULTS}/runs/{{trained}}/{{model}}_seed{{seed}}/model.pt",
+    log:
+        f"{LOGS}/runs/{{trained}}/{{model}}_seed{{seed}}.log",
+    conda:
+        CONDA_ENV
+    threads: THREADS
+    params:
+        config=PLAN.job_config("train"),
+    shell:
+        "kdsweep train --role {wildcards.trained} --model {wildcards.model} --seed {wildcards.seed}"
+        " --stats {input.stats:q} --out $(dirname {output.metrics:q}) --rerun-stale"
+        " --config {input.runtime:q} {params.config} runtime.threads={threads} > {log:q} 2>&1"
+
+
+# The runs of a pack share one augmented data stream and one teacher forward pass per batch;
+# each keeps its own folder under runs/kd/. The pack record, written once all have
+# finished, is the job's output.
+rule distill:
+    input:
+        stats=STATS,
+        runtime=ancient(RUNTIME),
+        teacher=f"{TEACHER}/model.pt",
+        teacher_metrics=f"{TEACHER}/metrics.json",
+    output:
+        f"{RESULTS}/packs/{{pack}}.json",
+    log:
+        f"{LOGS}/runs/kd/{{pack}}.log",
+    conda:
+        CONDA_ENV
+    threads: THREADS
+    params:
+        student=lambda wildcards: pack_of(wildcards).student,
+        seed=lambda wildcards: pack_of(wildcards).seed,
+        points=lambda wildcards: PLAN.pack_points(pack_of(wildcards)),
+        teacher=lambda wildcards, input: os.path.dirname(input.teacher),
+        config=PLAN.job_config("train"),
+    shell:
+        "kdsweep distill --student {params.student} --seed {params.seed} --teacher {params.teacher:q}"
+        " {params.points} --stats {input.stats:q} --record {output:q} --rerun-stale"
+        " --config {input.runtime:q} {params.config} runtime.threads={threads} > {log:q} 2>&1"
+
+
+# Staged sweep: each student's temperature, chosen on validation accuracy.
+checkpoint best_temperature:
+    input:
+        temperature_sweep,
+    output:
+        f"{RESULTS}/staged/{{student}}_seed-all.json",
+    log:
+        f"{LOGS}/staged/{{student}}_seed-all.log",
+    conda:
+        CONDA_ENV
+    params:
+        runs=lambda wildcards: [
+            PLAN.run_dir(run) for run in PLAN.temperature_sweep(wildcards.student)
+        ],
+    shell:
+        "kdsweep best-temperature --out {output:q} {params.runs:q} > {log:q} 2>&1"
