@@ -312,3 +312,30 @@ def test_a_finished_point_of_a_job_that_died_is_written_again_not_retrained(stud
         assert after["resumed"] == 1
         assert (out / "history.csv").is_file() and (out / "model.pt").is_file()
         assert not (out / "checkpoint.pt").exists() and not (out / "best.pt").exists()
+
+
+def test_a_run_folder_is_trained_by_one_process_at_a_time(study):
+    """A second process for a folder in training stops with one sentence naming it while the first
+    trains on; a process that dies, even by SIGKILL, leaves no lock behind."""
+    from kdsweep import lock
+
+    folder, config = study
+    run = folder / "locked"
+    long = ["training.max_epochs=200", "training.early_stopping_patience=200"]  # far longer than the test
+    first = subprocess.Popen([sys.executable, "-m", "kdsweep", *map(str, _train_args(folder, config, run, *long))],
+                             cwd=folder, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        for line in first.stdout:
+            if "  epoch   1" in line:
+                break
+        second = kdsweep(*_train_args(folder, config, run, *long), cwd=folder, check=False)
+        assert first.poll() is None, "the first process still trains"
+    finally:
+        first.kill()
+        first.wait()
+    assert second.returncode == 2 and "Traceback" not in second.stderr
+    assert second.stderr.startswith("kdsweep: error: run folder ") and str(run.resolve()) in second.stderr
+    assert f"being trained by process {first.pid}" in second.stderr and len(second.stderr.strip().splitlines()) == 1
+    with lock.run_folders([run]):  # the SIGKILLed holder's lock is gone with it
+        pass
+    assert not (run / ".lock").exists() and (run / "checkpoint.pt").exists()

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import checkpoint, data, io
+from . import checkpoint, data, io, lock
 from .augment import Augment
 from .board import EpochBoard
 from .checkpoint import BEST, CHECKPOINT, RunState
@@ -229,11 +229,13 @@ def train_points(config: dict, runs, stats_path, out_dirs, teacher_dir=None, log
     A point that stops early is finished, and the job goes on while any point trains.
     rerun_stale: a folder holding a finished run (or a checkpoint) of another configuration is
     trained again instead of refused (the workflow passes it: Snakemake reran the job because
-    the config changed).
+    the config changed). Each folder is locked for the job (kdsweep.lock): a second process
+    for it stops with one sentence.
     """
+    out_dirs = [Path(d) for d in out_dirs]
     try:
-        return _train_points(config, list(runs), stats_path, [Path(d) for d in out_dirs], teacher_dir, log,
-                             rerun_stale)
+        with lock.run_folders(out_dirs):
+            return _train_points(config, list(runs), stats_path, out_dirs, teacher_dir, log, rerun_stale)
     except RuntimeError as err:
         if refused := nondeterministic_op(err):
             raise refused from err
