@@ -33,4 +33,5 @@ rule all:
     input:
         PLAN.tables(),
         [path for path, _, _ in PLAN.figures()],
+        PLAN.study_record(),
         **STUDY_OUTPUTS,

@@ -35,13 +35,12 @@ def test_the_reference_study():
     # one pack per point, named after it; every distilled run in exactly one pack
     assert len(plan.packs) == 112 and all(len(pack.runs) == 1 for pack in plan.packs)
     assert {pack.name for pack in plan.packs} == {run.name for run in kd}
-    # files: 115 runs x (evaluation + 2 attacks x 3 epsilons) + 112 pack records + 2 x 3 run files
+    # files: 115 runs x (evaluation + 2 attacks x 3 epsilons) + 112 pack records + 3 train records
     outputs = plan.outputs(runs)
-    assert len(outputs) == len(set(outputs)) == 115 * 7 + 112 + 3 * 2
+    assert len(outputs) == len(set(outputs)) == 115 * 7 + 112 + 3
     assert "results/cifar10-reference/packs/resnet18_T4_soft0.9_seed0.json" in outputs
     assert "results/cifar10-reference/attacks/kd/resnet18_T4_soft0.9_seed0/pgd_eps0.05.json" in outputs
-    assert plan.finished(plan.teacher) == ["results/cifar10-reference/runs/teacher/resnet50_seed0/metrics.json",
-                                          "results/cifar10-reference/runs/teacher/resnet50_seed0/model.pt"]
+    assert plan.finished(plan.teacher) == ["results/cifar10-reference/trained/teacher/resnet50_seed0.json"]
 
 
 def test_names_and_folders():

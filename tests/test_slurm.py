@@ -1,19 +1,23 @@
-"""profiles/slurm: the study's jobs on a real SLURM cluster, and the time-limit resume.
+"""The study's jobs on a real SLURM cluster through `snakemake --profile slurm`: the profiles, job
+arrays, the time-limit resume, the faults a cluster delivers, and the status view beside a sweep.
 
 The tests marked `slurm` need a cluster: scripts/slurm-cluster.sh starts a one-node
 one with two fake GPUs and accounting (docs/slurm-cluster.md). Where none answers
 (`sinfo` missing or failing) they skip, unless KDSWEEP_REQUIRE_SLURM=1 (CI) says the
 cluster is required: then they fail. They run the workflow in a temporary directory
 (`--snakefile` of this checkout, never its results/), as a user would:
-`snakemake --profile profiles/slurm --configfile config.yaml tests/studies/slurm.yaml`.
+`snakemake --profile slurm --configfile config.yaml tests/studies/slurm.yaml`, with the
+site profile named slurm that `python -m kdsweep slurm-profile` writes (into a temporary
+XDG_CONFIG_HOME) and the workflow profile, profiles/default/, that Snakemake adds.
 
 The study is tests/studies/slurm.yaml, a smaller cut of studies/demo.yaml (same data
 and settings, one small network, one distillation run, one epsilon): the demo takes
 about ten minutes on two cores by itself, and through SLURM's scheduling and
 status polling more, while this file has to finish in about ten.
 
-SLURM account, partition and QoS come from KDSWEEP_SLURM_ACCOUNT, _PARTITION and _QOS
-as for users; the account defaults to `root`, the one scripts/slurm-cluster.sh registers.
+The site profile's account, partition and QoS come from KDSWEEP_SLURM_ACCOUNT, _PARTITION
+and _QOS where they are set; the account defaults to `root`, the one scripts/slurm-cluster.sh
+registers.
 """
 
 import csv
@@ -27,6 +31,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -38,7 +43,8 @@ def run_path(*run):
     return Run(*run).folder
 
 ROOT = Path(__file__).resolve().parents[1]
-PROFILE = ROOT / "profiles" / "slurm"
+WORKFLOW_PROFILE = ROOT / "profiles" / "default"  # Snakemake adds it by itself
+SITE_PROFILE = ROOT / "profiles" / "slurm"  # the checkout's site profile (KDSWEEP_SLURM_* variables)
 STUDY = ROOT / "tests" / "studies" / "slurm.yaml"
 CONFIGS = [ROOT / "config.yaml", STUDY]
 TRAINING_RULES = ("train", "distill")
@@ -46,34 +52,39 @@ EVALUATION_RULES = ("attack", "evaluate")
 GPU_RULES = (*TRAINING_RULES, *EVALUATION_RULES)
 LOCAL_RULES = ("download", "runtime", "tables", "figures", "best_temperature")
 SITE_VARIABLES = ("KDSWEEP_SLURM_ACCOUNT", "KDSWEEP_SLURM_PARTITION", "KDSWEEP_SLURM_QOS")
-# Status polling starts 5 s after a submission instead of the profile's 20 s (a scalar
-# option: the command line overrides it without touching the rest of the profile).
+# Status polling starts 5 s after a submission instead of the site profile's 10 s (a scalar
+# option: the command line overrides it without touching the rest of the profiles).
 FAST_POLL = ["--slurm-init-seconds-before-status-checks", "5"]
 
 
-# ---------------------------------------------------------------- the profile itself (no cluster)
+# ---------------------------------------------------------------- the profiles themselves (no cluster)
 
 
-def parse_profile(monkeypatch, **variables):
-    """The profile as Snakemake reads it (YTE rendering included), with these environment variables."""
+def parse_profile(monkeypatch, folder, **variables):
+    """A profile as Snakemake reads it (YTE rendering included), with these environment variables."""
     from snakemake.profiles import ProfileConfigFileParser
 
     for name in (*SITE_VARIABLES, "KDSWEEP_SLURM_TRAIN_MINUTES"):
         monkeypatch.delenv(name, raising=False)
     for name, value in variables.items():
         monkeypatch.setenv(name, value)
-    with open(PROFILE / "config.yaml") as stream:
+    with open(Path(folder) / "config.yaml") as stream:
         return ProfileConfigFileParser().parse(stream)
 
 
-def test_profile_gives_every_gpu_rule_one_gpu_one_cpu_and_growing_runtimes(monkeypatch):
-    profile = parse_profile(monkeypatch)
-    assert profile["executor"] == "slurm" and int(profile["jobs"]) > 0 and int(profile["retries"]) >= 1
+def _resources(profile):
     resources = {}
     for entry in profile["set-resources"]:
         rule, _, assignment = entry.partition(":")
         name, _, value = assignment.partition("=")
         resources.setdefault(rule, {})[name] = value
+    return resources
+
+
+def test_workflow_profile_gives_every_gpu_rule_one_gpu_one_cpu_and_growing_runtimes(monkeypatch):
+    profile = parse_profile(monkeypatch, WORKFLOW_PROFILE)
+    assert int(profile["retries"]) >= 1
+    resources = _resources(profile)
     threads = dict(entry.split("=") for entry in profile["set-threads"])
     for rule in GPU_RULES:
         assert resources[rule]["gpu"] == "1", f"{rule} asks for one GPU (gpu=, not gpus=: see docs/slurm-cluster.md)"
@@ -81,26 +92,101 @@ def test_profile_gives_every_gpu_rule_one_gpu_one_cpu_and_growing_runtimes(monke
         assert int(resources[rule]["mem_mb"]) > 0
         runtimes = [eval(resources[rule]["runtime"], {"attempt": attempt}) for attempt in (1, 2, 3)]
         assert runtimes[0] < runtimes[1] < runtimes[2], f"{rule}'s runtime grows with the attempt"
+    def extra(rule, trained="baseline"):
+        return eval(resources[rule]["slurm_extra"], {"wildcards": SimpleNamespace(trained=trained)}).split()
+
+    def nice(options):
+        return int(next((o.split("=")[1] for o in options if o.startswith("--nice=")), 0))
+
     for rule in TRAINING_RULES:
-        assert re.fullmatch(r"'--signal=URG@\d+'", resources[rule]["slurm_extra"]), \
+        assert re.fullmatch(r"--signal=URG@\d+", extra(rule)[0]), \
             "training jobs ask for SIGURG before the time limit (SIGUSR1 kills the job's snakemake)"
         assert eval(resources[rule]["runtime"], {"attempt": 1}) == 240
-    assert not any("slurm_extra" in resources[rule] for rule in EVALUATION_RULES)
+    assert not any("--signal" in option for rule in EVALUATION_RULES for option in extra(rule))
+    # SLURM's order among our own pending jobs: the teacher, then the other training, then evaluations
+    assert nice(extra("train", "teacher")) < nice(extra("train")) == nice(extra("distill")) < nice(extra("attack"))
+    assert extra("attack") == extra("evaluate"), "one group job: its jobs' string resources must agree"
+    assert profile["group-components"] == ["eval_{role}_{run}=100"]
     assert profile["slurm-keep-successful-logs"] == "True" and profile["slurm-logdir"]
-    # Nothing site-specific unless the user sets it.
-    assert not any(entry.startswith(("slurm_account", "slurm_partition")) for entry in profile["default-resources"])
-    assert "slurm-qos" not in profile and "slurm-status-command" not in profile
+    # Nothing site-specific: the site profile's keys are not replaced by this one's.
+    site_keys = {"executor", "jobs", "default-resources", "slurm-qos", "slurm-partition", "latency-wait",
+                 "slurm-status-command", "local-cores"}
+    assert not site_keys & set(profile), site_keys & set(profile)
 
 
-def test_profile_reads_account_partition_qos_and_time_limit_from_the_environment(monkeypatch):
-    profile = parse_profile(monkeypatch, KDSWEEP_SLURM_ACCOUNT="proj-42", KDSWEEP_SLURM_PARTITION="all",
-                            KDSWEEP_SLURM_QOS="high", KDSWEEP_SLURM_TRAIN_MINUTES="90")
+def test_workflow_profile_reads_the_training_time_limit_from_the_environment(monkeypatch):
+    profile = parse_profile(monkeypatch, WORKFLOW_PROFILE, KDSWEEP_SLURM_TRAIN_MINUTES="90")
+    for rule in TRAINING_RULES:
+        assert f"{rule}:runtime=90 * attempt" in profile["set-resources"]
+
+
+def test_site_profile_is_the_site_alone_and_reads_account_partition_qos_from_the_environment(monkeypatch):
+    profile = parse_profile(monkeypatch, SITE_PROFILE)
+    assert profile["executor"] == "slurm" and int(profile["jobs"]) > 0
+    # what the workflow profile sets, and would replace, is not here
+    assert not {"set-resources", "set-threads", "group-components", "retries"} & set(profile)
+    # nothing site-specific unless the user sets it
+    assert "default-resources" not in profile and "slurm-qos" not in profile
+    assert "slurm-status-command" not in profile
+    profile = parse_profile(monkeypatch, SITE_PROFILE, KDSWEEP_SLURM_ACCOUNT="proj-42",
+                            KDSWEEP_SLURM_PARTITION="all", KDSWEEP_SLURM_QOS="high")
     # quoted, so that a partition named like a Python builtin (`all`) stays a string
     assert "slurm_account='proj-42'" in profile["default-resources"]
     assert "slurm_partition='all'" in profile["default-resources"]
     assert profile["slurm-qos"] == "high"
-    for rule in TRAINING_RULES:
-        assert f"{rule}:runtime=90 * attempt" in profile["set-resources"]
+
+
+def _profile_folders(tmp_path):
+    """Environment variables that point Snakemake's user and site profile folders into tmp_path."""
+    user, site = tmp_path / "user-config", tmp_path / "site-config"
+    user.mkdir(parents=True, exist_ok=True)
+    site.mkdir(parents=True, exist_ok=True)
+    return {"XDG_CONFIG_HOME": str(user), "XDG_CONFIG_DIRS": str(site)}
+
+
+def _kdsweep(*args, env):
+    return subprocess.run([sys.executable, "-m", "kdsweep", *args], capture_output=True, text=True,
+                          env={**os.environ, **env}, timeout=120)
+
+
+def test_slurm_profile_command_writes_a_minimal_site_profile_and_never_overwrites_one(monkeypatch, tmp_path):
+    folders = _profile_folders(tmp_path)
+    written = Path(folders["XDG_CONFIG_HOME"]) / "snakemake" / "slurm" / "config.yaml"
+    result = _kdsweep("slurm-profile", "--account", "proj-42", "--partition", "all", "--qos", "high", env=folders)
+    assert result.returncode == 0 and f"wrote {written}" in result.stdout, result.stderr
+    profile = parse_profile(monkeypatch, written.parent)
+    assert profile["executor"] == "slurm" and int(profile["jobs"]) == 100
+    assert {"slurm_account='proj-42'", "slurm_partition='all'"} <= set(profile["default-resources"])
+    assert profile["slurm-qos"] == "high"
+    assert not {"set-resources", "set-threads", "group-components", "retries"} & set(profile)
+
+    # a profile that exists is left as it is: the user's own, or the site's
+    written.write_text("executor: slurm\njobs: 7\n")
+    result = _kdsweep("slurm-profile", "--account", "other", env=folders)
+    assert result.returncode == 0 and "left as it is" in result.stdout
+    assert written.read_text() == "executor: slurm\njobs: 7\n"
+    written.unlink()
+    site = Path(folders["XDG_CONFIG_DIRS"]) / "snakemake" / "slurm" / "profile.yaml"
+    site.parent.mkdir(parents=True)
+    site.write_text("executor: slurm\n")
+    result = _kdsweep("slurm-profile", env=folders)
+    assert result.returncode == 0 and str(site) in result.stdout and not written.exists()
+
+
+@pytest.mark.workflow
+def test_snakemake_profile_slurm_uses_the_site_profile_and_the_workflow_profile(tmp_path):
+    """`snakemake --profile slurm` finds the site profile by name and adds profiles/default by itself."""
+    folders = _profile_folders(tmp_path)
+    command = [sys.executable, "-m", "snakemake", "--dry-run", "--profile", "slurm",
+               "--snakefile", str(ROOT / "Snakefile"), "--configfile", *map(str, CONFIGS)]
+    missing = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, env={**os.environ, **folders})
+    assert missing.returncode != 0 and "profile directory given (slurm)" in missing.stderr
+    assert _kdsweep("slurm-profile", "--account", "root", env=folders).returncode == 0
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, env={**os.environ, **folders})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"Using profiles slurm and workflow specific profile {WORKFLOW_PROFILE}" in result.stderr
+    assert re.search(r"resources: .*gpu=1, runtime=240, slurm_extra=--signal=URG@60", result.stdout), \
+        "the training jobs get the workflow profile's resources"
 
 
 def _workflow_local_rules(workdir):
@@ -155,8 +241,36 @@ def _cluster_problem():
     return None
 
 
+class Site:
+    """The environment of a user's shell on the login node, with the venv active and a site profile
+    named slurm written by `python -m kdsweep slurm-profile` into a folder of this test session."""
+
+    def __init__(self, folder, account=None):
+        self.folders = _profile_folders(folder)
+        options = []
+        for option, name in (("--account", "KDSWEEP_SLURM_ACCOUNT"), ("--partition", "KDSWEEP_SLURM_PARTITION"),
+                             ("--qos", "KDSWEEP_SLURM_QOS")):
+            value = account if option == "--account" and account else os.environ.get(name)
+            if option == "--account":
+                value = value or "root"  # the account scripts/slurm-cluster.sh registers
+            if value:
+                options += [option, value]
+        result = _kdsweep("slurm-profile", *options, env=self.folders)
+        assert result.returncode == 0 and "wrote" in result.stdout, result.stdout + result.stderr
+
+    def env(self, **variables):
+        """No SLURM job variables; no KDSWEEP_SLURM_* but these."""
+        env = {name: value for name, value in os.environ.items()
+               if not name.startswith(("SLURM_", "SBATCH_", "SRUN_", "KDSWEEP_SLURM_"))}
+        env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+        env.update(self.folders)
+        env.update(variables)
+        return env
+
+
 @pytest.fixture(scope="module")
-def cluster():
+def cluster(tmp_path_factory):
+    """The site every cluster test submits to (a Site); skips or fails where no cluster answers."""
     problem = _cluster_problem()
     if problem:
         if os.environ.get("KDSWEEP_REQUIRE_SLURM") == "1":
@@ -170,19 +284,7 @@ def cluster():
                     "Restart it with `sudo scripts/slurm-cluster.sh`", pytrace=False)
     if shutil.which("sacct") is None:
         pytest.fail("the SLURM cluster has no `sacct`; these tests read job records from accounting", pytrace=False)
-
-
-def _environment(**variables):
-    """The caller's environment as a user's shell with the venv active; no SLURM job variables."""
-    env = {name: value for name, value in os.environ.items()
-           if not name.startswith(("SLURM_", "SBATCH_", "SRUN_", "KDSWEEP_SLURM_"))}
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    for name in SITE_VARIABLES:
-        if os.environ.get(name):
-            env[name] = os.environ[name]
-    env.setdefault("KDSWEEP_SLURM_ACCOUNT", "root")
-    env.update(variables)
-    return env
+    return Site(tmp_path_factory.mktemp("site"))
 
 
 def _slurm_logs(workdir):
@@ -199,18 +301,25 @@ def _cancel_leftovers(workdir):
         subprocess.run(["scancel", *ids], check=False, capture_output=True)
 
 
-def run_snakemake(workdir, *args, timeout, env=None, watch=None):
-    """`snakemake TARGETS --profile profiles/slurm ...` in workdir; returns (exit status, output).
+def snakemake_command(*args):
+    """`snakemake --profile slurm TARGETS ...`, as a user types it in the checkout (here: with the
+    checkout's Snakefile, from a temporary folder)."""
+    return [sys.executable, "-m", "snakemake", *args, "--profile", "slurm", "--snakefile", str(ROOT / "Snakefile"),
+            "--configfile", *map(str, CONFIGS), *FAST_POLL]
 
-    watch(workdir) is called every 2 s while it runs. Past the timeout snakemake gets SIGTERM
-    (it cancels its SLURM jobs), then SIGKILL, and whatever is still queued is cancelled.
+
+def run_snakemake(workdir, *args, timeout, env, watch=None, log_name="snakemake.log"):
+    """`snakemake --profile slurm TARGETS ...` in workdir; returns (exit status, output).
+
+    env: a Site's environment. watch(workdir) is called every 2 s while it runs. Past the timeout
+    snakemake gets SIGTERM (it cancels its SLURM jobs), then SIGKILL, and whatever is still queued
+    is cancelled.
     """
-    command = [sys.executable, "-m", "snakemake", *args, "--profile", str(PROFILE),
-               "--snakefile", str(ROOT / "Snakefile"), "--configfile", *map(str, CONFIGS), *FAST_POLL]
-    log_path = workdir / "snakemake.log"
+    command = snakemake_command(*args)
+    log_path = workdir / log_name
     with open(log_path, "w") as log:
         process = subprocess.Popen(command, cwd=workdir, stdout=log, stderr=subprocess.STDOUT,
-                                   env=env or _environment(), start_new_session=True)
+                                   env=env, start_new_session=True)
         deadline = time.monotonic() + timeout
         try:
             while process.poll() is None:
@@ -286,7 +395,7 @@ def _assert_one_gpu_job(record, where):
 def test_study_runs_every_gpu_job_on_slurm_with_one_gpu(cluster, tmp_path):
     config = load_config([str(p) for p in CONFIGS], [])
     results = tmp_path / "results" / config["study"]
-    status, output = run_snakemake(tmp_path, timeout=600)
+    status, output = run_snakemake(tmp_path, timeout=600, env=cluster.env())
     assert status == 0, _failure_report(tmp_path, output)
 
     teacher = config["teacher"]
@@ -368,7 +477,7 @@ def test_a_pack_of_sweep_points_is_one_slurm_job_with_one_gpu(cluster, tmp_path)
     points = [("kd", student, seed, temperature, w) for w in config["soft_weights"]]
     plan = Plan(config)
     (record,) = {plan.pack_record(plan.pack_of(Run(*run))) for run in points}
-    status, output = run_snakemake(tmp_path, record, "--config", *overrides, timeout=480)
+    status, output = run_snakemake(tmp_path, record, "--config", *overrides, timeout=480, env=cluster.env())
     assert status == 0, _failure_report(tmp_path, output)
 
     targets = [f"results/{config['study']}/{run_path(*run)}/metrics.json" for run in points]
@@ -389,9 +498,9 @@ def test_a_pack_of_sweep_points_is_one_slurm_job_with_one_gpu(cluster, tmp_path)
 
 @pytest.mark.slurm
 def test_an_account_slurm_does_not_know_stops_the_run_at_submission(cluster, tmp_path):
-    """KDSWEEP_SLURM_ACCOUNT reaches the plugin, which checks it with sacctmgr before sbatch."""
-    status, output = run_snakemake(tmp_path, timeout=120,
-                                   env=_environment(KDSWEEP_SLURM_ACCOUNT="kdsweep-no-such-account"))
+    """The site profile's account reaches the plugin, which checks it with sacctmgr before sbatch."""
+    site = Site(tmp_path / "site", account="kdsweep-no-such-account")
+    status, output = run_snakemake(tmp_path, timeout=120, env=site.env())
     assert status != 0
     assert "The given account kdsweep-no-such-account appears to be invalid" in output, output[-3000:]
     assert not _slurm_logs(tmp_path), "no job was submitted"
@@ -419,6 +528,7 @@ def test_training_over_its_time_limit_is_stopped_retried_and_resumed_to_the_same
     from kdsweep.checkpoint import CHECKPOINT
 
     config = load_config([str(p) for p in CONFIGS], [])
+    plan = Plan(config)
     teacher = config["teacher"]
     name = run_path("teacher", teacher["model"], teacher["seed"])
     work, reference = tmp_path / "slurm", tmp_path / "local"
@@ -461,9 +571,9 @@ def test_training_over_its_time_limit_is_stopped_retried_and_resumed_to_the_same
 
     try:
         status, output = run_snakemake(
-            work, str(run_folder.relative_to(work) / "metrics.json"),
+            work, plan.train_record(plan.teacher),
             "--config", f"training={{max_epochs: {epochs}, early_stopping_patience: {epochs}}}",
-            timeout=660, env=_environment(KDSWEEP_SLURM_TRAIN_MINUTES="2"), watch=watch)
+            timeout=660, env=cluster.env(KDSWEEP_SLURM_TRAIN_MINUTES="2"), watch=watch)
         assert status == 0, _failure_report(work, output)
         local_output, _ = local.communicate(timeout=600)
     finally:
@@ -519,3 +629,175 @@ def test_training_over_its_time_limit_is_stopped_retried_and_resumed_to_the_same
     weights_local = torch.load(reference / "run" / "model.pt", weights_only=True)["state_dict"]
     assert weights.keys() == weights_local.keys()
     assert all(torch.equal(weights[k], weights_local[k]) for k in weights)
+
+
+# ---------------------------------------------------------------- the faults a cluster delivers
+
+# The faults below hit a teacher run of FAULT_EPOCHS epochs (about 3 s each here) after its
+# checkpoint of epoch FAULT_AT: long enough that the fault lands mid-training, short enough for
+# a test of a minute or two. Each run must end equal to an uninterrupted one (`uninterrupted`).
+FAULT_EPOCHS = 12
+FAULT_AT = 2
+FAULT_CONFIG = ["--config", f"training={{max_epochs: {FAULT_EPOCHS}, early_stopping_patience: {FAULT_EPOCHS}}}"]
+
+
+def _local_train(out, cwd, *overrides):
+    """`python -m kdsweep train` of the study's teacher on this machine, as the workflow's job runs it."""
+    teacher = load_config([str(p) for p in CONFIGS], [])["teacher"]
+    config_args = [arg for path in CONFIGS for arg in ("--config", str(path))]
+    return subprocess.run([sys.executable, "-m", "kdsweep", "train", *config_args, "--role", "teacher",
+                           "--model", teacher["model"], "--seed", str(teacher["seed"]), "--stats", "stats.json",
+                           "--out", out, *overrides, "runtime.threads=1"],
+                          cwd=cwd, check=True, capture_output=True, text=True)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """The fault tests' teacher run trained without interruption on this machine (one thread)."""
+    folder = tmp_path_factory.mktemp("uninterrupted")
+    config_args = [arg for path in CONFIGS for arg in ("--config", str(path))]
+    subprocess.run([sys.executable, "-m", "kdsweep", "stats", *config_args, "--out", "stats.json"], cwd=folder,
+                   check=True, capture_output=True)
+    _local_train("run", folder, f"training.max_epochs={FAULT_EPOCHS}", f"training.early_stopping_patience={FAULT_EPOCHS}")
+    return folder / "run"
+
+
+def _assert_same_run(run_folder, reference):
+    """Metrics, history and weights of run_folder equal those of the uninterrupted reference run
+    (training on the CPU with one thread is deterministic, and a resumed run continues exactly)."""
+    import torch
+
+    metrics, expected = _read_json(run_folder / "metrics.json"), _read_json(reference / "metrics.json")
+    compared = ["epochs", "best_epoch", "stopped_early", "val_acc", "val_loss", "test_acc", "test_loss", "config_hash"]
+    assert {k: metrics[k] for k in compared} == {k: expected[k] for k in compared}
+
+    def history(folder):
+        return [{k: v for k, v in row.items() if k != "seconds"} for row in _csv(folder / "history.csv")]
+
+    assert history(run_folder) == history(reference)
+    weights = torch.load(run_folder / "model.pt", weights_only=True)["state_dict"]
+    weights_local = torch.load(reference / "model.pt", weights_only=True)["state_dict"]
+    assert weights.keys() == weights_local.keys()
+    assert all(torch.equal(weights[k], weights_local[k]) for k in weights)
+    for scratch in ("checkpoint.pt", "checkpoint.json", "best.pt", ".lock"):
+        assert not (run_folder / scratch).exists(), scratch
+    return metrics
+
+
+def _epochs_done(run_folder):
+    progress = run_folder / "checkpoint.json"
+    try:
+        return json.loads(progress.read_text())["epoch"]
+    except (OSError, ValueError, KeyError):
+        return 0
+
+
+def _jobs_in(workdir, since):
+    """sacct's records of the jobs whose working directory is workdir, submitted since `since`
+    (an sacct time): {job id: {JobID, JobIDRaw, State, ExitCode, Restarts, ...}} in submission order."""
+    fields = ["JobID", "JobIDRaw", "State", "ExitCode", "Restarts", "WorkDir", "Start", "End"]
+    result = subprocess.run(["sacct", "-X", "-n", "-P", "-S", since, "-o", ",".join(fields)],
+                            capture_output=True, text=True, check=True)
+    records = [dict(zip(fields, line.split("|"))) for line in result.stdout.splitlines()]
+    return {r["JobIDRaw"]: r for r in records if Path(r["WorkDir"]) == Path(workdir)}
+
+
+def _queued(workdir):
+    """{job id: state} of squeue's jobs whose working directory is workdir."""
+    out = subprocess.run(["squeue", "-h", "-o", "%A|%T|%Z"], capture_output=True, text=True).stdout
+    return {job: state for job, state, folder in (line.split("|") for line in out.splitlines())
+            if Path(folder) == Path(workdir)}
+
+
+def _sacct_now():
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(time.time() - 5))
+
+
+def _wait_for(condition, timeout, what):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"waited {timeout} s for {what}")
+        time.sleep(1)
+
+
+@pytest.mark.slurm
+def test_a_killed_snakemake_is_restarted_and_nothing_is_trained_twice_or_lost(cluster, tmp_path, uninterrupted):
+    """The login node's snakemake SIGKILLed (a dropped ssh session) while the teacher trains on SLURM,
+    then started again as the README says: `snakemake --unlock`, then the same command (the workflow
+    profile has rerun-incomplete). The old job goes on training; the new one finds the run folder
+    locked by it, waits, and then finds the run finished: the run is trained once, by the old job,
+    and equals an uninterrupted run."""
+    plan = Plan(load_config([str(p) for p in CONFIGS], []))
+    run_folder = tmp_path / plan.run_dir(plan.teacher)
+    target = plan.train_record(plan.teacher)
+    since = _sacct_now()
+    log = open(tmp_path / "first.log", "w")
+    first = subprocess.Popen(snakemake_command(target, *FAULT_CONFIG), cwd=tmp_path, stdout=log,
+                             stderr=subprocess.STDOUT, env=cluster.env(), start_new_session=True)
+    try:
+        _wait_for(lambda: _epochs_done(run_folder) >= FAULT_AT or first.poll() is not None, 300,
+                  f"the teacher's checkpoint of epoch {FAULT_AT}")
+        assert first.poll() is None, _tail(tmp_path / "first.log")
+        old_jobs = set(_queued(tmp_path))
+        first.kill()  # SIGKILL, the snakemake process alone: its SLURM jobs go on
+        first.wait()
+    finally:
+        log.close()
+        if first.poll() is None:
+            first.kill()
+    assert _queued(tmp_path), "the old job is still running"
+
+    locked = subprocess.run(snakemake_command(target, *FAULT_CONFIG), cwd=tmp_path, capture_output=True, text=True,
+                            env=cluster.env())
+    assert locked.returncode != 0 and "snakemake --unlock" in locked.stdout + locked.stderr
+    unlock = subprocess.run(snakemake_command("--unlock", *FAULT_CONFIG), cwd=tmp_path, capture_output=True,
+                            text=True, env=cluster.env())
+    assert unlock.returncode == 0, unlock.stderr[-2000:]
+    status, output = run_snakemake(tmp_path, target, *FAULT_CONFIG, timeout=480, env=cluster.env(),
+                                   log_name="second.log")
+    assert status == 0, _failure_report(tmp_path, output)
+
+    jobs = _jobs_in(tmp_path, since)
+    training = [job for job, record in jobs.items() if job in old_jobs or job not in old_jobs]
+    metrics = _assert_same_run(run_folder, uninterrupted)
+    # trained once: by the old job, from epoch 1 to the end, never resumed
+    assert metrics["resumed"] == 0 and metrics["slurm"]["job_id"] in old_jobs, (metrics["slurm"], old_jobs)
+    assert all(jobs[job]["State"] == "COMPLETED" for job in training), jobs
+    # the new job trained nothing: it waited for the old one (or found the run finished)
+    rule_log = (tmp_path / plan.training_log(plan.teacher)).read_text()
+    assert " epoch " not in rule_log and "resuming" not in rule_log, rule_log
+    print(f"new job: {'waited for the old one' if 'waiting for it to finish' in rule_log else 'found the run finished'}")
+    record = _read_json(tmp_path / target)
+    assert record["points"][0]["config_hash"] == metrics["config_hash"]
+
+
+@pytest.mark.slurm
+def test_a_cancelled_training_job_is_resubmitted_and_resumes_from_its_checkpoint(cluster, tmp_path, uninterrupted):
+    """scancel of the running teacher job (as preemption does): the training stops on SIGTERM with the
+    checkpoint of its last finished epoch, SLURM records CANCELLED, Snakemake resubmits the job, and
+    the new one resumes from that checkpoint to the result of an uninterrupted run."""
+    plan = Plan(load_config([str(p) for p in CONFIGS], []))
+    run_folder = tmp_path / plan.run_dir(plan.teacher)
+    since = _sacct_now()
+    cancelled = {}
+
+    def watch(workdir):
+        if not cancelled and _epochs_done(run_folder) >= FAULT_AT:
+            for job, state in _queued(workdir).items():
+                if state == "RUNNING":
+                    subprocess.run(["scancel", job], check=True)
+                    cancelled[job] = _epochs_done(run_folder)
+
+    status, output = run_snakemake(tmp_path, plan.train_record(plan.teacher), *FAULT_CONFIG, timeout=480,
+                                   env=cluster.env(), watch=watch)
+    assert status == 0, _failure_report(tmp_path, output)
+    assert len(cancelled) == 1, "one running job was cancelled"
+    (job, epoch), = cancelled.items()
+    jobs = _jobs_in(tmp_path, since)
+    assert jobs[job]["State"].startswith("CANCELLED"), jobs[job]
+    metrics = _assert_same_run(run_folder, uninterrupted)
+    assert metrics["resumed"] == 1 and metrics["slurm"]["job_id"] != job
+    assert jobs[metrics["slurm"]["job_id"]]["State"] == "COMPLETED"
+    resumed_after = re.findall(r"resuming \S+ after epoch (\d+)", (tmp_path / plan.training_log(plan.teacher)).read_text())
+    assert len(resumed_after) == 1 and int(resumed_after[0]) >= epoch

@@ -20,7 +20,8 @@ pytestmark = pytest.mark.workflow
 REPO = Path(__file__).resolve().parents[1]
 DEFAULTS = REPO / "config.yaml"
 TINY = REPO / "tests" / "studies" / "tiny.yaml"
-# the value profiles/slurm passes: one submission per run, spanning all of its evaluations
+# the value of the workflow profile (profiles/default, which Snakemake adds to every run of the
+# Snakefile): one submission per run, spanning all of its evaluations
 GROUP_COMPONENTS = "eval_{role}_{run}=100"
 
 
@@ -123,7 +124,7 @@ def test_evaluations_of_one_run_are_one_group_job(seed_study):
 
 
 def test_without_group_components_each_job_is_its_own_group(tmp_path):
-    _, output = dry_run(tmp_path)
+    _, output = dry_run(tmp_path, "--workflow-profile", "none")
     found = groups(output)
     assert len(found) == 690 + 115
     assert all(sum(rules.values()) == 1 for _, rules in found)
@@ -141,7 +142,7 @@ def test_packed_grid_trains_pack_size_points_per_job(tmp_path):
     assert len({o for pack in outs for o in pack}) == 112  # every point in exactly one pack
     for line in commands:  # one student and seed per pack
         assert line.count("--student ") == 1 and line.count("--seed ") == 1
-    records = set(re.findall(r"--record (\S+)", output))
+    records = set(re.findall(r"--record (\S+/packs/\S+)", output))
     assert records == {f"results/cifar10-reference/packs/{s}_seed0_pack{i}.json"
                        for s in ("mobilenet_v3_small", "resnet18") for i in range(1, 8)}
 
@@ -273,7 +274,8 @@ def test_tiny_study_is_up_to_date_and_reruns_on_a_changed_value(tiny):
 
     # a changed runtime value rewrites runtime.yaml and reruns nothing (it changes no result)
     counts, _ = dry_run(tiny, "--config", "runtime={channels_last: true, precision: bf16}", configfiles=[TINY])
-    assert dict(counts) == {"runtime": 1, "total": 1}
+    # (and study.yaml, the config `python -m kdsweep status` reads, which no job reads)
+    assert dict(counts) == {"runtime": 1, "study": 1, "all": 1, "total": 3}
 
     # a changed value of the jobs' config slice reruns the runs (params trigger), not the split
     counts, output = dry_run(tiny, "--config", "training={lr: 0.002}", configfiles=[TINY])
@@ -349,3 +351,20 @@ def test_tiny_staged_study_resolves_its_checkpoint(tiny):
     kd = runs[runs["role"] == "kd"]
     assert set(kd.loc[kd["soft_weight"] == 0.9, "temperature"]) == {1, 4}
     assert set(kd.loc[kd["temperature"] == choice["temperature"], "soft_weight"]) == {0.5, 0.9}
+
+
+def test_tiny_study_is_in_tensorboard_as_hparams_sessions(tiny):
+    """The tables rule's aggregation writes every finished run as an HParams session (issue 15)."""
+    pytest.importorskip("tensorboard")
+    from test_board import read_sessions
+
+    results = tiny / "results" / "tiny"
+    sessions, experiments = read_sessions(results)
+    runs = tables(results)["runs.csv"]
+    assert sorted(sessions) == sorted(f"{run}/tensorboard" for run in runs["run"])
+    for _, row in runs.iterrows():
+        hparams, metrics = sessions[f"{row['run']}/tensorboard"]
+        assert hparams["role"] == row["role"] and hparams["model"] == row["model"]
+        assert {"test_acc", "val_acc", "fgsm_eps0.1", "agreement", "ece"} <= set(metrics)
+        assert metrics["test_acc"] == pytest.approx(row["test_acc"], rel=1e-7)  # stored as float32
+    assert len(experiments) == 1

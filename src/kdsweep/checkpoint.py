@@ -3,7 +3,9 @@
 Two scratch files in the run folder, each written whole under a temporary name and renamed
 (kdsweep.io): `checkpoint.pt` after every epoch (weights, Adam, the LR schedule, the torch RNG
 stream of the point, the data generator, and the `RunState`), and `best.pt`, the
-best-validation weights so far. Neither is a Snakemake output: a failed attempt leaves them
+best-validation weights so far. `checkpoint.json`, written right after checkpoint.pt, holds the
+RunState's numbers without the history (`progress`): what `python -m kdsweep status` reads
+without loading torch. Neither is a Snakemake output: a failed attempt leaves them
 and the next one resumes. They go when the whole job has finished (train.train_points), not
 when each point does, so that a finished point of a pack whose job then dies is written
 again from them, not trained again.
@@ -23,6 +25,8 @@ from .errors import KdsweepError
 
 CHECKPOINT = "checkpoint.pt"
 BEST = "best.pt"
+# The RunState of checkpoint.pt as JSON, without the history: for readers that do not load torch.
+PROGRESS = "checkpoint.json"
 
 
 @dataclass
@@ -72,6 +76,14 @@ def save(folder: Path, run_hash: str, module, optimizer, scheduler, rng: dict, d
     io.torch_save({"config_hash": run_hash, "model": module.state_dict(), "optimizer": optimizer.state_dict(),
                    "scheduler": scheduler.state_dict(), "rng": rng, "data": data_state, "state": state.as_dict()},
                   Path(folder) / CHECKPOINT)
+    io.write_json(Path(folder) / PROGRESS, progress(run_hash, state))
+
+
+def progress(run_hash: str, state: RunState) -> dict:
+    """checkpoint.json: the epochs done, the training seconds so far, ... (`RunState` without history)."""
+    record = {key: value for key, value in state.as_dict().items() if key != "history"}
+    record["best_val_loss"] = None if math.isinf(record["best_val_loss"]) else record["best_val_loss"]
+    return {**record, "config_hash": run_hash}
 
 
 def load(path: Path, expected_hash: str) -> dict:
@@ -102,5 +114,5 @@ def restore(checkpoint: dict, module, optimizer, scheduler) -> tuple[dict, objec
 
 
 def remove_scratch(folder: Path):
-    for name in (CHECKPOINT, BEST):
+    for name in (CHECKPOINT, BEST, PROGRESS):
         (Path(folder) / name).unlink(missing_ok=True)

@@ -59,9 +59,25 @@ def _train(args, runs, out_dirs, teacher_dir=None):
         raise KdsweepError(f"model '{runs[0].model}' is unknown; choose one of {', '.join(MODELS)}")
     config = _load(args)
     try:
-        return train_points(config, runs, args.stats, out_dirs, teacher_dir=teacher_dir, rerun_stale=args.rerun_stale)
+        results = train_points(config, runs, args.stats, out_dirs, teacher_dir=teacher_dir,
+                               rerun_stale=args.rerun_stale, wait_for_lock=args.wait_for_lock)
     except Preempted:
         sys.exit(EXIT_PREEMPTED)
+    if args.record:
+        _write_record(args.record, out_dirs, results)
+    return results
+
+
+def _write_record(path, out_dirs, results):
+    """The job's record, written once every run has finished: the workflow's output of a training job."""
+    from . import io
+    from .runtime import environment
+
+    io.write_json(path, {
+        "points": [{"run": str(out), "temperature": metrics["temperature"], "soft_weight": metrics["soft_weight"],
+                    "config_hash": metrics["config_hash"], "test_acc": metrics["test_acc"]}
+                   for out, metrics in zip(out_dirs, results)],
+        "slurm": environment()["slurm"]})
 
 
 def cmd_train(args):
@@ -71,9 +87,7 @@ def cmd_train(args):
 
 
 def cmd_distill(args):
-    from . import io
     from .plan import Run
-    from .runtime import environment
 
     if not len(args.temperature) == len(args.soft_weight) == len(args.out):
         raise KdsweepError("give --temperature, --soft-weight and --out once per sweep point, "
@@ -81,14 +95,7 @@ def cmd_distill(args):
                            f"{len(args.out)})")
     runs = [Run(role="kd", model=args.student, seed=args.seed, temperature=temperature, soft_weight=weight)
             for temperature, weight in zip(args.temperature, args.soft_weight)]
-    results = _train(args, runs, args.out, teacher_dir=args.teacher)
-    if args.record:
-        # Written once every point has finished: the workflow's output for the pack.
-        io.write_json(args.record, {
-            "points": [{"run": out, "temperature": metrics["temperature"], "soft_weight": metrics["soft_weight"],
-                        "config_hash": metrics["config_hash"], "test_acc": metrics["test_acc"]}
-                       for out, metrics in zip(args.out, results)],
-            "slurm": environment()["slurm"]})
+    _train(args, runs, args.out, teacher_dir=args.teacher)
 
 
 def cmd_attack(args):
@@ -105,9 +112,16 @@ def cmd_evaluate(args):
 
 def cmd_aggregate(args):
     from .aggregate import write_tables
+    from .board import INSTALL_HINT, write_hparams
 
     for path in write_tables(Path(args.results)):
         print(f"wrote {path}")
+    # the study as TensorBoard HParams sessions, from the tables just written
+    sessions = write_hparams(Path(args.results))
+    if sessions is None:
+        print(f"TensorBoard HParams not written: the tensorboard package is not installed ({INSTALL_HINT})")
+    else:
+        print(f"wrote {len(sessions) - 1} TensorBoard HParams sessions (tensorboard --logdir {args.results})")
 
 
 def cmd_plots(args):
@@ -142,6 +156,33 @@ def cmd_config(args):
         io.write_text(args.out, text)
     else:
         print(text, end="")
+
+
+def cmd_status(args):
+    from .config import OVERRIDE
+    from .status import show
+
+    configfiles = [*args.configfile, *(item for item in args.config if not OVERRIDE.match(item))]
+    overrides = [*(item for item in args.config if OVERRIDE.match(item)), *args.overrides]
+    folder = None
+    if args.study is not None:
+        if OVERRIDE.match(args.study):
+            overrides.insert(0, args.study)
+        else:
+            folder = args.study
+    if folder is not None and configfiles:
+        raise KdsweepError("give the study folder or its config files, not both")
+    show(configfiles, overrides, folder, watch=args.watch)
+
+
+def cmd_slurm_profile(args):
+    from .slurm import write_site_profile
+
+    path, written = write_site_profile(args.account, args.partition, args.qos, args.jobs)
+    if written:
+        print(f"wrote {path}: `snakemake --profile slurm` now submits to SLURM with it")
+    else:
+        print(f"{path} exists: `snakemake --profile slurm` uses it; left as it is")
 
 
 def cmd_models(args):
@@ -187,10 +228,13 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--rerun-stale", action="store_true",
                        help="train again a folder that holds a finished run (or a checkpoint) of another "
                             "configuration, instead of refusing it (the workflow passes this)")
-        if name == "distill":
-            p.add_argument("--record", metavar="JSON",
-                           help="file to write once every point has finished: the pack's points and their "
-                                "config hashes (the workflow's output of a distill job)")
+        p.add_argument("--record", metavar="JSON",
+                       help="file to write once every point has finished: the job's points and their config "
+                            "hashes (the workflow's output of a training job)")
+        p.add_argument("--wait-for-lock", action="store_true",
+                       help="if another process is training a run folder of this job, wait for it to finish "
+                            "instead of stopping (the workflow passes this: a job of a killed snakemake may "
+                            "still be training the run)")
         p.add_argument("--stats", required=True, help="stats file written by `python -m kdsweep stats`")
         p.add_argument("--out", required=True, action="append" if name == "distill" else None,
                        help="run folder; a checkpoint there is resumed" + (
@@ -250,6 +294,42 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--section", help="only this top-level section (e.g. runtime)")
     p.add_argument("--out", help="YAML file to write instead of printing")
     p.set_defaults(func=cmd_config)
+
+    p = _command(subparsers, "status",
+                 "where a study stands: runs planned, finished, training, stopped, failed, not started; "
+                 "GPU-hours; SLURM jobs (reads files only: safe beside a live sweep)",
+                 description="Where a study stands, from its files alone: per role and model the runs planned "
+                             "(the workflow's plan), finished, training now (epoch k of at most N), stopped (resume "
+                             "on their next attempt), failed (with the reason from the job's log) and not started; "
+                             "training GPU-hours spent and an estimate of what remains; the SLURM jobs pending and "
+                             "running in this folder (where squeue is on PATH). Give the config as you give it to "
+                             "snakemake (--configfile FILE ..., --config key=value ...), run in the folder "
+                             "snakemake runs in, or give the study folder (results/<study>).")
+    p.add_argument("study", nargs="?", metavar="RESULTS_DIR",
+                   help="the study's folder, results/<study> (read from its study.yaml); instead of the config")
+    p.add_argument("--configfile", nargs="+", action="extend", default=[], metavar="YAML",
+                   help="study config files, as given to snakemake (config.yaml's defaults come first)")
+    p.add_argument("--config", nargs="+", action="extend", default=[], metavar="key=value",
+                   help="config overrides as given to snakemake (key=value, YAML values); a YAML file "
+                        "path here is read as a config file, as with the other kdsweep commands")
+    p.add_argument("--watch", nargs="?", type=float, const=10.0, metavar="SECONDS",
+                   help="refresh every SECONDS (default 10) until Ctrl-C")
+    p.set_defaults(func=cmd_status, overrides=[])
+
+    p = _command(subparsers, "slurm-profile",
+                 "write a minimal SLURM site profile, so that `snakemake --profile slurm` works; "
+                 "an existing one is never overwritten",
+                 description="Write a minimal Snakemake site profile named slurm (executor, job cap, status "
+                             "polling, and the account, partition and QoS given) into ~/.config/snakemake/slurm/ "
+                             "($XDG_CONFIG_HOME/snakemake/slurm/), unless a profile named slurm exists there or in "
+                             "/etc/xdg/snakemake/: that one is left as it is. The workflow's own settings come "
+                             "from profiles/default/, which Snakemake adds by itself.")
+    p.add_argument("--account", help="SLURM account of every job (sbatch -A); default: the plugin guesses it")
+    p.add_argument("--partition", help="SLURM partition of every job (sbatch -p); default: the cluster's")
+    p.add_argument("--qos", help="SLURM QoS of every job (sbatch --qos); default: the cluster's")
+    p.add_argument("--jobs", type=int, default=100,
+                   help="at most this many jobs submitted at once (default: 100)")
+    p.set_defaults(func=cmd_slurm_profile)
 
     p = _command(subparsers, "models", "list the architectures that can be named in the config")
     p.set_defaults(func=cmd_models)

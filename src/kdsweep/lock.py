@@ -22,12 +22,15 @@ LOCK = ".lock"
 
 
 @contextlib.contextmanager
-def run_folders(folders):
-    """Hold the lock of every folder (created if missing) while the block runs; KdsweepError if any is held."""
+def run_folders(folders, wait=False, log=print):
+    """Hold the lock of every folder (created if missing) while the block runs; KdsweepError if any is
+    held, or with wait (the workflow's jobs) wait for its holder to let go, saying so with `log`.
+
+    Folders are locked in one order (sorted), so that jobs waiting for each other cannot deadlock."""
     handles = []
     try:
         for folder in sorted({Path(f).resolve() for f in folders}):
-            handles.append(_acquire(folder))
+            handles.append(_acquire_waiting(folder, log) if wait else _acquire(folder))
         yield
     finally:
         for folder, handle in reversed(handles):
@@ -36,23 +39,62 @@ def run_folders(folders):
             handle.close()
 
 
-def _acquire(folder: Path):
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        handle = open(folder / LOCK, "a+")
-    except OSError as err:
-        raise KdsweepError(f"cannot create the run folder {folder} ({err.strerror}); "
-                           "choose an --out folder you can write") from err
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.seek(0)
-        holder = handle.read().strip() or "another process"
+def describe_holder() -> str:
+    """What a lock file says about its holder: `process PID on HOST[ (SLURM job ID)]`
+    (`python -m kdsweep status` reads it to tell a live holder from a dead one)."""
+    job = os.environ.get("SLURM_JOB_ID")
+    return f"process {os.getpid()} on {platform.node()}" + (f" (SLURM job {job})" if job else "")
+
+
+def _acquire_waiting(folder: Path, log):
+    """_acquire, but while another process holds the folder: wait for it (a job of a killed snakemake
+    still training the run, a zombie job of a failed node), then lock the folder's lock file as it is
+    then (the holder removes the file it held as it lets go)."""
+    said = False
+    while True:
+        try:
+            return _acquire(folder)
+        except KdsweepError:
+            pass
+        try:
+            handle = open(folder / LOCK, "r")
+        except FileNotFoundError:
+            continue  # let go since: try again
+        if not said:
+            holder = handle.read().strip() or "another process"
+            log(f"run folder {folder} is being trained by {holder}: waiting for it to finish (the run is "
+                "then finished, or resumes from its checkpoint)")
+            said = True
+        fcntl.flock(handle, fcntl.LOCK_SH)  # blocks until the holder lets go (or dies)
         handle.close()
-        raise KdsweepError(f"run folder {folder} is being trained by {holder}; wait for it to finish, or stop it "
-                           "and start this job again (it resumes from the checkpoint)") from None
+
+
+def _acquire(folder: Path):
+    while True:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            handle = open(folder / LOCK, "a+")
+        except OSError as err:
+            raise KdsweepError(f"cannot create the run folder {folder} ({err.strerror}); "
+                               "choose an --out folder you can write") from err
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            handle.close()
+            raise KdsweepError(f"run folder {folder} is being trained by {holder}; wait for it to finish, or stop "
+                               "it and start this job again (it resumes from the checkpoint)") from None
+        # Opened just before its holder removed it and let go: that file is no one's lock any more.
+        try:
+            current = os.stat(folder / LOCK).st_ino
+        except FileNotFoundError:
+            current = None
+        if current == os.fstat(handle.fileno()).st_ino:
+            break
+        handle.close()
     handle.seek(0)
     handle.truncate()
-    handle.write(f"process {os.getpid()} on {platform.node()}")
+    handle.write(describe_holder())
     handle.flush()
     return folder, handle

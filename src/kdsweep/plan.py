@@ -286,13 +286,17 @@ class Plan:
     def pack_record(self, pack: Pack) -> str:
         return f"{self.results}/packs/{pack.name}.json"
 
+    def train_record(self, run: Run) -> str:
+        """A teacher's or baseline's record (rule train's output): written once the run has finished."""
+        return f"{self.results}/trained/{run.role}/{run.name}.json"
+
     def finished(self, run: Run) -> list[str]:
-        """The files the workflow tracks for a finished run: a distilled run's pack record,
-        another run's metrics.json and model.pt."""
+        """The file the workflow tracks for a finished run: its job's record (a distilled run's pack
+        record, another run's train record), written after the run's own files. A run folder is no
+        Snakemake output, so Snakemake never deletes a finished run (workflow/rules/train.smk)."""
         if run.role == "kd":
             return [self.pack_record(self.pack_of(run))]
-        folder = self.run_dir(run)
-        return [f"{folder}/metrics.json", f"{folder}/model.pt"]
+        return [self.train_record(run)]
 
     def evaluations(self, run: Run) -> list[str]:
         """A run's evaluation file and its result under every attack switched on at every epsilon."""
@@ -324,3 +328,35 @@ class Plan:
     def runtime(self) -> str:
         """The command-line overrides of the runtime section (no rerun trigger: see the module docstring)."""
         return command_line(runtime_section(self.config))
+
+    # ---- read-only views for `python -m kdsweep status` (the names the rules give these files)
+
+    def study_record(self) -> str:
+        """results/<study>/study.yaml: the whole config the workflow last ran with (rule study)."""
+        return f"{self.results}/study.yaml"
+
+    def training_log(self, run: Run) -> str:
+        """The log of the job that trains a run: rule train's, or rule distill's of its pack."""
+        if run.role == "kd":
+            return f"{self.results}/logs/runs/kd/{self.pack_of(run).name}.log"
+        return f"{self.results}/logs/{run.folder}.log"
+
+    def staged_choice(self, student) -> str:
+        """Staged sweep: the file checkpoint best_temperature writes for a student."""
+        return f"{self.results}/staged/{student}_seed-all.json"
+
+    def planned(self, choices: dict) -> tuple[list[Run], dict]:
+        """The runs snakemake makes, given the staged sweep's choices so far ({student: the record
+        of staged_choice, for the students whose temperature is chosen}): (runs, {student: number
+        of stage-2 runs still waiting for the choice}). The grid has no choices to wait for."""
+        runs, waiting = self.fixed_runs(), {}
+        if self.staged:
+            known = set(runs)
+            for student in self.students:
+                if student in choices:
+                    temperature = self.chosen_temperature(choices[student], self.staged_choice(student))
+                    runs += [run for run in self.soft_weight_sweep(student, temperature) if run not in known]
+                else:
+                    any_temperature = self.config["temperatures"][0]
+                    waiting[student] = sum(run not in known for run in self.soft_weight_sweep(student, any_temperature))
+        return runs, waiting

@@ -74,7 +74,9 @@ def environment() -> dict:
                      "torchvision": torchvision.__version__, "kdsweep": __version__,
                      "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version()
                      if torch.backends.cudnn.is_available() else None},
+        # an array task's own job id, and its array's (sacct shows it as <array_job_id>_<array_task>)
         "slurm": {"job_id": os.environ.get("SLURM_JOB_ID"),
+                  "array_job_id": os.environ.get("SLURM_ARRAY_JOB_ID"),
                   "array_task": os.environ.get("SLURM_ARRAY_TASK_ID"),
                   "restart_count": os.environ.get("SLURM_RESTART_COUNT"),
                   "gpus": os.environ.get("CUDA_VISIBLE_DEVICES")},

@@ -222,7 +222,8 @@ def _load_teacher(teacher_dir: Path, device):
     return teacher, io.read_json(metrics_path)["config_hash"]
 
 
-def train_points(config: dict, runs, stats_path, out_dirs, teacher_dir=None, log=print, rerun_stale=False) -> list:
+def train_points(config: dict, runs, stats_path, out_dirs, teacher_dir=None, log=print, rerun_stale=False,
+                 wait_for_lock=False) -> list:
     """Train (or resume) the runs of one job, each into its folder; return their metrics.
 
     One run (a teacher or a baseline), or a pack of distillation runs of one student and seed.
@@ -230,11 +231,11 @@ def train_points(config: dict, runs, stats_path, out_dirs, teacher_dir=None, log
     rerun_stale: a folder holding a finished run (or a checkpoint) of another configuration is
     trained again instead of refused (the workflow passes it: Snakemake reran the job because
     the config changed). Each folder is locked for the job (kdsweep.lock): a second process
-    for it stops with one sentence.
+    for it stops with one sentence, or with wait_for_lock (the workflow's jobs) waits for the holder.
     """
     out_dirs = [Path(d) for d in out_dirs]
     try:
-        with lock.run_folders(out_dirs):
+        with lock.run_folders(out_dirs, wait=wait_for_lock, log=log):
             return _train_points(config, list(runs), stats_path, out_dirs, teacher_dir, log, rerun_stale)
     except RuntimeError as err:
         if refused := nondeterministic_op(err):

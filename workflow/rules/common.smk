@@ -8,6 +8,7 @@
 # the file and reruns nothing, since it changes no result beyond floating-point noise and a
 # stopped run resumes under any runtime section.
 
+import json
 import os
 import shlex
 import sys
@@ -17,7 +18,7 @@ from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 from snakemake_interface_executor_plugins.settings import DeploymentMethod
 
-from kdsweep import io
+# (nothing here imports torch: every snakemake, also the two inside each cluster job, parses this)
 from kdsweep.config import coerce_strings
 from kdsweep.datasets import download_folder
 from kdsweep.errors import KdsweepError
@@ -36,6 +37,8 @@ RESULTS = PLAN.results
 LOGS = f"{RESULTS}/logs"
 STATS = f"{RESULTS}/data/stats.json"
 TEACHER = PLAN.run_dir(PLAN.teacher)
+# the teacher's train record: written after its model.pt and metrics.json
+(TEACHER_RECORD,) = PLAN.finished(PLAN.teacher)
 DATASET_DIR = download_folder(config["dataset"]["name"], config["dataset"]["root"])
 
 RUNTIME = f"{RESULTS}/runtime.yaml"
@@ -59,6 +62,19 @@ shell.prefix(PREFIX.replace("{", "{{").replace("}", "}}"))
 # runs N jobs side by side; a profile's set-threads overrides it.
 THREADS = config["runtime"]["threads"] or 1
 
+# On a cluster every GPU job asks for one GPU (the workflow profile's set-resources), and a
+# group job (one run's evaluations) for one too: `gpu` is counted per submission, with one
+# GPU to each, so that a group's attacks run one after another on it. Locally nothing limits
+# `gpu` (unless --resources gpu=N says so). The executor is known only once the DAG is built
+# (not while this file is read), so the evaluations' input functions set it (one_gpu_per_job).
+resource_scopes:
+    gpu="local",
+
+
+def one_gpu_per_job():
+    if not workflow.local_exec and "gpu" not in workflow.global_resources:
+        workflow.register_resource("gpu", 1)
+
 
 wildcard_constraints:
     role="teacher|baseline|kd",
@@ -75,6 +91,7 @@ wildcard_constraints:
 
 
 def run_of(wildcards):
+    one_gpu_per_job()
     return PLAN.run(wildcards.role, wildcards.run)
 
 
@@ -108,7 +125,8 @@ def soft_weight_sweep(student):
     def outputs(wildcards):
         path = checkpoints.best_temperature.get(student=student).output[0]
         try:
-            temperature = PLAN.chosen_temperature(io.read_json(path), path)
+            with open(path) as handle:
+                temperature = PLAN.chosen_temperature(json.load(handle), path)
         except KdsweepError as err:
             raise WorkflowError(str(err))
         return PLAN.outputs(PLAN.soft_weight_sweep(student, temperature))

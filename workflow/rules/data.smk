@@ -6,6 +6,7 @@
 # an ancient() input, so that rewriting it reruns nothing.
 localrules:
     runtime,
+    study,
 
 
 rule runtime:
@@ -19,6 +20,22 @@ rule runtime:
         runtime=PLAN.runtime(),
     shell:
         "kdsweep config --section runtime --out {output:q} {params.runtime} > {log:q} 2>&1"
+
+
+# The whole config the workflow runs with, rewritten whenever it changes: what
+# `python -m kdsweep status results/<study>` reads. No job reads it (rule all asks for it).
+rule study:
+    output:
+        PLAN.study_record(),
+    params:
+        config=PLAN.config,
+    run:
+        import yaml
+
+        temporary = f"{output[0]}.tmp"
+        with open(temporary, "w") as handle:
+            yaml.safe_dump(params.config, handle, sort_keys=False)
+        os.replace(temporary, output[0])
 
 
 if DATASET_DIR:

@@ -34,8 +34,7 @@ rule evaluate:
     input:
         finished,
         runtime=ancient(RUNTIME),
-        teacher=f"{TEACHER}/model.pt",
-        teacher_metrics=f"{TEACHER}/metrics.json",
+        teacher=TEACHER_RECORD,
     output:
         f"{RESULTS}/evaluation/{{role}}/{{run}}.json",
     log:
@@ -47,7 +46,7 @@ rule evaluate:
     threads: THREADS
     params:
         run=run_dir,
-        teacher=lambda wildcards, input: os.path.dirname(input.teacher),
+        teacher=TEACHER,
         config=PLAN.job_config("evaluate"),
     shell:
         "kdsweep evaluate --run {params.run:q} --teacher {params.teacher:q} --out {output:q}"

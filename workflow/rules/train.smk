@@ -1,6 +1,13 @@
 # Training: the teacher and the hard-target baselines (rule train, one run per job), and the
 # distillation sweep (rule distill, one pack of runtime.pack_size runs per job). A run's
 # checkpoint.pt is no output: it survives a failed attempt and the retry resumes from it.
+#
+# Neither rule declares a run's own files: each job's output is its record (trained/<role>/<run>.json,
+# packs/<pack>.json), written after its runs finished. Snakemake deletes a job's outputs before it
+# runs it again (--rerun-incomplete after a killed snakemake, a stale job of a failed node, a retry)
+# and after it fails; with a record as the output that costs a record, written again in seconds by
+# the next job, which finds its runs finished; never a finished run. A job whose run folder another
+# job still trains (one of a killed snakemake) waits for it (--wait-for-lock) instead of failing.
 
 
 rule train:
@@ -8,19 +15,18 @@ rule train:
         stats=STATS,
         runtime=ancient(RUNTIME),
     output:
-        metrics=f"{RESULTS}/runs/{{trained}}/{{model}}_seed{{seed}}/metrics.json",
-        history=f"{RESULTS}/runs/{{trained}}/{{model}}_seed{{seed}}/history.csv",
-        model=f"{RESULTS}/runs/{{trained}}/{{model}}_seed{{seed}}/model.pt",
+        f"{RESULTS}/trained/{{trained}}/{{model}}_seed{{seed}}.json",
     log:
         f"{LOGS}/runs/{{trained}}/{{model}}_seed{{seed}}.log",
     conda:
         CONDA_ENV
     threads: THREADS
     params:
+        out=lambda wildcards: f"{RESULTS}/runs/{wildcards.trained}/{wildcards.model}_seed{wildcards.seed}",
         config=PLAN.job_config("train"),
     shell:
         "kdsweep train --role {wildcards.trained} --model {wildcards.model} --seed {wildcards.seed}"
-        " --stats {input.stats:q} --out $(dirname {output.metrics:q}) --rerun-stale"
+        " --stats {input.stats:q} --out {params.out:q} --record {output:q} --rerun-stale --wait-for-lock"
         " --config {input.runtime:q} {params.config} runtime.threads={threads} > {log:q} 2>&1"
 
 
@@ -31,8 +37,7 @@ rule distill:
     input:
         stats=STATS,
         runtime=ancient(RUNTIME),
-        teacher=f"{TEACHER}/model.pt",
-        teacher_metrics=f"{TEACHER}/metrics.json",
+        teacher=TEACHER_RECORD,
     output:
         f"{RESULTS}/packs/{{pack}}.json",
     log:
@@ -44,11 +49,11 @@ rule distill:
         student=lambda wildcards: pack_of(wildcards).student,
         seed=lambda wildcards: pack_of(wildcards).seed,
         points=lambda wildcards: PLAN.pack_points(pack_of(wildcards)),
-        teacher=lambda wildcards, input: os.path.dirname(input.teacher),
+        teacher=TEACHER,
         config=PLAN.job_config("train"),
     shell:
         "kdsweep distill --student {params.student} --seed {params.seed} --teacher {params.teacher:q}"
-        " {params.points} --stats {input.stats:q} --record {output:q} --rerun-stale"
+        " {params.points} --stats {input.stats:q} --record {output:q} --rerun-stale --wait-for-lock"
         " --config {input.runtime:q} {params.config} runtime.threads={threads} > {log:q} 2>&1"
 
 

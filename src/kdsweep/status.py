@@ -1,0 +1,343 @@
+"""`python -m kdsweep status`: where a study stands, from its files alone (safe beside a live sweep).
+
+Per role and model: the runs planned (kdsweep.plan, the plan the workflow uses, with the staged
+sweep's checkpoint files), finished (metrics.json of this configuration), training now (epoch k of
+at most N, from checkpoint.json, the JSON twin of the run's checkpoint), stopped (a checkpoint and
+no live process: a time limit, preemption or a killed job; the next attempt resumes it), failed
+(the one-sentence reason from its job's log) and not started; the training GPU-hours spent so far
+(train_seconds of finished and stopped or running jobs; a pack's points share one job, counted
+once), an estimate of what remains from the jobs finished so far, and, where squeue is on the
+PATH, the SLURM jobs pending and running in the study's working directory.
+
+A run is training now when the holder of its folder's lock (kdsweep.lock: `process PID on HOST
+(SLURM job ID)`) is alive: a process of this machine, or a job squeue lists as running. Nothing
+here writes, locks or imports torch: it stats and reads small files, so it takes well under two
+seconds for a 10-seed study of the reference grid.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import KdsweepError
+from .plan import Plan, Run
+
+STATES = ("finished", "training", "stopped", "failed", "not started")
+_HOLDER = re.compile(r"process (\d+) on (\S+?)(?: \(SLURM job (\S+)\))?\s*$")
+_ERROR = re.compile(r"kdsweep: error: (.+)")
+_EXCEPTION = re.compile(r"^(\w+(?:\.\w+)*(?:Error|Exception|Interrupt)): (.+)$")
+_STOP = re.compile(r"received (SIG\w+): stopped")
+PROGRESS = "checkpoint.json"  # kdsweep.checkpoint.PROGRESS (that module imports torch)
+CHECKPOINT = "checkpoint.pt"
+LOCK = ".lock"
+
+
+@dataclass
+class RunStatus:
+    run: Run
+    state: str
+    epochs: int = 0  # epochs finished
+    seconds: float = 0.0  # training seconds so far (all attempts)
+    reason: str = ""  # failed: the log's sentence; stopped: the signal; training: where
+
+
+@dataclass
+class StudyStatus:
+    plan: Plan
+    root: Path
+    runs: list[RunStatus]
+    waiting: dict  # staged sweep: {student: stage-2 runs waiting for the temperature}
+    evaluations: tuple[int, int]  # (files present, files planned) of the runs planned so far
+    slurm: dict | None  # {"pending": n, "running": n} of jobs in root, or None without squeue
+    gpu_seconds: float
+    remaining_seconds: float | None  # None: no job of some kind has finished yet to go by
+    unestimated: int  # jobs left out of remaining_seconds for want of a finished one like them
+    taken: float = field(default_factory=time.time)
+
+
+# ---------------------------------------------------------------- reading the files
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None  # missing, or being replaced right now: read again next time
+
+
+def _holder_alive(folder: Path, running_jobs: set | None, host: str) -> tuple[bool, str]:
+    """(whether the folder's lock is held by a live process, where), from the lock file alone."""
+    try:
+        text = (folder / LOCK).read_text()
+    except OSError:
+        return False, ""
+    match = _HOLDER.search(text)
+    if not match:
+        return True, "lock held"  # being written this instant
+    pid, node, job = match.groups()
+    where = f"SLURM job {job} on {node}" if job else f"process {pid} on {node}"
+    if job and running_jobs is not None:
+        return job in running_jobs, where
+    if node == host:
+        return Path(f"/proc/{pid}").exists() if Path("/proc/self").exists() else _pid_alive(int(pid)), where
+    # another machine, and no queue to ask: the lock file says so
+    return True, where
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _log_verdict(path: Path) -> tuple[str, str] | None:
+    """("failed", sentence) or ("stopped", signal) from the end of a job's log; None if it says neither."""
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            handle.seek(max(0, handle.tell() - 20000))
+            lines = handle.read().decode(errors="replace").splitlines()
+    except OSError:
+        return None
+    for line in reversed(lines):
+        if match := _ERROR.search(line):
+            return "failed", match.group(1).strip()
+        if match := _STOP.search(line):
+            return "stopped", f"stopped by {match.group(1)}"
+        if match := _EXCEPTION.match(line.strip()):
+            return "failed", f"{match.group(1)}: {match.group(2)}"
+    return None
+
+
+def run_status(plan: Plan, root: Path, run: Run, teacher_hash, running_jobs, host) -> RunStatus:
+    folder = root / plan.run_dir(run)
+    metrics = _read_json(folder / "metrics.json") if (folder / "metrics.json").exists() else None
+    if metrics is not None and _is_this_run(plan, run, metrics, teacher_hash):
+        return RunStatus(run, "finished", metrics.get("epochs") or 0, float(metrics.get("train_seconds") or 0))
+    progress = _read_json(folder / PROGRESS) if (folder / CHECKPOINT).exists() else None
+    epochs = int(progress.get("epoch", 0)) if progress else 0
+    seconds = float(progress.get("train_seconds", 0.0)) if progress else 0.0
+    alive, where = _holder_alive(folder, running_jobs, host)
+    if alive:
+        return RunStatus(run, "training", epochs, seconds, where)
+    verdict = _log_verdict(root / plan.training_log(run))
+    if verdict and verdict[0] == "failed":
+        return RunStatus(run, "failed", epochs, seconds, verdict[1])
+    if progress or (folder / CHECKPOINT).exists():
+        return RunStatus(run, "stopped", epochs, seconds, verdict[1] if verdict else "no process holds it")
+    return RunStatus(run, "not started")
+
+
+def _is_this_run(plan, run, metrics, teacher_hash) -> bool:
+    """metrics.json is of this configuration (a run of another one is trained again by the workflow)."""
+    from .config import config_hash
+    from .plan import run_slice
+
+    if run.role == "kd" and teacher_hash is None:
+        return True  # the teacher's record is gone: nothing to compare against
+    teacher = None
+    if run.role == "kd":
+        # what the distill job hashes: its --temperature and --soft-weight are floats
+        run = Run(run.role, run.model, run.seed, float(run.temperature), float(run.soft_weight))
+        teacher = teacher_hash
+    return metrics.get("config_hash") == config_hash(run_slice(plan.config, run, teacher))
+
+
+# ---------------------------------------------------------------- the study
+
+
+def load_plan(configfiles=(), overrides=(), folder=None) -> tuple[Plan, Path]:
+    """The study's plan and the folder snakemake runs in: from config files and overrides as
+    snakemake gets them, or from a study folder's study.yaml (written by the workflow)."""
+    from .config import load_config
+
+    if folder is not None:
+        folder = Path(folder)
+        record = folder / "study.yaml"
+        if not record.is_file():
+            raise KdsweepError(f"{folder} has no study.yaml (the workflow writes it with its first job); "
+                               "give the study's --configfile instead")
+        plan = Plan(load_config([record], overrides))
+        root = folder.resolve().parent.parent
+        if (root / plan.results).resolve() != folder.resolve():
+            raise KdsweepError(f"{record} is of study {plan.study!r}, whose folder is results/{plan.study}, "
+                               f"not {folder}")
+        return plan, root
+    return Plan(load_config(list(configfiles), list(overrides))), Path.cwd()
+
+
+def study_status(plan: Plan, root: Path, queue=None) -> StudyStatus:
+    """Everything `render` prints. queue: kdsweep.slurm.queue()'s jobs (None: no squeue)."""
+    root = Path(root)
+    host = platform.node()
+    running_jobs = None
+    slurm = None
+    if queue is not None:
+        mine = [job for job in queue if _same_folder(job.workdir, root)]
+        slurm = {"pending": sum(job.state == "PENDING" for job in mine),
+                 "running": sum(job.state in ("RUNNING", "COMPLETING") for job in mine)}
+        running_jobs = {job.job_id for job in queue if job.state in ("RUNNING", "COMPLETING")}
+    choices = {}
+    for student in plan.students if plan.staged else []:
+        record = _read_json(root / plan.staged_choice(student))
+        if record is not None:
+            choices[student] = record
+    runs, waiting = plan.planned(choices)
+    teacher = _read_json(root / plan.run_dir(plan.teacher) / "metrics.json") or {}
+    statuses = [run_status(plan, root, run, teacher.get("config_hash"), running_jobs, host) for run in runs]
+    present = planned = 0
+    for run in runs:
+        for path in plan.evaluations(run):
+            planned += 1
+            present += (root / path).exists()
+    spent, remaining, unestimated = _gpu_time(plan, statuses, waiting)
+    return StudyStatus(plan, root, statuses, waiting, (present, planned), slurm, spent, remaining, unestimated)
+
+
+def _same_folder(a, b) -> bool:
+    try:
+        return Path(a).resolve() == Path(b).resolve()
+    except OSError:
+        return False
+
+
+def _gpu_time(plan: Plan, statuses, waiting):
+    """(seconds spent, seconds to go or None, jobs not estimated) over the study's training jobs.
+
+    A job is a run, or a pack of distilled runs that share one GPU (counted once: its longest
+    point). What is left of a job is the mean of the finished jobs of its kind (role, model)
+    minus what it has spent."""
+    jobs = {}
+    for status in statuses:
+        run = status.run
+        key = ("pack", plan.pack_of(run).name) if run.role == "kd" else ("run", run)
+        jobs.setdefault(key, []).append(status)
+    spent = 0.0
+    by_kind = {}
+    for key, members in jobs.items():
+        seconds = max(status.seconds for status in members)
+        spent += seconds
+        run = members[0].run
+        done = all(status.state == "finished" for status in members)
+        by_kind.setdefault((run.role, run.model), []).append((done, seconds))
+    remaining, unestimated = 0.0, 0
+    for (role, model), entries in by_kind.items():
+        finished = [seconds for done, seconds in entries if done]
+        left = [seconds for done, seconds in entries if not done]
+        if role == "kd":
+            left += [0.0] * _waiting_jobs(plan, waiting.get(model, 0))  # stage 2, not yet planned
+        if not left:
+            continue
+        if not finished:
+            unestimated += len(left)
+            continue
+        mean = sum(finished) / len(finished)
+        remaining += sum(max(mean - seconds, 0.0) for seconds in left)
+    for student, count in waiting.items():
+        if ("kd", student) not in by_kind:
+            unestimated += _waiting_jobs(plan, count)
+    return spent, remaining, unestimated
+
+
+def _waiting_jobs(plan: Plan, runs: int) -> int:
+    """Jobs of `runs` stage-2 runs of one student, spread evenly over the seeds, packed."""
+    per_seed = runs // len(plan.seeds)
+    return len(plan.seeds) * -(-per_seed // plan.pack_size)
+
+
+# ---------------------------------------------------------------- the text
+
+
+def _hours(seconds) -> str:
+    hours = seconds / 3600
+    return f"{hours:.2f}" if hours < 10 else f"{hours:.1f}" if hours < 100 else f"{hours:.0f}"
+
+
+def render(status: StudyStatus, limit: int = 12) -> str:
+    plan = status.plan
+    max_epochs = plan.config["training"]["max_epochs"]
+    rows = {}
+    for entry in status.runs:
+        key = (entry.run.role, entry.run.model)
+        counts = rows.setdefault(key, dict.fromkeys(("planned", *STATES), 0))
+        counts["planned"] += 1
+        counts[entry.state] += 1
+    for student, count in status.waiting.items():
+        counts = rows.setdefault(("kd", student), dict.fromkeys(("planned", *STATES), 0))
+        counts["planned"] += count
+        counts["not started"] += count
+    order = {"teacher": 0, "baseline": 1, "kd": 2}
+    header = ["role", "model", "planned", *STATES]
+    table = [header] + [[role, model, *map(str, counts.values())]
+                        for (role, model), counts in sorted(rows.items(), key=lambda item: (order[item[0][0]], item[0][1]))]
+    totals = [sum(int(row[i]) for row in table[1:]) for i in range(2, len(header))]
+    table.append(["all", "", *map(str, totals)])
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    lines = [f"study {plan.study} ({status.root / plan.results}) at {time.strftime('%H:%M:%S', time.localtime(status.taken))}", ""]
+    for i, row in enumerate(table):
+        lines.append("  ".join(cell.ljust(w) if j < 2 else cell.rjust(w) for j, (cell, w) in enumerate(zip(row, widths))))
+        if i == 0 or i == len(table) - 2:
+            lines.append("  ".join("-" * w for w in widths))
+    if status.waiting:
+        lines.append(f"(staged sweep: {sum(status.waiting.values())} soft-weight runs wait for their student's "
+                     "temperature, chosen when the temperature sweep has finished)")
+    for state, title in (("training", "training now"), ("stopped", "stopped (resume on their next attempt)"),
+                         ("failed", "failed")):
+        entries = [entry for entry in status.runs if entry.state == state]
+        if not entries:
+            continue
+        lines += ["", f"{title}:"]
+        for entry in entries[:limit]:
+            name = f"{entry.run.role}/{entry.run.name}"
+            if state == "failed":
+                lines.append(f"  {name}: {entry.reason}")
+            else:
+                lines.append(f"  {name}: epoch {entry.epochs} of at most {max_epochs} done ({entry.reason})")
+        if len(entries) > limit:
+            lines.append(f"  ... and {len(entries) - limit} more")
+    lines.append("")
+    estimate = ""
+    if status.remaining_seconds is not None:
+        estimate = f"; about {_hours(status.remaining_seconds)} to go"
+        if status.unestimated:
+            estimate += f" plus {status.unestimated} jobs of kinds none of which has finished yet"
+        estimate += " (from the jobs finished so far)"
+    lines.append(f"training GPU-hours: {_hours(status.gpu_seconds)} spent{estimate}")
+    present, planned = status.evaluations
+    lines.append(f"evaluations (attacks, fidelity, calibration): {present} of {planned} files")
+    if status.slurm is not None:
+        lines.append(f"SLURM jobs in {status.root}: {status.slurm['running']} running, {status.slurm['pending']} pending")
+    return "\n".join(lines)
+
+
+def show(configfiles=(), overrides=(), folder=None, watch=None, out=None):
+    """Print the status once, or every `watch` seconds until interrupted."""
+    from .slurm import queue
+
+    out = out or sys.stdout
+    plan, root = load_plan(configfiles, overrides, folder)
+    while True:
+        text = render(study_status(plan, root, queue()))
+        if watch:
+            out.write("\033[H\033[2J" + text + f"\n\n(every {watch:g} s; Ctrl-C ends)\n")
+        else:
+            out.write(text + "\n")
+        out.flush()
+        if not watch:
+            return
+        try:
+            time.sleep(watch)
+        except KeyboardInterrupt:
+            out.write("\n")
+            return
