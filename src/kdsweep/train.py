@@ -250,7 +250,7 @@ def _train_points(config, runs, stats_path, out_dirs, teacher_dir, log, rerun_st
     stats = data.read_stats(stats_path, config["dataset"])
 
     teacher, teacher_hash = None, None
-    if runs[0].role == "kd":
+    if runs[0].distilled:
         if teacher_dir is None:
             raise KdsweepError("distillation needs the teacher's run folder; pass --teacher RUN_DIR")
         teacher, teacher_hash = _load_teacher(Path(teacher_dir), runtime.device)

@@ -1,6 +1,8 @@
 # Training: the teacher and the hard-target baselines (rule train, one run per job), and the
 # distillation sweep (rule distill, one pack of runtime.pack_size runs per job). A run's
 # checkpoint.pt is no output: it survives a failed attempt and the retry resumes from it.
+# Confirmation (confirm.seeds): its baselines are jobs of rule train (role confirm), its
+# distilled runs packs of one of rule distill, at the point checkpoint best_point chose.
 
 
 rule train:
@@ -41,13 +43,15 @@ rule distill:
         CONDA_ENV
     threads: THREADS
     params:
+        role=lambda wildcards: pack_of(wildcards).role,
         student=lambda wildcards: pack_of(wildcards).student,
         seed=lambda wildcards: pack_of(wildcards).seed,
         points=lambda wildcards: PLAN.pack_points(pack_of(wildcards)),
         teacher=lambda wildcards, input: os.path.dirname(input.teacher),
         config=PLAN.job_config("train"),
     shell:
-        "kdsweep distill --student {params.student} --seed {params.seed} --teacher {params.teacher:q}"
+        "kdsweep distill --student {params.student} --seed {params.seed} --role {params.role}"
+        " --teacher {params.teacher:q}"
         " {params.points} --stats {input.stats:q} --record {output:q} --rerun-stale"
         " --config {input.runtime:q} {params.config} runtime.threads={threads} > {log:q} 2>&1"
 
@@ -68,3 +72,22 @@ checkpoint best_temperature:
         ],
     shell:
         "kdsweep best-temperature --out {output:q} {params.runs:q} > {log:q} 2>&1"
+
+
+# Confirmation: each student's distilled point (T, w > 0) with the best mean validation accuracy
+# over the sweep's seeds (never test accuracy), trained again on confirm.seeds.
+checkpoint best_point:
+    input:
+        sweep_finished,
+    output:
+        PLAN.confirm_record("{student}"),
+    log:
+        f"{LOGS}/confirm/{{student}}.log",
+    conda:
+        CONDA_ENV
+    params:
+        runs=lambda wildcards: [
+            PLAN.run_dir(run) for run in sweep_of(wildcards.student)
+        ],
+    shell:
+        "kdsweep best-point --out {output:q} {params.runs:q} > {log:q} 2>&1"
