@@ -360,3 +360,15 @@ def test_tiny_study_confirms_its_point_on_two_fresh_seeds(tmp_path):
     report = tmp_path / "report.html"
     snakemake(tmp_path, "--report", str(report), *confirm, configfiles=[TINY])
     assert report.stat().st_size > 0
+
+
+@pytest.mark.workflow
+def test_the_demo_confirms_each_student_on_two_fresh_seeds(tmp_path):
+    """studies/demo.yaml: before its checkpoints, the teacher, 2 sweep and 2 x 2 confirmation baselines,
+    the two packed sweeps and one best_point per student; then 2 x 2 distilled confirmation runs."""
+    plan = Plan(load_config([str(ROOT / "config.yaml"), str(ROOT / "studies" / "demo.yaml")]))
+    assert plan.confirm_seeds == [1, 2] and not set(plan.confirm_seeds) & set(plan.seeds)
+    counts = job_counts(snakemake(tmp_path, "--dry-run", configfiles=[ROOT / "studies" / "demo.yaml"]).stdout)
+    runs = 1 + 2 + 4 * 2 + 2 * 2  # teacher, baselines, sweep points, confirmation baselines
+    assert (counts["train"], counts["distill"], counts["best_point"]) == (1 + 2 + 4, 2, 2)
+    assert counts["attack"] == 4 * runs and counts["evaluate"] == runs
