@@ -372,3 +372,16 @@ def test_the_demo_confirms_each_student_on_two_fresh_seeds(tmp_path):
     runs = 1 + 2 + 4 * 2 + 2 * 2  # teacher, baselines, sweep points, confirmation baselines
     assert (counts["train"], counts["distill"], counts["best_point"]) == (1 + 2 + 4, 2, 2)
     assert counts["attack"] == 4 * runs and counts["evaluate"] == runs
+
+
+def test_robustness_rows_carry_each_seeds_gain(tmp_path):
+    """robustness.csv: a distilled run's accuracy under attack beside its own seed's baseline (the sweep's
+    kd against baseline, a confirmation run against the confirmation's baseline)."""
+    confirmation_study(tmp_path)
+    rows = pd.read_csv(tmp_path / "tables" / "robustness.csv").set_index("run")
+    kd = rows.loc["runs/kd/resnet18_T1_soft0.5_seed0"]
+    assert (kd["adv_acc"], kd["hard_adv_acc"], kd["adv_gain"]) == pytest.approx((44.5, 44.0, 0.5))
+    confirmed = rows.loc["runs/confirm/resnet18_T1_soft0.5_seed11"]
+    assert (confirmed["hard_adv_acc"], confirmed["adv_gain"]) == pytest.approx((45.0, 0.75))
+    assert math.isnan(rows.loc["runs/confirm/resnet18_T1_soft0.5_seed13", "adv_gain"])  # no baseline of seed 13
+    assert rows.loc[["runs/baseline/resnet18_seed0", "runs/confirm/resnet18_seed10"], "adv_gain"].isna().all()

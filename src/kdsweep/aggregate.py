@@ -40,8 +40,11 @@ EVALUATION_COLUMNS = ["agreement", "kl_to_teacher", "ece", "nll", "max_logit", "
 LOGIT_SCALE = ["max_logit", "logit_norm"]
 RUN_COLUMNS = KEYS + ["epochs", "best_epoch", "stopped_early", "val_acc", "val_loss", "test_acc",
                       "test_loss", *EVALUATION_COLUMNS, "train_seconds", "device", "run"]
+# A distilled run's row also has its same-seed baseline's accuracy under the same attack and epsilon
+# and the gain of that seed (the sweep's kd against baseline, a confirm run against the confirm baseline).
+SEED_GAIN = ["hard_adv_acc", "adv_gain"]
 ROBUSTNESS_COLUMNS = KEYS + ["attack", "epsilon", "clean_acc", "adv_acc", "adv_acc_on_correct", *LOGIT_SCALE,
-                             "n", "n_correct", "params", "run"]
+                             "n", "n_correct", "params", "run", *SEED_GAIN]
 _METRICS_REQUIRED = ("role", "dataset", "model", "seed", "temperature", "soft_weight", "val_acc", "test_acc")
 _ATTACK_REQUIRED = ("attack", "epsilon", "role", "model", "temperature", "soft_weight", "seed",
                     "clean_acc", "adv_acc", "adv_acc_on_correct")
@@ -121,7 +124,7 @@ def collect_runs(results_dir) -> pd.DataFrame:
 def collect_attacks(results_dir) -> pd.DataFrame:
     """One row per attack result file; `run` is the attacked run folder relative to results_dir."""
     results_dir = _results(results_dir)
-    columns = [c for c in ROBUSTNESS_COLUMNS if c not in ("dataset", *LOGIT_SCALE)]  # joined from the run
+    columns = [c for c in ROBUSTNESS_COLUMNS if c not in ("dataset", *LOGIT_SCALE, *SEED_GAIN)]  # joined later
     rows = []
     for path in results_dir.glob("attacks/*/*/*.json"):
         record = _read_json(path, _ATTACK_REQUIRED)
@@ -151,8 +154,17 @@ def pick_best(means: pd.Series):
 
 
 def _robustness(runs, attacks):
-    """Attack results with the attacked run's dataset and logit scale joined."""
+    """Attack results with the attacked run's dataset and logit scale joined, and for a distilled run the
+    same-seed hard-target run's accuracy under the same attack and epsilon and the seed's gain."""
     frame = attacks.merge(runs[["run", "dataset", *LOGIT_SCALE]], on="run", how="left")
+    # kd pairs with baseline, a distilled confirm run with the confirm baseline of its seed
+    frame["_pairs"] = np.where(frame["role"] == "confirm", "confirm", "sweep")
+    hard = frame["role"].eq("baseline") | (frame["role"].eq("confirm") & frame["temperature"].isna())
+    key = ["_pairs", "dataset", "model", "seed", "attack", "epsilon"]
+    baselines = frame.loc[hard, [*key, "adv_acc"]].rename(columns={"adv_acc": "hard_adv_acc"})
+    frame = frame.merge(baselines.drop_duplicates(key), on=key, how="left")
+    frame.loc[frame["temperature"].isna(), "hard_adv_acc"] = np.nan  # teacher and baselines: no comparison
+    frame["adv_gain"] = frame["adv_acc"] - frame["hard_adv_acc"]
     return frame[ROBUSTNESS_COLUMNS]
 
 
