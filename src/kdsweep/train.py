@@ -222,7 +222,12 @@ def _load_teacher(teacher_dir: Path, device):
     return teacher, io.read_json(metrics_path)["config_hash"]
 
 
-def train_points(config: dict, runs, stats_path, out_dirs, teacher_dir=None, log=print, rerun_stale=False) -> list:
+def _print(line):
+    # flushed: a SLURM job's log is followed while it trains (tail -f), not when the job ends
+    print(line, flush=True)
+
+
+def train_points(config: dict, runs, stats_path, out_dirs, teacher_dir=None, log=_print, rerun_stale=False) -> list:
     """Train (or resume) the runs of one job, each into its folder; return their metrics.
 
     One run (a teacher or a baseline), or a pack of distillation runs of one student and seed.
