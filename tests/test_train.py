@@ -173,9 +173,9 @@ def test_non_finite_loss_stops_the_run(study):
 @pytest.mark.parametrize("args, message", [
     (["train", "--model", "vgg11", "--seed", 0], "vgg11"),
     (["distill", "--student", "resnet18", "--teacher", "teacher", "--temperature", -1, "--soft-weight", 0.5,
-      "--seed", 0], "temperature"),
+      "--seed", 0], "--temperature -1.0 is out of bounds"),
     (["distill", "--student", "resnet18", "--teacher", "teacher", "--temperature", 4, "--soft-weight", 1.5,
-      "--seed", 0], "soft weight"),
+      "--seed", 0], "--soft-weight 1.5 is out of bounds"),
     (["distill", "--student", "resnet18", "--teacher", "no-such-teacher", "--temperature", 4,
       "--soft-weight", 0.5, "--seed", 0], "teacher"),
     (["train", "--model", "resnet18", "--seed", 0, "training.lr=-1"], "training.lr"),

@@ -10,7 +10,9 @@ evaluation/<role>/<run>.json (fidelity, calibration, logit scale; kdsweep.evalua
 attack or evaluation file (a sweep in progress) leaves empty cells, never an error.
 """
 
+import csv
 import json
+from io import StringIO
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +20,7 @@ import pandas as pd
 from scipy import stats
 
 from kdsweep.errors import KdsweepError
-from kdsweep.io import write_text
+from kdsweep.io import read_json, read_text, write_text
 from kdsweep.plan import ROLES, TABLES, fmt
 
 
@@ -52,16 +54,18 @@ _TIE = 1e-9  # means closer than this count as a tie
 
 
 def _read_json(path, required):
-    path = Path(path)
-    fix = "delete it and rerun the job that writes it"
-    try:
-        record = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise KdsweepError(f"{path} is not valid JSON ({exc}): {fix}.") from None
-    missing = [key for key in required if key not in record] if isinstance(record, dict) else list(required)
-    if missing:
-        raise KdsweepError(f"{path} lacks {', '.join(missing)}: {fix}.")
-    return record
+    return read_json(path, "result file", "delete it and rerun the job that writes it", required)
+
+
+def read_table(path) -> pd.DataFrame:
+    """A table written by write_tables; KdsweepError if it is missing, cut short or damaged."""
+    fix = f"rebuild the tables with `python -m kdsweep aggregate {Path(path).parent.parent}`"
+    text = read_text(path, "table", fix)
+    rows = list(csv.reader(StringIO(text)))
+    if not text.endswith("\n") or not rows or any(len(row) != len(rows[0]) for row in rows):
+        raise KdsweepError(f"table {path} is cut short or damaged (its rows do not all have the header's "
+                           f"{len(rows[0]) if rows else 0} fields); {fix}")
+    return pd.read_csv(StringIO(text))
 
 
 def _frame(rows, columns):
@@ -319,6 +323,9 @@ def write_tables(results_dir) -> list[Path]:
     """Write every table of TABLES under results_dir/tables/ from whatever has finished."""
     results_dir = _results(results_dir)
     runs = collect_runs(results_dir)
+    if runs.empty:
+        raise KdsweepError(f"{results_dir} holds no finished run (no runs/<role>/<run>/metrics.json): nothing to "
+                           "tabulate yet; train some runs first, or pass the study's folder results/<study>")
     robustness = _robustness(runs, collect_attacks(results_dir))
     grid = _grid(runs)
     table1 = _table1(runs, robustness)
