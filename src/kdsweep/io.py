@@ -10,7 +10,6 @@ import os
 import tempfile
 from pathlib import Path
 
-import torch
 import yaml
 
 from .errors import KdsweepError
@@ -84,6 +83,8 @@ def write_json(path, obj):
 def torch_save(obj, path):
     # Serialised in memory first: torch's zip writer turns a failed write (a full disk) into an
     # opaque RuntimeError, while a plain write of the bytes reports the OSError itself.
+    import torch  # here, not at the top: the table and figure jobs write no tensors and need no torch
+
     buffer = io.BytesIO()
     torch.save(obj, buffer)
     return write_bytes(path, buffer.getbuffer())
