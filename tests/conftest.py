@@ -126,6 +126,24 @@ def run_kdsweep(*args, cwd=None, check=True) -> Result:
     return result
 
 
+def run_until_epoch(folder, args, epoch, stop_signal):
+    """Start `python -m kdsweep ARGS` as a process, wait until it logs `epoch`, send it a signal;
+    return its exit status (negative: killed by that signal)."""
+    import os
+    import subprocess
+    import sys
+
+    process = subprocess.Popen([sys.executable, "-m", "kdsweep", *map(str, args)], cwd=folder,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    for line in process.stdout:
+        if f"  epoch {epoch:3d}" in line:
+            process.send_signal(stop_signal)
+            break
+    process.stdout.read()
+    return process.wait()
+
+
 # ---------------------------------------------------------------- one trained teacher per test run
 
 # The digits cut every training test uses: 400 images (360 train / 40 val), 40 test images, one thread.

@@ -6,7 +6,6 @@ The table CASES is what was tried; `python tests/test_bad_input.py` prints it wi
 case gives (the table of the hardening issue's note).
 """
 
-import json
 import os
 import shutil
 import subprocess
@@ -14,11 +13,9 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from conftest import run_kdsweep
 from kdsweep import io
-from kdsweep.models import build_model, save_model
 
 ROOT = Path(__file__).resolve().parents[1]
 # Files whose presence says "finished" (a run's metrics.json etc., a job's JSON or table).

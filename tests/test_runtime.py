@@ -13,10 +13,7 @@ along different arithmetic (bf16 against fp32), compared within run-to-run noise
 
 import functools
 import json
-import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -29,6 +26,7 @@ from kdsweep.config import load_config
 from kdsweep.plan import Run
 
 from conftest import run_kdsweep as kdsweep
+from conftest import run_until_epoch
 from kdsweep.models import FullPrecisionLinear, build_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -75,17 +73,6 @@ def distill_args(job, out, *extra, temperature=4, soft_weight=0.5, seed=1):
             "--out", out, *arithmetic, *extra]
 
 
-def run_until_epoch(folder, args, epoch, stop_signal):
-    """Start a job, wait until it logs `epoch`, send it a signal; return its exit status."""
-    process = subprocess.Popen([sys.executable, "-m", "kdsweep", *map(str, args)], cwd=folder,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    for line in process.stdout:
-        if f"  epoch {epoch:3d}" in line:
-            process.send_signal(stop_signal)
-            break
-    process.stdout.read()
-    return process.wait()
 
 
 # ---------------------------------------------------------------- every job of a run, in one arithmetic

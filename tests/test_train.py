@@ -20,6 +20,7 @@ from kdsweep.models import load_model
 from kdsweep.plan import Run
 
 from conftest import run_kdsweep as kdsweep
+from conftest import run_until_epoch as _run_until_epoch
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -101,17 +102,6 @@ def _train_args(folder, config, out, *extra):
             "--out", out, "training.max_epochs=4", *extra]
 
 
-def _run_until_epoch(folder, args, epoch, stop_signal):
-    """Start a run, wait until it logs `epoch`, then send it a signal; return its exit status."""
-    process = subprocess.Popen([sys.executable, "-m", "kdsweep", *map(str, args)], cwd=folder,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    for line in process.stdout:
-        if f"  epoch {epoch:3d}" in line:
-            process.send_signal(stop_signal)
-            break
-    process.stdout.read()
-    return process.wait()
 
 
 COMPARED = ["epochs", "best_epoch", "val_acc", "val_loss", "test_acc", "test_loss", "config_hash"]
