@@ -191,3 +191,13 @@ def pytest_collection_modifyitems(config, items):
         return SLOWEST_FIRST.index(name) if name in SLOWEST_FIRST else len(SLOWEST_FIRST)
 
     items.sort(key=rank)  # stable: the order within a file stays
+
+
+def pytest_xdist_auto_num_workers(config):
+    """`-n auto` (pyproject): a worker per core, and one more when the SLURM tests run (they wait on
+    the cluster's jobs, which use the cores, most of the time)."""
+    import os
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    expression = config.getoption("markexpr") or ""
+    return cores + (0 if "not slurm" in expression else 1)
