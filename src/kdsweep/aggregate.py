@@ -18,8 +18,10 @@ evaluation/<role>/<run>.json (fidelity, calibration, logit scale; kdsweep.evalua
 attack or evaluation file (a sweep in progress) leaves empty cells, never an error.
 """
 
+import csv
 import json
 from importlib import resources
+from io import StringIO
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +30,7 @@ import yaml
 from scipy import stats
 
 from kdsweep.errors import KdsweepError
-from kdsweep.io import write_text
+from kdsweep.io import read_json, read_text, write_text
 from kdsweep.plan import ROLES, TABLES, fmt
 from kdsweep.stats import GAIN_FIELDS, expected_range, interval, paired_gain
 
@@ -71,16 +73,18 @@ COMPARISON_COLUMNS = ["measure", "epsilon", *(f"{side}_{stat}" for side in ("har
 
 
 def _read_json(path, required):
-    path = Path(path)
-    fix = "delete it and rerun the job that writes it"
-    try:
-        record = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise KdsweepError(f"{path} is not valid JSON ({exc}): {fix}.") from None
-    missing = [key for key in required if key not in record] if isinstance(record, dict) else list(required)
-    if missing:
-        raise KdsweepError(f"{path} lacks {', '.join(missing)}: {fix}.")
-    return record
+    return read_json(path, "result file", "delete it and rerun the job that writes it", required)
+
+
+def read_table(path) -> pd.DataFrame:
+    """A table written by write_tables; KdsweepError if it is missing, cut short or damaged."""
+    fix = f"rebuild the tables with `python -m kdsweep aggregate {Path(path).parent.parent}`"
+    text = read_text(path, "table", fix)
+    rows = list(csv.reader(StringIO(text)))
+    if not text.endswith("\n") or not rows or any(len(row) != len(rows[0]) for row in rows):
+        raise KdsweepError(f"table {path} is cut short or damaged (its rows do not all have the header's "
+                           f"{len(rows[0]) if rows else 0} fields); {fix}")
+    return pd.read_csv(StringIO(text))
 
 
 def _frame(rows, columns):
@@ -603,8 +607,7 @@ def _applies(runs, results_dir, ref) -> str | None:
         return (f"this study's students ({', '.join(sorted(students))}) are none of the reference study's "
                 f"({', '.join(study['students'])})")
     for run in runs["run"]:
-        subset = json.loads((results_dir / run / "metrics.json").read_text()).get("config", {}).get(
-            "dataset", {}).get("subset")
+        subset = _read_json(results_dir / run / "metrics.json", ()).get("config", {}).get("dataset", {}).get("subset")
         if subset is not None:
             return f"this study trains on dataset.subset = {subset} images, not the whole {study['dataset']}"
     return None
@@ -736,6 +739,9 @@ def write_tables(results_dir) -> list[Path]:
     """Write every table of TABLES under results_dir/tables/ from whatever has finished."""
     results_dir = _results(results_dir)
     runs = collect_runs(results_dir)
+    if runs.empty:
+        raise KdsweepError(f"{results_dir} holds no finished run (no runs/<role>/<run>/metrics.json): nothing to "
+                           "tabulate yet; train some runs first, or pass the study's folder results/<study>")
     robustness = _robustness(runs, collect_attacks(results_dir))
     grid = _grid(runs)
     table1 = _table1(runs, robustness)

@@ -65,13 +65,16 @@ def _train(args, runs, out_dirs, teacher_dir=None):
 
 
 def cmd_train(args):
+    from .config import check_value
     from .plan import Run
 
+    check_value("seeds.items", args.seed, "--seed")
     _train(args, [Run(role=args.role, model=args.model, seed=args.seed)], [args.out])
 
 
 def cmd_distill(args):
     from . import io
+    from .config import check_value
     from .plan import Run
     from .runtime import environment
 
@@ -79,6 +82,10 @@ def cmd_distill(args):
         raise KdsweepError("give --temperature, --soft-weight and --out once per sweep point, "
                            f"the same number of times (got {len(args.temperature)}, {len(args.soft_weight)}, "
                            f"{len(args.out)})")
+    check_value("seeds.items", args.seed, "--seed")
+    for temperature, weight in zip(args.temperature, args.soft_weight):
+        check_value("temperatures.items", temperature, "--temperature")
+        check_value("soft_weights.items", weight, "--soft-weight")
     runs = [Run(role=args.role, model=args.student, seed=args.seed, temperature=temperature, soft_weight=weight)
             for temperature, weight in zip(args.temperature, args.soft_weight)]
     results = _train(args, runs, args.out, teacher_dir=args.teacher)

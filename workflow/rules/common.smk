@@ -19,7 +19,7 @@ from snakemake.utils import validate
 from snakemake_interface_executor_plugins.settings import DeploymentMethod
 
 from kdsweep import io
-from kdsweep.config import coerce_strings
+from kdsweep.config import check_finite, coerce_strings
 from kdsweep.datasets import download_folder
 from kdsweep.errors import KdsweepError
 from kdsweep.plan import Plan, TABLES
@@ -29,6 +29,7 @@ config.update(coerce_strings(config))
 # Unknown keys and bad values stop the workflow here, before any job starts.
 validate(config, "../schemas/config.schema.yaml")
 try:
+    check_finite(config)
     PLAN = Plan(config)
 except KdsweepError as err:
     raise WorkflowError(str(err))
