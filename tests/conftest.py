@@ -88,3 +88,116 @@ def synthetic_cifar(tmp_path):
         return root, write_synthetic_cifar(root, name, n_train, n_test, seed)
 
     return make
+
+
+# ---------------------------------------------------------------- the command line, in this process
+
+class Result:
+    """What a `python -m kdsweep ...` process would give: exit status, stdout, stderr."""
+
+    def __init__(self, returncode, stdout, stderr):
+        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
+
+
+def run_kdsweep(*args, cwd=None, check=True) -> Result:
+    """`python -m kdsweep ARGS` run by cli.main in this process (the same code, without the seconds a
+    fresh interpreter spends importing torch). An exception that would end the process with a
+    traceback gives exit status 1 and the traceback on stderr, as the process would."""
+    import contextlib
+    import io
+    import os
+    import traceback
+
+    from kdsweep import cli
+
+    out, err = io.StringIO(), io.StringIO()
+    code = 0
+    with contextlib.chdir(cwd or os.getcwd()), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            cli.main([str(arg) for arg in args])
+        except SystemExit as exit_:
+            code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
+        except Exception:  # noqa: BLE001 - what the interpreter would print
+            traceback.print_exc(file=err)
+            code = 1
+    result = Result(code, out.getvalue(), err.getvalue())
+    if check and code != 0:
+        raise AssertionError(f"kdsweep {args[0]} failed ({code}):\n{result.stderr}")
+    return result
+
+
+def run_until_epoch(folder, args, epoch, stop_signal):
+    """Start `python -m kdsweep ARGS` as a process, wait until it logs `epoch`, send it a signal;
+    return its exit status (negative: killed by that signal)."""
+    import os
+    import subprocess
+    import sys
+
+    process = subprocess.Popen([sys.executable, "-m", "kdsweep", *map(str, args)], cwd=folder,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    for line in process.stdout:
+        if f"  epoch {epoch:3d}" in line:
+            process.send_signal(stop_signal)
+            break
+    process.stdout.read()
+    return process.wait()
+
+
+# ---------------------------------------------------------------- one trained teacher per test run
+
+# The digits cut every training test uses: 400 images (360 train / 40 val), 40 test images, one thread.
+TINY_STUDY = {
+    "dataset": {"name": "digits", "subset": 400},
+    "training": {"batch_size": 64, "max_epochs": 3, "eval_batch_size": 512, "bn_momentum": 0.1,
+                 "early_stopping_patience": 10},
+    "attacks": {"pgd": {"steps": 2}},
+    "runtime": {"device": "cpu", "threads": 1},
+}
+
+
+class TinyStudy:
+    """A folder with tiny.yaml (TINY_STUDY), stats.json and a trained MobileNetV3-small teacher."""
+
+    def __init__(self, folder):
+        from pathlib import Path
+        import json
+
+        self.folder = Path(folder)
+        self.root = Path(__file__).resolve().parents[1]
+        (self.folder / "tiny.yaml").write_text(json.dumps(TINY_STUDY))
+        self.config = ["--config", self.root / "config.yaml", "--config", self.folder / "tiny.yaml"]
+        self.stats = self.folder / "stats.json"
+        self.teacher = self.folder / "teacher"
+        run_kdsweep("stats", *self.config, "--out", self.stats, cwd=self.folder)
+        run_kdsweep("train", *self.config, "--role", "teacher", "--model", "mobilenet_v3_small", "--seed", 0,
+                    "--stats", self.stats, "--out", self.teacher, "training.max_epochs=1", cwd=self.folder)
+
+
+@pytest.fixture(scope="session")
+def tiny_study(tmp_path_factory):
+    """One tiny digits study with a trained teacher, shared by every test of a test run (read it,
+    never change it: write runs into folders of your own under it)."""
+    return TinyStudy(tmp_path_factory.mktemp("tiny-study"))
+
+
+# Files that take longest first, so that each starts on a worker of its own (pyproject: --dist loadfile).
+SLOWEST_FIRST = ("test_slurm.py", "test_workflow.py", "test_runtime.py", "test_train.py", "test_bf16_parity.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    def rank(item):
+        name = item.path.name
+        return SLOWEST_FIRST.index(name) if name in SLOWEST_FIRST else len(SLOWEST_FIRST)
+
+    items.sort(key=rank)  # stable: the order within a file stays
+
+
+def pytest_xdist_auto_num_workers(config):
+    """`-n auto` (pyproject): a worker per core, and one more when the SLURM tests run (they wait on
+    the cluster's jobs, which use the cores, most of the time)."""
+    import os
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    expression = config.getoption("markexpr") or ""
+    return cores + (0 if "not slurm" in expression else 1)

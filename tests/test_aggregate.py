@@ -285,10 +285,10 @@ def test_one_seed_has_nan_std_and_ci(tmp_path):
     assert "±" not in md.split("\n", 1)[1] and "| 88.80 | 90.30 | +1.50 |" in md
 
 
-def test_partial_and_empty_studies_still_aggregate(tmp_path):
-    paths = aggregate.write_tables(tmp_path)
-    assert all(p.is_file() for p in paths)
-    assert read(tmp_path, "runs.csv").empty and read(tmp_path, "kd_vs_hard.csv").empty
+def test_partial_studies_aggregate_and_an_empty_one_is_refused(tmp_path):
+    with pytest.raises(KdsweepError, match="holds no finished run"):
+        aggregate.write_tables(tmp_path)
+    assert not (tmp_path / "tables").exists()
     # only a baseline, no attack yet
     write_run(tmp_path, "baseline", "resnet18", 0, val_acc=89.1, test_acc=88.8)
     aggregate.write_tables(tmp_path)

@@ -181,7 +181,7 @@ def test_read_stats_refuses_another_split(tmp_path, change, match):
 
 @pytest.mark.parametrize("damage, match", [
     (lambda path: path.unlink(), "does not exist"),
-    (lambda path: path.write_text("{not json"), "unreadable"),
+    (lambda path: path.write_text("{not json"), "not valid JSON"),
     (lambda path: path.write_text('{"dataset": "digits"}'), "lacks"),
     (lambda path: path.write_text(path.read_text().replace('"val_index_sha": "', '"val_index_sha": "0')),
      "val_index_sha"),

@@ -230,7 +230,7 @@ def finished(tmp_path_factory):
         io.write_json(run / "metrics.json", {
             "role": role, "dataset": "digits", "model": "mobilenet_v3_small", "seed": seed,
             "temperature": temperature, "soft_weight": soft_weight, "test_acc": test_acc,
-            "test_loss": test_loss, "config": {"dataset": config["dataset"]}})
+            "test_loss": test_loss, "config": {"dataset": config["dataset"]}, "config_hash": f"hash-{role}"})
         runs[role] = run
     # the teacher's test logits, as the jobs compute them (same weights, batches and threads)
     return folder, configs, runs, evaluation.predict(teacher, splits.test.images, 16).double()

@@ -1,4 +1,8 @@
-"""Training runs through the real command line on the bundled digits: outputs, resume, refusals."""
+"""Training runs through the real command line on the bundled digits: outputs, resume, refusals.
+
+Commands run in this process (conftest.run_kdsweep, cli.main itself); those that must be stopped
+by a signal, killed or run beside another run as real processes (`python -m kdsweep`).
+"""
 
 import csv
 import json
@@ -15,34 +19,21 @@ from kdsweep.datasets import load_dataset
 from kdsweep.models import load_model
 from kdsweep.plan import Run
 
+from conftest import run_kdsweep as kdsweep
+from conftest import run_until_epoch as _run_until_epoch
+
 ROOT = Path(__file__).resolve().parents[1]
-
-TINY = {
-    "dataset": {"name": "digits", "subset": 400},
-    "training": {"batch_size": 64, "max_epochs": 3, "eval_batch_size": 512, "bn_momentum": 0.1,
-                 "early_stopping_patience": 10},
-    "runtime": {"device": "cpu", "threads": 1},
-}
-
-
-def kdsweep(*args, cwd, check=True, **kwargs):
-    result = subprocess.run([sys.executable, "-m", "kdsweep", *map(str, args)], cwd=cwd,
-                            capture_output=True, text=True, **kwargs)
-    if check and result.returncode != 0:
-        raise AssertionError(f"kdsweep {args[0]} failed ({result.returncode}):\n{result.stderr}")
-    return result
 
 
 @pytest.fixture(scope="module")
-def study(tmp_path_factory):
-    """A tiny digits study with its stats and a trained resnet18 teacher."""
-    folder = tmp_path_factory.mktemp("study")
-    (folder / "tiny.yaml").write_text(json.dumps(TINY))
-    config = ["--config", ROOT / "config.yaml", "--config", folder / "tiny.yaml"]
-    kdsweep("stats", *config, "--out", folder / "stats.json", cwd=folder)
-    kdsweep("train", *config, "--role", "teacher", "--model", "resnet18", "--seed", 0,
-            "--stats", folder / "stats.json", "--out", folder / "teacher", "training.max_epochs=1", cwd=folder)
-    return folder, config
+def study(tiny_study):
+    """(folder, config args): this module's folder beside the shared tiny study's tiny.yaml, stats.json
+    and trained MobileNetV3-small teacher (conftest.tiny_study)."""
+    folder = tiny_study.folder / "test_train"
+    folder.mkdir()
+    for name in ("tiny.yaml", "stats.json", "teacher"):
+        (folder / name).symlink_to(tiny_study.folder / name)
+    return folder, tiny_study.config
 
 
 def history(run):
@@ -54,7 +45,7 @@ def test_teacher_run_writes_its_outputs(study):
     folder, _ = study
     teacher = folder / "teacher"
     metrics = json.loads((teacher / "metrics.json").read_text())
-    assert metrics["role"] == "teacher" and metrics["model"] == "resnet18" and metrics["dataset"] == "digits"
+    assert metrics["role"] == "teacher" and metrics["model"] == "mobilenet_v3_small" and metrics["dataset"] == "digits"
     assert metrics["epochs"] == 1 and metrics["best_epoch"] == 1
     assert 0 <= metrics["test_acc"] <= 100 and 0 <= metrics["val_acc"] <= 100
     assert metrics["config"]["training"]["batch_size"] == 64 and len(metrics["config_hash"]) == 16
@@ -111,16 +102,6 @@ def _train_args(folder, config, out, *extra):
             "--out", out, "training.max_epochs=4", *extra]
 
 
-def _run_until_epoch(folder, args, epoch, stop_signal):
-    """Start a run, wait until it logs `epoch`, then send it a signal; return its exit status."""
-    process = subprocess.Popen([sys.executable, "-m", "kdsweep", *map(str, args)], cwd=folder,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    for line in process.stdout:
-        if f"  epoch {epoch:3d}" in line:
-            process.send_signal(stop_signal)
-            break
-    process.stdout.read()
-    return process.wait()
 
 
 COMPARED = ["epochs", "best_epoch", "val_acc", "val_loss", "test_acc", "test_loss", "config_hash"]
@@ -182,9 +163,9 @@ def test_non_finite_loss_stops_the_run(study):
 @pytest.mark.parametrize("args, message", [
     (["train", "--model", "vgg11", "--seed", 0], "vgg11"),
     (["distill", "--student", "resnet18", "--teacher", "teacher", "--temperature", -1, "--soft-weight", 0.5,
-      "--seed", 0], "temperature"),
+      "--seed", 0], "--temperature -1.0 is out of bounds"),
     (["distill", "--student", "resnet18", "--teacher", "teacher", "--temperature", 4, "--soft-weight", 1.5,
-      "--seed", 0], "soft weight"),
+      "--seed", 0], "--soft-weight 1.5 is out of bounds"),
     (["distill", "--student", "resnet18", "--teacher", "no-such-teacher", "--temperature", 4,
       "--soft-weight", 0.5, "--seed", 0], "teacher"),
     (["train", "--model", "resnet18", "--seed", 0, "training.lr=-1"], "training.lr"),
@@ -323,7 +304,8 @@ def test_a_run_folder_is_trained_by_one_process_at_a_time(study):
     run = folder / "locked"
     long = ["training.max_epochs=200", "training.early_stopping_patience=200"]  # far longer than the test
     first = subprocess.Popen([sys.executable, "-m", "kdsweep", *map(str, _train_args(folder, config, run, *long))],
-                             cwd=folder, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                             cwd=folder, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:
         for line in first.stdout:
             if "  epoch   1" in line:

@@ -205,12 +205,11 @@ def attack_job(config: dict, run_dir, attack: str, epsilon: float, out) -> dict:
 
     from . import data, io
     from .errors import KdsweepError
-    from .evaluation import check_dataset, finished_run
-    from .models import load_model
+    from . import runs
+    from .config import check_value
     from .runtime import Runtime, environment, nondeterministic_op
 
-    if not epsilon > 0:
-        raise KdsweepError(f"epsilon {epsilon} must be positive, in [0, 1] pixel units (e.g. 0.03)")
+    check_value("epsilons.items", epsilon, "--epsilon")
     if attack not in ATTACKS:
         raise KdsweepError(f"unknown attack {attack!r}; choose one of {', '.join(ATTACKS)}")
     params = config["attacks"].get(attack)
@@ -218,11 +217,11 @@ def attack_job(config: dict, run_dir, attack: str, epsilon: float, out) -> dict:
         raise KdsweepError(f"attack {attack!r} is switched off in the config (attacks.{attack} "
                            f"is null or absent); give it its parameters under attacks: or pick another --attack")
     run_dir = Path(run_dir)
-    run = finished_run(run_dir)
-    check_dataset(run, run_dir, config["dataset"])
+    runs.finished(run_dir)  # before the data is read: the cheap refusals first
     runtime = Runtime.from_config(config["runtime"], training_job=False)
-    model = runtime.place(load_model(run_dir / "model.pt", runtime.device))
     splits = data.load_splits(config["dataset"], runtime.device)
+    run, model = runs.load(run_dir, config["dataset"], runtime.device, splits.num_classes)
+    model = runtime.place(model)
     started = time.perf_counter()
     try:
         result = evaluate_attack(model, splits.test.images, splits.test.labels, epsilon,

@@ -114,5 +114,7 @@ def restore(checkpoint: dict, module, optimizer, scheduler) -> tuple[dict, objec
 
 
 def remove_scratch(folder: Path):
+    """The run's scratch: its checkpoint, its best weights, and temporary files of writes that were killed."""
     for name in (CHECKPOINT, BEST, PROGRESS):
         (Path(folder) / name).unlink(missing_ok=True)
+    io.remove_temporaries(folder)

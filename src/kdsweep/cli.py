@@ -81,19 +81,26 @@ def _write_record(path, out_dirs, results):
 
 
 def cmd_train(args):
+    from .config import check_value
     from .plan import Run
 
+    check_value("seeds.items", args.seed, "--seed")
     _train(args, [Run(role=args.role, model=args.model, seed=args.seed)], [args.out])
 
 
 def cmd_distill(args):
+    from .config import check_value
     from .plan import Run
 
     if not len(args.temperature) == len(args.soft_weight) == len(args.out):
         raise KdsweepError("give --temperature, --soft-weight and --out once per sweep point, "
                            f"the same number of times (got {len(args.temperature)}, {len(args.soft_weight)}, "
                            f"{len(args.out)})")
-    runs = [Run(role="kd", model=args.student, seed=args.seed, temperature=temperature, soft_weight=weight)
+    check_value("seeds.items", args.seed, "--seed")
+    for temperature, weight in zip(args.temperature, args.soft_weight):
+        check_value("temperatures.items", temperature, "--temperature")
+        check_value("soft_weights.items", weight, "--soft-weight")
+    runs = [Run(role=args.role, model=args.student, seed=args.seed, temperature=temperature, soft_weight=weight)
             for temperature, weight in zip(args.temperature, args.soft_weight)]
     _train(args, runs, args.out, teacher_dir=args.teacher)
 
@@ -139,6 +146,30 @@ def cmd_best_temperature(args):
     io.write_json(args.out, choice)
     print(f"best temperature for {choice['student']}: T={choice['temperature']:g} "
           f"(mean val acc {choice['val_acc']:.2f}%)")
+
+
+# ---- best-point: the confirmation's checkpoint (issue 16), its command and its parser
+
+
+def cmd_best_point(args):
+    from . import io
+    from .aggregate import best_point
+
+    choice = best_point([Path(run) for run in args.runs])
+    io.write_json(args.out, choice)
+    print(f"best point for {choice['student']}: T={choice['temperature']:g}, w={choice['soft_weight']:g} "
+          f"(mean val acc {choice['val_acc']:.2f}% over {choice['n']} seed(s), of {len(choice['candidates'])} "
+          "candidates)")
+
+
+def _best_point_parser(subparsers):
+    p = _command(subparsers, "best-point",
+                 "pick a student's distilled point (T, w > 0) on mean validation accuracy over the sweep's seeds "
+                 "(the confirmation's checkpoint); the record names every candidate and its mean")
+    p.add_argument("runs", nargs="+", help="finished distillation run folders of one student's sweep (w = 0 runs "
+                                           "are left out: hard targets only)")
+    p.add_argument("--out", required=True, help="JSON file to write (the workflow's: confirm/<student>.json)")
+    p.set_defaults(func=cmd_best_point)
 
 
 def cmd_config(args):
@@ -214,10 +245,14 @@ def build_parser() -> argparse.ArgumentParser:
         p = _command(subparsers, name, help_text)
         _config_args(p)
         if name == "train":
-            p.add_argument("--role", choices=["teacher", "baseline"], default="baseline",
-                           help="teacher or hard-target baseline (default: baseline); only the name differs")
+            p.add_argument("--role", choices=["teacher", "baseline", "confirm"], default="baseline",
+                           help="teacher, hard-target baseline (default), or the baseline of a confirmation "
+                                "on fresh seeds; only the name differs")
             p.add_argument("--model", required=True, help="architecture (see `python -m kdsweep models`)")
         else:
+            p.add_argument("--role", choices=["kd", "confirm"], default="kd",
+                           help="a point of the sweep (default) or of a confirmation on fresh seeds; only the "
+                                "name differs")
             p.add_argument("--student", required=True, help="student architecture")
             p.add_argument("--teacher", required=True, help="run folder of the trained teacher (holds model.pt)")
             p.add_argument("--temperature", type=float, required=True, action="append",
@@ -283,6 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("runs", nargs="+", help="finished distillation run folders of one student at one soft weight")
     p.add_argument("--out", required=True, help="JSON file to write")
     p.set_defaults(func=cmd_best_temperature)
+    _best_point_parser(subparsers)
 
     # Listed here for --help; main() hands `bench ...` to bench.main, which has its own parser.
     _command(subparsers, "bench", "images per second of this pipeline against a plain PyTorch loop, and the "

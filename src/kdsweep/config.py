@@ -2,27 +2,40 @@
 
 The defaults are the package's copy of the top-level config.yaml (src/kdsweep/config.yaml links
 to it), so every command starts from the reference study's values and a study file only says
-what it changes, as `snakemake --configfile` does.
+what it changes, as `snakemake --configfile` does. A bad value is reported with where it came
+from (an override, a study file, config.yaml); the command line's numbers are held to the same
+schema bounds as the config's (`check_value`).
 """
 
 import copy
 import hashlib
 import json
+import math
 import re
+from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 
 import jsonschema
 import yaml
 
+from . import io
 from .errors import KdsweepError
 
 SCHEMA_PATH = Path(str(resources.files("kdsweep") / "config.schema.yaml"))
 DEFAULTS_PATH = Path(str(resources.files("kdsweep") / "config.yaml"))
+# A `dotted.key=value` override on a command line (what apply_override takes).
+OVERRIDE = re.compile(r"^[A-Za-z_][\w.]*=")
+_ANYWHERE = "config.yaml or your study file"
+
+
+@lru_cache(maxsize=1)
+def _schema_text() -> str:
+    return SCHEMA_PATH.read_text()
 
 
 def schema() -> dict:
-    return yaml.safe_load(SCHEMA_PATH.read_text())
+    return yaml.safe_load(_schema_text())
 
 
 def deep_merge(base: dict, update: dict) -> dict:
@@ -36,13 +49,17 @@ def deep_merge(base: dict, update: dict) -> dict:
     return merged
 
 
-# A `dotted.key=value` override on a command line (what apply_override takes).
-OVERRIDE = re.compile(r"^[A-Za-z_][\w.]*=")
+# ---------------------------------------------------------------- overrides
 
 
-def _yaml_value(raw: str):
+def _yaml_value(raw: str, assignment: str | None = None):
     """A command-line value read as YAML; YAML 1.1 reads 1e-3 (no dot) as a string, which here means a number."""
-    value = yaml.safe_load(raw) if raw != "" else ""
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError as err:
+        problem = getattr(err, "problem", None) or err.__class__.__name__
+        raise KdsweepError(f"override '{assignment or raw}' is not valid YAML ({problem}); quote it for the shell "
+                           "and close its brackets, e.g. 'temperatures=[1, 4]'") from None
     if isinstance(value, str):
         try:
             value = float(value)
@@ -51,40 +68,80 @@ def _yaml_value(raw: str):
     return value
 
 
-def apply_override(config: dict, assignment: str) -> dict:
-    """Apply one `dotted.key=value` override; the value is read as YAML (numbers, lists, null)."""
+def parse_override(assignment: str) -> dict:
+    """`dotted.key=value` as the nested mapping it sets (the value read as YAML)."""
     key, sep, raw = assignment.partition("=")
     if not sep or not key:
         raise KdsweepError(f"override '{assignment}' is not of the form key=value, e.g. training.lr=0.01")
-    update = _yaml_value(raw)
+    value = _yaml_value(raw, assignment)
     for part in reversed(key.split(".")):
-        update = {part: update}
-    return deep_merge(config, update)
+        value = {part: value}
+    return value
 
 
-def validate(config: dict) -> dict:
-    validator = jsonschema.Draft202012Validator(schema())
-    errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
+def apply_override(config: dict, assignment: str) -> dict:
+    """Apply one `dotted.key=value` override."""
+    return deep_merge(config, parse_override(assignment))
+
+
+# ---------------------------------------------------------------- validation
+
+
+def _non_finite(value, path=()):
+    """(dotted path, value) of the first NaN or infinity in value, or None. YAML reads .nan and .inf
+    as floats, and infinity satisfies `exclusiveMinimum: 0`, so the schema alone lets them through."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return ".".join(map(str, path)), value
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        if found := _non_finite(item, (*path, key)):
+            return found
+    return None
+
+
+def validate(config: dict, source=lambda where: _ANYWHERE) -> dict:
+    """The config, checked against the schema and for finite numbers. source(dotted key) names where
+    a value came from, for the sentence."""
+    errors = sorted(jsonschema.Draft202012Validator(schema()).iter_errors(config),
+                    key=lambda e: list(e.absolute_path))
     if errors:
         error = errors[0]
         where = ".".join(str(p) for p in error.absolute_path) or "(top level)"
-        raise KdsweepError(
-            f"config key '{where}' is invalid: {error.message}; fix it in config.yaml or your study file"
-        )
+        if error.validator == "required" and not error.absolute_path:
+            missing = error.message.split(" is a required property")[0]
+            raise KdsweepError(f"the config lacks {missing}: config.yaml holds every key and a study file only "
+                               "overrides some of them; pass config.yaml first (--config config.yaml --config <study>)")
+        raise KdsweepError(f"config key '{where}' is invalid: {error.message}; fix it in {source(where)}")
+    if found := _non_finite(config):
+        where, value = found
+        raise KdsweepError(f"config key '{where}' is {value}, not a finite number; fix it in {source(where)}")
     return config
 
 
-def _read_yaml(path) -> dict:
-    path = Path(path)
-    if not path.exists():
-        raise KdsweepError(f"config file {path} does not exist; check the --config path")
-    try:
-        loaded = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise KdsweepError(f"config file {path} is not valid YAML ({err.__class__.__name__}); fix its syntax") from err
-    if not isinstance(loaded, dict):
-        raise KdsweepError(f"config file {path} must hold a mapping of keys to values")
-    return loaded
+def check_finite(config: dict):
+    """KdsweepError naming the first NaN or infinite value of config (the schema lets them through)."""
+    if found := _non_finite(config):
+        where, value = found
+        raise KdsweepError(f"config key '{where}' is {value}, not a finite number; fix it in {_ANYWHERE}")
+
+
+def check_value(schema_key: str, value, flag: str):
+    """`value` of a command-line flag, held to the schema's bounds for `schema_key` (dotted; `items` for
+    a list's items, e.g. "epsilons.items"): KdsweepError naming the flag and the bound otherwise."""
+    root = schema()
+    sub = root
+    for part in schema_key.split("."):
+        sub = sub["items"] if part == "items" else sub["properties"][part]
+    errors = list(jsonschema.Draft202012Validator({**sub, "$defs": root["$defs"]}).iter_errors(value))
+    if errors or (isinstance(value, float) and not math.isfinite(value)):
+        reason = errors[0].message if errors else f"{value} is not a finite number"
+        described = sub.get("description") or root["properties"][schema_key.split(".")[0]].get("description", "")
+        raise KdsweepError(f"{flag} {value} is out of bounds: {reason}, as for config key "
+                           f"'{schema_key.split('.')[0]}'" + (f" ({described})" if described else ""))
+    return value
+
+
+# ---------------------------------------------------------------- loading
 
 
 def load_config(paths=(), overrides=()) -> dict:
@@ -92,12 +149,28 @@ def load_config(paths=(), overrides=()) -> dict:
     one), then the overrides; validated. The result is the full study config."""
     if not paths and Path("config.yaml").is_file():
         paths = [Path("config.yaml")]
-    config = _read_yaml(DEFAULTS_PATH)
-    for path in paths:
-        config = deep_merge(config, _read_yaml(path))
-    for assignment in overrides:
-        config = apply_override(config, assignment)
-    return validate(config)
+    sources = [("config.yaml", io.read_yaml(DEFAULTS_PATH))]
+    sources += [(str(path), io.read_yaml(path)) for path in paths]
+    sources += [(f"the override '{assignment}'", parse_override(assignment)) for assignment in overrides]
+    config: dict = {}
+    for _, update in sources:
+        config = deep_merge(config, update)
+
+    def source(where: str) -> str:
+        """The last source that set the key `where` (or a parent of it to something else than a mapping)."""
+        for name, update in reversed(sources):
+            value = update
+            for part in where.split("."):
+                if not isinstance(value, dict):
+                    return name  # a parent of the key set to a non-mapping
+                if part not in value:
+                    break
+                value = value[part]
+            else:
+                return name
+        return _ANYWHERE
+
+    return validate(config, source)
 
 
 def coerce_strings(config: dict) -> dict:
@@ -115,7 +188,10 @@ def coerce_strings(config: dict) -> dict:
         if isinstance(value, str):
             if jsonschema.Draft202012Validator({**sub, "$defs": root["$defs"]}).is_valid(value):
                 return value
-            parsed = _yaml_value(value)
+            try:
+                parsed = _yaml_value(value)
+            except KdsweepError:
+                return value  # left for the schema to refuse, naming the key
             return value if isinstance(parsed, str) else walk(parsed, sub)
         if isinstance(value, dict):
             properties = sub.get("properties", {})

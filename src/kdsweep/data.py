@@ -10,6 +10,7 @@ N x C x H x W tensors (as in airbench): a GPU job never waits for CPU loader wor
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterator
@@ -99,33 +100,50 @@ STATS_FIELDS = ("dataset", "val_fraction", "split_seed", "n_train", "n_val", "n_
                 "image_size", "mean", "std", "val_index_sha")
 
 
+def _stats_types_problem(stats: dict) -> str | None:
+    """What is wrong with the types and values of a stats record, or None."""
+    counts = ("n_train", "n_val", "n_test", "num_classes")
+    bad = [key for key in counts if not isinstance(stats[key], int) or isinstance(stats[key], bool) or stats[key] < 1]
+    if bad:
+        return f"'{bad[0]}' is {stats[bad[0]]!r}, not a positive whole number"
+    size = stats["image_size"]
+    if not (isinstance(size, list) and len(size) == 3 and all(isinstance(v, int) and v > 0 for v in size)):
+        return f"'image_size' is {size!r}, not [channels, height, width]"
+    for key in ("mean", "std"):
+        values = stats[key]
+        if not (isinstance(values, list) and len(values) == size[0]
+                and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values)):
+            return f"'{key}' is {values!r}, not {size[0]} finite numbers (one per channel)"
+    if not isinstance(stats["val_index_sha"], str):
+        return f"'val_index_sha' is {stats['val_index_sha']!r}, not a hash"
+    return None
+
+
 def read_stats(path, dataset_cfg: dict) -> dict:
     """stats.json, refused unless it belongs to this config's dataset and split."""
-    fix = f"`python -m kdsweep stats --config <your config> --out {path}`"
+    fix = f"delete it and rerun `python -m kdsweep stats --config <your config> --out {path}`"
     path = Path(path)
-    if not path.is_file():
-        raise KdsweepError(f"stats file {path} does not exist; create it with {fix}")
-    try:
-        stats = io.read_json(path)
-        absent = [key for key in STATS_FIELDS if key not in stats]
-    except (OSError, ValueError, TypeError) as err:
-        raise KdsweepError(f"stats file {path} is unreadable ({err.__class__.__name__}); delete it and rerun {fix}") from err
-    if absent:
-        raise KdsweepError(f"stats file {path} lacks '{absent[0]}'; delete it and rerun {fix}")
+    if not path.exists() or path.is_dir():
+        made = f"`python -m kdsweep stats --config <your config> --out {path if not path.is_dir() else path / 'stats.json'}`"
+        raise KdsweepError(f"stats file {path} " + ("is a folder, not a stats file; pass the file " if path.is_dir()
+                           else "does not exist; create it with ") + made + (" wrote" if path.is_dir() else ""))
+    stats = io.read_json(path, "stats file", fix, required=STATS_FIELDS)
+    if problem := _stats_types_problem(stats):
+        raise KdsweepError(f"stats file {path} is damaged: {problem}; {fix}")
+    if flat := [c for c, value in enumerate(stats["std"]) if value <= 0]:
+        raise KdsweepError(f"stats file {path} gives channel {flat[0]} a standard deviation of {stats['std'][flat[0]]}: "
+                           "the training images are constant in it, so they cannot be normalised; check the "
+                           f"dataset files (and dataset.subset), then {fix}")
     expected = {"dataset": dataset_cfg["name"], "val_fraction": dataset_cfg["val_fraction"],
                 "split_seed": dataset_cfg["split_seed"]}
     for key, value in expected.items():
         if stats[key] != value:
-            raise KdsweepError(
-                f"stats file {path} was computed for {key}={stats[key]!r}, not this config's {value!r}; "
-                f"delete it and rerun {fix}"
-            )
+            raise KdsweepError(f"stats file {path} was computed for {key}={stats[key]!r}, not this config's "
+                               f"{value!r}; {fix}")
     _, val_idx = split_indices(stats["n_train"] + stats["n_val"], dataset_cfg["val_fraction"], dataset_cfg["split_seed"])
     if index_sha(val_idx) != stats["val_index_sha"]:
-        raise KdsweepError(
-            f"stats file {path} was computed on a different validation split than this installation draws "
-            f"(val_index_sha differs); delete it and rerun {fix}"
-        )
+        raise KdsweepError(f"stats file {path} was computed on a different validation split than this installation "
+                           f"draws (val_index_sha differs); {fix}")
     return stats
 
 

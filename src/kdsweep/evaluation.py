@@ -169,42 +169,20 @@ def evaluate_run(model, teacher, images_uint8, labels, batch_size, ece_bins, run
 # ---------------------------------------------------------------- the job (python -m kdsweep evaluate)
 
 
-def finished_run(run_dir, what="run") -> dict:
-    """metrics.json of a finished run folder; KdsweepError naming the fix otherwise."""
-    run_dir = Path(run_dir)
-    if not (run_dir / "metrics.json").is_file():
-        raise KdsweepError(f"{what} {run_dir} is not finished (no metrics.json); train it first "
-                           f"(or check the path)")
-    return io.read_json(run_dir / "metrics.json")
-
-
-def check_dataset(run: dict, run_dir, dataset_cfg: dict):
-    """The run was trained on the config's test set (dataset name and subset), or KdsweepError."""
-    trained = (run.get("config") or {}).get("dataset")
-    if not trained:
-        return
-    for key in ("name", "subset"):
-        if trained.get(key) != dataset_cfg[key]:
-            raise KdsweepError(
-                f"run {run_dir} was trained with dataset.{key} = {trained.get(key)!r} but the config says "
-                f"{dataset_cfg[key]!r}: pass the config of the run's study (--config)")
-
-
 def evaluate_job(config: dict, run_dir, teacher_dir, out, log=print) -> dict:
     """Evaluate a finished run against a finished teacher on the config's test set; write `out` (JSON)."""
-    from .models import load_model
+    from . import runs
     from .runtime import Runtime, environment
 
     run_dir, teacher_dir = Path(run_dir), Path(teacher_dir)
-    run = finished_run(run_dir)
-    teacher_run = finished_run(teacher_dir, "teacher run")
-    check_dataset(run, run_dir, config["dataset"])
-    check_dataset(teacher_run, teacher_dir, config["dataset"])
+    for folder, what in ((run_dir, "run"), (teacher_dir, "teacher run")):  # the cheap refusals first
+        runs.check_compatible(runs.finished(folder, what), folder, config["dataset"], what=what)
     # One pass over the test set: never compiled (runtime.compile is for training jobs).
     runtime = Runtime.from_config(config["runtime"], training_job=False)
-    model = runtime.place(load_model(run_dir / "model.pt", runtime.device))
-    teacher = runtime.place(load_model(teacher_dir / "model.pt", runtime.device))
     splits = data.load_splits(config["dataset"], runtime.device)
+    run, model = runs.load(run_dir, config["dataset"], runtime.device, splits.num_classes)
+    teacher_run, teacher = runs.load(teacher_dir, config["dataset"], runtime.device, splits.num_classes, "teacher run")
+    model, teacher = runtime.place(model), runtime.place(teacher)
     started = time.perf_counter()
     result = evaluate_run(model, teacher, splits.test.images, splits.test.labels,
                           config["training"]["eval_batch_size"], config["evaluation"]["ece_bins"], runtime)

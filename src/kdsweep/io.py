@@ -1,11 +1,21 @@
-"""Atomic file output: a killed job never leaves a file that looks finished."""
+"""Files: atomic output (a killed job never leaves a file that looks finished), and reading what a
+user or an earlier job wrote, where every file-system, JSON or YAML problem a user can cause becomes
+one KdsweepError sentence that names the path, the cause and the fix.
+"""
 
+import errno
+import io
 import json
 import os
 import tempfile
 from pathlib import Path
 
-import torch
+import yaml
+
+from .errors import KdsweepError
+
+# Temporary names of the atomic writes: .<name>.<random>.tmp beside the file.
+TEMPORARY = ".*.tmp"
 
 
 def _umask() -> int:
@@ -14,10 +24,33 @@ def _umask() -> int:
     return mask
 
 
+def _cause(err: BaseException) -> str:
+    if isinstance(err, OSError):
+        return err.strerror or err.__class__.__name__
+    return str(err).splitlines()[0] if str(err) else err.__class__.__name__
+
+
+def cannot_write(path, err: BaseException) -> KdsweepError:
+    """The sentence for a file that could not be written."""
+    where = Path(path)
+    if isinstance(err, OSError) and err.errno == errno.ENOSPC:
+        fix = f"free space on the file system of {where.parent}, or write elsewhere"
+    elif isinstance(err, OSError) and err.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        fix = f"choose a folder you can write instead of {where.parent}"
+    elif isinstance(err, (FileExistsError, NotADirectoryError, IsADirectoryError)):
+        fix = "a file stands where a folder is needed, or a folder where the file goes; choose another path"
+    else:
+        fix = "check the path and the file system"
+    return KdsweepError(f"cannot write {where} ({_cause(err)}): {fix}")
+
+
 def _atomic(path, write):
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as err:
+        raise cannot_write(path, err) from err
     try:
         with os.fdopen(fd, "wb") as handle:
             write(handle)
@@ -26,6 +59,9 @@ def _atomic(path, write):
         # mkstemp makes the file private (0600); results are shared like any file the user writes.
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
+    except OSError as err:
+        Path(tmp).unlink(missing_ok=True)
+        raise cannot_write(path, err) from err
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -45,8 +81,60 @@ def write_json(path, obj):
 
 
 def torch_save(obj, path):
-    return _atomic(path, lambda handle: torch.save(obj, handle))
+    # Serialised in memory first: torch's zip writer turns a failed write (a full disk) into an
+    # opaque RuntimeError, while a plain write of the bytes reports the OSError itself.
+    import torch  # here, not at the top: the table and figure jobs write no tensors and need no torch
+
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return write_bytes(path, buffer.getbuffer())
 
 
-def read_json(path):
-    return json.loads(Path(path).read_text())
+def remove_temporaries(folder):
+    """Delete the temporary files of writes that were killed before their rename (scratch, never a result)."""
+    for stray in Path(folder).glob(TEMPORARY):
+        stray.unlink(missing_ok=True)
+
+
+# ---------------------------------------------------------------- reading
+
+
+def read_text(path, what: str = "file", fix: str = "check the path") -> str:
+    path = Path(path)
+    if path.is_dir():
+        raise KdsweepError(f"{what} {path} is a folder, not a file; {fix}")
+    try:
+        return path.read_text()
+    except FileNotFoundError:
+        raise KdsweepError(f"{what} {path} does not exist; {fix}") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise KdsweepError(f"{what} {path} cannot be read ({_cause(err)}); {fix}") from err
+
+
+def read_json(path, what: str = "file", fix: str = "delete it and rerun the job that writes it", required=()):
+    """The JSON object in `path`, with `required` keys; KdsweepError naming the path otherwise."""
+    text = read_text(path, what, fix)
+    try:
+        record = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise KdsweepError(f"{what} {path} is not valid JSON ({err.msg} at line {err.lineno}); {fix}") from None
+    if required:
+        missing = [key for key in required if key not in record] if isinstance(record, dict) else list(required)
+        if missing:
+            raise KdsweepError(f"{what} {path} lacks {', '.join(missing)}; {fix}")
+    return record
+
+
+def read_yaml(path, what: str = "config file", fix: str = "check the --config path") -> dict:
+    """The YAML mapping in `path`; KdsweepError naming the path otherwise."""
+    text = read_text(path, what, fix)
+    try:
+        loaded = yaml.safe_load(text) or {}
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise KdsweepError(f"{what} {path} is not valid YAML{where} ({getattr(err, 'problem', None) or err.__class__.__name__}); "
+                           "fix its syntax") from None
+    if not isinstance(loaded, dict):
+        raise KdsweepError(f"{what} {path} must hold a mapping of keys to values, not a {type(loaded).__name__}")
+    return loaded

@@ -53,6 +53,10 @@ class Classifier(nn.Module):
     def forward(self, x):
         return self.net(self.normalize(x))
 
+    @property
+    def num_classes(self) -> int:
+        return [m for m in self.net.modules() if isinstance(m, nn.Linear)][-1].out_features
+
 
 class GlobalAvgPool(nn.Module):
     """AdaptiveAvgPool2d(1) as a mean over H and W: the same values, a deterministic backward on CUDA."""

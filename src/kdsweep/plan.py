@@ -15,6 +15,12 @@ table. Nothing here imports torch: the Snakefile loads this module in every snak
   metrics.json), from this one table. The runtime section is in neither: it changes no result
   beyond floating-point noise, so changing it reruns nothing and a checkpoint resumes under it.
 - `Plan(config)`: the runs of the grid or of the staged sweep, the packs, and the files.
+- Confirmation (config `confirm.seeds`, empty = off): after the sweep, each student's point with
+  the best mean validation accuracy (w > 0; a checkpoint, `kdsweep best-point`) is trained again,
+  with its hard-target baseline, on fresh seeds the sweep never used. These runs have the role
+  `confirm`: `runs/confirm/<model>_T<T>_soft<w>_seed<s>` (distilled; a pack of one,
+  `confirm_<run name>`, trained by the distill rule) and `runs/confirm/<model>_seed<s>` (the
+  baseline, trained by the train rule), so that no sweep table ever mixes them in.
 """
 
 from __future__ import annotations
@@ -25,9 +31,13 @@ from dataclasses import asdict, dataclass
 
 from .errors import KdsweepError
 
-ROLES = ("teacher", "baseline", "kd")
+# confirm: a run of the confirmation on fresh seeds, distilled (temperature and soft weight set) or
+# its hard-target baseline (neither set).
+ROLES = ("teacher", "baseline", "kd", "confirm")
 # Every table aggregate.write_tables writes (under results/<study>/tables/).
-TABLES = ("runs.csv", "robustness.csv", "table1.csv", "table1.md", "kd_vs_hard.csv", "kd_vs_hard.md", "grid.csv")
+TABLES = ("runs.csv", "robustness.csv", "table1.csv", "table1.md", "kd_vs_hard.csv", "kd_vs_hard.md", "grid.csv",
+          "confirmed.csv", "confirmed.md", "sensitivity.csv", "sensitivity.md", "vs_reference.csv",
+          "vs_reference.md")
 # Every figure plots.write_figures draws (under results/<study>/figures/), in each of FIGURE_FORMATS:
 # one of each STUDY_FIGURES, and one of each PER_STUDENT_FIGURES per student.
 STUDY_FIGURES = ("temperature", "fidelity")
@@ -59,7 +69,7 @@ def attack_file(attack: str, epsilon) -> str:
 class Run:
     """Where a run sits in the study: its role and sweep coordinates."""
 
-    role: str  # teacher | baseline | kd
+    role: str  # teacher | baseline | kd | confirm
     model: str
     seed: int
     temperature: float | None = None
@@ -67,8 +77,11 @@ class Run:
 
     def __post_init__(self):
         if self.role not in ROLES:
-            raise KdsweepError(f"role '{self.role}' is unknown; use teacher, baseline or kd")
-        if self.role == "kd":
+            raise KdsweepError(f"role '{self.role}' is unknown; use teacher, baseline, kd or confirm")
+        if self.role == "confirm" and (self.temperature is None) != (self.soft_weight is None):
+            raise KdsweepError("a confirmation run takes both a temperature and a soft weight (distilled) "
+                               "or neither (its hard-target baseline)")
+        if self.distilled:
             if self.temperature is None or not self.temperature > 0:
                 raise KdsweepError(f"temperature {self.temperature} must be a positive number, e.g. --temperature 4")
             if self.soft_weight is None or not 0 <= self.soft_weight <= 1:
@@ -76,8 +89,13 @@ class Run:
                                    "(0 = hard targets only, 1 = teacher only)")
 
     @property
+    def distilled(self) -> bool:
+        """Trained from the teacher's soft targets (at any w, also 0): a kd run or a distilled confirm run."""
+        return self.role == "kd" or (self.role == "confirm" and self.temperature is not None)
+
+    @property
     def name(self) -> str:
-        if self.role == "kd":
+        if self.distilled:
             return f"{self.model}_T{fmt(self.temperature)}_soft{fmt(self.soft_weight)}_seed{self.seed}"
         return f"{self.model}_seed{self.seed}"
 
@@ -88,7 +106,7 @@ class Run:
 
     @property
     def needs_teacher(self) -> bool:
-        return self.role == "kd" and self.soft_weight > 0
+        return self.distilled and self.soft_weight > 0
 
 
 @dataclass(frozen=True)
@@ -105,6 +123,11 @@ class Pack:
     @property
     def seed(self) -> int:
         return self.runs[0].seed
+
+    @property
+    def role(self) -> str:
+        """kd (the sweep) or confirm (a confirmation run: `kdsweep distill --role confirm`)."""
+        return self.runs[0].role
 
 
 # ---------------------------------------------------------------- what a job reads
@@ -184,6 +207,10 @@ class Plan:
         self.staged = config["sweep"] == "staged"
         self.staged_weight = config["staged"]["soft_weight"]
         self.pack_size = config["runtime"]["pack_size"]
+        self.confirm_seeds = list(config["confirm"]["seeds"])
+        if reused := sorted(set(self.confirm_seeds) & set(self.seeds)):
+            raise KdsweepError(f"confirm.seeds {reused} are seeds of the sweep too (seeds {self.seeds}); confirmation "
+                               "needs fresh seeds, so choose confirm.seeds that are not in seeds")
         self.attacks = [name for name, params in config["attacks"].items() if params is not None]
         self.temperatures = number_table("temperatures", config["temperatures"])
         self.soft_weights = number_table(
@@ -191,11 +218,11 @@ class Plan:
             [*config["soft_weights"], *([self.staged_weight] if self.staged else [])])
         self.epsilons = number_table("epsilons", config["epsilons"])
         self.teacher = Run("teacher", config["teacher"]["model"], config["teacher"]["seed"])
-        self.packs = self._packs()
+        self.packs = self._packs() + self._confirm_packs()
         self._pack_of = {run: pack for pack in self.packs for run in pack.runs}
         self._packs_by_name = {pack.name: pack for pack in self.packs}
         self._runs = {(run.role, run.name): run
-                      for run in [self.teacher, *self.baselines(), *self._pack_of]}
+                      for run in [self.teacher, *self.baselines(), *self.confirm_baselines(), *self._pack_of]}
 
     # ---- runs
 
@@ -219,14 +246,16 @@ class Plan:
         return self.grid([student], temperatures=[temperature])
 
     def fixed_runs(self) -> list[Run]:
-        """The runs known before any checkpoint: teacher, baselines, and the grid (or stage 1)."""
-        runs = [self.teacher, *self.baselines()]
+        """The runs known before any checkpoint: teacher, baselines (also the confirmation's), and the
+        grid (or stage 1)."""
+        runs = [self.teacher, *self.baselines(), *self.confirm_baselines()]
         if self.staged:
             return runs + [run for student in self.students for run in self.temperature_sweep(student)]
         return runs + self.grid()
 
     def run(self, role: str, name: str) -> Run:
-        """The run of the study (staged: of any stage-2 candidate too) with this role and folder name."""
+        """The run of the study (staged: of any stage-2 candidate too; confirmation: of any candidate
+        point) with this role and folder name."""
         try:
             return self._runs[(role, name)]
         except KeyError:
@@ -239,6 +268,50 @@ class Plan:
             raise KdsweepError(f"{source} picks temperature {choice['temperature']}, which is not in the config's "
                                f"temperatures; delete {source} so that it is chosen again")
         return self.temperatures[spelling]
+
+    # ---- confirmation on fresh seeds
+
+    def sweep(self, student, temperature=None) -> list[Run]:
+        """The distillation runs a student's point is chosen from (confirmation's checkpoint): the grid;
+        staged, the temperature sweep and the soft-weight sweep at `temperature`, the chosen one."""
+        if not self.staged:
+            return self.grid([student])
+        if temperature is None:
+            raise ValueError("a staged sweep's runs depend on the chosen temperature")
+        return list(dict.fromkeys([*self.temperature_sweep(student), *self.soft_weight_sweep(student, temperature)]))
+
+    def candidates(self, student) -> list[tuple[float, float]]:
+        """Every (T, w) the confirmation's checkpoint can choose for a student: the distilled points
+        (w > 0; w = 0 is hard targets only) of its sweep, staged: of any temperature's soft-weight sweep."""
+        return list(dict.fromkeys((run.temperature, run.soft_weight) for sweep in self._sweeps(student)
+                                  for run in sweep if run.soft_weight > 0))
+
+    def confirm_baselines(self) -> list[Run]:
+        """The hard-target baselines of the confirmation: every student on every confirm seed."""
+        return [Run("confirm", student, seed) for student in self.students for seed in self.confirm_seeds]
+
+    def confirmed(self, student, temperature, soft_weight) -> list[Run]:
+        """The distilled runs that confirm a student's chosen point: one per confirm seed."""
+        return [Run("confirm", student, seed, temperature, soft_weight) for seed in self.confirm_seeds]
+
+    def confirm_record(self, student) -> str:
+        """The confirmation checkpoint's record of a student's chosen point (`kdsweep best-point`)."""
+        return f"{self.results}/confirm/{student}.json"
+
+    def chosen_point(self, student, choice: dict, source: str) -> tuple[float, float]:
+        """The config's numbers (T, w) of the point a best-point record (`choice`) picked."""
+        spelling = (fmt(choice["temperature"]), fmt(choice["soft_weight"]))
+        points = {(fmt(t), fmt(w)): (t, w) for t, w in self.candidates(student)}
+        if spelling not in points:
+            raise KdsweepError(f"{source} picks T={spelling[0]}, w={spelling[1]}, which is not a distilled point of "
+                               f"{student}'s sweep in this config; delete {source} so that it is chosen again")
+        return points[spelling]
+
+    def _confirm_packs(self) -> list[Pack]:
+        """One pack of one run per candidate point and confirm seed (only the chosen points' become jobs)."""
+        return [Pack(f"confirm_{run.name}", (run,))
+                for student in self.students for seed in self.confirm_seeds
+                for run in (Run("confirm", student, seed, t, w) for t, w in self.candidates(student))]
 
     # ---- packs
 
@@ -294,7 +367,7 @@ class Plan:
         """The file the workflow tracks for a finished run: its job's record (a distilled run's pack
         record, another run's train record), written after the run's own files. A run folder is no
         Snakemake output, so Snakemake never deletes a finished run (workflow/rules/train.smk)."""
-        if run.role == "kd":
+        if run.distilled:
             return [self.pack_record(self.pack_of(run))]
         return [self.train_record(run)]
 

@@ -291,7 +291,7 @@ def write_figures(results_dir, soft_weight, students=None) -> list[Path]:
     tables_dir = results_dir / "tables"
     if not all((tables_dir / name).is_file() for name in _NEEDED):
         aggregate.write_tables(results_dir)
-    tables = {name: pd.read_csv(tables_dir / name) for name in _NEEDED}
+    tables = {name: aggregate.read_table(tables_dir / name) for name in _NEEDED}
     runs = tables["runs.csv"]
     if students is None:
         students = sorted(runs.loc[runs["role"] != "teacher", "model"].unique())

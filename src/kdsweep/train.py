@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from . import checkpoint, data, io, lock
+from . import runs as runs_
 from .augment import Augment
 from .board import EpochBoard
 from .checkpoint import BEST, CHECKPOINT, RunState
@@ -32,7 +33,7 @@ from .config import config_hash
 from .errors import KdsweepError
 from .evaluation import loss_and_accuracy
 from .losses import kd_losses
-from .models import build_model, load_model, save_model
+from .models import build_model, save_model
 from .plan import Run, run_slice
 from .runtime import Preempted, Runtime, SignalStop, environment, nondeterministic_op, to_device
 
@@ -210,19 +211,12 @@ class _JobPoint(Point):
         return state.stopped
 
 
-def _load_teacher(teacher_dir: Path, device):
-    metrics_path = teacher_dir / "metrics.json"
-    if not metrics_path.exists():
-        raise KdsweepError(
-            f"teacher run {teacher_dir} is not finished (no metrics.json); train it first with "
-            "`python -m kdsweep train --role teacher ...` or let snakemake run the teacher rule"
-        )
-    teacher = load_model(teacher_dir / "model.pt", device)
-    teacher.eval().requires_grad_(False)
-    return teacher, io.read_json(metrics_path)["config_hash"]
+def _print(line):
+    # flushed: a SLURM job's log is followed while it trains (tail -f), not when the job ends
+    print(line, flush=True)
 
 
-def train_points(config: dict, runs, stats_path, out_dirs, teacher_dir=None, log=print, rerun_stale=False,
+def train_points(config: dict, runs, stats_path, out_dirs, teacher_dir=None, log=_print, rerun_stale=False,
                  wait_for_lock=False) -> list:
     """Train (or resume) the runs of one job, each into its folder; return their metrics.
 
@@ -234,6 +228,7 @@ def train_points(config: dict, runs, stats_path, out_dirs, teacher_dir=None, log
     for it stops with one sentence, or with wait_for_lock (the workflow's jobs) waits for the holder.
     """
     out_dirs = [Path(d) for d in out_dirs]
+    _check_folders(out_dirs)
     try:
         with lock.run_folders(out_dirs, wait=wait_for_lock, log=log):
             return _train_points(config, list(runs), stats_path, out_dirs, teacher_dir, log, rerun_stale)
@@ -243,6 +238,17 @@ def train_points(config: dict, runs, stats_path, out_dirs, teacher_dir=None, log
         raise
 
 
+def _check_folders(out_dirs):
+    """One folder per point, none inside another: else one point's results would overwrite another's."""
+    resolved = [Path(d).resolve() for d in out_dirs]
+    for i, folder in enumerate(resolved):
+        for other in resolved[:i]:
+            if folder == other or folder.is_relative_to(other) or other.is_relative_to(folder):
+                raise KdsweepError(f"the points of one job need folders of their own, but {out_dirs[i]} "
+                                   f"{'is' if folder == other else 'overlaps'} {out_dirs[resolved.index(other)]}; "
+                                   "give each --out a folder of its own")
+
+
 def _train_points(config, runs, stats_path, out_dirs, teacher_dir, log, rerun_stale):
     if len({(run.model, run.seed, run.role) for run in runs}) != 1 or len(runs) != len(out_dirs):
         raise KdsweepError("the points of one job must share student, seed and role, one output folder each")
@@ -250,13 +256,14 @@ def _train_points(config, runs, stats_path, out_dirs, teacher_dir, log, rerun_st
     runtime = Runtime.from_config(config["runtime"])
     stats = data.read_stats(stats_path, config["dataset"])
 
+    splits = data.load_splits(config["dataset"], runtime.device, stats)
     teacher, teacher_hash = None, None
-    if runs[0].role == "kd":
+    if runs[0].distilled:
         if teacher_dir is None:
             raise KdsweepError("distillation needs the teacher's run folder; pass --teacher RUN_DIR")
-        teacher, teacher_hash = _load_teacher(Path(teacher_dir), runtime.device)
-        teacher = runtime.compiled(runtime.place(teacher))
-    splits = data.load_splits(config["dataset"], runtime.device, stats)
+        record, teacher = runs_.load(teacher_dir, config["dataset"], runtime.device, splits.num_classes, "teacher run")
+        teacher_hash = record["config_hash"]
+        teacher = runtime.compiled(runtime.place(teacher.eval().requires_grad_(False)))
     points = [_JobPoint(config, run, out_dir, teacher_hash, splits, stats, runtime, log, rerun_stale)
               for run, out_dir in zip(runs, out_dirs)]
     augment = Augment.from_config(config["augmentation"])
@@ -290,6 +297,12 @@ def _train_points(config, runs, stats_path, out_dirs, teacher_dir, log, rerun_st
                     # a run (validation, test, attacks, evaluate) then runs the same kernels.
                     val_loss, val_acc = loss_and_accuracy(point.module, splits.val.images, splits.val.labels,
                                                           training["eval_batch_size"], runtime)
+                    if not math.isfinite(val_loss):
+                        point.done, point.failed = True, (
+                            f"the validation loss became non-finite ({val_loss}) in epoch {epoch + 1} of "
+                            f"{point.out_dir}; lower training.lr or check the data, then delete that folder and rerun")
+                        log(point.failed)
+                        continue
                     if point.end_epoch(sums, val_loss, val_acc, time.perf_counter() - started, generator.get_state()):
                         results[point.out_dir] = _finish(point, splits, training, runtime, teacher_dir)
                         point.done = True
@@ -326,6 +339,7 @@ def _finish(point, splits, training, runtime: Runtime, teacher_dir):
     metrics = {
         **asdict(run),
         "dataset": point.run_config["dataset"]["name"],
+        "num_classes": splits.num_classes,
         "teacher_run": str(teacher_dir) if teacher_dir else None,
         "epochs": state.epoch,
         "best_epoch": state.best_epoch,

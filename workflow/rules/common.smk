@@ -8,8 +8,8 @@
 # the file and reruns nothing, since it changes no result beyond floating-point noise and a
 # stopped run resumes under any runtime section.
 
-import json
 import os
+import re
 import shlex
 import sys
 from pathlib import Path
@@ -18,8 +18,9 @@ from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 from snakemake_interface_executor_plugins.settings import DeploymentMethod
 
-# (nothing here imports torch: every snakemake, also the two inside each cluster job, parses this)
-from kdsweep.config import coerce_strings
+# (nothing here imports torch: every snakemake, also the one inside each cluster job, parses this)
+from kdsweep import io
+from kdsweep.config import check_finite, coerce_strings
 from kdsweep.datasets import download_folder
 from kdsweep.errors import KdsweepError
 from kdsweep.plan import Plan, TABLES
@@ -29,6 +30,7 @@ config.update(coerce_strings(config))
 # Unknown keys and bad values stop the workflow here, before any job starts.
 validate(config, "../schemas/config.schema.yaml")
 try:
+    check_finite(config)
     PLAN = Plan(config)
 except KdsweepError as err:
     raise WorkflowError(str(err))
@@ -77,12 +79,13 @@ def one_gpu_per_job():
 
 
 wildcard_constraints:
-    role="teacher|baseline|kd",
-    trained="teacher|baseline",
+    role="teacher|baseline|kd|confirm",
+    trained="teacher|baseline|confirm",
     model="|".join(sorted({PLAN.teacher.model, *PLAN.students})),
+    student="|".join(PLAN.students),
     seed=r"\d+",
     run=r"[^/]+",
-    pack="|".join(pack.name for pack in PLAN.packs) or "(?!)",
+    pack="|".join(re.escape(pack.name) for pack in PLAN.packs) or "(?!)",
     attack="|".join(PLAN.attacks) or "(?!)",
     eps="|".join(PLAN.epsilons) or "(?!)",
 
@@ -125,8 +128,7 @@ def soft_weight_sweep(student):
     def outputs(wildcards):
         path = checkpoints.best_temperature.get(student=student).output[0]
         try:
-            with open(path) as handle:
-                temperature = PLAN.chosen_temperature(json.load(handle), path)
+            temperature = PLAN.chosen_temperature(io.read_json(path), path)
         except KdsweepError as err:
             raise WorkflowError(str(err))
         return PLAN.outputs(PLAN.soft_weight_sweep(student, temperature))
@@ -135,9 +137,50 @@ def soft_weight_sweep(student):
     return outputs
 
 
+def sweep_of(student):
+    """The distillation runs a student's point is chosen from (staged: once its temperature is chosen)."""
+    if not PLAN.staged:
+        return PLAN.sweep(student)
+    path = checkpoints.best_temperature.get(student=student).output[0]
+    try:
+        return PLAN.sweep(student, PLAN.chosen_temperature(io.read_json(path), path))
+    except KdsweepError as err:
+        raise WorkflowError(str(err))
+
+
+def sweep_finished(wildcards):
+    """Confirmation: the tracked files of a student's sweep (best_point's input)."""
+    return list(
+        dict.fromkeys(
+            f for run in sweep_of(wildcards.student) for f in PLAN.finished(run)
+        )
+    )
+
+
+def confirmation(student):
+    """Confirmation: the outputs of a student's distilled runs on the fresh seeds, at the point its
+    checkpoint chose (the baselines on those seeds are fixed runs)."""
+
+    def outputs(wildcards):
+        path = checkpoints.best_point.get(student=student).output[0]
+        try:
+            point = PLAN.chosen_point(student, io.read_json(path), path)
+        except KdsweepError as err:
+            raise WorkflowError(str(err))
+        return PLAN.outputs(PLAN.confirmed(student, *point))
+
+    outputs.__name__ = f"confirmation_{student}"
+    return outputs
+
+
 # Every run output of the study, as named input functions of rules tables and all. One
 # function per student in the staged sweep, so that each student's soft-weight sweep starts as
-# soon as its own temperature is chosen.
+# soon as its own temperature is chosen, and one per student for its confirmation (when
+# confirm.seeds is set), which starts as soon as its own sweep has finished.
 STUDY_OUTPUTS = {"fixed": PLAN.outputs(PLAN.fixed_runs())}
 if PLAN.staged:
     STUDY_OUTPUTS.update({f"staged_{s}": soft_weight_sweep(s) for s in PLAN.students})
+if PLAN.confirm_seeds:
+    STUDY_OUTPUTS.update({f"confirm_{s}": confirmation(s) for s in PLAN.students})
+    # the choices themselves: tables/confirmed.* names each point's candidates
+    STUDY_OUTPUTS["confirm_choices"] = [PLAN.confirm_record(s) for s in PLAN.students]

@@ -5,6 +5,7 @@ localrules:
     tables,
     figures,
     best_temperature,
+    best_point,
 
 
 rule tables:

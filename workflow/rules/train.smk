@@ -8,6 +8,9 @@
 # and after it fails; with a record as the output that costs a record, written again in seconds by
 # the next job, which finds its runs finished; never a finished run. A job whose run folder another
 # job still trains (one of a killed snakemake) waits for it (--wait-for-lock) instead of failing.
+#
+# Confirmation (confirm.seeds): its baselines are jobs of rule train (role confirm), its
+# distilled runs packs of one of rule distill, at the point checkpoint best_point chose.
 
 
 rule train:
@@ -46,13 +49,15 @@ rule distill:
         CONDA_ENV
     threads: THREADS
     params:
+        role=lambda wildcards: pack_of(wildcards).role,
         student=lambda wildcards: pack_of(wildcards).student,
         seed=lambda wildcards: pack_of(wildcards).seed,
         points=lambda wildcards: PLAN.pack_points(pack_of(wildcards)),
         teacher=TEACHER,
         config=PLAN.job_config("train"),
     shell:
-        "kdsweep distill --student {params.student} --seed {params.seed} --teacher {params.teacher:q}"
+        "kdsweep distill --student {params.student} --seed {params.seed} --role {params.role}"
+        " --teacher {params.teacher:q}"
         " {params.points} --stats {input.stats:q} --record {output:q} --rerun-stale --wait-for-lock"
         " --config {input.runtime:q} {params.config} runtime.threads={threads} > {log:q} 2>&1"
 
@@ -73,3 +78,22 @@ checkpoint best_temperature:
         ],
     shell:
         "kdsweep best-temperature --out {output:q} {params.runs:q} > {log:q} 2>&1"
+
+
+# Confirmation: each student's distilled point (T, w > 0) with the best mean validation accuracy
+# over the sweep's seeds (never test accuracy), trained again on confirm.seeds.
+checkpoint best_point:
+    input:
+        sweep_finished,
+    output:
+        PLAN.confirm_record("{student}"),
+    log:
+        f"{LOGS}/confirm/{{student}}.log",
+    conda:
+        CONDA_ENV
+    params:
+        runs=lambda wildcards: [
+            PLAN.run_dir(run) for run in sweep_of(wildcards.student)
+        ],
+    shell:
+        "kdsweep best-point --out {output:q} {params.runs:q} > {log:q} 2>&1"

@@ -1,0 +1,33 @@
+"""Finished run folders, attack results and confirmation records in the documented formats, for the
+tests of the confirmation, the paired gains, the sensitivity and the reference tables (no training)."""
+
+import json
+
+from kdsweep.plan import Run, attack_file
+
+
+def write_run(root, role, model, seed, temperature=None, soft_weight=None, val_acc=90.0, test_acc=90.0,
+              dataset="cifar10", subset=None):
+    """A finished run folder (metrics.json as kdsweep.train writes it, the keys aggregate reads); its folder."""
+    run = Run(role, model, seed, temperature, soft_weight)
+    folder = root / run.folder
+    folder.mkdir(parents=True, exist_ok=True)
+    metrics = {
+        "role": role, "dataset": dataset, "model": model, "seed": seed, "temperature": temperature,
+        "soft_weight": soft_weight, "teacher_run": None, "epochs": 10, "best_epoch": 8, "stopped_early": True,
+        "val_acc": val_acc, "val_loss": 0.3, "test_acc": test_acc, "test_loss": 0.3, "train_seconds": 1.0,
+        "device": "cpu", "config": {"dataset": {"name": dataset, "subset": subset}}, "config_hash": "0",
+    }
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+    return folder
+
+
+def write_attack(root, role, model, seed, temperature, soft_weight, epsilon, adv_acc, clean_acc, attack="fgsm"):
+    """attacks/<role>/<run>/<attack>_eps<eps>.json as `kdsweep attack` writes it."""
+    run = Run(role, model, seed, temperature, soft_weight)
+    path = root / "attacks" / role / run.name / attack_file(attack, epsilon)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({
+        "attack": attack, "params": {}, "epsilon": epsilon, "run": str(root / run.folder), "role": role,
+        "model": model, "temperature": temperature, "soft_weight": soft_weight, "seed": seed, "n": 1000,
+        "clean_acc": clean_acc, "adv_acc": adv_acc, "n_correct": 900, "adv_acc_on_correct": adv_acc}))

@@ -1,0 +1,387 @@
+"""Confirmation on fresh seeds: the plan of its runs, the checkpoint's choice (validation, never test),
+the paired gains of kd_vs_hard and confirmed, and the workflow (dry runs; one real tiny study).
+
+The unit tests build run folders in the documented formats (tests/fake_runs.py); the workflow tests
+(marker workflow) run the real Snakemake in temporary directories, as tests/test_workflow.py does.
+"""
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from fake_runs import write_attack, write_run
+from kdsweep import aggregate, io
+from kdsweep.config import load_config
+from kdsweep.errors import KdsweepError
+from kdsweep.plan import Plan, Run
+
+ROOT = Path(__file__).resolve().parents[1]
+T_975_3 = 4.302652729911275  # Student t, 97.5% quantile, 2 degrees of freedom (t table)
+
+
+def study(*overrides):
+    return Plan(load_config([str(ROOT / "config.yaml")], overrides))
+
+
+# ---------------------------------------------------------------- the plan
+
+
+def test_confirmation_is_off_in_the_reference_study():
+    plan = study()
+    assert plan.confirm_seeds == [] and plan.confirm_baselines() == []
+    assert len(plan.fixed_runs()) == 115 and len(plan.packs) == 112
+    assert not any(run.role == "confirm" for pack in plan.packs for run in pack.runs)
+
+
+def test_three_confirm_seeds_plan_their_runs_on_fresh_seeds():
+    plan = study("confirm.seeds=[10, 11, 12]")
+    assert plan.confirm_baselines() == [Run("confirm", s, seed) for s in ("resnet18", "mobilenet_v3_small")
+                                        for seed in (10, 11, 12)]
+    fixed = plan.fixed_runs()
+    assert len(fixed) == 115 + 6 and set(plan.confirm_baselines()) <= set(fixed)
+    # every distilled point of the grid (w > 0) can be chosen: 8 temperatures x 6 soft weights
+    candidates = plan.candidates("resnet18")
+    assert len(candidates) == 48 and all(w > 0 for _, w in candidates) and (4, 0.5) in candidates
+    # a pack of one per candidate and confirm seed; only the chosen point's become jobs
+    confirm_packs = [pack for pack in plan.packs if pack.role == "confirm"]
+    assert len(confirm_packs) == 2 * 3 * 48 and all(len(pack.runs) == 1 for pack in confirm_packs)
+    assert len(plan.packs) == 112 + 288
+    runs = plan.confirmed("resnet18", 4, 0.5)
+    assert [run.folder for run in runs] == [f"runs/confirm/resnet18_T4_soft0.5_seed{s}" for s in (10, 11, 12)]
+    assert {run.seed for run in runs} & set(plan.seeds) == set()
+    assert plan.pack_of(runs[0]).name == "confirm_resnet18_T4_soft0.5_seed10"
+    assert plan.finished(runs[0]) == ["results/cifar10-reference/packs/confirm_resnet18_T4_soft0.5_seed10.json"]
+    base = Run("confirm", "resnet18", 10)
+    assert base.folder == "runs/confirm/resnet18_seed10" and not base.distilled and not base.needs_teacher
+    assert plan.finished(base) == ["results/cifar10-reference/runs/confirm/resnet18_seed10/metrics.json",
+                                   "results/cifar10-reference/runs/confirm/resnet18_seed10/model.pt"]
+    assert plan.run("confirm", "resnet18_T4_soft0.5_seed10") == runs[0] and plan.run("confirm", base.name) == base
+    # a confirmed run: its evaluation and every attack at every epsilon
+    assert len(plan.outputs(runs)) == 3 * (1 + 1 + 2 * 3)
+    assert plan.confirm_record("resnet18") == "results/cifar10-reference/confirm/resnet18.json"
+    assert "--out results/cifar10-reference/runs/confirm/resnet18_T4_soft0.5_seed10" in plan.pack_points(
+        plan.pack_of(runs[0]))
+
+
+def test_confirm_seeds_that_the_sweep_uses_are_refused_in_one_sentence():
+    with pytest.raises(KdsweepError, match=r"confirm.seeds \[0\] are seeds of the sweep too.*fresh seeds"):
+        study("seeds=[0, 1]", "confirm.seeds=[0, 5]")
+    with pytest.raises(KdsweepError, match="confirm"):  # the schema: unique seeds >= 0
+        study("confirm.seeds=[3, 3]")
+    with pytest.raises(KdsweepError, match="confirm"):
+        study("confirm.seeds=[-1]")
+
+
+def test_the_chosen_point_is_a_distilled_point_of_the_config():
+    plan = study("confirm.seeds=[10]")
+    assert plan.chosen_point("resnet18", {"temperature": 4.0, "soft_weight": 0.5}, "x.json") == (4, 0.5)
+    for bad in ({"temperature": 3.0, "soft_weight": 0.5}, {"temperature": 4.0, "soft_weight": 0.0}):
+        with pytest.raises(KdsweepError, match="delete x.json"):
+            plan.chosen_point("resnet18", bad, "x.json")
+
+
+def test_staged_sweep_confirms_any_point_it_can_reach():
+    plan = study("sweep=staged", "confirm.seeds=[10]")
+    sweep = plan.sweep("resnet18", 4)  # every temperature at w = 0.9, every w at T = 4 (4, 0.9 once)
+    assert len(sweep) == 8 + 7 - 1 and len(set(sweep)) == len(sweep)
+    assert {(run.temperature, run.soft_weight) for run in sweep if run.soft_weight == 0.9} == {
+        (t, 0.9) for t in (1, 2, 4, 6, 8, 10, 15, 20)}
+    assert len(plan.candidates("resnet18")) == 8 * 6
+    with pytest.raises(ValueError):
+        plan.sweep("resnet18")
+
+
+def test_a_confirm_run_is_distilled_or_its_baseline():
+    assert Run("confirm", "resnet18", 3, 4, 0.5).name == "resnet18_T4_soft0.5_seed3"
+    assert Run("confirm", "resnet18", 3, 4, 0.5).needs_teacher
+    with pytest.raises(KdsweepError, match="both a temperature and a soft weight"):
+        Run("confirm", "resnet18", 3, 4)
+    with pytest.raises(KdsweepError, match="soft weight"):
+        Run("confirm", "resnet18", 3, 4, 1.5)
+
+
+# ---------------------------------------------------------------- the checkpoint's choice
+
+
+def sweep(root, points, seeds=(0,), model="resnet18"):
+    """kd runs: points = {(T, w): [(val, test) per seed]}; their folders."""
+    return [write_run(root, "kd", model, seed, t, w, val_acc=val, test_acc=test)
+            for (t, w), values in points.items() for seed, (val, test) in zip(seeds, values)]
+
+
+def test_best_point_chooses_on_validation_never_on_test(tmp_path):
+    """Validation and test orders disagree: (1, 0.5) is best on validation, (4, 0.9) on test, and w = 0
+    (hard targets only) best of all on validation but no candidate."""
+    dirs = sweep(tmp_path, {(1.0, 0.5): [(92.0, 89.0)], (4.0, 0.9): [(90.0, 93.0)], (4.0, 0.0): [(95.0, 95.0)]})
+    choice = aggregate.best_point(dirs)
+    assert (choice["temperature"], choice["soft_weight"]) == (1.0, 0.5)
+    assert choice["val_acc"] == pytest.approx(92.0) and choice["n"] == 1 and choice["seeds"] == [0]
+    assert choice["candidates"] == [{"temperature": 1.0, "soft_weight": 0.5, "val_acc_mean": 92.0, "n": 1},
+                                    {"temperature": 4.0, "soft_weight": 0.9, "val_acc_mean": 90.0, "n": 1}]
+    assert choice["hard_target_runs_left_out"] == 1
+    assert not [key for key in json.dumps(choice).split('"') if "test" in key]  # no test number in the record
+
+
+def test_best_point_takes_the_mean_over_seeds_not_the_luckiest_run(tmp_path):
+    # (1, 0.5): one lucky seed (94) but mean 86; (4, 0.9): mean 87
+    dirs = sweep(tmp_path, {(1.0, 0.5): [(94.0, 80.0), (78.0, 80.0)], (4.0, 0.9): [(86.0, 80.0), (88.0, 80.0)]},
+                 seeds=(0, 1))
+    choice = aggregate.best_point(reversed(dirs))
+    assert (choice["temperature"], choice["soft_weight"], choice["n"]) == (4.0, 0.9, 2)
+    assert choice["seeds"] == [0, 1] and choice["val_acc"] == pytest.approx(87.0)
+    # kd_vs_hard compares the same point
+    write_run(tmp_path, "baseline", "resnet18", 0)
+    aggregate.write_tables(tmp_path)
+    table = pd.read_csv(tmp_path / "tables" / "kd_vs_hard.csv")
+    assert table[["temperature", "soft_weight"]].drop_duplicates().values.tolist() == [[4.0, 0.9]]
+
+
+def test_best_point_refuses_what_it_cannot_choose_from(tmp_path):
+    dirs = sweep(tmp_path, {(1.0, 0.5): [(92.0, 89.0)]})
+    unfinished = tmp_path / "runs/kd/resnet18_T4_soft0.5_seed0"
+    unfinished.mkdir()
+    with pytest.raises(KdsweepError, match="no metrics.json"):
+        aggregate.best_point([*dirs, unfinished])
+    with pytest.raises(KdsweepError, match="one student"):
+        aggregate.best_point(dirs + sweep(tmp_path, {(1.0, 0.5): [(92.0, 89.0)]}, model="mobilenet_v3_small"))
+    with pytest.raises(KdsweepError, match="w > 0"):
+        aggregate.best_point(sweep(tmp_path, {(4.0, 0.0): [(92.0, 89.0)]}))
+    with pytest.raises(KdsweepError, match="kd"):
+        aggregate.best_point([write_run(tmp_path, "baseline", "resnet18", 0)])
+
+
+def test_best_point_command_writes_the_record(tmp_path):
+    dirs = sweep(tmp_path, {(1.0, 0.5): [(92.0, 89.0)], (4.0, 0.9): [(90.0, 93.0)]})
+    out = tmp_path / "confirm" / "resnet18.json"
+    from kdsweep.cli import main
+
+    main(["best-point", "--out", str(out), *map(str, dirs)])
+    assert io.read_json(out)["temperature"] == 1.0
+
+
+# ---------------------------------------------------------------- paired gains in the tables
+
+
+def test_kd_vs_hard_pairs_by_seed_and_leaves_unpaired_seeds_out(tmp_path):
+    """Seeds 0, 1, 2 distilled, baselines of seeds 0 and 1 only: the gain has n = 2 pairs; the difference
+    of the two means (boost) is not the paired gain."""
+    for seed, (kd, hard) in enumerate([(91.0, 89.0), (92.0, 91.0), (95.0, None)]):
+        write_run(tmp_path, "kd", "resnet18", seed, 4.0, 0.9, val_acc=kd, test_acc=kd)
+        if hard is not None:
+            write_run(tmp_path, "baseline", "resnet18", seed, val_acc=hard, test_acc=hard)
+    aggregate.write_tables(tmp_path)
+    row = pd.read_csv(tmp_path / "tables" / "kd_vs_hard.csv").query("measure == 'clean'").iloc[0]
+    assert (row["kd_n"], row["hard_n"], row["gain_n"]) == (3, 2, 2)
+    assert row["gain_mean"] == pytest.approx(1.5) and row["boost"] == pytest.approx((91 + 92 + 95) / 3 - (89 + 91) / 2)
+    assert row["gain_std"] == pytest.approx(math.sqrt(0.5))
+    half = 12.706204736174707 * math.sqrt(0.5) / math.sqrt(2)  # t(0.975, 1)
+    assert (row["gain_ci95"], row["gain_low"], row["gain_high"]) == pytest.approx((half, 1.5 - half, 1.5 + half))
+    assert not row["gain_excludes_zero"]
+    md = (tmp_path / "tables" / "kd_vs_hard.md").read_text()
+    assert f"| +1.50 | [{1.5 - half:+.2f}, {1.5 + half:+.2f}] | 2 | no |" in md
+
+
+def test_one_seed_says_n_1_and_gives_no_interval(tmp_path):
+    write_run(tmp_path, "kd", "resnet18", 0, 4.0, 0.9, test_acc=91.0)
+    write_run(tmp_path, "baseline", "resnet18", 0, test_acc=89.5)
+    aggregate.write_tables(tmp_path)
+    row = pd.read_csv(tmp_path / "tables" / "kd_vs_hard.csv").query("measure == 'clean'").iloc[0]
+    assert row["gain_n"] == 1 and row["gain_mean"] == pytest.approx(1.5)
+    assert row[["gain_std", "gain_ci95", "gain_low", "gain_high", "gain_excludes_zero"]].isna().all()
+    assert "| +1.50 | none (n = 1) | 1 | – |" in (tmp_path / "tables" / "kd_vs_hard.md").read_text()
+
+
+def confirmation_study(root):
+    """One sweep seed (0) and a confirmation on seeds 10-13 of the point best_point chose.
+
+    Sweep: baseline test 88; (1, 0.5) val 92 test 89 (chosen), (4, 0.9) val 90 test 93, (4, 0) val 95.
+    Confirmation at (1, 0.5): distilled 90, 91.5, 89 (seeds 10-12) and 95 (seed 13, no baseline);
+    baselines 88, 90, 88.5 (seeds 10-12): paired gains 2, 1.5, 0.5. A distilled confirmation run of
+    another point (4, 0.9; an earlier choice) is on disk too and is not the chosen point.
+    FGSM at 0.1: every run's accuracy halved, so the paired gains halve too."""
+    dirs = sweep(root, {(1.0, 0.5): [(92.0, 89.0)], (4.0, 0.9): [(90.0, 93.0)], (4.0, 0.0): [(95.0, 95.0)]})
+    write_run(root, "baseline", "resnet18", 0, val_acc=89.0, test_acc=88.0)
+    io.write_json(root / "confirm" / "resnet18.json", aggregate.best_point(dirs))
+    runs = [("confirm", 10, 1.0, 0.5, 90.0), ("confirm", 11, 1.0, 0.5, 91.5), ("confirm", 12, 1.0, 0.5, 89.0),
+            ("confirm", 13, 1.0, 0.5, 95.0), ("confirm", 10, 4.0, 0.9, 99.0),
+            ("confirm", 10, None, None, 88.0), ("confirm", 11, None, None, 90.0), ("confirm", 12, None, None, 88.5),
+            ("kd", 0, 1.0, 0.5, 89.0), ("baseline", 0, None, None, 88.0)]
+    for role, seed, t, w, test in runs:
+        if role == "confirm":
+            write_run(root, role, "resnet18", seed, t, w, val_acc=50.0, test_acc=test)
+        write_attack(root, role, "resnet18", seed, t, w, 0.1, test / 2, test)
+    aggregate.write_tables(root)
+    return pd.read_csv(root / "tables" / "confirmed.csv")
+
+
+def test_confirmed_gain_and_interval_by_hand(tmp_path):
+    table = confirmation_study(tmp_path)
+    assert set(zip(table["temperature"], table["soft_weight"])) == {(1.0, 0.5)}  # the record's point only
+    clean = table.query("measure == 'clean'").iloc[0]
+    gains = [2.0, 1.5, 0.5]
+    mean = sum(gains) / 3
+    sd = math.sqrt(sum((g - mean) ** 2 for g in gains) / 2)
+    half = T_975_3 * sd / math.sqrt(3)
+    assert (clean["kd_n"], clean["hard_n"], clean["gain_n"]) == (4, 3, 3)
+    assert (clean["gain_mean"], clean["gain_std"], clean["gain_ci95"]) == pytest.approx((mean, sd, half))
+    assert (clean["gain_low"], clean["gain_high"]) == pytest.approx((mean - half, mean + half))
+    assert not clean["gain_excludes_zero"]  # 1.33 - 1.90 < 0
+    # beside it, the sweep's own estimate at the chosen point: one seed, gain 89 - 88
+    assert (clean["sweep_gain_mean"], clean["sweep_gain_n"]) == (pytest.approx(1.0), 1)
+    assert (clean["sweep_val_acc_mean"], clean["sweep_n"]) == (pytest.approx(92.0), 1)
+    fgsm = table.query("measure == 'fgsm'").iloc[0]
+    assert fgsm["epsilon"] == 0.1 and fgsm["gain_n"] == 3
+    assert (fgsm["gain_mean"], fgsm["gain_ci95"]) == pytest.approx((mean / 2, half / 2))
+    md = (tmp_path / "tables" / "confirmed.md").read_text()
+    assert "| +1.00 (1) | 88.83 ± " in md
+    assert f"| {mean:+.2f} | [{mean - half:+.2f}, {mean + half:+.2f}] | 3 | no |" in md
+    assert "candidates, best first: T=1 w=0.5: 92.00, T=4 w=0.9: 90.00." in md
+
+
+def test_confirmation_runs_stay_out_of_the_sweep_tables(tmp_path):
+    confirmation_study(tmp_path)
+    grid = pd.read_csv(tmp_path / "tables" / "grid.csv")
+    assert len(grid) == 3 and grid["test_acc_n"].eq(1).all()
+    kd = pd.read_csv(tmp_path / "tables" / "kd_vs_hard.csv").query("measure == 'clean'").iloc[0]
+    assert (kd["kd_n"], kd["hard_n"], kd["gain_n"]) == (1, 1, 1) and kd["kd_mean"] == pytest.approx(89.0)
+    table1 = pd.read_csv(tmp_path / "tables" / "table1.csv")
+    assert table1["test_acc_n"].tolist() == [1]
+    runs = pd.read_csv(tmp_path / "tables" / "runs.csv")
+    assert (runs["role"] == "confirm").sum() == 8
+    robustness = pd.read_csv(tmp_path / "tables" / "robustness.csv")
+    assert (robustness["role"] == "confirm").sum() == 8
+
+
+def test_without_confirmation_the_table_says_so(tmp_path):
+    write_run(tmp_path, "baseline", "resnet18", 0)
+    aggregate.write_tables(tmp_path)
+    assert pd.read_csv(tmp_path / "tables" / "confirmed.csv").empty
+    assert "confirm.seeds is empty" in (tmp_path / "tables" / "confirmed.md").read_text()
+
+
+# ---------------------------------------------------------------- the workflow
+
+REFERENCE_JOBS = {"download": 1, "runtime": 1, "stats": 1, "train": 3, "attack": 690, "distill": 112,
+                  "evaluate": 115, "tables": 1, "figures": 1, "all": 1, "total": 926}
+
+
+def snakemake(workdir, *args, configfiles=(), check=True, timeout=900):
+    command = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--directory",
+               str(workdir), "--configfile", str(ROOT / "config.yaml"), *map(str, configfiles), *args]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+    if check and result.returncode != 0:
+        pytest.fail(f"snakemake {' '.join(args)} failed ({result.returncode}):\n"
+                    f"{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
+    return result
+
+
+def job_counts(output):
+    lines = output.splitlines()
+    start = lines.index("Job stats:") + 3
+    counts = {}
+    for line in lines[start:]:
+        if not line.strip():
+            break
+        rule, count = line.split()
+        counts[rule] = int(count)
+    return counts
+
+
+@pytest.mark.workflow
+def test_reference_study_dry_run_is_unchanged_with_confirmation_off(tmp_path):
+    assert job_counts(snakemake(tmp_path, "--dry-run").stdout) == REFERENCE_JOBS
+    explicit = snakemake(tmp_path, "--dry-run", "--config", "confirm={seeds: []}").stdout
+    assert job_counts(explicit) == REFERENCE_JOBS
+
+
+@pytest.mark.workflow
+def test_three_confirm_seeds_add_the_expected_jobs(tmp_path):
+    """Before the checkpoints: per student 3 baselines (train), each with 2 attacks x 3 epsilons and an
+    evaluation, and one best_point checkpoint; the 3 x 2 distilled confirmation runs (distill) and their
+    evaluations come once the checkpoints have chosen (test_plan-level: plan.confirmed)."""
+    counts = job_counts(snakemake(tmp_path, "--dry-run", "--config", "confirm={seeds: [10, 11, 12]}").stdout)
+    extra = {"train": 6, "attack": 6 * 6, "evaluate": 6, "best_point": 2}
+    expected = {rule: REFERENCE_JOBS.get(rule, 0) + extra.get(rule, 0) for rule in {*REFERENCE_JOBS, *extra}}
+    expected["total"] = REFERENCE_JOBS["total"] + sum(extra.values())
+    assert counts == expected
+
+
+@pytest.mark.workflow
+def test_overlapping_confirm_seeds_stop_the_workflow_in_one_sentence(tmp_path):
+    result = snakemake(tmp_path, "--dry-run", "--config", "seeds=[0,1]", "confirm={seeds: [1, 7]}", check=False)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0 and "Job stats" not in output
+    assert "confirm.seeds [1] are seeds of the sweep too" in output
+
+
+@pytest.mark.workflow
+def test_staged_sweep_confirms_after_both_checkpoints(tmp_path):
+    counts = job_counts(snakemake(tmp_path, "--dry-run", "--config", "sweep=staged", "confirm={seeds: [10]}").stdout)
+    assert counts["best_temperature"] == 2 and counts["best_point"] == 2 and counts["distill"] == 16
+    assert counts["train"] == 3 + 2
+
+
+TINY = ROOT / "tests" / "studies" / "tiny.yaml"
+
+
+@pytest.mark.workflow
+def test_tiny_study_confirms_its_point_on_two_fresh_seeds(tmp_path):
+    """The tiny study (one student, T = 4, w = 0.5 and 0.9, seed 0) with confirm.seeds [1, 2], for real:
+    the checkpoint chooses on validation, the chosen point and the baseline train on seeds 1 and 2 and
+    are attacked and evaluated, and the confirmed table pairs them (n = 2)."""
+    confirm = ["--config", "confirm={seeds: [1, 2]}"]
+    snakemake(tmp_path, "--cores", "2", "--show-failed-logs", *confirm, configfiles=[TINY])
+    results = tmp_path / "results" / "tiny"
+    choice = io.read_json(results / "confirm" / "mobilenet_v3_small.json")
+    runs = pd.read_csv(results / "tables" / "runs.csv")
+    kd = runs[runs["role"] == "kd"]
+    assert choice["val_acc"] == pytest.approx(kd["val_acc"].max())  # the best on validation (ties: lower w)
+    assert {c["soft_weight"] for c in choice["candidates"]} == {0.5, 0.9}
+    name = f"mobilenet_v3_small_T{choice['temperature']:g}_soft{choice['soft_weight']:g}"
+    for seed in (1, 2):
+        assert (results / f"runs/confirm/{name}_seed{seed}/metrics.json").is_file()
+        assert (results / f"runs/confirm/mobilenet_v3_small_seed{seed}/metrics.json").is_file()
+        assert (results / f"packs/confirm_{name}_seed{seed}.json").is_file()
+        assert (results / f"attacks/confirm/{name}_seed{seed}/fgsm_eps0.1.json").is_file()
+        assert (results / f"evaluation/confirm/mobilenet_v3_small_seed{seed}.json").is_file()
+    confirm_runs = runs[runs["role"] == "confirm"]
+    assert sorted(confirm_runs["seed"]) == [1, 1, 2, 2]
+    table = pd.read_csv(results / "tables" / "confirmed.csv")
+    clean = table.query("measure == 'clean'").iloc[0]
+    assert (clean["temperature"], clean["soft_weight"]) == (choice["temperature"], choice["soft_weight"])
+    assert (clean["kd_n"], clean["hard_n"], clean["gain_n"]) == (2, 2, 2) and clean["sweep_gain_n"] == 1
+    assert "Nothing to be done" in "".join(
+        (lambda r: (r.stdout, r.stderr))(snakemake(tmp_path, "--dry-run", *confirm, configfiles=[TINY])))
+    report = tmp_path / "report.html"
+    snakemake(tmp_path, "--report", str(report), *confirm, configfiles=[TINY])
+    assert report.stat().st_size > 0
+
+
+@pytest.mark.workflow
+def test_the_demo_confirms_each_student_on_two_fresh_seeds(tmp_path):
+    """studies/demo.yaml: before its checkpoints, the teacher, 2 sweep and 2 x 2 confirmation baselines,
+    the two packed sweeps and one best_point per student; then 2 x 2 distilled confirmation runs."""
+    plan = Plan(load_config([str(ROOT / "config.yaml"), str(ROOT / "studies" / "demo.yaml")]))
+    assert plan.confirm_seeds == [1, 2] and not set(plan.confirm_seeds) & set(plan.seeds)
+    counts = job_counts(snakemake(tmp_path, "--dry-run", configfiles=[ROOT / "studies" / "demo.yaml"]).stdout)
+    runs = 1 + 2 + 4 * 2 + 2 * 2  # teacher, baselines, sweep points, confirmation baselines
+    assert (counts["train"], counts["distill"], counts["best_point"]) == (1 + 2 + 4, 2, 2)
+    assert counts["attack"] == 4 * runs and counts["evaluate"] == runs
+
+
+def test_robustness_rows_carry_each_seeds_gain(tmp_path):
+    """robustness.csv: a distilled run's accuracy under attack beside its own seed's baseline (the sweep's
+    kd against baseline, a confirmation run against the confirmation's baseline)."""
+    confirmation_study(tmp_path)
+    rows = pd.read_csv(tmp_path / "tables" / "robustness.csv").set_index("run")
+    kd = rows.loc["runs/kd/resnet18_T1_soft0.5_seed0"]
+    assert (kd["adv_acc"], kd["hard_adv_acc"], kd["adv_gain"]) == pytest.approx((44.5, 44.0, 0.5))
+    confirmed = rows.loc["runs/confirm/resnet18_T1_soft0.5_seed11"]
+    assert (confirmed["hard_adv_acc"], confirmed["adv_gain"]) == pytest.approx((45.0, 0.75))
+    assert math.isnan(rows.loc["runs/confirm/resnet18_T1_soft0.5_seed13", "adv_gain"])  # no baseline of seed 13
+    assert rows.loc[["runs/baseline/resnet18_seed0", "runs/confirm/resnet18_seed10"], "adv_gain"].isna().all()
