@@ -58,8 +58,7 @@ def test_three_confirm_seeds_plan_their_runs_on_fresh_seeds():
     assert plan.finished(runs[0]) == ["results/cifar10-reference/packs/confirm_resnet18_T4_soft0.5_seed10.json"]
     base = Run("confirm", "resnet18", 10)
     assert base.folder == "runs/confirm/resnet18_seed10" and not base.distilled and not base.needs_teacher
-    assert plan.finished(base) == ["results/cifar10-reference/runs/confirm/resnet18_seed10/metrics.json",
-                                   "results/cifar10-reference/runs/confirm/resnet18_seed10/model.pt"]
+    assert plan.finished(base) == ["results/cifar10-reference/trained/confirm/resnet18_seed10.json"]
     assert plan.run("confirm", "resnet18_T4_soft0.5_seed10") == runs[0] and plan.run("confirm", base.name) == base
     # a confirmed run: its evaluation and every attack at every epsilon
     assert len(plan.outputs(runs)) == 3 * (1 + 1 + 2 * 3)
@@ -266,8 +265,8 @@ def test_without_confirmation_the_table_says_so(tmp_path):
 
 # ---------------------------------------------------------------- the workflow
 
-REFERENCE_JOBS = {"download": 1, "runtime": 1, "stats": 1, "train": 3, "attack": 690, "distill": 112,
-                  "evaluate": 115, "tables": 1, "figures": 1, "all": 1, "total": 926}
+REFERENCE_JOBS = {"download": 1, "runtime": 1, "study": 1, "stats": 1, "train": 3, "attack": 690, "distill": 112,
+                  "evaluate": 115, "tables": 1, "figures": 1, "all": 1, "total": 927}
 
 
 def snakemake(workdir, *args, configfiles=(), check=True, timeout=900):

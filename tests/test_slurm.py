@@ -20,11 +20,13 @@ and _QOS where they are set; the account defaults to `root`, the one scripts/slu
 registers.
 """
 
+import contextlib
 import csv
 import json
 import math
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -173,6 +175,46 @@ def test_slurm_profile_command_writes_a_minimal_site_profile_and_never_overwrite
     assert result.returncode == 0 and str(site) in result.stdout and not written.exists()
 
 
+def test_a_job_cancelled_by_someone_reads_as_cancelled_to_the_plugin():
+    """sacct says "CANCELLED by <uid>" for a job someone cancelled; the plugin's status query, wrapped by
+    the workflow, gives the plugin "CANCELLED" (one of its failed states), other states unchanged."""
+    import asyncio
+    import logging
+
+    plugin = pytest.importorskip("snakemake_executor_plugin_slurm")
+    from kdsweep.slurm import work_around_plugin_bugs
+
+    assert work_around_plugin_bugs() and work_around_plugin_bugs()
+    sacct_lines = "107|CANCELLED by 0\n108|COMPLETED\n109|RUNNING\n110|CANCELLED\n"
+    command = shlex.join(["printf", sacct_lines])
+    states, _ = asyncio.run(plugin.query_job_status(command, logging.getLogger("test")))
+    assert states == {"107": "CANCELLED", "108": "COMPLETED", "109": "RUNNING", "110": "CANCELLED"}
+
+
+def test_a_requeued_node_failure_excludes_no_node_from_later_submissions(monkeypatch):
+    """After a NODE_FAIL the plugin keeps sacct's node list of the job, "None assigned" once SLURM has
+    requeued it; the wrapped submit command leaves that out (sbatch refuses it) and keeps real nodes."""
+    from kdsweep.slurm import node_names, work_around_plugin_bugs
+
+    plugin = pytest.importorskip("snakemake_executor_plugin_slurm")
+    assert node_names({"None assigned", "gpu-07", "", "gpu[01-02]"}) == {"gpu-07", "gpu[01-02]"}
+    seen = {}
+
+    def submit(job, params, settings=None, failed_nodes=None, array_job=False):
+        seen["failed_nodes"] = failed_nodes
+        return "sbatch ..."
+
+    async def query(command, logger):
+        return {}, 0.0
+
+    # the plugin's functions as a fresh process has them (the workflow wraps them once per process)
+    monkeypatch.setattr(plugin, "get_submit_command", submit)
+    monkeypatch.setattr(plugin, "query_job_status", query)
+    assert work_around_plugin_bugs()
+    assert plugin.get_submit_command(None, {}, failed_nodes={"None assigned", "gpu-07"}) == "sbatch ..."
+    assert seen["failed_nodes"] == {"gpu-07"}
+
+
 @pytest.mark.workflow
 def test_snakemake_profile_slurm_uses_the_site_profile_and_the_workflow_profile(tmp_path):
     """`snakemake --profile slurm` finds the site profile by name and adds profiles/default by itself."""
@@ -245,9 +287,9 @@ class Site:
     """The environment of a user's shell on the login node, with the venv active and a site profile
     named slurm written by `python -m kdsweep slurm-profile` into a folder of this test session."""
 
-    def __init__(self, folder, account=None):
+    def __init__(self, folder, account=None, requeue=True):
         self.folders = _profile_folders(folder)
-        options = []
+        options = [] if requeue else ["--no-requeue"]
         for option, name in (("--account", "KDSWEEP_SLURM_ACCOUNT"), ("--partition", "KDSWEEP_SLURM_PARTITION"),
                              ("--qos", "KDSWEEP_SLURM_QOS")):
             value = account if option == "--account" and account else os.environ.get(name)
@@ -694,8 +736,8 @@ def _epochs_done(run_folder):
 
 def _jobs_in(workdir, since):
     """sacct's records of the jobs whose working directory is workdir, submitted since `since`
-    (an sacct time): {job id: {JobID, JobIDRaw, State, ExitCode, Restarts, ...}} in submission order."""
-    fields = ["JobID", "JobIDRaw", "State", "ExitCode", "Restarts", "WorkDir", "Start", "End"]
+    (an sacct time): {job id: {JobID, JobIDRaw, State, ExitCode, ...}} in submission order."""
+    fields = ["JobID", "JobIDRaw", "State", "ExitCode", "WorkDir", "Start", "End"]
     result = subprocess.run(["sacct", "-X", "-n", "-P", "-S", since, "-o", ",".join(fields)],
                             capture_output=True, text=True, check=True)
     records = [dict(zip(fields, line.split("|"))) for line in result.stdout.splitlines()]
@@ -750,7 +792,7 @@ def test_a_killed_snakemake_is_restarted_and_nothing_is_trained_twice_or_lost(cl
 
     locked = subprocess.run(snakemake_command(target, *FAULT_CONFIG), cwd=tmp_path, capture_output=True, text=True,
                             env=cluster.env())
-    assert locked.returncode != 0 and "snakemake --unlock" in locked.stdout + locked.stderr
+    assert locked.returncode != 0 and "removed with the --unlock argument" in locked.stdout + locked.stderr
     unlock = subprocess.run(snakemake_command("--unlock", *FAULT_CONFIG), cwd=tmp_path, capture_output=True,
                             text=True, env=cluster.env())
     assert unlock.returncode == 0, unlock.stderr[-2000:]
@@ -759,11 +801,11 @@ def test_a_killed_snakemake_is_restarted_and_nothing_is_trained_twice_or_lost(cl
     assert status == 0, _failure_report(tmp_path, output)
 
     jobs = _jobs_in(tmp_path, since)
-    training = [job for job, record in jobs.items() if job in old_jobs or job not in old_jobs]
     metrics = _assert_same_run(run_folder, uninterrupted)
     # trained once: by the old job, from epoch 1 to the end, never resumed
     assert metrics["resumed"] == 0 and metrics["slurm"]["job_id"] in old_jobs, (metrics["slurm"], old_jobs)
-    assert all(jobs[job]["State"] == "COMPLETED" for job in training), jobs
+    # the old job and the new one (which waited for it, or found the run finished) both completed
+    assert len(jobs) >= 2 and all(record["State"] == "COMPLETED" for record in jobs.values()), jobs
     # the new job trained nothing: it waited for the old one (or found the run finished)
     rule_log = (tmp_path / plan.training_log(plan.teacher)).read_text()
     assert " epoch " not in rule_log and "resuming" not in rule_log, rule_log
@@ -801,3 +843,150 @@ def test_a_cancelled_training_job_is_resubmitted_and_resumes_from_its_checkpoint
     assert jobs[metrics["slurm"]["job_id"]]["State"] == "COMPLETED"
     resumed_after = re.findall(r"resuming \S+ after epoch (\d+)", (tmp_path / plan.training_log(plan.teacher)).read_text())
     assert len(resumed_after) == 1 and int(resumed_after[0]) >= epoch
+
+
+def _job_processes(job):
+    """PIDs on this node that belong to SLURM job `job`: its slurmstepd daemons and what runs under them."""
+    stepds = {int(pid) for pid in subprocess.run(["pgrep", "-f", rf"slurmstepd: \[{job}\."], capture_output=True,
+                                                 text=True).stdout.split()}
+    children = {}
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            ppid = int(re.search(r"^PPid:\s+(\d+)", status.read_text(), re.M).group(1))
+        except (OSError, AttributeError):
+            continue
+        children.setdefault(ppid, []).append(int(status.parent.name))
+    found, todo = set(), list(stepds)
+    while todo:
+        pid = todo.pop()
+        if pid not in found:
+            found.add(pid)
+            todo += children.get(pid, [])
+    return found
+
+
+def _fail_node(job):
+    """The node dies under a running job: slurmd and every process of the job SIGKILLed at once. slurmctld
+    notices only when the node stops answering (SlurmdTimeout, 60 s here): then the node is down and its
+    job NODE_FAIL. The node then comes back (slurmd started again; ReturnToService=2 lets it rejoin)."""
+    victims = _job_processes(job)
+    assert victims, f"job {job} has no processes on this node"
+    subprocess.run(["pkill", "-KILL", "-x", "slurmd"], check=False)
+    for pid in victims:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+    def node_down():
+        state = subprocess.run(["sinfo", "-h", "-N", "-o", "%T"], capture_output=True, text=True).stdout
+        return "down" in state or "*" in state
+
+    _wait_for(node_down, 240, "slurmctld to see the node down")
+    subprocess.run(["bash", str(ROOT / "scripts" / "slurm-cluster.sh")], check=True, capture_output=True)
+
+
+def _fail_node_at(run_folder, failed):
+    """A watch(workdir) that fails the node under the first running job once run_folder has the
+    checkpoint of epoch FAULT_AT, recording {job id: epochs done then} in `failed`."""
+
+    def watch(workdir):
+        if not failed and _epochs_done(run_folder) >= FAULT_AT:
+            running = [job for job, state in _queued(workdir).items() if state == "RUNNING"]
+            if running:
+                failed[running[0]] = _epochs_done(run_folder)
+                _fail_node(running[0])
+
+    return watch
+
+
+@pytest.mark.slurm
+def test_a_node_failure_mid_job_is_requeued_and_resumes_from_its_checkpoint(cluster, tmp_path, uninterrupted):
+    """The node's slurmd and the job's processes killed mid-training (a node failure), then the node
+    back. With `slurm-requeue: true` (the site profile's default) SLURM requeues the job itself: the
+    same job id runs again (after SLURM's requeue delay, about 2 minutes) and resumes from the
+    checkpoint to the result of an uninterrupted run."""
+    plan = Plan(load_config([str(p) for p in CONFIGS], []))
+    run_folder = tmp_path / plan.run_dir(plan.teacher)
+    failed = {}
+    # and the teacher's evaluations: jobs submitted after the node failure (kdsweep.slurm.node_names)
+    status, output = run_snakemake(tmp_path, plan.train_record(plan.teacher), *plan.evaluations(plan.teacher),
+                                   *FAULT_CONFIG, timeout=600, env=cluster.env(),
+                                   watch=_fail_node_at(run_folder, failed))
+    assert status == 0, _failure_report(tmp_path, output)
+    assert len(failed) == 1, "the node failed under one running job"
+    (job, epoch), = failed.items()
+    metrics = _assert_same_run(run_folder, uninterrupted)
+    assert metrics["resumed"] == 1
+    assert metrics["slurm"]["job_id"] == job, metrics["slurm"]
+    assert all((tmp_path / path).exists() for path in plan.evaluations(plan.teacher))
+    resumed_after = re.findall(r"resuming \S+ after epoch (\d+)", (tmp_path / plan.training_log(plan.teacher)).read_text())
+    assert len(resumed_after) == 1 and int(resumed_after[0]) >= epoch
+    # sacct -D: every run of the job id, the one the node failure ended and the requeued one
+    runs = subprocess.run(["sacct", "-D", "-X", "-n", "-P", "-j", job, "-o", "State"], capture_output=True,
+                          text=True, check=True).stdout.split()
+    assert runs == ["NODE_FAIL", "COMPLETED"], runs
+
+
+@pytest.mark.slurm
+def test_a_node_failure_without_requeue_fails_the_job_and_the_rerun_resumes(tmp_path, cluster, uninterrupted):
+    """The same node failure under a site profile with `slurm-no-requeue: true`: the job ends
+    NODE_FAIL and the plugin fails it. It then excludes the failed node from later submissions, and
+    on this one-node cluster no node is left, so the retry cannot start and snakemake stops; started
+    again, as after any stop, it resumes the run from its checkpoint to the uninterrupted result."""
+    site = Site(tmp_path / "site", requeue=False)
+    plan = Plan(load_config([str(p) for p in CONFIGS], []))
+    run_folder = tmp_path / plan.run_dir(plan.teacher)
+    since = _sacct_now()
+    failed = {}
+    status, output = run_snakemake(tmp_path, plan.train_record(plan.teacher), *FAULT_CONFIG, timeout=600,
+                                   env=site.env(), watch=_fail_node_at(run_folder, failed))
+    assert len(failed) == 1, "the node failed under one running job"
+    (job, epoch), = failed.items()
+    assert status != 0 and "NODE_FAIL" in output, output[-3000:]
+    assert _jobs_in(tmp_path, since)[job]["State"] == "NODE_FAIL"
+    assert not (run_folder / "metrics.json").exists() and _epochs_done(run_folder) >= epoch
+
+    status, output = run_snakemake(tmp_path, plan.train_record(plan.teacher), *FAULT_CONFIG, timeout=480,
+                                   env=site.env(), log_name="again.log")
+    assert status == 0, _failure_report(tmp_path, output)
+    metrics = _assert_same_run(run_folder, uninterrupted)
+    assert metrics["resumed"] == 1 and metrics["slurm"]["job_id"] != job
+
+
+# ---------------------------------------------------------------- job arrays
+
+# Eight distillation points of one student and seed: eight jobs of rule distill.
+ARRAY_SWEEP = ["temperatures=[2,4]", "soft_weights=[0.25,0.5,0.75,0.9]"]
+
+
+def _submissions(jobs):
+    """sbatch calls behind sacct records: an array's tasks (JobID <array job>_<task>) share one."""
+    return {record["JobID"].split("_")[0] for record in jobs.values()}
+
+
+@pytest.mark.slurm
+def test_the_distillation_sweep_goes_out_as_one_job_array(cluster, tmp_path):
+    """`--slurm-array-jobs distill --jobs unlimited` (docs/slurm-cluster.md: with a job cap the plugin
+    can wait forever): the teacher is one job, the eight distillation jobs one `sbatch --array`, and
+    every run records its array task's own job id, its array's id and its task number."""
+    config = load_config([str(p) for p in CONFIGS], ARRAY_SWEEP)
+    plan = Plan(config)
+    runs = plan.sweep(config["students"][0])
+    assert len(runs) == 8
+    records = sorted({plan.pack_record(plan.pack_of(run)) for run in runs})
+    since = _sacct_now()
+    status, output = run_snakemake(tmp_path, *records, "--config", *ARRAY_SWEEP, "--slurm-array-jobs", "distill",
+                                   "--jobs", "unlimited", timeout=600, env=cluster.env())
+    assert status == 0, _failure_report(tmp_path, output)
+
+    jobs = _jobs_in(tmp_path, since)
+    assert all(record["State"] == "COMPLETED" for record in jobs.values()), jobs
+    slurm = [_read_json(tmp_path / plan.run_dir(run) / "metrics.json")["slurm"] for run in runs]
+    arrays = {record["array_job_id"] for record in slurm}
+    assert len(arrays) == 1 and None not in arrays, slurm
+    assert sorted(int(record["array_task"]) for record in slurm) == list(range(1, 9)), slurm
+    tasks = {record["JobIDRaw"]: record["JobID"] for record in jobs.values()}
+    for record in slurm:
+        assert tasks[record["job_id"]] == f"{record['array_job_id']}_{record['array_task']}", (record, tasks)
+    # the stats job, the teacher's and the array: three sbatch calls for ten jobs (without arrays: ten)
+    assert len(jobs) == 10 and len(_submissions(jobs)) == 3, jobs
+    print(f"{len(jobs)} SLURM jobs from {len(_submissions(jobs))} sbatch calls")

@@ -152,7 +152,7 @@ def test_staged_sweep_plans_stage_two_once_the_temperature_is_chosen(tmp_path):
     kd = [entry.run for entry in status.runs if entry.run.role == "kd"]
     assert sorted((run.temperature, run.soft_weight, run.seed) for run in kd) == [
         (1, 0.9, 0), (1, 0.9, 1), (4, 0.9, 0), (4, 0.9, 1)]  # the temperature sweep at staged.soft_weight
-    assert status.waiting == {"mobilenet_v3_small": 2}  # w = 0.5 at the chosen T, two seeds
+    assert status.waiting == {("kd", "mobilenet_v3_small"): 2}  # w = 0.5 at the chosen T, two seeds
     assert "2 soft-weight runs wait" in render(status)
     choice = tmp_path / plan.staged_choice("mobilenet_v3_small")
     choice.parent.mkdir(parents=True)
@@ -197,7 +197,7 @@ def test_planned_runs_and_log_names_are_the_workflows(tmp_path):
     logs = {line.split("log:", 1)[1].strip() for line in result.stdout.splitlines()
             if line.strip().startswith("log:") and "/logs/runs/" in line}
     plan, _ = load_plan([TINY], ["seeds=[0,1]", "runtime={pack_size: 2}"])
-    runs, waiting = plan.planned({})
+    runs, waiting = plan.planned({}, {})
     assert {plan.training_log(run) for run in runs} == logs and not waiting
     assert len(runs) == 1 + 2 + 2 * 2
 

@@ -209,7 +209,7 @@ def cmd_status(args):
 def cmd_slurm_profile(args):
     from .slurm import write_site_profile
 
-    path, written = write_site_profile(args.account, args.partition, args.qos, args.jobs)
+    path, written = write_site_profile(args.account, args.partition, args.qos, args.jobs, requeue=not args.no_requeue)
     if written:
         print(f"wrote {path}: `snakemake --profile slurm` now submits to SLURM with it")
     else:
@@ -365,6 +365,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--qos", help="SLURM QoS of every job (sbatch --qos); default: the cluster's")
     p.add_argument("--jobs", type=int, default=100,
                    help="at most this many jobs submitted at once (default: 100)")
+    p.add_argument("--no-requeue", action="store_true",
+                   help="where the site forbids requeueing: a job of a failed node fails and Snakemake "
+                        "resubmits it, instead of SLURM requeueing it (sbatch --requeue, the default)")
     p.set_defaults(func=cmd_slurm_profile)
 
     p = _command(subparsers, "models", "list the architectures that can be named in the config")

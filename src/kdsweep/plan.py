@@ -408,9 +408,13 @@ class Plan:
         """results/<study>/study.yaml: the whole config the workflow last ran with (rule study)."""
         return f"{self.results}/study.yaml"
 
+    def study_config(self) -> str:
+        """The whole config as command-line overrides (rule study's params: a changed value rewrites it)."""
+        return command_line(self.config)
+
     def training_log(self, run: Run) -> str:
         """The log of the job that trains a run: rule train's, or rule distill's of its pack."""
-        if run.role == "kd":
+        if run.distilled:
             return f"{self.results}/logs/runs/kd/{self.pack_of(run).name}.log"
         return f"{self.results}/logs/{run.folder}.log"
 
@@ -418,18 +422,26 @@ class Plan:
         """Staged sweep: the file checkpoint best_temperature writes for a student."""
         return f"{self.results}/staged/{student}_seed-all.json"
 
-    def planned(self, choices: dict) -> tuple[list[Run], dict]:
-        """The runs snakemake makes, given the staged sweep's choices so far ({student: the record
-        of staged_choice, for the students whose temperature is chosen}): (runs, {student: number
-        of stage-2 runs still waiting for the choice}). The grid has no choices to wait for."""
+    def planned(self, staged_choices: dict, confirm_choices: dict) -> tuple[list[Run], dict]:
+        """The runs snakemake makes, given the checkpoints' choices so far: staged_choices {student: the
+        record of staged_choice} for the students whose temperature is chosen, confirm_choices {student:
+        the record of confirm_record} for those whose confirmed point is chosen. Returns (runs,
+        {(role, student): number of runs still waiting for their student's choice})."""
         runs, waiting = self.fixed_runs(), {}
+        known = set(runs)
         if self.staged:
-            known = set(runs)
             for student in self.students:
-                if student in choices:
-                    temperature = self.chosen_temperature(choices[student], self.staged_choice(student))
+                if student in staged_choices:
+                    temperature = self.chosen_temperature(staged_choices[student], self.staged_choice(student))
                     runs += [run for run in self.soft_weight_sweep(student, temperature) if run not in known]
                 else:
                     any_temperature = self.config["temperatures"][0]
-                    waiting[student] = sum(run not in known for run in self.soft_weight_sweep(student, any_temperature))
+                    waiting["kd", student] = sum(run not in known
+                                                 for run in self.soft_weight_sweep(student, any_temperature))
+        for student in self.students if self.confirm_seeds else []:
+            if student in confirm_choices:
+                point = self.chosen_point(student, confirm_choices[student], self.confirm_record(student))
+                runs += self.confirmed(student, *point)
+            else:
+                waiting["confirm", student] = len(self.confirm_seeds)
         return runs, waiting

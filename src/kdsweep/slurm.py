@@ -56,7 +56,7 @@ def _python_literal(value: str) -> str:
     return json.dumps(repr(str(value)))
 
 
-def site_profile(account=None, partition=None, qos=None, jobs: int = 100) -> str:
+def site_profile(account=None, partition=None, qos=None, jobs: int = 100, requeue: bool = True) -> str:
     """The text of a minimal site profile for these site values (None: SLURM's or the plugin's default)."""
     lines = [
         f"# A minimal SLURM site profile for `snakemake --profile {PROFILE_NAME}`, written by",
@@ -74,6 +74,9 @@ def site_profile(account=None, partition=None, qos=None, jobs: int = 100) -> str
         "slurm-init-seconds-before-status-checks: 10",
         "# without SLURM accounting (sacct missing or disabled), poll squeue instead:",
         "# slurm-status-command: squeue",
+        "# after a node failure or preemption SLURM requeues the job (sbatch --requeue); with",
+        "# slurm-no-requeue the job fails and Snakemake resubmits it",
+        "slurm-requeue: true" if requeue else "slurm-no-requeue: true",
     ]
     if qos:
         lines.append(f"slurm-qos: {json.dumps(str(qos))}")
@@ -90,7 +93,8 @@ def site_profile(account=None, partition=None, qos=None, jobs: int = 100) -> str
     return "\n".join(lines) + "\n"
 
 
-def write_site_profile(account=None, partition=None, qos=None, jobs: int = 100) -> tuple[Path, bool]:
+def write_site_profile(account=None, partition=None, qos=None, jobs: int = 100,
+                       requeue: bool = True) -> tuple[Path, bool]:
     """Write the minimal site profile into the user's Snakemake folder unless a `slurm` profile
     exists there or in the site folder. Returns (the profile's file, whether it was written now)."""
     found = existing_profile()
@@ -102,7 +106,7 @@ def write_site_profile(account=None, partition=None, qos=None, jobs: int = 100) 
         path.parent.mkdir(parents=True, exist_ok=True)
         # "x": never replace a file, even one that appeared since the check above
         with open(path, "x") as handle:
-            handle.write(site_profile(account, partition, qos, jobs))
+            handle.write(site_profile(account, partition, qos, jobs, requeue))
     except FileExistsError:
         return path, False
     except OSError as err:
@@ -142,3 +146,60 @@ def queue(timeout: float = 10) -> list[QueuedJob] | None:
         if len(parts) == 5:
             jobs.append(QueuedJob(*(part.strip() for part in parts)))
     return jobs
+
+
+# ---------------------------------------------------------------- two bugs of the slurm plugin
+
+# snakemake-executor-plugin-slurm 2.8.0, as this workflow meets them on a real cluster:
+#
+# 1. sacct writes a job cancelled by someone (scancel, an admin, a preemption that cancels) as
+#    "CANCELLED by <uid>". The plugin compares the state with its list of failed states exactly,
+#    so it takes such a job for one still running and waits for it forever, instead of failing it
+#    and letting Snakemake resubmit it (retries), whose run then resumes from its checkpoint. (The
+#    old cookiecutter profile had the same bug: Snakemake-Profiles/slurm#22.)
+# 2. After a job ends NODE_FAIL the plugin excludes the job's node from every later submission,
+#    reading it from `sacct -o nodelist`. A job that SLURM has requeued meanwhile (slurm-requeue)
+#    has no node there but the text "None assigned", and every later sbatch then gets
+#    `--exclude=None assigned` and fails ("Invalid node name specified"): one node failure and the
+#    rest of the study cannot be submitted.
+_CANCELLED_BY = "CANCELLED by "
+
+
+def job_state(state: str) -> str:
+    """A job state as the plugin's lists spell it: "CANCELLED by 1000" is "CANCELLED"."""
+    return "CANCELLED" if state.startswith(_CANCELLED_BY) else state
+
+
+def node_names(nodes) -> set:
+    """The entries of the plugin's failed-node set that are node lists SLURM accepts: not sacct's
+    "None assigned" (or anything else with a space, which no node name has)."""
+    return {node for node in nodes if node and not any(c.isspace() for c in node)}
+
+
+def work_around_plugin_bugs() -> bool:
+    """Work around both bugs above in the slurm executor plugin of this process: wrap its status
+    query (job_state) and its submit command (node_names). Called by the workflow
+    (workflow/rules/common.smk); does nothing where the plugin is not installed or lacks these
+    functions (another version), and nothing twice. Returns whether both are wrapped."""
+    try:
+        import snakemake_executor_plugin_slurm as plugin
+    except ImportError:
+        return False
+    query, submit = getattr(plugin, "query_job_status", None), getattr(plugin, "get_submit_command", None)
+    if query is None or submit is None:
+        return False
+    if getattr(query, "kdsweep_wrapped", False):
+        return True
+
+    async def query_job_status(*args, **kwargs):
+        states, duration = await query(*args, **kwargs)
+        if states is not None:
+            states = {job: job_state(state) for job, state in states.items()}
+        return states, duration
+
+    def get_submit_command(*args, failed_nodes=None, **kwargs):
+        return submit(*args, failed_nodes=node_names(failed_nodes or ()), **kwargs)
+
+    query_job_status.kdsweep_wrapped = get_submit_command.kdsweep_wrapped = True
+    plugin.query_job_status, plugin.get_submit_command = query_job_status, get_submit_command
+    return True

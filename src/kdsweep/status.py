@@ -144,10 +144,10 @@ def _is_this_run(plan, run, metrics, teacher_hash) -> bool:
     from .config import config_hash
     from .plan import run_slice
 
-    if run.role == "kd" and teacher_hash is None:
+    if run.distilled and teacher_hash is None:
         return True  # the teacher's record is gone: nothing to compare against
     teacher = None
-    if run.role == "kd":
+    if run.distilled:
         # what the distill job hashes: its --temperature and --soft-weight are floats
         run = Run(run.role, run.model, run.seed, float(run.temperature), float(run.soft_weight))
         teacher = teacher_hash
@@ -188,12 +188,12 @@ def study_status(plan: Plan, root: Path, queue=None) -> StudyStatus:
         slurm = {"pending": sum(job.state == "PENDING" for job in mine),
                  "running": sum(job.state in ("RUNNING", "COMPLETING") for job in mine)}
         running_jobs = {job.job_id for job in queue if job.state in ("RUNNING", "COMPLETING")}
-    choices = {}
-    for student in plan.students if plan.staged else []:
-        record = _read_json(root / plan.staged_choice(student))
-        if record is not None:
-            choices[student] = record
-    runs, waiting = plan.planned(choices)
+    def choices(path_of, wanted):
+        records = {student: _read_json(root / path_of(student)) for student in plan.students if wanted}
+        return {student: record for student, record in records.items() if record is not None}
+
+    runs, waiting = plan.planned(choices(plan.staged_choice, plan.staged),
+                                 choices(plan.confirm_record, plan.confirm_seeds))
     teacher = _read_json(root / plan.run_dir(plan.teacher) / "metrics.json") or {}
     statuses = [run_status(plan, root, run, teacher.get("config_hash"), running_jobs, host) for run in runs]
     present = planned = 0
@@ -221,7 +221,7 @@ def _gpu_time(plan: Plan, statuses, waiting):
     jobs = {}
     for status in statuses:
         run = status.run
-        key = ("pack", plan.pack_of(run).name) if run.role == "kd" else ("run", run)
+        key = ("pack", plan.pack_of(run).name) if run.distilled else ("run", run)
         jobs.setdefault(key, []).append(status)
     spent = 0.0
     by_kind = {}
@@ -235,8 +235,7 @@ def _gpu_time(plan: Plan, statuses, waiting):
     for (role, model), entries in by_kind.items():
         finished = [seconds for done, seconds in entries if done]
         left = [seconds for done, seconds in entries if not done]
-        if role == "kd":
-            left += [0.0] * _waiting_jobs(plan, waiting.get(model, 0))  # stage 2, not yet planned
+        left += [0.0] * _waiting_jobs(plan, role, waiting.get((role, model), 0))  # not yet planned
         if not left:
             continue
         if not finished:
@@ -244,14 +243,17 @@ def _gpu_time(plan: Plan, statuses, waiting):
             continue
         mean = sum(finished) / len(finished)
         remaining += sum(max(mean - seconds, 0.0) for seconds in left)
-    for student, count in waiting.items():
-        if ("kd", student) not in by_kind:
-            unestimated += _waiting_jobs(plan, count)
+    for (role, student), count in waiting.items():
+        if (role, student) not in by_kind:
+            unestimated += _waiting_jobs(plan, role, count)
     return spent, remaining, unestimated
 
 
-def _waiting_jobs(plan: Plan, runs: int) -> int:
-    """Jobs of `runs` stage-2 runs of one student, spread evenly over the seeds, packed."""
+def _waiting_jobs(plan: Plan, role: str, runs: int) -> int:
+    """Jobs of `runs` runs of one student waiting for a choice: a stage-2 sweep (spread evenly over the
+    seeds, packed), or confirmation runs (a job each: one per confirm seed)."""
+    if role == "confirm":
+        return runs
     per_seed = runs // len(plan.seeds)
     return len(plan.seeds) * -(-per_seed // plan.pack_size)
 
@@ -273,11 +275,11 @@ def render(status: StudyStatus, limit: int = 12) -> str:
         counts = rows.setdefault(key, dict.fromkeys(("planned", *STATES), 0))
         counts["planned"] += 1
         counts[entry.state] += 1
-    for student, count in status.waiting.items():
-        counts = rows.setdefault(("kd", student), dict.fromkeys(("planned", *STATES), 0))
+    for key, count in status.waiting.items():
+        counts = rows.setdefault(key, dict.fromkeys(("planned", *STATES), 0))
         counts["planned"] += count
         counts["not started"] += count
-    order = {"teacher": 0, "baseline": 1, "kd": 2}
+    order = {"teacher": 0, "baseline": 1, "kd": 2, "confirm": 3}
     header = ["role", "model", "planned", *STATES]
     table = [header] + [[role, model, *map(str, counts.values())]
                         for (role, model), counts in sorted(rows.items(), key=lambda item: (order[item[0][0]], item[0][1]))]
@@ -289,9 +291,14 @@ def render(status: StudyStatus, limit: int = 12) -> str:
         lines.append("  ".join(cell.ljust(w) if j < 2 else cell.rjust(w) for j, (cell, w) in enumerate(zip(row, widths))))
         if i == 0 or i == len(table) - 2:
             lines.append("  ".join("-" * w for w in widths))
-    if status.waiting:
-        lines.append(f"(staged sweep: {sum(status.waiting.values())} soft-weight runs wait for their student's "
-                     "temperature, chosen when the temperature sweep has finished)")
+    staged = sum(count for (role, _), count in status.waiting.items() if role == "kd")
+    confirming = sum(count for (role, _), count in status.waiting.items() if role == "confirm")
+    if staged:
+        lines.append(f"(staged sweep: {staged} soft-weight runs wait for their student's temperature, chosen "
+                     "when the temperature sweep has finished)")
+    if confirming:
+        lines.append(f"(confirmation: {confirming} distilled runs wait for their student's point, chosen when "
+                     "its sweep has finished)")
     for state, title in (("training", "training now"), ("stopped", "stopped (resume on their next attempt)"),
                          ("failed", "failed")):
         entries = [entry for entry in status.runs if entry.state == state]

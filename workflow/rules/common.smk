@@ -24,6 +24,7 @@ from kdsweep.config import check_finite, coerce_strings
 from kdsweep.datasets import download_folder
 from kdsweep.errors import KdsweepError
 from kdsweep.plan import Plan, TABLES
+from kdsweep.slurm import work_around_plugin_bugs
 
 # `--config seeds=[0,1]` gives strings; read them as YAML where the schema wants numbers.
 config.update(coerce_strings(config))
@@ -76,6 +77,11 @@ resource_scopes:
 def one_gpu_per_job():
     if not workflow.local_exec and "gpu" not in workflow.global_resources:
         workflow.register_resource("gpu", 1)
+
+
+# Two bugs of the slurm executor plugin (kdsweep.slurm): a job cancelled with scancel would be
+# waited for forever, and one node failure would make every later submission fail.
+work_around_plugin_bugs()
 
 
 wildcard_constraints:

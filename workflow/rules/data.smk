@@ -27,15 +27,14 @@ rule runtime:
 rule study:
     output:
         PLAN.study_record(),
+    log:
+        f"{LOGS}/study.log",
+    conda:
+        CONDA_ENV
     params:
-        config=PLAN.config,
-    run:
-        import yaml
-
-        temporary = f"{output[0]}.tmp"
-        with open(temporary, "w") as handle:
-            yaml.safe_dump(params.config, handle, sort_keys=False)
-        os.replace(temporary, output[0])
+        config=PLAN.study_config(),
+    shell:
+        "kdsweep config --out {output:q} {params.config} > {log:q} 2>&1"
 
 
 if DATASET_DIR:
