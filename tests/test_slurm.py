@@ -965,17 +965,16 @@ def _submissions(jobs):
 
 @pytest.mark.slurm
 def test_the_distillation_sweep_goes_out_as_one_job_array(cluster, tmp_path):
-    """`--slurm-array-jobs distill --jobs unlimited` (docs/slurm-cluster.md: with a job cap the plugin
-    can wait forever): the teacher is one job, the eight distillation jobs one `sbatch --array`, and
-    every run records its array task's own job id, its array's id and its task number."""
+    """The workflow profile's `slurm-array-jobs: distill`: the teacher is one job, the eight
+    distillation jobs one `sbatch --array`, and every run records its array task's own job id, its
+    array's id and its task number."""
     config = load_config([str(p) for p in CONFIGS], ARRAY_SWEEP)
     plan = Plan(config)
     runs = plan.sweep(config["students"][0])
     assert len(runs) == 8
     records = sorted({plan.pack_record(plan.pack_of(run)) for run in runs})
     since = _sacct_now()
-    status, output = run_snakemake(tmp_path, *records, "--config", *ARRAY_SWEEP, "--slurm-array-jobs", "distill",
-                                   "--jobs", "unlimited", timeout=600, env=cluster.env())
+    status, output = run_snakemake(tmp_path, *records, "--config", *ARRAY_SWEEP, timeout=600, env=cluster.env())
     assert status == 0, _failure_report(tmp_path, output)
 
     jobs = _jobs_in(tmp_path, since)

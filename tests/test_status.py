@@ -28,9 +28,9 @@ TINY = REPO / "tests" / "studies" / "tiny.yaml"
 
 
 def run_hash(config, run, teacher_hash):
-    if run.role == "kd":
+    if run.distilled:
         run = Run(run.role, run.model, run.seed, float(run.temperature), float(run.soft_weight))
-    return config_hash(run_slice(config, run, teacher_hash if run.role == "kd" else None))
+    return config_hash(run_slice(config, run, teacher_hash if run.distilled else None))
 
 
 class Study:
@@ -224,3 +224,60 @@ def test_status_of_a_ten_seed_reference_study_reads_fast_and_writes_nothing(tmp_
     print(f"status of {len(runs)} runs: {time.perf_counter() - started:.2f} s")
     assert len(status.runs) == 1141 and text.count("\n") > 5
     assert sorted((p, p.stat().st_mtime_ns) for p in tmp_path.rglob("*")) == before
+
+
+def test_status_of_runs_really_trained_killed_running_and_broken(tmp_path):
+    """A tiny study whose runs were really trained (the teacher), killed with SIGKILL after an epoch
+    (a baseline), training while the status is taken (the other baseline), broken (a distilled run
+    whose loss diverges, its job's output in the log the workflow gives it) or never started; the
+    command reads each state from the files those processes left."""
+    import signal
+
+    from conftest import run_kdsweep, run_until_epoch
+
+    configs = [REPO / "config.yaml", TINY]
+    overrides = ["seeds=[0,1]", "training.max_epochs=2"]
+    plan = Plan(load_config([str(p) for p in configs], overrides))
+    config_args = [arg for path in configs for arg in ("--config", path)]
+    stats = f"{plan.results}/data/stats.json"
+    run_kdsweep("stats", *config_args, "--out", stats, cwd=tmp_path)
+    teacher, (stopped, running) = plan.teacher, plan.baselines()
+    broken, *never = plan.grid()
+
+    def train(run, *extra):
+        return ["train", *config_args, "--role", run.role, "--model", run.model, "--seed", run.seed, "--stats",
+                stats, "--out", plan.run_dir(run), *overrides, *extra]
+
+    run_kdsweep(*train(teacher), cwd=tmp_path)
+    assert run_until_epoch(tmp_path, train(stopped, "training.max_epochs=20"), 1, signal.SIGKILL) == -signal.SIGKILL
+    log = tmp_path / plan.training_log(broken)
+    log.parent.mkdir(parents=True)
+    with open(log, "w") as handle:  # as rule distill runs it: `> {log} 2>&1`
+        diverged = subprocess.run([sys.executable, "-m", "kdsweep", "distill", *map(str, config_args), "--student",
+                                   broken.model, "--seed", str(broken.seed), "--teacher", plan.run_dir(teacher),
+                                   "--temperature", str(broken.temperature), "--soft-weight", str(broken.soft_weight),
+                                   "--stats", stats, "--out", plan.run_dir(broken), *overrides, "training.lr=1e30"],
+                                  cwd=tmp_path, stdout=handle, stderr=subprocess.STDOUT)
+    assert diverged.returncode != 0
+    process = subprocess.Popen([sys.executable, "-m", "kdsweep", *map(str, train(running, "training.max_epochs=200"))],
+                               cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        progress = tmp_path / plan.run_dir(running) / "checkpoint.json"
+        deadline = time.monotonic() + 120
+        while not progress.exists() and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert progress.exists(), "the running baseline wrote no checkpoint"
+        status = study_status(plan, tmp_path)
+        text = run_kdsweep("status", *[arg for path in configs for arg in ("--configfile", path)],
+                           "--config", *overrides, cwd=tmp_path).stdout
+    finally:
+        process.kill()
+        process.wait()
+    assert states(status) == {
+        f"teacher/{teacher.name}": "finished", f"baseline/{stopped.name}": "stopped",
+        f"baseline/{running.name}": "training", f"kd/{broken.name}": "failed",
+        **{f"kd/{run.name}": "not started" for run in never}}
+    by_run = {entry.run: entry for entry in status.runs}
+    assert by_run[stopped].epochs >= 1 and by_run[running].epochs >= 1
+    assert "non-finite" in by_run[broken].reason and "training.lr" in by_run[broken].reason, by_run[broken].reason
+    assert f"kd/{broken.name}: {by_run[broken].reason}" in text and f"baseline/{running.name}: epoch" in text
