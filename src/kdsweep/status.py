@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import KdsweepError
+from .lock import LOCK
 from .plan import Plan, Run
 
 STATES = ("finished", "training", "stopped", "failed", "not started")
@@ -36,7 +37,6 @@ _EXCEPTION = re.compile(r"^(\w+(?:\.\w+)*(?:Error|Exception|Interrupt)): (.+)$")
 _STOP = re.compile(r"received (SIG\w+): stopped")
 PROGRESS = "checkpoint.json"  # kdsweep.checkpoint.PROGRESS (that module imports torch)
 CHECKPOINT = "checkpoint.pt"
-LOCK = ".lock"
 
 
 @dataclass
@@ -86,7 +86,7 @@ def _holder_alive(folder: Path, running_jobs: set | None, host: str) -> tuple[bo
     if job and running_jobs is not None:
         return job in running_jobs, where
     if node == host:
-        return Path(f"/proc/{pid}").exists() if Path("/proc/self").exists() else _pid_alive(int(pid)), where
+        return _pid_alive(int(pid)), where
     # another machine, and no queue to ask: the lock file says so
     return True, where
 
