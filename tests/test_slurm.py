@@ -192,16 +192,27 @@ def test_a_job_cancelled_by_someone_reads_as_cancelled_to_the_plugin():
 
 
 def test_a_requeued_node_failure_excludes_no_node_from_later_submissions(monkeypatch):
-    """After a NODE_FAIL the plugin keeps sacct's node list of the job, "None assigned" once SLURM has
-    requeued it; the wrapped submit command leaves that out (sbatch refuses it) and keeps real nodes."""
-    from kdsweep.slurm import node_names, work_around_plugin_bugs
+    """After a NODE_FAIL the plugin keeps sacct's node list of the job: the node's name, or "None assigned"
+    once SLURM has requeued it, whichever its poll saw. With requeue the wrapped submit command excludes
+    only the nodes the user named; without it the failed nodes too, never "None assigned" (sbatch
+    refuses it)."""
+    from types import SimpleNamespace
+
+    from kdsweep.slurm import excluded_nodes, node_names, work_around_plugin_bugs
 
     plugin = pytest.importorskip("snakemake_executor_plugin_slurm")
     assert node_names({"None assigned", "gpu-07", "", "gpu[01-02]"}) == {"gpu-07", "gpu[01-02]"}
-    seen = {}
+    failed = {"None assigned", "gpu-07", "gpu-03"}
+    requeue = SimpleNamespace(requeue=True, exclude_failed_nodes="gpu-03, gpu-11")
+    no_requeue = SimpleNamespace(requeue=False, exclude_failed_nodes=None)
+    assert excluded_nodes(failed, requeue) == {"gpu-03", "gpu-11"}
+    assert excluded_nodes({"gpu-07"}, SimpleNamespace(requeue=True, exclude_failed_nodes=None)) == set()
+    assert excluded_nodes(failed, no_requeue) == {"gpu-07", "gpu-03"}
+    assert excluded_nodes(failed, None) == {"gpu-07", "gpu-03"}
+    seen = []
 
     def submit(job, params, settings=None, failed_nodes=None, array_job=False):
-        seen["failed_nodes"] = failed_nodes
+        seen.append(failed_nodes)
         return "sbatch ..."
 
     async def query(command, logger):
@@ -211,8 +222,9 @@ def test_a_requeued_node_failure_excludes_no_node_from_later_submissions(monkeyp
     monkeypatch.setattr(plugin, "get_submit_command", submit)
     monkeypatch.setattr(plugin, "query_job_status", query)
     assert work_around_plugin_bugs()
-    assert plugin.get_submit_command(None, {}, failed_nodes={"None assigned", "gpu-07"}) == "sbatch ..."
-    assert seen["failed_nodes"] == {"gpu-07"}
+    for settings in (requeue, no_requeue):
+        assert plugin.get_submit_command(None, {}, settings=settings, failed_nodes=failed) == "sbatch ..."
+    assert seen == [{"gpu-03", "gpu-11"}, {"gpu-07", "gpu-03"}]
 
 
 @pytest.mark.workflow
@@ -907,7 +919,7 @@ def test_a_node_failure_mid_job_is_requeued_and_resumes_from_its_checkpoint(clus
     plan = Plan(load_config([str(p) for p in CONFIGS], []))
     run_folder = tmp_path / plan.run_dir(plan.teacher)
     failed = {}
-    # and the teacher's evaluations: jobs submitted after the node failure (kdsweep.slurm.node_names)
+    # and the teacher's evaluations: jobs submitted after the node failure (kdsweep.slurm.excluded_nodes)
     status, output = run_snakemake(tmp_path, plan.train_record(plan.teacher), *plan.evaluations(plan.teacher),
                                    *FAULT_CONFIG, timeout=600, env=cluster.env(),
                                    watch=_fail_node_at(run_folder, failed))

@@ -158,10 +158,16 @@ def queue(timeout: float = 10) -> list[QueuedJob] | None:
 #    and letting Snakemake resubmit it (retries), whose run then resumes from its checkpoint. (The
 #    old cookiecutter profile had the same bug: Snakemake-Profiles/slurm#22.)
 # 2. After a job ends NODE_FAIL the plugin excludes the job's node from every later submission,
-#    reading it from `sacct -o nodelist`. A job that SLURM has requeued meanwhile (slurm-requeue)
-#    has no node there but the text "None assigned", and every later sbatch then gets
-#    `--exclude=None assigned` and fails ("Invalid node name specified"): one node failure and the
-#    rest of the study cannot be submitted.
+#    reading it from `sacct -o nodelist` whenever its poll sees the state. With requeue (the site
+#    profile's default) SLURM has meanwhile put the same job back in its queue, for any node, and
+#    what the poll reads depends on the moment: the node's name, or "None assigned" once the job is
+#    requeued. "None assigned" makes every later sbatch fail ("Invalid node name specified"); the
+#    node's name, on a partition whose nodes have each failed once, leaves no node for any later job
+#    although SLURM has them back in service (a failed node is DOWN, and scheduled on by no job, until
+#    it returns). Either way one node failure stops the study, at random (seen on the local cluster).
+#    So with requeue, node health is SLURM's to judge: later jobs exclude only the nodes the user
+#    named (`slurm-exclude-failed-nodes`). Without requeue the plugin fails the job itself and its
+#    exclusion of the node for the retry is its documented behaviour: kept, less "None assigned".
 _CANCELLED_BY = "CANCELLED by "
 
 
@@ -176,9 +182,18 @@ def node_names(nodes) -> set:
     return {node for node in nodes if node and not any(c.isspace() for c in node)}
 
 
+def excluded_nodes(failed_nodes, settings) -> set:
+    """The nodes a submission excludes, from the plugin's failed-node set and its executor settings:
+    with requeue only the nodes the user named (`exclude_failed_nodes`), else the failed ones too."""
+    named = {node.strip() for node in (getattr(settings, "exclude_failed_nodes", None) or "").split(",")}
+    if getattr(settings, "requeue", False):
+        return node_names(named)
+    return node_names(set(failed_nodes or ()) | named)
+
+
 def work_around_plugin_bugs() -> bool:
     """Work around both bugs above in the slurm executor plugin of this process: wrap its status
-    query (job_state) and its submit command (node_names). Called by the workflow
+    query (job_state) and its submit command (excluded_nodes). Called by the workflow
     (workflow/rules/common.smk); does nothing where the plugin is not installed or lacks these
     functions (another version), and nothing twice. Returns whether both are wrapped."""
     try:
@@ -197,8 +212,9 @@ def work_around_plugin_bugs() -> bool:
             states = {job: job_state(state) for job, state in states.items()}
         return states, duration
 
-    def get_submit_command(*args, failed_nodes=None, **kwargs):
-        return submit(*args, failed_nodes=node_names(failed_nodes or ()), **kwargs)
+    def get_submit_command(job, params, settings=None, failed_nodes=None, **kwargs):
+        return submit(job, params, settings=settings, failed_nodes=excluded_nodes(failed_nodes, settings),
+                      **kwargs)
 
     query_job_status.kdsweep_wrapped = get_submit_command.kdsweep_wrapped = True
     plugin.query_job_status, plugin.get_submit_command = query_job_status, get_submit_command
