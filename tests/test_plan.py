@@ -58,6 +58,34 @@ def test_names_and_folders():
     assert not Run("kd", "resnet18", 0, 4, 0.0).needs_teacher and Run("kd", "resnet18", 0, 4, 0.1).needs_teacher
 
 
+def test_a_distilled_run_from_the_config_hashes_as_its_job_does():
+    """The config's `4` and the distill job's `--temperature 4` (a float) are one run with one hash:
+    the status view compares the plan's runs with the hashes the jobs wrote."""
+    config = load_config([str(ROOT / "config.yaml")], [])
+    from_config, from_command = Run("kd", "resnet18", 0, 4, 1), Run("kd", "resnet18", 0, 4.0, 1.0)
+    assert isinstance(from_config.temperature, float) and isinstance(from_config.soft_weight, float)
+    assert config_hash(run_slice(config, from_config, "t")) == config_hash(run_slice(config, from_command, "t"))
+    assert Run("baseline", "resnet18", 0).temperature is None
+
+
+def test_every_file_pattern_is_filled_by_the_plan_for_a_run():
+    """The rules' outputs are Plan.pattern(kind); the plan's paths for a run are those patterns filled in."""
+    plan = study("confirm.seeds=[5]")
+    teacher, kd = plan.teacher, plan.packs[0].runs[0]
+    assert plan.train_record(teacher) == plan.pattern("train_record").format(
+        trained="teacher", model="resnet50", seed=0) == "results/cifar10-reference/trained/teacher/resnet50_seed0.json"
+    assert plan.training_log(teacher) == "results/cifar10-reference/logs/runs/teacher/resnet50_seed0.log"
+    assert plan.training_log(kd) == f"results/cifar10-reference/logs/runs/kd/{plan.packs[0].name}.log"
+    assert plan.staged_choice("resnet18") == "results/cifar10-reference/staged/resnet18_seed-all.json"
+    assert plan.confirm_record("resnet18") == "results/cifar10-reference/confirm/resnet18.json"
+    evaluation, *attacks = plan.evaluations(kd)
+    assert evaluation == f"results/cifar10-reference/evaluation/kd/{kd.name}.json"
+    assert f"results/cifar10-reference/attacks/kd/{kd.name}/fgsm_eps0.05.json" in attacks
+    for kind in plan_module.FILES:
+        assert "{" not in plan.file(kind, trained="t", model="m", seed=0, pack="p", student="s", role="r",
+                                    run="n", attack="a", eps="0.1"), kind
+
+
 @pytest.mark.parametrize("pack_size", [1, 3, 8])
 def test_packs_cover_every_point_once_within_one_student_and_seed(pack_size):
     plan = study(f"runtime.pack_size={pack_size}", "seeds=[0,1]")

@@ -8,7 +8,6 @@ same states on the real cluster by running, killing and breaking jobs.
 """
 
 import json
-import os
 import platform
 import subprocess
 import sys
@@ -19,7 +18,7 @@ import pytest
 
 from kdsweep import cli
 from kdsweep.config import config_hash, load_config
-from kdsweep.plan import Plan, Run, run_slice
+from kdsweep.plan import Plan, run_slice
 from kdsweep.slurm import QueuedJob
 from kdsweep.status import load_plan, render, study_status
 
@@ -28,8 +27,6 @@ TINY = REPO / "tests" / "studies" / "tiny.yaml"
 
 
 def run_hash(config, run, teacher_hash):
-    if run.distilled:
-        run = Run(run.role, run.model, run.seed, float(run.temperature), float(run.soft_weight))
     return config_hash(run_slice(config, run, teacher_hash if run.distilled else None))
 
 

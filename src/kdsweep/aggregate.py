@@ -32,6 +32,7 @@ from scipy import stats
 from kdsweep.errors import KdsweepError
 from kdsweep.io import read_json, read_text, write_text
 from kdsweep.plan import ROLES, TABLES, fmt
+from kdsweep.runs import METRICS
 from kdsweep.stats import GAIN_FIELDS, expected_range, interval, paired_gain
 
 
@@ -607,7 +608,7 @@ def _applies(runs, results_dir, ref) -> str | None:
         return (f"this study's students ({', '.join(sorted(students))}) are none of the reference study's "
                 f"({', '.join(study['students'])})")
     for run in runs["run"]:
-        subset = _read_json(results_dir / run / "metrics.json", ()).get("config", {}).get("dataset", {}).get("subset")
+        subset = _read_json(results_dir / run / METRICS, ()).get("config", {}).get("dataset", {}).get("subset")
         if subset is not None:
             return f"this study trains on dataset.subset = {subset} images, not the whole {study['dataset']}"
     return None
@@ -768,7 +769,7 @@ def best_temperature(run_dirs) -> dict:
     highest mean validation accuracy; ties go to the lower temperature."""
     records = []
     for run_dir in run_dirs:
-        path = Path(run_dir) / "metrics.json"
+        path = Path(run_dir) / METRICS
         if not path.is_file():
             raise KdsweepError(f"{run_dir} has no metrics.json (the run has not finished): "
                                "finish its distill job before choosing the temperature.")
@@ -796,7 +797,7 @@ def best_point(run_dirs) -> dict:
     The record names every candidate with its mean and seeds; test accuracy is never read."""
     records = []
     for run_dir in run_dirs:
-        path = Path(run_dir) / "metrics.json"
+        path = Path(run_dir) / METRICS
         if not path.is_file():
             raise KdsweepError(f"{run_dir} has no metrics.json (the run has not finished): "
                                "finish its distill job before choosing the point to confirm.")

@@ -22,11 +22,8 @@ from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 
 from . import io
 from .errors import KdsweepError
+from .runs import BEST, CHECKPOINT, PROGRESS
 
-CHECKPOINT = "checkpoint.pt"
-BEST = "best.pt"
-# The RunState of checkpoint.pt as JSON, without the history: for readers that do not load torch.
-PROGRESS = "checkpoint.json"
 
 
 @dataclass

@@ -14,6 +14,8 @@ import contextlib
 import fcntl
 import os
 import platform
+import re
+from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import KdsweepError
@@ -39,11 +41,38 @@ def run_folders(folders, wait=False, log=print):
             handle.close()
 
 
+@dataclass(frozen=True)
+class Holder:
+    """The process a lock file names: `python -m kdsweep status` tells a live holder from a dead one."""
+
+    pid: int
+    host: str
+    slurm_job: str | None = None
+
+    def __str__(self):
+        return f"process {self.pid} on {self.host}" + (f" (SLURM job {self.slurm_job})" if self.slurm_job else "")
+
+
+_HOLDER = re.compile(r"process (\d+) on (\S+?)(?: \(SLURM job (\S+)\))?\s*$")
+
+
 def describe_holder() -> str:
-    """What a lock file says about its holder: `process PID on HOST[ (SLURM job ID)]`
-    (`python -m kdsweep status` reads it to tell a live holder from a dead one)."""
-    job = os.environ.get("SLURM_JOB_ID")
-    return f"process {os.getpid()} on {platform.node()}" + (f" (SLURM job {job})" if job else "")
+    """What a lock file says about its holder: `process PID on HOST[ (SLURM job ID)]`."""
+    return str(Holder(os.getpid(), platform.node(), os.environ.get("SLURM_JOB_ID") or None))
+
+
+def read_holder(folder) -> Holder | None:
+    """The holder the lock file of a run folder names; None where there is no lock file, or its
+    text is not (yet) a holder's: being written this instant."""
+    try:
+        text = (Path(folder) / LOCK).read_text()
+    except OSError:
+        return None
+    match = _HOLDER.search(text)
+    if not match:
+        return None
+    pid, host, job = match.groups()
+    return Holder(int(pid), host, job)
 
 
 def _acquire_waiting(folder: Path, log):

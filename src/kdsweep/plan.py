@@ -61,8 +61,28 @@ def fmt(value) -> str:
     return f"{float(value):g}"
 
 
+# Where the jobs write, relative to results/<study>/, with the rules' wildcards in braces: the rules
+# take these patterns (Plan.pattern) and Plan's methods fill them in for a run (Plan.file), so that
+# each name is written once. Runs' own folders are Run.folder.
+ATTACK_FILE = "{attack}_eps{eps}.json"
+FILES = {
+    "train_record": "trained/{trained}/{model}_seed{seed}.json",
+    "train_log": "logs/runs/{trained}/{model}_seed{seed}.log",
+    "pack_record": "packs/{pack}.json",
+    "pack_log": "logs/runs/kd/{pack}.log",
+    "staged_choice": "staged/{student}_seed-all.json",
+    "staged_log": "logs/staged/{student}_seed-all.log",
+    "confirm_record": "confirm/{student}.json",
+    "confirm_log": "logs/confirm/{student}.log",
+    "evaluation": "evaluation/{role}/{run}.json",
+    "evaluation_log": "logs/evaluation/{role}/{run}.log",
+    "attack": "attacks/{role}/{run}/" + ATTACK_FILE,
+    "attack_log": "logs/attacks/{role}/{run}/" + ATTACK_FILE.removesuffix(".json") + ".log",
+}
+
+
 def attack_file(attack: str, epsilon) -> str:
-    return f"{attack}_eps{fmt(epsilon)}.json"
+    return ATTACK_FILE.format(attack=attack, eps=fmt(epsilon))
 
 
 @dataclass(frozen=True)
@@ -76,6 +96,11 @@ class Run:
     soft_weight: float | None = None
 
     def __post_init__(self):
+        # floats, as the distill job parses --temperature 4: the plan's run and the job's hash alike
+        for name in ("temperature", "soft_weight"):
+            value = getattr(self, name)
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                object.__setattr__(self, name, float(value))
         if self.role not in ROLES:
             raise KdsweepError(f"role '{self.role}' is unknown; use teacher, baseline, kd or confirm")
         if self.role == "confirm" and (self.temperature is None) != (self.soft_weight is None):
@@ -296,7 +321,7 @@ class Plan:
 
     def confirm_record(self, student) -> str:
         """The confirmation checkpoint's record of a student's chosen point (`kdsweep best-point`)."""
-        return f"{self.results}/confirm/{student}.json"
+        return self.file("confirm_record", student=student)
 
     def chosen_point(self, student, choice: dict, source: str) -> tuple[float, float]:
         """The config's numbers (T, w) of the point a best-point record (`choice`) picked."""
@@ -353,15 +378,22 @@ class Plan:
 
     # ---- files (relative to the directory snakemake runs in)
 
+    def pattern(self, kind: str) -> str:
+        """A kind of file (FILES) with the rules' wildcards: a rule's output or log."""
+        return f"{self.results}/{FILES[kind]}"
+
+    def file(self, kind: str, **wildcards) -> str:
+        return self.pattern(kind).format(**wildcards)
+
     def run_dir(self, run: Run) -> str:
         return f"{self.results}/{run.folder}"
 
     def pack_record(self, pack: Pack) -> str:
-        return f"{self.results}/packs/{pack.name}.json"
+        return self.file("pack_record", pack=pack.name)
 
     def train_record(self, run: Run) -> str:
         """A teacher's or baseline's record (rule train's output): written once the run has finished."""
-        return f"{self.results}/trained/{run.role}/{run.name}.json"
+        return self.file("train_record", trained=run.role, model=run.model, seed=run.seed)
 
     def finished(self, run: Run) -> list[str]:
         """The file the workflow tracks for a finished run: its job's record (a distilled run's pack
@@ -373,8 +405,8 @@ class Plan:
 
     def evaluations(self, run: Run) -> list[str]:
         """A run's evaluation file and its result under every attack switched on at every epsilon."""
-        return [f"{self.results}/evaluation/{run.role}/{run.name}.json"] + [
-            f"{self.results}/attacks/{run.role}/{run.name}/{attack_file(attack, eps)}"
+        return [self.file("evaluation", role=run.role, run=run.name)] + [
+            self.file("attack", role=run.role, run=run.name, attack=attack, eps=fmt(eps))
             for attack in self.attacks for eps in self.config["epsilons"]]
 
     def outputs(self, runs) -> list[str]:
@@ -415,12 +447,12 @@ class Plan:
     def training_log(self, run: Run) -> str:
         """The log of the job that trains a run: rule train's, or rule distill's of its pack."""
         if run.distilled:
-            return f"{self.results}/logs/runs/kd/{self.pack_of(run).name}.log"
-        return f"{self.results}/logs/{run.folder}.log"
+            return self.file("pack_log", pack=self.pack_of(run).name)
+        return self.file("train_log", trained=run.role, model=run.model, seed=run.seed)
 
     def staged_choice(self, student) -> str:
         """Staged sweep: the file checkpoint best_temperature writes for a student."""
-        return f"{self.results}/staged/{student}_seed-all.json"
+        return self.file("staged_choice", student=student)
 
     def planned(self, staged_choices: dict, confirm_choices: dict) -> tuple[list[Run], dict]:
         """The runs snakemake makes, given the checkpoints' choices so far: staged_choices {student: the

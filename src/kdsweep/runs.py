@@ -11,6 +11,14 @@ from pathlib import Path
 from . import io
 from .errors import KdsweepError
 
+# What a run folder holds, named once: torch-free readers (the status view) use these too.
+METRICS = "metrics.json"  # written last: a run is finished when it exists
+MODEL = "model.pt"
+HISTORY = "history.csv"
+CHECKPOINT = "checkpoint.pt"  # after every epoch, for resuming
+BEST = "best.pt"  # best-validation weights so far
+PROGRESS = "checkpoint.json"  # checkpoint.pt's RunState as JSON, without the history
+
 # The dataset settings that make a run's data what it is (dataset.root may differ between machines).
 IDENTITY = ("name", "subset", "val_fraction", "split_seed")
 _REQUIRED = ("role", "model", "seed", "config_hash", "config")
@@ -21,9 +29,9 @@ def finished(run_dir, what: str = "run") -> dict:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise KdsweepError(f"{what} {run_dir} does not exist; check the path, or train it first")
-    if not (run_dir / "metrics.json").is_file():
+    if not (run_dir / METRICS).is_file():
         raise KdsweepError(f"{what} {run_dir} is not finished (no metrics.json); train it first (or check the path)")
-    return io.read_json(run_dir / "metrics.json", f"the metrics of {what}",
+    return io.read_json(run_dir / METRICS, f"the metrics of {what}",
                         f"delete {run_dir} and train it again", required=_REQUIRED)
 
 
@@ -48,7 +56,7 @@ def load(run_dir, dataset_cfg: dict, device, num_classes: int | None = None, wha
     run_dir = Path(run_dir)
     record = finished(run_dir, what)
     check_compatible(record, run_dir, dataset_cfg, None, what)
-    model = load_model(run_dir / "model.pt", device)
+    model = load_model(run_dir / MODEL, device)
     classes = model.num_classes
     if num_classes is not None and classes != num_classes:
         raise KdsweepError(f"{what} {run_dir} has {classes} classes but this job's data has {num_classes}: "

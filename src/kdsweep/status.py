@@ -27,16 +27,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import KdsweepError
-from .lock import LOCK
+from .lock import LOCK, read_holder
 from .plan import Plan, Run
+from .runs import CHECKPOINT, METRICS, PROGRESS
 
 STATES = ("finished", "training", "stopped", "failed", "not started")
-_HOLDER = re.compile(r"process (\d+) on (\S+?)(?: \(SLURM job (\S+)\))?\s*$")
 _ERROR = re.compile(r"kdsweep: error: (.+)")
 _EXCEPTION = re.compile(r"^(\w+(?:\.\w+)*(?:Error|Exception|Interrupt)): (.+)$")
 _STOP = re.compile(r"received (SIG\w+): stopped")
-PROGRESS = "checkpoint.json"  # kdsweep.checkpoint.PROGRESS (that module imports torch)
-CHECKPOINT = "checkpoint.pt"
 
 
 @dataclass
@@ -74,19 +72,15 @@ def _read_json(path: Path):
 
 def _holder_alive(folder: Path, running_jobs: set | None, host: str) -> tuple[bool, str]:
     """(whether the folder's lock is held by a live process, where), from the lock file alone."""
-    try:
-        text = (folder / LOCK).read_text()
-    except OSError:
-        return False, ""
-    match = _HOLDER.search(text)
-    if not match:
-        return True, "lock held"  # being written this instant
-    pid, node, job = match.groups()
-    where = f"SLURM job {job} on {node}" if job else f"process {pid} on {node}"
-    if job and running_jobs is not None:
-        return job in running_jobs, where
-    if node == host:
-        return _pid_alive(int(pid)), where
+    holder = read_holder(folder)
+    if holder is None:
+        held = (folder / LOCK).exists()  # a lock file being written this instant
+        return held, "lock held" if held else ""
+    where = f"SLURM job {holder.slurm_job} on {holder.host}" if holder.slurm_job else f"process {holder.pid} on {holder.host}"
+    if holder.slurm_job and running_jobs is not None:
+        return holder.slurm_job in running_jobs, where
+    if holder.host == host:
+        return _pid_alive(holder.pid), where
     # another machine, and no queue to ask: the lock file says so
     return True, where
 
@@ -122,7 +116,7 @@ def _log_verdict(path: Path) -> tuple[str, str] | None:
 
 def run_status(plan: Plan, root: Path, run: Run, teacher_hash, running_jobs, host) -> RunStatus:
     folder = root / plan.run_dir(run)
-    metrics = _read_json(folder / "metrics.json") if (folder / "metrics.json").exists() else None
+    metrics = _read_json(folder / METRICS) if (folder / METRICS).exists() else None
     if metrics is not None and _is_this_run(plan, run, metrics, teacher_hash):
         return RunStatus(run, "finished", metrics.get("epochs") or 0, float(metrics.get("train_seconds") or 0))
     progress = _read_json(folder / PROGRESS) if (folder / CHECKPOINT).exists() else None
@@ -146,11 +140,7 @@ def _is_this_run(plan, run, metrics, teacher_hash) -> bool:
 
     if run.distilled and teacher_hash is None:
         return True  # the teacher's record is gone: nothing to compare against
-    teacher = None
-    if run.distilled:
-        # what the distill job hashes: its --temperature and --soft-weight are floats
-        run = Run(run.role, run.model, run.seed, float(run.temperature), float(run.soft_weight))
-        teacher = teacher_hash
+    teacher = teacher_hash if run.distilled else None
     return metrics.get("config_hash") == config_hash(run_slice(plan.config, run, teacher))
 
 
@@ -194,7 +184,7 @@ def study_status(plan: Plan, root: Path, queue=None) -> StudyStatus:
 
     runs, waiting = plan.planned(choices(plan.staged_choice, plan.staged),
                                  choices(plan.confirm_record, plan.confirm_seeds))
-    teacher = _read_json(root / plan.run_dir(plan.teacher) / "metrics.json") or {}
+    teacher = _read_json(root / plan.run_dir(plan.teacher) / METRICS) or {}
     statuses = [run_status(plan, root, run, teacher.get("config_hash"), running_jobs, host) for run in runs]
     present = planned = 0
     for run in runs:

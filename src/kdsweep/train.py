@@ -28,16 +28,17 @@ from . import checkpoint, data, io, lock
 from . import runs as runs_
 from .augment import Augment
 from .board import EpochBoard
-from .checkpoint import BEST, CHECKPOINT, RunState
+from .checkpoint import RunState
 from .config import config_hash
 from .errors import KdsweepError
 from .evaluation import loss_and_accuracy
 from .losses import kd_losses
 from .models import build_model, save_model
 from .plan import Run, run_slice
+from .runs import BEST, CHECKPOINT, HISTORY, METRICS, MODEL
 from .runtime import Preempted, Runtime, SignalStop, environment, nondeterministic_op, to_device
 
-__all__ = ["BEST", "CHECKPOINT", "HISTORY_FIELDS", "Point", "train_epoch", "train_points"]
+__all__ = ["HISTORY_FIELDS", "Point", "train_epoch", "train_points"]
 
 HISTORY_FIELDS = ["epoch", "lr", "train_loss", "train_hard_loss", "train_soft_loss",
                   "val_loss", "val_acc", "seconds"]
@@ -160,7 +161,7 @@ class _JobPoint(Point):
     def _finished_before(self, rerun_stale) -> bool:
         """Whether the folder holds this run, finished; a finished run of another configuration is
         refused, or (rerun_stale: the workflow, whose config changed) removed to train again."""
-        metrics = self.out_dir / "metrics.json"
+        metrics = self.out_dir / METRICS
         if not metrics.exists():
             return False
         found = io.read_json(metrics).get("config_hash")
@@ -170,7 +171,7 @@ class _JobPoint(Point):
             raise KdsweepError(f"{self.out_dir} holds a finished run of another configuration (hash {found}, this "
                                f"run is {self.run_hash}); delete that folder, or rerun with the settings it was made with")
         self.log(f"{self.out_dir} was trained with another configuration: training it again")
-        for name in ("metrics.json", "model.pt", "history.csv", CHECKPOINT, BEST):
+        for name in (METRICS, MODEL, HISTORY, CHECKPOINT, BEST):
             (self.out_dir / name).unlink(missing_ok=True)
         return False
 
@@ -268,7 +269,7 @@ def _train_points(config, runs, stats_path, out_dirs, teacher_dir, log, rerun_st
               for run, out_dir in zip(runs, out_dirs)]
     augment = Augment.from_config(config["augmentation"])
     generator = torch.Generator()
-    results = {point.out_dir: io.read_json(point.out_dir / "metrics.json") for point in points if point.done}
+    results = {point.out_dir: io.read_json(point.out_dir / METRICS) for point in points if point.done}
     try:
         for point in points:
             if not point.done and point.state.stopped:
@@ -329,12 +330,12 @@ def _finish(point, splits, training, runtime: Runtime, teacher_dir):
     best = state.history[state.best_epoch - 1]
     test_loss, test_acc = loss_and_accuracy(point.module, splits.test.images, splits.test.labels,
                                             training["eval_batch_size"], runtime)
-    save_model(out_dir / "model.pt", point.module, run.model, splits.num_classes)
+    save_model(out_dir / MODEL, point.module, run.model, splits.num_classes)
     buffer = _io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=HISTORY_FIELDS, lineterminator="\n")
     writer.writeheader()
     writer.writerows(state.history)
-    io.write_text(out_dir / "history.csv", buffer.getvalue())
+    io.write_text(out_dir / HISTORY, buffer.getvalue())
     record = runtime.record()
     metrics = {
         **asdict(run),
@@ -357,7 +358,7 @@ def _finish(point, splits, training, runtime: Runtime, teacher_dir):
         "config": point.run_config,
         "config_hash": point.run_hash,
     }
-    io.write_json(out_dir / "metrics.json", metrics)
+    io.write_json(out_dir / METRICS, metrics)
     point.log(f"finished {out_dir}: best epoch {state.best_epoch} of {state.epoch}, "
               f"val acc {best['val_acc']:.2f}%, test acc {test_acc:.2f}%")
     return metrics

@@ -23,7 +23,7 @@ from kdsweep import io
 from kdsweep.config import check_finite, coerce_strings
 from kdsweep.datasets import download_folder
 from kdsweep.errors import KdsweepError
-from kdsweep.plan import Plan, TABLES
+from kdsweep.plan import Plan, Run, TABLES
 from kdsweep.slurm import work_around_plugin_bugs
 
 # `--config seeds=[0,1]` gives strings; read them as YAML where the schema wants numbers.
@@ -64,6 +64,7 @@ shell.prefix(PREFIX.replace("{", "{{").replace("}", "}}"))
 # Threads per job: runtime.threads, or 1 when it is 0 (torch's default), so that `--cores N`
 # runs N jobs side by side; a profile's set-threads overrides it.
 THREADS = config["runtime"]["threads"] or 1
+
 
 # On a cluster every GPU job asks for one GPU (the workflow profile's set-resources), and a
 # group job (one run's evaluations) for one too: `gpu` is counted per submission, with one

@@ -11,9 +11,9 @@ rule attack:
         finished,
         runtime=ancient(RUNTIME),
     output:
-        f"{RESULTS}/attacks/{{role}}/{{run}}/{{attack}}_eps{{eps}}.json",
+        PLAN.pattern("attack"),
     log:
-        f"{LOGS}/attacks/{{role}}/{{run}}/{{attack}}_eps{{eps}}.log",
+        PLAN.pattern("attack_log"),
     group:
         "eval_{role}_{run}"
     conda:
@@ -36,9 +36,9 @@ rule evaluate:
         runtime=ancient(RUNTIME),
         teacher=TEACHER_RECORD,
     output:
-        f"{RESULTS}/evaluation/{{role}}/{{run}}.json",
+        PLAN.pattern("evaluation"),
     log:
-        f"{LOGS}/evaluation/{{role}}/{{run}}.log",
+        PLAN.pattern("evaluation_log"),
     group:
         "eval_{role}_{run}"
     conda:

@@ -18,14 +18,16 @@ rule train:
         stats=STATS,
         runtime=ancient(RUNTIME),
     output:
-        f"{RESULTS}/trained/{{trained}}/{{model}}_seed{{seed}}.json",
+        PLAN.pattern("train_record"),
     log:
-        f"{LOGS}/runs/{{trained}}/{{model}}_seed{{seed}}.log",
+        PLAN.pattern("train_log"),
     conda:
         CONDA_ENV
     threads: THREADS
     params:
-        out=lambda wildcards: f"{RESULTS}/runs/{wildcards.trained}/{wildcards.model}_seed{wildcards.seed}",
+        out=lambda wildcards: PLAN.run_dir(
+            Run(wildcards.trained, wildcards.model, int(wildcards.seed))
+        ),
         config=PLAN.job_config("train"),
     shell:
         "kdsweep train --role {wildcards.trained} --model {wildcards.model} --seed {wildcards.seed}"
@@ -42,9 +44,9 @@ rule distill:
         runtime=ancient(RUNTIME),
         teacher=TEACHER_RECORD,
     output:
-        f"{RESULTS}/packs/{{pack}}.json",
+        PLAN.pattern("pack_record"),
     log:
-        f"{LOGS}/runs/kd/{{pack}}.log",
+        PLAN.pattern("pack_log"),
     conda:
         CONDA_ENV
     threads: THREADS
@@ -67,9 +69,9 @@ checkpoint best_temperature:
     input:
         temperature_sweep,
     output:
-        f"{RESULTS}/staged/{{student}}_seed-all.json",
+        PLAN.pattern("staged_choice"),
     log:
-        f"{LOGS}/staged/{{student}}_seed-all.log",
+        PLAN.pattern("staged_log"),
     conda:
         CONDA_ENV
     params:
@@ -86,9 +88,9 @@ checkpoint best_point:
     input:
         sweep_finished,
     output:
-        PLAN.confirm_record("{student}"),
+        PLAN.pattern("confirm_record"),
     log:
-        f"{LOGS}/confirm/{{student}}.log",
+        PLAN.pattern("confirm_log"),
     conda:
         CONDA_ENV
     params:
