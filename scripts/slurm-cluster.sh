@@ -192,6 +192,8 @@ SlurmctldHost=$HOST($NODE_ADDR)
 SlurmUser=slurm
 SlurmdUser=root
 AuthType=auth/munge
+# a requeued job waits cred_expire + 1 s before it may start again (default 120 s)
+AuthInfo=cred_expire=30
 CryptoType=crypto/munge
 MpiDefault=none
 MailProg=/bin/true
@@ -225,7 +227,8 @@ InactiveLimit=0
 Waittime=0
 MessageTimeout=10
 SlurmctldTimeout=30
-SlurmdTimeout=60
+# a node that stops answering is marked DOWN after this long (default 300 s)
+SlurmdTimeout=30
 UnkillableStepTimeout=30
 # accounting (so sacct works, as on real clusters)
 AccountingStorageType=accounting_storage/slurmdbd

@@ -31,6 +31,7 @@ printf 'profiles/demo:  %6.0f s\nprofiles/slurm: %6.0f s\nratio:          %6.2f\
 # sacct of the SLURM run's jobs: submissions, summed time pending and running, summed CPU seconds
 sacct -X -n -P -S "$since" -o JobID,Submit,Start,End,Elapsed,WorkDir --noconvert | awk -F'|' -v dir="$checkout" '
   function t(s) { gsub(/[-T:]/, " ", s); return mktime(s) }
-  $6 == dir { n++; wait += t($3) - t($2); run += t($4) - t($3) }
-  END { printf "SLURM jobs: %d; summed seconds pending %d, running %d\n", n, wait, run }'
+  $6 == dir { n++; split($1, id, "_"); calls[id[1]] = 1; wait += t($3) - t($2); run += t($4) - t($3) }
+  END { for (c in calls) m++
+        printf "SLURM jobs: %d from %d sbatch calls (an array is one); summed seconds pending %d, running %d\n", n, m, wait, run }'
 echo "logs: $log"

@@ -181,23 +181,26 @@ def tiny_study(tmp_path_factory):
     return TinyStudy(tmp_path_factory.mktemp("tiny-study"))
 
 
-# Files that take longest first, so that each starts on a worker of its own (pyproject: --dist loadfile).
-SLOWEST_FIRST = ("test_slurm.py", "test_workflow.py", "test_runtime.py", "test_train.py", "test_bf16_parity.py")
+# Files that take longest first, so that their tests start first (pyproject: --dist load --maxschedchunk 1).
+SLOWEST_FIRST = ("test_slurm.py", "test_workflow.py", "test_runtime.py", "test_train.py", "test_bf16_parity.py",
+                 "test_status.py")
 
 
 def pytest_collection_modifyitems(config, items):
     def rank(item):
         name = item.path.name
-        return SLOWEST_FIRST.index(name) if name in SLOWEST_FIRST else len(SLOWEST_FIRST)
+        first = SLOWEST_FIRST.index(name) if name in SLOWEST_FIRST else len(SLOWEST_FIRST)
+        # a test that fails the cluster's node has it to itself (tests/test_slurm.py): after the others
+        return first, item.get_closest_marker("fails_the_node") is not None
 
     items.sort(key=rank)  # stable: the order within a file stays
 
 
 def pytest_xdist_auto_num_workers(config):
-    """`-n auto` (pyproject): a worker per core, and one more when the SLURM tests run (they wait on
-    the cluster's jobs, which use the cores, most of the time)."""
+    """`-n auto` (pyproject): a worker per core, and two more when the SLURM tests run: those wait on
+    the cluster's jobs, which use the cores, most of the time."""
     import os
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     expression = config.getoption("markexpr") or ""
-    return cores + (0 if "not slurm" in expression else 1)
+    return cores + (0 if "not slurm" in expression else 2)

@@ -22,6 +22,7 @@ registers.
 
 import contextlib
 import csv
+import fcntl
 import json
 import math
 import os
@@ -31,6 +32,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -320,6 +322,24 @@ class Site:
         env.update(self.folders)
         env.update(variables)
         return env
+
+
+# The SLURM tests run side by side on several xdist workers (pyproject), and their jobs share the
+# one-node cluster. A test that fails the node would fail the others' jobs too, so it has the cluster
+# to itself: every test that submits holds a shared lock on this file, one that fails the node
+# (marked fails_the_node) an exclusive one, also against another test session on this machine.
+CLUSTER_LOCK = Path(tempfile.gettempdir()) / "kdsweep-test-cluster.lock"
+
+
+@pytest.fixture(autouse=True)
+def _share_the_cluster(request):
+    if "cluster" not in request.fixturenames:
+        yield
+        return
+    alone = request.node.get_closest_marker("fails_the_node") is not None
+    with open(CLUSTER_LOCK, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX if alone else fcntl.LOCK_SH)
+        yield
 
 
 @pytest.fixture(scope="module")
@@ -879,7 +899,7 @@ def _job_processes(job):
 
 def _fail_node(job):
     """The node dies under a running job: slurmd and every process of the job SIGKILLed at once. slurmctld
-    notices only when the node stops answering (SlurmdTimeout, 60 s here): then the node is down and its
+    notices only when the node stops answering (SlurmdTimeout, 30 s here): then the node is down and its
     job NODE_FAIL. The node then comes back (slurmd started again; ReturnToService=2 lets it rejoin)."""
     victims = _job_processes(job)
     assert victims, f"job {job} has no processes on this node"
@@ -911,10 +931,11 @@ def _fail_node_at(run_folder, failed):
 
 
 @pytest.mark.slurm
+@pytest.mark.fails_the_node
 def test_a_node_failure_mid_job_is_requeued_and_resumes_from_its_checkpoint(cluster, tmp_path, uninterrupted):
     """The node's slurmd and the job's processes killed mid-training (a node failure), then the node
     back. With `slurm-requeue: true` (the site profile's default) SLURM requeues the job itself: the
-    same job id runs again (after SLURM's requeue delay, about 2 minutes) and resumes from the
+    same job id runs again (after SLURM's requeue delay, cred_expire + 1 s: 31 s here) and resumes from the
     checkpoint to the result of an uninterrupted run."""
     plan = Plan(load_config([str(p) for p in CONFIGS], []))
     run_folder = tmp_path / plan.run_dir(plan.teacher)
@@ -939,6 +960,7 @@ def test_a_node_failure_mid_job_is_requeued_and_resumes_from_its_checkpoint(clus
 
 
 @pytest.mark.slurm
+@pytest.mark.fails_the_node
 def test_a_node_failure_without_requeue_fails_the_job_and_the_rerun_resumes(tmp_path, cluster, uninterrupted):
     """The same node failure under a site profile with `slurm-no-requeue: true`: the job ends
     NODE_FAIL and the plugin fails it. It then excludes the failed node from later submissions, and
