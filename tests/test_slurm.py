@@ -33,7 +33,9 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -897,12 +899,12 @@ def _job_processes(job):
     return found
 
 
-def _fail_node(job):
-    """The node dies under a running job: slurmd and every process of the job SIGKILLed at once. slurmctld
+def _fail_node(jobs):
+    """The node dies under running jobs: slurmd and every process of the jobs SIGKILLed at once. slurmctld
     notices only when the node stops answering (SlurmdTimeout, 30 s here): then the node is down and its
-    job NODE_FAIL. The node then comes back (slurmd started again; ReturnToService=2 lets it rejoin)."""
-    victims = _job_processes(job)
-    assert victims, f"job {job} has no processes on this node"
+    jobs NODE_FAIL. The node then comes back (slurmd started again; ReturnToService=2 lets it rejoin)."""
+    victims = {pid for job in jobs for pid in _job_processes(job)}
+    assert victims, f"jobs {jobs} have no processes on this node"
     subprocess.run(["pkill", "-KILL", "-x", "slurmd"], check=False)
     for pid in victims:
         with contextlib.suppress(ProcessLookupError):
@@ -916,73 +918,85 @@ def _fail_node(job):
     subprocess.run(["bash", str(ROOT / "scripts" / "slurm-cluster.sh")], check=True, capture_output=True)
 
 
-def _fail_node_at(run_folder, failed):
-    """A watch(workdir) that fails the node under the first running job once run_folder has the
-    checkpoint of epoch FAULT_AT, recording {job id: epochs done then} in `failed`."""
-
-    def watch(workdir):
-        if not failed and _epochs_done(run_folder) >= FAULT_AT:
-            running = [job for job, state in _queued(workdir).items() if state == "RUNNING"]
-            if running:
-                failed[running[0]] = _epochs_done(run_folder)
-                _fail_node(running[0])
-
-    return watch
-
-
 @pytest.mark.slurm
 @pytest.mark.fails_the_node
-def test_a_node_failure_mid_job_is_requeued_and_resumes_from_its_checkpoint(cluster, tmp_path, uninterrupted):
-    """The node's slurmd and the job's processes killed mid-training (a node failure), then the node
-    back. With `slurm-requeue: true` (the site profile's default) SLURM requeues the job itself: the
-    same job id runs again (after SLURM's requeue delay, cred_expire + 1 s: 31 s here) and resumes from the
-    checkpoint to the result of an uninterrupted run."""
+def test_a_node_failure_mid_job_is_requeued_or_failed_and_either_way_resumes_from_its_checkpoint(
+        cluster, tmp_path, uninterrupted):
+    """Two studies train their teacher side by side, one under the site profile's default
+    `slurm-requeue: true`, one under a site profile with `slurm-no-requeue: true`; then the node fails
+    under both jobs at once (slurmd and the jobs' processes SIGKILLed mid-training) and comes back.
+
+    - With requeue SLURM requeues the job itself: the same job id runs again (after SLURM's requeue
+      delay, cred_expire + 1 s: 31 s here) and resumes from the checkpoint to the result of an
+      uninterrupted run; the teacher's evaluations, submitted after the failure, run too
+      (kdsweep.slurm.excluded_nodes).
+    - Without requeue the job ends NODE_FAIL and the plugin fails it. It then excludes the failed node
+      from later submissions, and on this one-node cluster no node is left, so the retry cannot
+      start and snakemake stops; started again, as after any stop, it resumes the run from its
+      checkpoint to the uninterrupted result.
+    """
     plan = Plan(load_config([str(p) for p in CONFIGS], []))
-    run_folder = tmp_path / plan.run_dir(plan.teacher)
-    failed = {}
-    # and the teacher's evaluations: jobs submitted after the node failure (kdsweep.slurm.excluded_nodes)
-    status, output = run_snakemake(tmp_path, plan.train_record(plan.teacher), *plan.evaluations(plan.teacher),
-                                   *FAULT_CONFIG, timeout=600, env=cluster.env(),
-                                   watch=_fail_node_at(run_folder, failed))
-    assert status == 0, _failure_report(tmp_path, output)
-    assert len(failed) == 1, "the node failed under one running job"
-    (job, epoch), = failed.items()
-    metrics = _assert_same_run(run_folder, uninterrupted)
+    no_requeue = Site(tmp_path / "site", requeue=False)
+    work = {"requeue": tmp_path / "requeue", "no-requeue": tmp_path / "no-requeue"}
+    folders = {name: folder / plan.run_dir(plan.teacher) for name, folder in work.items()}
+    for folder in work.values():
+        folder.mkdir()
+    failed, guard = {}, threading.Lock()
+
+    def watch(_):
+        # called by both snakemake watchers: fail the node once, when both runs are mid-training
+        with guard:
+            if failed or any(_epochs_done(folder) < FAULT_AT for folder in folders.values()):
+                return
+            running = {name: [job for job, state in _queued(folder).items() if state == "RUNNING"]
+                       for name, folder in work.items()}
+            if all(running.values()):
+                failed.update({name: (jobs[0], _epochs_done(folders[name])) for name, jobs in running.items()})
+                _fail_node([job for job, _ in failed.values()])
+
+    since = _sacct_now()
+    teacher = plan.train_record(plan.teacher)
+
+    def without_requeue():
+        """The study without requeue: until snakemake stops, then (while the other still runs) again."""
+        stopped = run_snakemake(work["no-requeue"], teacher, *FAULT_CONFIG, timeout=600, env=no_requeue.env(),
+                                watch=watch)
+        finished_then = (folders["no-requeue"] / "metrics.json").exists(), _epochs_done(folders["no-requeue"])
+        again = run_snakemake(work["no-requeue"], teacher, *FAULT_CONFIG, timeout=480, env=no_requeue.env(),
+                              log_name="again.log")
+        return stopped, finished_then, again
+
+    with ThreadPoolExecutor(2) as pool:
+        requeued = pool.submit(run_snakemake, work["requeue"], teacher, *plan.evaluations(plan.teacher),
+                               *FAULT_CONFIG, timeout=600, env=cluster.env(), watch=watch)
+        not_requeued = pool.submit(without_requeue)
+        (status, output), ((status_without, output_without), finished_then, again) = (
+            requeued.result(), not_requeued.result())
+    assert set(failed) == set(work), "the node failed under both running jobs"
+
+    # with requeue: the same job id, NODE_FAIL then COMPLETED (sacct -D: every run of the job id)
+    job, epoch = failed["requeue"]
+    assert status == 0, _failure_report(work["requeue"], output)
+    metrics = _assert_same_run(folders["requeue"], uninterrupted)
     assert metrics["resumed"] == 1
     assert metrics["slurm"]["job_id"] == job, metrics["slurm"]
-    assert all((tmp_path / path).exists() for path in plan.evaluations(plan.teacher))
-    resumed_after = re.findall(r"resuming \S+ after epoch (\d+)", (tmp_path / plan.training_log(plan.teacher)).read_text())
+    assert all((work["requeue"] / path).exists() for path in plan.evaluations(plan.teacher))
+    log = (work["requeue"] / plan.training_log(plan.teacher)).read_text()
+    resumed_after = re.findall(r"resuming \S+ after epoch (\d+)", log)
     assert len(resumed_after) == 1 and int(resumed_after[0]) >= epoch
-    # sacct -D: every run of the job id, the one the node failure ended and the requeued one
     runs = subprocess.run(["sacct", "-D", "-X", "-n", "-P", "-j", job, "-o", "State"], capture_output=True,
                           text=True, check=True).stdout.split()
     assert runs == ["NODE_FAIL", "COMPLETED"], runs
 
-
-@pytest.mark.slurm
-@pytest.mark.fails_the_node
-def test_a_node_failure_without_requeue_fails_the_job_and_the_rerun_resumes(tmp_path, cluster, uninterrupted):
-    """The same node failure under a site profile with `slurm-no-requeue: true`: the job ends
-    NODE_FAIL and the plugin fails it. It then excludes the failed node from later submissions, and
-    on this one-node cluster no node is left, so the retry cannot start and snakemake stops; started
-    again, as after any stop, it resumes the run from its checkpoint to the uninterrupted result."""
-    site = Site(tmp_path / "site", requeue=False)
-    plan = Plan(load_config([str(p) for p in CONFIGS], []))
-    run_folder = tmp_path / plan.run_dir(plan.teacher)
-    since = _sacct_now()
-    failed = {}
-    status, output = run_snakemake(tmp_path, plan.train_record(plan.teacher), *FAULT_CONFIG, timeout=600,
-                                   env=site.env(), watch=_fail_node_at(run_folder, failed))
-    assert len(failed) == 1, "the node failed under one running job"
-    (job, epoch), = failed.items()
-    assert status != 0 and "NODE_FAIL" in output, output[-3000:]
-    assert _jobs_in(tmp_path, since)[job]["State"] == "NODE_FAIL"
-    assert not (run_folder / "metrics.json").exists() and _epochs_done(run_folder) >= epoch
-
-    status, output = run_snakemake(tmp_path, plan.train_record(plan.teacher), *FAULT_CONFIG, timeout=480,
-                                   env=site.env(), log_name="again.log")
-    assert status == 0, _failure_report(tmp_path, output)
-    metrics = _assert_same_run(run_folder, uninterrupted)
+    # without requeue: failed, snakemake stopped, nothing finished; the same command again resumes
+    job, epoch = failed["no-requeue"]
+    assert status_without != 0 and "NODE_FAIL" in output_without, output_without[-3000:]
+    assert _jobs_in(work["no-requeue"], since)[job]["State"] == "NODE_FAIL"
+    finished, epochs_done = finished_then
+    assert not finished and epochs_done >= epoch
+    status, output = again
+    assert status == 0, _failure_report(work["no-requeue"], output)
+    metrics = _assert_same_run(folders["no-requeue"], uninterrupted)
     assert metrics["resumed"] == 1 and metrics["slurm"]["job_id"] != job
 
 
