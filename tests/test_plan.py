@@ -81,6 +81,10 @@ def test_every_file_pattern_is_filled_by_the_plan_for_a_run():
     evaluation, *attacks = plan.evaluations(kd)
     assert evaluation == f"results/cifar10-reference/evaluation/kd/{kd.name}.json"
     assert f"results/cifar10-reference/attacks/kd/{kd.name}/fgsm_eps0.05.json" in attacks
+    packed = study("runtime.pack_size=8")
+    runs = packed.sweep("resnet18")
+    assert packed.finished_files(runs) == list(dict.fromkeys(packed.pack_record(packed.pack_of(run)) for run in runs))
+    assert len(packed.finished_files(runs)) == 7  # 56 points in packs of 8
     for kind in plan_module.FILES:
         assert "{" not in plan.file(kind, trained="t", model="m", seed=0, pack="p", student="s", role="r",
                                     run="n", attack="a", eps="0.1"), kind

@@ -403,6 +403,10 @@ class Plan:
             return [self.pack_record(self.pack_of(run))]
         return [self.train_record(run)]
 
+    def finished_files(self, runs) -> list[str]:
+        """The tracked files of these runs (duplicates dropped: the runs of a pack share its record)."""
+        return list(dict.fromkeys(f for run in runs for f in self.finished(run)))
+
     def evaluations(self, run: Run) -> list[str]:
         """A run's evaluation file and its result under every attack switched on at every epsilon."""
         return [self.file("evaluation", role=run.role, run=run.name)] + [

@@ -125,19 +125,25 @@ def study_folder(path):
 
 def temperature_sweep(wildcards):
     """Staged sweep: the pack records of a student's temperature sweep (best_temperature's input)."""
-    runs = PLAN.temperature_sweep(wildcards.student)
-    return list(dict.fromkeys(f for run in runs for f in PLAN.finished(run)))
+    return PLAN.finished_files(PLAN.temperature_sweep(wildcards.student))
+
+
+def chosen(checkpoint, student, choose):
+    """What a checkpoint chose for a student: choose(its record, the record's path), a Plan method."""
+    path = checkpoint.get(student=student).output[0]
+    try:
+        return choose(io.read_json(path), path)
+    except KdsweepError as err:
+        raise WorkflowError(str(err))
 
 
 def soft_weight_sweep(student):
     """Staged sweep: the outputs of a student's soft-weight sweep at the temperature its checkpoint chose."""
 
     def outputs(wildcards):
-        path = checkpoints.best_temperature.get(student=student).output[0]
-        try:
-            temperature = PLAN.chosen_temperature(io.read_json(path), path)
-        except KdsweepError as err:
-            raise WorkflowError(str(err))
+        temperature = chosen(
+            checkpoints.best_temperature, student, PLAN.chosen_temperature
+        )
         return PLAN.outputs(PLAN.soft_weight_sweep(student, temperature))
 
     outputs.__name__ = f"soft_weight_sweep_{student}"
@@ -148,20 +154,14 @@ def sweep_of(student):
     """The distillation runs a student's point is chosen from (staged: once its temperature is chosen)."""
     if not PLAN.staged:
         return PLAN.sweep(student)
-    path = checkpoints.best_temperature.get(student=student).output[0]
-    try:
-        return PLAN.sweep(student, PLAN.chosen_temperature(io.read_json(path), path))
-    except KdsweepError as err:
-        raise WorkflowError(str(err))
+    return PLAN.sweep(
+        student, chosen(checkpoints.best_temperature, student, PLAN.chosen_temperature)
+    )
 
 
 def sweep_finished(wildcards):
     """Confirmation: the tracked files of a student's sweep (best_point's input)."""
-    return list(
-        dict.fromkeys(
-            f for run in sweep_of(wildcards.student) for f in PLAN.finished(run)
-        )
-    )
+    return PLAN.finished_files(sweep_of(wildcards.student))
 
 
 def confirmation(student):
@@ -169,11 +169,11 @@ def confirmation(student):
     checkpoint chose (the baselines on those seeds are fixed runs)."""
 
     def outputs(wildcards):
-        path = checkpoints.best_point.get(student=student).output[0]
-        try:
-            point = PLAN.chosen_point(student, io.read_json(path), path)
-        except KdsweepError as err:
-            raise WorkflowError(str(err))
+        point = chosen(
+            checkpoints.best_point,
+            student,
+            lambda record, path: PLAN.chosen_point(student, record, path),
+        )
         return PLAN.outputs(PLAN.confirmed(student, *point))
 
     outputs.__name__ = f"confirmation_{student}"
