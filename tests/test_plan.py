@@ -13,7 +13,7 @@ import pytest
 from kdsweep import plan as plan_module
 from kdsweep.config import coerce_strings, config_hash, load_config
 from kdsweep.errors import KdsweepError
-from kdsweep.plan import JOB_SLICES, Plan, Run, job_slice, run_slice
+from kdsweep.plan import JOB_SLICES, Pack, Plan, Run, job_slice, run_slice
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -63,7 +63,8 @@ def test_a_distilled_run_from_the_config_hashes_as_its_job_does():
     the status view compares the plan's runs with the hashes the jobs wrote."""
     config = load_config([str(ROOT / "config.yaml")], [])
     from_config, from_command = Run("kd", "resnet18", 0, 4, 1), Run("kd", "resnet18", 0, 4.0, 1.0)
-    assert isinstance(from_config.temperature, float) and isinstance(from_config.soft_weight, float)
+    # the job's command keeps the config's spelling (its params: a changed spelling would rerun it)
+    assert "--temperature 4 --soft-weight 1 " in study().pack_points(Pack("p", (from_config,))) + " "
     assert config_hash(run_slice(config, from_config, "t")) == config_hash(run_slice(config, from_command, "t"))
     assert Run("baseline", "resnet18", 0).temperature is None
 

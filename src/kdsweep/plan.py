@@ -96,11 +96,6 @@ class Run:
     soft_weight: float | None = None
 
     def __post_init__(self):
-        # floats, as the distill job parses --temperature 4: the plan's run and the job's hash alike
-        for name in ("temperature", "soft_weight"):
-            value = getattr(self, name)
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                object.__setattr__(self, name, float(value))
         if self.role not in ROLES:
             raise KdsweepError(f"role '{self.role}' is unknown; use teacher, baseline, kd or confirm")
         if self.role == "confirm" and (self.temperature is None) != (self.soft_weight is None):
@@ -179,8 +174,14 @@ def job_slice(config: dict, kind: str, attack: str | None = None) -> dict:
 
 
 def run_slice(config: dict, run: Run, teacher_hash: str | None) -> dict:
-    """A training run's identity: the config it reads and where it sits (hashed into its checkpoint)."""
-    return {**job_slice(config, "train"), "run": {**asdict(run), "teacher_config_hash": teacher_hash}}
+    """A training run's identity: the config it reads and where it sits (hashed into its checkpoint).
+    A distilled run's temperature and soft weight as floats, as its job parses `--temperature 4`:
+    the plan's run of the config's `4` and the job's run of `4.0` are one run with one hash."""
+    where = asdict(run)
+    for name in ("temperature", "soft_weight"):
+        if where[name] is not None:
+            where[name] = float(where[name])
+    return {**job_slice(config, "train"), "run": {**where, "teacher_config_hash": teacher_hash}}
 
 
 def overrides(section: dict, prefix: str = "") -> list[str]:
