@@ -2,6 +2,7 @@
 
 import pickle
 import struct
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -156,44 +157,168 @@ TINY_STUDY = {
 }
 
 
+def built_once(tmp_path_factory, name, build):
+    """The folder `name` of this test run, filled by build(folder) once and shared by every xdist
+    worker (pytest-xdist's recipe for a session fixture that runs once: a lock in the test run's
+    shared temporary folder). A build that failed midway is thrown away and tried again by the next
+    test that asks. Tests read what it holds and write into folders of their own."""
+    import fcntl
+    import os
+    import shutil
+
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the workers' basetemps are popen-gwN under the run's
+    folder, built = root / name, root / f"{name}.built"
+    with open(root / f"{name}.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        if not built.exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+            build(folder)
+            built.touch()
+    return folder
+
+
 class TinyStudy:
-    """A folder with tiny.yaml (TINY_STUDY), stats.json and a trained MobileNetV3-small teacher."""
+    """A folder with tiny.yaml (TINY_STUDY), stats.json and a trained MobileNetV3-small teacher
+    (TinyStudy.build(folder) writes them)."""
 
     def __init__(self, folder):
         from pathlib import Path
-        import json
 
         self.folder = Path(folder)
         self.root = Path(__file__).resolve().parents[1]
-        (self.folder / "tiny.yaml").write_text(json.dumps(TINY_STUDY))
         self.config = ["--config", self.root / "config.yaml", "--config", self.folder / "tiny.yaml"]
         self.stats = self.folder / "stats.json"
         self.teacher = self.folder / "teacher"
-        run_kdsweep("stats", *self.config, "--out", self.stats, cwd=self.folder)
-        run_kdsweep("train", *self.config, "--role", "teacher", "--model", "mobilenet_v3_small", "--seed", 0,
-                    "--stats", self.stats, "--out", self.teacher, "training.max_epochs=1", cwd=self.folder)
+
+    @classmethod
+    def build(cls, folder):
+        import json
+
+        study = cls(folder)
+        (study.folder / "tiny.yaml").write_text(json.dumps(TINY_STUDY))
+        run_kdsweep("stats", *study.config, "--out", study.stats, cwd=study.folder)
+        run_kdsweep("train", *study.config, "--role", "teacher", "--model", "mobilenet_v3_small", "--seed", 0,
+                    "--stats", study.stats, "--out", study.teacher, "training.max_epochs=1", cwd=study.folder)
+        return study
+
+    def beside(self, folder):
+        """folder (created), with links to this study's tiny.yaml, stats.json and teacher: a module's
+        own folder that trains runs of the shared study."""
+        folder.mkdir(parents=True, exist_ok=True)
+        for name in ("tiny.yaml", "stats.json", "teacher"):
+            (folder / name).symlink_to(self.folder / name)
+        return folder
 
 
 @pytest.fixture(scope="session")
 def tiny_study(tmp_path_factory):
     """One tiny digits study with a trained teacher, shared by every test of a test run (read it,
-    never change it: write runs into folders of your own under it)."""
-    return TinyStudy(tmp_path_factory.mktemp("tiny-study"))
+    never change it: train runs in a folder of your own, TinyStudy.beside)."""
+    return TinyStudy(built_once(tmp_path_factory, "tiny-study", TinyStudy.build))
 
 
-# Files that take longest first, so that their tests start first (pyproject: --dist load --maxschedchunk 1).
-SLOWEST_FIRST = ("test_slurm.py", "test_workflow.py", "test_runtime.py", "test_train.py", "test_bf16_parity.py",
-                 "test_status.py")
+# ---------------------------------------------------------------- one finished tiny workflow per test run
+
+TINY_WORKFLOW = Path(__file__).resolve().parent / "studies" / "tiny.yaml"
+
+
+def snakemake(workdir, *args, configfiles=(), check=True, timeout=900):
+    """Run snakemake on the repository's Snakefile in workdir (config.yaml, then configfiles); return the
+    CompletedProcess, or fail the test with its output."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    command = [
+        sys.executable, "-m", "snakemake",
+        "--snakefile", str(root / "Snakefile"),
+        "--directory", str(workdir),
+        "--configfile", str(root / "config.yaml"), *map(str, configfiles),
+        *args,
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+    if check and result.returncode != 0:
+        pytest.fail(f"snakemake {' '.join(args)} failed ({result.returncode}):\n"
+                    f"{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
+    return result
+
+
+def job_counts(output: str):
+    """The first 'Job stats' table of a snakemake run, as a Counter {rule: count}."""
+    from collections import Counter
+
+    lines = output.splitlines()
+    start = lines.index("Job stats:") + 3  # title, header, dashes
+    counts = Counter()
+    for line in lines[start:]:
+        if not line.strip():
+            break
+        rule, count = line.split()
+        counts[rule] = int(count)
+    return counts
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory):
+    """A working directory in which the workflow ran tests/studies/tiny.yaml to the end (a real run,
+    about a minute), once per test run. Read it; a test that runs snakemake on it works on its own
+    copy (copy_of)."""
+    return built_once(tmp_path_factory, "tiny-workflow",
+                      lambda folder: snakemake(folder, "--cores", "2", "--show-failed-logs",
+                                               configfiles=[TINY_WORKFLOW]))
+
+
+def copy_of(folder, destination):
+    """A copy of a workflow's working directory (file times kept, so snakemake sees what is up to date)."""
+    import shutil
+
+    shutil.copytree(folder, destination, symlinks=True)
+    return destination
+
+
+# The order tests start in (pyproject: --dist load --maxschedchunk 1). xdist hands each worker the test
+# it runs and the next one, so each test of LONG_FIRST (a minute or more here, by name, in any file)
+# is followed by one of the quickest: no long test waits behind another on one worker. The SLURM
+# tests come first, the time-limit test (the longest chain of waits) first of all: the cluster runs
+# two jobs at a time, so it has to be busy from the start, while the CPU-bound tests fill the cores
+# beside it. The node-failure test has the cluster to itself (tests/test_slurm.py): it starts once
+# the others have, and the CPU-bound tests after it run while it waits on SLURM's clocks. Then the
+# other tests, by file: SLOWEST_FIRST, then the rest.
+LONG_FIRST = (
+    "test_training_over_its_time_limit_is_stopped_retried_and_resumed_to_the_same_result",
+    "test_study_runs_every_gpu_job_on_slurm_with_one_gpu",
+    "test_the_distillation_sweep_goes_out_as_one_job_array",
+    "test_a_killed_snakemake_is_restarted_and_nothing_is_trained_twice_or_lost",
+    "test_tiny_study_end_to_end",  # the first to ask builds the tiny workflow (conftest.tiny)
+    "test_a_cancelled_training_job_is_resubmitted_and_resumes_from_its_checkpoint",
+    "test_bf16_accuracy_is_within_run_to_run_noise_of_fp32",
+    "test_a_pack_of_sweep_points_is_one_slurm_job_with_one_gpu",
+    "test_a_node_failure_mid_job_is_requeued_or_failed_and_either_way_resumes_from_its_checkpoint",
+    "test_tiny_study_confirms_its_point_on_two_fresh_seeds",
+    "test_tiny_staged_study_resolves_its_checkpoint",
+    "test_tiny_study_packed_equals_unpacked",
+    "test_a_new_pack_size_on_a_finished_study_retrains_nothing",
+    "test_tiny_study_is_up_to_date_and_reruns_on_a_changed_value",
+    "test_status_of_runs_really_trained_killed_running_and_broken",
+)
+SLOWEST_FIRST = ("test_workflow.py", "test_runtime.py", "test_train.py", "test_slurm.py", "test_status.py",
+                 "test_confirm.py", "test_bench.py")
 
 
 def pytest_collection_modifyitems(config, items):
+    position = {name: index for index, name in enumerate(LONG_FIRST)}
+    long = sorted((item for item in items if item.originalname in position), key=lambda item: position[item.originalname])
+
     def rank(item):
         name = item.path.name
-        first = SLOWEST_FIRST.index(name) if name in SLOWEST_FIRST else len(SLOWEST_FIRST)
-        # a test that fails the cluster's node has it to itself (tests/test_slurm.py): after the others
-        return first, item.get_closest_marker("fails_the_node") is not None
+        return SLOWEST_FIRST.index(name) if name in SLOWEST_FIRST else len(SLOWEST_FIRST)
 
-    items.sort(key=rank)  # stable: the order within a file stays
+    rest = sorted((item for item in items if item.originalname not in position), key=rank)  # stable: file order
+    quick = [rest.pop() for _ in range(min(len(long), len(rest)))]  # from the end: the quick files
+    items[:] = [item for pair in zip(long, quick) for item in pair] + long[len(quick):] + rest
 
 
 def pytest_xdist_auto_num_workers(config):

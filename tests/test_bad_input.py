@@ -127,9 +127,8 @@ CASES = [
 
 
 @pytest.fixture(scope="module")
-def bad(tiny_study):
-    folder = tiny_study.folder / "test_bad_input"
-    folder.mkdir()
+def bad(tiny_study, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("test_bad_input")
     (folder / "bad.yaml").write_text("training:\n  lr_patience: -2\n")
     return Bad(tiny_study, folder)
 
@@ -216,7 +215,7 @@ if __name__ == "__main__":
     with tempfile.TemporaryDirectory() as scratch:
         scratch = Path(scratch)
         (scratch / "study").mkdir()
-        tiny = TinyStudy(scratch / "study")
+        tiny = TinyStudy.build(scratch / "study")
         folder = scratch / "bad"
         folder.mkdir()
         (folder / "bad.yaml").write_text("training:\n  lr_patience: -2\n")

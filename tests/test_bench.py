@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import built_once
 
 from kdsweep import bench
 from kdsweep.bench import floor
@@ -43,14 +44,17 @@ TINY = ["--config", str(ROOT / "config.yaml"), "--device", "cpu", "--teacher", "
         "--images", "16", "--warmup", "1", "--repeats", "2", "--workers", "1", "--threads", "1"]
 
 
-@pytest.fixture(scope="module")
-def result(tmp_path_factory):
-    out = tmp_path_factory.mktemp("bench") / "bench.json"
+def _bench(folder):
+    out = folder / "bench.json"
     args = parse([*TINY, "--pack-sizes", "1", "4", "--peak-flops", "1e11", "--json", str(out)])
     returned = args.func(args)
-    written = json.loads(out.read_text())
-    assert written == json.loads(json.dumps(returned))
-    return written
+    assert json.loads(out.read_text()) == json.loads(json.dumps(returned))  # what it returns, it wrote
+
+
+@pytest.fixture(scope="session")
+def result(tmp_path_factory):
+    """A tiny bench's JSON, run once per test run (conftest.built_once)."""
+    return json.loads((built_once(tmp_path_factory, "bench", _bench) / "bench.json").read_text())
 
 
 def positive(value):

@@ -14,6 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from conftest import TINY_WORKFLOW, copy_of, job_counts, snakemake
 from fake_runs import write_attack, write_run
 from kdsweep import aggregate, io
 from kdsweep.config import load_config
@@ -269,28 +270,6 @@ REFERENCE_JOBS = {"download": 1, "runtime": 1, "study": 1, "stats": 1, "train": 
                   "evaluate": 115, "tables": 1, "figures": 1, "all": 1, "total": 927}
 
 
-def snakemake(workdir, *args, configfiles=(), check=True, timeout=900):
-    command = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--directory",
-               str(workdir), "--configfile", str(ROOT / "config.yaml"), *map(str, configfiles), *args]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
-    if check and result.returncode != 0:
-        pytest.fail(f"snakemake {' '.join(args)} failed ({result.returncode}):\n"
-                    f"{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
-    return result
-
-
-def job_counts(output):
-    lines = output.splitlines()
-    start = lines.index("Job stats:") + 3
-    counts = {}
-    for line in lines[start:]:
-        if not line.strip():
-            break
-        rule, count = line.split()
-        counts[rule] = int(count)
-    return counts
-
-
 @pytest.mark.workflow
 def test_reference_study_dry_run_is_unchanged_with_confirmation_off(tmp_path):
     assert job_counts(snakemake(tmp_path, "--dry-run").stdout) == REFERENCE_JOBS
@@ -325,17 +304,18 @@ def test_staged_sweep_confirms_after_both_checkpoints(tmp_path):
     assert counts["train"] == 3 + 2
 
 
-TINY = ROOT / "tests" / "studies" / "tiny.yaml"
-
-
 @pytest.mark.workflow
-def test_tiny_study_confirms_its_point_on_two_fresh_seeds(tmp_path):
-    """The tiny study (one student, T = 4, w = 0.5 and 0.9, seed 0) with confirm.seeds [1, 2], for real:
-    the checkpoint chooses on validation, the chosen point and the baseline train on seeds 1 and 2 and
-    are attacked and evaluated, and the confirmed table pairs them (n = 2)."""
+def test_tiny_study_confirms_its_point_on_two_fresh_seeds(tiny, tmp_path):
+    """The finished tiny study (one student, T = 4, w = 0.5 and 0.9, seed 0) given confirm.seeds [1, 2],
+    for real: the checkpoint chooses on validation, the chosen point and the baseline train on seeds 1
+    and 2 and are attacked and evaluated, and the confirmed table pairs them (n = 2). The sweep's runs
+    are not trained again."""
+    study = copy_of(tiny, tmp_path / "tiny")
+    results = study / "results" / "tiny"
+    sweep = {path: path.stat().st_mtime_ns for path in (results / "runs").glob("*/*/metrics.json")}
     confirm = ["--config", "confirm={seeds: [1, 2]}"]
-    snakemake(tmp_path, "--cores", "2", "--show-failed-logs", *confirm, configfiles=[TINY])
-    results = tmp_path / "results" / "tiny"
+    snakemake(study, "--cores", "2", "--show-failed-logs", *confirm, configfiles=[TINY_WORKFLOW])
+    assert len(sweep) == 4 and all(path.stat().st_mtime_ns == mtime for path, mtime in sweep.items())
     choice = io.read_json(results / "confirm" / "mobilenet_v3_small.json")
     runs = pd.read_csv(results / "tables" / "runs.csv")
     kd = runs[runs["role"] == "kd"]
@@ -355,9 +335,9 @@ def test_tiny_study_confirms_its_point_on_two_fresh_seeds(tmp_path):
     assert (clean["temperature"], clean["soft_weight"]) == (choice["temperature"], choice["soft_weight"])
     assert (clean["kd_n"], clean["hard_n"], clean["gain_n"]) == (2, 2, 2) and clean["sweep_gain_n"] == 1
     assert "Nothing to be done" in "".join(
-        (lambda r: (r.stdout, r.stderr))(snakemake(tmp_path, "--dry-run", *confirm, configfiles=[TINY])))
-    report = tmp_path / "report.html"
-    snakemake(tmp_path, "--report", str(report), *confirm, configfiles=[TINY])
+        (lambda r: (r.stdout, r.stderr))(snakemake(study, "--dry-run", *confirm, configfiles=[TINY_WORKFLOW])))
+    report = study / "report.html"
+    snakemake(study, "--report", str(report), *confirm, configfiles=[TINY_WORKFLOW])
     assert report.stat().st_size > 0
 
 

@@ -90,6 +90,23 @@ def test_unknown_dataset():
         datasets.load_dataset("imagenet", "data")
 
 
+def test_download_folder_is_torchvisions_and_imports_no_torch(tmp_path):
+    """The workflow asks for the folder in every snakemake process: torchvision's base_folder, without
+    importing torch (seconds in each of a cluster job's two snakemake processes)."""
+    import subprocess
+    import sys
+
+    import torchvision
+
+    for name, folder in (("cifar10", "CIFAR10"), ("cifar100", "CIFAR100")):
+        assert datasets.download_folder(name, tmp_path) == str(tmp_path / getattr(torchvision.datasets, folder).base_folder)
+    assert datasets.download_folder("digits", tmp_path) is None
+    code = ("import sys; from kdsweep import datasets; datasets.download_folder('cifar10', 'data'); "
+            "print('torch' in sys.modules, 'torchvision' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split() == [
+        "False", "False"]
+
+
 def test_digits_are_load_digits_read_without_importing_scikit_learn(monkeypatch):
     import subprocess
     import sys

@@ -52,17 +52,13 @@ def read(path):
 
 @pytest.fixture(scope="module", params=[
     "cpu-proxy", pytest.param("cuda", marks=[pytest.mark.cuda, pytest.mark.skipif(not CUDA, reason=NO_GPU)])])
-def job(request, tiny_study):
+def job(request, tiny_study, tmp_path_factory):
     """(folder, config args, arithmetic overrides, teacher folder): this module's folder for one arithmetic
     beside the shared tiny study (conftest.tiny_study: its stats and its teacher, trained in fp32 on the
-    CPU; a teacher's arithmetic is that of the job using it), and a run distilled in that arithmetic."""
-    folder = tiny_study.folder / f"test_runtime-{request.param}"
-    folder.mkdir()
-    for name in ("tiny.yaml", "stats.json", "teacher"):
-        (folder / name).symlink_to(tiny_study.folder / name)
+    CPU; a teacher's arithmetic is that of the job using it)."""
+    folder = tiny_study.beside(tmp_path_factory.mktemp(f"test_runtime-{request.param}"))
     job = folder, tiny_study.config, ARITHMETIC[request.param], folder / "teacher"
     STUDENT[folder] = STUDENT[request.param]
-    kdsweep(*distill_args(job, folder / "recorded", "training.max_epochs=1"), cwd=folder)
     return job
 
 
@@ -80,6 +76,7 @@ def distill_args(job, out, *extra, temperature=4, soft_weight=0.5, seed=1):
 
 def test_runs_record_their_arithmetic(job):
     folder, *_ = job
+    kdsweep(*distill_args(job, folder / "recorded", "training.max_epochs=1"), cwd=folder)
     run = read(folder / "recorded" / "metrics.json")
     record = run["runtime"]
     if run["device"].startswith("cuda"):

@@ -40,6 +40,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from conftest import built_once
 
 from kdsweep.config import load_config
 from kdsweep.plan import Plan, Run, attack_file
@@ -328,9 +329,12 @@ class Site:
 
 # The SLURM tests run side by side on several xdist workers (pyproject), and their jobs share the
 # one-node cluster. A test that fails the node would fail the others' jobs too, so it has the cluster
-# to itself: every test that submits holds a shared lock on this file, one that fails the node
-# (marked fails_the_node) an exclusive one, also against another test session on this machine.
+# to itself: every test that submits holds a shared lock on CLUSTER_LOCK, one that fails the node
+# (marked fails_the_node) an exclusive one, also against another test session on this machine. It
+# first closes CLUSTER_GATE, which the others pass on their way in: once it waits, tests that come
+# later wait behind it instead of keeping it out for as long as their locks overlap.
 CLUSTER_LOCK = Path(tempfile.gettempdir()) / "kdsweep-test-cluster.lock"
+CLUSTER_GATE = Path(tempfile.gettempdir()) / "kdsweep-test-cluster.gate"
 
 
 @pytest.fixture(autouse=True)
@@ -339,8 +343,11 @@ def _share_the_cluster(request):
         yield
         return
     alone = request.node.get_closest_marker("fails_the_node") is not None
-    with open(CLUSTER_LOCK, "a") as handle:
+    with open(CLUSTER_GATE, "a") as gate, open(CLUSTER_LOCK, "a") as handle:
+        fcntl.flock(gate, fcntl.LOCK_EX if alone else fcntl.LOCK_SH)
         fcntl.flock(handle, fcntl.LOCK_EX if alone else fcntl.LOCK_SH)
+        if not alone:
+            fcntl.flock(gate, fcntl.LOCK_UN)
         yield
 
 
@@ -585,17 +592,20 @@ def test_an_account_slurm_does_not_know_stops_the_run_at_submission(cluster, tmp
 # ---------------------------------------------------------------- the time limit
 
 
-# Seconds of training the time-limit run is sized to: more than the first attempt's
-# 2 minutes hold (so it is stopped even if the signal never came), about half of the
-# second attempt's 4 (so that one usually finishes it).
-TRAINING_SECONDS = 150
+# Seconds of training the time-limit run is sized to (by one epoch's time, measured first). SLURM
+# sends the first attempt's signal 60 s before its 2-minute limit, or up to 60 s earlier: within its
+# first minute. The run is sized well past that minute, so that the signal always finds it
+# training even when the measured epoch was slow (a run the signal missed finishes in its first
+# attempt or is killed at its limit, and the test fails). The rest fits the second attempt, whose
+# signal comes after 2 minutes at the earliest.
+TRAINING_SECONDS = 110
 
 
 @pytest.mark.slurm
 def test_training_over_its_time_limit_is_stopped_retried_and_resumed_to_the_same_result(cluster, tmp_path):
     """A teacher run of ~TRAINING_SECONDS under a 2-minute first time limit (KDSWEEP_SLURM_TRAIN_MINUTES=2).
 
-    SLURM sends SIGURG 60-90 s before the limit; the run stops with its checkpoint and exit
+    SLURM sends SIGURG 60-120 s before the limit; the run stops with its checkpoint and exit
     status 75, the job fails, Snakemake resubmits it with 4 minutes, and the second attempt
     resumes from the checkpoint (on a busy machine a third attempt, with 6, may be needed).
     Its metrics must equal those of an uninterrupted local run (training on the CPU with
@@ -727,15 +737,18 @@ def _local_train(out, cwd, *overrides):
                           cwd=cwd, check=True, capture_output=True, text=True)
 
 
-@pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory):
-    """The fault tests' teacher run trained without interruption on this machine (one thread)."""
-    folder = tmp_path_factory.mktemp("uninterrupted")
+def _train_uninterrupted(folder):
     config_args = [arg for path in CONFIGS for arg in ("--config", str(path))]
     subprocess.run([sys.executable, "-m", "kdsweep", "stats", *config_args, "--out", "stats.json"], cwd=folder,
                    check=True, capture_output=True)
     _local_train("run", folder, f"training.max_epochs={FAULT_EPOCHS}", f"training.early_stopping_patience={FAULT_EPOCHS}")
-    return folder / "run"
+
+
+@pytest.fixture(scope="session")
+def uninterrupted(tmp_path_factory):
+    """The fault tests' teacher run trained without interruption on this machine (one thread), once per
+    test run (conftest.built_once)."""
+    return built_once(tmp_path_factory, "uninterrupted", _train_uninterrupted) / "run"
 
 
 def _assert_same_run(run_folder, reference):
@@ -1002,8 +1015,8 @@ def test_a_node_failure_mid_job_is_requeued_or_failed_and_either_way_resumes_fro
 
 # ---------------------------------------------------------------- job arrays
 
-# Eight distillation points of one student and seed: eight jobs of rule distill.
-ARRAY_SWEEP = ["temperatures=[2,4]", "soft_weights=[0.25,0.5,0.75,0.9]"]
+# Four distillation points of one student and seed: four jobs of rule distill.
+ARRAY_SWEEP = ["temperatures=[2,4]", "soft_weights=[0.5,0.9]"]
 
 
 def _submissions(jobs):
@@ -1013,13 +1026,13 @@ def _submissions(jobs):
 
 @pytest.mark.slurm
 def test_the_distillation_sweep_goes_out_as_one_job_array(cluster, tmp_path):
-    """The workflow profile's `slurm-array-jobs: distill`: the teacher is one job, the eight
+    """The workflow profile's `slurm-array-jobs: distill`: the teacher is one job, the four
     distillation jobs one `sbatch --array`, and every run records its array task's own job id, its
     array's id and its task number."""
     config = load_config([str(p) for p in CONFIGS], ARRAY_SWEEP)
     plan = Plan(config)
     runs = plan.sweep(config["students"][0])
-    assert len(runs) == 8
+    assert len(runs) == 4
     records = sorted({plan.pack_record(plan.pack_of(run)) for run in runs})
     since = _sacct_now()
     status, output = run_snakemake(tmp_path, *records, "--config", *ARRAY_SWEEP, timeout=600, env=cluster.env())
@@ -1030,10 +1043,10 @@ def test_the_distillation_sweep_goes_out_as_one_job_array(cluster, tmp_path):
     slurm = [_read_json(tmp_path / plan.run_dir(run) / "metrics.json")["slurm"] for run in runs]
     arrays = {record["array_job_id"] for record in slurm}
     assert len(arrays) == 1 and None not in arrays, slurm
-    assert sorted(int(record["array_task"]) for record in slurm) == list(range(1, 9)), slurm
+    assert sorted(int(record["array_task"]) for record in slurm) == list(range(1, 5)), slurm
     tasks = {record["JobIDRaw"]: record["JobID"] for record in jobs.values()}
     for record in slurm:
         assert tasks[record["job_id"]] == f"{record['array_job_id']}_{record['array_task']}", (record, tasks)
-    # the stats job, the teacher's and the array: three sbatch calls for ten jobs (without arrays: ten)
-    assert len(jobs) == 10 and len(_submissions(jobs)) == 3, jobs
+    # the stats job, the teacher's and the array: three sbatch calls for six jobs (without arrays: six)
+    assert len(jobs) == 6 and len(_submissions(jobs)) == 3, jobs
     print(f"{len(jobs)} SLURM jobs from {len(_submissions(jobs))} sbatch calls")

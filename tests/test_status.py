@@ -18,6 +18,7 @@ import pytest
 
 from kdsweep import cli
 from kdsweep.config import config_hash, load_config
+from kdsweep.lock import Holder
 from kdsweep.plan import Plan, run_slice
 from kdsweep.slurm import QueuedJob
 from kdsweep.status import load_plan, render, study_status
@@ -55,9 +56,8 @@ class Study:
         (folder / "checkpoint.json").write_text(json.dumps({"epoch": epoch, "train_seconds": seconds}))
 
     def lock(self, run, pid, host=None, job=None):
-        text = f"process {pid} on {host or platform.node()}" + (f" (SLURM job {job})" if job else "")
         self.folder(run).mkdir(parents=True, exist_ok=True)
-        (self.folder(run) / ".lock").write_text(text)
+        (self.folder(run) / ".lock").write_text(str(Holder(pid, host or platform.node(), job)))
 
     def log(self, run, text):
         path = self.root / self.plan.training_log(run)
@@ -136,6 +136,7 @@ def test_the_lock_holder_is_alive_when_squeue_runs_its_job(tmp_path):
              QueuedJob("104", "104", "RUNNING", "/elsewhere", "rule_train")]
     status = study.status(queue)
     assert [entry.state for entry in status.runs if entry.run.role == "kd"] == ["training", "stopped"]
+    assert next(entry.reason for entry in status.runs if entry.run.role == "kd") == "SLURM job 101 on gpu-node-7"
     assert status.slurm == {"pending": 1, "running": 1}
     assert "SLURM jobs in" in render(status) and "1 running, 1 pending" in render(status)
     # without squeue a lock on another machine counts as held

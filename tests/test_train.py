@@ -26,14 +26,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def study(tiny_study):
+def study(tiny_study, tmp_path_factory):
     """(folder, config args): this module's folder beside the shared tiny study's tiny.yaml, stats.json
     and trained MobileNetV3-small teacher (conftest.tiny_study)."""
-    folder = tiny_study.folder / "test_train"
-    folder.mkdir()
-    for name in ("tiny.yaml", "stats.json", "teacher"):
-        (folder / name).symlink_to(tiny_study.folder / name)
-    return folder, tiny_study.config
+    return tiny_study.beside(tmp_path_factory.mktemp("test_train")), tiny_study.config
 
 
 def history(run):

@@ -14,44 +14,15 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from conftest import TINY_WORKFLOW, built_once, copy_of, job_counts, snakemake
 
 pytestmark = pytest.mark.workflow
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULTS = REPO / "config.yaml"
-TINY = REPO / "tests" / "studies" / "tiny.yaml"
 # the value of the workflow profile (profiles/default, which Snakemake adds to every run of the
 # Snakefile): one submission per run, spanning all of its evaluations
 GROUP_COMPONENTS = "eval_{role}_{run}=100"
-
-
-def snakemake(workdir, *args, configfiles=(), check=True, timeout=600):
-    """Run snakemake on the repository's Snakefile in workdir; return the CompletedProcess."""
-    command = [
-        sys.executable, "-m", "snakemake",
-        "--snakefile", str(REPO / "Snakefile"),
-        "--directory", str(workdir),
-        "--configfile", str(DEFAULTS), *map(str, configfiles),
-        *args,
-    ]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
-    if check and result.returncode != 0:
-        pytest.fail(f"snakemake {' '.join(args)} failed ({result.returncode}):\n"
-                    f"{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
-    return result
-
-
-def job_counts(output: str) -> Counter:
-    """The first 'Job stats' table of a snakemake run, as {rule: count}."""
-    lines = output.splitlines()
-    start = lines.index("Job stats:") + 3  # title, header, dashes
-    counts = Counter()
-    for line in lines[start:]:
-        if not line.strip():
-            break
-        rule, count = line.split()
-        counts[rule] = int(count)
-    return counts
 
 
 def dry_run(workdir, *args, configfiles=()):
@@ -71,14 +42,21 @@ def groups(output: str) -> list:
     return found
 
 
-@pytest.fixture(scope="module")
-def seed_study(tmp_path_factory):
-    """Dry run of config.yaml (the reference study) with profiles/slurm's group components."""
-    return dry_run(tmp_path_factory.mktemp("seed"), "--group-components", GROUP_COMPONENTS)
+def _dry_run_reference_study(folder):
+    output = snakemake(folder, "--dry-run", "--group-components", GROUP_COMPONENTS).stdout
+    (folder / "dry-run.txt").write_text(output)
 
 
-def test_grid_dry_run_has_every_job_of_the_seed_study(seed_study):
-    counts, _ = seed_study
+@pytest.fixture(scope="session")
+def reference_study(tmp_path_factory):
+    """Dry run of config.yaml (the reference study) with profiles/slurm's group components, once per
+    test run (conftest.built_once): (job counts, output)."""
+    output = (built_once(tmp_path_factory, "reference-dry-run", _dry_run_reference_study) / "dry-run.txt").read_text()
+    return job_counts(output), output
+
+
+def test_grid_dry_run_has_every_job_of_the_reference_study(reference_study):
+    counts, _ = reference_study
     runs = 1 + 2 + 2 * 8 * 7  # teacher, baselines, students x temperatures x soft weights
     assert counts["stats"] == 1
     assert counts["train"] == 1 + 2  # the teacher and the baselines
@@ -112,8 +90,8 @@ def test_staged_sweep_runs_the_temperature_sweep_before_its_checkpoint(tmp_path)
     assert counts["tables"] == counts["figures"] == 1
 
 
-def test_evaluations_of_one_run_are_one_group_job(seed_study):
-    _, output = seed_study
+def test_evaluations_of_one_run_are_one_group_job(reference_study):
+    _, output = reference_study
     found = groups(output)
     assert len(found) == 115  # one submission per model run ...
     for _, rules in found:  # ... holding both attacks at each epsilon and the evaluation
@@ -235,14 +213,6 @@ def tables(results):
             for name in ("runs.csv", "robustness.csv", "table1.csv", "kd_vs_hard.csv", "grid.csv")}
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    """A working directory in which the tiny study has run to the end (a real run, about a minute)."""
-    workdir = tmp_path_factory.mktemp("tiny")
-    snakemake(workdir, "--cores", "2", "--show-failed-logs", configfiles=[TINY])
-    return workdir
-
-
 def test_tiny_study_end_to_end(tiny):
     """Train, distil, attack, aggregate and plot for real: every table row and figure is there."""
     results = tiny / "results" / "tiny"
@@ -272,17 +242,18 @@ def test_tiny_study_end_to_end(tiny):
     assert not (run / "checkpoint.pt").exists()
 
 
-def test_tiny_study_is_up_to_date_and_reruns_on_a_changed_value(tiny):
-    result = snakemake(tiny, "--dry-run", configfiles=[TINY])
+def test_tiny_study_is_up_to_date_and_reruns_on_a_changed_value(tiny, tmp_path):
+    tiny = copy_of(tiny, tmp_path / "tiny")
+    result = snakemake(tiny, "--dry-run", configfiles=[TINY_WORKFLOW])
     assert "Nothing to be done" in result.stdout + result.stderr
 
     # a changed runtime value rewrites runtime.yaml and reruns nothing (it changes no result)
-    counts, _ = dry_run(tiny, "--config", "runtime={channels_last: true, precision: bf16}", configfiles=[TINY])
+    counts, _ = dry_run(tiny, "--config", "runtime={channels_last: true, precision: bf16}", configfiles=[TINY_WORKFLOW])
     # (and study.yaml, the config `python -m kdsweep status` reads, which no job reads)
     assert dict(counts) == {"runtime": 1, "study": 1, "all": 1, "total": 3}
 
     # a changed value of the jobs' config slice reruns the runs (params trigger), not the split
-    counts, output = dry_run(tiny, "--config", "training={lr: 0.002}", configfiles=[TINY])
+    counts, output = dry_run(tiny, "--config", "training={lr: 0.002}", configfiles=[TINY_WORKFLOW])
     assert counts["train"] == 2 and counts["distill"] == 2  # teacher and baseline, both points
     assert "stats" not in counts
     assert "Params have changed since last execution" in output
@@ -296,14 +267,13 @@ def test_a_new_pack_size_on_a_finished_study_retrains_nothing(tiny, tmp_path):
     """runtime.pack_size 2 on the finished tiny study: one distill job writes the new pack's record and
     trains nothing (its two points are finished, of this configuration); the distilled runs'
     evaluations run again, since their input, the pack record, moved. Nothing else runs."""
-    moved = tmp_path / "moved"
-    shutil.copytree(tiny, moved, symlinks=True)
+    moved = copy_of(tiny, tmp_path / "moved")
     pack = ["--config", "runtime={pack_size: 2}"]
-    counts, _ = dry_run(moved, *pack, configfiles=[TINY])
+    counts, _ = dry_run(moved, *pack, configfiles=[TINY_WORKFLOW])
     assert counts["distill"] == 1 and counts["evaluate"] == 2 and counts["attack"] == 2
     assert not {"train", "stats"} & set(counts)
     before = kd_metrics(moved / "results" / "tiny")
-    snakemake(moved, "--cores", "2", "--show-failed-logs", *pack, configfiles=[TINY])
+    snakemake(moved, "--cores", "2", "--show-failed-logs", *pack, configfiles=[TINY_WORKFLOW])
     log = (moved / "results/tiny/logs/runs/kd/mobilenet_v3_small_seed0_pack1.log").read_text()
     assert " epoch " not in log and "resuming" not in log, log  # no point trained again
     assert kd_metrics(moved / "results" / "tiny") == before  # the same files, untouched
@@ -317,14 +287,13 @@ def test_tiny_study_packed_equals_unpacked(tiny, tmp_path):
     are the same computation on this machine (one thread, the same data stream per point), so the
     metrics are compared exactly."""
     pack = ["--config", "runtime={pack_size: 2}"]
-    packed = tmp_path / "packed"
-    shutil.copytree(tiny, packed, symlinks=True)
+    packed = copy_of(tiny, tmp_path / "packed")
     results = packed / "results" / "tiny"
     unpacked = kd_metrics(results)
     shutil.rmtree(results / "runs" / "kd")
-    counts, _ = dry_run(packed, *pack, configfiles=[TINY])
+    counts, _ = dry_run(packed, *pack, configfiles=[TINY_WORKFLOW])
     assert counts["distill"] == 1 and not {"train", "stats"} & set(counts)
-    snakemake(packed, "--cores", "2", "--show-failed-logs", *pack, configfiles=[TINY])
+    snakemake(packed, "--cores", "2", "--show-failed-logs", *pack, configfiles=[TINY_WORKFLOW])
     log = results / "logs/runs/kd/mobilenet_v3_small_seed0_pack1.log"
     assert log.read_text().count("finished results/tiny/runs/kd/") == 2
     packed_metrics = kd_metrics(results)
@@ -335,20 +304,22 @@ def test_tiny_study_packed_equals_unpacked(tiny, tmp_path):
     assert len(tables(results)["runs.csv"]) == 4
 
 
-def test_tiny_study_report_has_every_figure_and_table(tiny):
+def test_tiny_study_report_has_every_figure_and_table(tiny, tmp_path):
+    tiny = copy_of(tiny, tmp_path / "tiny")
     report = tiny / "report.html"
-    snakemake(tiny, "--report", str(report), configfiles=[TINY])
+    snakemake(tiny, "--report", str(report), configfiles=[TINY_WORKFLOW])
     assert report.stat().st_size > 0
 
 
-def test_tiny_staged_study_resolves_its_checkpoint(tiny):
-    """The staged sweep for real: stage 1, the checkpoint's choice, then stage 2 at that temperature.
-    Runs after the grid tests in the same folder (its teacher and baseline are reused)."""
+def test_tiny_staged_study_resolves_its_checkpoint(tiny, tmp_path):
+    """The staged sweep for real: stage 1, the checkpoint's choice, then stage 2 at that temperature,
+    on the finished grid study (its teacher, baseline and T = 4 runs are reused)."""
+    tiny = copy_of(tiny, tmp_path / "tiny")
     results = tiny / "results" / "tiny"
     staged = ["--config", "sweep=staged", "temperatures=[1,4]", "soft_weights=[0.5,0.9]"]
-    counts, _ = dry_run(tiny, *staged, configfiles=[TINY])
+    counts, _ = dry_run(tiny, *staged, configfiles=[TINY_WORKFLOW])
     assert counts["best_temperature"] == 1 and counts["distill"] == 1  # T=1 at w=0.9; T=4 exists
-    snakemake(tiny, "--cores", "2", "--show-failed-logs", *staged, configfiles=[TINY])
+    snakemake(tiny, "--cores", "2", "--show-failed-logs", *staged, configfiles=[TINY_WORKFLOW])
     choice = json.loads((results / "staged" / "mobilenet_v3_small_seed-all.json").read_text())
     assert choice["temperature"] in (1, 4)
     runs = tables(results)["runs.csv"]

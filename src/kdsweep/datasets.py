@@ -11,7 +11,8 @@ Registry `DATASETS`, name -> loader(root, download=False) -> Dataset:
   training set.
 
 torch and torchvision are imported when a dataset is read, not with this module: the workflow
-asks `download_folder` for a dataset's folder in every snakemake process.
+asks `download_folder` for a dataset's folder in every snakemake process, also in the two of each
+cluster job, where importing torchvision costs seconds.
 """
 
 from __future__ import annotations
@@ -32,6 +33,10 @@ if TYPE_CHECKING:
 
 # A property of the digits data set (its fixed test split), not of the study protocol.
 DIGITS_TEST_EVERY = 5
+
+# The folder under dataset.root of each torchvision class read here: its `base_folder`, written out
+# so that download_folder does not import torchvision (tests/test_data.py checks them against it).
+CIFAR_FOLDERS = {"CIFAR10": "cifar-10-batches-py", "CIFAR100": "cifar-100-python"}
 
 
 @dataclass
@@ -88,14 +93,14 @@ def _load_cifar(class_name, name, root, download=False) -> Dataset:
     import torch
 
     cls = _torchvision(class_name)
-    folder = Path(root) / cls.base_folder
+    folder = Path(root) / CIFAR_FOLDERS[class_name]
     if download:
         try:
             cls(root, train=True, download=True)
         except (OSError, RuntimeError) as err:  # URLError is an OSError
             raise KdsweepError(
                 f"downloading {name} into {folder} failed ({err}); check this node's internet access, "
-                f"or copy a verified {cls.base_folder} folder into {root}"
+                f"or copy a verified {folder.name} folder into {root}"
             ) from err
     files = [file for file, _ in cls.train_list + cls.test_list] + [cls.meta["filename"]]
     missing = [file for file in files if not (folder / file).is_file()]
@@ -170,7 +175,7 @@ def download_folder(name: str, root) -> str | None:
     loader = DATASETS.get(name)
     if not isinstance(loader, partial) or loader.func is not _load_cifar:
         return None
-    return str(Path(root) / _torchvision(loader.args[0]).base_folder)
+    return str(Path(root) / CIFAR_FOLDERS[loader.args[0]])
 
 
 def download(name: str, root) -> str:

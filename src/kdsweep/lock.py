@@ -52,6 +52,11 @@ class Holder:
     def __str__(self):
         return f"process {self.pid} on {self.host}" + (f" (SLURM job {self.slurm_job})" if self.slurm_job else "")
 
+    @property
+    def where(self) -> str:
+        """Where the holder runs, as a user finds it: its SLURM job where it has one, else its process."""
+        return f"SLURM job {self.slurm_job} on {self.host}" if self.slurm_job else f"process {self.pid} on {self.host}"
+
 
 _HOLDER = re.compile(r"process (\d+) on (\S+?)(?: \(SLURM job (\S+)\))?\s*$")
 

@@ -76,13 +76,12 @@ def _holder_alive(folder: Path, running_jobs: set | None, host: str) -> tuple[bo
     if holder is None:
         held = (folder / LOCK).exists()  # a lock file being written this instant
         return held, "lock held" if held else ""
-    where = f"SLURM job {holder.slurm_job} on {holder.host}" if holder.slurm_job else f"process {holder.pid} on {holder.host}"
     if holder.slurm_job and running_jobs is not None:
-        return holder.slurm_job in running_jobs, where
+        return holder.slurm_job in running_jobs, holder.where
     if holder.host == host:
-        return _pid_alive(holder.pid), where
+        return _pid_alive(holder.pid), holder.where
     # another machine, and no queue to ask: the lock file says so
-    return True, where
+    return True, holder.where
 
 
 def _pid_alive(pid: int) -> bool:
