@@ -7,8 +7,6 @@ The unit tests build run folders in the documented formats (tests/fake_runs.py);
 
 import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
