@@ -161,7 +161,8 @@ def built_once(tmp_path_factory, name, build):
     """The folder `name` of this test run, filled by build(folder) once and shared by every xdist
     worker (pytest-xdist's recipe for a session fixture that runs once: a lock in the test run's
     shared temporary folder). A build that failed midway is thrown away and tried again by the next
-    test that asks. Tests read what it holds and write into folders of their own."""
+    worker that asks (pytest keeps a session fixture's error for the rest of its worker). Tests read
+    what it holds and write into folders of their own."""
     import fcntl
     import os
     import shutil
