@@ -7,6 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+ROOT = Path(__file__).resolve().parents[1]  # the checkout
+
 
 # ---------------------------------------------------------------- data: synthetic CIFAR files
 
@@ -186,11 +188,8 @@ class TinyStudy:
     (TinyStudy.build(folder) writes them)."""
 
     def __init__(self, folder):
-        from pathlib import Path
-
         self.folder = Path(folder)
-        self.root = Path(__file__).resolve().parents[1]
-        self.config = ["--config", self.root / "config.yaml", "--config", self.folder / "tiny.yaml"]
+        self.config = ["--config", ROOT / "config.yaml", "--config", self.folder / "tiny.yaml"]
         self.stats = self.folder / "stats.json"
         self.teacher = self.folder / "teacher"
 
@@ -223,7 +222,7 @@ def tiny_study(tmp_path_factory):
 
 # ---------------------------------------------------------------- one finished tiny workflow per test run
 
-TINY_WORKFLOW = Path(__file__).resolve().parent / "studies" / "tiny.yaml"
+TINY_WORKFLOW = ROOT / "tests" / "studies" / "tiny.yaml"
 
 
 def snakemake(workdir, *args, configfiles=(), check=True, timeout=900):
@@ -232,12 +231,11 @@ def snakemake(workdir, *args, configfiles=(), check=True, timeout=900):
     import subprocess
     import sys
 
-    root = Path(__file__).resolve().parents[1]
     command = [
         sys.executable, "-m", "snakemake",
-        "--snakefile", str(root / "Snakefile"),
+        "--snakefile", str(ROOT / "Snakefile"),
         "--directory", str(workdir),
-        "--configfile", str(root / "config.yaml"), *map(str, configfiles),
+        "--configfile", str(ROOT / "config.yaml"), *map(str, configfiles),
         *args,
     ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
