@@ -149,7 +149,7 @@ def run_until_epoch(folder, args, epoch, stop_signal):
 
 # ---------------------------------------------------------------- one trained teacher per test run
 
-# The digits cut every training test uses: 400 images (360 train / 40 val), 40 test images, one thread.
+# The digits cut every training test uses: 400 training images (360 train / 40 val), all 360 test images, one thread.
 TINY_STUDY = {
     "dataset": {"name": "digits", "subset": 400},
     "training": {"batch_size": 64, "max_epochs": 3, "eval_batch_size": 512, "bn_momentum": 0.1,

@@ -10,8 +10,8 @@ cluster is required: then they fail. They run the workflow in a temporary direct
 site profile named slurm that `python -m kdsweep slurm-profile` writes (into a temporary
 XDG_CONFIG_HOME) and the workflow profile, profiles/default/, that Snakemake adds.
 
-The study is tests/studies/slurm.yaml, a smaller cut of studies/demo.yaml (same data
-and settings, one small network, one distillation run, one epsilon): the demo takes
+The study is tests/studies/slurm.yaml, a smaller cut of studies/demo.yaml (400 of its training
+images, its settings, one small network, one distillation run, one epsilon): the demo takes
 about ten minutes on two cores by itself, and through SLURM's scheduling and
 status polling more, while this file has to finish in about ten.
 
@@ -54,6 +54,9 @@ WORKFLOW_PROFILE = ROOT / "profiles" / "default"  # Snakemake adds it by itself
 SITE_PROFILE = ROOT / "profiles" / "slurm"  # the checkout's site profile (KDSWEEP_SLURM_* variables)
 STUDY = ROOT / "tests" / "studies" / "slurm.yaml"
 CONFIGS = [ROOT / "config.yaml", STUDY]
+# The tests that time a run by its epochs (the time limit, the faults) train on all the digits, about
+# 3 s an epoch here, not on the study's subset: as a job's override, and as snakemake's --config.
+ALL_DIGITS, ALL_DIGITS_CONFIG = "dataset.subset=null", "dataset={subset: null}"
 TRAINING_RULES = ("train", "distill")
 EVALUATION_RULES = ("attack", "evaluate")
 GPU_RULES = (*TRAINING_RULES, *EVALUATION_RULES)
@@ -594,11 +597,11 @@ def test_an_account_slurm_does_not_know_stops_the_run_at_submission(cluster, tmp
 
 # Seconds of training the time-limit run is sized to (by one epoch's time, measured first). SLURM
 # sends the first attempt's signal 60 s before its 2-minute limit, or up to 60 s earlier: within its
-# first minute. The run is sized well past that minute, so that the signal always finds it
-# training even when the measured epoch was slow (a run the signal missed finishes in its first
-# attempt or is killed at its limit, and the test fails). The rest fits the second attempt, whose
-# signal comes after 2 minutes at the earliest.
-TRAINING_SECONDS = 110
+# first minute (measured: after 33 to 55 s). The run is sized to one and a half minutes, so that the
+# signal finds it training even when the measured epoch was a third slower than the run's (a run
+# the signal missed finishes in its first attempt or is killed at its limit, and the test fails).
+# The rest fits the second attempt, whose signal comes after 2 minutes at the earliest.
+TRAINING_SECONDS = 90
 
 
 @pytest.mark.slurm
@@ -624,9 +627,10 @@ def test_training_over_its_time_limit_is_stopped_retried_and_resumed_to_the_same
     config_args = [arg for path in CONFIGS for arg in ("--config", str(path))]
     def train(out, *overrides):
         return [*kdsweep, "train", *config_args, "--role", "teacher", "--model", teacher["model"], "--seed",
-                str(teacher["seed"]), "--stats", "stats.json", "--out", out, *overrides, "runtime.threads=1"]
+                str(teacher["seed"]), "--stats", "stats.json", "--out", out, ALL_DIGITS, *overrides,
+                "runtime.threads=1"]
 
-    subprocess.run([*kdsweep, "stats", *config_args, "--out", "stats.json"], cwd=reference, check=True,
+    subprocess.run([*kdsweep, "stats", *config_args, "--out", "stats.json", ALL_DIGITS], cwd=reference, check=True,
                    capture_output=True)
     # This machine's speed: one epoch, then as many epochs as fill TRAINING_SECONDS.
     subprocess.run(train("calibration", "training.max_epochs=1"), cwd=reference, check=True, capture_output=True)
@@ -658,7 +662,7 @@ def test_training_over_its_time_limit_is_stopped_retried_and_resumed_to_the_same
     try:
         status, output = run_snakemake(
             work, plan.train_record(plan.teacher),
-            "--config", f"training={{max_epochs: {epochs}, early_stopping_patience: {epochs}}}",
+            "--config", ALL_DIGITS_CONFIG, f"training={{max_epochs: {epochs}, early_stopping_patience: {epochs}}}",
             timeout=660, env=cluster.env(KDSWEEP_SLURM_TRAIN_MINUTES="2"), watch=watch)
         assert status == 0, _failure_report(work, output)
         local_output, _ = local.communicate(timeout=600)
@@ -719,12 +723,16 @@ def test_training_over_its_time_limit_is_stopped_retried_and_resumed_to_the_same
 
 # ---------------------------------------------------------------- the faults a cluster delivers
 
-# The faults below hit a teacher run of FAULT_EPOCHS epochs (about 3 s each here) after its
-# checkpoint of epoch FAULT_AT: long enough that the fault lands mid-training, short enough for
-# a test of a minute or two. Each run must end equal to an uninterrupted one (`uninterrupted`).
-FAULT_EPOCHS = 12
+# The faults below hit a teacher run of FAULT_EPOCHS epochs on all the digits (ALL_DIGITS) after its
+# checkpoint of epoch FAULT_AT: the fault lands mid-training with six epochs (some 20 s) to spare,
+# and a test takes a minute or two. (The node-failure test's two runs start within a second of each
+# other, measured, and both must be past FAULT_AT.) Each run must end equal to an uninterrupted one
+# (`uninterrupted`).
+FAULT_EPOCHS = 8
 FAULT_AT = 2
-FAULT_CONFIG = ["--config", f"training={{max_epochs: {FAULT_EPOCHS}, early_stopping_patience: {FAULT_EPOCHS}}}"]
+FAULT_OVERRIDES = [ALL_DIGITS, f"training.max_epochs={FAULT_EPOCHS}", f"training.early_stopping_patience={FAULT_EPOCHS}"]
+FAULT_CONFIG = ["--config", ALL_DIGITS_CONFIG,
+                f"training={{max_epochs: {FAULT_EPOCHS}, early_stopping_patience: {FAULT_EPOCHS}}}"]
 
 
 def _local_train(out, cwd, *overrides):
@@ -739,9 +747,9 @@ def _local_train(out, cwd, *overrides):
 
 def _train_uninterrupted(folder):
     config_args = [arg for path in CONFIGS for arg in ("--config", str(path))]
-    subprocess.run([sys.executable, "-m", "kdsweep", "stats", *config_args, "--out", "stats.json"], cwd=folder,
-                   check=True, capture_output=True)
-    _local_train("run", folder, f"training.max_epochs={FAULT_EPOCHS}", f"training.early_stopping_patience={FAULT_EPOCHS}")
+    subprocess.run([sys.executable, "-m", "kdsweep", "stats", *config_args, "--out", "stats.json",
+                    *FAULT_OVERRIDES], cwd=folder, check=True, capture_output=True)
+    _local_train("run", folder, *FAULT_OVERRIDES)
 
 
 @pytest.fixture(scope="session")

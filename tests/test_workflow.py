@@ -266,18 +266,20 @@ def kd_metrics(results):
 def test_a_new_pack_size_on_a_finished_study_retrains_nothing(tiny, tmp_path):
     """runtime.pack_size 2 on the finished tiny study: one distill job writes the new pack's record and
     trains nothing (its two points are finished, of this configuration); the distilled runs'
-    evaluations run again, since their input, the pack record, moved. Nothing else runs."""
+    evaluations run again, since their input, the pack record, moved. Nothing else runs (the dry
+    run). Then the record's job runs for real, by itself."""
     moved = copy_of(tiny, tmp_path / "moved")
     pack = ["--config", "runtime={pack_size: 2}"]
     counts, _ = dry_run(moved, *pack, configfiles=[TINY_WORKFLOW])
     assert counts["distill"] == 1 and counts["evaluate"] == 2 and counts["attack"] == 2
     assert not {"train", "stats"} & set(counts)
     before = kd_metrics(moved / "results" / "tiny")
-    snakemake(moved, "--cores", "2", "--show-failed-logs", *pack, configfiles=[TINY_WORKFLOW])
+    record = "results/tiny/packs/mobilenet_v3_small_seed0_pack1.json"
+    snakemake(moved, "--cores", "2", record, "--show-failed-logs", *pack, configfiles=[TINY_WORKFLOW])
     log = (moved / "results/tiny/logs/runs/kd/mobilenet_v3_small_seed0_pack1.log").read_text()
     assert " epoch " not in log and "resuming" not in log, log  # no point trained again
     assert kd_metrics(moved / "results" / "tiny") == before  # the same files, untouched
-    record = json.loads((moved / "results/tiny/packs/mobilenet_v3_small_seed0_pack1.json").read_text())
+    record = json.loads((moved / record).read_text())
     assert sorted(point["config_hash"] for point in record["points"]) == sorted(
         metrics["config_hash"] for metrics in before.values())
 
