@@ -723,12 +723,12 @@ def test_training_over_its_time_limit_is_stopped_retried_and_resumed_to_the_same
 
 # ---------------------------------------------------------------- the faults a cluster delivers
 
-# The faults below hit a teacher run of FAULT_EPOCHS epochs on all the digits (ALL_DIGITS) after its
-# checkpoint of epoch FAULT_AT: the fault lands mid-training with six epochs (some 20 s) to spare,
-# and a test takes a minute or two. (The node-failure test's two runs start within a second of each
-# other, measured, and both must be past FAULT_AT.) Each run must end equal to an uninterrupted one
-# (`uninterrupted`).
-FAULT_EPOCHS = 8
+# The faults below hit a teacher run of FAULT_EPOCHS epochs on all the digits (ALL_DIGITS, about 3 s
+# each here) after its checkpoint of epoch FAULT_AT: long enough that the fault lands mid-training,
+# short enough for a test of a minute or two. (With 8 epochs, on a loaded machine, the killed
+# snakemake's old job finished before the restarted snakemake submitted its own.) Each run must end
+# equal to an uninterrupted one (`uninterrupted`).
+FAULT_EPOCHS = 12
 FAULT_AT = 2
 FAULT_OVERRIDES = [ALL_DIGITS, f"training.max_epochs={FAULT_EPOCHS}", f"training.early_stopping_patience={FAULT_EPOCHS}"]
 FAULT_CONFIG = ["--config", ALL_DIGITS_CONFIG,
