@@ -9,7 +9,7 @@
 
 from snakemake.utils import min_version
 
-min_version("9.0")
+min_version("9.22")
 
 
 configfile: "config.yaml"

@@ -70,6 +70,97 @@ def test_unreadable_cifar_file_is_a_kdsweep_error(synthetic_cifar):
         datasets.load_dataset("cifar10", root)
 
 
+def _rewrite(path, change):
+    """Change one pickled CIFAR file as its entry (a dict read as torchvision reads it)."""
+    from conftest import _dump
+
+    with open(path, "rb") as handle:
+        entry = pickle.load(handle, encoding="latin1")
+    change(entry)
+    _dump(path, entry)
+
+
+# (dataset, file, damage(path), words of the sentence) -- every file checked against CIFAR's format
+CIFAR_DAMAGE = [
+    ("cifar10", "data_batch_1", lambda p: p.write_bytes(b""), ["unreadable", "cut short"]),
+    ("cifar10", "data_batch_2", lambda p: p.write_bytes(b"\x80\x04garbage" * 50), ["unreadable"]),
+    ("cifar10", "data_batch_3", lambda p: p.write_bytes(pickle.dumps([1, 2, 3])), ["holds a list, not a CIFAR batch"]),
+    ("cifar10", "data_batch_4", lambda p: _rewrite(p, lambda e: e.pop("labels")), ["lacks 'labels'"]),
+    ("cifar10", "data_batch_5", lambda p: _rewrite(p, lambda e: e.update(data=e["data"][:, :3000])),
+     ["not rows of 3072 bytes", "(10, 3000)"]),
+    ("cifar10", "test_batch", lambda p: _rewrite(p, lambda e: e.update(labels=e["labels"] + [1])),
+     ["20 images but 21 labels"]),
+    ("cifar10", "test_batch", lambda p: _rewrite(p, lambda e: e["labels"].__setitem__(0, -1)),
+     ["the label -1", "0 to 9"]),
+    ("cifar10", "test_batch", lambda p: _rewrite(p, lambda e: e.update(labels=[0.5] * 20)), ["not one whole number"]),
+    ("cifar10", "batches.meta", lambda p: _rewrite(p, lambda e: e.update(label_names=e["label_names"] * 2)),
+     ["20 class names", "not the 10"]),
+    ("cifar100", "train", lambda p: _rewrite(p, lambda e: e["fine_labels"].__setitem__(5, 100)),
+     ["the label 100", "0 to 99"]),
+    ("cifar100", "meta", lambda p: _rewrite(p, lambda e: e.pop("fine_label_names")),
+     ["no list of class names", "fine_label_names"]),
+    ("cifar100", "test", lambda p: _rewrite(p, lambda e: e.update(data=e["data"].astype(np.float32))),
+     ["float32"]),
+]
+
+
+@pytest.mark.parametrize("name, file, damage, words", CIFAR_DAMAGE,
+                         ids=[f"{name}-{file}-{i}" for i, (name, file, _, _) in enumerate(CIFAR_DAMAGE)])
+def test_every_cifar_file_is_checked_against_the_format(synthetic_cifar, name, file, damage, words):
+    """A file cut short, garbled, or of the right kind with wrong contents: one sentence that names the
+    file and the fix (download again), never a traceback or a job that trains on it."""
+    root, _ = synthetic_cifar(name)
+    folder = root / datasets.CIFAR_FOLDERS["CIFAR10" if name == "cifar10" else "CIFAR100"]
+    damage(folder / file)
+    with pytest.raises(KdsweepError) as err:
+        datasets.load_dataset(name, root)
+    message = str(err.value)
+    assert f"dataset file {folder / file} " in message and "python -m kdsweep download --config" in message
+    for word in words:
+        assert word in message, (word, message)
+
+
+def _digits_file(path, rows):
+    import gzip
+
+    with gzip.open(path, "wt") as handle:
+        handle.write("".join(",".join(map(str, row)) + "\n" for row in rows))
+    return path
+
+
+def test_the_digits_file_is_checked_against_its_format(tmp_path):
+    """scikit-learn's own digits file, read as the jobs read it; a copy damaged in each way is one sentence
+    that names it and says to reinstall scikit-learn."""
+    real = datasets._digits_file()
+    pixels, labels = datasets.read_digits(real)
+    assert pixels.shape == (1797, 64) and labels.dtype == np.int64 and set(labels.tolist()) == set(range(10))
+    rows = np.column_stack([pixels, labels]).astype(int).tolist()
+    cut = tmp_path / "cut.csv.gz"
+    cut.write_bytes(real.read_bytes()[:2000])
+    damaged = {
+        "cut": (cut, "unreadable"),
+        "short": (_digits_file(tmp_path / "short.csv.gz", rows[:-100]), "1697 labels and 1697 images"),
+        "label": (_digits_file(tmp_path / "label.csv.gz", [*rows[:-1], [*rows[-1][:-1], 12]]),
+                  "image 1796 the label 12.0"),
+        "pixel": (_digits_file(tmp_path / "pixel.csv.gz", [[300, *rows[0][1:]], *rows[1:]]),
+                  "image 0 the pixel value 300.0"),
+        "columns": (_digits_file(tmp_path / "columns.csv.gz", [row[1:] for row in rows]), "rows of 64 numbers"),
+        "text": ((tmp_path / "text.csv.gz"), "unreadable"),
+    }
+    (tmp_path / "text.csv.gz").write_text("not gzip at all")
+    for name, (path, words) in damaged.items():
+        with pytest.raises(KdsweepError) as err:
+            datasets.read_digits(path)
+        assert f"digits file {path}" in str(err.value) and words in str(err.value), (name, str(err.value))
+        assert "pip install --force-reinstall scikit-learn" in str(err.value)
+
+
+def test_what_a_job_reads_of_its_dataset(tmp_path):
+    """datasets.source: where an output must not go (kdsweep.paths)."""
+    assert datasets.source("cifar10", tmp_path) == tmp_path / "cifar-10-batches-py"
+    assert datasets.source("digits", tmp_path) == datasets._digits_file() and datasets._digits_file().is_file()
+
+
 def test_download_verifies_md5_and_reports_network_failure(synthetic_cifar, monkeypatch):
     # The synthetic files exist but fail the real md5: download must try to fetch, not trust them.
     root, _ = synthetic_cifar("cifar10")

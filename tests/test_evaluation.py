@@ -251,11 +251,14 @@ def test_evaluate_command_writes_the_documented_keys(finished):
     result = json.loads(out.read_text())
     documented = {"run", "role", "dataset", "model", "temperature", "soft_weight", "seed", "teacher_run",
                   "teacher_model", "n", "test_acc", "test_acc_metrics", "agreement", "kl_to_teacher", "ece",
-                  "ece_bins", "nll", "max_logit", "logit_norm", "seconds", "device", "precision", "runtime", "slurm"}
+                  "ece_bins", "nll", "max_logit", "logit_norm", "seconds", "device", "precision", "runtime", "slurm",
+                  "run_hash", "model_digest", "teacher_run_hash"}
     assert set(result) == documented
     for key in documented:
         assert f"  {key}" in evaluation.__doc__ or f", {key}" in evaluation.__doc__, key
     metrics = json.loads((runs["kd"] / "metrics.json").read_text())
+    # the version it measured: this run's hash, the teacher's
+    assert (result["run_hash"], result["teacher_run_hash"]) == ("hash-kd", "hash-teacher")
     assert result["test_acc"] == metrics["test_acc"] == result["test_acc_metrics"]
     assert (result["role"], result["temperature"], result["n"], result["ece_bins"]) == ("kd", 4.0, 40, 15)
 

@@ -13,7 +13,8 @@ import pytest
 from kdsweep import plan as plan_module
 from kdsweep.config import coerce_strings, config_hash, load_config
 from kdsweep.errors import KdsweepError
-from kdsweep.plan import JOB_SLICES, Pack, Plan, Run, job_slice, run_slice
+from kdsweep.identity import run_identity
+from kdsweep.plan import JOB_SLICES, MACHINE_LOCAL, Pack, Plan, Run, job_slice
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -65,7 +66,8 @@ def test_a_distilled_run_from_the_config_hashes_as_its_job_does():
     from_config, from_command = Run("kd", "resnet18", 0, 4, 1), Run("kd", "resnet18", 0, 4.0, 1.0)
     # the job's command keeps the config's spelling (its params: a changed spelling would rerun it)
     assert "--temperature 4 --soft-weight 1 " in study().pack_points(Pack("p", (from_config,))) + " "
-    assert config_hash(run_slice(config, from_config, "t")) == config_hash(run_slice(config, from_command, "t"))
+    assert config_hash(run_identity(config, from_config, "t", "d")) == config_hash(
+        run_identity(config, from_command, "t", "d"))
     assert Run("baseline", "resnet18", 0).temperature is None
 
 
@@ -158,11 +160,12 @@ def test_a_run_is_found_by_its_folder_name():
         plan.run("kd", "resnet18_T3_soft0.9_seed0")
 
 
-def test_a_job_reads_exactly_its_slice_and_a_runs_hash_is_that_slice():
+def test_a_job_reads_exactly_its_slice_and_a_runs_identity_is_what_changes_its_result():
     config = load_config([str(ROOT / "config.yaml")])
-    assert job_slice(config, "train") == {key: config[key] for key in ("dataset", "training", "augmentation")}
-    assert job_slice(config, "attack", "pgd") == {"dataset": config["dataset"],
-                                                  "training": {"eval_batch_size": 1000},
+    data = {key: config["dataset"][key] for key in ("name", "subset", "val_fraction", "split_seed")}
+    assert job_slice(config, "train") == {"dataset": data, "training": config["training"],
+                                          "augmentation": config["augmentation"]}
+    assert job_slice(config, "attack", "pgd") == {"dataset": data, "training": {"eval_batch_size": 1000},
                                                   "attacks": {"pgd": config["attacks"]["pgd"]}}
     assert set(JOB_SLICES) == {"stats", "train", "attack", "evaluate"}
     # the command line of a job sets exactly its slice: read back, it is the slice again
@@ -170,14 +173,23 @@ def test_a_job_reads_exactly_its_slice_and_a_runs_hash_is_that_slice():
     for kind, attack in (("train", None), ("attack", "fgsm"), ("attack", "pgd"), ("evaluate", None)):
         read_back = load_config([], shlex.split(plan.job_config(kind, attack)))
         assert job_slice(read_back, kind, attack) == job_slice(config, kind, attack)
-    # the runtime section is in no slice: it changes neither a job's params nor a run's hash
+    # where the data lies and the runtime section are machine-local: in no job's params, not in a
+    # run's identity; every job reads them from one file (the machine-local overrides)
     run = Run("kd", "resnet18", 0, 4, 0.9)
-    changed = load_config([str(ROOT / "config.yaml")], ["runtime.precision=fp32", "runtime.compile=true"])
-    assert Plan(changed).job_config("train") == plan.job_config("train")
-    assert config_hash(run_slice(changed, run, "t")) == config_hash(run_slice(config, run, "t"))
-    assert config_hash(run_slice(config, run, "t")) != config_hash(run_slice(config, run, "u"))
-    runtime = load_config([], shlex.split(Plan(changed).runtime()))["runtime"]
-    assert runtime["precision"] == "fp32" and runtime["compile"] is True
+    changed = load_config([str(ROOT / "config.yaml")], ["runtime.precision=fp32", "runtime.compile=true",
+                                                         "dataset.root=/elsewhere/data"])
+    for kind, attack in (("stats", None), ("train", None), ("attack", "fgsm"), ("evaluate", None)):
+        assert Plan(changed).job_config(kind, attack) == plan.job_config(kind, attack)
+    assert run_identity(changed, run, "t", "d") == run_identity(config, run, "t", "d")
+    # what changes a result changes the identity: the teacher, the data's digest, any training value
+    assert run_identity(config, run, "t", "d") != run_identity(config, run, "u", "d")
+    assert run_identity(config, run, "t", "d") != run_identity(config, run, "t", "e")
+    lr = load_config([str(ROOT / "config.yaml")], ["training.lr=0.002"])
+    assert run_identity(lr, run, "t", "d") != run_identity(config, run, "t", "d")
+    local = load_config([], shlex.split(Plan(changed).machine_local()))
+    assert local["runtime"]["precision"] == "fp32" and local["runtime"]["compile"] is True
+    assert local["dataset"]["root"] == "/elsewhere/data"
+    assert MACHINE_LOCAL == ("dataset.root", "runtime")
 
 
 def test_tables_and_figures_are_those_the_aggregation_and_plots_write():
@@ -200,3 +212,17 @@ def test_snakemake_config_strings_are_read_as_yaml_where_the_schema_wants_number
     assert got["training"]["lr"] == 0.001 and got["runtime"]["channels_last"] is True
     assert got["runtime"]["precision"] == "auto" and got["runtime"]["pack_size"] == 2
     assert got["dataset"]["subset"] is None and got["dataset"]["root"] == "2024"
+
+
+def test_confirmation_without_a_distilled_point_is_refused_before_any_job():
+    """soft_weights all 0 (hard targets only) leave the confirmation nothing to choose: the plan (and so
+    snakemake's dry run) refuses the study with the reason, instead of failing after all its training."""
+    config = load_config([str(ROOT / "config.yaml"), str(ROOT / "studies" / "demo.yaml")], ["soft_weights=[0.0]"])
+    with pytest.raises(KdsweepError, match="confirm.seeds is set, but resnet18's sweep has no distilled point"):
+        Plan(config)
+    staged = load_config([str(ROOT / "config.yaml"), str(ROOT / "studies" / "demo.yaml")],
+                         ["soft_weights=[0.0]", "sweep=staged", "staged.soft_weight=0.0"])
+    with pytest.raises(KdsweepError, match="no distilled point"):
+        Plan(staged)
+    Plan(load_config([str(ROOT / "config.yaml"), str(ROOT / "studies" / "demo.yaml")],
+                     ["soft_weights=[0.0]", "confirm.seeds=[]"]))  # without confirmation: a valid study

@@ -126,6 +126,33 @@ def test_a_stopped_run_resumes_to_the_metrics_of_an_uninterrupted_one(job):
     assert all(torch.equal(weights[0][key], weights[1][key]) for key in weights[0])
 
 
+def test_ctrl_c_stops_training_like_sigterm_and_the_run_resumes(tiny_study, tmp_path):
+    """Ctrl-C (SIGINT) after epoch 1: the loop stops at its next batch as on SLURM's signals, keeps the
+    checkpoint of its last finished epoch and exits 75 without a traceback; started again, it resumes."""
+    import os
+    import subprocess
+    import sys
+
+    folder = tiny_study.beside(tmp_path / "study")
+    run = folder / "run"
+    args = ["train", *tiny_study.config, "--model", "mobilenet_v3_small", "--seed", 1, "--stats", folder / "stats.json",
+            "--out", run, "training.max_epochs=5"]
+    # SIGINT as a terminal sends it (a shell's background job would start with it ignored)
+    process = subprocess.Popen([sys.executable, "-m", "kdsweep", *map(str, args)], cwd=folder, text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    for line in process.stdout:
+        if "  epoch   1" in line:
+            process.send_signal(signal.SIGINT)
+            break
+    out, err = process.communicate(timeout=300)
+    assert process.returncode == runtime.EXIT_PREEMPTED, (process.returncode, err[-2000:])
+    assert "Traceback" not in err and err.strip() == "" and "received SIGINT: stopped" in out
+    assert (run / "checkpoint.pt").exists() and not (run / "metrics.json").exists()
+    resumed = kdsweep(*args, cwd=folder)
+    assert "resuming" in resumed.stdout and read(run / "metrics.json")["resumed"] == 1
+
+
 def test_attacks_and_the_evaluate_job_measure_in_the_runs_arithmetic(job):
     """The test accuracy of the training job, the clean accuracy of FGSM and PGD and the evaluate
     job's accuracy: one arithmetic (autocast, layout, kernels) over the same weights and images,

@@ -183,6 +183,44 @@ def test_slurm_profile_command_writes_a_minimal_site_profile_and_never_overwrite
     assert result.returncode == 0 and str(site) in result.stdout and not written.exists()
 
 
+# What a site profile may set that the workflow profile sets too (so Snakemake drops it).
+SITE_KEYS_THE_WORKFLOW_PROFILE_REPLACES = """
+retries: 5
+set-resources:
+  distill:
+    slurm_partition: "'gpu-long'"
+    runtime: "240 * attempt"
+  train:
+    constraint: "'a100'"
+"""
+
+
+def test_what_the_workflow_profile_drops_of_a_site_profile_is_named_by_slurm_profile(tmp_path):
+    """dropped_settings: a site profile's entries under a key the workflow profile also sets, less what
+    the workflow profile holds too (here distill's runtime); `kdsweep slurm-profile` on an existing
+    profile warns the same way, and says nothing of its own minimal profile."""
+    from kdsweep.slurm import WORKFLOW_PROFILE as PACKAGE_WORKFLOW_PROFILE, dropped_settings, read_profile
+
+    assert PACKAGE_WORKFLOW_PROFILE == WORKFLOW_PROFILE / "config.yaml"
+    folders = _profile_folders(tmp_path)
+    written = _kdsweep("slurm-profile", "--account", "root", env=folders)
+    site = Path(folders["XDG_CONFIG_HOME"]) / "snakemake" / "slurm" / "config.yaml"
+    again = _kdsweep("slurm-profile", env=folders)
+    assert written.returncode == again.returncode == 0 and "warning" not in again.stderr, again.stderr
+    assert dropped_settings(read_profile(site), read_profile(PACKAGE_WORKFLOW_PROFILE)) == {}
+
+    site.write_text(site.read_text() + SITE_KEYS_THE_WORKFLOW_PROFILE_REPLACES)
+    workflow = read_profile(PACKAGE_WORKFLOW_PROFILE)
+    assert "distill:runtime=240 * attempt" in workflow["set-resources"]
+    assert dropped_settings(read_profile(site), workflow) == {
+        "retries": ["5"], "set-resources": ["distill:slurm_partition='gpu-long'", "train:constraint='a100'"]}
+    checked = _kdsweep("slurm-profile", env=folders)
+    assert checked.returncode == 0 and "left as it is" in checked.stdout
+    assert checked.stderr.startswith(f"warning: the site profile {site} sets retries (5); set-resources "
+                                     "(distill:slurm_partition='gpu-long', train:constraint='a100')"), checked.stderr
+    assert len(checked.stderr.strip().splitlines()) == 1
+
+
 def test_a_job_cancelled_by_someone_reads_as_cancelled_to_the_plugin():
     """sacct says "CANCELLED by <uid>" for a job someone cancelled; the plugin's status query, wrapped by
     the workflow, gives the plugin "CANCELLED" (one of its failed states), other states unchanged."""
@@ -190,7 +228,7 @@ def test_a_job_cancelled_by_someone_reads_as_cancelled_to_the_plugin():
     import logging
 
     plugin = pytest.importorskip("snakemake_executor_plugin_slurm")
-    from kdsweep.slurm import work_around_plugin_bugs
+    from kdsweep.slurm_plugin import work_around_plugin_bugs
 
     assert work_around_plugin_bugs() and work_around_plugin_bugs()
     sacct_lines = "107|CANCELLED by 0\n108|COMPLETED\n109|RUNNING\n110|CANCELLED\n"
@@ -206,7 +244,7 @@ def test_a_requeued_node_failure_excludes_no_node_from_later_submissions(monkeyp
     refuses it)."""
     from types import SimpleNamespace
 
-    from kdsweep.slurm import excluded_nodes, node_names, work_around_plugin_bugs
+    from kdsweep.slurm_plugin import excluded_nodes, node_names, work_around_plugin_bugs
 
     plugin = pytest.importorskip("snakemake_executor_plugin_slurm")
     assert node_names({"None assigned", "gpu-07", "", "gpu[01-02]"}) == {"gpu-07", "gpu[01-02]"}
@@ -235,6 +273,83 @@ def test_a_requeued_node_failure_excludes_no_node_from_later_submissions(monkeyp
     assert seen == [{"gpu-03", "gpu-11"}, {"gpu-07", "gpu-03"}]
 
 
+def test_a_failed_status_query_is_no_news_until_the_patience_runs_out():
+    """The plugin's own status query on a command that fails as sacct does while slurmdbd restarts: an
+    empty answer (every watched job stays watched) with a warning that quotes sacct's error, the failures
+    counted from the first; an answer resets the count; past the patience, one sentence ends the run."""
+    import asyncio
+    import logging
+
+    pytest.importorskip("snakemake_executor_plugin_slurm")
+    # the plugin's own function, as its module defines it (the workflow's process wraps the plugin's copy)
+    from snakemake_executor_plugin_slurm.job_status_query import query_job_status
+    from snakemake_interface_common.exceptions import WorkflowError
+
+    from kdsweep.slurm_plugin import StatusQueries
+
+    now = [0.0]
+    queries = StatusQueries(patience=600, clock=lambda: now[0])
+    failing = shlex.join(["sh", "-c", "echo 'sacct: error: Connection refused' >&2; exit 1"])
+    answering = shlex.join(["printf", "107|CANCELLED by 0\\n108|RUNNING\\n"])
+    warnings = []
+
+    class Logger(logging.Logger):
+        def warning(self, message, *args, **kwargs):
+            warnings.append(message)
+
+    logger = Logger("test")
+
+    def query(command):
+        return asyncio.run(queries.query(query_job_status, command, logger))
+
+    assert query(failing) == ({}, 0.0)
+    now[0] = 300
+    assert query(failing) == ({}, 0.0)
+    assert [w.split(": ", 1)[0] for w in warnings] == ["the SLURM status command failed (sacct"] * 2
+    assert "(sacct: error: Connection refused): 2 failed call(s) in 300 s so far" in warnings[1], warnings[1]
+    states, _ = query(answering)
+    assert states == {"107": "CANCELLED", "108": "RUNNING"}
+    now[0] = 1000
+    assert query(failing) == ({}, 0.0)  # counted afresh from here
+    now[0] = 1599
+    assert query(failing) == ({}, 0.0)
+    now[0] = 1600
+    with pytest.raises(WorkflowError, match=r"has failed for 10 minutes \(3 calls; last: sacct: error: Connection "
+                                            r"refused\); the study's jobs go on in SLURM: once `sh` answers again"):
+        query(failing)
+    # an answer no retry changes ends the run at once, with the fix
+    disabled = shlex.join(["sh", "-c", "echo 'sacct: error: Slurm accounting storage is disabled' >&2; exit 1"])
+    with pytest.raises(WorkflowError, match="no retry changes: add `--slurm-status-command squeue`"):
+        asyncio.run(StatusQueries().query(query_job_status, disabled, logger))
+
+
+def test_an_array_holds_jobs_of_one_rule_with_equal_submissions_only():
+    """submissions: the plugin builds an array's sbatch call from its first job, so a retried job (attempt
+    2: twice the time limit) must not share an array with first attempts. Every job is in one call;
+    group jobs and rules without arrays go out alone. (The jobs are stand-ins with the four attributes
+    the function reads: a retry next to first attempts of its rule cannot be arranged on the one-node
+    cluster in a test's time; the time-limit test shows the real retry of an array.)"""
+    from kdsweep.slurm_plugin import submissions
+
+    class Job(SimpleNamespace):
+        def is_group(self):
+            return self.group
+
+    def job(rule, runtime, group=False):
+        return Job(rule=SimpleNamespace(name=rule), resources={"gpu": 1, "runtime": runtime, "mem_mb": 8000},
+                   threads=1, group=group)
+
+    first = [job("distill", 240) for _ in range(3)]
+    retried = job("distill", 480)
+    group, train = job(None, 30, group=True), job("train", 240)
+    jobs = [first[0], retried, group, first[1], train, first[2]]
+    calls = submissions(jobs, {"distill"})
+    assert calls == [[first[0], first[1], first[2]], [retried], [group], [train]]
+    assert sorted(map(id, (j for call in calls for j in call))) == sorted(map(id, jobs))
+    assert submissions(jobs, set()) == [[j] for j in jobs]
+    assert submissions(jobs, {"all"}) == [[first[0], first[1], first[2]], [retried], [group], [train]]
+
+
 @pytest.mark.workflow
 def test_snakemake_profile_slurm_uses_the_site_profile_and_the_workflow_profile(tmp_path):
     """`snakemake --profile slurm` finds the site profile by name and adds profiles/default by itself."""
@@ -249,6 +364,20 @@ def test_snakemake_profile_slurm_uses_the_site_profile_and_the_workflow_profile(
     assert f"Using profiles slurm and workflow specific profile {WORKFLOW_PROFILE}" in result.stderr
     assert re.search(r"resources: .*gpu=1, runtime=240, slurm_extra=--signal=URG@60", result.stdout), \
         "the training jobs get the workflow profile's resources"
+    assert "Warning: the site profile" not in result.stdout + result.stderr, "kdsweep's own site profile loses nothing"
+
+    # A site profile with its own per-rule resources and retries: the workflow profile replaces both
+    # keys whole, and the user is told which values go, before any job.
+    site = Path(folders["XDG_CONFIG_HOME"]) / "snakemake" / "slurm" / "config.yaml"
+    site.write_text(site.read_text() + SITE_KEYS_THE_WORKFLOW_PROFILE_REPLACES)
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, env={**os.environ, **folders})
+    assert result.returncode == 0, result.stderr[-3000:]
+    # (Snakemake's logger writes to stdout while it reads the workflow)
+    (warning,) = [line for line in result.stdout.splitlines() if "Warning: the site profile" in line]
+    assert result.stdout.index(warning) < result.stdout.index("Job stats")
+    assert f"the site profile {site} sets retries (5); set-resources (distill:slurm_partition='gpu-long', " \
+           "train:constraint='a100')" in warning, warning
+    assert "default-resources" in warning and str(WORKFLOW_PROFILE / "config.yaml") in warning, warning
 
 
 def _workflow_local_rules(workdir):
@@ -604,20 +733,31 @@ def test_an_account_slurm_does_not_know_stops_the_run_at_submission(cluster, tmp
 TRAINING_SECONDS = 90
 
 
-@pytest.mark.slurm
-def test_training_over_its_time_limit_is_stopped_retried_and_resumed_to_the_same_result(cluster, tmp_path):
-    """A teacher run of ~TRAINING_SECONDS under a 2-minute first time limit (KDSWEEP_SLURM_TRAIN_MINUTES=2).
+# After the teacher, two packs of two distillation points each (about 2.3 times the teacher's time per
+# epoch: some 200 s): one job array of two tasks, which runs out of its first limit too.
+LIMIT_PACKS = ["soft_weights=[0.5,0.9]", "temperatures=[2,4]", "runtime={pack_size: 2}"]
 
-    SLURM sends SIGURG 60-120 s before the limit; the run stops with its checkpoint and exit
-    status 75, the job fails, Snakemake resubmits it with 4 minutes, and the second attempt
-    resumes from the checkpoint (on a busy machine a third attempt, with 6, may be needed).
-    Its metrics must equal those of an uninterrupted local run (training on the CPU with
-    one thread is deterministic).
+
+@pytest.mark.slurm
+def test_training_over_its_time_limit_is_stopped_retried_with_a_longer_limit_and_resumed(cluster, tmp_path):
+    """A teacher run of ~TRAINING_SECONDS (a plain job), then two packs of twice that (an array of two
+    tasks), under a 2-minute first time limit (KDSWEEP_SLURM_TRAIN_MINUTES=2).
+
+    SLURM sends the teacher SIGURG 60-120 s before the limit; the run stops with its checkpoint and
+    exit status 75, the job fails, Snakemake resubmits it with 4 minutes, and the second attempt
+    resumes from the checkpoint (on a busy machine a third attempt, with 6, may be needed). Its
+    metrics must equal those of an uninterrupted local run (training on the CPU with one thread is
+    deterministic). The array's tasks run out of their 2 minutes too (signal or limit) and are
+    resubmitted, together, with 4: every attempt n of every job had a limit of 2n minutes (the
+    plugin builds an array's sbatch call from its first task: kdsweep.slurm_plugin keeps attempts
+    apart), and every packed run resumed from its checkpoint to its last epoch.
     """
     from kdsweep.checkpoint import CHECKPOINT
 
-    config = load_config([str(p) for p in CONFIGS], [])
+    config = load_config([str(p) for p in CONFIGS], LIMIT_PACKS)
     plan = Plan(config)
+    packs = [pack for pack in plan.packs if pack.role == "kd"]
+    assert len(packs) == 2 and all(len(pack.runs) == 2 for pack in packs)
     teacher = config["teacher"]
     name = run_path("teacher", teacher["model"], teacher["seed"])
     work, reference = tmp_path / "slurm", tmp_path / "local"
@@ -661,9 +801,10 @@ def test_training_over_its_time_limit_is_stopped_retried_and_resumed_to_the_same
 
     try:
         status, output = run_snakemake(
-            work, plan.train_record(plan.teacher),
-            "--config", ALL_DIGITS_CONFIG, f"training={{max_epochs: {epochs}, early_stopping_patience: {epochs}}}",
-            timeout=660, env=cluster.env(KDSWEEP_SLURM_TRAIN_MINUTES="2"), watch=watch)
+            work, plan.train_record(plan.teacher), *map(plan.pack_record, packs),
+            "--config", *LIMIT_PACKS, ALL_DIGITS_CONFIG,
+            f"training={{max_epochs: {epochs}, early_stopping_patience: {epochs}}}",
+            timeout=1260, env=cluster.env(KDSWEEP_SLURM_TRAIN_MINUTES="2"), watch=watch)
         assert status == 0, _failure_report(work, output)
         local_output, _ = local.communicate(timeout=600)
     finally:
@@ -719,6 +860,35 @@ def test_training_over_its_time_limit_is_stopped_retried_and_resumed_to_the_same
     weights_local = torch.load(reference / "run" / "model.pt", weights_only=True)["state_dict"]
     assert weights.keys() == weights_local.keys()
     assert all(torch.equal(weights[k], weights_local[k]) for k in weights)
+
+    # The array: each task's SLURM log names its pack and attempt (the job step's --attempt), last (an
+    # array task's log starts with the array's own command, its first task's).
+    tasks = {}
+    for log in _slurm_logs(work):
+        if "rule_distill" in log.parts:
+            text = log.read_text(errors="replace")
+            pack, attempt = re.findall(r"wildcards: pack=(\S+)", text)[-1], re.findall(r"--attempt (\d+)", text)[-1]
+            tasks[log.stem] = (pack, int(attempt))
+    records = sacct(list(tasks))
+    # the first attempts: one array of two tasks (a retry goes out as an array, or alone where the two
+    # tasks' failures were noticed apart)
+    first = [job for job, (_, attempt) in tasks.items() if attempt == 1]
+    assert len(first) == 2 and all("_" in job for job in first) and len({job.split("_")[0] for job in first}) == 1, \
+        f"the packs' first attempts are not one array of two: {tasks}"
+    for pack in packs:
+        attempts = sorted((attempt, job) for job, (name, attempt) in tasks.items() if name == pack.name)
+        assert [attempt for attempt, _ in attempts] == list(range(1, len(attempts) + 1)) and len(attempts) >= 2, \
+            f"{pack.name} ran out of its first limit and was retried: {attempts}"
+        for attempt, job in attempts:
+            assert _seconds(records[job]["Timelimit"]) == 120 * attempt, (pack.name, attempt, records[job])
+            expected_state = "COMPLETED" if attempt == len(attempts) else ("TIMEOUT", "FAILED")
+            assert records[job]["State"] in expected_state, (pack.name, attempt, records[job])
+        for run in pack.runs:
+            packed = _read_json(work / plan.run_dir(run) / "metrics.json")
+            assert packed["epochs"] == epochs and packed["resumed"] >= 1, (run, packed["epochs"], packed["resumed"])
+            slurm = packed["slurm"]
+            ran_in = f"{slurm['array_job_id']}_{slurm['array_task']}" if slurm["array_job_id"] else slurm["job_id"]
+            assert ran_in == attempts[-1][1], (run, slurm, attempts)
 
 
 # ---------------------------------------------------------------- the faults a cluster delivers
@@ -1058,3 +1228,85 @@ def test_the_distillation_sweep_goes_out_as_one_job_array(cluster, tmp_path):
     # the stats job, the teacher's and the array: three sbatch calls for six jobs (without arrays: six)
     assert len(jobs) == 6 and len(_submissions(jobs)) == 3, jobs
     print(f"{len(jobs)} SLURM jobs from {len(_submissions(jobs))} sbatch calls")
+
+
+# ---------------------------------------------------------------- more ready jobs than --jobs admits
+
+# 3 temperatures x 4 soft weights: 12 distillation jobs of one student, ready at once when the teacher
+# has finished, under a cap of 4 jobs, while the evaluation groups of the runs finished so far are
+# ready too: what config.yaml's 112 distillation jobs under a site cap of 100 meet, with tiny jobs.
+CAPPED_SWEEP = ["temperatures=[2,4,8]", "soft_weights=[0.3,0.6,0.9,1.0]", "attacks={pgd: null}"]
+CAP = 4
+# The status query (sacct) fails this many times in a row, from its SACCT_FAILS_FROM-th call on: more
+# than the plugin's 5 immediate attempts of one poll, after which the plugin 2.8.0 alone drops every
+# job it watches and the run waits forever.
+SACCT_FAILS_FROM, SACCT_FAILURES = 4, 5
+SACCT_SHIM = """#!/bin/sh
+# sacct whose status queries (--name) number {first} to {last} fail, as while slurmdbd restarts
+case " $* " in *" --name "*)
+  echo x >> {count}
+  n=$(wc -l < {count})
+  if [ "$n" -ge {first} ] && [ "$n" -le {last} ]; then
+    echo "sacct: error: slurm_persist_conn_open_without_init: failed to open persistent connection to host:localhost:6819: Connection refused" >&2
+    echo fail >> {failed}
+    exit 1
+  fi;;
+esac
+exec {sacct} "$@"
+"""
+
+
+@pytest.mark.slurm
+def test_more_ready_distill_jobs_than_jobs_admits_beside_ready_groups_and_a_failing_sacct(cluster, tmp_path):
+    """12 distillation jobs (an array rule) under `--jobs 4`, beside grouped evaluations, while sacct
+    fails five times in a row: every run is trained once and evaluated, the distillation jobs go out in
+    several arrays (none lost, none waiting for slots they hold), and the failed status queries are
+    warned about and survived."""
+    config = load_config([str(p) for p in CONFIGS], CAPPED_SWEEP)
+    plan = Plan(config)
+    runs = list(plan.fixed_runs())
+    distilled = [run for run in runs if run.role == "kd"]
+    assert len(distilled) == 12 > CAP
+
+    shim = tmp_path / "shim"
+    shim.mkdir()
+    count, failed = shim / "calls", shim / "failed"
+    count.touch()
+    (shim / "sacct").write_text(SACCT_SHIM.format(first=SACCT_FAILS_FROM, last=SACCT_FAILS_FROM + SACCT_FAILURES - 1,
+                                                  count=count, failed=failed, sacct=shutil.which("sacct")))
+    (shim / "sacct").chmod(0o755)
+    env = cluster.env()
+    env["PATH"] = f"{shim}{os.pathsep}{env['PATH']}"
+    work = tmp_path / "work"
+    work.mkdir()
+    since = _sacct_now()
+    status, output = run_snakemake(work, "--jobs", str(CAP), "--config", *CAPPED_SWEEP, timeout=900, env=env)
+    assert status == 0, _failure_report(work, output)
+    assert "AttributeError" not in output and "Traceback" not in output
+
+    # every run trained and evaluated, each by one SLURM job
+    results = work / plan.results
+    for run in runs:
+        metrics = _read_json(results / run.folder / "metrics.json")
+        assert metrics["resumed"] == 0, run
+        _assert_one_gpu_job(metrics["slurm"], run.folder)
+        for path in plan.outputs([run]):
+            assert (work / path).exists(), path
+    jobs = _jobs_in(work, since)
+    assert all(record["State"] == "COMPLETED" for record in jobs.values()), jobs
+    training = [record for record in jobs.values()
+                if record["JobIDRaw"] in {_read_json(results / r.folder / "metrics.json")["slurm"]["job_id"] for r in runs}]
+    assert len(training) == len(runs), "each run trained by exactly one SLURM job"
+    # the 12 distillation jobs went out in waves under the cap, as arrays where several were ready at once
+    arrays = {}
+    for run in distilled:
+        slurm = _read_json(results / run.folder / "metrics.json")["slurm"]
+        arrays.setdefault(slurm["array_job_id"] or slurm["job_id"], []).append(run)
+    assert 1 < len(arrays) < len(distilled), f"12 distillation jobs under --jobs {CAP} in {len(arrays)} submissions"
+    assert max(len(members) for members in arrays.values()) <= CAP
+    # sacct failed five times in a row, and each failure was warned about, not fatal
+    assert failed.exists() and len(failed.read_text().split()) == SACCT_FAILURES, "the shim's outage did not happen"
+    assert output.count("the SLURM status command failed (sacct: error: slurm_persist_conn_open_without_init") \
+        == SACCT_FAILURES, output[-4000:]
+    print(f"{len(jobs)} SLURM jobs from {len(_submissions(jobs))} sbatch calls; distillation in "
+          f"{len(arrays)} submissions of {sorted(len(m) for m in arrays.values())}")

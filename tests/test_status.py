@@ -19,7 +19,8 @@ import pytest
 from kdsweep import cli
 from kdsweep.config import config_hash, load_config
 from kdsweep.lock import Holder
-from kdsweep.plan import Plan, run_slice
+from kdsweep.identity import run_identity
+from kdsweep.plan import Plan
 from kdsweep.slurm import QueuedJob
 from kdsweep.status import load_plan, render, study_status
 
@@ -28,7 +29,8 @@ TINY = REPO / "tests" / "studies" / "tiny.yaml"
 
 
 def run_hash(config, run, teacher_hash):
-    return config_hash(run_slice(config, run, teacher_hash if run.distilled else None))
+    """The hash a job gives a run of this config (no stats.json here: no data digest to compare)."""
+    return config_hash(run_identity(config, run, teacher_hash if run.distilled else None, None))
 
 
 class Study:

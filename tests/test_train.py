@@ -317,3 +317,17 @@ def test_a_run_folder_is_trained_by_one_process_at_a_time(study):
     with lock.run_folders([run]):  # the SIGKILLed holder's lock is gone with it
         pass
     assert not (run / ".lock").exists() and (run / "checkpoint.pt").exists()
+
+
+def test_a_last_batch_of_one_image_joins_the_batch_before_it(study):
+    """BatchNorm cannot train on one image: 360 training images in batches of 359 train as one batch of
+    360, to the end (it was a traceback)."""
+    from kdsweep.train import epoch_batches
+
+    assert epoch_batches(360, 359) == [(0, 360)]
+    assert epoch_batches(361, 60)[-2:] == [(240, 300), (300, 361)]
+    assert epoch_batches(360, 64)[-1] == (320, 360) and len(epoch_batches(360, 64)) == 6
+    folder, config = study
+    run = folder / "batch-of-one"
+    kdsweep(*_train_args(folder, config, run, "training.batch_size=359", "training.max_epochs=1"), cwd=folder)
+    assert json.loads((run / "metrics.json").read_text())["epochs"] == 1

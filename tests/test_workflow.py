@@ -252,11 +252,36 @@ def test_tiny_study_is_up_to_date_and_reruns_on_a_changed_value(tiny, tmp_path):
     # (and study.yaml, the config `python -m kdsweep status` reads, which no job reads)
     assert dict(counts) == {"runtime": 1, "study": 1, "all": 1, "total": 3}
 
+    # so does a moved data folder: where the data lies is in no job's params and no run's identity
+    counts, _ = dry_run(tiny, "--config", "dataset={root: /elsewhere/data}", configfiles=[TINY_WORKFLOW])
+    assert dict(counts) == {"runtime": 1, "study": 1, "all": 1, "total": 3}
+
     # a changed value of the jobs' config slice reruns the runs (params trigger), not the split
     counts, output = dry_run(tiny, "--config", "training={lr: 0.002}", configfiles=[TINY_WORKFLOW])
     assert counts["train"] == 2 and counts["distill"] == 2  # teacher and baseline, both points
     assert "stats" not in counts
     assert "Params have changed since last execution" in output
+
+
+def test_a_config_switched_away_and_back_retrains_nothing_the_second_time(tiny, tmp_path):
+    """The teacher under another learning rate, then under the study's again: the first run is kept aside
+    (results/tiny/aside/), not deleted, and comes back without a training epoch; `status` lists the
+    version kept aside."""
+    tiny = copy_of(tiny, tmp_path / "tiny")
+    teacher = "results/tiny/trained/teacher/mobilenet_v3_small_seed0.json"
+    run = tiny / "results/tiny/runs/teacher/mobilenet_v3_small_seed0"
+    log = tiny / "results/tiny/logs/runs/teacher/mobilenet_v3_small_seed0.log"
+    before = json.loads((run / "metrics.json").read_text())
+    snakemake(tiny, "--cores", "1", teacher, "--config", "training={lr: 0.002}", configfiles=[TINY_WORKFLOW])
+    assert " epoch " in log.read_text() and "kept aside" in log.read_text()
+    assert json.loads((run / "metrics.json").read_text())["config_hash"] != before["config_hash"]
+    snakemake(tiny, "--cores", "1", teacher, configfiles=[TINY_WORKFLOW])
+    text = log.read_text()
+    assert "brought back this configuration's run" in text and " epoch " not in text, text
+    assert json.loads((run / "metrics.json").read_text()) == before
+    status = subprocess.run([sys.executable, "-m", "kdsweep", "status", "results/tiny"], cwd=tiny,
+                            capture_output=True, text=True, check=True).stdout
+    assert "kept aside (runs of earlier configurations" in status and "1 in " in status
 
 
 def kd_metrics(results):

@@ -15,11 +15,14 @@ study's reported numbers (kdsweep/reference.yaml) beside this study's, when it i
 Inputs under results/<study>/: runs/<role>/<run>/metrics.json (a finished run),
 attacks/<role>/<run>/<attack>_eps<eps>.json (one per attack and epsilon) and
 evaluation/<role>/<run>.json (fidelity, calibration, logit scale; kdsweep.evaluation). A missing
-attack or evaluation file (a sweep in progress) leaves empty cells, never an error.
+attack or evaluation file (a sweep in progress) leaves empty cells, never an error. A result that
+measured another version of its run (retrained since: its run hash or model digest differs,
+kdsweep.identity) is left out with a warning: no table pairs the numbers of two versions of a run.
 """
 
 import csv
 import json
+import sys
 from importlib import resources
 from io import StringIO
 from pathlib import Path
@@ -30,6 +33,7 @@ import yaml
 from scipy import stats
 
 from kdsweep.errors import KdsweepError
+from kdsweep.identity import result_matches
 from kdsweep.io import read_json, read_text, write_text
 from kdsweep.plan import ROLES, TABLES, fmt
 from kdsweep.runs import METRICS
@@ -108,35 +112,73 @@ def _results(results_dir):
     return results_dir
 
 
-def collect_runs(results_dir) -> pd.DataFrame:
+def _finished_runs(results_dir) -> dict:
+    """{run folder relative to results_dir: its metrics.json} of every finished run."""
+    return {path.parent.relative_to(results_dir).as_posix(): _read_json(path, _METRICS_REQUIRED)
+            for path in results_dir.glob("runs/*/*/metrics.json")}
+
+
+def _left_out(paths, unmatched, results_dir):
+    if unmatched is None:
+        _warn_unmatched(paths, results_dir)
+    else:
+        unmatched.extend(paths)
+
+
+def _warn_unmatched(unmatched, results_dir):
+    """Results left out because they measured another version of their run: said, never silent."""
+    if unmatched:
+        example = Path(unmatched[0]).relative_to(results_dir)
+        print(f"kdsweep: warning: left out {len(unmatched)} result file(s) that measured another version of their "
+              f"run, or a run that is not finished (e.g. {example}); `snakemake` measures them again",
+              file=sys.stderr)
+
+
+def collect_runs(results_dir, unmatched: list | None = None) -> pd.DataFrame:
     """One row per finished run (a folder with metrics.json); unfinished runs are skipped.
 
-    The EVALUATION_COLUMNS come from evaluation/<role>/<run>.json, empty while that file is missing."""
+    The EVALUATION_COLUMNS come from evaluation/<role>/<run>.json, empty while that file is missing or
+    measured another version of the run or of the teacher (kdsweep.identity.result_matches). Such results
+    are added to `unmatched`, or warned about where it is None."""
     results_dir = _results(results_dir)
-    rows = []
-    for path in results_dir.glob("runs/*/*/metrics.json"):
-        record = _read_json(path, _METRICS_REQUIRED)
+    runs = _finished_runs(results_dir)
+    teacher = next((metrics for run, metrics in runs.items() if run.startswith("runs/teacher/")), None)
+    rows, left_out = [], []
+    for run, record in runs.items():
         row = {key: record.get(key) for key in RUN_COLUMNS if key not in EVALUATION_COLUMNS}
-        row["run"] = path.parent.relative_to(results_dir).as_posix()
-        evaluation = results_dir / "evaluation" / path.parent.parent.name / f"{path.parent.name}.json"
+        row["run"] = run
+        evaluation = results_dir / "evaluation" / f"{run.removeprefix('runs/')}.json"
         if evaluation.is_file():
-            record = _read_json(evaluation, _EVALUATION_REQUIRED)
-            row.update({key: record[key] for key in EVALUATION_COLUMNS})
+            result = _read_json(evaluation, _EVALUATION_REQUIRED)
+            teacher_hash = result.get("teacher_run_hash")
+            if result_matches(result, record) and (teacher_hash is None or teacher is None
+                                                   or teacher_hash == teacher.get("config_hash")):
+                row.update({key: result[key] for key in EVALUATION_COLUMNS})
+            else:
+                left_out.append(evaluation)
         rows.append(row)
+    _left_out(left_out, unmatched, results_dir)
     return _sorted(_frame(rows, RUN_COLUMNS), ["role", "dataset", "model", "temperature", "soft_weight", "seed"])
 
 
-def collect_attacks(results_dir) -> pd.DataFrame:
-    """One row per attack result file; `run` is the attacked run folder relative to results_dir."""
+def collect_attacks(results_dir, unmatched: list | None = None) -> pd.DataFrame:
+    """One row per attack result file of a finished run that it measured (kdsweep.identity.result_matches);
+    `run` is the attacked run folder relative to results_dir; the others go to `unmatched` (collect_runs)."""
     results_dir = _results(results_dir)
+    runs = _finished_runs(results_dir)
     columns = [c for c in ROBUSTNESS_COLUMNS if c not in ("dataset", *LOGIT_SCALE, *SEED_GAIN)]  # joined later
-    rows = []
+    rows, left_out = [], []
     for path in results_dir.glob("attacks/*/*/*.json"):
         record = _read_json(path, _ATTACK_REQUIRED)
+        run = f"runs/{path.parent.parent.name}/{path.parent.name}"
+        if run not in runs or not result_matches(record, runs[run]):
+            left_out.append(path)
+            continue
         row = {key: record.get(key) for key in columns}
         row["params"] = json.dumps(record.get("params") or {}, sort_keys=True)
-        row["run"] = f"runs/{path.parent.parent.name}/{path.parent.name}"
+        row["run"] = run
         rows.append(row)
+    _left_out(left_out, unmatched, results_dir)
     return _sorted(_frame(rows, columns),
                    ["role", "model", "temperature", "soft_weight", "seed", "attack", "epsilon"])
 
@@ -739,11 +781,13 @@ def _vs_reference_markdown(table):
 def write_tables(results_dir) -> list[Path]:
     """Write every table of TABLES under results_dir/tables/ from whatever has finished."""
     results_dir = _results(results_dir)
-    runs = collect_runs(results_dir)
+    unmatched = []
+    runs = collect_runs(results_dir, unmatched)
     if runs.empty:
         raise KdsweepError(f"{results_dir} holds no finished run (no runs/<role>/<run>/metrics.json): nothing to "
                            "tabulate yet; train some runs first, or pass the study's folder results/<study>")
-    robustness = _robustness(runs, collect_attacks(results_dir))
+    robustness = _robustness(runs, collect_attacks(results_dir, unmatched))
+    _warn_unmatched(unmatched, results_dir)
     grid = _grid(runs)
     table1 = _table1(runs, robustness)
     kd_vs_hard = _kd_vs_hard(runs, robustness)

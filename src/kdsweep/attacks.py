@@ -203,9 +203,8 @@ def attack_job(config: dict, run_dir, attack: str, epsilon: float, out) -> dict:
     import time
     from pathlib import Path
 
-    from . import data, io
+    from . import data, identity, io, runs
     from .errors import KdsweepError
-    from . import runs
     from .config import check_value
     from .runtime import Runtime, environment, nondeterministic_op
 
@@ -220,7 +219,7 @@ def attack_job(config: dict, run_dir, attack: str, epsilon: float, out) -> dict:
     runs.finished(run_dir)  # before the data is read: the cheap refusals first
     runtime = Runtime.from_config(config["runtime"], training_job=False)
     splits = data.load_splits(config["dataset"], runtime.device)
-    run, model = runs.load(run_dir, config["dataset"], runtime.device, splits.num_classes)
+    run, model = runs.load(run_dir, config["dataset"], runtime.device, splits.num_classes, data_digest=splits.digest)
     model = runtime.place(model)
     started = time.perf_counter()
     try:
@@ -232,7 +231,7 @@ def attack_job(config: dict, run_dir, attack: str, epsilon: float, out) -> dict:
         raise
     record = runtime.record()
     result.update(
-        attack=attack, params=params, epsilon=epsilon, run=str(run_dir),
+        attack=attack, params=params, epsilon=epsilon, run=str(run_dir), **identity.measured(run),
         **{key: run[key] for key in ("role", "model", "temperature", "soft_weight", "seed", "dataset")},
         seconds=time.perf_counter() - started, device=record["device"], precision=record["precision"],
         runtime=record, slurm=environment()["slurm"],

@@ -69,36 +69,74 @@ def match_layouts(optimizer: torch.optim.Optimizer):
                     state[key] = torch.empty_like(param, dtype=value.dtype).copy_(value)
 
 
-def save(folder: Path, run_hash: str, module, optimizer, scheduler, rng: dict, data_state, state: RunState):
+def save(folder: Path, run_hash: str, identity: dict, module, optimizer, scheduler, rng: dict, data_state,
+         state: RunState):
     io.torch_save({"config_hash": run_hash, "model": module.state_dict(), "optimizer": optimizer.state_dict(),
                    "scheduler": scheduler.state_dict(), "rng": rng, "data": data_state, "state": state.as_dict()},
                   Path(folder) / CHECKPOINT)
-    io.write_json(Path(folder) / PROGRESS, progress(run_hash, state))
+    io.write_json(Path(folder) / PROGRESS, progress(run_hash, identity, state))
 
 
-def progress(run_hash: str, state: RunState) -> dict:
-    """checkpoint.json: the epochs done, the training seconds so far, ... (`RunState` without history)."""
+def progress(run_hash: str, identity: dict, state: RunState) -> dict:
+    """checkpoint.json: the epochs done, the training seconds so far, ... (`RunState` without history),
+    and the run's identity (kdsweep.identity: which run the checkpoint is of)."""
     record = {key: value for key, value in state.as_dict().items() if key != "history"}
     record["best_val_loss"] = None if math.isinf(record["best_val_loss"]) else record["best_val_loss"]
-    return {**record, "config_hash": run_hash}
+    return {**record, "config_hash": run_hash, "identity": identity}
 
 
-def load(path: Path, expected_hash: str) -> dict:
-    """The checkpoint at `path`; KdsweepError if it is unreadable or of another configuration."""
+def _damaged(path: Path, err: Exception) -> KdsweepError:
+    return KdsweepError(f"{path} is corrupt or truncated ({err.__class__.__name__}); delete it and the run's "
+                        "checkpoint.pt to start the run over")
+
+
+def load(path: Path, accepted_hashes) -> dict:
+    """The checkpoint at `path`; KdsweepError if it is unreadable or of another run than the one whose
+    hashes are `accepted_hashes` (its own, an earlier version's)."""
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as err:
-        raise KdsweepError(
-            f"checkpoint {path} is corrupt or truncated ({err.__class__.__name__}); delete it to start the run over"
-        ) from err
+        raise _damaged(path, err) from err
     if not isinstance(checkpoint, dict) or "config_hash" not in checkpoint:
         raise KdsweepError(f"{path} is not a kdsweep checkpoint; delete it to start the run over")
-    if checkpoint["config_hash"] != expected_hash:
+    if checkpoint["config_hash"] not in accepted_hashes:
         raise KdsweepError(
             f"checkpoint {path} was written for another configuration (hash {checkpoint['config_hash']}, "
-            f"this run is {expected_hash}); delete it, or rerun with the settings it was made with"
+            f"this run is {sorted(accepted_hashes)[0]}); delete it, or rerun with the settings it was made with"
         )
     return checkpoint
+
+
+def _read_best(path: Path, device="cpu") -> dict:
+    try:
+        state_dict = torch.load(path, map_location=device, weights_only=True)
+    except Exception as err:
+        raise _damaged(path, err) from err
+    if not isinstance(state_dict, dict) or not all(torch.is_tensor(v) for v in state_dict.values()):
+        raise KdsweepError(f"{path} holds no model weights; delete it and the run's checkpoint.pt to start the run over")
+    return weights(state_dict)
+
+
+def check_best(path: Path, checkpoint: dict):
+    """The best weights a checkpoint relies on (best.pt, once an epoch was best) are there and readable:
+    checked as the checkpoint itself is, before a run resumes on them."""
+    if RunState.from_dict(checkpoint["state"]).best_epoch > 0:
+        if not Path(path).exists():
+            raise KdsweepError(f"{path} is missing, though the run's checkpoint relies on it; delete the run's "
+                               "checkpoint.pt to start the run over")
+        _read_best(Path(path))
+
+
+def best_weights(folder: Path, device) -> dict:
+    """The best-validation weights of a run that has stopped. Damaged (a disk fault since its last check),
+    the run's scratch goes, so that the next attempt trains it again, and a sentence says so."""
+    path = Path(folder) / BEST
+    try:
+        return _read_best(path, device)
+    except KdsweepError as err:
+        remove_scratch(folder)
+        raise KdsweepError(f"{err}".split(";")[0] + f"; the checkpoints of {folder} are removed, so that the next "
+                           "attempt trains the run again from the start") from err
 
 
 def restore(checkpoint: dict, module, optimizer, scheduler) -> tuple[dict, object, RunState]:

@@ -3,20 +3,47 @@
 Each command takes the study config as YAML files (`--config`, repeatable,
 merged in order) and trailing `key=value` overrides, like snakemake's
 --configfile and --config. Errors a user can cause end with one sentence on
-stderr and exit status 2.
+stderr and exit status 2 (a bad flag too); an output path that would overwrite
+one of the command's inputs is refused before any work (kdsweep.paths). Ctrl-C
+stops training as SLURM's signals do (exit 75: the checkpoint is kept) and any
+other command with `kdsweep: interrupted` (exit 130); every file is written
+whole or not at all (kdsweep.io).
 """
 
 import argparse
+import math
+import os
 import sys
 from pathlib import Path
 
 from .errors import KdsweepError
 
 EPILOG = "Overrides are dotted config keys with YAML values, e.g. training.lr=0.01 runtime.device=cpu seeds=[0,1]."
+# status --watch: the longest pause between two refreshes (a day)
+WATCH_MAX_SECONDS = 86400
+# Exit status of a command stopped by Ctrl-C (128 + SIGINT, as a shell reports it); a training job
+# stopped so exits runtime.EXIT_PREEMPTED instead (its checkpoint is kept).
+EXIT_INTERRUPTED = 130
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, whose errors (a missing flag, `--seed abc`) are one `kdsweep: error:` line like every other."""
+
+    def error(self, message):
+        self.exit(2, f"kdsweep: error: {message}; see `{self.prog} --help`\n")
+
+
+def _path(text: str) -> str:
+    """A path argument: not empty (which would mean the current folder) and without a NUL byte."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty path; give a file or folder name")
+    if "\0" in text:
+        raise argparse.ArgumentTypeError(f"{text!r} holds a NUL byte, which no path can")
+    return text
 
 
 def _config_args(parser):
-    parser.add_argument("--config", action="append", default=[], metavar="YAML",
+    parser.add_argument("--config", action="append", default=[], metavar="YAML", type=_path,
                         help="study config file; repeat to merge several in order "
                              "(default: ./config.yaml)")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
@@ -29,6 +56,44 @@ def _load(args):
     return load_config(args.config, args.overrides)
 
 
+def _config_files(paths) -> list:
+    """(what, path) of every config file a command reads: config.yaml's defaults, then its --config files
+    (none given: ./config.yaml where there is one, as load_config reads them)."""
+    from .config import DEFAULTS_PATH
+
+    paths = list(paths) or (["config.yaml"] if Path("config.yaml").is_file() else [])
+    return [("config.yaml (the defaults)", DEFAULTS_PATH), *(("the config file", path) for path in paths)]
+
+
+def _dataset(config) -> list:
+    """(what, path) of what a job reads of its dataset (kdsweep.paths)."""
+    from .datasets import source
+
+    where = source(config["dataset"]["name"], config["dataset"]["root"])
+    return [] if where is None else [(f"the {config['dataset']['name']} data", where)]
+
+
+def _holds_run(folder) -> bool:
+    from .runs import METRICS
+
+    try:
+        return folder is not None and (Path(folder) / METRICS).is_file()
+    except (OSError, ValueError):
+        return False
+
+
+def _refuse_overwrite(args, config=None, runs=(), writes=(), trains=(), reads=()):
+    """kdsweep.paths.check for a command's config files, its dataset (config given), the run folders it
+    reads (runs: (what, folder); one that holds no finished run is left to the job, which refuses it
+    with its own sentence) and its other inputs."""
+    from .paths import check
+
+    check(reads=[*_config_files(getattr(args, "config", [])), *reads],
+          read_folders=[*(_dataset(config) if config is not None else []),
+                        *((what, folder) for what, folder in runs if _holds_run(folder))],
+          writes=writes, trains=trains)
+
+
 def _command(subparsers, name, help_text, description=None):
     parser = subparsers.add_parser(name, help=help_text, description=description or help_text, epilog=EPILOG)
     return parser
@@ -38,14 +103,20 @@ def cmd_download(args):
     from . import datasets
 
     config = _load(args)
+    _refuse_overwrite(args, writes=[("--record", getattr(args, "record", None))])
     path = datasets.download(config["dataset"]["name"], config["dataset"]["root"])
     print(f"{config['dataset']['name']} is ready in {path}")
+    if args.record:
+        from . import io
+
+        io.write_json(args.record, {"dataset": config["dataset"]["name"], "folder": str(path)})
 
 
 def cmd_stats(args):
     from . import data
 
     config = _load(args)
+    _refuse_overwrite(args, config, writes=[("--out", args.out)])
     stats = data.write_stats(args.out, config["dataset"])
     print(f"wrote {args.out}: mean {['%.4f' % m for m in stats['mean']]} std {['%.4f' % s for s in stats['std']]}")
 
@@ -58,6 +129,9 @@ def _train(args, runs, out_dirs, teacher_dir=None):
     if runs[0].model not in MODELS:
         raise KdsweepError(f"model '{runs[0].model}' is unknown; choose one of {', '.join(MODELS)}")
     config = _load(args)
+    _refuse_overwrite(args, config, reads=[("the stats file", args.stats)],
+                      runs=[("the teacher run folder", teacher_dir)],
+                      writes=[("--record", args.record)], trains=[("--out", out) for out in out_dirs])
     try:
         results = train_points(config, runs, args.stats, out_dirs, teacher_dir=teacher_dir,
                                rerun_stale=args.rerun_stale, wait_for_lock=args.wait_for_lock)
@@ -108,13 +182,18 @@ def cmd_distill(args):
 def cmd_attack(args):
     from .attacks import attack_job
 
-    attack_job(_load(args), args.run, args.attack, args.epsilon, args.out)
+    config = _load(args)
+    _refuse_overwrite(args, config, runs=[("the run folder", args.run)], writes=[("--out", args.out)])
+    attack_job(config, args.run, args.attack, args.epsilon, args.out)
 
 
 def cmd_evaluate(args):
     from .evaluation import evaluate_job
 
-    evaluate_job(_load(args), args.run, args.teacher, args.out)
+    config = _load(args)
+    _refuse_overwrite(args, config, runs=[("the run folder", args.run), ("the teacher run folder", args.teacher)],
+                      writes=[("--out", args.out)])
+    evaluate_job(config, args.run, args.teacher, args.out)
 
 
 def cmd_aggregate(args):
@@ -132,8 +211,14 @@ def cmd_aggregate(args):
 
 
 def cmd_plots(args):
+    from .config import check_value
+    from .models import MODELS
     from .plots import write_figures
 
+    check_value("soft_weights.items", args.soft_weight, "--soft-weight")
+    if unknown := [name for name in args.students or () if name not in MODELS]:
+        raise KdsweepError(f"--students names '{unknown[0]}', which is no architecture; choose among "
+                           f"{', '.join(MODELS)}")
     for path in write_figures(Path(args.results), args.soft_weight, students=args.students):
         print(f"wrote {path}")
 
@@ -142,6 +227,7 @@ def cmd_best_temperature(args):
     from . import io
     from .aggregate import best_temperature
 
+    _refuse_overwrite(args, runs=[("the run folder", run) for run in args.runs], writes=[("--out", args.out)])
     choice = best_temperature([Path(run) for run in args.runs])
     io.write_json(args.out, choice)
     print(f"best temperature for {choice['student']}: T={choice['temperature']:g} "
@@ -155,6 +241,7 @@ def cmd_best_point(args):
     from . import io
     from .aggregate import best_point
 
+    _refuse_overwrite(args, runs=[("the run folder", run) for run in args.runs], writes=[("--out", args.out)])
     choice = best_point([Path(run) for run in args.runs])
     io.write_json(args.out, choice)
     print(f"best point for {choice['student']}: T={choice['temperature']:g}, w={choice['soft_weight']:g} "
@@ -166,9 +253,11 @@ def _best_point_parser(subparsers):
     p = _command(subparsers, "best-point",
                  "pick a student's distilled point (T, w > 0) on mean validation accuracy over the sweep's seeds "
                  "(the confirmation's checkpoint); the record names every candidate and its mean")
-    p.add_argument("runs", nargs="+", help="finished distillation run folders of one student's sweep (w = 0 runs "
-                                           "are left out: hard targets only)")
-    p.add_argument("--out", required=True, help="JSON file to write (the workflow's: confirm/<student>.json)")
+    p.add_argument("runs", type=_path, nargs="+",
+                   help="finished distillation run folders of one student's sweep (w = 0 runs are left out: hard "
+                        "targets only)")
+    p.add_argument("--out", type=_path, required=True,
+                   help="JSON file to write (the workflow's: confirm/<student>.json)")
     p.set_defaults(func=cmd_best_point)
 
 
@@ -177,11 +266,16 @@ def cmd_config(args):
 
     from . import io
 
+    from .plan import select
+
     config = _load(args)
+    _refuse_overwrite(args, writes=[("--out", args.out)])
     if args.section:
-        if args.section not in config:
-            raise KdsweepError(f"the config has no section {args.section!r}; choose one of {', '.join(config)}")
-        config = {args.section: config[args.section]}
+        try:
+            config = select(config, args.section)
+        except (KeyError, TypeError):
+            raise KdsweepError(f"the config has no section {', '.join(args.section)!r} (give top-level sections such as "
+                               f"{', '.join(config)}, or dotted keys such as dataset.root)") from None
     text = yaml.safe_dump(config, sort_keys=False)
     if args.out:
         io.write_text(args.out, text)
@@ -203,17 +297,38 @@ def cmd_status(args):
             folder = args.study
     if folder is not None and configfiles:
         raise KdsweepError("give the study folder or its config files, not both")
-    show(configfiles, overrides, folder, watch=args.watch)
+    if args.watch is not None and not (math.isfinite(args.watch) and 0 < args.watch <= WATCH_MAX_SECONDS):
+        raise KdsweepError(f"--watch {args.watch} is no pause between refreshes; give a number of seconds above 0 "
+                           f"and at most {WATCH_MAX_SECONDS} (a day), e.g. --watch 30")
+    try:
+        show(configfiles, overrides, folder, watch=args.watch)
+    except KeyboardInterrupt:
+        if not args.watch:
+            raise
+        print()  # Ctrl-C is how a watch ends, also mid-refresh
 
 
 def cmd_slurm_profile(args):
-    from .slurm import write_site_profile
+    from .slurm import WORKFLOW_PROFILE, dropped_sentence, dropped_settings, read_profile, write_site_profile
 
+    if args.jobs < 1:
+        raise KdsweepError(f"--jobs {args.jobs} would let no job run; give at least 1 (default 100)")
+    for flag in ("account", "partition", "qos"):
+        value = getattr(args, flag)
+        if value is not None and (not value or not value.isprintable()
+                                  or any(c.isspace() or c in ",'\"" for c in value)):
+            raise KdsweepError(f"--{flag} {value!r} is no SLURM {flag} name (empty, or with a space, comma, quote or "
+                               f"control character); give the name as `sacctmgr show assoc` lists it, or leave "
+                               f"--{flag} out")
     path, written = write_site_profile(args.account, args.partition, args.qos, args.jobs, requeue=not args.no_requeue)
     if written:
         print(f"wrote {path}: `snakemake --profile slurm` now submits to SLURM with it")
-    else:
-        print(f"{path} exists: `snakemake --profile slurm` uses it; left as it is")
+        return
+    print(f"{path} exists: `snakemake --profile slurm` uses it; left as it is")
+    if WORKFLOW_PROFILE.is_file():
+        dropped = dropped_settings(read_profile(path), read_profile(WORKFLOW_PROFILE))
+        if dropped:
+            print(f"warning: {dropped_sentence(path, WORKFLOW_PROFILE, dropped)}", file=sys.stderr)
 
 
 def cmd_models(args):
@@ -223,7 +338,7 @@ def cmd_models(args):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="python -m kdsweep",
         description="Knowledge-distillation study jobs. Each command is one job of the Snakemake workflow.",
     )
@@ -231,11 +346,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _command(subparsers, "download", "download dataset.name into dataset.root (run once, on a login node)")
     _config_args(p)
+    p.add_argument("--record", type=_path, help="a JSON file to write once the data is there (the workflow's output)")
     p.set_defaults(func=cmd_download)
 
     p = _command(subparsers, "stats", "split the training set and store its per-channel mean and std")
     _config_args(p)
-    p.add_argument("--out", required=True, help="stats file to write, e.g. results/<study>/data/stats.json")
+    p.add_argument("--out", type=_path, required=True, help="stats file to write, e.g. results/<study>/data/stats.json")
     p.set_defaults(func=cmd_stats)
 
     for name, help_text in (
@@ -254,7 +370,8 @@ def build_parser() -> argparse.ArgumentParser:
                            help="a point of the sweep (default) or of a confirmation on fresh seeds; only the "
                                 "name differs")
             p.add_argument("--student", required=True, help="student architecture")
-            p.add_argument("--teacher", required=True, help="run folder of the trained teacher (holds model.pt)")
+            p.add_argument("--teacher", type=_path, required=True,
+                           help="run folder of the trained teacher (holds model.pt)")
             p.add_argument("--temperature", type=float, required=True, action="append",
                            help="softmax temperature T > 0")
             p.add_argument("--soft-weight", type=float, required=True, action="append",
@@ -263,15 +380,15 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--rerun-stale", action="store_true",
                        help="train again a folder that holds a finished run (or a checkpoint) of another "
                             "configuration, instead of refusing it (the workflow passes this)")
-        p.add_argument("--record", metavar="JSON",
+        p.add_argument("--record", type=_path, metavar="JSON",
                        help="file to write once every point has finished: the job's points and their config "
                             "hashes (the workflow's output of a training job)")
         p.add_argument("--wait-for-lock", action="store_true",
                        help="if another process is training a run folder of this job, wait for it to finish "
                             "instead of stopping (the workflow passes this: a job of a killed snakemake may "
                             "still be training the run)")
-        p.add_argument("--stats", required=True, help="stats file written by `python -m kdsweep stats`")
-        p.add_argument("--out", required=True, action="append" if name == "distill" else None,
+        p.add_argument("--stats", type=_path, required=True, help="stats file written by `python -m kdsweep stats`")
+        p.add_argument("--out", type=_path, required=True, action="append" if name == "distill" else None,
                        help="run folder; a checkpoint there is resumed" + (
                            ". Repeat --temperature, --soft-weight and --out together to train several sweep "
                            "points in one job (they share the data stream and the teacher's forward pass)"
@@ -281,31 +398,31 @@ def build_parser() -> argparse.ArgumentParser:
     p = _command(subparsers, "attack", "accuracy of a finished run under one attack (FGSM, PGD) on the whole "
                                        "test set at one epsilon")
     _config_args(p)
-    p.add_argument("--run", required=True, help="finished run folder (holds metrics.json and model.pt)")
+    p.add_argument("--run", type=_path, required=True, help="finished run folder (holds metrics.json and model.pt)")
     p.add_argument("--attack", default="fgsm", metavar="NAME",
                    help="attack named under attacks: in the config, which gives its parameters "
                         "(fgsm or pgd; default: fgsm)")
     p.add_argument("--epsilon", type=float, required=True, help="perturbation size (L-inf) in [0, 1] pixel units")
-    p.add_argument("--out", required=True,
+    p.add_argument("--out", type=_path, required=True,
                    help="JSON file to write (the workflow's name: attacks/<role>/<run>/<attack>_eps<eps>.json)")
     p.set_defaults(func=cmd_attack)
 
     p = _command(subparsers, "evaluate",
                  "fidelity to the teacher, calibration and logit scale of a finished run on the whole test set")
     _config_args(p)
-    p.add_argument("--run", required=True, help="finished run folder (holds metrics.json and model.pt)")
-    p.add_argument("--teacher", required=True,
+    p.add_argument("--run", type=_path, required=True, help="finished run folder (holds metrics.json and model.pt)")
+    p.add_argument("--teacher", type=_path, required=True,
                    help="the study's finished teacher run folder (agreement and KL are measured against it)")
-    p.add_argument("--out", required=True,
+    p.add_argument("--out", type=_path, required=True,
                    help="JSON file to write (the workflow's name: evaluation/<role>/<run>.json)")
     p.set_defaults(func=cmd_evaluate)
 
     p = _command(subparsers, "aggregate", "write the tables of a study from whatever runs have finished")
-    p.add_argument("results", help="the study's folder, results/<study>")
+    p.add_argument("results", type=_path, help="the study's folder, results/<study>")
     p.set_defaults(func=cmd_aggregate)
 
     p = _command(subparsers, "plots", "draw the study's figures from its tables")
-    p.add_argument("results", help="the study's folder, results/<study>")
+    p.add_argument("results", type=_path, help="the study's folder, results/<study>")
     p.add_argument("--soft-weight", type=float, required=True,
                    help="soft weight of the accuracy-vs-temperature figure (the config's staged.soft_weight)")
     p.add_argument("--students", nargs="+", metavar="MODEL",
@@ -315,8 +432,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _command(subparsers, "best-temperature",
                  "pick a student's temperature on validation accuracy (the staged sweep's checkpoint)")
-    p.add_argument("runs", nargs="+", help="finished distillation run folders of one student at one soft weight")
-    p.add_argument("--out", required=True, help="JSON file to write")
+    p.add_argument("runs", type=_path, nargs="+",
+                   help="finished distillation run folders of one student at one soft weight")
+    p.add_argument("--out", type=_path, required=True, help="JSON file to write")
     p.set_defaults(func=cmd_best_temperature)
     _best_point_parser(subparsers)
 
@@ -327,8 +445,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = _command(subparsers, "config", "print (or write) the study config the given files and overrides make, "
                                        "validated: config.yaml's defaults, then --config files, then key=value")
     _config_args(p)
-    p.add_argument("--section", help="only this top-level section (e.g. runtime)")
-    p.add_argument("--out", help="YAML file to write instead of printing")
+    p.add_argument("--section", action="append",
+                   help="only this section (e.g. runtime) or key (e.g. dataset.root); repeatable")
+    p.add_argument("--out", type=_path, help="YAML file to write instead of printing")
     p.set_defaults(func=cmd_config)
 
     p = _command(subparsers, "status",
@@ -341,9 +460,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "running in this folder (where squeue is on PATH). Give the config as you give it to "
                              "snakemake (--configfile FILE ..., --config key=value ...), run in the folder "
                              "snakemake runs in, or give the study folder (results/<study>).")
-    p.add_argument("study", nargs="?", metavar="RESULTS_DIR",
+    p.add_argument("study", type=_path, nargs="?", metavar="RESULTS_DIR",
                    help="the study's folder, results/<study> (read from its study.yaml); instead of the config")
-    p.add_argument("--configfile", nargs="+", action="extend", default=[], metavar="YAML",
+    p.add_argument("--configfile", type=_path, nargs="+", action="extend", default=[], metavar="YAML",
                    help="study config files, as given to snakemake (config.yaml's defaults come first)")
     p.add_argument("--config", nargs="+", action="extend", default=[], metavar="key=value",
                    help="config overrides as given to snakemake (key=value, YAML values); a YAML file "
@@ -375,13 +494,71 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv=None):
-    argv = sys.argv[1:] if argv is None else list(argv)
+def _bench(argv):
+    """`python -m kdsweep bench`: kdsweep.bench's command line, with this one's errors and output check."""
+    from .bench.command import add_arguments, run
+    from .config import OVERRIDE, check_value
+
+    parser = add_arguments(_Parser(prog="python -m kdsweep bench",
+                                   description="images per second of this pipeline against a plain PyTorch loop, "
+                                               "and the FLOP floor (docs/bench/README.md)"))
+    # key=value overrides may come anywhere, also after an option that takes several values
+    overrides = [arg for arg in argv if OVERRIDE.match(arg)]
+    args = parser.parse_args([arg for arg in argv if not OVERRIDE.match(arg)]
+                             + (["--", *overrides] if overrides else []))
+    check_value("seeds.items", args.seed, "--seed")
+    if args.json is not None and (not args.json.strip() or "\0" in args.json):
+        parser.error(f"argument --json: {args.json!r} is no file name")
+    _refuse_overwrite(args, writes=[("--json", args.json)])
+    return run(args)
+
+
+def _fail(message: str, status: int = 2):
+    print(f"kdsweep: {message}", file=sys.stderr)
+    sys.exit(status)
+
+
+class _Interrupt:
+    """Ctrl-C while a command runs: KeyboardInterrupt, as Python's own handler raises it, and a note that
+    it came, so that whatever it turns into on its way out (an import cut in half can surface as another
+    exception) ends as `kdsweep: interrupted`. A training loop takes SIGINT over while it runs
+    (runtime.SignalStop). Left alone where SIGINT is ignored (a background job) or not this process's to
+    handle (a thread other than the main one). final (the process ends with the command: `python -m
+    kdsweep`): a Ctrl-C that comes once the command is done, while the process exits, is ignored, so
+    the exit status stays the command's (75 for a stopped training run)."""
+
+    def __init__(self, final=False):
+        self.received = False
+        self.final = final
+        self._previous = None
+
+    def _handle(self, signum, frame):
+        if self.received:
+            return  # the first is already unwinding the command: let it end in its one line
+        self.received = True
+        raise KeyboardInterrupt
+
+    def __enter__(self):
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread() and \
+                signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        import signal
+
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, signal.SIG_IGN if self.final else self._previous)
+        return False
+
+
+def _run(argv):
     if argv[:1] == ["bench"]:
         # bench.py imports torch to build its parser; the jobs' commands must not pay that at start-up.
-        from .bench import main as bench_main
-
-        bench_main(argv[1:])
+        _bench(argv[1:])
         return
     parser = build_parser()
     # key=value overrides may come anywhere after the command, also between options
@@ -393,11 +570,46 @@ def main(argv=None):
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     if extras:
         args.overrides = [*args.overrides, *extras]
-    try:
-        args.func(args)
-    except KdsweepError as err:
-        print(f"kdsweep: error: {err}", file=sys.stderr)
-        sys.exit(2)
+    args.func(args)
+
+
+def main(argv=None):
+    final = argv is None  # the process's own command line: it ends when the command does
+    argv = sys.argv[1:] if argv is None else list(argv)
+    with _Interrupt(final) as interrupt:
+        try:
+            _run(argv)
+        except SystemExit:
+            raise
+        except BaseException as err:  # noqa: BLE001 - each kind a user can cause ends in one line; others re-raised
+            _end(err, interrupt.received)
+
+
+def _end(err: BaseException, interrupted: bool):
+    """How a command that raised `err` ends: one line and its exit status, or the exception itself (a bug)."""
+    if interrupted or isinstance(err, KeyboardInterrupt):
+        # Ctrl-C outside a training loop (which stops at its next batch instead: exit 75). Every file is
+        # written whole or not at all (kdsweep.io), so nothing half-written looks finished.
+        _fail("interrupted", EXIT_INTERRUPTED)
+    if isinstance(err, KdsweepError):
+        _fail(f"error: {err}")
+    if isinstance(err, BrokenPipeError):
+        # The reader of the output went away (`... | head`): say nothing more to it.
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        sys.exit(1)
+    if isinstance(err, OSError):
+        # A file-system problem that no check foresaw (a name too long, a file gone mid-read).
+        where = f" {err.filename}" if err.filename else ""
+        _fail(f"error: cannot read or write{where} ({err.strerror or err.__class__.__name__}); check the path and "
+              "the file system")
+    if isinstance(err, RuntimeError) and (err.__class__.__name__ == "OutOfMemoryError"
+                                          or "can't allocate memory" in str(err)):
+        _fail("error: the job ran out of memory; lower training.batch_size, training.eval_batch_size or "
+              "runtime.pack_size, or run it on a device with more memory")
+    raise err
 
 
 if __name__ == "__main__":

@@ -135,7 +135,8 @@ def check_value(schema_key: str, value, flag: str):
     errors = list(jsonschema.Draft202012Validator({**sub, "$defs": root["$defs"]}).iter_errors(value))
     if errors or (isinstance(value, float) and not math.isfinite(value)):
         reason = errors[0].message if errors else f"{value} is not a finite number"
-        described = sub.get("description") or root["properties"][schema_key.split(".")[0]].get("description", "")
+        described = (_resolve(sub, root).get("description")
+                     or root["properties"][schema_key.split(".")[0]].get("description", ""))
         raise KdsweepError(f"{flag} {value} is out of bounds: {reason}, as for config key "
                            f"'{schema_key.split('.')[0]}'" + (f" ({described})" if described else ""))
     return value
@@ -155,6 +156,8 @@ def load_config(paths=(), overrides=()) -> dict:
     config: dict = {}
     for _, update in sources:
         config = deep_merge(config, update)
+    # YAML 1.1 reads 1e-3 in a list ([1e-3]) as a string, and 64.0 is no count: read them as the schema wants
+    config = coerce_strings(config)
 
     def source(where: str) -> str:
         """The last source that set the key `where` (or a parent of it to something else than a mapping)."""
@@ -178,7 +181,8 @@ def coerce_strings(config: dict) -> dict:
 
     Snakemake reads the items of lists and mappings given with --config as strings
     (`seeds=[0,1]` gives ['0', '1'], `attacks={pgd: null}` gives {'pgd': 'null'}); the kdsweep
-    command line reads them as YAML. A string the schema accepts as it is stays a string.
+    command line reads them as YAML. A string the schema accepts as it is stays a string, and a
+    whole float where the schema wants an integer becomes an int (as load_config makes it).
     """
     root = schema()
 
@@ -198,9 +202,32 @@ def coerce_strings(config: dict) -> dict:
             return {key: walk(item, properties.get(key, {})) for key, item in value.items()}
         if isinstance(value, list):
             return [walk(item, sub.get("items", {})) for item in value]
-        return value
+        return _whole(value, sub, root)
 
     return walk(config, root)
+
+
+def _resolve(sub: dict, root: dict) -> dict:
+    while "$ref" in sub:
+        sub = root["$defs"][sub["$ref"].rsplit("/", 1)[1]]
+    return sub
+
+
+def _wants_integer(sub: dict, root: dict) -> bool:
+    """Whether the schema `sub` takes an integer (and no other number) there."""
+    sub = _resolve(sub, root)
+    branches = [_resolve(branch, root) for branch in sub.get("oneOf", sub.get("anyOf", [sub]))]
+    types = [t for branch in branches for t in (branch.get("type") if isinstance(branch.get("type"), list)
+                                                 else [branch.get("type")])]
+    return "integer" in types and "number" not in types
+
+
+def _whole(value, sub: dict, root: dict):
+    """A float with no fractional part (YAML's 1e3, an override's 64.0) as the int the schema wants there:
+    JSON Schema counts 64.0 as an integer, but Python's range() and slices, and numpy's seeds, do not."""
+    if isinstance(value, float) and value.is_integer() and _wants_integer(sub, root):
+        return int(value)
+    return value
 
 
 def config_hash(obj) -> str:

@@ -3,7 +3,8 @@
 The training set is split into train/validation by a seeded permutation (`split_indices`);
 the normalisation statistics are computed on the train split only and stored in stats.json
 (`write_stats` / `read_stats`), with a hash of the validation indices so that no job can use
-statistics of another split. Every split lives whole on the job's device as uint8
+statistics of another split, and a digest of the images and labels themselves (`data_digest`), so
+that no job uses other files than the study's, whatever their path. Every split lives whole on the job's device as uint8
 N x C x H x W tensors (as in airbench): a GPU job never waits for CPU loader workers.
 """
 
@@ -70,6 +71,17 @@ def load_configured(dataset_cfg: dict) -> Dataset:
                    test_images=data.test_images[:n], test_labels=data.test_labels[:n])
 
 
+def data_digest(data: Dataset) -> str:
+    """sha256 of the images and labels a study uses (after dataset.subset), in file order: what the
+    data is, whatever its path (kdsweep.identity). The same files give the same digest on any machine."""
+    digest = hashlib.sha256()
+    for array in (data.train_images, data.train_labels, data.test_images, data.test_labels):
+        tensor = array.contiguous()
+        digest.update(str((tuple(tensor.shape), str(tensor.dtype))).encode())
+        digest.update(tensor.numpy().tobytes())
+    return digest.hexdigest()
+
+
 def compute_stats(dataset_cfg: dict) -> dict:
     """The stats.json record of a config's dataset section (statistics of the train split only)."""
     data = load_configured(dataset_cfg)
@@ -87,6 +99,7 @@ def compute_stats(dataset_cfg: dict) -> dict:
         "mean": mean,
         "std": std,
         "val_index_sha": index_sha(val_idx),
+        "data_digest": data_digest(data),
     }
 
 
@@ -97,7 +110,9 @@ def write_stats(path, dataset_cfg: dict) -> dict:
 
 
 STATS_FIELDS = ("dataset", "val_fraction", "split_seed", "n_train", "n_val", "n_test", "num_classes",
-                "image_size", "mean", "std", "val_index_sha")
+                "image_size", "mean", "std", "val_index_sha", "data_digest")
+# stats.json of an earlier version has no data digest: its jobs take the digest of the data they load
+_REQUIRED_STATS = STATS_FIELDS[:-1]
 
 
 def _stats_types_problem(stats: dict) -> str | None:
@@ -114,8 +129,14 @@ def _stats_types_problem(stats: dict) -> str | None:
         if not (isinstance(values, list) and len(values) == size[0]
                 and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values)):
             return f"'{key}' is {values!r}, not {size[0]} finite numbers (one per channel)"
-    if not isinstance(stats["val_index_sha"], str):
-        return f"'val_index_sha' is {stats['val_index_sha']!r}, not a hash"
+    # [0, 1] pixel units: a mean outside them, or a deviation above 1, no uint8 image can have
+    if not all(0 <= value <= 1 for value in stats["mean"]):
+        return f"'mean' is {stats['mean']!r}, not in [0, 1] (pixel units)"
+    if not all(value <= 1 for value in stats["std"]):
+        return f"'std' is {stats['std']!r}, not at most 1 (pixel units)"
+    for key in ("val_index_sha", "data_digest"):
+        if key in stats and not isinstance(stats[key], str):
+            return f"'{key}' is {stats[key]!r}, not a hash"
     return None
 
 
@@ -127,7 +148,7 @@ def read_stats(path, dataset_cfg: dict) -> dict:
         made = f"`python -m kdsweep stats --config <your config> --out {path if not path.is_dir() else path / 'stats.json'}`"
         raise KdsweepError(f"stats file {path} " + ("is a folder, not a stats file; pass the file " if path.is_dir()
                            else "does not exist; create it with ") + made + (" wrote" if path.is_dir() else ""))
-    stats = io.read_json(path, "stats file", fix, required=STATS_FIELDS)
+    stats = io.read_json(path, "stats file", fix, required=_REQUIRED_STATS)
     if problem := _stats_types_problem(stats):
         raise KdsweepError(f"stats file {path} is damaged: {problem}; {fix}")
     if flat := [c for c, value in enumerate(stats["std"]) if value <= 0]:
@@ -165,6 +186,7 @@ class Splits:
     val: Split
     test: Split
     classes: list
+    digest: str  # data_digest of the images and labels they were cut from
 
     @property
     def num_classes(self) -> int:
@@ -177,13 +199,20 @@ def load_splits(dataset_cfg: dict, device="cpu", stats: dict | None = None) -> S
     train_idx, val_idx = split_indices(len(data.train_labels), dataset_cfg["val_fraction"], dataset_cfg["split_seed"])
     if stats is not None:
         found = {"n_train": len(train_idx), "n_val": len(val_idx), "n_test": len(data.test_labels),
-                 "image_size": data.image_size, "val_index_sha": index_sha(val_idx)}
+                 "image_size": data.image_size, "num_classes": data.num_classes, "val_index_sha": index_sha(val_idx)}
         for key, value in found.items():
             if stats[key] != value:
                 raise KdsweepError(
                     f"the stats file was computed on a different copy of {data.name} ({key} {stats[key]} there, "
                     f"{value} here); delete it and rerun `python -m kdsweep stats --config <your config> --out <stats.json>`"
                 )
+    digest = data_digest(data)
+    if stats is not None and stats.get("data_digest") not in (None, digest):
+        raise KdsweepError(
+            f"the {data.name} files in {data.source} are not those the stats file was computed from (data "
+            f"digest {digest[:12]} here, {stats['data_digest'][:12]} there): point dataset.root at the files the "
+            "study was run on, or, if the data changed on purpose, delete the study's data/stats.json and run again "
+            "(every run then trains again; the old ones are kept aside)")
 
     def split(images, labels, idx=None):
         if idx is not None:
@@ -195,6 +224,7 @@ def load_splits(dataset_cfg: dict, device="cpu", stats: dict | None = None) -> S
         val=split(data.train_images, data.train_labels, val_idx),
         test=split(data.test_images, data.test_labels),
         classes=data.classes,
+        digest=digest,
     )
 
 

@@ -3,12 +3,16 @@
 Registry `DATASETS`, name -> loader(root, download=False) -> Dataset:
 - cifar10, cifar100: torchvision's files under dataset.root (cifar-10-batches-py/,
   cifar-100-python/). Jobs never download; `download()` (the `download` command) does, through
-  torchvision, which verifies the archive's and the files' md5 checksums.
+  torchvision, which verifies the archive's and the files' md5 checksums. Jobs read the files as
+  torchvision does (pickles of uint8 rows of 3 x 32 x 32 pixels and their labels), each checked
+  against that format: images of the right type and size, as many labels as images, every label
+  one of the dataset's classes, the meta file naming as many classes as the dataset has. A file
+  that is not so (cut short, garbled, another file) is one sentence naming it and the fix.
 - digits: scikit-learn's bundled 1,797 handwritten digits (8x8, values 0..16), scaled to
   0..255 and replicated to 3 channels. Kept at their native 8x8: the offline CPU demo then
   trains 10-16x faster than at 32x32. Its test set is fixed by the dataset, not by the study:
   every 5th image (index 0, 5, 10, ...) is a test image, 360 of them; the other 1,437 are the
-  training set.
+  training set. Its file is checked too: 1,797 rows of 64 pixels in 0..16 and a label in 0..9.
 
 torch and torchvision are imported when a dataset is read, not with this module: the workflow
 asks `download_folder` for a dataset's folder in every snakemake process, also in the two of each
@@ -37,6 +41,11 @@ DIGITS_TEST_EVERY = 5
 # The folder under dataset.root of each torchvision class read here: its `base_folder`, written out
 # so that download_folder does not import torchvision (tests/test_data.py checks them against it).
 CIFAR_FOLDERS = {"CIFAR10": "cifar-10-batches-py", "CIFAR100": "cifar-100-python"}
+CIFAR_CLASSES = {"CIFAR10": 10, "CIFAR100": 100}
+CIFAR_SHAPE = (3, 32, 32)  # one image: a row of 3072 bytes, channel-major
+# scikit-learn's digits: images, pixel maximum, classes (a property of its file)
+DIGITS_IMAGES, DIGITS_MAXIMUM, DIGITS_CLASSES = 1797, 16, 10
+DIGITS_FIX = "reinstall scikit-learn (pip install --force-reinstall scikit-learn)"
 
 
 @dataclass
@@ -64,32 +73,69 @@ def _download_hint(folder) -> str:
     return f"run `python -m kdsweep download --config <your config>` on a node with internet access to fetch it into {folder}"
 
 
-def _presence_only(cls):
-    """torchvision's CIFAR class with its md5 checks reduced to "the file exists".
-
-    Hashing 170 MB at the start of every job is waste (the `download` command already
-    verified the checksums), and it would reject the small synthetic files the tests write.
-    torchvision checks md5 in two places (`_check_integrity` and `_load_meta`); both go
-    through `check_integrity(path, md5)`, which only tests presence when md5 is None.
-    """
-    return type(
-        f"Unverified{cls.__name__}",
-        (cls,),
-        {
-            "train_list": [[name, None] for name, _ in cls.train_list],
-            "test_list": [[name, None] for name, _ in cls.test_list],
-            "meta": {**cls.meta, "md5": None},
-        },
-    )
-
-
 def _torchvision(name):
     from torchvision import datasets
 
     return getattr(datasets, name)
 
 
+def _unpickle(path: Path, fix: str):
+    """The object a CIFAR file holds (read as torchvision reads it: Python 2 pickles, latin1)."""
+    try:
+        with open(path, "rb") as handle:
+            return pickle.load(handle, encoding="latin1")
+    except OSError as err:
+        raise KdsweepError(f"dataset file {path} cannot be read ({err.strerror}); {fix}") from err
+    except Exception as err:  # noqa: BLE001 - a damaged pickle raises nearly anything (EOFError, KeyError, ...)
+        raise KdsweepError(f"dataset file {path} is unreadable: damaged, cut short or not a CIFAR file "
+                           f"({err.__class__.__name__}); {fix}") from err
+
+
+def _cifar_batch(path: Path, labels_key: str, num_classes: int, fix: str):
+    """(uint8 images N x 3072, int64 labels N) of one CIFAR batch file, checked against the format."""
+    entry = _unpickle(path, fix)
+    if not isinstance(entry, dict):
+        raise KdsweepError(f"dataset file {path} holds a {type(entry).__name__}, not a CIFAR batch (a mapping of "
+                           f"'data' and '{labels_key}'); {fix}")
+    missing = [key for key in ("data", labels_key) if key not in entry]
+    if missing:
+        raise KdsweepError(f"dataset file {path} lacks '{missing[0]}', which every CIFAR batch holds; {fix}")
+    data, row = entry["data"], int(np.prod(CIFAR_SHAPE))
+    if not (isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.ndim == 2 and data.shape[1] == row):
+        found = (f"a {data.dtype} array of shape {data.shape}" if isinstance(data, np.ndarray)
+                 else f"a {type(data).__name__}")
+        raise KdsweepError(f"dataset file {path} holds its images as {found}, not rows of {row} bytes (uint8, "
+                           f"{' x '.join(map(str, CIFAR_SHAPE))}); {fix}")
+    try:
+        labels = np.asarray(entry[labels_key])
+    except (TypeError, ValueError):
+        labels = np.asarray([])
+    if labels.ndim != 1 or not (np.issubdtype(labels.dtype, np.integer) or labels.size == 0):
+        raise KdsweepError(f"dataset file {path} holds its '{labels_key}' as {labels.dtype} of shape {labels.shape}, "
+                           f"not one whole number per image; {fix}")
+    if len(labels) != len(data):
+        raise KdsweepError(f"dataset file {path} holds {len(data)} images but {len(labels)} labels; {fix}")
+    outside = labels[(labels < 0) | (labels >= num_classes)]
+    if outside.size:
+        raise KdsweepError(f"dataset file {path} holds the label {int(outside[0])}, outside the classes 0 to "
+                           f"{num_classes - 1} of its dataset; {fix}")
+    return data, labels.astype(np.int64)
+
+
+def _cifar_classes(path: Path, key: str, num_classes: int, fix: str) -> list:
+    meta = _unpickle(path, fix)
+    classes = meta.get(key) if isinstance(meta, dict) else None
+    if not (isinstance(classes, list) and len(classes) == num_classes and all(isinstance(c, str) for c in classes)):
+        found = f"{len(classes)} class names" if isinstance(classes, list) else f"no list of class names"
+        raise KdsweepError(f"dataset file {path} holds {found} under '{key}', not the {num_classes} of its "
+                           f"dataset; {fix}")
+    return classes
+
+
 def _load_cifar(class_name, name, root, download=False) -> Dataset:
+    """torchvision's CIFAR files under root, read and checked here (not by torchvision's class: its md5
+    check would hash 170 MB at the start of every job, which the `download` command already did, and it
+    reports a damaged file as an exception that names none)."""
     import torch
 
     cls = _torchvision(class_name)
@@ -106,47 +152,89 @@ def _load_cifar(class_name, name, root, download=False) -> Dataset:
     missing = [file for file in files if not (folder / file).is_file()]
     if missing:
         raise KdsweepError(f"dataset {name} is missing {folder / missing[0]}; {_download_hint(folder)}")
-    unverified = _presence_only(cls)
-    try:
-        train, test = unverified(root, train=True), unverified(root, train=False)
-    except (pickle.UnpicklingError, EOFError, KeyError, ValueError) as err:
-        raise KdsweepError(
-            f"the {name} files in {folder} are unreadable ({err.__class__.__name__}); delete {folder} and "
-            f"{_download_hint(folder)}"
-        ) from err
+    fix = f"delete {folder} and {_download_hint(folder)}"
+    num_classes = CIFAR_CLASSES[class_name]
+    labels_key = "labels" if class_name == "CIFAR10" else "fine_labels"
+    classes = _cifar_classes(folder / cls.meta["filename"], cls.meta["key"], num_classes, fix)
 
-    def tensors(split):
-        # torchvision stores H x W x C for PIL; we want N x C x H x W.
-        images = torch.from_numpy(split.data).permute(0, 3, 1, 2).contiguous()
-        return images, torch.tensor(split.targets, dtype=torch.int64)
+    def split(file_list, what):
+        parts = [_cifar_batch(folder / file, labels_key, num_classes, fix) for file, _ in file_list]
+        data = np.concatenate([images for images, _ in parts])
+        if len(data) == 0:
+            raise KdsweepError(f"the {name} {what} files in {folder} hold no images; {fix}")
+        images = torch.from_numpy(data.reshape(-1, *CIFAR_SHAPE))  # channel-major rows: N x C x H x W
+        return images, torch.from_numpy(np.concatenate([labels for _, labels in parts]))
 
-    return Dataset(name, *tensors(train), *tensors(test), list(train.classes), str(folder))
+    return Dataset(name, *split(cls.train_list, "training"), *split(cls.test_list, "test"), list(classes), str(folder))
+
+
+def _digits_file() -> Path | None:
+    """scikit-learn's own digits file (datasets/data/digits.csv.gz: 64 pixels then the label per row,
+    which is what load_digits parses), found without importing scikit-learn; None where it is not
+    where this expects it."""
+    spec = importlib.util.find_spec("sklearn")
+    path = Path(spec.submodule_search_locations[0], "datasets", "data", "digits.csv.gz") if spec else None
+    return path if path is not None and path.is_file() else None
 
 
 def _digits_arrays():
-    """(pixels N x 64 in 0..16, labels N) of scikit-learn's bundled digits.
+    """(pixels N x 64 in 0..16, labels N) of scikit-learn's bundled digits, checked.
 
-    Read from the package's own file (datasets/data/digits.csv.gz: 64 pixels then the label
-    per row, which is what load_digits parses) without importing scikit-learn: the import
-    costs more than a second, paid by every job of a digits study. load_digits where the
-    file is not where this expects it (tests check both give the same arrays).
-    """
-    spec = importlib.util.find_spec("sklearn")
-    path = Path(spec.submodule_search_locations[0], "datasets", "data", "digits.csv.gz") if spec else None
-    if path is None or not path.is_file():
+    Read from the package's own file without importing scikit-learn: the import costs more
+    than a second, paid by every job of a digits study. load_digits where the file is not
+    where this expects it (tests check both give the same arrays)."""
+    path = _digits_file()
+    if path is None:
         from sklearn.datasets import load_digits
 
-        return load_digits(return_X_y=True)
-    table = np.loadtxt(path, delimiter=",")
-    return table[:, :-1], table[:, -1].astype(np.int64)
+        try:
+            pixels, target = load_digits(return_X_y=True)
+        except Exception as err:  # noqa: BLE001 - its parser's errors, on a damaged file
+            raise KdsweepError(f"scikit-learn's digits data is unreadable ({err.__class__.__name__}); "
+                               f"{DIGITS_FIX}") from err
+        return check_digits(pixels, target, "scikit-learn's digits data")
+    return read_digits(path)
+
+
+def read_digits(path):
+    """(pixels, labels) of a digits file in scikit-learn's format, checked (check_digits)."""
+    try:
+        table = np.loadtxt(path, delimiter=",", ndmin=2)
+    except Exception as err:  # noqa: BLE001 - gzip, zlib and the parser each raise their own
+        raise KdsweepError(f"digits file {path} is unreadable: damaged or cut short ({err.__class__.__name__}: "
+                           f"{str(err).splitlines()[0] if str(err) else ''}); {DIGITS_FIX}") from err
+    if table.shape[1] != 65:
+        raise KdsweepError(f"digits file {path} holds rows of {table.shape[1]} numbers, not 64 pixels and a label; "
+                           f"{DIGITS_FIX}")
+    return check_digits(table[:, :-1], table[:, -1], f"digits file {path}")
+
+
+def check_digits(pixels, target, what: str):
+    """The digits' (pixels, int64 labels), or KdsweepError unless they are the dataset's 1,797 images of
+    64 whole pixel values in 0..16, each with a label in 0..9."""
+    pixels, target = np.asarray(pixels, dtype=np.float64), np.asarray(target, dtype=np.float64)
+    if pixels.shape != (DIGITS_IMAGES, 64) or target.shape != (DIGITS_IMAGES,):
+        raise KdsweepError(f"{what} holds {len(target)} labels and {len(pixels)} images of "
+                           f"{pixels.shape[1] if pixels.ndim == 2 else '?'} pixels, not the dataset's "
+                           f"{DIGITS_IMAGES} of 64; {DIGITS_FIX}")
+    bad = ~np.isfinite(pixels) | (pixels != np.round(pixels)) | (pixels < 0) | (pixels > DIGITS_MAXIMUM)
+    if bad.any():
+        row, column = map(int, np.argwhere(bad)[0])
+        raise KdsweepError(f"{what} gives image {row} the pixel value {pixels[row, column]}, not a whole number in "
+                           f"0..{DIGITS_MAXIMUM}; {DIGITS_FIX}")
+    bad = ~np.isfinite(target) | (target != np.round(target)) | (target < 0) | (target >= DIGITS_CLASSES)
+    if bad.any():
+        row = int(np.argwhere(bad)[0][0])
+        raise KdsweepError(f"{what} gives image {row} the label {target[row]}, not one of the classes 0 to "
+                           f"{DIGITS_CLASSES - 1}; {DIGITS_FIX}")
+    return pixels, target.astype(np.int64)
 
 
 def _load_digits(root=None, download=False) -> Dataset:
     import torch
 
     pixels, target = _digits_arrays()
-    maximum = 16  # the digits' pixel range is 0..16
-    images = np.rint(pixels.reshape(-1, 8, 8) * (255 / maximum)).astype(np.uint8)
+    images = np.rint(pixels.reshape(-1, 8, 8) * (255 / DIGITS_MAXIMUM)).astype(np.uint8)
     images = torch.from_numpy(images)[:, None].expand(-1, 3, -1, -1).contiguous()
     labels = torch.from_numpy(target).to(torch.int64)
     test = torch.arange(len(labels)) % DIGITS_TEST_EVERY == 0
@@ -176,6 +264,15 @@ def download_folder(name: str, root) -> str | None:
     if not isinstance(loader, partial) or loader.func is not _load_cifar:
         return None
     return str(Path(root) / CIFAR_FOLDERS[loader.args[0]])
+
+
+def source(name: str, root) -> Path | None:
+    """What a job reads of dataset `name`: the folder of its files, or the file of a bundled dataset
+    (None where that is not known); an output path must not lie there (kdsweep.paths)."""
+    folder = download_folder(name, root)
+    if folder is not None:
+        return Path(folder)
+    return _digits_file() if name == "digits" else None
 
 
 def download(name: str, root) -> str:

@@ -11,6 +11,8 @@ confidences mean what they say.
 evaluation/<role>/<run>.json under the study's results folder, with the keys
   run, role, dataset, model, temperature, soft_weight, seed   the evaluated run (as its metrics.json)
   teacher_run, teacher_model    the teacher folder compared against, and its architecture
+  run_hash, model_digest, teacher_run_hash   the version measured (kdsweep.identity): the run's hash and
+                      model.pt's sha256, the teacher's hash; aggregate pairs nothing else with the run
   n                   test images
   test_acc            accuracy (%) recomputed here from model.pt (same batches and arithmetic as training)
   test_acc_metrics    metrics.json's test_acc; equal to test_acc when the runtime sections agree
@@ -35,7 +37,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from . import data, io
+from . import data, identity, io
 from .errors import KdsweepError
 
 RUN_KEYS = ("role", "dataset", "model", "temperature", "soft_weight", "seed")
@@ -180,8 +182,9 @@ def evaluate_job(config: dict, run_dir, teacher_dir, out, log=print) -> dict:
     # One pass over the test set: never compiled (runtime.compile is for training jobs).
     runtime = Runtime.from_config(config["runtime"], training_job=False)
     splits = data.load_splits(config["dataset"], runtime.device)
-    run, model = runs.load(run_dir, config["dataset"], runtime.device, splits.num_classes)
-    teacher_run, teacher = runs.load(teacher_dir, config["dataset"], runtime.device, splits.num_classes, "teacher run")
+    run, model = runs.load(run_dir, config["dataset"], runtime.device, splits.num_classes, data_digest=splits.digest)
+    teacher_run, teacher = runs.load(teacher_dir, config["dataset"], runtime.device, splits.num_classes, "teacher run",
+                                     data_digest=splits.digest)
     model, teacher = runtime.place(model), runtime.place(teacher)
     started = time.perf_counter()
     result = evaluate_run(model, teacher, splits.test.images, splits.test.labels,
@@ -189,7 +192,8 @@ def evaluate_job(config: dict, run_dir, teacher_dir, out, log=print) -> dict:
     record = runtime.record()
     result.update(
         {key: run.get(key) for key in RUN_KEYS}, run=str(run_dir), teacher_run=str(teacher_dir),
-        teacher_model=teacher_run.get("model"), test_acc_metrics=run.get("test_acc"),
+        teacher_model=teacher_run.get("model"), test_acc_metrics=run.get("test_acc"), **identity.measured(run),
+        teacher_run_hash=teacher_run.get("config_hash"),
         seconds=time.perf_counter() - started, device=record["device"], precision=record["precision"],
         runtime=record, slurm=environment()["slurm"],
     )

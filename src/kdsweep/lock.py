@@ -11,6 +11,7 @@ flock() reaches every node (NFSv4 and Lustre/GPFS mounted with flock do).
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import platform
@@ -83,24 +84,46 @@ def read_holder(folder) -> Holder | None:
 def _acquire_waiting(folder: Path, log):
     """_acquire, but while another process holds the folder: wait for it (a job of a killed snakemake
     still training the run, a zombie job of a failed node), then lock the folder's lock file as it is
-    then (the holder removes the file it held as it lets go)."""
+    then (the holder removes the file it held as it lets go).
+
+    Only a held lock is waited for: each turn of the loop follows a change of its holder (it let go,
+    or a new one took it). Every other error (a folder that cannot be made or written, a file system
+    without flock) cannot change by waiting: it ends the wait at once with its sentence."""
     said = False
     while True:
         try:
             return _acquire(folder)
-        except KdsweepError:
+        except Held:
             pass
         try:
             handle = open(folder / LOCK, "r")
         except FileNotFoundError:
             continue  # let go since: try again
-        if not said:
-            holder = handle.read().strip() or "another process"
-            log(f"run folder {folder} is being trained by {holder}: waiting for it to finish (the run is "
-                "then finished, or resumes from its checkpoint)")
-            said = True
-        fcntl.flock(handle, fcntl.LOCK_SH)  # blocks until the holder lets go (or dies)
-        handle.close()
+        except OSError as err:
+            raise _cannot_lock(folder, err) from err
+        with handle:
+            if not said:
+                holder = handle.read().strip() or "another process"
+                log(f"run folder {folder} is being trained by {holder}: waiting for it to finish (the run is "
+                    "then finished, or resumes from its checkpoint)")
+                said = True
+            try:
+                fcntl.flock(handle, fcntl.LOCK_SH)  # blocks until the holder lets go (or dies)
+            except OSError as err:
+                raise _cannot_lock(folder, err, flock=True) from err
+
+
+class Held(KdsweepError):
+    """The run folder is locked by another process: the one error that waiting can end."""
+
+
+def _cannot_lock(folder: Path, err: OSError, flock: bool = False) -> KdsweepError:
+    """The sentence for a run folder that cannot be locked; flock: the error is flock()'s own."""
+    if flock and err.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+        return KdsweepError(f"the file system of {folder} does not support flock() ({err.strerror}), which keeps two "
+                            "jobs out of one run folder; put the results on a file system that does (a local disk, "
+                            "NFSv4, Lustre or GPFS mounted with flock)")
+    return KdsweepError(f"cannot create the run folder {folder} ({err.strerror}); choose an --out folder you can write")
 
 
 def _acquire(folder: Path):
@@ -109,16 +132,18 @@ def _acquire(folder: Path):
             folder.mkdir(parents=True, exist_ok=True)
             handle = open(folder / LOCK, "a+")
         except OSError as err:
-            raise KdsweepError(f"cannot create the run folder {folder} ({err.strerror}); "
-                               "choose an --out folder you can write") from err
+            raise _cannot_lock(folder, err) from err
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             handle.seek(0)
             holder = handle.read().strip() or "another process"
             handle.close()
-            raise KdsweepError(f"run folder {folder} is being trained by {holder}; wait for it to finish, or stop "
-                               "it and start this job again (it resumes from the checkpoint)") from None
+            raise Held(f"run folder {folder} is being trained by {holder}; wait for it to finish, or stop "
+                       "it and start this job again (it resumes from the checkpoint)") from None
+        except OSError as err:
+            handle.close()
+            raise _cannot_lock(folder, err, flock=True) from err
         # Opened just before its holder removed it and let go: that file is no one's lock any more.
         try:
             current = os.stat(folder / LOCK).st_ino
@@ -127,8 +152,12 @@ def _acquire(folder: Path):
         if current == os.fstat(handle.fileno()).st_ino:
             break
         handle.close()
-    handle.seek(0)
-    handle.truncate()
-    handle.write(describe_holder())
-    handle.flush()
+    try:
+        handle.seek(0)
+        handle.truncate()
+        handle.write(describe_holder())
+        handle.flush()
+    except OSError as err:  # a full disk
+        handle.close()
+        raise _cannot_lock(folder, err) from err
     return folder, handle

@@ -206,4 +206,5 @@ def load_model(path, device="cpu") -> nn.Module:
         raise KdsweepError(
             f"the weights in {path} do not fit a {name} with {num_classes} classes; {rerun}"
         ) from exc
+    model.architecture = name  # what the file says it is: runs.load checks it against the run's record
     return model.to(device).eval()

@@ -10,9 +10,9 @@ table. Nothing here imports torch: the Snakefile loads this module in every snak
   sharing the augmented batches and the teacher's forward pass). A pack of one is named after
   its run; a larger one `<student>_seed<s>_pack<i>`. The job writes its record,
   `packs/<pack>.json`, after every point finished: the file Snakemake tracks for them.
-- `JOB_SLICES`: the config values each kind of job reads. They are its rerun trigger (a rule's
-  params) and, for a training run, its identity (`run_slice`, hashed into checkpoints and
-  metrics.json), from this one table. The runtime section is in neither: it changes no result
+- `JOB_SLICES`: the config values each kind of job reads: its rerun trigger (a rule's params). A
+  training run's identity (kdsweep.identity) holds the same data, training and augmentation values.
+  `MACHINE_LOCAL` (where the data lies, the runtime section) is in neither: it changes no result
   beyond floating-point noise, so changing it reruns nothing and a checkpoint resumes under it.
 - `Plan(config)`: the runs of the grid or of the staged sweep, the packs, and the files.
 - Confirmation (config `confirm.seeds`, empty = off): after the sweep, each student's point with
@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import json
 import shlex
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 from .errors import KdsweepError
 
@@ -44,13 +44,20 @@ STUDY_FIGURES = ("temperature", "fidelity")
 PER_STUDENT_FIGURES = ("soft_weight", "grid", "robustness")
 FIGURE_FORMATS = ("png", "pdf")
 
-# The config values a job of each kind reads (dotted paths; "{attack}" is the attack's name).
+# The data a job reads: what it is (kdsweep.identity.DATASET_KEYS), not where it lies.
+_DATA = ("dataset.name", "dataset.subset", "dataset.val_fraction", "dataset.split_seed")
+# The config values a job of each kind reads (dotted paths; "{attack}" is the attack's name), but the
+# machine-local ones (MACHINE_LOCAL).
 JOB_SLICES = {
-    "stats": ("dataset",),
-    "train": ("dataset", "training", "augmentation"),
-    "attack": ("dataset", "training.eval_batch_size", "attacks.{attack}"),
-    "evaluate": ("dataset", "training.eval_batch_size", "evaluation"),
+    "stats": _DATA,
+    "train": (*_DATA, "training", "augmentation"),
+    "attack": (*_DATA, "training.eval_batch_size", "attacks.{attack}"),
+    "evaluate": (*_DATA, "training.eval_batch_size", "evaluation"),
 }
+# What every job reads but no result depends on (beyond floating-point noise): where the data lies and
+# the runtime section. The workflow gives them to every job in one file (results/<study>/runtime.yaml),
+# an ancient() input: changing them reruns nothing.
+MACHINE_LOCAL = ("dataset.root", "runtime")
 # Runtime values a job never takes from the config: the threads are what the scheduler granted
 # (runtime.threads={threads} on each command line), and pack_size is how the workflow groups runs.
 SCHEDULING = ("threads", "pack_size")
@@ -160,11 +167,10 @@ def _get(config: dict, dotted: str):
     return value
 
 
-def job_slice(config: dict, kind: str, attack: str | None = None) -> dict:
-    """The nested part of `config` a job of `kind` reads (JOB_SLICES)."""
+def select(config: dict, paths) -> dict:
+    """The nested part of `config` at these dotted paths."""
     out: dict = {}
-    for path in JOB_SLICES[kind]:
-        path = path.format(attack=attack)
+    for path in paths:
         *parents, leaf = path.split(".")
         target = out
         for part in parents:
@@ -173,15 +179,9 @@ def job_slice(config: dict, kind: str, attack: str | None = None) -> dict:
     return out
 
 
-def run_slice(config: dict, run: Run, teacher_hash: str | None) -> dict:
-    """A training run's identity: the config it reads and where it sits (hashed into its checkpoint).
-    A distilled run's temperature and soft weight as floats, as its job parses `--temperature 4`:
-    the plan's run of the config's `4` and the job's run of `4.0` are one run with one hash."""
-    where = asdict(run)
-    for name in ("temperature", "soft_weight"):
-        if where[name] is not None:
-            where[name] = float(where[name])
-    return {**job_slice(config, "train"), "run": {**where, "teacher_config_hash": teacher_hash}}
+def job_slice(config: dict, kind: str, attack: str | None = None) -> dict:
+    """The nested part of `config` a job of `kind` reads (JOB_SLICES)."""
+    return select(config, [path.format(attack=attack) for path in JOB_SLICES[kind]])
 
 
 def overrides(section: dict, prefix: str = "") -> list[str]:
@@ -201,9 +201,11 @@ def command_line(section: dict) -> str:
     return " ".join(map(shlex.quote, overrides(section)))
 
 
-def runtime_section(config: dict) -> dict:
-    """The runtime values a job takes from the config (all but SCHEDULING)."""
-    return {"runtime": {key: value for key, value in config["runtime"].items() if key not in SCHEDULING}}
+def machine_local(config: dict) -> dict:
+    """The MACHINE_LOCAL values a job takes from the config (the runtime section less SCHEDULING)."""
+    local = select(config, MACHINE_LOCAL)
+    local["runtime"] = {key: value for key, value in local["runtime"].items() if key not in SCHEDULING}
+    return local
 
 
 def number_table(key: str, values) -> dict:
@@ -249,6 +251,10 @@ class Plan:
         self._packs_by_name = {pack.name: pack for pack in self.packs}
         self._runs = {(run.role, run.name): run
                       for run in [self.teacher, *self.baselines(), *self.confirm_baselines(), *self._pack_of]}
+        if self.confirm_seeds and (bare := [student for student in self.students if not self.candidates(student)]):
+            raise KdsweepError(f"confirm.seeds is set, but {bare[0]}'s sweep has no distilled point (a soft weight "
+                               "above 0) for the confirmation to choose; add one to soft_weights (staged: or set "
+                               "staged.soft_weight above 0), or set confirm.seeds to []")
 
     # ---- runs
 
@@ -435,9 +441,13 @@ class Plan:
         """The command-line overrides of a job's config slice (its rule's params: its rerun trigger)."""
         return command_line(job_slice(self.config, kind, attack))
 
-    def runtime(self) -> str:
-        """The command-line overrides of the runtime section (no rerun trigger: see the module docstring)."""
-        return command_line(runtime_section(self.config))
+    def dataset_location(self) -> str:
+        """The command-line overrides of the dataset's name and folder (the download's params)."""
+        return command_line(select(self.config, ("dataset.name", "dataset.root")))
+
+    def machine_local(self) -> str:
+        """The command-line overrides of MACHINE_LOCAL (no rerun trigger: see the module docstring)."""
+        return command_line(machine_local(self.config))
 
     # ---- read-only views for `python -m kdsweep status` (the names the rules give these files)
 

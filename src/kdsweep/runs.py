@@ -1,7 +1,9 @@
 """A finished run read by another job (a distillation's teacher, an attack's or an evaluation's run), and
-the one check that it belongs to the job's data: the same dataset, subset and train/validation split,
-and as many classes. Without it a digits student distilled from a CIFAR-10 teacher would finish
-and look done.
+the checks that it is what its record says and belongs to the job's data: the same dataset, subset,
+train/validation split and data digest (kdsweep.identity), as many classes, and a model file that is
+the one its metrics.json describes (architecture, class count, digest). Without them a digits student
+distilled from a CIFAR-10 teacher, or an attack on a model.pt swapped for another, would finish and
+look done.
 """
 
 from __future__ import annotations
@@ -19,8 +21,6 @@ CHECKPOINT = "checkpoint.pt"  # after every epoch, for resuming
 BEST = "best.pt"  # best-validation weights so far
 PROGRESS = "checkpoint.json"  # checkpoint.pt's RunState as JSON, without the history
 
-# The dataset settings that make a run's data what it is (dataset.root may differ between machines).
-IDENTITY = ("name", "subset", "val_fraction", "split_seed")
 _REQUIRED = ("role", "model", "seed", "config_hash", "config")
 
 
@@ -35,29 +35,52 @@ def finished(run_dir, what: str = "run") -> dict:
                         f"delete {run_dir} and train it again", required=_REQUIRED)
 
 
-def check_compatible(run: dict, run_dir, dataset_cfg: dict, num_classes: int | None = None, what: str = "run"):
-    """KdsweepError unless the run was trained on the config's data (IDENTITY) with num_classes outputs."""
+def check_compatible(run: dict, run_dir, dataset_cfg: dict, num_classes: int | None = None, what: str = "run",
+                     data_digest: str | None = None):
+    """KdsweepError unless the run was trained on the config's data (identity.DATASET_KEYS, and the data
+    digest where both are known) with num_classes outputs."""
+    from .identity import DATASET_KEYS, DIGEST
+
     trained = (run.get("config") or {}).get("dataset") or {}
-    for key in IDENTITY:
+    for key in DATASET_KEYS:
         if key in trained and trained[key] != dataset_cfg[key]:
             raise KdsweepError(
                 f"{what} {run_dir} was trained with dataset.{key} = {trained[key]!r} but this job's config says "
                 f"{dataset_cfg[key]!r}: pass the config of the run's study (--config), or train the {what} "
                 "for this one")
+    if trained.get(DIGEST) and data_digest and trained[DIGEST] != data_digest:
+        raise KdsweepError(
+            f"{what} {run_dir} was trained on other {dataset_cfg['name']} files than those in {dataset_cfg['root']} "
+            f"(data digest {trained[DIGEST][:12]} there, {data_digest[:12]} here): point dataset.root at the files "
+            f"the {what} was trained on, or train the {what} again on these")
     if num_classes is not None and run.get("num_classes") not in (None, num_classes):
         raise KdsweepError(f"{what} {run_dir} has {run['num_classes']} classes but this job's data has "
                            f"{num_classes}: pass the config of the run's study (--config)")
 
 
-def load(run_dir, dataset_cfg: dict, device, num_classes: int | None = None, what: str = "run"):
-    """(metrics, model on device) of a finished run of the config's data; KdsweepError otherwise."""
+def load(run_dir, dataset_cfg: dict, device, num_classes: int | None = None, what: str = "run",
+         data_digest: str | None = None):
+    """(metrics, model on device) of a finished run of the config's data, its model.pt checked against
+    its metrics.json; KdsweepError otherwise."""
+    from .identity import file_digest
     from .models import load_model
 
     run_dir = Path(run_dir)
     record = finished(run_dir, what)
-    check_compatible(record, run_dir, dataset_cfg, None, what)
+    check_compatible(record, run_dir, dataset_cfg, None, what, data_digest)
+    fix = f"delete {run_dir} and train it again"
+    recorded = record.get("model_digest")
+    if recorded and (run_dir / MODEL).is_file() and file_digest(run_dir / MODEL) != recorded:
+        raise KdsweepError(f"{run_dir / MODEL} is not the model its metrics.json describes (its digest differs: "
+                           f"replaced or damaged since the run finished); {fix}")
     model = load_model(run_dir / MODEL, device)
+    if model.architecture != record["model"]:
+        raise KdsweepError(f"{run_dir / MODEL} holds a {model.architecture}, but its metrics.json is of a "
+                           f"{record['model']}; {fix}")
     classes = model.num_classes
+    if record.get("num_classes") not in (None, classes):
+        raise KdsweepError(f"{run_dir / MODEL} has {classes} classes, but its metrics.json says "
+                           f"{record['num_classes']}; {fix}")
     if num_classes is not None and classes != num_classes:
         raise KdsweepError(f"{what} {run_dir} has {classes} classes but this job's data has {num_classes}: "
                            "pass the config of the run's study (--config)")

@@ -39,7 +39,7 @@ from .errors import KdsweepError
 # cuBLAS is deterministic only with a fixed workspace (CUDA's "Results reproducibility" notes);
 # read when the first cuBLAS handle is made, so it is set before any CUDA work.
 CUBLAS_WORKSPACE = ":4096:8"
-# Exit status of a run stopped by SLURM's warning signal or a SIGTERM: the checkpoint of the
+# Exit status of a run stopped by SLURM's warning signal, a SIGTERM or Ctrl-C: the checkpoint of the
 # last finished epoch is on disk and a restart resumes it (EX_TEMPFAIL).
 EXIT_PREEMPTED = 75
 
@@ -268,19 +268,23 @@ def nondeterministic_op(err: RuntimeError) -> KdsweepError | None:
 
 
 class Preempted(Exception):
-    """SLURM asked the job to stop (time limit near, preemption): resume later from the checkpoint."""
+    """SLURM asked the job to stop (time limit near, preemption), or Ctrl-C did: resume later from the checkpoint."""
 
 
 class SignalStop:
-    """Turn SLURM's warning signal and SIGTERM into a clean stop at the next batch.
+    """Turn SLURM's warning signal, SIGTERM and Ctrl-C (SIGINT) into a clean stop at the next batch.
 
     profiles/slurm asks for SIGURG before the time limit: snakemake and the shells
     between SLURM and this process ignore it, whereas SIGUSR1 would kill the
     snakemake that runs inside the job. SIGTERM is what SLURM sends at the limit
-    itself and on preemption.
+    itself and on preemption. Ctrl-C stops a run by hand the same way: the checkpoint of
+    its last finished epoch is kept and the next start resumes it. A second Ctrl-C does not
+    wait for the batch: it raises KeyboardInterrupt at once (what is on disk is still only
+    whole files). A SIGINT that this process was started with ignored (a background job of a
+    shell, nohup) stays ignored.
     """
 
-    SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGURG)
+    SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGURG, signal.SIGINT)
 
     def __init__(self):
         self.received = None
@@ -288,10 +292,14 @@ class SignalStop:
 
     def __enter__(self):
         for sig in self.SIGNALS:
+            if sig == signal.SIGINT and signal.getsignal(sig) == signal.SIG_IGN:
+                continue
             self._previous[sig] = signal.signal(sig, self._handle)
         return self
 
     def _handle(self, signum, frame):
+        if signum == signal.SIGINT and self.received == "SIGINT":
+            raise KeyboardInterrupt
         self.received = signal.Signals(signum).name
 
     def check(self):

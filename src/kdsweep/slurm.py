@@ -5,7 +5,13 @@
   where `snakemake --profile slurm` finds it, unless a profile of that name exists already: it is
   never overwritten. What belongs to the workflow (GPUs, time limits, the warning signal, grouped
   evaluations, retries) is the workflow profile, profiles/default/, which Snakemake adds by itself.
+- `dropped_settings`: what of a site profile Snakemake drops because the workflow profile sets the
+  same top-level key (Snakemake >= 9.19 replaces a whole key of an earlier profile with a later
+  one's): the workflow warns before any job is submitted (`warn_about_dropped_settings`), and
+  `kdsweep slurm-profile` checks an existing profile the same way.
 - `queue`: the jobs `squeue` lists (the status view counts a study's pending and running jobs).
+
+The workarounds for the slurm executor plugin's bugs are kdsweep.slurm_plugin.
 
 Nothing here imports torch or snakemake at module level: the status view imports this module.
 """
@@ -96,7 +102,8 @@ def site_profile(account=None, partition=None, qos=None, jobs: int = 100, requeu
 def write_site_profile(account=None, partition=None, qos=None, jobs: int = 100,
                        requeue: bool = True) -> tuple[Path, bool]:
     """Write the minimal site profile into the user's Snakemake folder unless a `slurm` profile
-    exists there or in the site folder. Returns (the profile's file, whether it was written now)."""
+    exists there or in the site folder. Returns (the profile's file, whether it was written now);
+    dropped_settings tells what of an existing one the workflow profile would drop."""
     found = existing_profile()
     if found:
         return found, False
@@ -113,6 +120,105 @@ def write_site_profile(account=None, partition=None, qos=None, jobs: int = 100,
         raise KdsweepError(f"cannot write {path} ({err.strerror}); set XDG_CONFIG_HOME to a folder you "
                            "can write, or write the profile by hand") from err
     return path, True
+
+
+# ---------------------------------------------------------------- what the workflow profile replaces
+
+# The workflow profile of this checkout (Snakemake finds profiles/default next to the Snakefile).
+WORKFLOW_PROFILE = Path(__file__).resolve().parents[2] / "profiles" / "default" / "config.yaml"
+
+
+def read_profile(path) -> dict:
+    """A profile file as Snakemake reads it: its YTE rendered, each top-level key's value a string or,
+    for mappings such as set-resources, the list of `key=value` entries Snakemake makes of it."""
+    from snakemake.profiles import ProfileConfigFileParser
+
+    try:
+        with open(path) as stream:
+            return dict(ProfileConfigFileParser().parse(stream))
+    except OSError as err:
+        raise KdsweepError(f"cannot read the profile {path} ({err.strerror})") from err
+    except Exception as err:  # configargparse's and YTE's errors
+        raise KdsweepError(f"cannot read the profile {path} ({err}); fix its YAML") from err
+
+
+def dropped_settings(site: dict, workflow: dict) -> dict:
+    """{key: the site profile's values that Snakemake drops}: for each top-level key both profiles set,
+    the site's entries the workflow profile's value does not also hold (the workflow profile comes
+    later and replaces the whole key)."""
+    dropped = {}
+    for key in site.keys() & workflow.keys():
+        ours, theirs = site[key], workflow[key]
+        if isinstance(ours, list):
+            kept = set(theirs) if isinstance(theirs, list) else {theirs}
+            lost = [entry for entry in ours if entry not in kept]
+        else:
+            lost = [] if ours == theirs else [ours]
+        if lost:
+            dropped[key] = lost
+    return dict(sorted(dropped.items()))
+
+
+def dropped_sentence(site_path, workflow_path, dropped: dict) -> str:
+    """One sentence: which of the site profile's values are dropped, and how to keep them."""
+    listed = "; ".join(f"{key} ({', '.join(values)})" for key, values in dropped.items())
+    return (f"the site profile {site_path} sets {listed}, which the workflow profile {workflow_path} replaces "
+            "whole, so Snakemake drops these values: to keep them, put resources that hold for every rule "
+            "under the site profile's default-resources (which the workflow profile leaves alone), and the "
+            f"rest into {workflow_path}, or give them on the command line")
+
+
+def site_profile_files(argv, environ=os.environ) -> list[Path]:
+    """The profile files of `--profile` (repeatable; else $SNAKEMAKE_PROFILE), as Snakemake finds them."""
+    from snakemake.cli import get_profile_dir
+
+    names = []
+    for index, arg in enumerate(argv):
+        if arg == "--profile" and index + 1 < len(argv):
+            names.append(argv[index + 1])
+        elif arg.startswith("--profile="):
+            names.append(arg.split("=", 1)[1])
+    if not names and environ.get("SNAKEMAKE_PROFILE"):
+        names = [environ["SNAKEMAKE_PROFILE"]]
+    found = [get_profile_dir(name) for name in names if name != "none"]
+    return [Path(entry[1]) for entry in found if entry is not None]
+
+
+def workflow_profile_file(argv, snakefile) -> Path | None:
+    """The workflow profile Snakemake adds (cli.parse_args: `--workflow-profile`, else profiles/default,
+    looked for in the working directory, then next to the Snakefile), or None (`--workflow-profile none`)."""
+    name = None
+    for index, arg in enumerate(argv):
+        if arg == "--workflow-profile" and index + 1 < len(argv):
+            name = argv[index + 1]
+        elif arg.startswith("--workflow-profile="):
+            name = arg.split("=", 1)[1]
+    if name == "none":
+        return None
+    name = Path(name or "default")
+    for candidate in (name, Path("profiles") / name, Path(snakefile).parent / "profiles" / name):
+        if candidate.is_file():
+            return candidate
+        for file in (candidate / "profile.yaml", candidate / "config.yaml"):
+            if candidate.is_dir() and file.is_file():
+                return file
+    return None
+
+
+def profile_warnings(argv, snakefile, environ=os.environ) -> list[str]:
+    """One sentence per site profile of this snakemake command whose settings the workflow profile drops."""
+    workflow_path = workflow_profile_file(argv, snakefile)
+    if workflow_path is None:
+        return []
+    workflow = read_profile(workflow_path)
+    sentences = []
+    for site_path in site_profile_files(argv, environ):
+        if site_path.resolve() == workflow_path.resolve():
+            continue
+        dropped = dropped_settings(read_profile(site_path), workflow)
+        if dropped:
+            sentences.append(dropped_sentence(site_path, workflow_path, dropped))
+    return sentences
 
 
 # ---------------------------------------------------------------- the queue
@@ -146,76 +252,3 @@ def queue(timeout: float = 10) -> list[QueuedJob] | None:
         if len(parts) == 5:
             jobs.append(QueuedJob(*(part.strip() for part in parts)))
     return jobs
-
-
-# ---------------------------------------------------------------- two bugs of the slurm plugin
-
-# snakemake-executor-plugin-slurm 2.8.0, as this workflow meets them on a real cluster:
-#
-# 1. sacct writes a job cancelled by someone (scancel, an admin, a preemption that cancels) as
-#    "CANCELLED by <uid>". The plugin compares the state with its list of failed states exactly,
-#    so it takes such a job for one still running and waits for it forever, instead of failing it
-#    and letting Snakemake resubmit it (retries), whose run then resumes from its checkpoint. (The
-#    old cookiecutter profile had the same bug: Snakemake-Profiles/slurm#22.)
-# 2. After a job ends NODE_FAIL the plugin excludes the job's node from every later submission,
-#    reading it from `sacct -o nodelist` whenever its poll sees the state. With requeue (the site
-#    profile's default) SLURM has meanwhile put the same job back in its queue, for any node, and
-#    what the poll reads depends on the moment: the node's name, or "None assigned" once the job is
-#    requeued. "None assigned" makes every later sbatch fail ("Invalid node name specified"); the
-#    node's name, on a partition whose nodes have each failed once, leaves no node for any later job
-#    although SLURM has them back in service (a failed node is DOWN, and scheduled on by no job, until
-#    it returns). Either way one node failure stops the study, at random (seen on the local cluster).
-#    So with requeue, node health is SLURM's to judge: later jobs exclude only the nodes the user
-#    named (`slurm-exclude-failed-nodes`). Without requeue the plugin fails the job itself and its
-#    exclusion of the node for the retry is its documented behaviour: kept, less "None assigned".
-_CANCELLED_BY = "CANCELLED by "
-
-
-def job_state(state: str) -> str:
-    """A job state as the plugin's lists spell it: "CANCELLED by 1000" is "CANCELLED"."""
-    return "CANCELLED" if state.startswith(_CANCELLED_BY) else state
-
-
-def node_names(nodes) -> set:
-    """The entries of the plugin's failed-node set that are node lists SLURM accepts: not sacct's
-    "None assigned" (or anything else with a space, which no node name has)."""
-    return {node for node in nodes if node and not any(c.isspace() for c in node)}
-
-
-def excluded_nodes(failed_nodes, settings) -> set:
-    """The nodes a submission excludes, from the plugin's failed-node set and its executor settings:
-    with requeue only the nodes the user named (`exclude_failed_nodes`), else the failed ones too."""
-    named = {node.strip() for node in (getattr(settings, "exclude_failed_nodes", None) or "").split(",")}
-    if getattr(settings, "requeue", False):
-        return node_names(named)
-    return node_names(set(failed_nodes or ()) | named)
-
-
-def work_around_plugin_bugs() -> bool:
-    """Work around both bugs above in the slurm executor plugin of this process: wrap its status
-    query (job_state) and its submit command (excluded_nodes). Called by the workflow
-    (workflow/rules/common.smk); does nothing where the plugin is not installed or lacks these
-    functions (another version), and nothing twice. Returns whether both are wrapped."""
-    try:
-        import snakemake_executor_plugin_slurm as plugin
-    except ImportError:
-        return False
-    query, submit = getattr(plugin, "query_job_status", None), getattr(plugin, "get_submit_command", None)
-    if query is None or submit is None:
-        return False
-    if getattr(query, "kdsweep_wrapped", False):
-        return True
-
-    async def query_job_status(*args, **kwargs):
-        states, duration = await query(*args, **kwargs)
-        if states is not None:
-            states = {job: job_state(state) for job, state in states.items()}
-        return states, duration
-
-    def get_submit_command(job, params, settings=None, failed_nodes=None, **kwargs):
-        return submit(job, params, settings=settings, failed_nodes=excluded_nodes(failed_nodes, settings),
-                      **kwargs)
-
-    query_job_status.kdsweep_wrapped = get_submit_command.kdsweep_wrapped = True
-    plugin.query_job_status, plugin.get_submit_command = query_job_status, get_submit_command
-    return True

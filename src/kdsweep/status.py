@@ -7,7 +7,8 @@ no live process: a time limit, preemption or a killed job; the next attempt resu
 (the one-sentence reason from its job's log) and not started; the training GPU-hours spent so far
 (train_seconds of finished and stopped or running jobs; a pack's points share one job, counted
 once), an estimate of what remains from the jobs finished so far, and, where squeue is on the
-PATH, the SLURM jobs pending and running in the study's working directory.
+PATH, the SLURM jobs pending and running in the study's working directory; and the runs of earlier
+configurations kept aside (kdsweep.identity).
 
 A run is training now when the holder of its folder's lock (kdsweep.lock: `process PID on HOST
 (SLURM job ID)`) is alive: a process of this machine, or a job squeue lists as running. Nothing
@@ -27,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import KdsweepError
+from .identity import ASIDE, study_aside
 from .lock import LOCK, read_holder
 from .plan import Plan, Run
 from .runs import CHECKPOINT, METRICS, PROGRESS
@@ -57,6 +59,7 @@ class StudyStatus:
     gpu_seconds: float
     remaining_seconds: float | None  # None: no job of some kind has finished yet to go by
     unestimated: int  # jobs left out of remaining_seconds for want of a finished one like them
+    aside: list = field(default_factory=list)  # run versions kept aside (kdsweep.identity.study_aside)
     taken: float = field(default_factory=time.time)
 
 
@@ -113,10 +116,10 @@ def _log_verdict(path: Path) -> tuple[str, str] | None:
     return None
 
 
-def run_status(plan: Plan, root: Path, run: Run, teacher_hash, running_jobs, host) -> RunStatus:
+def run_status(plan: Plan, root: Path, run: Run, teacher_hash, running_jobs, host, data_digest=None) -> RunStatus:
     folder = root / plan.run_dir(run)
     metrics = _read_json(folder / METRICS) if (folder / METRICS).exists() else None
-    if metrics is not None and _is_this_run(plan, run, metrics, teacher_hash):
+    if metrics is not None and _is_this_run(plan, run, metrics, teacher_hash, data_digest):
         return RunStatus(run, "finished", metrics.get("epochs") or 0, float(metrics.get("train_seconds") or 0))
     progress = _read_json(folder / PROGRESS) if (folder / CHECKPOINT).exists() else None
     epochs = int(progress.get("epoch", 0)) if progress else 0
@@ -132,15 +135,16 @@ def run_status(plan: Plan, root: Path, run: Run, teacher_hash, running_jobs, hos
     return RunStatus(run, "not started")
 
 
-def _is_this_run(plan, run, metrics, teacher_hash) -> bool:
-    """metrics.json is of this configuration (a run of another one is trained again by the workflow)."""
+def _is_this_run(plan, run, metrics, teacher_hash, data_digest=None) -> bool:
+    """metrics.json is of this configuration (a run of another one is kept aside by the workflow and
+    this one trained; kdsweep.identity)."""
     from .config import config_hash
-    from .plan import run_slice
+    from .identity import run_identity, same_run
 
     if run.distilled and teacher_hash is None:
         return True  # the teacher's record is gone: nothing to compare against
-    teacher = teacher_hash if run.distilled else None
-    return metrics.get("config_hash") == config_hash(run_slice(plan.config, run, teacher))
+    expected = run_identity(plan.config, run, teacher_hash if run.distilled else None, data_digest)
+    return metrics.get("config_hash") == config_hash(expected) or same_run(metrics.get("config"), expected)
 
 
 # ---------------------------------------------------------------- the study
@@ -184,14 +188,16 @@ def study_status(plan: Plan, root: Path, queue=None) -> StudyStatus:
     runs, waiting = plan.planned(choices(plan.staged_choice, plan.staged),
                                  choices(plan.confirm_record, plan.confirm_seeds))
     teacher = _read_json(root / plan.run_dir(plan.teacher) / METRICS) or {}
-    statuses = [run_status(plan, root, run, teacher.get("config_hash"), running_jobs, host) for run in runs]
+    digest = (_read_json(root / plan.results / "data" / "stats.json") or {}).get("data_digest")
+    statuses = [run_status(plan, root, run, teacher.get("config_hash"), running_jobs, host, digest) for run in runs]
     present = planned = 0
     for run in runs:
         for path in plan.evaluations(run):
             planned += 1
             present += (root / path).exists()
     spent, remaining, unestimated = _gpu_time(plan, statuses, waiting)
-    return StudyStatus(plan, root, statuses, waiting, (present, planned), slurm, spent, remaining, unestimated)
+    return StudyStatus(plan, root, statuses, waiting, (present, planned), slurm, spent, remaining, unestimated,
+                       study_aside(root / plan.results))
 
 
 def _same_folder(a, b) -> bool:
@@ -314,6 +320,16 @@ def render(status: StudyStatus, limit: int = 12) -> str:
     lines.append(f"evaluations (attacks, fidelity, calibration): {present} of {planned} files")
     if status.slurm is not None:
         lines.append(f"SLURM jobs in {status.root}: {status.slurm['running']} running, {status.slurm['pending']} pending")
+    if status.aside:
+        finished = sum((folder / METRICS).exists() for folder in status.aside)
+        folder = status.root / plan.results / ASIDE
+        lines.append(f"kept aside (runs of earlier configurations; one comes back if its configuration returns): "
+                     f"{len(status.aside)} in {folder} ({finished} finished, {len(status.aside) - finished} "
+                     f"partial); `rm -r {folder}` clears them")
+        for entry in status.aside[:limit]:
+            lines.append(f"  {entry.parent.name}/{entry.name}")
+        if len(status.aside) > limit:
+            lines.append(f"  ... and {len(status.aside) - limit} more")
     return "\n".join(lines)
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import checkpoint, data, io, lock
+from . import checkpoint, data, identity, io, lock
 from . import runs as runs_
 from .augment import Augment
 from .board import EpochBoard
@@ -34,7 +34,7 @@ from .errors import KdsweepError
 from .evaluation import loss_and_accuracy
 from .losses import kd_losses
 from .models import build_model, save_model
-from .plan import Run, run_slice
+from .plan import Run
 from .runs import BEST, CHECKPOINT, HISTORY, METRICS, MODEL
 from .runtime import Preempted, Runtime, SignalStop, environment, nondeterministic_op, to_device
 
@@ -88,6 +88,15 @@ class Point:
         self.rng = _torch_rng(device)
 
 
+def epoch_batches(n: int, batch_size: int) -> list[tuple[int, int]]:
+    """(start, end) of an epoch's batches of n images: batch_size each, the last the rest. A last batch
+    of one image joins the one before it: BatchNorm cannot train on a batch of one."""
+    bounds = [(start, min(start + batch_size, n)) for start in range(0, n, batch_size)]
+    if len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] == 1:
+        bounds[-2:] = [(bounds[-2][0], n)]
+    return bounds
+
+
 def train_epoch(points, teacher, augment, images, labels, batch_size, generator, runtime: Runtime, stop=None):
     """One epoch of every point on one shared stream of augmented batches and teacher logits.
 
@@ -104,11 +113,11 @@ def train_epoch(points, teacher, augment, images, labels, batch_size, generator,
     n = len(labels)
     order = to_device(torch.randperm(n, generator=generator), device)
     draws = augment.sample(n, generator).to(device)
-    for start in range(0, n, batch_size):
+    for start, end in epoch_batches(n, batch_size):
         if stop:
             stop.check()
-        index = order[start:start + batch_size]
-        batch = runtime.layout(augment.apply(images[index], draws[start:start + batch_size]))
+        index = order[start:end]
+        batch = runtime.layout(augment.apply(images[index], draws[start:end]))
         batch_labels = labels[index]
         teacher_logits = None
         if needs_teacher:
@@ -139,15 +148,18 @@ class _JobPoint(Point):
         training = config["training"]
         super().__init__(run, training, splits.num_classes, stats["mean"], stats["std"], runtime)
         self.out_dir, self.log = Path(out_dir), log
-        self.run_config = run_slice(config, run, teacher_hash)
-        self.run_hash = config_hash(self.run_config)
+        self.identity = identity.run_identity(config, run, teacher_hash, splits.digest)
+        self.run_hash = config_hash(self.identity)
         self.failed = None
         self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
             self.optimizer, mode="min", factor=training["lr_factor"], patience=training["lr_patience"])
         self.data_state = torch.Generator().manual_seed(run.seed).get_state()
         self.state = RunState()
         self.stopping = (training["max_epochs"], training["early_stopping_patience"])
-        self.done = self._finished_before(rerun_stale)
+        # the hashes a checkpoint of this run may carry: its own, and that of an earlier version's
+        self.accepted = {self.run_hash, identity.legacy_hash(config, run, teacher_hash)}
+        self._settle_folder(rerun_stale)
+        self.done = (self.out_dir / METRICS).exists()
         if not self.done and (self.out_dir / CHECKPOINT).exists():
             found = self._checkpoint(rerun_stale)
             if found:
@@ -158,30 +170,44 @@ class _JobPoint(Point):
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.board = None if self.done else EpochBoard(self.out_dir / "tensorboard")
 
-    def _finished_before(self, rerun_stale) -> bool:
-        """Whether the folder holds this run, finished; a finished run of another configuration is
-        refused, or (rerun_stale: the workflow, whose config changed) removed to train again."""
-        metrics = self.out_dir / METRICS
-        if not metrics.exists():
-            return False
-        found = io.read_json(metrics).get("config_hash")
-        if found == self.run_hash:
+    def _is_this_run(self, held) -> bool:
+        _, recorded, found_hash = held
+        if found_hash is None:
+            return True  # a checkpoint alone: checkpoint.load tells
+        if found_hash in self.accepted or (recorded is not None and identity.same_run(recorded, self.identity)):
+            self.accepted.add(found_hash)
             return True
-        if not rerun_stale:
-            raise KdsweepError(f"{self.out_dir} holds a finished run of another configuration (hash {found}, this "
-                               f"run is {self.run_hash}); delete that folder, or rerun with the settings it was made with")
-        self.log(f"{self.out_dir} was trained with another configuration: training it again")
-        for name in (METRICS, MODEL, HISTORY, CHECKPOINT, BEST):
-            (self.out_dir / name).unlink(missing_ok=True)
         return False
+
+    def _settle_folder(self, rerun_stale):
+        """Leave the folder holding this run or nothing: a run of another configuration there is refused,
+        or (rerun_stale: the workflow, whose config changed) kept aside; then a kept version of this
+        run comes back (kdsweep.identity)."""
+        held = identity.held(self.out_dir)
+        if held and not self._is_this_run(held):
+            kind, _, found_hash = held
+            if not rerun_stale:
+                raise KdsweepError(
+                    f"{self.out_dir} holds a {kind} run of another configuration (hash {found_hash}, this run is "
+                    f"{self.run_hash}); move that folder away, or pass --rerun-stale to keep it aside and train "
+                    "this one")
+            kept = identity.put_aside(self.out_dir, found_hash)
+            self.log(f"{self.out_dir} held a {kind} run of another configuration: kept aside in {kept}")
+        if identity.held(self.out_dir) is None:
+            back = identity.bring_back(self.out_dir, self.identity)
+            if back is not None:
+                self.log(f"{self.out_dir}: brought back this configuration's run, kept aside in {back}")
+                self._is_this_run(identity.held(self.out_dir))
 
     def _checkpoint(self, rerun_stale):
         try:
-            return checkpoint.load(self.out_dir / CHECKPOINT, self.run_hash)
+            found = checkpoint.load(self.out_dir / CHECKPOINT, self.accepted)
+            checkpoint.check_best(self.out_dir / BEST, found)
+            return found
         except KdsweepError:
             if not rerun_stale:
                 raise
-            self.log(f"{self.out_dir / CHECKPOINT} is of another configuration or unreadable: starting over")
+            self.log(f"the checkpoint of {self.out_dir} is damaged: starting the run over")
             checkpoint.remove_scratch(self.out_dir)
             return None
 
@@ -204,8 +230,8 @@ class _JobPoint(Point):
         self.data_state = data_state
         max_epochs, patience = self.stopping
         state.stopped = epoch >= max_epochs or state.bad_epochs >= patience
-        checkpoint.save(self.out_dir, self.run_hash, self.module, self.optimizer, self.scheduler, self.rng,
-                        data_state, state)
+        checkpoint.save(self.out_dir, self.run_hash, self.identity, self.module, self.optimizer, self.scheduler,
+                        self.rng, data_state, state)
         self.board.epoch(row)
         self.log(f"{self.out_dir.name}  epoch {epoch:3d}  lr {lr:.2e}  train loss {sums['total']:.4f}  "
                  f"val loss {val_loss:.4f}  val acc {val_acc:6.2f}%  {seconds:6.1f}s")
@@ -223,9 +249,10 @@ def train_points(config: dict, runs, stats_path, out_dirs, teacher_dir=None, log
 
     One run (a teacher or a baseline), or a pack of distillation runs of one student and seed.
     A point that stops early is finished, and the job goes on while any point trains.
-    rerun_stale: a folder holding a finished run (or a checkpoint) of another configuration is
-    trained again instead of refused (the workflow passes it: Snakemake reran the job because
-    the config changed). Each folder is locked for the job (kdsweep.lock): a second process
+    rerun_stale: a folder holding a finished run (or a checkpoint) of another configuration is kept
+    aside and this run trained, instead of refused (the workflow passes it: Snakemake reran the job
+    because the config changed); a version of this run kept aside comes back (kdsweep.identity), and
+    a damaged checkpoint is started over. Each folder is locked for the job (kdsweep.lock): a second process
     for it stops with one sentence, or with wait_for_lock (the workflow's jobs) waits for the holder.
     """
     out_dirs = [Path(d) for d in out_dirs]
@@ -262,7 +289,8 @@ def _train_points(config, runs, stats_path, out_dirs, teacher_dir, log, rerun_st
     if runs[0].distilled:
         if teacher_dir is None:
             raise KdsweepError("distillation needs the teacher's run folder; pass --teacher RUN_DIR")
-        record, teacher = runs_.load(teacher_dir, config["dataset"], runtime.device, splits.num_classes, "teacher run")
+        record, teacher = runs_.load(teacher_dir, config["dataset"], runtime.device, splits.num_classes, "teacher run",
+                                     data_digest=splits.digest)
         teacher_hash = record["config_hash"]
         teacher = runtime.compiled(runtime.place(teacher.eval().requires_grad_(False)))
     points = [_JobPoint(config, run, out_dir, teacher_hash, splits, stats, runtime, log, rerun_stale)
@@ -325,12 +353,12 @@ def _train_points(config, runs, stats_path, out_dirs, teacher_dir, log, rerun_st
 def _finish(point, splits, training, runtime: Runtime, teacher_dir):
     """Evaluate the best-validation weights on the test set and write the run's outputs, metrics.json last."""
     out_dir, state, run = point.out_dir, point.state, point.run
-    point.module.load_state_dict(checkpoint.weights(
-        torch.load(out_dir / BEST, map_location=runtime.device, weights_only=True)))
+    point.module.load_state_dict(checkpoint.best_weights(out_dir, runtime.device))
     best = state.history[state.best_epoch - 1]
     test_loss, test_acc = loss_and_accuracy(point.module, splits.test.images, splits.test.labels,
                                             training["eval_batch_size"], runtime)
     save_model(out_dir / MODEL, point.module, run.model, splits.num_classes)
+    model_digest = identity.file_digest(out_dir / MODEL)
     buffer = _io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=HISTORY_FIELDS, lineterminator="\n")
     writer.writeheader()
@@ -339,7 +367,7 @@ def _finish(point, splits, training, runtime: Runtime, teacher_dir):
     record = runtime.record()
     metrics = {
         **asdict(run),
-        "dataset": point.run_config["dataset"]["name"],
+        "dataset": point.identity["dataset"]["name"],
         "num_classes": splits.num_classes,
         "teacher_run": str(teacher_dir) if teacher_dir else None,
         "epochs": state.epoch,
@@ -355,8 +383,9 @@ def _finish(point, splits, training, runtime: Runtime, teacher_dir):
         "precision": record["precision"],
         "runtime": record,
         **environment(),
-        "config": point.run_config,
+        "config": point.identity,
         "config_hash": point.run_hash,
+        "model_digest": model_digest,
     }
     io.write_json(out_dir / METRICS, metrics)
     point.log(f"finished {out_dir}: best epoch {state.best_epoch} of {state.epoch}, "

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
+from snakemake.logging import logger
 from snakemake.utils import validate
 from snakemake_interface_executor_plugins.settings import DeploymentMethod
 
@@ -24,7 +25,8 @@ from kdsweep.config import check_finite, coerce_strings
 from kdsweep.datasets import download_folder
 from kdsweep.errors import KdsweepError
 from kdsweep.plan import Plan, Run, TABLES
-from kdsweep.slurm import work_around_plugin_bugs
+from kdsweep.slurm import profile_warnings
+from kdsweep.slurm_plugin import plugin_version, work_around_plugin_bugs
 
 # `--config seeds=[0,1]` gives strings; read them as YAML where the schema wants numbers.
 config.update(coerce_strings(config))
@@ -43,6 +45,7 @@ TEACHER = PLAN.run_dir(PLAN.teacher)
 # the teacher's train record: written after its model.pt and metrics.json
 (TEACHER_RECORD,) = PLAN.finished(PLAN.teacher)
 DATASET_DIR = download_folder(config["dataset"]["name"], config["dataset"]["root"])
+DATASET_RECORD = f"{RESULTS}/data/dataset.json"
 
 RUNTIME = f"{RESULTS}/runtime.yaml"
 
@@ -80,9 +83,26 @@ def one_gpu_per_job():
         workflow.register_resource("gpu", 1)
 
 
-# Two bugs of the slurm executor plugin (kdsweep.slurm): a job cancelled with scancel would be
-# waited for forever, and one node failure would make every later submission fail.
-work_around_plugin_bugs()
+# Five bugs of the slurm executor plugin (kdsweep.slurm_plugin): a job cancelled with scancel waited
+# for forever, one node failure failing every later submission, a crash or a hang when --jobs caps
+# an array rule while groups are ready, an array under its first task's time limit, and one failed
+# sacct call losing every watched job.
+PLUGIN_WORKED_AROUND = work_around_plugin_bugs()
+
+# A site profile's keys that the workflow profile also sets are dropped by Snakemake, whole (a later
+# profile replaces an earlier one's top-level key): say so before any job is submitted.
+if workflow.is_main_process:
+    try:
+        for sentence in profile_warnings(sys.argv[1:], workflow.main_snakefile):
+            logger.warning(f"Warning: {sentence}.")
+    except KdsweepError as err:
+        raise WorkflowError(str(err))
+    if not PLUGIN_WORKED_AROUND and plugin_version():
+        logger.warning(
+            f"Warning: snakemake-executor-plugin-slurm {plugin_version()} lacks the functions of 2.8 that "
+            "kdsweep.slurm_plugin wraps, so its workarounds are off; on a cluster, "
+            "`pip install snakemake-executor-plugin-slurm==2.8.0`."
+        )
 
 
 wildcard_constraints:

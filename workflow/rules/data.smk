@@ -2,8 +2,10 @@
 # the split's statistics, and the runtime section (results/<study>/runtime.yaml).
 
 
-# Rewritten whenever the config's runtime section changes (params); every job takes it as
-# an ancient() input, so that rewriting it reruns nothing.
+# results/<study>/runtime.yaml: what every job reads but no result depends on (plan.MACHINE_LOCAL:
+# the runtime section and where the data lies). Rewritten whenever it changes (params); every job
+# takes it as an ancient() input, so that rewriting it reruns nothing: moving the data retrains
+# nothing.
 localrules:
     runtime,
     study,
@@ -17,9 +19,10 @@ rule runtime:
     conda:
         CONDA_ENV
     params:
-        runtime=PLAN.runtime(),
+        machine_local=PLAN.machine_local(),
     shell:
-        "kdsweep config --section runtime --out {output:q} {params.runtime} > {log:q} 2>&1"
+        "kdsweep config --section runtime --section dataset.root --out {output:q} {params.machine_local}"
+        " > {log:q} 2>&1"
 
 
 # The whole config the workflow runs with, rewritten whenever it changes: what
@@ -39,27 +42,31 @@ rule study:
 
 if DATASET_DIR:
 
-    # on the submit host: compute nodes often have no internet access
+    # on the submit host: compute nodes often have no internet access. Its output is a record under
+    # results/<study>/, not the data folder: stats reads it as ancient(), so that a moved data folder
+    # (a new dataset.root: this rule runs again, and finds the files there) reruns nothing.
     localrules:
         download,
 
     rule download:
         output:
-            directory(DATASET_DIR),
+            DATASET_RECORD,
         log:
             f"{LOGS}/download.log",
         conda:
             CONDA_ENV
         params:
-            config=PLAN.job_config("stats"),
+            dataset=PLAN.dataset_location(),
         shell:
-            "kdsweep download {params.config} > {log:q} 2>&1"
+            "kdsweep download {params.dataset} --record {output:q} > {log:q} 2>&1"
 
 
+# The split's statistics and the digest of the data (kdsweep.data): every run's identity holds it, and
+# every job that reads the data checks it, so files that changed under the same path are refused.
 rule stats:
     input:
-        # ancient: the dataset folder's timestamp never reruns the study
-        [ancient(DATASET_DIR)] if DATASET_DIR else [],
+        [ancient(DATASET_RECORD)] if DATASET_DIR else [],
+        runtime=ancient(RUNTIME),
     output:
         STATS,
     log:
@@ -69,4 +76,4 @@ rule stats:
     params:
         config=PLAN.job_config("stats"),
     shell:
-        "kdsweep stats --out {output:q} {params.config} > {log:q} 2>&1"
+        "kdsweep stats --out {output:q} --config {input.runtime:q} {params.config} > {log:q} 2>&1"

@@ -1,0 +1,237 @@
+"""A run's identity, in one home: exactly what changes its result, its hash, the checks that a folder,
+a checkpoint or a result belongs to it, and the runs kept aside.
+
+- `run_identity(config, run, teacher_hash, data_digest)`: what a training run is. The data it learns
+  from (`dataset.name`, `subset`, `val_fraction`, `split_seed`, and the digest of the loaded images
+  and labels that the stats job records in stats.json), `training`, `augmentation`, where the run
+  sits (model, seed, temperature, soft weight, role) and, for a distilled run, its teacher's hash.
+  Not in it: where the data lies (`dataset.root`) and the `runtime` section (device, precision,
+  threads, ...): they change no result beyond floating-point noise, so moving the data, or the study
+  to another cluster with the same files, retrains nothing. Different files under the same path have
+  another digest: the jobs refuse them (kdsweep.data) and, once stats.json is made again from them,
+  every run's identity changes.
+- `same_run(recorded, identity)`: whether a recorded identity (metrics.json's `config`, a checkpoint's)
+  is this run's. Records made before data digests existed (they hold `dataset.root` and no digest)
+  are the same run when everything else agrees: a study finished by an earlier version is not trained
+  again.
+- Kept aside (`put_aside`, `bring_back`, `kept_aside`): a job that finds its folder holding a run of
+  another identity (the config changed) moves that run's files to
+  `results/<study>/aside/<role>/<run>@<its hash>/` and trains its own; when the config returns, the
+  job brings the kept run back instead of training it again. Nothing finished is ever deleted.
+  `python -m kdsweep status` lists what is kept aside; deleting that folder clears it.
+- `file_digest(path)`: a model file's sha256, recorded in metrics.json (`model_digest`) and in every
+  attack and evaluation result (with the run's hash, `run_hash`), so that no table pairs the numbers
+  of two versions of a run.
+
+Nothing here imports torch: the status view imports this module.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import asdict
+from pathlib import Path
+
+from . import io
+from .config import config_hash
+from .errors import KdsweepError
+
+# The dataset settings that make a run's data what it is, besides the digest of the data itself.
+DATASET_KEYS = ("name", "subset", "val_fraction", "split_seed")
+DIGEST = "digest"
+ASIDE = "aside"
+LOCK = ".lock"  # kdsweep.lock's file: never moved
+
+
+def file_digest(path) -> str:
+    """sha256 of a file (a model's weights)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _where(run) -> dict:
+    """A run's coordinates, a distilled run's temperature and soft weight as floats, as its job parses
+    `--temperature 4`: the plan's run of the config's `4` and the job's run of `4.0` are one run."""
+    where = asdict(run)
+    for name in ("temperature", "soft_weight"):
+        if where[name] is not None:
+            where[name] = float(where[name])
+    return where
+
+
+def run_identity(config: dict, run, teacher_hash: str | None, data_digest: str | None) -> dict:
+    """What a training run is (module docstring); data_digest None where it is not known (a status
+    view without stats.json)."""
+    dataset = {key: config["dataset"][key] for key in DATASET_KEYS}
+    dataset[DIGEST] = data_digest
+    return {"dataset": dataset, "training": config["training"], "augmentation": config["augmentation"],
+            "run": {**_where(run), "teacher_config_hash": teacher_hash}}
+
+
+def legacy_hash(config: dict, run, teacher_hash: str | None) -> str:
+    """The hash a run had before data digests existed (the whole dataset section, root included): what a
+    checkpoint of that version holds."""
+    return config_hash({"dataset": config["dataset"], "training": config["training"],
+                        "augmentation": config["augmentation"],
+                        "run": {**_where(run), "teacher_config_hash": teacher_hash}})
+
+
+def _comparable(identity: dict) -> dict:
+    dataset = identity.get("dataset")
+    if not isinstance(dataset, dict):
+        return identity
+    return {**identity, "dataset": {key: dataset.get(key) for key in DATASET_KEYS}}
+
+
+def same_run(recorded, identity: dict) -> bool:
+    """Whether `recorded` (an identity read from a file) is the run `identity` describes. A digest missing
+    on either side (a record of an earlier version, a view without stats.json) is not compared."""
+    if not isinstance(recorded, dict) or not isinstance(recorded.get("dataset"), dict):
+        return False
+    theirs, ours = recorded["dataset"].get(DIGEST), identity["dataset"].get(DIGEST)
+    if theirs and ours and theirs != ours:
+        return False
+    return _comparable(recorded) == _comparable(identity)
+
+
+# ---------------------------------------------------------------- what a run folder holds
+
+
+def held(folder) -> tuple[str, dict | None, str | None] | None:
+    """What a run folder holds: ("finished", identity, hash) from metrics.json, ("partial", identity or
+    None, hash) from checkpoint.json (a stopped run), or None for nothing. A record that cannot be read
+    gives hash "damaged"; a checkpoint.pt without its checkpoint.json (killed between the two writes)
+    hash None: only the checkpoint itself can tell (kdsweep.checkpoint.load)."""
+    from .runs import CHECKPOINT, METRICS, PROGRESS
+
+    folder = Path(folder)
+    for kind, name in (("finished", METRICS), ("partial", PROGRESS)):
+        path = folder / name
+        if not path.exists():
+            continue
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return kind, None, "damaged"
+        if not isinstance(record, dict):
+            return kind, None, "damaged"
+        return kind, record.get("config") or record.get("identity"), str(record.get("config_hash") or "damaged")
+    if (folder / CHECKPOINT).exists():
+        return "partial", None, None
+    return None
+
+
+def aside_root(run_dir) -> Path:
+    """Where a run folder's other versions are kept: results/<study>/aside/<role>/ for a folder of the
+    study layout (results/<study>/runs/<role>/<run>), else a folder `.aside` beside it."""
+    run_dir = Path(run_dir)
+    if run_dir.parent.parent.name == "runs":
+        return run_dir.parent.parent.parent / ASIDE / run_dir.parent.name
+    return run_dir.parent / f".{ASIDE}"
+
+
+def _move_contents(source: Path, destination: Path):
+    destination.mkdir(parents=True, exist_ok=True)
+    for entry in sorted(source.iterdir()):
+        if entry.name == LOCK:
+            continue
+        target = destination / entry.name
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target)
+        elif target.exists() or target.is_symlink():
+            target.unlink()
+        os.replace(entry, target)
+
+
+def put_aside(run_dir, run_hash: str) -> Path:
+    """Move what a run folder holds (all but its lock) to the aside folder of its hash; return that folder.
+    A version of that hash already kept there is replaced only by a finished one."""
+    from .runs import METRICS
+
+    run_dir = Path(run_dir)
+    destination = aside_root(run_dir) / f"{run_dir.name}@{run_hash}"
+    try:
+        if destination.exists() and (destination / METRICS).exists() and not (run_dir / METRICS).exists():
+            # a finished version of that hash is kept already: the partial one here adds nothing
+            for entry in run_dir.iterdir():
+                if entry.name != LOCK:
+                    shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+            return destination
+        if destination.exists():
+            shutil.rmtree(destination)
+        _move_contents(run_dir, destination)
+    except OSError as err:
+        raise KdsweepError(f"cannot keep the run in {run_dir} aside in {destination} ({err.strerror}); "
+                           f"make {destination.parent} writable, or move {run_dir} away yourself") from err
+    return destination
+
+
+def bring_back(run_dir, identity: dict) -> Path | None:
+    """Move the kept version of this identity back into run_dir (finished first, else the partial one
+    with most epochs); return the folder it came from, or None where none is kept."""
+    run_dir = Path(run_dir)
+    candidates = []
+    for folder in kept_aside(run_dir):
+        found = held(folder)
+        if found and found[1] is not None and same_run(found[1], identity):
+            progress = _epochs(folder) if found[0] == "partial" else float("inf")
+            candidates.append((progress, folder))
+    if not candidates:
+        return None
+    _, folder = max(candidates, key=lambda item: item[0])
+    try:
+        _move_contents(folder, run_dir)
+        folder.rmdir()
+    except OSError as err:
+        raise KdsweepError(f"cannot bring the run kept in {folder} back to {run_dir} ({err.strerror}); "
+                           f"move its files there yourself, or delete {folder} to train the run again") from err
+    return folder
+
+
+def _epochs(folder: Path) -> float:
+    from .runs import PROGRESS
+
+    try:
+        return float(io.read_json(folder / PROGRESS).get("epoch", 0))
+    except (KdsweepError, TypeError, ValueError):
+        return 0.0
+
+
+def kept_aside(run_dir) -> list[Path]:
+    """The versions of a run folder kept aside."""
+    run_dir = Path(run_dir)
+    root = aside_root(run_dir)
+    if not root.is_dir():
+        return []
+    return sorted(path for path in root.glob(f"{run_dir.name}@*") if path.is_dir())
+
+
+def study_aside(results) -> list[Path]:
+    """Every run version kept aside in a study folder (results/<study>)."""
+    root = Path(results) / ASIDE
+    return sorted(path for path in root.glob("*/*@*") if path.is_dir()) if root.is_dir() else []
+
+
+# ---------------------------------------------------------------- results bound to a run version
+
+
+def measured(metrics: dict) -> dict:
+    """What an attack or evaluation result records of the run version it measured."""
+    return {"run_hash": metrics.get("config_hash"), "model_digest": metrics.get("model_digest")}
+
+
+def result_matches(result: dict, metrics: dict) -> bool:
+    """Whether an attack or evaluation result measured the run version metrics.json describes: the same
+    run hash and model digest. A result of an earlier version (neither recorded) matches only a run of
+    that version (no model digest recorded either)."""
+    if "run_hash" not in result:
+        return "model_digest" not in metrics
+    if result["run_hash"] != metrics.get("config_hash"):
+        return False
+    return result.get("model_digest") == metrics.get("model_digest") or "model_digest" not in metrics
