@@ -32,6 +32,6 @@ rule all:
     default_target: True
     input:
         PLAN.tables(),
-        [path for path, _, _ in PLAN.figures()],
+        [path for path, *_ in PLAN.figures()],
         PLAN.study_record(),
         **STUDY_OUTPUTS,

@@ -10,6 +10,15 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]  # the checkout
 
 
+def kd_run(role, model, seed, temperature=None, soft_weight=None):
+    """A run as the reference study has them: a teacher or baseline, or a kd point (T, w)."""
+    from kdsweep.plan import Run
+
+    if temperature is None and soft_weight is None:
+        return Run(role, model, seed)
+    return Run.distilled_run(role, model, seed, "kd", {"temperature": temperature, "soft_weight": soft_weight})
+
+
 # ---------------------------------------------------------------- data: synthetic CIFAR files
 
 class _Py2Pickler(pickle._Pickler):

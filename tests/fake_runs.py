@@ -3,13 +3,14 @@ tests of the confirmation, the paired gains, the sensitivity and the reference t
 
 import json
 
-from kdsweep.plan import Run, attack_file
+from conftest import kd_run
+from kdsweep.plan import attack_file
 
 
 def write_run(root, role, model, seed, temperature=None, soft_weight=None, val_acc=90.0, test_acc=90.0,
               dataset="cifar10", subset=None):
     """A finished run folder (metrics.json as kdsweep.train writes it, the keys aggregate reads); its folder."""
-    run = Run(role, model, seed, temperature, soft_weight)
+    run = kd_run(role, model, seed, temperature, soft_weight)
     folder = root / run.folder
     folder.mkdir(parents=True, exist_ok=True)
     metrics = {
@@ -24,7 +25,7 @@ def write_run(root, role, model, seed, temperature=None, soft_weight=None, val_a
 
 def write_attack(root, role, model, seed, temperature, soft_weight, epsilon, adv_acc, clean_acc, attack="fgsm"):
     """attacks/<role>/<run>/<attack>_eps<eps>.json as `kdsweep attack` writes it."""
-    run = Run(role, model, seed, temperature, soft_weight)
+    run = kd_run(role, model, seed, temperature, soft_weight)
     path = root / "attacks" / role / run.name / attack_file(attack, epsilon)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({

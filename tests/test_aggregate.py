@@ -5,6 +5,7 @@ import math
 
 import pandas as pd
 import pytest
+from conftest import kd_run
 
 from kdsweep import aggregate
 from kdsweep.errors import KdsweepError
@@ -12,7 +13,7 @@ from kdsweep.plan import Run, attack_file
 
 
 def run_path(*run):
-    return Run(*run).folder
+    return kd_run(*run).folder
 
 DATASET = "cifar10"
 TEACHER = "resnet50"

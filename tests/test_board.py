@@ -1,7 +1,7 @@
 """The study as TensorBoard HParams sessions, written by `python -m kdsweep aggregate`, read back the
 way TensorBoard reads them (its event multiplexer and the HParams plugin's protos).
 
-A small fake study in the documented file formats: a teacher, a baseline and two distilled runs,
+A small fake study in the documented file formats: a teacher, a baseline, two kd runs and a DKD run,
 FGSM and PGD at two epsilons, evaluations (one run without one: a sweep in progress).
 """
 
@@ -9,12 +9,15 @@ import json
 import sys
 
 import pytest
+from conftest import kd_run
 
 from kdsweep import cli
 from kdsweep.plan import Run, attack_file
 
 RUNS = [Run("teacher", "resnet50", 0), Run("baseline", "resnet18", 0),
-        Run("kd", "resnet18", 0, 4.0, 0.9), Run("kd", "resnet18", 1, 2.0, 0.5)]
+        kd_run("kd", "resnet18", 0, 4.0, 0.9), kd_run("kd", "resnet18", 1, 2.0, 0.5),
+        Run.distilled_run("dkd", "resnet18", 0, "dkd", {"alpha": 1.0, "beta": 8.0, "temperature": 4.0,
+                                                        "warmup_epochs": 20})]
 EPSILONS = (0.01, 0.05)
 NOT_EVALUATED = RUNS[3]
 
@@ -32,7 +35,8 @@ def write_study(root):
         metrics = {"role": run.role, "dataset": "cifar10", "model": run.model, "seed": run.seed,
                    "temperature": run.temperature, "soft_weight": run.soft_weight, "epochs": 10, "best_epoch": 8,
                    "stopped_early": False, "val_acc": accuracy(run, 1), "val_loss": 0.5, "test_acc": accuracy(run),
-                   "test_loss": 0.6, "train_seconds": 100.0, "device": "cpu"}
+                   "test_loss": 0.6, "train_seconds": 100.0, "device": "cpu",
+                   **({"method": run.method, "hparams": run.params} if run.method == "dkd" else {})}
         (folder / "metrics.json").write_text(json.dumps(metrics))
         want = {"val_acc": metrics["val_acc"], "test_acc": metrics["test_acc"]}
         for attack in ("fgsm", "pgd"):
@@ -88,7 +92,7 @@ def test_every_finished_run_is_a_session_with_its_hparams_and_metrics(tmp_path, 
     root = tmp_path / "results" / "fake"
     expected = write_study(root)
     cli.main(["aggregate", str(root)])
-    assert "wrote 4 TensorBoard HParams sessions" in capsys.readouterr().out
+    assert "wrote 5 TensorBoard HParams sessions" in capsys.readouterr().out
     sessions, experiments = read_sessions(root)
 
     # one session per run, in the run's own tensorboard/ folder (next to its epoch curves)
@@ -96,8 +100,10 @@ def test_every_finished_run_is_a_session_with_its_hparams_and_metrics(tmp_path, 
     for run in RUNS:
         hparams, metrics = sessions[f"{run.folder}/tensorboard"]
         want = {"role": run.role, "model": run.model, "seed": run.seed}
-        if run.role == "kd":
-            want.update(T=run.temperature, w=run.soft_weight)
+        if run.role == "kd":  # kd's as the reference study names them (a record of an earlier version too)
+            want.update(method="kd", T=run.temperature, w=run.soft_weight)
+        if run.role == "dkd":  # another method's, each as <method>.<name>
+            want.update(method="dkd", **{f"dkd.{name}": float(value) for name, value in run.hparams})
         assert hparams == want
         # the values as stored: TensorBoard scalars are float32 (relative rounding below 1e-7)
         assert metrics.keys() == expected[run.folder].keys(), run
@@ -108,8 +114,9 @@ def test_every_finished_run_is_a_session_with_its_hparams_and_metrics(tmp_path, 
     (experiment,) = experiments
     domains = {info.name: sorted(v.string_value or v.number_value for v in info.domain_discrete.values)
                for info in experiment.hparam_infos}
-    assert domains == {"role": ["baseline", "kd", "teacher"], "model": ["resnet18", "resnet50"],
-                       "T": [2.0, 4.0], "w": [0.5, 0.9], "seed": [0.0, 1.0]}
+    assert domains == {"role": ["baseline", "dkd", "kd", "teacher"], "model": ["resnet18", "resnet50"],
+                       "method": ["dkd", "kd"], "T": [2.0, 4.0], "w": [0.5, 0.9], "seed": [0.0, 1.0],
+                       "dkd.alpha": [1.0], "dkd.beta": [8.0], "dkd.temperature": [4.0], "dkd.warmup_epochs": [20.0]}
     tags = {info.name.tag for info in experiment.metric_infos}
     assert tags == {f"hparams/{name}" for want in expected.values() for name in want}
 

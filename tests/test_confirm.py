@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 
 from conftest import TINY_WORKFLOW, copy_of, job_counts, snakemake
+from conftest import kd_run
 from fake_runs import write_attack, write_run
 from kdsweep import aggregate, io
 from kdsweep.config import load_config
@@ -44,13 +45,14 @@ def test_three_confirm_seeds_plan_their_runs_on_fresh_seeds():
     fixed = plan.fixed_runs()
     assert len(fixed) == 115 + 6 and set(plan.confirm_baselines()) <= set(fixed)
     # every distilled point of the grid (w > 0) can be chosen: 8 temperatures x 6 soft weights
-    candidates = plan.candidates("resnet18")
-    assert len(candidates) == 48 and all(w > 0 for _, w in candidates) and (4, 0.5) in candidates
+    candidates = [dict(point) for point in plan.candidates("resnet18", "kd")]
+    assert len(candidates) == 48 and all(point["soft_weight"] > 0 for point in candidates)
+    assert {"temperature": 4.0, "soft_weight": 0.5} in candidates
     # a pack of one per candidate and confirm seed; only the chosen point's become jobs
     confirm_packs = [pack for pack in plan.packs if pack.role == "confirm"]
     assert len(confirm_packs) == 2 * 3 * 48 and all(len(pack.runs) == 1 for pack in confirm_packs)
     assert len(plan.packs) == 112 + 288
-    runs = plan.confirmed("resnet18", 4, 0.5)
+    runs = plan.confirmed("resnet18", "kd", kd_run("kd", "resnet18", 0, 4, 0.5).hparams)
     assert [run.folder for run in runs] == [f"runs/confirm/resnet18_T4_soft0.5_seed{s}" for s in (10, 11, 12)]
     assert {run.seed for run in runs} & set(plan.seeds) == set()
     assert plan.pack_of(runs[0]).name == "confirm_resnet18_T4_soft0.5_seed10"
@@ -77,30 +79,36 @@ def test_confirm_seeds_that_the_sweep_uses_are_refused_in_one_sentence():
 
 def test_the_chosen_point_is_a_distilled_point_of_the_config():
     plan = study("confirm.seeds=[10]")
-    assert plan.chosen_point("resnet18", {"temperature": 4.0, "soft_weight": 0.5}, "x.json") == (4, 0.5)
-    for bad in ({"temperature": 3.0, "soft_weight": 0.5}, {"temperature": 4.0, "soft_weight": 0.0}):
+    # a record of this version (method, hparams) or of an earlier one (kd's T and w alone)
+    point = kd_run("kd", "resnet18", 0, 4, 0.5).hparams
+    assert plan.chosen_point("resnet18", "kd", {"temperature": 4.0, "soft_weight": 0.5}, "x.json") == point
+    assert plan.chosen_point("resnet18", "kd", {"method": "kd", "hparams": dict(point)}, "x.json") == point
+    for bad in ({"temperature": 3.0, "soft_weight": 0.5}, {"temperature": 4.0, "soft_weight": 0.0},
+                {"method": "dkd", "hparams": {"alpha": 1, "beta": 8, "temperature": 4, "warmup_epochs": 20}}):
         with pytest.raises(KdsweepError, match="delete x.json"):
-            plan.chosen_point("resnet18", bad, "x.json")
+            plan.chosen_point("resnet18", "kd", bad, "x.json")
 
 
 def test_staged_sweep_confirms_any_point_it_can_reach():
     plan = study("sweep=staged", "confirm.seeds=[10]")
-    sweep = plan.sweep("resnet18", 4)  # every temperature at w = 0.9, every w at T = 4 (4, 0.9 once)
+    sweep = plan.sweep("resnet18", "kd", 4)  # every temperature at w = 0.9, every w at T = 4 (4, 0.9 once)
     assert len(sweep) == 8 + 7 - 1 and len(set(sweep)) == len(sweep)
     assert {(run.temperature, run.soft_weight) for run in sweep if run.soft_weight == 0.9} == {
         (t, 0.9) for t in (1, 2, 4, 6, 8, 10, 15, 20)}
-    assert len(plan.candidates("resnet18")) == 8 * 6
+    assert len(plan.candidates("resnet18", "kd")) == 8 * 6
     with pytest.raises(ValueError):
         plan.sweep("resnet18")
 
 
 def test_a_confirm_run_is_distilled_or_its_baseline():
-    assert Run("confirm", "resnet18", 3, 4, 0.5).name == "resnet18_T4_soft0.5_seed3"
-    assert Run("confirm", "resnet18", 3, 4, 0.5).needs_teacher
-    with pytest.raises(KdsweepError, match="both a temperature and a soft weight"):
-        Run("confirm", "resnet18", 3, 4)
-    with pytest.raises(KdsweepError, match="soft weight"):
-        Run("confirm", "resnet18", 3, 4, 1.5)
+    assert kd_run("confirm", "resnet18", 3, 4, 0.5).name == "resnet18_T4_soft0.5_seed3"
+    assert kd_run("confirm", "resnet18", 3, 4, 0.5).needs_teacher
+    with pytest.raises(KdsweepError, match="soft_weight None is not a finite number"):
+        kd_run("confirm", "resnet18", 3, 4)
+    with pytest.raises(KdsweepError, match="soft_weight 1.5 is above its bound"):
+        kd_run("confirm", "resnet18", 3, 4, 1.5)
+    with pytest.raises(KdsweepError, match="a confirm run takes a KD method"):
+        Run("confirm", "resnet18", 3, None, (("temperature", 4.0),))
 
 
 # ---------------------------------------------------------------- the checkpoint's choice
@@ -149,7 +157,7 @@ def test_best_point_refuses_what_it_cannot_choose_from(tmp_path):
         aggregate.best_point(dirs + sweep(tmp_path, {(1.0, 0.5): [(92.0, 89.0)]}, model="mobilenet_v3_small"))
     with pytest.raises(KdsweepError, match="w > 0"):
         aggregate.best_point(sweep(tmp_path, {(4.0, 0.0): [(92.0, 89.0)]}))
-    with pytest.raises(KdsweepError, match="kd"):
+    with pytest.raises(KdsweepError, match="sweep's distilled runs only"):
         aggregate.best_point([write_run(tmp_path, "baseline", "resnet18", 0)])
 
 
@@ -238,7 +246,8 @@ def test_confirmed_gain_and_interval_by_hand(tmp_path):
     md = (tmp_path / "tables" / "confirmed.md").read_text()
     assert "| +1.00 (1) | 88.83 ± " in md
     assert f"| {mean:+.2f} | [{mean - half:+.2f}, {mean + half:+.2f}] | 3 | no |" in md
-    assert "candidates, best first: T=1 w=0.5: 92.00, T=4 w=0.9: 90.00." in md
+    assert ("candidates, best first: temperature=1, soft_weight=0.5: 92.00; temperature=4, soft_weight=0.9: 90.00."
+            in md)
 
 
 def test_confirmation_runs_stay_out_of_the_sweep_tables(tmp_path):

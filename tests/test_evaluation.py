@@ -6,6 +6,7 @@ import math
 from pathlib import Path
 
 import pytest
+from conftest import kd_run
 import torch
 import torch.nn.functional as F
 
@@ -224,7 +225,7 @@ def finished(tmp_path_factory):
     runs = {}
     for role, model, seed, temperature, soft_weight in (("teacher", teacher, 0, None, None),
                                                         ("kd", student, 1, 4.0, 0.9)):
-        run = folder / Run(role, "mobilenet_v3_small", seed, temperature, soft_weight).folder
+        run = folder / kd_run(role, "mobilenet_v3_small", seed, temperature, soft_weight).folder
         save_model(run / "model.pt", model, "mobilenet_v3_small", splits.num_classes)
         test_loss, test_acc = loss_and_accuracy(model, splits.test.images, splits.test.labels, 16)
         io.write_json(run / "metrics.json", {

@@ -14,6 +14,7 @@ from kdsweep import plan as plan_module
 from kdsweep.config import coerce_strings, config_hash, load_config
 from kdsweep.errors import KdsweepError
 from kdsweep.identity import run_identity
+from conftest import kd_run
 from kdsweep.plan import JOB_SLICES, MACHINE_LOCAL, Pack, Plan, Run, job_slice
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,7 +46,7 @@ def test_the_reference_study():
 
 
 def test_names_and_folders():
-    run = Run("kd", "resnet18", 3, 4.0, 0.9)
+    run = kd_run("kd", "resnet18", 3, 4.0, 0.9)
     assert run.name == "resnet18_T4_soft0.9_seed3" and run.folder == "runs/kd/resnet18_T4_soft0.9_seed3"
     assert Run("baseline", "resnet18", 0).folder == "runs/baseline/resnet18_seed0"
     assert plan_module.attack_file("fgsm", 8 / 255) == "fgsm_eps0.0313725.json"
@@ -53,17 +54,17 @@ def test_names_and_folders():
     for bad in (dict(temperature=0, soft_weight=0.5), dict(temperature=4, soft_weight=1.5),
                 dict(temperature=None, soft_weight=0.5)):
         with pytest.raises(KdsweepError):
-            Run("kd", "resnet18", 0, **bad)
+            kd_run("kd", "resnet18", 0, **bad)
     with pytest.raises(KdsweepError, match="role"):
         Run("student", "resnet18", 0)
-    assert not Run("kd", "resnet18", 0, 4, 0.0).needs_teacher and Run("kd", "resnet18", 0, 4, 0.1).needs_teacher
+    assert not kd_run("kd", "resnet18", 0, 4, 0.0).needs_teacher and kd_run("kd", "resnet18", 0, 4, 0.1).needs_teacher
 
 
 def test_a_distilled_run_from_the_config_hashes_as_its_job_does():
     """The config's `4` and the distill job's `--temperature 4` (a float) are one run with one hash:
     the status view compares the plan's runs with the hashes the jobs wrote."""
     config = load_config([str(ROOT / "config.yaml")], [])
-    from_config, from_command = Run("kd", "resnet18", 0, 4, 1), Run("kd", "resnet18", 0, 4.0, 1.0)
+    from_config, from_command = kd_run("kd", "resnet18", 0, 4, 1), kd_run("kd", "resnet18", 0, 4.0, 1.0)
     # the job's command keeps the config's spelling (its params: a changed spelling would rerun it)
     assert "--temperature 4 --soft-weight 1 " in study().pack_points(Pack("p", (from_config,))) + " "
     assert config_hash(run_identity(config, from_config, "t", "d")) == config_hash(
@@ -89,7 +90,7 @@ def test_every_file_pattern_is_filled_by_the_plan_for_a_run():
     assert packed.finished_files(runs) == list(dict.fromkeys(packed.pack_record(packed.pack_of(run)) for run in runs))
     assert len(packed.finished_files(runs)) == 7  # 56 points in packs of 8
     for kind in plan_module.FILES:
-        assert "{" not in plan.file(kind, trained="t", model="m", seed=0, pack="p", student="s", role="r",
+        assert "{" not in plan.file(kind, trained="t", model="m", seed=0, pack="p", student="s", role="r", choice="c",
                                     run="n", attack="a", eps="0.1"), kind
 
 
@@ -131,7 +132,7 @@ def test_the_staged_sweep():
     assert [(run.temperature, run.soft_weight) for run in stage_two] == [(4, w) for w in (0, .1, .3, .5, .7, .9, 1)]
     # every stage-2 candidate has a pack; the point stage 1 trained already (T=4, w=0.9) stays in stage 1's
     assert all(plan.pack_of(run) for run in stage_two)
-    assert plan.pack_of(Run("kd", "resnet18", 0, 4, 0.9)) in [plan.pack_of(r) for r in plan.temperature_sweep("resnet18")]
+    assert plan.pack_of(kd_run("kd", "resnet18", 0, 4, 0.9)) in [plan.pack_of(r) for r in plan.temperature_sweep("resnet18")]
     assert len({plan.pack_of(run).name for run in plan.temperature_sweep("resnet18")}) == 2  # 8 points / 4
     assert plan.chosen_temperature({"temperature": 4.0}, "x.json") == 4
     with pytest.raises(KdsweepError, match="not in the config's temperatures"):
@@ -154,7 +155,7 @@ def test_number_spellings_find_the_config_numbers_and_refuse_collisions():
 
 def test_a_run_is_found_by_its_folder_name():
     plan = study()
-    assert plan.run("kd", "resnet18_T4_soft0.9_seed0") == Run("kd", "resnet18", 0, 4, 0.9)
+    assert plan.run("kd", "resnet18_T4_soft0.9_seed0") == kd_run("kd", "resnet18", 0, 4, 0.9)
     assert plan.run("teacher", "resnet50_seed0") == plan.teacher
     with pytest.raises(KdsweepError, match="not part of study"):
         plan.run("kd", "resnet18_T3_soft0.9_seed0")
@@ -175,7 +176,7 @@ def test_a_job_reads_exactly_its_slice_and_a_runs_identity_is_what_changes_its_r
         assert job_slice(read_back, kind, attack) == job_slice(config, kind, attack)
     # where the data lies and the runtime section are machine-local: in no job's params, not in a
     # run's identity; every job reads them from one file (the machine-local overrides)
-    run = Run("kd", "resnet18", 0, 4, 0.9)
+    run = kd_run("kd", "resnet18", 0, 4, 0.9)
     changed = load_config([str(ROOT / "config.yaml")], ["runtime.precision=fp32", "runtime.compile=true",
                                                          "dataset.root=/elsewhere/data"])
     for kind, attack in (("stats", None), ("train", None), ("attack", "fgsm"), ("evaluate", None)):
@@ -197,7 +198,10 @@ def test_tables_and_figures_are_those_the_aggregation_and_plots_write():
 
     plan = study()
     assert [Path(path).name for path in plan.tables()] == list(plan_module.TABLES) == list(aggregate.TABLES)
-    assert sorted(Path(path).name for path, _, _ in plan.figures()) == sorted(plots.figure_names(plan.students))
+    assert sorted(Path(path).name for path, *_ in plan.figures()) == sorted(plots.figure_names(plan.students))
+    methods = study("methods={dkd: {}, ctkd: {}}")
+    assert sorted(Path(path).name for path, *_ in methods.figures()) == sorted(
+        plots.figure_names(methods.students, methods.methods))
 
 
 def test_snakemake_config_strings_are_read_as_yaml_where_the_schema_wants_numbers():
@@ -218,7 +222,7 @@ def test_confirmation_without_a_distilled_point_is_refused_before_any_job():
     """soft_weights all 0 (hard targets only) leave the confirmation nothing to choose: the plan (and so
     snakemake's dry run) refuses the study with the reason, instead of failing after all its training."""
     config = load_config([str(ROOT / "config.yaml"), str(ROOT / "studies" / "demo.yaml")], ["soft_weights=[0.0]"])
-    with pytest.raises(KdsweepError, match="confirm.seeds is set, but resnet18's sweep has no distilled point"):
+    with pytest.raises(KdsweepError, match="confirm.seeds is set, but resnet18's kd sweep has no distilled point"):
         Plan(config)
     staged = load_config([str(ROOT / "config.yaml"), str(ROOT / "studies" / "demo.yaml")],
                          ["soft_weights=[0.0]", "sweep=staged", "staged.soft_weight=0.0"])

@@ -26,6 +26,7 @@ from kdsweep.config import load_config
 from kdsweep.plan import Run
 
 from conftest import run_kdsweep as kdsweep
+from conftest import kd_run
 from conftest import run_until_epoch
 from kdsweep.models import FullPrecisionLinear, build_model
 
@@ -199,7 +200,7 @@ def test_a_checkpoint_resumes_under_another_runtime_section(job, monkeypatch):
     before, after = [*before, "training.max_epochs=2"], [*after, "training.max_epochs=2"]
     assert run_until_epoch(folder, distill_args(job, run, *before), 1, signal.SIGTERM) == runtime.EXIT_PREEMPTED
     config = load_config([str(p) for p in config_args[1::2]], after)
-    spec = Run("kd", STUDENT[folder], 1, temperature=4.0, soft_weight=0.5)
+    spec = kd_run("kd", STUDENT[folder], 1, temperature=4.0, soft_weight=0.5)
     if device == "cpu":
         monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="eager"))
 

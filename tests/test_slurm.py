@@ -41,13 +41,14 @@ from types import SimpleNamespace
 
 import pytest
 from conftest import built_once
+from conftest import kd_run
 
 from kdsweep.config import load_config
 from kdsweep.plan import Plan, Run, attack_file
 
 
 def run_path(*run):
-    return Run(*run).folder
+    return kd_run(*run).folder
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKFLOW_PROFILE = ROOT / "profiles" / "default"  # Snakemake adds it by itself
@@ -321,6 +322,25 @@ def test_a_failed_status_query_is_no_news_until_the_patience_runs_out():
     disabled = shlex.join(["sh", "-c", "echo 'sacct: error: Slurm accounting storage is disabled' >&2; exit 1"])
     with pytest.raises(WorkflowError, match="no retry changes: add `--slurm-status-command squeue`"):
         asyncio.run(StatusQueries().query(query_job_status, disabled, logger))
+
+
+def test_an_arrays_tasks_are_split_so_that_each_sbatch_call_fits_one_argument():
+    """payload_chunks: the plugin passes an array's task commands (compressed) in one sbatch argument, which
+    Linux caps at 128 KiB; past it the plugin's fallback runs the first task's job in every task. 300 task
+    commands of 6 KB of incompressible text each (~1.8 MB encoded) go out in consecutive chunks, each within
+    the bound, every one once, in order."""
+    import secrets
+
+    from kdsweep.slurm_plugin import ARRAY_PAYLOAD_BYTES, encoded_size, payload_chunks
+
+    assert ARRAY_PAYLOAD_BYTES <= 96 * 1024 < 128 * 1024
+    commands = {i: secrets.token_hex(3000) for i in range(300)}
+    chunks = payload_chunks(list(commands), commands.get)
+    assert [job for chunk in chunks for job in chunk] == list(commands)
+    assert len(chunks) > 10 and all(chunk for chunk in chunks)
+    assert all(sum(encoded_size(commands[job]) for job in chunk) <= ARRAY_PAYLOAD_BYTES for chunk in chunks)
+    # small commands (the study's, ~1 KB compressed) stay in one array up to the bound
+    assert len(payload_chunks(list(range(40)), lambda job: "x" * 2000)) == 1
 
 
 def test_an_array_holds_jobs_of_one_rule_with_equal_submissions_only():
@@ -691,7 +711,7 @@ def test_a_pack_of_sweep_points_is_one_slurm_job_with_one_gpu(cluster, tmp_path)
     student, seed, temperature = config["students"][0], config["seeds"][0], config["temperatures"][0]
     points = [("kd", student, seed, temperature, w) for w in config["soft_weights"]]
     plan = Plan(config)
-    (record,) = {plan.pack_record(plan.pack_of(Run(*run))) for run in points}
+    (record,) = {plan.pack_record(plan.pack_of(kd_run(*run))) for run in points}
     status, output = run_snakemake(tmp_path, record, "--config", *overrides, timeout=480, env=cluster.env())
     assert status == 0, _failure_report(tmp_path, output)
 

@@ -20,6 +20,7 @@ from kdsweep.models import load_model
 from kdsweep.plan import Run
 
 from conftest import run_kdsweep as kdsweep
+from conftest import kd_run
 from conftest import run_until_epoch as _run_until_epoch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -264,7 +265,7 @@ def test_a_finished_point_of_a_job_that_died_is_written_again_not_retrained(stud
 
     folder, _ = study
     config = load_config([str(ROOT / "config.yaml"), str(folder / "tiny.yaml")], ["training.max_epochs=2"])
-    specs = [Run("kd", "mobilenet_v3_small", 5, temperature=t, soft_weight=w) for t, w in [(4, 0.5), (2, 0.9)]]
+    specs = [kd_run("kd", "mobilenet_v3_small", 5, temperature=t, soft_weight=w) for t, w in [(4, 0.5), (2, 0.9)]]
     outs = [tmp_path / f"point{i}" for i in range(len(specs))]
 
     def run():

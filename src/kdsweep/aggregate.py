@@ -35,7 +35,8 @@ from scipy import stats
 from kdsweep.errors import KdsweepError
 from kdsweep.identity import result_matches
 from kdsweep.io import read_json, read_text, write_text
-from kdsweep.plan import ROLES, TABLES, fmt
+from kdsweep.methods import METHODS
+from kdsweep.plan import ROLES, TABLES, fmt, point_of
 from kdsweep.runs import METRICS
 from kdsweep.stats import GAIN_FIELDS, expected_range, interval, paired_gain
 
@@ -147,6 +148,10 @@ def collect_runs(results_dir, unmatched: list | None = None) -> pd.DataFrame:
     for run, record in runs.items():
         row = {key: record.get(key) for key in RUN_COLUMNS if key not in EVALUATION_COLUMNS}
         row["run"] = run
+        # the run's KD method and point (its hyperparameters' values in the method's order): the methods
+        # tables' keys, never written to runs.csv
+        method, point = point_of(record) or (None, None)
+        row["method"], row["point"] = method, (tuple(value for _, value in point) if point else None)
         evaluation = results_dir / "evaluation" / f"{run.removeprefix('runs/')}.json"
         if evaluation.is_file():
             result = _read_json(evaluation, _EVALUATION_REQUIRED)
@@ -158,7 +163,8 @@ def collect_runs(results_dir, unmatched: list | None = None) -> pd.DataFrame:
                 left_out.append(evaluation)
         rows.append(row)
     _left_out(left_out, unmatched, results_dir)
-    return _sorted(_frame(rows, RUN_COLUMNS), ["role", "dataset", "model", "temperature", "soft_weight", "seed"])
+    return _sorted(_frame(rows, [*RUN_COLUMNS, "method", "point"]),
+                   ["role", "dataset", "model", "temperature", "soft_weight", "seed", "run"])
 
 
 def collect_attacks(results_dir, unmatched: list | None = None) -> pd.DataFrame:
@@ -443,90 +449,216 @@ def _kd_vs_hard_markdown(table, robustness):
     return _markdown(caption, header, rows)
 
 
+# ---------------------------------------------------------------- the KD methods side by side
+
+
+def point_label(method: str, point) -> str:
+    """A method's point as `name=value, ...` (kdsweep.methods: its hyperparameters, in its order)."""
+    if method not in METHODS or point is None or (not isinstance(point, tuple) and pd.isna(point)):
+        return "–"
+    return ", ".join(f"{param.name}={fmt(value)}" for param, value in zip(METHODS[method].params, point))
+
+
+def method_candidates(runs, method: str) -> pd.DataFrame:
+    """The points of one method's runs that use the teacher (kd: w > 0), indexed by point (its values in the
+    method's order): `val_acc_mean` over their seeds and `n`. For kd the same points, in the same order, as
+    `candidates`."""
+    mine = runs[(runs["method"] == method) & runs["role"].eq(method)]
+    used = mine[[METHODS[method].needs_teacher(dict(zip((p.name for p in METHODS[method].params), point)))
+                 for point in mine["point"]]] if len(mine) else mine
+    return used.groupby("point", sort=True)["val_acc"].agg(val_acc_mean="mean", n="count")
+
+
+METHODS_COLUMNS = ["dataset", "model", "method", "point", "val_acc_mean", *COMPARISON_COLUMNS]
+
+
+def _methods(runs, robustness):
+    """Per student and KD method of the study: its point with the best mean validation accuracy (one that uses
+    the teacher; never chosen on test) against the hard-target baseline, every measure paired by seed. kd's
+    rows are kd_vs_hard's (Tables II-V)."""
+    scores = _scores(runs, robustness)
+    seeds = runs.set_index("run")["seed"]
+    rows = []
+    students = runs.loc[runs["role"].isin(["baseline", *METHODS]), ["dataset", "model"]].drop_duplicates()
+    for dataset, model in students.itertuples(index=False):
+        mine = runs[(runs["dataset"] == dataset) & (runs["model"] == model)]
+        hard_runs = mine.loc[mine["role"] == "baseline", "run"]
+        for method in [name for name in METHODS if (mine["role"] == name).any()]:
+            cells = method_candidates(mine, method)
+            if not len(cells):
+                continue
+            point = pick_best(cells["val_acc_mean"])
+            chosen = mine.loc[(mine["role"] == method) & mine["point"].map(lambda p: p == point), "run"]
+            rows.append(_compare(scores, seeds, chosen, hard_runs).assign(
+                dataset=dataset, model=model, method=method, point=point_label(method, point),
+                val_acc_mean=cells.loc[[point], "val_acc_mean"].iloc[0]))
+    table = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame()
+    table = _counts_as_int(table.reindex(columns=METHODS_COLUMNS))
+    order = {name: i for i, name in enumerate(METHODS)}
+    table = table.assign(_method=table["method"].map(order))
+    return _in_order(table, ["dataset", "model", "_method"]).drop(columns="_method")
+
+
+def _methods_markdown(table, robustness):
+    caption = ("The KD methods side by side. Per student and method, the point with the highest mean VALIDATION "
+               "accuracy over the sweep's seeds (among those that use the teacher; test accuracy never chooses "
+               "it) against the hard-target baseline: clean test accuracy, accuracy under each attack and "
+               "epsilon, agreement with the teacher and expected calibration error. A best point of many is "
+               "optimistic: tables/confirmed.md trains each method's again on fresh seeds. " + _attack_note(robustness)
+               + "Accuracies in %, gains in points; the gain is paired by seed, method(seed s) - baseline(seed s), "
+               "with its 95% interval (Student t) where there are two pairs or more. " + _SEEDS_NOTE)
+    if table.empty:
+        return caption + "\n\nNo distilled run has finished yet.\n"
+    wanted = [("clean", 0.0), *sorted({(m, e) for m, e in zip(table["measure"], table["epsilon"])
+                                      if m not in ("clean", *MEASURES)}, key=lambda item: (_measure_rank(item[0]),
+                                                                                           item[0], item[1])),
+              ("agreement", np.nan), ("ece", np.nan)]
+    header = ["dataset", "student", "method", "point (validation acc.)", "method - hard (95% CI, n)"]
+    header += [_measure_label(measure, epsilon)[0] for measure, epsilon in wanted]
+    rows = []
+    for (dataset, model, method, point), group in table.groupby(["dataset", "model", "method", "point"], sort=False):
+        def cell(measure, epsilon):
+            match = group[(group["measure"] == measure)
+                          & ((group["epsilon"] == epsilon) | (group["epsilon"].isna() & pd.isna(epsilon)))]
+            if match.empty:
+                return "–"
+            row = match.iloc[0]
+            return _cell(row["kd_mean"], row["kd_ci95"], row["kd_n"], _measure_label(measure, epsilon)[1])
+
+        clean = group[group["measure"] == "clean"].iloc[0]
+        gain, interval_cell, n, _ = _gain_cells(clean)
+        rows.append([dataset, model, method, f"{point} ({clean_val(group):.2f})", f"{gain} ({interval_cell}, {n})",
+                     *(cell(measure, epsilon) for measure, epsilon in wanted)])
+    return _markdown(caption, header, rows)
+
+
+def clean_val(group) -> float:
+    return float(group["val_acc_mean"].iloc[0])
+
+
+METHOD_GRID_COLUMNS = ["dataset", "model", "method", "point", "x_name", "x", "y_name", "y", "test_acc_mean",
+                       "test_acc_std", "test_acc_n", "test_acc_ci95", "val_acc_mean", "val_acc_std", "val_acc_n",
+                       "val_acc_ci95"]
+
+
+def _method_grid(runs):
+    """Every point of every KD method, per student: mean test and validation accuracy over seeds, with the
+    values of the method's two main hyperparameters (its `axes`: the heat map's x and y)."""
+    rows = []
+    for method_name, method in METHODS.items():
+        mine = runs[(runs["role"] == method_name) & (runs["method"] == method_name)]
+        if mine.empty:
+            continue
+        names = [param.name for param in method.params]
+        x_name, y_name = method.axes
+        keys = ["dataset", "model", "point"]
+        summary = pd.concat([summarise(mine, keys, "test_acc"), summarise(mine, keys, "val_acc")], axis=1)
+        for (dataset, model, point), values in summary.iterrows():
+            hparams = dict(zip(names, point))
+            rows.append({"dataset": dataset, "model": model, "method": method_name,
+                         "point": point_label(method_name, point), "x_name": x_name, "x": hparams[x_name],
+                         "y_name": y_name, "y": hparams[y_name], **values.to_dict()})
+    return _counts_as_int(pd.DataFrame(rows, columns=METHOD_GRID_COLUMNS))
+
+
 # ---------------------------------------------------------------- confirmation on fresh seeds
 
+# (kd's T and w as before; a point of any method in `method` and `point`, its hyperparameters spelled out)
 CONFIRMED_COLUMNS = ["dataset", "model", "temperature", "soft_weight", "sweep_val_acc_mean", "sweep_n", "measure",
                      "epsilon", "sweep_gain_mean", "sweep_gain_n",
-                     *(f"{side}_{stat}" for side in ("hard", "kd") for stat in _SUMMARY), *GAIN_COLUMNS]
-_RECORD_REQUIRED = ("student", "temperature", "soft_weight", "val_acc", "n", "candidates")
+                     *(f"{side}_{stat}" for side in ("hard", "kd") for stat in _SUMMARY), *GAIN_COLUMNS,
+                     "method", "point"]
+_RECORD_REQUIRED = ("student", "val_acc", "n", "candidates")
 
 
 def collect_choices(results_dir) -> dict:
-    """The confirmation checkpoint's records, confirm/<student>.json (best_point): {student: record}."""
+    """The confirmation checkpoint's records, confirm/<choice>.json (best_point): {(student, method): record}
+    (a record of an earlier version, without its method, is kd's)."""
     choices = {}
     for path in sorted(_results(results_dir).glob("confirm/*.json")):
         record = _read_json(path, _RECORD_REQUIRED)
-        choices[record["student"]] = record
+        picked = point_of(record)
+        if picked is None:
+            raise KdsweepError(f"{path} names no point of a KD method; delete it so that the workflow chooses again")
+        choices[record["student"], picked[0]] = {**record, "method": picked[0],
+                                                 "point": tuple(value for _, value in picked[1])}
     return choices
 
 
 def _confirmed(runs, robustness, choices):
-    """Per student with confirmation runs: the chosen point (its record's; without one, each point found) on
-    the fresh seeds, distilled against hard targets, paired by seed; beside it the same gain on the sweep's
-    seeds (the estimate that chose the point)."""
+    """Per student and KD method with confirmation runs: the chosen point (its record's; without one, each
+    point found) on the fresh seeds, distilled against hard targets, paired by seed; beside it the same gain
+    on the sweep's seeds (the estimate that chose the point)."""
     scores = _scores(runs, robustness)
     seeds = runs.set_index("run")["seed"]
     rows = []
     confirm = runs[runs["role"] == "confirm"]
     for (dataset, model), mine in confirm.groupby(["dataset", "model"], sort=True):
-        distilled = mine[mine["temperature"].notna()]
-        choice = choices.get(model)
-        if choice is not None:
-            points = [(float(choice["temperature"]), float(choice["soft_weight"]))]
-        else:
-            points = sorted(set(zip(distilled["temperature"], distilled["soft_weight"]))) or [(np.nan, np.nan)]
+        distilled, hard = mine[mine["method"].notna()], mine.loc[mine["method"].isna(), "run"]
         sweep = runs[(runs["dataset"] == dataset) & (runs["model"] == model)]
-        for temperature, soft_weight in points:
-            def at(frame):
-                return frame.loc[(frame["temperature"] == temperature) & (frame["soft_weight"] == soft_weight), "run"]
+        for method in [name for name in METHODS if (distilled["method"] == name).any()]:
+            choice = choices.get((model, method))
+            found = sorted(set(distilled.loc[distilled["method"] == method, "point"]))
+            for point in ([choice["point"]] if choice is not None else found):
+                def at(frame, role):
+                    return frame.loc[(frame["role"] == role) & (frame["method"] == method)
+                                     & frame["point"].map(lambda p: p == point), "run"]
 
-            table = _compare(scores, seeds, at(distilled), mine.loc[mine["temperature"].isna(), "run"])
-            on_sweep = _compare(scores, seeds, at(sweep[sweep["role"] == "kd"]),
-                                sweep.loc[sweep["role"] == "baseline", "run"])
-            on_sweep = on_sweep[["measure", "epsilon", "gain_mean", "gain_n"]].rename(
-                columns={"gain_mean": "sweep_gain_mean", "gain_n": "sweep_gain_n"})
-            table = table.drop(columns="boost").merge(on_sweep, on=["measure", "epsilon"], how="left")
-            cells = candidates(sweep[sweep["role"] == "kd"])
-            cell = cells.loc[(temperature, soft_weight)] if (temperature, soft_weight) in cells.index else None
-            rows.append(table.assign(
-                dataset=dataset, model=model, temperature=temperature, soft_weight=soft_weight,
-                sweep_val_acc_mean=choice["val_acc"] if choice else (cell["val_acc_mean"] if cell is not None
-                                                                     else np.nan),
-                sweep_n=choice["n"] if choice else (cell["n"] if cell is not None else 0)))
+                table = _compare(scores, seeds, at(distilled, "confirm"), hard)
+                on_sweep = _compare(scores, seeds, at(sweep, method), sweep.loc[sweep["role"] == "baseline", "run"])
+                on_sweep = on_sweep[["measure", "epsilon", "gain_mean", "gain_n"]].rename(
+                    columns={"gain_mean": "sweep_gain_mean", "gain_n": "sweep_gain_n"})
+                table = table.drop(columns="boost").merge(on_sweep, on=["measure", "epsilon"], how="left")
+                cells = method_candidates(sweep, method)
+                cell = cells.loc[[point]].iloc[0] if point in cells.index else None
+                values = dict(zip((param.name for param in METHODS[method].params), point))
+                rows.append(table.assign(
+                    dataset=dataset, model=model, method=method, point=point_label(method, point),
+                    temperature=values.get("temperature", np.nan), soft_weight=values.get("soft_weight", np.nan),
+                    sweep_val_acc_mean=choice["val_acc"] if choice else (cell["val_acc_mean"] if cell is not None
+                                                                         else np.nan),
+                    sweep_n=choice["n"] if choice else (cell["n"] if cell is not None else 0)))
     table = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame()
     table = _counts_as_int(table.reindex(columns=CONFIRMED_COLUMNS))
-    return _in_order(table, ["dataset", "model", "temperature", "soft_weight"])
+    order = {name: i for i, name in enumerate(METHODS)}
+    table = table.assign(_method=table["method"].map(order))
+    return _in_order(table, ["dataset", "model", "_method", "point"]).drop(columns="_method")
 
 
 def _confirmed_markdown(table, choices):
-    caption = ("Confirmation on fresh seeds. Per student, the distilled point (T, w) with the highest mean "
-               "VALIDATION accuracy over the sweep's seeds (w > 0, as in Tables II-V; the test set never chooses "
-               "it) is trained again, with its hard-target baseline, on seeds the sweep never used. A sweep's best "
-               "point is the luckiest of many: its seeds helped it on validation and, through the same weights, on "
-               "test, so its gain on the sweep's seeds (\"in the sweep\") is optimistic; the fresh seeds' gain is "
-               "the estimate to report. Accuracies in %, gains in points; " + _GAIN_NOTE
-               + "Hard targets and distilled (fresh seeds): " + _SEEDS_NOTE)
+    caption = ("Confirmation on fresh seeds. Per student and KD method, the distilled point with the highest mean "
+               "VALIDATION accuracy over the sweep's seeds (one that uses the teacher: for kd w > 0, as in Tables "
+               "II-V; the test set never chooses it) is trained again, with its hard-target baseline, on seeds the "
+               "sweep never used. A sweep's best point is the luckiest of many: its seeds helped it on validation "
+               "and, through the same weights, on test, so its gain on the sweep's seeds (\"in the sweep\") is "
+               "optimistic; the fresh seeds' gain is the estimate to report. Accuracies in %, gains in points; "
+               + _GAIN_NOTE + "Hard targets and distilled (fresh seeds): " + _SEEDS_NOTE)
     if table.empty:
         return caption + ("\n\nNo confirmation run has finished: the config's confirm.seeds is empty "
                           "(confirmation off, the default), or its runs are still to come.\n")
-    header = ["dataset", "student", "temperature T", "soft_weight w", "measure", "kd - hard in the sweep (n)",
+    header = ["dataset", "student", "method", "point", "measure", "distilled - hard in the sweep (n)",
               "hard targets, fresh seeds", "distilled, fresh seeds", *_GAIN_HEADER]
     rows = []
     for _, row in table.iterrows():
         measure, digits = _measure_label(row["measure"], row["epsilon"])
         sweep = ("–" if pd.isna(row["sweep_gain_mean"]) else
                  f"{row['sweep_gain_mean']:+.{digits}f} ({int(row['sweep_gain_n'])})")
-        rows.append([row["dataset"], row["model"], _number(row["temperature"]), _number(row["soft_weight"]),
+        rows.append([row["dataset"], row["model"], row["method"], row["point"],
                      measure, sweep, _cell(row["hard_mean"], row["hard_ci95"], row["hard_n"], digits),
                      _cell(row["kd_mean"], row["kd_ci95"], row["kd_n"], digits), *_gain_cells(row, digits=digits)])
     lines = []
-    for student, choice in sorted(choices.items()):
-        means = ", ".join(f"T={fmt(c['temperature'])} w={fmt(c['soft_weight'])}: {c['val_acc_mean']:.2f}"
+    for (student, method), choice in sorted(choices.items()):
+        names = [param.name for param in METHODS[method].params]
+
+        def label(values):
+            return point_label(method, tuple(values[name] for name in names))
+
+        means = "; ".join(f"{label(c)}: {c['val_acc_mean']:.2f}"
                           for c in sorted(choice["candidates"], key=lambda c: -c["val_acc_mean"]))
-        lines.append(f"- {student}: chose T = {fmt(choice['temperature'])}, w = {fmt(choice['soft_weight'])} "
-                     f"(mean validation accuracy {choice['val_acc']:.2f}% over {choice['n']} sweep seed(s)); "
-                     f"candidates, best first: {means}.")
-    chosen = ("\nThe choices (confirm/<student>.json):\n\n" + "\n".join(lines) + "\n") if lines else ""
+        lines.append(f"- {student}, {method}: chose {point_label(method, choice['point'])} (mean validation "
+                     f"accuracy {choice['val_acc']:.2f}% over {choice['n']} sweep seed(s)); candidates, best first: "
+                     f"{means}.")
+    chosen = ("\nThe choices (confirm/<student>[_<method>].json):\n\n" + "\n".join(lines) + "\n") if lines else ""
     return _markdown(caption, header, rows) + chosen
 
 
@@ -796,7 +928,10 @@ def write_tables(results_dir) -> list[Path]:
     sensitivity = _sensitivity(runs, grid)
     vs_reference = _vs_reference(runs, results_dir, table1, kd_vs_hard, confirmed, sensitivity)
     out = results_dir / "tables"
-    csv = {"runs.csv": runs, "robustness.csv": robustness, "table1.csv": table1,
+    methods = _methods(runs, robustness)
+    method_grid = _method_grid(runs)
+    csv = {"runs.csv": runs[RUN_COLUMNS], "robustness.csv": robustness, "table1.csv": table1, "methods.csv": methods,
+           "method_grid.csv": method_grid,
            "kd_vs_hard.csv": kd_vs_hard, "grid.csv": grid, "confirmed.csv": confirmed,
            "sensitivity.csv": sensitivity, "vs_reference.csv": vs_reference}
     texts = {name: frame.to_csv(index=False, float_format="%.10g") for name, frame in csv.items()}
@@ -805,6 +940,7 @@ def write_tables(results_dir) -> list[Path]:
     texts["confirmed.md"] = _confirmed_markdown(confirmed, choices)
     texts["sensitivity.md"] = _sensitivity_markdown(sensitivity)
     texts["vs_reference.md"] = _vs_reference_markdown(vs_reference)
+    texts["methods.md"] = _methods_markdown(methods, robustness)
     return [write_text(out / name, texts[name]) for name in TABLES]
 
 
@@ -835,10 +971,12 @@ def best_temperature(run_dirs) -> dict:
 
 
 def best_point(run_dirs) -> dict:
-    """Confirmation's checkpoint: among one student's distilled runs (any seeds), the point (T, w > 0) with
-    the highest mean validation accuracy over its seeds (`candidates`, `pick_best`: what kd_vs_hard
-    compares; ties go to the lower T, then the lower w). w = 0 runs are left out (hard targets only).
-    The record names every candidate with its mean and seeds; test accuracy is never read."""
+    """Confirmation's checkpoint: among one student's distilled runs of one KD method (any seeds), the point
+    with the highest mean validation accuracy over its seeds, among those that use the teacher (kd: w > 0;
+    `method_candidates`, `pick_best`: what the methods table and, for kd, kd_vs_hard compare; ties go to the
+    lower values in the method's order). The record names the method, the point (`hparams`, and each
+    hyperparameter flat, as kd's T and w always were), every candidate with its mean and seeds; test
+    accuracy is never read."""
     records = []
     for run_dir in run_dirs:
         path = Path(run_dir) / METRICS
@@ -848,25 +986,33 @@ def best_point(run_dirs) -> dict:
         records.append(_read_json(path, _METRICS_REQUIRED))
     if not records:
         raise KdsweepError("best-point got no run folders: pass the distilled runs of one student's sweep.")
+    points = [point_of(record) for record in records]
     runs = _frame(records, list(_METRICS_REQUIRED))
-    if (runs["role"] != "kd").any():
-        raise KdsweepError("best-point takes the sweep's distilled (kd) runs only: pass runs/kd/... folders.")
-    for key in ("dataset", "model"):
+    runs["method"] = [point[0] if point else None for point in points]
+    runs["point"] = [tuple(value for _, value in point[1]) if point else None for point in points]
+    methods = set(runs["method"])
+    if None in methods or (runs["role"] != runs["method"]).any():
+        raise KdsweepError("best-point takes the sweep's distilled runs only: pass runs/<method>/... folders.")
+    for key in ("dataset", "model", "method"):
         if runs[key].nunique(dropna=False) != 1:
             raise KdsweepError(f"best-point got runs with different {key} values ({sorted(runs[key].unique())}): "
-                               "pass the runs of one student.")
-    cells = candidates(runs)
+                               "pass the runs of one student and one method.")
+    method = runs["method"].iloc[0]
+    cells = method_candidates(runs, method)
     if cells.empty:
-        raise KdsweepError("best-point got no distilled run with w > 0 (w = 0 is hard targets only): pass the "
-                           "student's sweep runs.")
-    temperature, soft_weight = pick_best(cells["val_acc_mean"])
-    seeds = runs.loc[(runs["temperature"] == temperature) & (runs["soft_weight"] == soft_weight), "seed"]
-    return {"student": runs["model"].iloc[0], "dataset": runs["dataset"].iloc[0],
-            "temperature": float(temperature), "soft_weight": float(soft_weight),
-            "val_acc": float(cells.loc[(temperature, soft_weight), "val_acc_mean"]),
-            "n": int(cells.loc[(temperature, soft_weight), "n"]), "seeds": sorted(int(s) for s in seeds),
-            "chosen_on": "mean validation accuracy over the sweep's seeds, w > 0; ties to the lower T, then w",
-            "candidates": [{"temperature": float(t), "soft_weight": float(w),
+        raise KdsweepError(f"best-point got no {method} run that uses the teacher (kd: w > 0; w = 0 is hard "
+                           "targets only): pass the student's sweep runs.")
+    point = pick_best(cells["val_acc_mean"])
+    names = [param.name for param in METHODS[method].params]
+    seeds = runs.loc[runs["point"].map(lambda p: p == point), "seed"]
+    hparams = dict(zip(names, (float(value) for value in point)))
+    chosen = cells.loc[[point]].iloc[0]
+    return {"student": runs["model"].iloc[0], "dataset": runs["dataset"].iloc[0], "method": method,
+            "hparams": hparams, **hparams,
+            "val_acc": float(chosen["val_acc_mean"]), "n": int(chosen["n"]), "seeds": sorted(int(s) for s in seeds),
+            "chosen_on": "mean validation accuracy over the sweep's seeds, among the points that use the teacher "
+                         "(kd: w > 0); ties to the lower values, in the method's order",
+            "candidates": [{**dict(zip(names, (float(value) for value in candidate))),
                             "val_acc_mean": float(row["val_acc_mean"]), "n": int(row["n"])}
-                           for (t, w), row in cells.iterrows()],
-            "hard_target_runs_left_out": int((runs["soft_weight"] == 0).sum())}
+                           for candidate, row in cells.iterrows()],
+            "hard_target_runs_left_out": int(len(runs) - sum(cells["n"]))}

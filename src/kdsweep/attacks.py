@@ -117,7 +117,24 @@ def pgd(model, images, labels, eps, step_size, steps, random_start=True, generat
     return _pgd(model, images, labels, eps, step_size, steps, random_start, generator)[0]
 
 
+def _fgsm_batches(epsilon, params):
+    return lambda model, x, y: _fgsm(model, x, y, epsilon)
+
+
+def _pgd_batches(epsilon, params):
+    # One CPU generator for the whole test set: the random start of image i is the i-th
+    # draw of one stream (CPU draws are serial), whatever the batch size or the device.
+    generator = torch.Generator().manual_seed(int(params["seed"])) if params["random_start"] else None
+    step_size = params["relative_step_size"] * epsilon
+    return lambda model, x, y: _pgd(model, x, y, epsilon, step_size, params["steps"],
+                                    params["random_start"], generator)
+
+
+# The attacks, by the name the config gives them (attacks.<name>): each its function on a batch, and
+# what evaluate_attack runs batch after batch: (epsilon, the config's parameters) -> a function
+# (model, x, y) -> (adversarial, clean logits or None).
 ATTACKS = {"fgsm": fgsm, "pgd": pgd}
+BATCHES = {"fgsm": _fgsm_batches, "pgd": _pgd_batches}
 
 # The parameters each attack takes in the config (attacks.<name> in config.yaml) and in
 # evaluate_attack's **params; see config.schema.yaml for their meaning and bounds.
@@ -135,14 +152,7 @@ def _attack_batches(attack, epsilon, params):
     expected = set(PARAMS[attack])
     if set(params) != expected:
         raise ValueError(f"attack {attack!r} takes the parameters {sorted(expected)}, got {sorted(params)}")
-    if attack == "fgsm":
-        return lambda model, x, y: _fgsm(model, x, y, epsilon)
-    # One CPU generator for the whole test set: the random start of image i is the i-th
-    # draw of one stream (CPU draws are serial), whatever the batch size or the device.
-    generator = torch.Generator().manual_seed(int(params["seed"])) if params["random_start"] else None
-    step_size = params["relative_step_size"] * epsilon
-    return lambda model, x, y: _pgd(model, x, y, epsilon, step_size, params["steps"],
-                                    params["random_start"], generator)
+    return BATCHES[attack](epsilon, params)
 
 
 def _device(model):

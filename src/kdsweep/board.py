@@ -39,8 +39,10 @@ class EpochBoard:
 
 # ---------------------------------------------------------------- the study as HParams sessions
 
-# The hyperparameters of a session: where its run sits in the study (T and w for distilled runs only).
-HPARAMS = ("role", "model", "T", "w", "seed")
+# The hyperparameters of a session: where its run sits in the study (T and w for kd runs, as the reference
+# study names them), its KD method, and each other method's hyperparameters as `<method>.<name>`
+# (kdsweep.methods), for the runs of that method only.
+HPARAMS = ("role", "model", "method", "T", "w", "seed")
 # Metrics from tables/runs.csv (a run's row), then one per attack and epsilon from robustness.csv.
 RUN_METRICS = ("val_acc", "test_acc", "agreement", "ece", "kl_to_teacher", "nll", "max_logit", "logit_norm")
 METRIC_PREFIX = "hparams/"
@@ -73,15 +75,33 @@ def _read_csv(path):
         return list(csv.DictReader(handle))
 
 
+def _method_hparams(results_dir, run) -> dict:
+    """A distilled run's method and hyperparameters, from its metrics.json (kd's as T and w)."""
+    import json
+
+    from .plan import point_of
+
+    try:
+        point = point_of(json.loads((results_dir / run / "metrics.json").read_text()))
+    except (OSError, ValueError):
+        point = None
+    if point is None:
+        return {}
+    method, hparams = point
+    if method == "kd":
+        return {"method": "kd", "T": float(dict(hparams)["temperature"]), "w": float(dict(hparams)["soft_weight"])}
+    return {"method": method, **{f"{method}.{name}": float(value) for name, value in hparams}}
+
+
 def _sessions(tables):
-    """{run folder (runs/<role>/<run>): (hparams, {metric tag: value})} from the study's tables."""
+    """{run folder (runs/<role>/<run>): (hparams, {metric tag: value})} from the study's tables (and a
+    distilled run's metrics.json: its method's hyperparameters)."""
     from .plan import fmt
 
     sessions = {}
     for row in _read_csv(tables / "runs.csv"):
         hparams = {"role": row["role"], "model": row["model"], "seed": int(float(row["seed"]))}
-        if row["role"] == "kd":
-            hparams.update(T=float(row["temperature"]), w=float(row["soft_weight"]))
+        hparams.update(_method_hparams(tables.parent, row["run"]))
         metrics = {name: _number(row.get(name)) for name in RUN_METRICS}
         sessions[row["run"]] = (hparams, {key: value for key, value in metrics.items() if value is not None})
     robustness = tables / "robustness.csv"
@@ -147,16 +167,17 @@ def write_hparams(results_dir) -> list | None:
     results_dir = Path(results_dir)
     sessions = _sessions(results_dir / "tables")
     wall_time = time.time()
+    names = [*HPARAMS, *sorted({name for hparams, _ in sessions.values() for name in hparams} - set(HPARAMS))]
     domains = {name: sorted({hparams[name] for hparams, _ in sessions.values() if name in hparams})
-               for name in HPARAMS}
+               for name in names}
     metric_names = sorted({name for _, metrics in sessions.values() for name in metrics},
                           key=lambda name: (name not in RUN_METRICS,
                                             RUN_METRICS.index(name) if name in RUN_METRICS else 0, name))
     from google.protobuf import struct_pb2
 
     infos = []
-    for name in HPARAMS:
-        numeric = name in ("T", "w", "seed")
+    for name in names:
+        numeric = name in ("T", "w", "seed") or "." in name
         values = [_value(value, numeric) for value in domains[name]]
         infos.append(api_pb2.HParamInfo(
             name=name, type=api_pb2.DATA_TYPE_FLOAT64 if numeric else api_pb2.DATA_TYPE_STRING,

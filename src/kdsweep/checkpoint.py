@@ -34,7 +34,7 @@ class RunState:
     best_val_loss: float = math.inf
     best_epoch: int = 0
     bad_epochs: int = 0
-    history: list = field(default_factory=list)  # one row of train.HISTORY_FIELDS per epoch
+    history: list = field(default_factory=list)  # one row of history.csv per epoch (train.history_fields)
     train_seconds: float = 0.0
     resumed: int = 0
     stopped: bool = False  # max_epochs or early stopping reached: only the test evaluation is left
@@ -70,10 +70,14 @@ def match_layouts(optimizer: torch.optim.Optimizer):
 
 
 def save(folder: Path, run_hash: str, identity: dict, module, optimizer, scheduler, rng: dict, data_state,
-         state: RunState):
-    io.torch_save({"config_hash": run_hash, "model": module.state_dict(), "optimizer": optimizer.state_dict(),
-                   "scheduler": scheduler.state_dict(), "rng": rng, "data": data_state, "state": state.as_dict()},
-                  Path(folder) / CHECKPOINT)
+         state: RunState, method_state=None):
+    """checkpoint.pt (with the KD method's trainable state, where it has one: CTKD's temperature) and
+    checkpoint.json."""
+    saved = {"config_hash": run_hash, "model": module.state_dict(), "optimizer": optimizer.state_dict(),
+             "scheduler": scheduler.state_dict(), "rng": rng, "data": data_state, "state": state.as_dict()}
+    if method_state is not None:
+        saved["method_state"] = method_state.state_dict()
+    io.torch_save(saved, Path(folder) / CHECKPOINT)
     io.write_json(Path(folder) / PROGRESS, progress(run_hash, identity, state))
 
 
@@ -139,9 +143,14 @@ def best_weights(folder: Path, device) -> dict:
                            "attempt trains the run again from the start") from err
 
 
-def restore(checkpoint: dict, module, optimizer, scheduler) -> tuple[dict, object, RunState]:
-    """Load a checkpoint into a point's module, optimiser and schedule; return (rng, data state, state)."""
+def restore(checkpoint: dict, module, optimizer, scheduler, method_state=None) -> tuple[dict, object, RunState]:
+    """Load a checkpoint into a point's module, optimiser, schedule and method state; return (rng, data
+    state, state)."""
     module.load_state_dict(weights(checkpoint["model"]))
+    if method_state is not None:
+        if "method_state" not in checkpoint:
+            raise KdsweepError("the checkpoint holds no state of the run's KD method; delete it to start the run over")
+        method_state.load_state_dict(checkpoint["method_state"])
     optimizer.load_state_dict(checkpoint["optimizer"])
     match_layouts(optimizer)
     scheduler.load_state_dict(checkpoint["scheduler"])

@@ -147,11 +147,14 @@ def _write_record(path, out_dirs, results):
     from . import io
     from .runtime import environment
 
-    io.write_json(path, {
-        "points": [{"run": str(out), "temperature": metrics["temperature"], "soft_weight": metrics["soft_weight"],
-                    "config_hash": metrics["config_hash"], "test_acc": metrics["test_acc"]}
-                   for out, metrics in zip(out_dirs, results)],
-        "slurm": environment()["slurm"]})
+    def point(out, metrics):
+        entry = {"run": str(out), "temperature": metrics["temperature"], "soft_weight": metrics["soft_weight"]}
+        if metrics.get("method"):
+            entry.update(method=metrics["method"], hparams=metrics["hparams"])
+        return {**entry, "config_hash": metrics["config_hash"], "test_acc": metrics["test_acc"]}
+
+    io.write_json(path, {"points": [point(out, metrics) for out, metrics in zip(out_dirs, results)],
+                         "slurm": environment()["slurm"]})
 
 
 def cmd_train(args):
@@ -164,18 +167,30 @@ def cmd_train(args):
 
 def cmd_distill(args):
     from .config import check_value
-    from .plan import Run
+    from .plan import Run, parse_point
 
-    if not len(args.temperature) == len(args.soft_weight) == len(args.out):
-        raise KdsweepError("give --temperature, --soft-weight and --out once per sweep point, "
-                           f"the same number of times (got {len(args.temperature)}, {len(args.soft_weight)}, "
-                           f"{len(args.out)})")
     check_value("seeds.items", args.seed, "--seed")
-    for temperature, weight in zip(args.temperature, args.soft_weight):
-        check_value("temperatures.items", temperature, "--temperature")
-        check_value("soft_weights.items", weight, "--soft-weight")
-    runs = [Run(role=args.role, model=args.student, seed=args.seed, temperature=temperature, soft_weight=weight)
-            for temperature, weight in zip(args.temperature, args.soft_weight)]
+    if args.point and (args.temperature or args.soft_weight):
+        raise KdsweepError("give the points as --point METHOD:NAME=VALUE,... or as kd's --temperature and "
+                           "--soft-weight, not both")
+    if args.point:
+        if len(args.point) != len(args.out):
+            raise KdsweepError(f"give --point and --out once per point, the same number of times (got "
+                               f"{len(args.point)} and {len(args.out)})")
+        points = [parse_point(spec) for spec in args.point]
+    else:
+        if not len(args.temperature) == len(args.soft_weight) == len(args.out) > 0:
+            raise KdsweepError("give --temperature, --soft-weight and --out once per sweep point, "
+                               f"the same number of times (got {len(args.temperature)}, {len(args.soft_weight)}, "
+                               f"{len(args.out)}), or --point METHOD:NAME=VALUE,... and --out pairs")
+        for temperature, weight in zip(args.temperature, args.soft_weight):
+            check_value("temperatures.items", temperature, "--temperature")
+            check_value("soft_weights.items", weight, "--soft-weight")
+        points = [("kd", {"temperature": t, "soft_weight": w}) for t, w in zip(args.temperature, args.soft_weight)]
+    if args.role == "kd" and any(method != "kd" for method, _ in points):
+        raise KdsweepError("--role kd is for kd points; give --role sweep (the default) for points of other methods")
+    runs = [Run.distilled_run("confirm" if args.role == "confirm" else method, args.student, args.seed, method, values)
+            for method, values in points]
     _train(args, runs, args.out, teacher_dir=args.teacher)
 
 
@@ -219,7 +234,11 @@ def cmd_plots(args):
     if unknown := [name for name in args.students or () if name not in MODELS]:
         raise KdsweepError(f"--students names '{unknown[0]}', which is no architecture; choose among "
                            f"{', '.join(MODELS)}")
-    for path in write_figures(Path(args.results), args.soft_weight, students=args.students):
+    from .methods import METHODS
+
+    if unknown := [name for name in args.methods or () if name not in METHODS]:
+        raise KdsweepError(f"--methods names '{unknown[0]}', which is no KD method; choose among {', '.join(METHODS)}")
+    for path in write_figures(Path(args.results), args.soft_weight, students=args.students, methods=args.methods):
         print(f"wrote {path}")
 
 
@@ -244,20 +263,22 @@ def cmd_best_point(args):
     _refuse_overwrite(args, runs=[("the run folder", run) for run in args.runs], writes=[("--out", args.out)])
     choice = best_point([Path(run) for run in args.runs])
     io.write_json(args.out, choice)
-    print(f"best point for {choice['student']}: T={choice['temperature']:g}, w={choice['soft_weight']:g} "
+    point = ", ".join(f"{name}={value:g}" for name, value in choice["hparams"].items())
+    print(f"best {choice['method']} point for {choice['student']}: {point} "
           f"(mean val acc {choice['val_acc']:.2f}% over {choice['n']} seed(s), of {len(choice['candidates'])} "
           "candidates)")
 
 
 def _best_point_parser(subparsers):
     p = _command(subparsers, "best-point",
-                 "pick a student's distilled point (T, w > 0) on mean validation accuracy over the sweep's seeds "
-                 "(the confirmation's checkpoint); the record names every candidate and its mean")
+                 "pick a student's distilled point of one KD method on mean validation accuracy over the sweep's "
+                 "seeds (the confirmation's checkpoint); the record names every candidate and its mean")
     p.add_argument("runs", type=_path, nargs="+",
-                   help="finished distillation run folders of one student's sweep (w = 0 runs are left out: hard "
-                        "targets only)")
+                   help="finished run folders of one student's sweep of one method (points that do not use the "
+                        "teacher, kd's w = 0, are left out: hard targets only)")
     p.add_argument("--out", type=_path, required=True,
-                   help="JSON file to write (the workflow's: confirm/<student>.json)")
+                   help="JSON file to write (the workflow's: confirm/<student>.json for kd, "
+                        "confirm/<student>_<method>.json for another method)")
     p.set_defaults(func=cmd_best_point)
 
 
@@ -356,7 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     for name, help_text in (
         ("train", "train a teacher or a hard-target baseline"),
-        ("distill", "distil a student from a trained teacher at one temperature and soft weight"),
+        ("distill", "distil a student from a trained teacher: points of any KD methods (kdsweep.methods)"),
     ):
         p = _command(subparsers, name, help_text)
         _config_args(p)
@@ -366,16 +387,20 @@ def build_parser() -> argparse.ArgumentParser:
                                 "on fresh seeds; only the name differs")
             p.add_argument("--model", required=True, help="architecture (see `python -m kdsweep models`)")
         else:
-            p.add_argument("--role", choices=["kd", "confirm"], default="kd",
-                           help="a point of the sweep (default) or of a confirmation on fresh seeds; only the "
+            p.add_argument("--role", choices=["sweep", "kd", "confirm"], default="sweep",
+                           help="points of the sweep (default; each of its method's role: kd, dkd, ...; `kd` "
+                                "says the same of kd points) or of a confirmation on fresh seeds; only the "
                                 "name differs")
             p.add_argument("--student", required=True, help="student architecture")
             p.add_argument("--teacher", type=_path, required=True,
                            help="run folder of the trained teacher (holds model.pt)")
-            p.add_argument("--temperature", type=float, required=True, action="append",
-                           help="softmax temperature T > 0")
-            p.add_argument("--soft-weight", type=float, required=True, action="append",
-                           help="weight w of the soft (teacher) term in [0, 1]; 1 - w weighs the hard labels")
+            p.add_argument("--point", action="append", default=[], metavar="METHOD:NAME=VALUE,...",
+                           help="a point of any KD method (kdsweep.methods), e.g. "
+                                "dkd:alpha=1,beta=8,temperature=4,warmup_epochs=20; with one --out each")
+            p.add_argument("--temperature", type=float, action="append", default=[],
+                           help="kd's softmax temperature T > 0 (with --soft-weight and --out: a kd point)")
+            p.add_argument("--soft-weight", type=float, action="append", default=[],
+                           help="kd's weight w of the soft (teacher) term in [0, 1]; 1 - w weighs the hard labels")
         p.add_argument("--seed", type=int, required=True, help="seed of the run (python, numpy, torch, data order)")
         p.add_argument("--rerun-stale", action="store_true",
                        help="train again a folder that holds a finished run (or a checkpoint) of another "
@@ -390,8 +415,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--stats", type=_path, required=True, help="stats file written by `python -m kdsweep stats`")
         p.add_argument("--out", type=_path, required=True, action="append" if name == "distill" else None,
                        help="run folder; a checkpoint there is resumed" + (
-                           ". Repeat --temperature, --soft-weight and --out together to train several sweep "
-                           "points in one job (they share the data stream and the teacher's forward pass)"
+                           ". Repeat --point and --out (or kd's --temperature, --soft-weight and --out) "
+                           "together to train several points of one student and seed in one job (they share "
+                           "the data stream and the teacher's forward pass)"
                            if name == "distill" else ""))
         p.set_defaults(func=cmd_train if name == "train" else cmd_distill)
 
@@ -428,6 +454,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--students", nargs="+", metavar="MODEL",
                    help="students to draw (default: those with a finished run); each gets its figures "
                         "even before its runs finish")
+    p.add_argument("--methods", nargs="+", metavar="METHOD",
+                   help="KD methods whose heat maps to draw (default: those with a finished run); kd's "
+                        "figures are the reference study's")
     p.set_defaults(func=cmd_plots)
 
     p = _command(subparsers, "best-temperature",
@@ -557,7 +586,7 @@ class _Interrupt:
 
 def _run(argv):
     if argv[:1] == ["bench"]:
-        # bench.py imports torch to build its parser; the jobs' commands must not pay that at start-up.
+        # the bench package imports torch to build its parser; the jobs' commands must not pay that at start-up.
         _bench(argv[1:])
         return
     parser = build_parser()

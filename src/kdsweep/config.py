@@ -35,7 +35,17 @@ def _schema_text() -> str:
 
 
 def schema() -> dict:
-    return yaml.safe_load(_schema_text())
+    """config.schema.yaml, with the `methods` section's schema derived from the KD methods' modules
+    (kdsweep.methods: each declares its hyperparameters and their bounds)."""
+    from .methods import METHODS
+
+    loaded = yaml.safe_load(_schema_text())
+    section = loaded["properties"]["methods"]
+    section["additionalProperties"] = False
+    # null leaves a method out; its keywords but `type` only apply to a mapping
+    section["properties"] = {name: {**method.section_schema(), "type": ["object", "null"]}
+                             for name, method in METHODS.items()}
+    return loaded
 
 
 def deep_merge(base: dict, update: dict) -> dict:
@@ -119,10 +129,12 @@ def validate(config: dict, source=lambda where: _ANYWHERE) -> dict:
 
 
 def check_finite(config: dict):
-    """KdsweepError naming the first NaN or infinite value of config (the schema lets them through)."""
+    """KdsweepError naming the first NaN or infinite value of config (the schema lets them through), or
+    the first value the methods' sections (their schema derived from kdsweep.methods) refuse."""
     if found := _non_finite(config):
         where, value = found
         raise KdsweepError(f"config key '{where}' is {value}, not a finite number; fix it in {_ANYWHERE}")
+    validate(config)
 
 
 def check_value(schema_key: str, value, flag: str):

@@ -32,7 +32,6 @@ import hashlib
 import json
 import os
 import shutil
-from dataclasses import asdict
 from pathlib import Path
 
 from . import io
@@ -56,13 +55,19 @@ def file_digest(path) -> str:
 
 
 def _where(run) -> dict:
-    """A run's coordinates, a distilled run's temperature and soft weight as floats, as its job parses
-    `--temperature 4`: the plan's run of the config's `4` and the job's run of `4.0` are one run."""
-    where = asdict(run)
-    for name in ("temperature", "soft_weight"):
-        if where[name] is not None:
-            where[name] = float(where[name])
-    return where
+    """A run's coordinates: role, model, seed and, distilled, its method's hyperparameters (floats, or ints
+    where the method says so: the plan's `4` and the job's `4.0` are one run). A teacher, a baseline and a
+    kd run keep the form of the reference study's versions ({role, model, seed, temperature,
+    soft_weight}), so that their identities, and every finished run's hash, are those they had."""
+    from .methods import METHODS
+
+    where = {"role": run.role, "model": run.model, "seed": run.seed}
+    if run.method is None:
+        return {**where, "temperature": None, "soft_weight": None}
+    canonical = METHODS[run.method].canonical(run.hparams)
+    if run.method == "kd":
+        return {**where, **canonical}
+    return {**where, "method": run.method, "hparams": canonical}
 
 
 def run_identity(config: dict, run, teacher_hash: str | None, data_digest: str | None) -> dict:

@@ -30,14 +30,16 @@ import shlex
 from dataclasses import dataclass
 
 from .errors import KdsweepError
+from .methods import METHODS
 
-# confirm: a run of the confirmation on fresh seeds, distilled (temperature and soft weight set) or
-# its hard-target baseline (neither set).
-ROLES = ("teacher", "baseline", "kd", "confirm")
+# A sweep run's role is its KD method's name (kdsweep.methods: kd, the reference study's, first);
+# confirm: a run of the confirmation on fresh seeds, distilled (a method set) or its hard-target
+# baseline (none).
+ROLES = ("teacher", "baseline", *METHODS, "confirm")
 # Every table aggregate.write_tables writes (under results/<study>/tables/).
 TABLES = ("runs.csv", "robustness.csv", "table1.csv", "table1.md", "kd_vs_hard.csv", "kd_vs_hard.md", "grid.csv",
           "confirmed.csv", "confirmed.md", "sensitivity.csv", "sensitivity.md", "vs_reference.csv",
-          "vs_reference.md")
+          "vs_reference.md", "methods.csv", "methods.md", "method_grid.csv")
 # Every figure plots.write_figures draws (under results/<study>/figures/), in each of FIGURE_FORMATS:
 # one of each STUDY_FIGURES, and one of each PER_STUDENT_FIGURES per student.
 STUDY_FIGURES = ("temperature", "fidelity")
@@ -79,8 +81,8 @@ FILES = {
     "pack_log": "logs/runs/kd/{pack}.log",
     "staged_choice": "staged/{student}_seed-all.json",
     "staged_log": "logs/staged/{student}_seed-all.log",
-    "confirm_record": "confirm/{student}.json",
-    "confirm_log": "logs/confirm/{student}.log",
+    "confirm_record": "confirm/{choice}.json",
+    "confirm_log": "logs/confirm/{choice}.log",
     "evaluation": "evaluation/{role}/{run}.json",
     "evaluation_log": "logs/evaluation/{role}/{run}.log",
     "attack": "attacks/{role}/{run}/" + ATTACK_FILE,
@@ -94,37 +96,86 @@ def attack_file(attack: str, epsilon) -> str:
 
 @dataclass(frozen=True)
 class Run:
-    """Where a run sits in the study: its role and sweep coordinates."""
+    """Where a run sits in the study: its role, model, seed and, distilled, its KD method and that
+    method's hyperparameters (kdsweep.methods)."""
 
-    role: str  # teacher | baseline | kd | confirm
+    role: str  # teacher | baseline | a method's name (its sweep: kd, dkd, ...) | confirm
     model: str
     seed: int
-    temperature: float | None = None
-    soft_weight: float | None = None
+    method: str | None = None  # the KD method of a distilled run
+    hparams: tuple = ()  # its hyperparameters ((name, value), ...) in the method's order
 
     def __post_init__(self):
         if self.role not in ROLES:
-            raise KdsweepError(f"role '{self.role}' is unknown; use teacher, baseline, kd or confirm")
-        if self.role == "confirm" and (self.temperature is None) != (self.soft_weight is None):
-            raise KdsweepError("a confirmation run takes both a temperature and a soft weight (distilled) "
-                               "or neither (its hard-target baseline)")
-        if self.distilled:
-            if self.temperature is None or not self.temperature > 0:
-                raise KdsweepError(f"temperature {self.temperature} must be a positive number, e.g. --temperature 4")
-            if self.soft_weight is None or not 0 <= self.soft_weight <= 1:
-                raise KdsweepError(f"soft weight {self.soft_weight} must lie in [0, 1] "
-                                   "(0 = hard targets only, 1 = teacher only)")
+            raise KdsweepError(f"role '{self.role}' is unknown; use one of {', '.join(ROLES)}")
+        if self.role in METHODS and self.method != self.role:
+            raise KdsweepError(f"a run of role {self.role} is a {self.role} run: its method is {self.role}")
+        if self.method is None:
+            if self.role in METHODS or self.hparams:
+                raise KdsweepError(f"a {self.role} run takes a KD method and its hyperparameters")
+            return
+        if self.method not in METHODS:
+            raise KdsweepError(f"KD method {self.method!r} is unknown; use one of {', '.join(METHODS)}")
+        if self.role not in (self.method, "confirm"):
+            raise KdsweepError(f"a distilled run is a {self.method} run or a confirm run, not a {self.role} run")
+        method = METHODS[self.method]
+        names = tuple(name for name, _ in self.hparams)
+        expected = tuple(param.name for param in method.params)
+        if names != expected:
+            raise KdsweepError(f"a {self.method} run takes the hyperparameters {', '.join(expected)}, "
+                               f"not {', '.join(names) or 'none'}")
+        for param, (_, value) in zip(method.params, self.hparams):
+            if problem := param.problem(value):
+                raise KdsweepError(f"{self.method}: {problem}")
+        if problem := method.problem(self.params):
+            raise KdsweepError(f"{self.method}: {problem}")
+
+    @classmethod
+    def distilled_run(cls, role: str, model: str, seed: int, method: str, values: dict) -> "Run":
+        """A distilled run of `method` at these hyperparameter values (a dict; each as the method's type)."""
+        if method not in METHODS:
+            raise KdsweepError(f"KD method {method!r} is unknown; use one of {', '.join(METHODS)}")
+        missing = [param.name for param in METHODS[method].params if param.name not in values]
+        extra = sorted(set(values) - {param.name for param in METHODS[method].params})
+        if missing or extra:
+            raise KdsweepError(f"a {method} point takes {', '.join(p.name for p in METHODS[method].params)}"
+                               + (f"; {', '.join(missing)} missing" if missing else "")
+                               + (f"; {', '.join(extra)} unknown" if extra else ""))
+        for param in METHODS[method].params:
+            if problem := param.problem(values[param.name]):
+                raise KdsweepError(f"{method}: {problem}")
+        return cls(role, model, seed, method, METHODS[method].hparams(values))
 
     @property
     def distilled(self) -> bool:
-        """Trained from the teacher's soft targets (at any w, also 0): a kd run or a distilled confirm run."""
-        return self.role == "kd" or (self.role == "confirm" and self.temperature is not None)
+        """Trained with a KD method (at any weights, also 0): a sweep run or a distilled confirm run."""
+        return self.method is not None
+
+    @property
+    def params(self) -> dict:
+        """The hyperparameters as a dict."""
+        return dict(self.hparams)
+
+    @property
+    def temperature(self) -> float | None:
+        """The hyperparameter named temperature, where the method has one (kd's T; tables' column)."""
+        return self.params.get("temperature")
+
+    @property
+    def soft_weight(self) -> float | None:
+        """The hyperparameter named soft_weight, where the method has one (kd's w; tables' column)."""
+        return self.params.get("soft_weight")
 
     @property
     def name(self) -> str:
-        if self.distilled:
-            return f"{self.model}_T{fmt(self.temperature)}_soft{fmt(self.soft_weight)}_seed{self.seed}"
-        return f"{self.model}_seed{self.seed}"
+        """<model>[_<method, but kd>]_<spelling><value>..._seed<s>: kd's keeps the reference study's
+        <model>_T<T>_soft<w>_seed<s>."""
+        if not self.distilled:
+            return f"{self.model}_seed{self.seed}"
+        method = METHODS[self.method]
+        tag = "" if self.method == "kd" else f"_{self.method}"
+        values = "".join(f"_{param.spelling}{fmt(value)}" for param, (_, value) in zip(method.params, self.hparams))
+        return f"{self.model}{tag}{values}_seed{self.seed}"
 
     @property
     def folder(self) -> str:
@@ -133,7 +184,44 @@ class Run:
 
     @property
     def needs_teacher(self) -> bool:
-        return self.distilled and self.soft_weight > 0
+        return self.distilled and METHODS[self.method].needs_teacher(self.params)
+
+    def spec(self) -> str:
+        """The point as the distill command's --point takes it: <method>:<name>=<value>,..."""
+        return f"{self.method}:" + ",".join(f"{name}={json.dumps(value)}" for name, value in self.hparams)
+
+
+def point_of(record: dict) -> tuple[str, tuple] | None:
+    """(method, hparams) a record names: a run's metrics.json, a pack or best-point record's entry. A
+    record of an earlier version (no `method`) is kd's, with flat temperature and soft_weight; None where
+    it names no distilled point."""
+    method = record.get("method") or ("kd" if record.get("temperature") is not None else None)
+    if method not in METHODS:
+        return None
+    values = record.get("hparams") if isinstance(record.get("hparams"), dict) else record
+    try:
+        return method, METHODS[method].hparams(values)
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def parse_point(spec: str) -> tuple[str, dict]:
+    """(method, {name: value}) of a --point <method>:<name>=<value>,...; KdsweepError naming the fix."""
+    method, _, rest = spec.partition(":")
+    example = "e.g. --point dkd:alpha=1,beta=8,temperature=4,warmup_epochs=20"
+    if method not in METHODS:
+        raise KdsweepError(f"--point {spec!r} names no KD method ({', '.join(METHODS)}); {example}")
+    values = {}
+    for item in filter(None, rest.split(",")):
+        name, equals, text = item.partition("=")
+        try:
+            value = json.loads(text) if equals else None
+        except ValueError:
+            value = None
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            raise KdsweepError(f"--point {spec!r}: {item!r} is not <name>=<number>; {example}")
+        values[name.strip()] = value
+    return method, values
 
 
 @dataclass(frozen=True)
@@ -153,8 +241,10 @@ class Pack:
 
     @property
     def role(self) -> str:
-        """kd (the sweep) or confirm (a confirmation run: `kdsweep distill --role confirm`)."""
-        return self.runs[0].role
+        """The distill command's --role: confirm (a confirmation run), kd (kd's sweep points alone: the
+        reference study's command) or sweep (sweep points of any methods)."""
+        roles = {run.role for run in self.runs}
+        return roles.pop() if roles in ({"confirm"}, {"kd"}) else "sweep"
 
 
 # ---------------------------------------------------------------- what a job reads
@@ -245,29 +335,75 @@ class Plan:
             "soft_weights and staged.soft_weight" if self.staged else "soft_weights",
             [*config["soft_weights"], *([self.staged_weight] if self.staged else [])])
         self.epsilons = number_table("epsilons", config["epsilons"])
+        sections = config.get("methods") or {}
+        # the study's KD methods, in the registry's order (kd first); staged applies to kd alone
+        self.methods = [name for name in METHODS if name in sections and sections[name] is not None]
+        if self.staged and "kd" not in self.methods:
+            raise KdsweepError("sweep: staged is kd's temperature-then-soft-weight sweep, but methods leaves kd "
+                               "out; set sweep: grid, or give methods a kd section")
+        self.points = {name: self._points(name) for name in self.methods}
+        wanted = config["confirm"].get("methods")
+        if wanted is not None and (unknown := [name for name in wanted if name not in self.methods]):
+            raise KdsweepError(f"confirm.methods names {unknown[0]!r}, which is no KD method of this study "
+                               f"({', '.join(self.methods) or 'none'}); name methods of `methods`, or null for all")
+        # the KD methods whose best points the confirmation trains again (none without confirm.seeds)
+        self.confirm_methods = ([name for name in self.methods if wanted is None or name in wanted]
+                                if config["confirm"]["seeds"] else [])
         self.teacher = Run("teacher", config["teacher"]["model"], config["teacher"]["seed"])
         self.packs = self._packs() + self._confirm_packs()
         self._pack_of = {run: pack for pack in self.packs for run in pack.runs}
         self._packs_by_name = {pack.name: pack for pack in self.packs}
         self._runs = {(run.role, run.name): run
                       for run in [self.teacher, *self.baselines(), *self.confirm_baselines(), *self._pack_of]}
-        if self.confirm_seeds and (bare := [student for student in self.students if not self.candidates(student)]):
-            raise KdsweepError(f"confirm.seeds is set, but {bare[0]}'s sweep has no distilled point (a soft weight "
-                               "above 0) for the confirmation to choose; add one to soft_weights (staged: or set "
-                               "staged.soft_weight above 0), or set confirm.seeds to []")
+        bare = [(student, method) for student in self.students for method in self.confirm_methods
+                if not self.candidates(student, method)]
+        if self.confirm_seeds and bare:
+            student, method = bare[0]
+            raise KdsweepError(f"confirm.seeds is set, but {student}'s {method} sweep has no distilled point (one "
+                               "that uses the teacher: for kd a soft weight above 0) for the confirmation to "
+                               "choose; add one to soft_weights (staged: or set staged.soft_weight above 0), or "
+                               "leave that method out, or set confirm.seeds to []")
+        if self.confirm_seeds and not self.methods:
+            raise KdsweepError("confirm.seeds is set, but methods names no KD method to confirm; give one, or set "
+                               "confirm.seeds to []")
 
     # ---- runs
 
     def baselines(self) -> list[Run]:
         return [Run("baseline", student, seed) for student in self.students for seed in self.seeds]
 
+    def _points(self, name) -> list[tuple]:
+        """A method's grid in the config: each point's hyperparameters (the method's order and types),
+        refused where two points share a folder name."""
+        method = METHODS[name]
+        points, names = [], {}
+        for values in method.grid(self.config):
+            run = Run.distilled_run(name, "m", 0, name, values)
+            if run.name in names and names[run.name] != run.hparams:
+                raise KdsweepError(f"methods.{name} holds two points with the folder name {run.name!r} (6 significant "
+                                   "digits per value); make their values differ within those")
+            if run.name not in names:
+                names[run.name] = run.hparams
+                points.append(run.hparams)
+        return points
+
     def grid(self, students=None, temperatures=None, soft_weights=None) -> list[Run]:
-        """Distillation runs: every student x temperature x soft weight x seed (the config's, by default)."""
+        """kd's distillation runs: every student x temperature x soft weight x seed (the config's, by default)."""
         temperatures = self.config["temperatures"] if temperatures is None else temperatures
         soft_weights = self.config["soft_weights"] if soft_weights is None else soft_weights
-        return [Run("kd", student, seed, temperature, weight)
+        return [Run.distilled_run("kd", student, seed, "kd", {"temperature": temperature, "soft_weight": weight})
                 for student in (self.students if students is None else students)
                 for temperature in temperatures for weight in soft_weights for seed in self.seeds]
+
+    def method_grid(self, method: str, students=None) -> list[Run]:
+        """A method's distillation runs: every student x point of its grid x seed."""
+        return [Run(method, student, seed, method, hparams)
+                for student in (self.students if students is None else students)
+                for hparams in self.points[method] for seed in self.seeds]
+
+    def other_methods(self, students=None) -> list[Run]:
+        """The runs of every method of the study but kd (which the staged sweep can shape), in order."""
+        return [run for method in self.methods if method != "kd" for run in self.method_grid(method, students)]
 
     def temperature_sweep(self, student) -> list[Run]:
         """Staged sweep, stage 1: every temperature at w = staged.soft_weight."""
@@ -278,12 +414,13 @@ class Plan:
         return self.grid([student], temperatures=[temperature])
 
     def fixed_runs(self) -> list[Run]:
-        """The runs known before any checkpoint: teacher, baselines (also the confirmation's), and the
-        grid (or stage 1)."""
+        """The runs known before any checkpoint: teacher, baselines (also the confirmation's), kd's grid (or
+        stage 1 of its staged sweep) and every other method's grid."""
         runs = [self.teacher, *self.baselines(), *self.confirm_baselines()]
-        if self.staged:
-            return runs + [run for student in self.students for run in self.temperature_sweep(student)]
-        return runs + self.grid()
+        if "kd" in self.methods:
+            runs += ([run for student in self.students for run in self.temperature_sweep(student)]
+                     if self.staged else self.grid())
+        return runs + self.other_methods()
 
     def run(self, role: str, name: str) -> Run:
         """The run of the study (staged: of any stage-2 candidate too; confirmation: of any candidate
@@ -303,59 +440,98 @@ class Plan:
 
     # ---- confirmation on fresh seeds
 
-    def sweep(self, student, temperature=None) -> list[Run]:
-        """The distillation runs a student's point is chosen from (confirmation's checkpoint): the grid;
-        staged, the temperature sweep and the soft-weight sweep at `temperature`, the chosen one."""
+    def sweep(self, student, method: str = "kd", temperature=None) -> list[Run]:
+        """The distillation runs a student's point of one method is chosen from (confirmation's checkpoint):
+        the method's grid; kd staged, the temperature sweep and the soft-weight sweep at `temperature`, the
+        chosen one."""
+        if method != "kd":
+            return self.method_grid(method, [student])
         if not self.staged:
             return self.grid([student])
         if temperature is None:
             raise ValueError("a staged sweep's runs depend on the chosen temperature")
         return list(dict.fromkeys([*self.temperature_sweep(student), *self.soft_weight_sweep(student, temperature)]))
 
-    def candidates(self, student) -> list[tuple[float, float]]:
-        """Every (T, w) the confirmation's checkpoint can choose for a student: the distilled points
-        (w > 0; w = 0 is hard targets only) of its sweep, staged: of any temperature's soft-weight sweep."""
-        return list(dict.fromkeys((run.temperature, run.soft_weight) for sweep in self._sweeps(student)
-                                  for run in sweep if run.soft_weight > 0))
+    def candidates(self, student, method: str = "kd") -> list[tuple]:
+        """Every point (hyperparameters) of a method the confirmation's checkpoint can choose for a student:
+        those of its sweep that use the teacher (kd: w > 0; w = 0 is hard targets only), kd staged: of any
+        temperature's soft-weight sweep."""
+        if method != "kd":
+            runs = self.method_grid(method, [student])
+        else:
+            runs = [run for sweep in self._kd_sweeps(student) for run in sweep]
+        return list(dict.fromkeys(run.hparams for run in runs if run.needs_teacher))
 
     def confirm_baselines(self) -> list[Run]:
         """The hard-target baselines of the confirmation: every student on every confirm seed."""
         return [Run("confirm", student, seed) for student in self.students for seed in self.confirm_seeds]
 
-    def confirmed(self, student, temperature, soft_weight) -> list[Run]:
-        """The distilled runs that confirm a student's chosen point: one per confirm seed."""
-        return [Run("confirm", student, seed, temperature, soft_weight) for seed in self.confirm_seeds]
+    def confirmed(self, student, method: str, hparams: tuple) -> list[Run]:
+        """The distilled runs that confirm a student's chosen point of a method: one per confirm seed."""
+        return [Run("confirm", student, seed, method, hparams) for seed in self.confirm_seeds]
 
-    def confirm_record(self, student) -> str:
-        """The confirmation checkpoint's record of a student's chosen point (`kdsweep best-point`)."""
-        return self.file("confirm_record", student=student)
+    def choices(self) -> list[tuple[str, str]]:
+        """(student, method) of every point the confirmation chooses: one per student and confirmed method."""
+        return [(student, method) for student in self.students for method in self.confirm_methods]
 
-    def chosen_point(self, student, choice: dict, source: str) -> tuple[float, float]:
-        """The config's numbers (T, w) of the point a best-point record (`choice`) picked."""
-        spelling = (fmt(choice["temperature"]), fmt(choice["soft_weight"]))
-        points = {(fmt(t), fmt(w)): (t, w) for t, w in self.candidates(student)}
-        if spelling not in points:
-            raise KdsweepError(f"{source} picks T={spelling[0]}, w={spelling[1]}, which is not a distilled point of "
-                               f"{student}'s sweep in this config; delete {source} so that it is chosen again")
-        return points[spelling]
+    @staticmethod
+    def choice_name(student: str, method: str) -> str:
+        """The name of a (student, method) choice in file names: the student's name for kd (the reference
+        study's confirm/<student>.json), <student>_<method> for another method."""
+        return student if method == "kd" else f"{student}_{method}"
+
+    def choice(self, name: str) -> tuple[str, str]:
+        """(student, method) of a choice_name."""
+        for student, method in self.choices():
+            if self.choice_name(student, method) == name:
+                return student, method
+        raise KdsweepError(f"{name!r} names no confirmation choice of study {self.study!r}")
+
+    def confirm_record(self, student, method: str = "kd") -> str:
+        """The confirmation checkpoint's record of a student's chosen point of a method (`kdsweep best-point`)."""
+        return self.file("confirm_record", choice=self.choice_name(student, method))
+
+    def chosen_point(self, student, method: str, choice: dict, source: str) -> tuple:
+        """The hyperparameters of the point a best-point record (`choice`) picked, as the config gives them."""
+        picked = point_of(choice)
+        if picked is None or picked[0] != method:
+            raise KdsweepError(f"{source} picks no {method} point; delete {source} so that it is chosen again")
+        spelled = Run(method, student, 0, method, picked[1]).name
+        for hparams in self.candidates(student, method):
+            if Run(method, student, 0, method, hparams).name == spelled:
+                return hparams
+        raise KdsweepError(f"{source} picks {method} point {dict(picked[1])}, which is not a distilled point of "
+                           f"{student}'s sweep in this config; delete {source} so that it is chosen again")
 
     def _confirm_packs(self) -> list[Pack]:
         """One pack of one run per candidate point and confirm seed (only the chosen points' become jobs)."""
         return [Pack(f"confirm_{run.name}", (run,))
-                for student in self.students for seed in self.confirm_seeds
-                for run in (Run("confirm", student, seed, t, w) for t, w in self.candidates(student))]
+                for student in self.students for seed in self.confirm_seeds for method in self.confirm_methods
+                for run in (Run("confirm", student, seed, method, hparams)
+                            for hparams in self.candidates(student, method))]
 
     # ---- packs
 
-    def _sweeps(self, student) -> list[list[Run]]:
-        """The distillation runs of a student in the order they are packed. Staged: the temperature
+    def _kd_sweeps(self, student) -> list[list[Run]]:
+        """kd's distillation runs of a student in the order they are packed. Staged: the temperature
         sweep, then for each temperature the soft-weight sweep it would get if chosen (without the
         point the temperature sweep trained already): only the chosen temperature's packs become jobs."""
+        if "kd" not in self.methods:
+            return []
         if not self.staged:
             return [self.grid([student])]
         return [self.temperature_sweep(student)] + [
             [run for run in self.soft_weight_sweep(student, t) if run.soft_weight != self.staged_weight]
             for t in self.config["temperatures"]]
+
+    def _sweeps(self, student) -> list[list[Run]]:
+        """A student's distillation runs in the order they are packed: kd's first (so that a study's kd
+        packs are the same with or without other methods), every other method's after its fixed ones."""
+        sweeps = self._kd_sweeps(student)
+        others = self.other_methods([student])
+        if not sweeps:
+            return [others]
+        return [sweeps[0] + others, *sweeps[1:]]
 
     def _packs(self) -> list[Pack]:
         packs = []
@@ -379,9 +555,13 @@ class Plan:
         return self._pack_of[run]
 
     def pack_points(self, pack: Pack) -> str:
-        """The `--temperature T --soft-weight w --out RUN_DIR` triples of the pack's distill command."""
-        return " ".join(f"--temperature {json.dumps(run.temperature)} --soft-weight {json.dumps(run.soft_weight)}"
-                        f" --out {shlex.quote(self.run_dir(run))}" for run in pack.runs)
+        """The points of the pack's distill command: `--point <method>:<name>=<value>,... --out RUN_DIR`
+        pairs; a pack of kd points alone `--temperature T --soft-weight w --out RUN_DIR` triples, as the
+        reference study's jobs have always had them (their params: the same string reruns nothing)."""
+        if all(run.method == "kd" for run in pack.runs):
+            return " ".join(f"--temperature {json.dumps(run.temperature)} --soft-weight {json.dumps(run.soft_weight)}"
+                            f" --out {shlex.quote(self.run_dir(run))}" for run in pack.runs)
+        return " ".join(f"--point {run.spec()} --out {shlex.quote(self.run_dir(run))}" for run in pack.runs)
 
     # ---- files (relative to the directory snakemake runs in)
 
@@ -428,12 +608,16 @@ class Plan:
     def tables(self) -> list[str]:
         return [f"{self.results}/tables/{name}" for name in TABLES]
 
-    def figures(self, formats=FIGURE_FORMATS) -> list[tuple[str, str | None, str]]:
-        """(path, kind, student or None) of every figure, in each of `formats`."""
-        stems = [(kind, None) for kind in STUDY_FIGURES] + [
-            (kind, student) for student in self.students for kind in PER_STUDENT_FIGURES]
-        return [(f"{self.results}/figures/{kind if student is None else f'{kind}_{student}'}.{ext}", kind, student)
-                for kind, student in stems for ext in formats]
+    def figures(self, formats=FIGURE_FORMATS) -> list[tuple[str, str, str | None, str]]:
+        """(path, kind, student or None, name) of every figure, in each of `formats`: the study's, each
+        student's (kd's, the reference study's), and a heat map per student and other KD method (kind
+        method_grid, named after its method)."""
+        stems = [(kind, kind, None, kind) for kind in STUDY_FIGURES] + [
+            (f"{kind}_{student}", kind, student, kind) for student in self.students for kind in PER_STUDENT_FIGURES]
+        stems += [(f"grid_{method}_{student}", "method_grid", student, f"{method} grid")
+                  for student in self.students for method in self.methods if method != "kd"]
+        return [(f"{self.results}/figures/{stem}.{ext}", kind, student, name)
+                for stem, kind, student, name in stems for ext in formats]
 
     # ---- what each job runs with
 
@@ -444,6 +628,12 @@ class Plan:
     def dataset_location(self) -> str:
         """The command-line overrides of the dataset's name and folder (the download's params)."""
         return command_line(select(self.config, ("dataset.name", "dataset.root")))
+
+    def methods_option(self) -> str:
+        """The plots command's ` --methods ...` for a study with KD methods beside kd ('' for kd alone: the
+        reference study's command, unchanged)."""
+        others = [method for method in self.methods if method != "kd"]
+        return f" --methods {' '.join(others)}" if others else ""
 
     def machine_local(self) -> str:
         """The command-line overrides of MACHINE_LOCAL (no rerun trigger: see the module docstring)."""
@@ -471,9 +661,9 @@ class Plan:
 
     def planned(self, staged_choices: dict, confirm_choices: dict) -> tuple[list[Run], dict]:
         """The runs snakemake makes, given the checkpoints' choices so far: staged_choices {student: the
-        record of staged_choice} for the students whose temperature is chosen, confirm_choices {student:
-        the record of confirm_record} for those whose confirmed point is chosen. Returns (runs,
-        {(role, student): number of runs still waiting for their student's choice})."""
+        record of staged_choice} for the students whose temperature is chosen, confirm_choices {(student,
+        method): the record of confirm_record} for the points chosen. Returns (runs, {(role, student):
+        number of runs still waiting for their student's choice})."""
         runs, waiting = self.fixed_runs(), {}
         known = set(runs)
         if self.staged:
@@ -485,10 +675,11 @@ class Plan:
                     any_temperature = self.config["temperatures"][0]
                     waiting["kd", student] = sum(run not in known
                                                  for run in self.soft_weight_sweep(student, any_temperature))
-        for student in self.students if self.confirm_seeds else []:
-            if student in confirm_choices:
-                point = self.chosen_point(student, confirm_choices[student], self.confirm_record(student))
-                runs += self.confirmed(student, *point)
+        for student, method in self.choices():
+            if (student, method) in confirm_choices:
+                hparams = self.chosen_point(student, method, confirm_choices[student, method],
+                                            self.confirm_record(student, method))
+                runs += self.confirmed(student, method, hparams)
             else:
-                waiting["confirm", student] = len(self.confirm_seeds)
+                waiting["confirm", student] = waiting.get(("confirm", student), 0) + len(self.confirm_seeds)
         return runs, waiting

@@ -18,17 +18,23 @@ from kdsweep import aggregate
 from kdsweep.io import write_bytes
 from kdsweep.plan import FIGURE_FORMATS, PER_STUDENT_FIGURES, STUDY_FIGURES, fmt
 
-_NEEDED = ("runs.csv", "table1.csv", "kd_vs_hard.csv", "grid.csv")
+_NEEDED = ("runs.csv", "table1.csv", "kd_vs_hard.csv", "grid.csv", "methods.csv", "method_grid.csv")
 _SIZE = (6.4, 4.4)
 _STYLE = {"axes.titlesize": "medium", "savefig.dpi": 150}  # two-line titles fit; readable at 100%
 _ACC = "test accuracy (%)"
 _W = "soft weight w (weight of the teacher term; α = 1 − w)"
 
 
-def figure_names(students) -> list[str]:
-    """File names (under figures/) that write_figures writes for these students."""
-    stems = [*STUDY_FIGURES, *(f"{kind}_{student}" for student in students for kind in PER_STUDENT_FIGURES)]
+def figure_names(students, methods=()) -> list[str]:
+    """File names (under figures/) that write_figures writes for these students and KD methods (kd's own
+    figures are the reference study's; every other method gets a heat map per student)."""
+    stems = [*STUDY_FIGURES, *(f"{kind}_{student}" for student in students for kind in PER_STUDENT_FIGURES),
+             *(method_grid_stem(method, student) for student in students for method in methods if method != "kd")]
     return [f"{stem}.{ext}" for stem in stems for ext in FIGURE_FORMATS]
+
+
+def method_grid_stem(method, student) -> str:
+    return f"grid_{method}_{student}"
 
 
 def _close(series, value):
@@ -178,6 +184,47 @@ def _grid_figure(tables, student, dataset):
     return fig
 
 
+def _method_grid_figure(tables, method, student, dataset):
+    """A method's heat map over its two main hyperparameters (kdsweep.methods: its `axes`): mean test accuracy
+    over seeds; where its other hyperparameters vary, each cell shows the point best on validation."""
+    grid = tables["method_grid.csv"]
+    cells = grid[(grid["method"] == method) & (grid["model"] == student)]
+    fig = Figure(figsize=_SIZE, layout="constrained")
+    ax = fig.add_subplot()
+    if cells.empty:
+        ax.set(title=f"{dataset} · {student} · {method}: test accuracy (%)")
+        _note(ax, f"no {method} run of {student} has finished yet")
+        return fig
+    x_name, y_name = cells["x_name"].iloc[0], cells["y_name"].iloc[0]
+    best = cells.sort_values("val_acc_mean", ascending=False).drop_duplicates(["x", "y"])
+    xs, ys = sorted(best["x"].astype(float).unique()), sorted(best["y"].astype(float).unique())
+    fig.set_size_inches(1.0 * len(xs) + 3.4, 0.55 * len(ys) + 2.4)
+    ax.set(xlabel=x_name, ylabel=y_name,
+           title=f"{dataset} · {student} · {method}: test accuracy (%)\n(mean over seeds; box: best on validation)")
+
+    def table(column):
+        return best.pivot(index="y", columns="x", values=column).reindex(index=ys, columns=xs).to_numpy(dtype=float)
+
+    mean, ci, n = table("test_acc_mean"), table("test_acc_ci95"), table("test_acc_n")
+    image = ax.imshow(np.ma.masked_invalid(mean), cmap=matplotlib.colormaps["viridis"].with_extremes(bad="white"),
+                      aspect="auto", origin="lower")
+    ax.set_xticks(range(len(xs)), [fmt(x) for x in xs])
+    ax.set_yticks(range(len(ys)), [fmt(y) for y in ys])
+    for i, j in zip(*np.nonzero(np.isfinite(mean))):
+        text = f"{mean[i, j]:.2f}" + (f"\n±{ci[i, j]:.2f}" if n[i, j] > 1 else "")
+        ax.text(j, i, text, ha="center", va="center", fontsize=8,
+                color="black" if image.norm(mean[i, j]) > 0.5 else "white")
+    chosen = tables["methods.csv"]
+    chosen = chosen[(chosen["model"] == student) & (chosen["method"] == method)]
+    point = best[best["point"].isin(chosen["point"])]
+    if len(point):  # the methods table's point (best on validation)
+        x, y = float(point["x"].iloc[0]), float(point["y"].iloc[0])
+        ax.add_patch(Rectangle((xs.index(x) - 0.5, ys.index(y) - 0.5), 1, 1, fill=False, edgecolor="red",
+                               linewidth=2))
+    fig.colorbar(image, ax=ax, label=_ACC)
+    return fig
+
+
 _ATTACK_STYLE = {"fgsm": "-", "pgd": "--"}  # any other attack: dotted
 
 
@@ -280,12 +327,12 @@ def _save(fig, folder, stem):
     return paths
 
 
-def write_figures(results_dir, soft_weight, students=None) -> list[Path]:
-    """Write every figure of figure_names(students) under results_dir/figures/.
+def write_figures(results_dir, soft_weight, students=None, methods=None) -> list[Path]:
+    """Write every figure of figure_names(students, methods) under results_dir/figures/.
 
     soft_weight: the weight of the temperature sweep (Fig 6) and of the staged temperature choice.
-    students: the students to draw (default: every student with a finished run); the workflow
-    passes the config's list so that each declared file exists even before any of its runs finish.
+    students, methods: the students and KD methods to draw (default: every one with a finished run); the
+    workflow passes the config's lists so that each declared file exists even before any of its runs finish.
     """
     results_dir = Path(results_dir)
     tables_dir = results_dir / "tables"
@@ -295,17 +342,23 @@ def write_figures(results_dir, soft_weight, students=None) -> list[Path]:
     runs = tables["runs.csv"]
     if students is None:
         students = sorted(runs.loc[runs["role"] != "teacher", "model"].unique())
+    if methods is None:
+        methods = sorted(tables["method_grid.csv"]["method"].dropna().unique())
     dataset = ", ".join(sorted(runs["dataset"].dropna().unique())) or "(no finished run)"
     out = results_dir / "figures"
     with matplotlib.rc_context(_STYLE):
-        return _draw_all(tables, students, soft_weight, dataset, out)
+        return _draw_all(tables, students, methods, soft_weight, dataset, out)
 
 
-def _draw_all(tables, students, soft_weight, dataset, out):
+def _draw_all(tables, students, methods, soft_weight, dataset, out):
     paths = _save(_temperature_figure(tables, students, soft_weight, dataset), out, "temperature")
     paths += _save(_fidelity_figure(tables, students, dataset), out, "fidelity")
     for student in students:
         paths += _save(_soft_weight_figure(tables, student, soft_weight, dataset), out, f"soft_weight_{student}")
         paths += _save(_grid_figure(tables, student, dataset), out, f"grid_{student}")
         paths += _save(_robustness_figure(tables, student, dataset), out, f"robustness_{student}")
+        for method in methods:
+            if method != "kd":
+                paths += _save(_method_grid_figure(tables, method, student, dataset), out,
+                               method_grid_stem(method, student))
     return paths

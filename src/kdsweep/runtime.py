@@ -274,7 +274,7 @@ class Preempted(Exception):
 class SignalStop:
     """Turn SLURM's warning signal, SIGTERM and Ctrl-C (SIGINT) into a clean stop at the next batch.
 
-    profiles/slurm asks for SIGURG before the time limit: snakemake and the shells
+    profiles/default (the workflow profile) asks for SIGURG before the time limit: snakemake and the shells
     between SLURM and this process ignore it, whereas SIGUSR1 would kill the
     snakemake that runs inside the job. SIGTERM is what SLURM sends at the limit
     itself and on preemption. Ctrl-C stops a run by hand the same way: the checkpoint of

@@ -1,4 +1,4 @@
-"""Workarounds for five bugs of snakemake-executor-plugin-slurm 2.8.0, as this workflow meets them on a
+"""Workarounds for six bugs of snakemake-executor-plugin-slurm 2.8.0, as this workflow meets them on a
 real cluster. `work_around_plugin_bugs()` applies them to the plugin of this process; the workflow calls
 it (workflow/rules/common.smk). Each is checked on the local cluster (tests/test_slurm.py) and, where it
 can be, in-process against the plugin's own code.
@@ -32,7 +32,14 @@ can be, in-process against the plugin's own code.
    first attempt would run under the first attempt's limit, or they under its. Here an array only ever
    holds jobs whose resources (time limit, memory, GPUs, threads, extra sbatch options) are equal;
    jobs that differ go out as separate arrays.
-5. **One failed sacct call ends the study** (the plugin's open #331): when the status command fails
+5. **Arrays too long for one argument**: the plugin passes an array's tasks to sbatch inside one
+   `--wrap` argument (each task's command, compressed). Linux caps one argument at 128 KiB
+   (MAX_ARG_STRLEN), which the reference study's ~100 distill tasks pass. The plugin then falls back to
+   a batch script that puts `--slurm-jobstep-array-execs` on a line of its own, a shell command of its
+   own: every task runs the first task's job, "completes", and the others' outputs never appear
+   (Snakemake waits `latency-wait` for each, then retries them). Here an array's tasks are split so
+   that each sbatch call stays far below the cap (`ARRAY_PAYLOAD_BYTES`).
+6. **One failed sacct call ends the study** (the plugin's open #331): when the status command fails
    (sacct's "Connection refused" while slurmdbd restarts), the plugin asks again at once, 5 times in
    under a second (`--slurm-status-attempts`), then drops every job it was watching: they are neither
    finished nor failed nor watched, and Snakemake waits for them forever. Here a failed status query
@@ -48,8 +55,12 @@ the Snakefile this module, in every snakemake process.
 from __future__ import annotations
 
 import time
+import zlib
 
-# Bug 5: how long the status command may fail without one answer before the run stops.
+# Bug 5: the most bytes of task commands (compressed, as the plugin encodes them) one array's sbatch call
+# carries: well below Linux's 128 KiB for one argument, with room for the rest of the call.
+ARRAY_PAYLOAD_BYTES = 64 * 1024
+# Bug 6: how long the status command may fail without one answer before the run stops.
 STATUS_PATIENCE_SECONDS = 3600
 # sacct's answer on a cluster without accounting: no retry changes it
 _PERMANENT = "accounting storage is disabled"
@@ -84,6 +95,25 @@ def submission_key(job) -> tuple:
     return resources, str(job.threads)
 
 
+def encoded_size(command: str) -> int:
+    """Bytes a task's command takes in the plugin's array payload: zlib-compressed, hex, in base64'd JSON."""
+    return len(zlib.compress(command.encode("utf-8"), level=9).hex()) * 4 // 3 + 16
+
+
+def payload_chunks(jobs, command_of, limit: int = ARRAY_PAYLOAD_BYTES) -> list[list]:
+    """Consecutive chunks of an array's jobs whose commands, encoded, stay within `limit` bytes (bug 5);
+    every job in exactly one chunk, a chunk never empty."""
+    chunks, size = [[]], 0
+    for job in jobs:
+        cost = encoded_size(command_of(job))
+        if chunks[-1] and size + cost > limit:
+            chunks.append([])
+            size = 0
+        chunks[-1].append(job)
+        size += cost
+    return chunks
+
+
 def submissions(jobs, array_rules) -> list[list]:
     """The sbatch calls for the jobs an executor is handed, each a list of jobs: an array where it holds
     two or more. Group jobs go out alone; jobs of a rule in array_rules (a set of rule names, "all"
@@ -107,7 +137,7 @@ def submissions(jobs, array_rules) -> list[list]:
 
 
 class StatusQueries:
-    """Bug 5: the status command's failures, turned into "no news" until STATUS_PATIENCE_SECONDS
+    """Bug 6: the status command's failures, turned into "no news" until STATUS_PATIENCE_SECONDS
     without one answer have passed. One per process (the plugin's status query is a module function)."""
 
     def __init__(self, patience: float = STATUS_PATIENCE_SECONDS, clock=time.monotonic):
@@ -173,7 +203,7 @@ def plugin_version() -> str | None:
 
 def work_around_plugin_bugs() -> bool:
     """Apply the workarounds above to the slurm executor plugin of this process: wrap its status query
-    (bugs 1 and 5) and its submit command (bug 2), and replace its executor's run_jobs (bugs 3 and 4).
+    (bugs 1 and 6) and its submit command (bug 2), and replace its executor's run_jobs (bugs 3, 4 and 5).
     Does nothing where the plugin is not installed, and nothing twice. Returns whether all are in place;
     False (with nothing changed) where the plugin lacks what they wrap (another version than 2.8)."""
     try:
@@ -182,7 +212,7 @@ def work_around_plugin_bugs() -> bool:
         return False
     query, submit = getattr(plugin, "query_job_status", None), getattr(plugin, "get_submit_command", None)
     executor = getattr(plugin, "Executor", None)
-    needed = ("run_jobs", "_submit_job", "_submit_array_jobs")
+    needed = ("run_jobs", "_submit_job", "_submit_array_jobs", "format_job_exec")
     if query is None or submit is None or executor is None or not all(hasattr(executor, n) for n in needed):
         return False
     if getattr(query, "kdsweep_wrapped", False):
@@ -199,13 +229,15 @@ def work_around_plugin_bugs() -> bool:
     run_jobs = executor.run_jobs
 
     def submit_every_job(self, jobs):
-        """Executor.run_jobs: every job handed over goes out now (bugs 3 and 4)."""
+        """Executor.run_jobs: every job handed over goes out now (bugs 3 and 4), an array in calls that
+        each fit one argument (bug 5)."""
         run_jobs(self, [])  # the plugin's own set-up of a call (its event loop), with nothing to submit
         for call in submissions(jobs, self.array_jobs):
-            if len(call) > 1:
-                self._submit_array_jobs(call)
-            else:
-                self._submit_job(call[0])
+            for chunk in payload_chunks(call, self.format_job_exec) if len(call) > 1 else [call]:
+                if len(chunk) > 1:
+                    self._submit_array_jobs(chunk)
+                else:
+                    self._submit_job(chunk[0])
 
     query_job_status.kdsweep_wrapped = get_submit_command.kdsweep_wrapped = True
     plugin.query_job_status, plugin.get_submit_command = query_job_status, get_submit_command

@@ -30,7 +30,7 @@ from pathlib import Path
 from .errors import KdsweepError
 from .identity import ASIDE, study_aside
 from .lock import LOCK, read_holder
-from .plan import Plan, Run
+from .plan import ROLES, Plan, Run
 from .runs import CHECKPOINT, METRICS, PROGRESS
 
 STATES = ("finished", "training", "stopped", "failed", "not started")
@@ -181,12 +181,10 @@ def study_status(plan: Plan, root: Path, queue=None) -> StudyStatus:
         slurm = {"pending": sum(job.state == "PENDING" for job in mine),
                  "running": sum(job.state in ("RUNNING", "COMPLETING") for job in mine)}
         running_jobs = {job.job_id for job in queue if job.state in ("RUNNING", "COMPLETING")}
-    def choices(path_of, wanted):
-        records = {student: _read_json(root / path_of(student)) for student in plan.students if wanted}
-        return {student: record for student, record in records.items() if record is not None}
-
-    runs, waiting = plan.planned(choices(plan.staged_choice, plan.staged),
-                                 choices(plan.confirm_record, plan.confirm_seeds))
+    staged = {student: _read_json(root / plan.staged_choice(student)) for student in plan.students if plan.staged}
+    confirmed = {choice: _read_json(root / plan.confirm_record(*choice)) for choice in plan.choices()}
+    runs, waiting = plan.planned({key: record for key, record in staged.items() if record is not None},
+                                 {key: record for key, record in confirmed.items() if record is not None})
     teacher = _read_json(root / plan.run_dir(plan.teacher) / METRICS) or {}
     digest = (_read_json(root / plan.results / "data" / "stats.json") or {}).get("data_digest")
     statuses = [run_status(plan, root, run, teacher.get("config_hash"), running_jobs, host, digest) for run in runs]
@@ -274,7 +272,7 @@ def render(status: StudyStatus, limit: int = 12) -> str:
         counts = rows.setdefault(key, dict.fromkeys(("planned", *STATES), 0))
         counts["planned"] += count
         counts["not started"] += count
-    order = {"teacher": 0, "baseline": 1, "kd": 2, "confirm": 3}
+    order = {role: index for index, role in enumerate(ROLES)}
     header = ["role", "model", "planned", *STATES]
     table = [header] + [[role, model, *map(str, counts.values())]
                         for (role, model), counts in sorted(rows.items(), key=lambda item: (order[item[0][0]], item[0][1]))]

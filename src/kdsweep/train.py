@@ -18,7 +18,6 @@ import io as _io
 import math
 import random
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +31,7 @@ from .checkpoint import RunState
 from .config import config_hash
 from .errors import KdsweepError
 from .evaluation import loss_and_accuracy
-from .losses import kd_losses
+from .methods import METHODS, Progress, total as total_loss
 from .models import build_model, save_model
 from .plan import Run
 from .runs import BEST, CHECKPOINT, HISTORY, METRICS, MODEL
@@ -40,8 +39,20 @@ from .runtime import Preempted, Runtime, SignalStop, environment, nondeterminist
 
 __all__ = ["HISTORY_FIELDS", "Point", "train_epoch", "train_points"]
 
-HISTORY_FIELDS = ["epoch", "lr", "train_loss", "train_hard_loss", "train_soft_loss",
-                  "val_loss", "val_acc", "seconds"]
+# A teacher or a hard-target baseline trains as kd at w = 0: cross-entropy on the labels alone (its
+# history.csv has kd's columns, the soft term's empty).
+HARD_TARGETS = ("kd", {"temperature": 1.0, "soft_weight": 0.0})
+
+
+def history_fields(term_names, records=()) -> list[str]:
+    """history.csv's columns for a point whose loss has these terms and whose method records these values
+    each epoch (kd, teacher and baselines: epoch, lr, train_loss, train_hard_loss, train_soft_loss,
+    val_loss, val_acc, seconds)."""
+    return ["epoch", "lr", "train_loss", *(f"train_{name}_loss" for name in term_names), "val_loss", "val_acc",
+            "seconds", *records]
+
+
+HISTORY_FIELDS = history_fields(("hard", "soft"))
 
 
 def seed_everything(seed: int):
@@ -72,11 +83,21 @@ class Point:
 
     def __init__(self, run: Run, training: dict, num_classes, mean, std, runtime: Runtime):
         self.run = run
+        name, hparams = (run.method, run.params) if run.distilled else HARD_TARGETS
+        self.method, self.hparams = METHODS[name], hparams
         seed_everything(run.seed)
         self.module = runtime.place(build_model(run.model, num_classes, mean, std,
                                                 bn_momentum=training["bn_momentum"]))
         self.model = runtime.compiled(self.module)
-        self.optimizer = runtime.adam(self.module.parameters(), training["lr"], training["weight_decay"])
+        # the method's trainable state (CTKD's temperature), trained by the point's optimiser beside the
+        # student, after its weights
+        self.method_state = self.method.make_state(hparams)
+        parameters = list(self.module.parameters())
+        if self.method_state is not None:
+            self.method_state = self.method_state.to(runtime.device)
+            parameters += list(self.method_state.parameters())
+        self.optimizer = runtime.adam(parameters, training["lr"], training["weight_decay"])
+        self.terms = self.method.term_names(hparams)
         # Each point draws its dropout masks from its own torch RNG stream, so a point
         # trains exactly as it would alone, whatever else shares its job.
         self.rng = _torch_rng(runtime.device)
@@ -97,14 +118,17 @@ def epoch_batches(n: int, batch_size: int) -> list[tuple[int, int]]:
     return bounds
 
 
-def train_epoch(points, teacher, augment, images, labels, batch_size, generator, runtime: Runtime, stop=None):
-    """One epoch of every point on one shared stream of augmented batches and teacher logits.
+def train_epoch(points, teacher, augment, images, labels, batch_size, generator, runtime: Runtime, stop=None,
+                epoch: int = 1):
+    """One epoch (the epoch-th, from 1) of every point on one shared stream of augmented batches and
+    teacher logits; each point's loss is its method's (kdsweep.methods).
 
     The epoch's shuffle and augmentation parameters are drawn up front from the CPU generator
     (the same draws on any device) and moved to the device in one asynchronous copy; after that
     no step waits for the host, so the CPU queues work ahead of the GPU. Returns each point's
-    mean losses {"total", "hard", "soft"} (NaN for a term it does not use).
+    mean losses {"total", <each term of its method>} (NaN for a term it does not use).
     """
+    progress = Progress(epoch)
     device = images.device
     for point in points:
         point.model.train()
@@ -128,17 +152,19 @@ def train_epoch(points, teacher, augment, images, labels, batch_size, generator,
             with point.own_rng(device):
                 with runtime.autocast():
                     logits = point.model(batch).float()
-                losses = kd_losses(logits, teacher_logits if run.needs_teacher else None, batch_labels,
-                                   run.temperature or 1.0, run.soft_weight or 0.0)
+                terms = point.method.loss(logits, teacher_logits if run.needs_teacher else None, batch_labels,
+                                          point.hparams, progress, point.method_state)
+                loss = total_loss(terms)
                 point.optimizer.zero_grad(set_to_none=True)
-                losses["total"].backward()
+                loss.backward()
                 point.optimizer.step()
+            losses = {"total": loss, **{name: value for name, (_, value) in terms.items()}}
             for name, value in losses.items():
                 # A term the point does not use (soft at w = 0) is None: logged as NaN.
                 if value is not None:
                     total[name] = total.get(name, 0) + value.detach() * len(index)
     return [{name: total[name].item() / n if name in total else math.nan
-             for name in ("total", "hard", "soft")} for total in totals]
+             for name in ("total", *point.terms)} for point, total in zip(points, totals)]
 
 
 class _JobPoint(Point):
@@ -164,7 +190,7 @@ class _JobPoint(Point):
             found = self._checkpoint(rerun_stale)
             if found:
                 self.rng, self.data_state, self.state = checkpoint.restore(found, self.module, self.optimizer,
-                                                                           self.scheduler)
+                                                                           self.scheduler, self.method_state)
                 self.state.resumed += 1
                 log(f"resuming {self.out_dir} after epoch {self.state.epoch}")
         self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -222,8 +248,10 @@ class _JobPoint(Point):
             io.torch_save(self.module.state_dict(), self.out_dir / BEST)
         else:
             state.bad_epochs += 1
-        row = {"epoch": epoch, "lr": lr, "train_loss": sums["total"], "train_hard_loss": sums["hard"],
-               "train_soft_loss": sums["soft"], "val_loss": val_loss, "val_acc": val_acc, "seconds": seconds}
+        row = {"epoch": epoch, "lr": lr, "train_loss": sums["total"],
+               **{f"train_{name}_loss": sums[name] for name in self.terms},
+               "val_loss": val_loss, "val_acc": val_acc, "seconds": seconds,
+               **(self.method.epoch_record(self.method_state) if self.method_state is not None else {})}
         state.history.append(row)
         state.epoch = epoch
         state.train_seconds += seconds
@@ -231,7 +259,7 @@ class _JobPoint(Point):
         max_epochs, patience = self.stopping
         state.stopped = epoch >= max_epochs or state.bad_epochs >= patience
         checkpoint.save(self.out_dir, self.run_hash, self.identity, self.module, self.optimizer, self.scheduler,
-                        self.rng, data_state, state)
+                        self.rng, data_state, state, self.method_state)
         self.board.epoch(row)
         self.log(f"{self.out_dir.name}  epoch {epoch:3d}  lr {lr:.2e}  train loss {sums['total']:.4f}  "
                  f"val loss {val_loss:.4f}  val acc {val_acc:6.2f}%  {seconds:6.1f}s")
@@ -278,8 +306,11 @@ def _check_folders(out_dirs):
 
 
 def _train_points(config, runs, stats_path, out_dirs, teacher_dir, log, rerun_stale):
-    if len({(run.model, run.seed, run.role) for run in runs}) != 1 or len(runs) != len(out_dirs):
-        raise KdsweepError("the points of one job must share student, seed and role, one output folder each")
+    # one student and seed; sweep points of any methods (their roles are their methods) or confirm points
+    kinds = {(run.model, run.seed, run.role == "confirm") for run in runs}
+    if len(kinds) != 1 or len(runs) != len(out_dirs):
+        raise KdsweepError("the points of one job must share student and seed (and be all of the sweep or all "
+                           "of a confirmation), one output folder each")
     training = config["training"]
     runtime = Runtime.from_config(config["runtime"])
     stats = data.read_stats(stats_path, config["dataset"])
@@ -314,7 +345,7 @@ def _train_points(config, runs, stats_path, out_dirs, teacher_dir, log, rerun_st
                 generator.set_state(group[0].data_state)
                 started = time.perf_counter()
                 losses = train_epoch(group, teacher, augment, splits.train.images, splits.train.labels,
-                                     training["batch_size"], generator, runtime, stop)
+                                     training["batch_size"], generator, runtime, stop, epoch=epoch + 1)
                 for point, sums in zip(group, losses):
                     if not math.isfinite(sums["total"]):
                         point.done, point.failed = True, (
@@ -359,14 +390,20 @@ def _finish(point, splits, training, runtime: Runtime, teacher_dir):
                                             training["eval_batch_size"], runtime)
     save_model(out_dir / MODEL, point.module, run.model, splits.num_classes)
     model_digest = identity.file_digest(out_dir / MODEL)
+    records = list(point.method.epoch_record(point.method_state)) if point.method_state is not None else []
     buffer = _io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=HISTORY_FIELDS, lineterminator="\n")
+    writer = csv.DictWriter(buffer, fieldnames=history_fields(point.terms, records), lineterminator="\n")
     writer.writeheader()
     writer.writerows(state.history)
     io.write_text(out_dir / HISTORY, buffer.getvalue())
     record = runtime.record()
     metrics = {
-        **asdict(run),
+        "role": run.role, "model": run.model, "seed": run.seed,
+        # a distilled run's method and hyperparameters; kd's T and w (their names) also as before
+        "temperature": run.temperature, "soft_weight": run.soft_weight,
+        **({"method": run.method, "hparams": run.params} if run.distilled else {}),
+        # what the method learned, epoch by epoch (CTKD: its temperature)
+        **({"learned": {name: [row[name] for row in state.history] for name in records}} if records else {}),
         "dataset": point.identity["dataset"]["name"],
         "num_classes": splits.num_classes,
         "teacher_run": str(teacher_dir) if teacher_dir else None,

@@ -24,7 +24,7 @@ from kdsweep import io
 from kdsweep.config import check_finite, coerce_strings
 from kdsweep.datasets import download_folder
 from kdsweep.errors import KdsweepError
-from kdsweep.plan import Plan, Run, TABLES
+from kdsweep.plan import ROLES, Plan, Run, TABLES
 from kdsweep.slurm import profile_warnings
 from kdsweep.slurm_plugin import plugin_version, work_around_plugin_bugs
 
@@ -83,10 +83,11 @@ def one_gpu_per_job():
         workflow.register_resource("gpu", 1)
 
 
-# Five bugs of the slurm executor plugin (kdsweep.slurm_plugin): a job cancelled with scancel waited
+# Six bugs of the slurm executor plugin (kdsweep.slurm_plugin): a job cancelled with scancel waited
 # for forever, one node failure failing every later submission, a crash or a hang when --jobs caps
-# an array rule while groups are ready, an array under its first task's time limit, and one failed
-# sacct call losing every watched job.
+# an array rule while groups are ready, an array under its first task's time limit, an array too long
+# for one argument running its first task's job in every task, and one failed sacct call losing every
+# watched job.
 PLUGIN_WORKED_AROUND = work_around_plugin_bugs()
 
 # A site profile's keys that the workflow profile also sets are dropped by Snakemake, whole (a later
@@ -106,7 +107,7 @@ if workflow.is_main_process:
 
 
 wildcard_constraints:
-    role="teacher|baseline|kd|confirm",
+    role="|".join(ROLES),
     trained="teacher|baseline|confirm",
     model="|".join(sorted({PLAN.teacher.model, *PLAN.students})),
     student="|".join(PLAN.students),
@@ -115,6 +116,7 @@ wildcard_constraints:
     pack="|".join(re.escape(pack.name) for pack in PLAN.packs) or "(?!)",
     attack="|".join(PLAN.attacks) or "(?!)",
     eps="|".join(PLAN.epsilons) or "(?!)",
+    choice="|".join(PLAN.choice_name(s, m) for s, m in PLAN.choices()) or "(?!)",
 
 
 # ------------------------------------------------------------------ input functions
@@ -148,9 +150,9 @@ def temperature_sweep(wildcards):
     return PLAN.finished_files(PLAN.temperature_sweep(wildcards.student))
 
 
-def chosen(checkpoint, student, choose):
-    """What a checkpoint chose for a student: choose(its record, the record's path), a Plan method."""
-    path = checkpoint.get(student=student).output[0]
+def chosen(checkpoint, choose, **wildcards):
+    """What a checkpoint chose: choose(its record, the record's path), a Plan method."""
+    path = checkpoint.get(**wildcards).output[0]
     try:
         return choose(io.read_json(path), path)
     except KdsweepError as err:
@@ -162,7 +164,7 @@ def soft_weight_sweep(student):
 
     def outputs(wildcards):
         temperature = chosen(
-            checkpoints.best_temperature, student, PLAN.chosen_temperature
+            checkpoints.best_temperature, PLAN.chosen_temperature, student=student
         )
         return PLAN.outputs(PLAN.soft_weight_sweep(student, temperature))
 
@@ -170,44 +172,54 @@ def soft_weight_sweep(student):
     return outputs
 
 
-def sweep_of(student):
-    """The distillation runs a student's point is chosen from (staged: once its temperature is chosen)."""
-    if not PLAN.staged:
-        return PLAN.sweep(student)
+def sweep_of(student, method):
+    """The distillation runs a student's point of a method is chosen from (kd staged: once its temperature
+    is chosen)."""
+    if method != "kd" or not PLAN.staged:
+        return PLAN.sweep(student, method)
     return PLAN.sweep(
-        student, chosen(checkpoints.best_temperature, student, PLAN.chosen_temperature)
+        student,
+        method,
+        chosen(checkpoints.best_temperature, PLAN.chosen_temperature, student=student),
     )
 
 
 def sweep_finished(wildcards):
-    """Confirmation: the tracked files of a student's sweep (best_point's input)."""
-    return PLAN.finished_files(sweep_of(wildcards.student))
+    """Confirmation: the tracked files of a choice's sweep (best_point's input)."""
+    return PLAN.finished_files(sweep_of(*PLAN.choice(wildcards.choice)))
 
 
-def confirmation(student):
-    """Confirmation: the outputs of a student's distilled runs on the fresh seeds, at the point its
-    checkpoint chose (the baselines on those seeds are fixed runs)."""
+def confirmation(student, method):
+    """Confirmation: the outputs of a student's distilled runs of a method on the fresh seeds, at the point
+    its checkpoint chose (the baselines on those seeds are fixed runs)."""
 
     def outputs(wildcards):
-        point = chosen(
+        hparams = chosen(
             checkpoints.best_point,
-            student,
-            lambda record, path: PLAN.chosen_point(student, record, path),
+            lambda record, path: PLAN.chosen_point(student, method, record, path),
+            choice=PLAN.choice_name(student, method),
         )
-        return PLAN.outputs(PLAN.confirmed(student, *point))
+        return PLAN.outputs(PLAN.confirmed(student, method, hparams))
 
-    outputs.__name__ = f"confirmation_{student}"
+    outputs.__name__ = f"confirmation_{PLAN.choice_name(student, method)}"
     return outputs
 
 
 # Every run output of the study, as named input functions of rules tables and all. One
 # function per student in the staged sweep, so that each student's soft-weight sweep starts as
-# soon as its own temperature is chosen, and one per student for its confirmation (when
-# confirm.seeds is set), which starts as soon as its own sweep has finished.
+# soon as its own temperature is chosen, and one per student and method for its confirmation (when
+# confirm.seeds is set), which starts as soon as that sweep has finished.
 STUDY_OUTPUTS = {"fixed": PLAN.outputs(PLAN.fixed_runs())}
 if PLAN.staged:
     STUDY_OUTPUTS.update({f"staged_{s}": soft_weight_sweep(s) for s in PLAN.students})
 if PLAN.confirm_seeds:
-    STUDY_OUTPUTS.update({f"confirm_{s}": confirmation(s) for s in PLAN.students})
+    STUDY_OUTPUTS.update(
+        {
+            f"confirm_{PLAN.choice_name(s, m)}": confirmation(s, m)
+            for s, m in PLAN.choices()
+        }
+    )
     # the choices themselves: tables/confirmed.* names each point's candidates
-    STUDY_OUTPUTS["confirm_choices"] = [PLAN.confirm_record(s) for s in PLAN.students]
+    STUDY_OUTPUTS["confirm_choices"] = [
+        PLAN.confirm_record(s, m) for s, m in PLAN.choices()
+    ]

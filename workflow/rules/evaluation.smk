@@ -3,7 +3,7 @@
 # attack and epsilon), and for fidelity to the teacher, calibration and logit scale (rule
 # evaluate). On a cluster all of a run's evaluations go out as one submission: they share the
 # group eval_{role}_{run}, which --group-components "eval_{role}_{run}=N" (N >= their
-# number; profiles/slurm) lets span them.
+# number; profiles/default, the workflow profile) lets span them.
 
 
 rule attack:

@@ -41,11 +41,11 @@ rule figures:
                 caption=f"../report/figure_{kind}.rst",
                 category="Figures",
                 subcategory=student or "all students",
-                labels={"figure": kind.replace("_", " "), "student": student or "all"},
+                labels={"figure": name.replace("_", " "), "student": student or "all"},
             )
-            for path, kind, student in PLAN.figures(["png"])
+            for path, kind, student, name in PLAN.figures(["png"])
         ],
-        pdf=[path for path, _, _ in PLAN.figures(["pdf"])],
+        pdf=[path for path, *_ in PLAN.figures(["pdf"])],
     log:
         f"{LOGS}/figures.log",
     conda:
@@ -54,6 +54,7 @@ rule figures:
         results=lambda wildcards, output: study_folder(output.png[0]),
         soft_weight=repr(PLAN.staged_weight),
         students=PLAN.students,
+        methods=PLAN.methods_option(),
     shell:
         "kdsweep plots {params.results:q} --soft-weight {params.soft_weight}"
-        " --students {params.students} > {log:q} 2>&1"
+        " --students {params.students}{params.methods} > {log:q} 2>&1"

@@ -82,8 +82,9 @@ checkpoint best_temperature:
         "kdsweep best-temperature --out {output:q} {params.runs:q} > {log:q} 2>&1"
 
 
-# Confirmation: each student's distilled point (T, w > 0) with the best mean validation accuracy
-# over the sweep's seeds (never test accuracy), trained again on confirm.seeds.
+# Confirmation: each student's distilled point of each method (one that uses the teacher: kd w > 0) with
+# the best mean validation accuracy over the sweep's seeds (never test accuracy), trained again on
+# confirm.seeds. {choice}: the student (kd), or <student>_<method> (plan.Plan.choice_name).
 checkpoint best_point:
     input:
         sweep_finished,
@@ -95,7 +96,7 @@ checkpoint best_point:
         CONDA_ENV
     params:
         runs=lambda wildcards: [
-            PLAN.run_dir(run) for run in sweep_of(wildcards.student)
+            PLAN.run_dir(run) for run in sweep_of(*PLAN.choice(wildcards.choice))
         ],
     shell:
         "kdsweep best-point --out {output:q} {params.runs:q} > {log:q} 2>&1"

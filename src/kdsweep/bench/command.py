@@ -130,7 +130,8 @@ def _resolve(args, config):
     for name in [args.teacher, *args.students]:
         if name not in MODELS:
             raise KdsweepError(f"model '{name}' is unknown; choose one of {', '.join(MODELS)}")
-    Run("kd", args.students[0], args.seed, args.temperature, args.soft_weight)  # T > 0, w in [0, 1]
+    Run.distilled_run("kd", args.students[0], args.seed, "kd",  # T and w within kd's bounds
+                      {"temperature": args.temperature, "soft_weight": args.soft_weight})
     for flag, value in (("--batch-size", args.batch_size), ("--eval-batch-size", args.eval_batch_size),
                         ("--images", args.images), ("--repeats", args.repeats), ("--image-size", args.image_size),
                         ("--epoch-images", args.epoch_images)):

@@ -148,9 +148,9 @@ class Bench:
         if case.task == "distill":
             temperatures = self.config["temperatures"]
             # Packed points differ in temperature (and so in their soft targets), as a sweep's do.
-            runs = [Run("kd", case.model, a.seed, temperature=temperatures[i % len(temperatures)]
-                         if case.pack > 1 else a.temperature, soft_weight=a.soft_weight)
-                     for i in range(case.pack)]
+            runs = [Run.distilled_run("kd", case.model, a.seed, "kd", {
+                        "temperature": temperatures[i % len(temperatures)] if case.pack > 1 else a.temperature,
+                        "soft_weight": a.soft_weight}) for i in range(case.pack)]
             teacher = runtime.compiled(runtime.place(self.ours_teacher(case.teacher)))  # as a distill job does
         else:
             runs = [Run("teacher" if case.model == a.teacher else "baseline", case.model, a.seed)]

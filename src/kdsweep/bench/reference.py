@@ -6,7 +6,7 @@ does), torchvision per-image transforms Pad -> RandomHorizontalFlip -> RandomRot
 torchvision network (fp32 weights, NCHW, PyTorch's default kernel settings), the teacher under
 `torch.no_grad()`, Adam, `loss.item()` every step; FGSM with `loss.backward()` (parameter gradients
 included) over a DataLoader of ToTensor'd test images. The loss itself is the package's
-(`losses.kd_loss`): the reference differs in how the data and the steps are run, not in what is
+(`methods.kd.kd_loss`): the reference differs in how the data and the steps are run, not in what is
 computed.
 """
 
@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..losses import kd_loss
+from ..methods.kd import kd_loss
 
 
 class ReferenceDataset(torch.utils.data.Dataset):

@@ -1,0 +1,38 @@
+"""The KD methods a sweep can run: a mapping of names to methods (kdsweep.methods.base.Method).
+
+Every module of this package that defines `METHOD` is one method (mdistiller's distillers, one file
+each): kd (Hinton et al.; the reference study's), dkd (Decoupled KD), lskd (KD with logit
+standardization), ctkd (Curriculum Temperature KD). Adding a method is adding its module (and its
+tests): the plan, runs and folder names, the command line, records, tables, figures and the report
+all derive from this registry.
+"""
+
+import importlib
+import pkgutil
+
+from .base import Method, Param, Progress, soft_loss, total
+
+__all__ = ["METHODS", "Method", "Param", "Progress", "soft_loss", "total", "method"]
+
+
+def _discover() -> dict:
+    found = {}
+    for info in sorted(pkgutil.iter_modules(__path__), key=lambda info: info.name):
+        if info.name == "base":
+            continue
+        module = importlib.import_module(f"{__name__}.{info.name}")
+        if isinstance(getattr(module, "METHOD", None), Method):
+            found[module.METHOD.name] = module.METHOD
+    # kd first: the reference study's method leads every listing and packs first
+    return dict(sorted(found.items(), key=lambda item: (item[0] != "kd", item[0])))
+
+
+METHODS = _discover()
+
+
+def method(name: str) -> Method:
+    """The method of this name; KeyError (with the known names) otherwise."""
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise KeyError(f"unknown KD method {name!r}; known: {', '.join(METHODS)}") from None

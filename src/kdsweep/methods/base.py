@@ -1,0 +1,169 @@
+"""What a KD method is to kdsweep: its hyperparameters and its loss (kdsweep.methods has the registry).
+
+A method module defines `METHOD = Method(...)`, or an instance of a subclass where its loss needs more
+than one function (trainable state, a schedule). It declares:
+- its name (the config's `methods.<name>` section, a sweep run's role and folder: runs/<name>/...);
+- its hyperparameters (`Param`): their bounds and defaults, whence the config's schema for its section
+  (`section_schema`), and how each is spelled in a run's folder name;
+- its two main hyperparameters (`axes`: the heat map of its figure);
+- its loss: (student logits, teacher logits, labels, hyperparameters, progress, state) -> named terms,
+  `{name: (weight, value)}`, whose weighted sum is minimised (`total`). Each term's unweighted value goes
+  to history.csv (`train_<name>_loss`) and TensorBoard;
+- any trainable state (`make_state`: a module whose parameters the point's optimiser trains, saved in
+  and resumed from the checkpoint) and what of it each epoch records (`epoch_record`: history.csv,
+  TensorBoard, metrics.json).
+
+No method module imports torch at module level: the plan (kdsweep.plan, which every snakemake process
+loads) reads the registry's hyperparameters, and a loss imports torch when it first runs.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Param:
+    """One hyperparameter of a method."""
+
+    name: str  # in the config, records and tables, e.g. "temperature"
+    spelling: str  # in a run's folder name, before its value: T4, soft0.9
+    default: float  # the method's paper's CIFAR setting
+    minimum: float | None = None
+    maximum: float | None = None
+    exclusive_minimum: bool = False  # minimum itself not allowed
+    integer: bool = False
+    description: str = ""
+
+    def schema(self) -> dict:
+        """JSON schema of one value."""
+        schema: dict = {"type": "integer" if self.integer else "number", "description": self.description}
+        if self.minimum is not None:
+            schema["exclusiveMinimum" if self.exclusive_minimum else "minimum"] = self.minimum
+        if self.maximum is not None:
+            schema["maximum"] = self.maximum
+        return schema
+
+    def problem(self, value) -> str | None:
+        """Why `value` is no value of this hyperparameter, or None."""
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            return f"{self.name} {value!r} is not a finite number"
+        if self.integer and value != int(value):
+            return f"{self.name} {value!r} is not a whole number"
+        if self.minimum is not None and (value <= self.minimum if self.exclusive_minimum else value < self.minimum):
+            return f"{self.name} {value!r} is below its bound ({'above' if self.exclusive_minimum else 'at least'} {self.minimum})"
+        if self.maximum is not None and value > self.maximum:
+            return f"{self.name} {value!r} is above its bound (at most {self.maximum})"
+        return None
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Where training stands when a batch's loss is computed."""
+
+    epoch: int  # the epoch being trained, from 1 (as mdistiller and CTKD count)
+
+
+@dataclass
+class Method:
+    """A KD method: name, hyperparameters and loss (module docstring)."""
+
+    name: str
+    title: str  # for tables and captions, e.g. "Decoupled KD (Zhao et al., CVPR 2022)"
+    params: tuple[Param, ...]
+    axes: tuple[str, str]
+    loss_fn: object = None  # (student, teacher, labels, hparams, progress) -> terms, for a method without state
+    uses_teacher: object = None  # hparams -> bool; None: always
+
+    def __post_init__(self):
+        names = [param.name for param in self.params]
+        assert len(set(names)) == len(names) and set(self.axes) <= set(names), self.name
+
+    # ---- hyperparameters
+
+    def param(self, name) -> Param:
+        return next(param for param in self.params if param.name == name)
+
+    def hparams(self, values: dict) -> tuple[tuple[str, float], ...]:
+        """The hyperparameters of a point in the method's own order, each as the config spells it (the
+        distill command keeps that spelling: its params, which a changed spelling would rerun)."""
+        return tuple((param.name, values[param.name]) for param in self.params)
+
+    def canonical(self, hparams) -> dict:
+        """The hyperparameters as a run's identity holds them: floats, an integer one as an int (the plan's
+        `4` and the job's `4.0` are one run)."""
+        values = dict(hparams)
+        return {param.name: int(values[param.name]) if param.integer else float(values[param.name])
+                for param in self.params}
+
+    def problem(self, hparams: dict) -> str | None:
+        """Why a point of valid values cannot train (e.g. every term weighted 0), or None."""
+        return None
+
+    def needs_teacher(self, hparams: dict) -> bool:
+        return True if self.uses_teacher is None else self.uses_teacher(hparams)
+
+    def section_schema(self) -> dict:
+        """JSON schema of the config's `methods.<name>` section: each hyperparameter a list of values (the
+        sweep's grid over them is their product)."""
+        return {"type": "object", "additionalProperties": False, "description": self.title,
+                "properties": {param.name: {"type": "array", "minItems": 1, "items": param.schema(),
+                                            "description": param.description} for param in self.params}}
+
+    def grid(self, config: dict) -> list[dict]:
+        """Every point of the method's grid in the config: the product of its hyperparameters' values (a
+        hyperparameter the section leaves out: its default alone)."""
+        section = (config.get("methods") or {}).get(self.name) or {}
+        values = [section.get(param.name, [param.default]) for param in self.params]
+        return [dict(zip((param.name for param in self.params), point)) for point in itertools.product(*values)]
+
+    # ---- training
+
+    def make_state(self, hparams: dict):
+        """Trainable state of a point (None: the method has none)."""
+        return None
+
+    def loss(self, student, teacher, labels, hparams: dict, progress: Progress, state=None) -> dict:
+        """{term: (weight, value)}; a term the point does not use has value None."""
+        return self.loss_fn(student, teacher, labels, hparams, progress)
+
+    def epoch_record(self, state) -> dict:
+        """What of its state a point records after each epoch (history.csv, TensorBoard, metrics.json)."""
+        return {}
+
+    def term_names(self, hparams: dict) -> tuple[str, ...]:
+        """The names of the loss's terms, in order (history.csv's columns)."""
+        raise NotImplementedError
+
+
+def total(terms: dict):
+    """The weighted sum of a loss's terms. A term of weight 0 is left out, not multiplied by 0 (0 * inf
+    would turn a diverged unused term into NaN), and a lone term of weight 1 is itself."""
+    used = [(weight, value) for weight, value in terms.values() if weight != 0]
+    if len(used) == 1 and used[0][0] == 1:
+        return used[0][1]
+    out = None
+    for weight, value in used:
+        out = weight * value if out is None else out + weight * value
+    return out
+
+
+def soft_loss(student_logits, teacher_logits, temperature):
+    """T^2 * KL(softmax(teacher/T) || softmax(student/T)), summed over classes, mean over the batch.
+
+    The T^2 keeps the gradient's size roughly independent of T (the softened gradients shrink as 1/T^2),
+    so changing T does not silently rescale the soft term against the hard one. The KL is clamped at 0:
+    when the student matches the teacher the sum is 0 plus rounding, of either sign (down to about -1e-16
+    in float64, -1e-7 in float32), and a KL is never negative. The gradient stays right: where the clamp
+    bites the student is at the KL's minimum, whose true gradient is 0 up to rounding, and clamp_min
+    passes the gradient through wherever kl >= 0. temperature may be a tensor (CTKD's learned one).
+    """
+    import torch.nn.functional as F
+
+    # The teacher is a fixed target: never let a gradient reach it through the loss.
+    teacher_log_p = F.log_softmax(teacher_logits.detach() / temperature, dim=1)
+    student_log_p = F.log_softmax(student_logits / temperature, dim=1)
+    kl = F.kl_div(student_log_p, teacher_log_p, reduction="batchmean", log_target=True)
+    return temperature**2 * kl.clamp_min(0.0)
