@@ -31,7 +31,7 @@ include: "workflow/rules/report.smk"
 rule all:
     default_target: True
     input:
-        PLAN.tables(),
-        [path for path, *_ in PLAN.figures()],
-        PLAN.study_record(),
+        LAYOUT.tables(),
+        [path for path, *_ in LAYOUT.figures()],
+        LAYOUT.study_record(),
         **STUDY_OUTPUTS,

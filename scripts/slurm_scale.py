@@ -35,6 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from kdsweep.config import load_config  # noqa: E402
+from kdsweep.layout import Layout  # noqa: E402
 from kdsweep.plan import Plan  # noqa: E402
 
 STUDY = """\
@@ -61,6 +62,12 @@ runtime:
 SMOKE = """\
 temperatures: [1, 2]
 soft_weights: [0.5]
+epsilons: [0.1]
+attacks: {pgd: null}
+"""
+
+
+LIGHT = """\
 epsilons: [0.1]
 attacks: {pgd: null}
 """
@@ -152,8 +159,8 @@ def check_outputs(work: Path, study: Path) -> dict:
     plan = Plan(config)
     results = work / plan.results
     runs = [*plan.fixed_runs()]
-    missing = [str(path) for run in runs for path in plan.outputs([run]) if not (work / path).exists()]
-    missing += [name for name in plan.tables() if not (work / name).exists()]
+    missing = [str(path) for run in runs for path in Layout(plan).outputs([run]) if not (work / path).exists()]
+    missing += [name for name in Layout(plan).tables() if not (work / name).exists()]
     if missing:
         raise SystemExit(f"{work}: {len(missing)} outputs missing, e.g. {missing[:3]}")
     return {"runs": len(runs), "metrics": len(list(results.glob("runs/*/*/metrics.json"))),
@@ -186,10 +193,13 @@ def main(argv=None):
     parser.add_argument("--local", action="store_true", help="also run the study locally (--cores 2)")
     parser.add_argument("--smoke", action="store_true",
                         help="a 2 x 1 grid and FGSM at one epsilon instead of config.yaml's: checks this script")
+    parser.add_argument("--light", action="store_true",
+                        help="FGSM at one epsilon and PGD off: the same SLURM jobs as config.yaml's study (its "
+                             "112 distill jobs, 115 evaluation groups), each group of 2 jobs instead of 7")
     args = parser.parse_args(argv)
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
-    study = STUDY + (SMOKE if args.smoke else "")
+    study = STUDY + (SMOKE if args.smoke else "") + (LIGHT if args.light and not args.smoke else "")
     (out / "study.yaml").write_text(study)
     planned = planned_jobs(out / "study.yaml")
     print(f"planned: {planned.get('total')} jobs {planned}", flush=True)
@@ -204,18 +214,19 @@ def main(argv=None):
     summary = {"planned_jobs": planned, "runs": []}
     for cap in args.jobs:
         extra = [] if cap == 100 else ["--jobs", str(cap)]
-        result = run(f"slurm-jobs{cap}", out, study, ["--profile", "slurm", *extra], env, slurm=True)
+        label = f"slurm-jobs{cap}" + ("-light" if args.light else "")
+        result = run(label, out, study, ["--profile", "slurm", *extra], env, slurm=True)
         summary["runs"].append(result)
         print(json.dumps(result), flush=True)
     if args.local:
-        result = run("local", out, study, ["--cores", "2"], env, slurm=False)
+        result = run("local" + ("-light" if args.light else ""), out, study, ["--cores", "2"], env, slurm=False)
         summary["runs"].append(result)
         print(json.dumps(result), flush=True)
         for slurm_run in summary["runs"][:-1]:
             slurm_run["wall_vs_local"] = round(slurm_run["wall_seconds"] / result["wall_seconds"], 2)
             slurm_run["extra_seconds_per_slurm_job"] = round(
                 (slurm_run["wall_seconds"] - result["wall_seconds"]) / slurm_run["slurm_jobs"], 2)
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (out / ("summary-light.json" if args.light else "summary.json")).write_text(json.dumps(summary, indent=2) + "\n")
     print(json.dumps(summary, indent=2))
 
 

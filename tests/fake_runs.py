@@ -1,34 +1,32 @@
 """Finished run folders, attack results and confirmation records in the documented formats, for the
-tests of the confirmation, the paired gains, the sensitivity and the reference tables (no training)."""
+tests of the confirmation, the paired gains, the sensitivity and the reference tables (no training).
 
-import json
+The records are built with their types (kdsweep.records), which spell the keys. What is not given is what
+a record of an earlier version lacks (a kd run's method and hyperparameters and its model digest; the run
+version an attack result measured, written as null), so that the tables keep reading those versions."""
 
 from conftest import kd_run
-from kdsweep.plan import attack_file
+from kdsweep.layout import attack_file
+from kdsweep.records import AttackResult, Metrics
 
 
 def write_run(root, role, model, seed, temperature=None, soft_weight=None, val_acc=90.0, test_acc=90.0,
               dataset="cifar10", subset=None):
-    """A finished run folder (metrics.json as kdsweep.train writes it, the keys aggregate reads); its folder."""
+    """A finished run folder (metrics.json as kdsweep.train writes it, the keys the tables read); its folder."""
     run = kd_run(role, model, seed, temperature, soft_weight)
     folder = root / run.folder
     folder.mkdir(parents=True, exist_ok=True)
-    metrics = {
-        "role": role, "dataset": dataset, "model": model, "seed": seed, "temperature": temperature,
-        "soft_weight": soft_weight, "teacher_run": None, "epochs": 10, "best_epoch": 8, "stopped_early": True,
-        "val_acc": val_acc, "val_loss": 0.3, "test_acc": test_acc, "test_loss": 0.3, "train_seconds": 1.0,
-        "device": "cpu", "config": {"dataset": {"name": dataset, "subset": subset}}, "config_hash": "0",
-    }
-    (folder / "metrics.json").write_text(json.dumps(metrics))
+    Metrics(role=role, dataset=dataset, model=model, seed=seed, temperature=temperature, soft_weight=soft_weight,
+            teacher_run=None, epochs=10, best_epoch=8, stopped_early=True, val_acc=val_acc, val_loss=0.3,
+            test_acc=test_acc, test_loss=0.3, train_seconds=1.0, device="cpu",
+            config={"dataset": {"name": dataset, "subset": subset}}, config_hash="0").write(folder / "metrics.json")
     return folder
 
 
 def write_attack(root, role, model, seed, temperature, soft_weight, epsilon, adv_acc, clean_acc, attack="fgsm"):
     """attacks/<role>/<run>/<attack>_eps<eps>.json as `kdsweep attack` writes it."""
     run = kd_run(role, model, seed, temperature, soft_weight)
-    path = root / "attacks" / role / run.name / attack_file(attack, epsilon)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({
-        "attack": attack, "params": {}, "epsilon": epsilon, "run": str(root / run.folder), "role": role,
-        "model": model, "temperature": temperature, "soft_weight": soft_weight, "seed": seed, "n": 1000,
-        "clean_acc": clean_acc, "adv_acc": adv_acc, "n_correct": 900, "adv_acc_on_correct": adv_acc}))
+    AttackResult(attack=attack, params={}, epsilon=epsilon, run=str(root / run.folder), role=role, model=model,
+                 temperature=temperature, soft_weight=soft_weight, seed=seed, n=1000, clean_acc=clean_acc,
+                 adv_acc=adv_acc, n_correct=900, adv_acc_on_correct=adv_acc).write(
+        root / "attacks" / role / run.name / attack_file(attack, epsilon))

@@ -7,9 +7,12 @@ import pandas as pd
 import pytest
 from conftest import kd_run
 
-from kdsweep import aggregate
 from kdsweep.errors import KdsweepError
-from kdsweep.plan import Run, attack_file
+from kdsweep.layout import TABLES, attack_file
+from kdsweep.tables import write_tables
+from kdsweep.tables.choices import best_temperature
+from kdsweep.tables.collect import EVALUATION_COLUMNS
+from kdsweep.tables.summary import MEASURES
 
 
 def run_path(*run):
@@ -139,7 +142,7 @@ def finished(seeds, weights=WEIGHTS):
 def study(request, tmp_path):
     seeds = request.param
     make_study(tmp_path, seeds)
-    paths = aggregate.write_tables(tmp_path)
+    paths = write_tables(tmp_path)
     return seeds, tmp_path, paths
 
 
@@ -149,14 +152,14 @@ def read(root, name):
 
 def test_row_counts_and_files(study):
     seeds, root, paths = study
-    assert [p.name for p in paths] == list(aggregate.TABLES)
+    assert [p.name for p in paths] == list(TABLES)
     assert all(p.is_file() and p.parent == root / "tables" for p in paths)
     runs, robustness = read(root, "runs.csv"), read(root, "robustness.csv")
     assert len(runs) == finished(seeds)
     assert len(robustness) == finished(seeds) * len(EPSILONS) * len(ATTACK_FACTOR)
     assert list(runs["role"].drop_duplicates()) == ["teacher", "baseline", "kd"]
     assert {"dataset", "model", "role", "temperature", "soft_weight", "seed", "epochs", "best_epoch",
-            "val_acc", "test_acc", "train_seconds", "run", *aggregate.EVALUATION_COLUMNS} <= set(runs.columns)
+            "val_acc", "test_acc", "train_seconds", "run", *EVALUATION_COLUMNS} <= set(runs.columns)
     assert {"attack", "epsilon", "clean_acc", "adv_acc", "adv_acc_on_correct", "max_logit", "logit_norm",
             "params"} <= set(robustness.columns)
     assert robustness["dataset"].eq(DATASET).all()
@@ -179,14 +182,14 @@ def test_row_counts_and_files(study):
 
 def test_evaluation_and_pgd_files_are_joined(tmp_path):
     make_study(tmp_path)
-    aggregate.write_tables(tmp_path)
+    write_tables(tmp_path)
     runs = read(tmp_path, "runs.csv").set_index("run")
     name = run_path("kd", "resnet18", 0, 4.0, 0.9)
-    assert runs.loc[name, aggregate.EVALUATION_COLUMNS].tolist() == pytest.approx(
+    assert runs.loc[name, EVALUATION_COLUMNS].tolist() == pytest.approx(
         list(evaluation_values("resnet18", 0, 4.0, 0.9).values()))
     # a finished run whose evaluation is still to come: empty cells, not a crash
     model, t, w, seed = NOT_EVALUATED
-    assert runs.loc[run_path("kd", model, seed, t, w), aggregate.EVALUATION_COLUMNS].isna().all()
+    assert runs.loc[run_path("kd", model, seed, t, w), EVALUATION_COLUMNS].isna().all()
 
     robustness = read(tmp_path, "robustness.csv")
     pgd = robustness.query("attack == 'pgd' and epsilon == 0.05 and run == @name").iloc[0]
@@ -207,7 +210,7 @@ def test_evaluation_and_pgd_files_are_joined(tmp_path):
     assert "pgd (random_start=true, relative_step_size=0.25, seed=0, steps=10)" in md
 
     kd = read(tmp_path, "kd_vs_hard.csv").query("model == 'resnet18'")
-    assert kd["measure"].tolist() == ["clean", "fgsm", "fgsm", "pgd", "pgd", *aggregate.MEASURES]
+    assert kd["measure"].tolist() == ["clean", "fgsm", "fgsm", "pgd", "pgd", *MEASURES]
     row = kd.query("measure == 'pgd' and epsilon == 0.01").iloc[0]
     assert row["boost"] == pytest.approx(1.5 * PGD_FACTOR[0.01] + 1.0)
     row = kd.query("measure == 'max_logit'").iloc[0]
@@ -222,8 +225,8 @@ def test_evaluation_files_missing_or_broken(tmp_path):
     make_study(tmp_path)
     for path in (tmp_path / "evaluation").glob("*/*.json"):
         path.unlink()
-    aggregate.write_tables(tmp_path)  # a sweep in progress: no evaluation yet
-    assert read(tmp_path, "runs.csv")[aggregate.EVALUATION_COLUMNS].isna().all(axis=None)
+    write_tables(tmp_path)  # a sweep in progress: no evaluation yet
+    assert read(tmp_path, "runs.csv")[EVALUATION_COLUMNS].isna().all(axis=None)
     assert read(tmp_path, "robustness.csv")[["max_logit", "logit_norm"]].isna().all(axis=None)
     kd = read(tmp_path, "kd_vs_hard.csv")
     assert set(kd["measure"]) == {"clean", "fgsm", "pgd"}
@@ -232,7 +235,7 @@ def test_evaluation_files_missing_or_broken(tmp_path):
     path = tmp_path / "evaluation" / "baseline" / "resnet18_seed0.json"
     path.write_text('{"agreement": 90')
     with pytest.raises(KdsweepError, match=r"resnet18_seed0.json.*delete it and rerun"):
-        aggregate.write_tables(tmp_path)
+        write_tables(tmp_path)
 
 
 def test_best_run_is_chosen_on_validation_not_test(study):
@@ -246,14 +249,14 @@ def test_best_run_is_chosen_on_validation_not_test(study):
     assert clean["kd_val_acc_mean"] == pytest.approx(BASE["resnet18"] + 2.0)
     fgsm = table.query("measure == 'fgsm' and epsilon == 0.01").iloc[0]
     assert fgsm["boost"] == pytest.approx(1.5 * FGSM_FACTOR[0.01] + 1.0)
-    assert len(table) == 1 + len(EPSILONS) * len(ATTACK_FACTOR) + len(aggregate.EVALUATION_COLUMNS)
+    assert len(table) == 1 + len(EPSILONS) * len(ATTACK_FACTOR) + len(EVALUATION_COLUMNS)
     md = (root / "tables" / "kd_vs_hard.md").read_text()
     assert "VALIDATION" in md and "alpha = 1 - w" in md and "never used" in md
 
 
 def test_three_seed_statistics_match_hand_computation(tmp_path):
     make_study(tmp_path, seeds=(0, 1, 2))
-    aggregate.write_tables(tmp_path)
+    write_tables(tmp_path)
     std, ci = 0.5, T_975_2 * 0.5 / math.sqrt(3)
     base = read(tmp_path, "table1.csv").query("model == 'resnet18'").iloc[0]
     assert (base["test_acc_mean"], base["test_acc_std"], base["test_acc_n"]) == pytest.approx((88.80, std, 3))
@@ -276,7 +279,7 @@ def test_three_seed_statistics_match_hand_computation(tmp_path):
 
 def test_one_seed_has_nan_std_and_ci(tmp_path):
     make_study(tmp_path)
-    aggregate.write_tables(tmp_path)
+    write_tables(tmp_path)
     grid = read(tmp_path, "grid.csv")
     assert grid["test_acc_n"].eq(1).all()
     assert grid["test_acc_std"].isna().all() and grid["test_acc_ci95"].isna().all()
@@ -288,15 +291,15 @@ def test_one_seed_has_nan_std_and_ci(tmp_path):
 
 def test_partial_studies_aggregate_and_an_empty_one_is_refused(tmp_path):
     with pytest.raises(KdsweepError, match="holds no finished run"):
-        aggregate.write_tables(tmp_path)
+        write_tables(tmp_path)
     assert not (tmp_path / "tables").exists()
     # only a baseline, no attack yet
     write_run(tmp_path, "baseline", "resnet18", 0, val_acc=89.1, test_acc=88.8)
-    aggregate.write_tables(tmp_path)
+    write_tables(tmp_path)
     kd = read(tmp_path, "kd_vs_hard.csv")
     assert kd["hard_mean"].tolist() == [88.8] and kd["kd_n"].tolist() == [0]
     with pytest.raises(KdsweepError, match="not a folder"):
-        aggregate.write_tables(tmp_path / "typo")
+        write_tables(tmp_path / "typo")
 
 
 @pytest.mark.parametrize("where", ["runs/kd/resnet18_T4_soft0.9_seed0/metrics.json",
@@ -306,10 +309,10 @@ def test_malformed_json_names_the_file_and_the_fix(tmp_path, where):
     path = tmp_path / where
     path.write_text('{"role": "kd", "val_acc": 9')  # a truncated write
     with pytest.raises(KdsweepError, match=r"(?s)" + path.name + ".*delete it and rerun"):
-        aggregate.write_tables(tmp_path)
+        write_tables(tmp_path)
     path.write_text('{"role": "kd"}')
     with pytest.raises(KdsweepError, match="lacks"):
-        aggregate.write_tables(tmp_path)
+        write_tables(tmp_path)
 
 
 def kd_runs(root, val_by_temperature, model="resnet18", soft_weight=0.9):
@@ -320,7 +323,7 @@ def kd_runs(root, val_by_temperature, model="resnet18", soft_weight=0.9):
 def test_best_temperature_highest_mean_validation(tmp_path):
     # T=2 has the best single run, T=4 the best mean
     dirs = kd_runs(tmp_path, {1.0: [80.0, 80.2], 2.0: [83.0, 79.0], 4.0: [82.0, 82.2]})
-    best = aggregate.best_temperature(dirs)
+    best = best_temperature(dirs)
     assert best == {"student": "resnet18", "temperature": 4.0, "soft_weight": 0.9,
                     "val_acc": pytest.approx(82.1),
                     "candidates": {1.0: pytest.approx(80.1), 2.0: pytest.approx(81.0), 4.0: pytest.approx(82.1)}}
@@ -330,7 +333,7 @@ def test_best_temperature_ties_go_low(tmp_path):
     """An exact tie by construction: both means are (82.3 + 81.9) / 2, and IEEE addition commutes,
     so the two temperatures' means are equal bit for bit whatever the order the runs come in."""
     dirs = kd_runs(tmp_path, {8.0: [82.3, 81.9], 4.0: [81.9, 82.3], 1.0: [80.0, 80.0]})
-    assert aggregate.best_temperature(reversed(dirs))["temperature"] == 4.0
+    assert best_temperature(reversed(dirs))["temperature"] == 4.0
 
 
 def test_best_temperature_refuses_bad_input(tmp_path):
@@ -338,7 +341,7 @@ def test_best_temperature_refuses_bad_input(tmp_path):
     unfinished = tmp_path / "runs/kd/resnet18_T8_soft0.9_seed0"
     unfinished.mkdir()
     with pytest.raises(KdsweepError, match="no metrics.json"):
-        aggregate.best_temperature([*dirs, unfinished])
+        best_temperature([*dirs, unfinished])
     other = kd_runs(tmp_path, {2.0: [81.0]}, soft_weight=0.5)
     with pytest.raises(KdsweepError, match="soft_weight"):
-        aggregate.best_temperature(dirs + other)
+        best_temperature(dirs + other)

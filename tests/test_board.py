@@ -12,7 +12,8 @@ import pytest
 from conftest import kd_run
 
 from kdsweep import cli
-from kdsweep.plan import Run, attack_file
+from kdsweep.layout import attack_file
+from kdsweep.plan import Run
 
 RUNS = [Run("teacher", "resnet50", 0), Run("baseline", "resnet18", 0),
         kd_run("kd", "resnet18", 0, 4.0, 0.9), kd_run("kd", "resnet18", 1, 2.0, 0.5),

@@ -15,10 +15,14 @@ import pytest
 from conftest import TINY_WORKFLOW, copy_of, job_counts, snakemake
 from conftest import kd_run
 from fake_runs import write_attack, write_run
-from kdsweep import aggregate, io
+from kdsweep import io
 from kdsweep.config import load_config
 from kdsweep.errors import KdsweepError
+from kdsweep.commands import Commands
+from kdsweep.layout import Layout
 from kdsweep.plan import Plan, Run
+from kdsweep.tables import write_tables
+from kdsweep.tables.choices import best_point
 
 ROOT = Path(__file__).resolve().parents[1]
 T_975_3 = 4.302652729911275  # Student t, 97.5% quantile, 2 degrees of freedom (t table)
@@ -56,15 +60,15 @@ def test_three_confirm_seeds_plan_their_runs_on_fresh_seeds():
     assert [run.folder for run in runs] == [f"runs/confirm/resnet18_T4_soft0.5_seed{s}" for s in (10, 11, 12)]
     assert {run.seed for run in runs} & set(plan.seeds) == set()
     assert plan.pack_of(runs[0]).name == "confirm_resnet18_T4_soft0.5_seed10"
-    assert plan.finished(runs[0]) == ["results/cifar10-reference/packs/confirm_resnet18_T4_soft0.5_seed10.json"]
+    assert Layout(plan).finished(runs[0]) == ["results/cifar10-reference/packs/confirm_resnet18_T4_soft0.5_seed10.json"]
     base = Run("confirm", "resnet18", 10)
     assert base.folder == "runs/confirm/resnet18_seed10" and not base.distilled and not base.needs_teacher
-    assert plan.finished(base) == ["results/cifar10-reference/trained/confirm/resnet18_seed10.json"]
+    assert Layout(plan).finished(base) == ["results/cifar10-reference/trained/confirm/resnet18_seed10.json"]
     assert plan.run("confirm", "resnet18_T4_soft0.5_seed10") == runs[0] and plan.run("confirm", base.name) == base
     # a confirmed run: its evaluation and every attack at every epsilon
-    assert len(plan.outputs(runs)) == 3 * (1 + 1 + 2 * 3)
-    assert plan.confirm_record("resnet18") == "results/cifar10-reference/confirm/resnet18.json"
-    assert "--out results/cifar10-reference/runs/confirm/resnet18_T4_soft0.5_seed10" in plan.pack_points(
+    assert len(Layout(plan).outputs(runs)) == 3 * (1 + 1 + 2 * 3)
+    assert Layout(plan).confirm_record("resnet18") == "results/cifar10-reference/confirm/resnet18.json"
+    assert "--out results/cifar10-reference/runs/confirm/resnet18_T4_soft0.5_seed10" in Commands(plan, Layout(plan)).pack_points(
         plan.pack_of(runs[0]))
 
 
@@ -124,7 +128,7 @@ def test_best_point_chooses_on_validation_never_on_test(tmp_path):
     """Validation and test orders disagree: (1, 0.5) is best on validation, (4, 0.9) on test, and w = 0
     (hard targets only) best of all on validation but no candidate."""
     dirs = sweep(tmp_path, {(1.0, 0.5): [(92.0, 89.0)], (4.0, 0.9): [(90.0, 93.0)], (4.0, 0.0): [(95.0, 95.0)]})
-    choice = aggregate.best_point(dirs)
+    choice = best_point(dirs)
     assert (choice["temperature"], choice["soft_weight"]) == (1.0, 0.5)
     assert choice["val_acc"] == pytest.approx(92.0) and choice["n"] == 1 and choice["seeds"] == [0]
     assert choice["candidates"] == [{"temperature": 1.0, "soft_weight": 0.5, "val_acc_mean": 92.0, "n": 1},
@@ -137,12 +141,12 @@ def test_best_point_takes_the_mean_over_seeds_not_the_luckiest_run(tmp_path):
     # (1, 0.5): one lucky seed (94) but mean 86; (4, 0.9): mean 87
     dirs = sweep(tmp_path, {(1.0, 0.5): [(94.0, 80.0), (78.0, 80.0)], (4.0, 0.9): [(86.0, 80.0), (88.0, 80.0)]},
                  seeds=(0, 1))
-    choice = aggregate.best_point(reversed(dirs))
+    choice = best_point(reversed(dirs))
     assert (choice["temperature"], choice["soft_weight"], choice["n"]) == (4.0, 0.9, 2)
     assert choice["seeds"] == [0, 1] and choice["val_acc"] == pytest.approx(87.0)
     # kd_vs_hard compares the same point
     write_run(tmp_path, "baseline", "resnet18", 0)
-    aggregate.write_tables(tmp_path)
+    write_tables(tmp_path)
     table = pd.read_csv(tmp_path / "tables" / "kd_vs_hard.csv")
     assert table[["temperature", "soft_weight"]].drop_duplicates().values.tolist() == [[4.0, 0.9]]
 
@@ -152,13 +156,13 @@ def test_best_point_refuses_what_it_cannot_choose_from(tmp_path):
     unfinished = tmp_path / "runs/kd/resnet18_T4_soft0.5_seed0"
     unfinished.mkdir()
     with pytest.raises(KdsweepError, match="no metrics.json"):
-        aggregate.best_point([*dirs, unfinished])
+        best_point([*dirs, unfinished])
     with pytest.raises(KdsweepError, match="one student"):
-        aggregate.best_point(dirs + sweep(tmp_path, {(1.0, 0.5): [(92.0, 89.0)]}, model="mobilenet_v3_small"))
+        best_point(dirs + sweep(tmp_path, {(1.0, 0.5): [(92.0, 89.0)]}, model="mobilenet_v3_small"))
     with pytest.raises(KdsweepError, match="w > 0"):
-        aggregate.best_point(sweep(tmp_path, {(4.0, 0.0): [(92.0, 89.0)]}))
+        best_point(sweep(tmp_path, {(4.0, 0.0): [(92.0, 89.0)]}))
     with pytest.raises(KdsweepError, match="sweep's distilled runs only"):
-        aggregate.best_point([write_run(tmp_path, "baseline", "resnet18", 0)])
+        best_point([write_run(tmp_path, "baseline", "resnet18", 0)])
 
 
 def test_best_point_command_writes_the_record(tmp_path):
@@ -180,7 +184,7 @@ def test_kd_vs_hard_pairs_by_seed_and_leaves_unpaired_seeds_out(tmp_path):
         write_run(tmp_path, "kd", "resnet18", seed, 4.0, 0.9, val_acc=kd, test_acc=kd)
         if hard is not None:
             write_run(tmp_path, "baseline", "resnet18", seed, val_acc=hard, test_acc=hard)
-    aggregate.write_tables(tmp_path)
+    write_tables(tmp_path)
     row = pd.read_csv(tmp_path / "tables" / "kd_vs_hard.csv").query("measure == 'clean'").iloc[0]
     assert (row["kd_n"], row["hard_n"], row["gain_n"]) == (3, 2, 2)
     assert row["gain_mean"] == pytest.approx(1.5) and row["boost"] == pytest.approx((91 + 92 + 95) / 3 - (89 + 91) / 2)
@@ -195,7 +199,7 @@ def test_kd_vs_hard_pairs_by_seed_and_leaves_unpaired_seeds_out(tmp_path):
 def test_one_seed_says_n_1_and_gives_no_interval(tmp_path):
     write_run(tmp_path, "kd", "resnet18", 0, 4.0, 0.9, test_acc=91.0)
     write_run(tmp_path, "baseline", "resnet18", 0, test_acc=89.5)
-    aggregate.write_tables(tmp_path)
+    write_tables(tmp_path)
     row = pd.read_csv(tmp_path / "tables" / "kd_vs_hard.csv").query("measure == 'clean'").iloc[0]
     assert row["gain_n"] == 1 and row["gain_mean"] == pytest.approx(1.5)
     assert row[["gain_std", "gain_ci95", "gain_low", "gain_high", "gain_excludes_zero"]].isna().all()
@@ -212,7 +216,7 @@ def confirmation_study(root):
     FGSM at 0.1: every run's accuracy halved, so the paired gains halve too."""
     dirs = sweep(root, {(1.0, 0.5): [(92.0, 89.0)], (4.0, 0.9): [(90.0, 93.0)], (4.0, 0.0): [(95.0, 95.0)]})
     write_run(root, "baseline", "resnet18", 0, val_acc=89.0, test_acc=88.0)
-    io.write_json(root / "confirm" / "resnet18.json", aggregate.best_point(dirs))
+    io.write_json(root / "confirm" / "resnet18.json", best_point(dirs))
     runs = [("confirm", 10, 1.0, 0.5, 90.0), ("confirm", 11, 1.0, 0.5, 91.5), ("confirm", 12, 1.0, 0.5, 89.0),
             ("confirm", 13, 1.0, 0.5, 95.0), ("confirm", 10, 4.0, 0.9, 99.0),
             ("confirm", 10, None, None, 88.0), ("confirm", 11, None, None, 90.0), ("confirm", 12, None, None, 88.5),
@@ -221,7 +225,7 @@ def confirmation_study(root):
         if role == "confirm":
             write_run(root, role, "resnet18", seed, t, w, val_acc=50.0, test_acc=test)
         write_attack(root, role, "resnet18", seed, t, w, 0.1, test / 2, test)
-    aggregate.write_tables(root)
+    write_tables(root)
     return pd.read_csv(root / "tables" / "confirmed.csv")
 
 
@@ -266,7 +270,7 @@ def test_confirmation_runs_stay_out_of_the_sweep_tables(tmp_path):
 
 def test_without_confirmation_the_table_says_so(tmp_path):
     write_run(tmp_path, "baseline", "resnet18", 0)
-    aggregate.write_tables(tmp_path)
+    write_tables(tmp_path)
     assert pd.read_csv(tmp_path / "tables" / "confirmed.csv").empty
     assert "confirm.seeds is empty" in (tmp_path / "tables" / "confirmed.md").read_text()
 
@@ -351,12 +355,17 @@ def test_tiny_study_confirms_its_point_on_two_fresh_seeds(tiny, tmp_path):
 @pytest.mark.workflow
 def test_the_demo_confirms_each_student_on_two_fresh_seeds(tmp_path):
     """studies/demo.yaml: before its checkpoints, the teacher, 2 sweep and 2 x 2 confirmation baselines,
-    the two packed sweeps and one best_point per student; then 2 x 2 distilled confirmation runs."""
+    each student's 7 sweep points (kd's 2 x 2 grid, one point each of dkd, lskd and ctkd) in two packs
+    of at most 4, and one best_point per student (the demo confirms kd only); then 2 x 2 distilled
+    confirmation runs."""
     plan = Plan(load_config([str(ROOT / "config.yaml"), str(ROOT / "studies" / "demo.yaml")]))
     assert plan.confirm_seeds == [1, 2] and not set(plan.confirm_seeds) & set(plan.seeds)
     counts = job_counts(snakemake(tmp_path, "--dry-run", configfiles=[ROOT / "studies" / "demo.yaml"]).stdout)
-    runs = 1 + 2 + 4 * 2 + 2 * 2  # teacher, baselines, sweep points, confirmation baselines
-    assert (counts["train"], counts["distill"], counts["best_point"]) == (1 + 2 + 4, 2, 2)
+    assert plan.pack_size == 4 and plan.confirm_methods == ["kd"]
+    points = 4 + 1 + 1 + 1  # per student
+    runs = 1 + 2 + points * 2 + 2 * 2  # teacher, baselines, sweep points, confirmation baselines
+    packs = -(-points // plan.pack_size)
+    assert (counts["train"], counts["distill"], counts["best_point"]) == (1 + 2 + 4, packs * 2, 2)
     assert counts["attack"] == 4 * runs and counts["evaluate"] == runs
 
 

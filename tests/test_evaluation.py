@@ -196,7 +196,6 @@ def finished(tmp_path_factory):
     with classes 0 and 1 swapped, so that it differs from it by construction and its agreement and KL
     are known from the teacher's logits alone."""
     from kdsweep import data, io
-    from kdsweep.plan import Run
     from kdsweep.models import build_model, save_model
     from kdsweep.evaluation import loss_and_accuracy
 

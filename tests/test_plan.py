@@ -15,13 +15,20 @@ from kdsweep.config import coerce_strings, config_hash, load_config
 from kdsweep.errors import KdsweepError
 from kdsweep.identity import run_identity
 from conftest import kd_run
-from kdsweep.plan import JOB_SLICES, MACHINE_LOCAL, Pack, Plan, Run, job_slice
+from kdsweep import layout as layout_module
+from kdsweep.commands import JOB_SLICES, MACHINE_LOCAL, Commands, job_slice
+from kdsweep.layout import Layout
+from kdsweep.plan import Pack, Plan, Run
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def study(*overrides):
     return Plan(load_config([str(ROOT / "config.yaml")], overrides))
+
+
+def commands(plan):
+    return Commands(plan, Layout(plan))
 
 
 def test_the_reference_study():
@@ -38,18 +45,18 @@ def test_the_reference_study():
     assert len(plan.packs) == 112 and all(len(pack.runs) == 1 for pack in plan.packs)
     assert {pack.name for pack in plan.packs} == {run.name for run in kd}
     # files: 115 runs x (evaluation + 2 attacks x 3 epsilons) + 112 pack records + 3 train records
-    outputs = plan.outputs(runs)
+    outputs = Layout(plan).outputs(runs)
     assert len(outputs) == len(set(outputs)) == 115 * 7 + 112 + 3
     assert "results/cifar10-reference/packs/resnet18_T4_soft0.9_seed0.json" in outputs
     assert "results/cifar10-reference/attacks/kd/resnet18_T4_soft0.9_seed0/pgd_eps0.05.json" in outputs
-    assert plan.finished(plan.teacher) == ["results/cifar10-reference/trained/teacher/resnet50_seed0.json"]
+    assert Layout(plan).finished(plan.teacher) == ["results/cifar10-reference/trained/teacher/resnet50_seed0.json"]
 
 
 def test_names_and_folders():
     run = kd_run("kd", "resnet18", 3, 4.0, 0.9)
     assert run.name == "resnet18_T4_soft0.9_seed3" and run.folder == "runs/kd/resnet18_T4_soft0.9_seed3"
     assert Run("baseline", "resnet18", 0).folder == "runs/baseline/resnet18_seed0"
-    assert plan_module.attack_file("fgsm", 8 / 255) == "fgsm_eps0.0313725.json"
+    assert layout_module.attack_file("fgsm", 8 / 255) == "fgsm_eps0.0313725.json"
     assert plan_module.fmt(1.0) == "1" and plan_module.fmt(0.10) == "0.1" and plan_module.fmt(2.5) == "2.5"
     for bad in (dict(temperature=0, soft_weight=0.5), dict(temperature=4, soft_weight=1.5),
                 dict(temperature=None, soft_weight=0.5)):
@@ -66,31 +73,32 @@ def test_a_distilled_run_from_the_config_hashes_as_its_job_does():
     config = load_config([str(ROOT / "config.yaml")], [])
     from_config, from_command = kd_run("kd", "resnet18", 0, 4, 1), kd_run("kd", "resnet18", 0, 4.0, 1.0)
     # the job's command keeps the config's spelling (its params: a changed spelling would rerun it)
-    assert "--temperature 4 --soft-weight 1 " in study().pack_points(Pack("p", (from_config,))) + " "
+    assert "--temperature 4 --soft-weight 1 " in commands(study()).pack_points(Pack("p", (from_config,))) + " "
     assert config_hash(run_identity(config, from_config, "t", "d")) == config_hash(
         run_identity(config, from_command, "t", "d"))
     assert Run("baseline", "resnet18", 0).temperature is None
 
 
 def test_every_file_pattern_is_filled_by_the_plan_for_a_run():
-    """The rules' outputs are Plan.pattern(kind); the plan's paths for a run are those patterns filled in."""
+    """The rules' outputs are Layout.pattern(kind); the layout's paths for a run are those patterns filled in."""
     plan = study("confirm.seeds=[5]")
     teacher, kd = plan.teacher, plan.packs[0].runs[0]
-    assert plan.train_record(teacher) == plan.pattern("train_record").format(
+    assert Layout(plan).train_record(teacher) == Layout(plan).pattern("train_record").format(
         trained="teacher", model="resnet50", seed=0) == "results/cifar10-reference/trained/teacher/resnet50_seed0.json"
-    assert plan.training_log(teacher) == "results/cifar10-reference/logs/runs/teacher/resnet50_seed0.log"
-    assert plan.training_log(kd) == f"results/cifar10-reference/logs/runs/kd/{plan.packs[0].name}.log"
-    assert plan.staged_choice("resnet18") == "results/cifar10-reference/staged/resnet18_seed-all.json"
-    assert plan.confirm_record("resnet18") == "results/cifar10-reference/confirm/resnet18.json"
-    evaluation, *attacks = plan.evaluations(kd)
+    assert Layout(plan).training_log(teacher) == "results/cifar10-reference/logs/runs/teacher/resnet50_seed0.log"
+    assert Layout(plan).training_log(kd) == f"results/cifar10-reference/logs/runs/kd/{plan.packs[0].name}.log"
+    assert Layout(plan).staged_choice("resnet18") == "results/cifar10-reference/staged/resnet18_seed-all.json"
+    assert Layout(plan).confirm_record("resnet18") == "results/cifar10-reference/confirm/resnet18.json"
+    evaluation, *attacks = Layout(plan).evaluations(kd)
     assert evaluation == f"results/cifar10-reference/evaluation/kd/{kd.name}.json"
     assert f"results/cifar10-reference/attacks/kd/{kd.name}/fgsm_eps0.05.json" in attacks
     packed = study("runtime.pack_size=8")
     runs = packed.sweep("resnet18")
-    assert packed.finished_files(runs) == list(dict.fromkeys(packed.pack_record(packed.pack_of(run)) for run in runs))
-    assert len(packed.finished_files(runs)) == 7  # 56 points in packs of 8
-    for kind in plan_module.FILES:
-        assert "{" not in plan.file(kind, trained="t", model="m", seed=0, pack="p", student="s", role="r", choice="c",
+    files = Layout(packed)
+    assert files.finished_files(runs) == list(dict.fromkeys(files.pack_record(packed.pack_of(run)) for run in runs))
+    assert len(files.finished_files(runs)) == 7  # 56 points in packs of 8
+    for kind in layout_module.FILES:
+        assert "{" not in Layout(plan).file(kind, trained="t", model="m", seed=0, pack="p", student="s", role="r", choice="c",
                                     run="n", attack="a", eps="0.1"), kind
 
 
@@ -115,12 +123,12 @@ def test_packs_cover_every_point_once_within_one_student_and_seed(pack_size):
 def test_a_pack_command_line_gives_the_exact_numbers():
     plan = study("runtime.pack_size=2", "temperatures=[2.5]", "soft_weights=[0.3, 0.9]", "students=[resnet18]")
     (pack,) = plan.packs
-    args = shlex.split(plan.pack_points(pack))
+    args = shlex.split(commands(plan).pack_points(pack))
     assert args == ["--temperature", "2.5", "--soft-weight", "0.3", "--out",
                     "results/cifar10-reference/runs/kd/resnet18_T2.5_soft0.3_seed0",
                     "--temperature", "2.5", "--soft-weight", "0.9", "--out",
                     "results/cifar10-reference/runs/kd/resnet18_T2.5_soft0.9_seed0"]
-    assert plan.pack_record(pack) == "results/cifar10-reference/packs/resnet18_seed0_pack1.json"
+    assert Layout(plan).pack_record(pack) == "results/cifar10-reference/packs/resnet18_seed0_pack1.json"
 
 
 def test_the_staged_sweep():
@@ -172,7 +180,7 @@ def test_a_job_reads_exactly_its_slice_and_a_runs_identity_is_what_changes_its_r
     # the command line of a job sets exactly its slice: read back, it is the slice again
     plan = Plan(config)
     for kind, attack in (("train", None), ("attack", "fgsm"), ("attack", "pgd"), ("evaluate", None)):
-        read_back = load_config([], shlex.split(plan.job_config(kind, attack)))
+        read_back = load_config([], shlex.split(commands(plan).job_config(kind, attack)))
         assert job_slice(read_back, kind, attack) == job_slice(config, kind, attack)
     # where the data lies and the runtime section are machine-local: in no job's params, not in a
     # run's identity; every job reads them from one file (the machine-local overrides)
@@ -180,27 +188,27 @@ def test_a_job_reads_exactly_its_slice_and_a_runs_identity_is_what_changes_its_r
     changed = load_config([str(ROOT / "config.yaml")], ["runtime.precision=fp32", "runtime.compile=true",
                                                          "dataset.root=/elsewhere/data"])
     for kind, attack in (("stats", None), ("train", None), ("attack", "fgsm"), ("evaluate", None)):
-        assert Plan(changed).job_config(kind, attack) == plan.job_config(kind, attack)
+        assert commands(Plan(changed)).job_config(kind, attack) == commands(plan).job_config(kind, attack)
     assert run_identity(changed, run, "t", "d") == run_identity(config, run, "t", "d")
     # what changes a result changes the identity: the teacher, the data's digest, any training value
     assert run_identity(config, run, "t", "d") != run_identity(config, run, "u", "d")
     assert run_identity(config, run, "t", "d") != run_identity(config, run, "t", "e")
     lr = load_config([str(ROOT / "config.yaml")], ["training.lr=0.002"])
     assert run_identity(lr, run, "t", "d") != run_identity(config, run, "t", "d")
-    local = load_config([], shlex.split(Plan(changed).machine_local()))
+    local = load_config([], shlex.split(commands(Plan(changed)).machine_local()))
     assert local["runtime"]["precision"] == "fp32" and local["runtime"]["compile"] is True
     assert local["dataset"]["root"] == "/elsewhere/data"
     assert MACHINE_LOCAL == ("dataset.root", "runtime")
 
 
 def test_tables_and_figures_are_those_the_aggregation_and_plots_write():
-    from kdsweep import aggregate, plots
+    from kdsweep import plots, tables
 
     plan = study()
-    assert [Path(path).name for path in plan.tables()] == list(plan_module.TABLES) == list(aggregate.TABLES)
-    assert sorted(Path(path).name for path, *_ in plan.figures()) == sorted(plots.figure_names(plan.students))
+    assert [Path(path).name for path in Layout(plan).tables()] == list(layout_module.TABLES) == list(tables.TABLES)
+    assert sorted(Path(path).name for path, *_ in Layout(plan).figures()) == sorted(plots.figure_names(plan.students))
     methods = study("methods={dkd: {}, ctkd: {}}")
-    assert sorted(Path(path).name for path, *_ in methods.figures()) == sorted(
+    assert sorted(Path(path).name for path, *_ in Layout(methods).figures()) == sorted(
         plots.figure_names(methods.students, methods.methods))
 
 

@@ -2,7 +2,8 @@
 
 import pytest
 
-from kdsweep import aggregate, plots
+from kdsweep import plots
+from kdsweep.tables import write_tables
 from test_aggregate import BASE, make_study
 
 MAGIC = {".png": b"\x89PNG\r\n\x1a\n", ".pdf": b"%PDF-"}
@@ -38,7 +39,7 @@ def test_every_declared_figure_is_written(tmp_path, seeds):
 def test_missing_data_still_gives_every_figure(tmp_path):
     """No run at the temperature-plot weight, and a declared student without any finished run."""
     make_study(tmp_path)
-    aggregate.write_tables(tmp_path)
+    write_tables(tmp_path)
     students = ["resnet18", "mobilenet_v3_large"]
     paths = plots.write_figures(tmp_path, 0.3, students=students)
     assert_figures(tmp_path, students, paths)

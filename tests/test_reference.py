@@ -6,14 +6,17 @@ import pandas as pd
 import pytest
 
 from fake_runs import write_attack, write_run
-from kdsweep import aggregate, io
+from kdsweep import io
 from kdsweep.config import load_config
+from kdsweep.tables import write_tables
+from kdsweep.tables.choices import best_point
+from kdsweep.tables.reference import reference
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_the_reported_numbers_are_the_dissertations_and_add_up():
-    ref = aggregate.reference()
+    ref = reference()
     table1 = ref["table1"]["models"]
     # Table I and Tables II / IV as printed
     assert table1["resnet50"]["clean"] == 91.36 and table1["resnet18"]["fgsm"][0.05] == 19.97
@@ -48,11 +51,11 @@ def cifar_study(root, dataset="cifar10", teacher="resnet50", subset=None):
         run("kd", seed, 6.0, 0.9, val=92.0 + seed, test=kd)
         run("kd", seed, 1.0, 0.5, val=90.0, test=95.0)  # best on test, not on validation
     dirs = [root / f"runs/kd/resnet18_T{t}_soft{w}_seed{s}" for t, w in (("6", "0.9"), ("1", "0.5")) for s in (0, 1)]
-    io.write_json(root / "confirm" / "resnet18.json", aggregate.best_point(dirs))
+    io.write_json(root / "confirm" / "resnet18.json", best_point(dirs))
     for seed, (hard, kd) in zip((5, 6), [(88.5, 90.5), (89.5, 91.0)]):
         run("confirm", seed, test=hard)
         run("confirm", seed, 6.0, 0.9, test=kd)
-    aggregate.write_tables(root)
+    write_tables(root)
     return pd.read_csv(root / "tables" / "vs_reference.csv")
 
 

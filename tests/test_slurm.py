@@ -44,7 +44,8 @@ from conftest import built_once
 from conftest import kd_run
 
 from kdsweep.config import load_config
-from kdsweep.plan import Plan, Run, attack_file
+from kdsweep.layout import Layout, attack_file
+from kdsweep.plan import Plan
 
 
 def run_path(*run):
@@ -711,7 +712,7 @@ def test_a_pack_of_sweep_points_is_one_slurm_job_with_one_gpu(cluster, tmp_path)
     student, seed, temperature = config["students"][0], config["seeds"][0], config["temperatures"][0]
     points = [("kd", student, seed, temperature, w) for w in config["soft_weights"]]
     plan = Plan(config)
-    (record,) = {plan.pack_record(plan.pack_of(kd_run(*run))) for run in points}
+    (record,) = {Layout(plan).pack_record(plan.pack_of(kd_run(*run))) for run in points}
     status, output = run_snakemake(tmp_path, record, "--config", *overrides, timeout=480, env=cluster.env())
     assert status == 0, _failure_report(tmp_path, output)
 
@@ -821,7 +822,7 @@ def test_training_over_its_time_limit_is_stopped_retried_with_a_longer_limit_and
 
     try:
         status, output = run_snakemake(
-            work, plan.train_record(plan.teacher), *map(plan.pack_record, packs),
+            work, Layout(plan).train_record(plan.teacher), *map(plan.pack_record, packs),
             "--config", *LIMIT_PACKS, ALL_DIGITS_CONFIG,
             f"training={{max_epochs: {epochs}, early_stopping_patience: {epochs}}}",
             timeout=1260, env=cluster.env(KDSWEEP_SLURM_TRAIN_MINUTES="2"), watch=watch)
@@ -904,7 +905,7 @@ def test_training_over_its_time_limit_is_stopped_retried_with_a_longer_limit_and
             expected_state = "COMPLETED" if attempt == len(attempts) else ("TIMEOUT", "FAILED")
             assert records[job]["State"] in expected_state, (pack.name, attempt, records[job])
         for run in pack.runs:
-            packed = _read_json(work / plan.run_dir(run) / "metrics.json")
+            packed = _read_json(work / Layout(plan).run_dir(run) / "metrics.json")
             assert packed["epochs"] == epochs and packed["resumed"] >= 1, (run, packed["epochs"], packed["resumed"])
             slurm = packed["slurm"]
             ran_in = f"{slurm['array_job_id']}_{slurm['array_task']}" if slurm["array_job_id"] else slurm["job_id"]
@@ -1016,8 +1017,8 @@ def test_a_killed_snakemake_is_restarted_and_nothing_is_trained_twice_or_lost(cl
     locked by it, waits, and then finds the run finished: the run is trained once, by the old job,
     and equals an uninterrupted run."""
     plan = Plan(load_config([str(p) for p in CONFIGS], []))
-    run_folder = tmp_path / plan.run_dir(plan.teacher)
-    target = plan.train_record(plan.teacher)
+    run_folder = tmp_path / Layout(plan).run_dir(plan.teacher)
+    target = Layout(plan).train_record(plan.teacher)
     since = _sacct_now()
     log = open(tmp_path / "first.log", "w")
     first = subprocess.Popen(snakemake_command(target, *FAULT_CONFIG), cwd=tmp_path, stdout=log,
@@ -1052,7 +1053,7 @@ def test_a_killed_snakemake_is_restarted_and_nothing_is_trained_twice_or_lost(cl
     # the old job and the new one (which waited for it, or found the run finished) both completed
     assert len(jobs) >= 2 and all(record["State"] == "COMPLETED" for record in jobs.values()), jobs
     # the new job trained nothing: it waited for the old one (or found the run finished)
-    rule_log = (tmp_path / plan.training_log(plan.teacher)).read_text()
+    rule_log = (tmp_path / Layout(plan).training_log(plan.teacher)).read_text()
     assert " epoch " not in rule_log and "resuming" not in rule_log, rule_log
     print(f"new job: {'waited for the old one' if 'waiting for it to finish' in rule_log else 'found the run finished'}")
     record = _read_json(tmp_path / target)
@@ -1065,7 +1066,7 @@ def test_a_cancelled_training_job_is_resubmitted_and_resumes_from_its_checkpoint
     checkpoint of its last finished epoch, SLURM records CANCELLED, Snakemake resubmits the job, and
     the new one resumes from that checkpoint to the result of an uninterrupted run."""
     plan = Plan(load_config([str(p) for p in CONFIGS], []))
-    run_folder = tmp_path / plan.run_dir(plan.teacher)
+    run_folder = tmp_path / Layout(plan).run_dir(plan.teacher)
     since = _sacct_now()
     cancelled = {}
 
@@ -1076,7 +1077,7 @@ def test_a_cancelled_training_job_is_resubmitted_and_resumes_from_its_checkpoint
                     subprocess.run(["scancel", job], check=True)
                     cancelled[job] = _epochs_done(run_folder)
 
-    status, output = run_snakemake(tmp_path, plan.train_record(plan.teacher), *FAULT_CONFIG, timeout=480,
+    status, output = run_snakemake(tmp_path, Layout(plan).train_record(plan.teacher), *FAULT_CONFIG, timeout=480,
                                    env=cluster.env(), watch=watch)
     assert status == 0, _failure_report(tmp_path, output)
     assert len(cancelled) == 1, "one running job was cancelled"
@@ -1086,7 +1087,7 @@ def test_a_cancelled_training_job_is_resubmitted_and_resumes_from_its_checkpoint
     metrics = _assert_same_run(run_folder, uninterrupted)
     assert metrics["resumed"] == 1 and metrics["slurm"]["job_id"] != job
     assert jobs[metrics["slurm"]["job_id"]]["State"] == "COMPLETED"
-    resumed_after = re.findall(r"resuming \S+ after epoch (\d+)", (tmp_path / plan.training_log(plan.teacher)).read_text())
+    resumed_after = re.findall(r"resuming \S+ after epoch (\d+)", (tmp_path / Layout(plan).training_log(plan.teacher)).read_text())
     assert len(resumed_after) == 1 and int(resumed_after[0]) >= epoch
 
 
@@ -1149,7 +1150,7 @@ def test_a_node_failure_mid_job_is_requeued_or_failed_and_either_way_resumes_fro
     plan = Plan(load_config([str(p) for p in CONFIGS], []))
     no_requeue = Site(tmp_path / "site", requeue=False)
     work = {"requeue": tmp_path / "requeue", "no-requeue": tmp_path / "no-requeue"}
-    folders = {name: folder / plan.run_dir(plan.teacher) for name, folder in work.items()}
+    folders = {name: folder / Layout(plan).run_dir(plan.teacher) for name, folder in work.items()}
     for folder in work.values():
         folder.mkdir()
     failed, guard = {}, threading.Lock()
@@ -1166,7 +1167,7 @@ def test_a_node_failure_mid_job_is_requeued_or_failed_and_either_way_resumes_fro
                 _fail_node([job for job, _ in failed.values()])
 
     since = _sacct_now()
-    teacher = plan.train_record(plan.teacher)
+    teacher = Layout(plan).train_record(plan.teacher)
 
     def without_requeue():
         """The study without requeue: until snakemake stops, then (while the other still runs) again."""
@@ -1178,7 +1179,7 @@ def test_a_node_failure_mid_job_is_requeued_or_failed_and_either_way_resumes_fro
         return stopped, finished_then, again
 
     with ThreadPoolExecutor(2) as pool:
-        requeued = pool.submit(run_snakemake, work["requeue"], teacher, *plan.evaluations(plan.teacher),
+        requeued = pool.submit(run_snakemake, work["requeue"], teacher, *Layout(plan).evaluations(plan.teacher),
                                *FAULT_CONFIG, timeout=600, env=cluster.env(), watch=watch)
         not_requeued = pool.submit(without_requeue)
         (status, output), ((status_without, output_without), finished_then, again) = (
@@ -1191,8 +1192,8 @@ def test_a_node_failure_mid_job_is_requeued_or_failed_and_either_way_resumes_fro
     metrics = _assert_same_run(folders["requeue"], uninterrupted)
     assert metrics["resumed"] == 1
     assert metrics["slurm"]["job_id"] == job, metrics["slurm"]
-    assert all((work["requeue"] / path).exists() for path in plan.evaluations(plan.teacher))
-    log = (work["requeue"] / plan.training_log(plan.teacher)).read_text()
+    assert all((work["requeue"] / path).exists() for path in Layout(plan).evaluations(plan.teacher))
+    log = (work["requeue"] / Layout(plan).training_log(plan.teacher)).read_text()
     resumed_after = re.findall(r"resuming \S+ after epoch (\d+)", log)
     assert len(resumed_after) == 1 and int(resumed_after[0]) >= epoch
     runs = subprocess.run(["sacct", "-D", "-X", "-n", "-P", "-j", job, "-o", "State"], capture_output=True,
@@ -1231,14 +1232,14 @@ def test_the_distillation_sweep_goes_out_as_one_job_array(cluster, tmp_path):
     plan = Plan(config)
     runs = plan.sweep(config["students"][0])
     assert len(runs) == 4
-    records = sorted({plan.pack_record(plan.pack_of(run)) for run in runs})
+    records = sorted({Layout(plan).pack_record(plan.pack_of(run)) for run in runs})
     since = _sacct_now()
     status, output = run_snakemake(tmp_path, *records, "--config", *ARRAY_SWEEP, timeout=600, env=cluster.env())
     assert status == 0, _failure_report(tmp_path, output)
 
     jobs = _jobs_in(tmp_path, since)
     assert all(record["State"] == "COMPLETED" for record in jobs.values()), jobs
-    slurm = [_read_json(tmp_path / plan.run_dir(run) / "metrics.json")["slurm"] for run in runs]
+    slurm = [_read_json(tmp_path / Layout(plan).run_dir(run) / "metrics.json")["slurm"] for run in runs]
     arrays = {record["array_job_id"] for record in slurm}
     assert len(arrays) == 1 and None not in arrays, slurm
     assert sorted(int(record["array_task"]) for record in slurm) == list(range(1, 5)), slurm
@@ -1300,7 +1301,10 @@ def test_more_ready_distill_jobs_than_jobs_admits_beside_ready_groups_and_a_fail
     work = tmp_path / "work"
     work.mkdir()
     since = _sacct_now()
-    status, output = run_snakemake(work, "--jobs", str(CAP), "--config", *CAPPED_SWEEP, timeout=900, env=env)
+    # 29 SLURM jobs, each of them a snakemake process, through a 2-CPU node, and the status outage's
+    # dead time (the plugin's poll interval grows by 10 s a poll that brings no news): 9.5 minutes on
+    # a loaded machine here, and past 15 under CI's four workers on two cores.
+    status, output = run_snakemake(work, "--jobs", str(CAP), "--config", *CAPPED_SWEEP, timeout=1800, env=env)
     assert status == 0, _failure_report(work, output)
     assert "AttributeError" not in output and "Traceback" not in output
 
@@ -1310,7 +1314,7 @@ def test_more_ready_distill_jobs_than_jobs_admits_beside_ready_groups_and_a_fail
         metrics = _read_json(results / run.folder / "metrics.json")
         assert metrics["resumed"] == 0, run
         _assert_one_gpu_job(metrics["slurm"], run.folder)
-        for path in plan.outputs([run]):
+        for path in Layout(plan).outputs([run]):
             assert (work / path).exists(), path
     jobs = _jobs_in(work, since)
     assert all(record["State"] == "COMPLETED" for record in jobs.values()), jobs

@@ -11,8 +11,8 @@ import pytest
 from scipy import stats as scipy_stats
 
 from fake_runs import write_run
-from kdsweep import aggregate
 from kdsweep.stats import expected_range, interval, paired_differences, paired_gain, t_quantile
+from kdsweep.tables import write_tables
 
 T_975 = {2: 12.706204736174707, 3: 4.302652729911275, 4: 3.182446305284263}  # t(0.975, n - 1), t tables
 
@@ -89,7 +89,7 @@ def test_sensitivity_spread_against_the_seed_to_seed_sd(tmp_path):
         for w, mean in by_weight.items():
             for seed, offset in enumerate(offsets):
                 write_run(tmp_path, "kd", model, seed, 4.0, w, val_acc=mean, test_acc=mean + offset)
-    aggregate.write_tables(tmp_path)
+    write_tables(tmp_path)
     table = pd.read_csv(tmp_path / "tables" / "sensitivity.csv")
     sd = 1 / math.sqrt(2)
     noise = expected_range(2) * sd / math.sqrt(2)
@@ -113,7 +113,7 @@ def test_sensitivity_with_one_seed_per_point_takes_the_sd_from_other_runs(tmp_pa
     sqrt((1 * 2 + 2 * 1) / 3). Without them the table says there is none."""
     for w, mean in ((0.3, 81.0), (0.9, 78.0)):
         write_run(tmp_path, "kd", "mobilenet_v3_small", 0, 4.0, w, val_acc=mean, test_acc=mean)
-    aggregate.write_tables(tmp_path)
+    write_tables(tmp_path)
     row = pd.read_csv(tmp_path / "tables" / "sensitivity.csv").iloc[0]
     assert row["seed_sd_df"] == 0 and math.isnan(row["seed_sd"]) and math.isnan(row["ratio"])
     assert "– (one seed per point)" in (tmp_path / "tables" / "sensitivity.md").read_text()
@@ -121,7 +121,7 @@ def test_sensitivity_with_one_seed_per_point_takes_the_sd_from_other_runs(tmp_pa
         write_run(tmp_path, "confirm", "mobilenet_v3_small", seed, 4.0, 0.3, test_acc=acc)
     for seed, acc in ((0, 75.0), (10, 76.0), (11, 77.0)):
         write_run(tmp_path, "baseline" if seed == 0 else "confirm", "mobilenet_v3_small", seed, test_acc=acc)
-    aggregate.write_tables(tmp_path)
+    write_tables(tmp_path)
     row = pd.read_csv(tmp_path / "tables" / "sensitivity.csv").iloc[0]
     assert row["spread"] == pytest.approx(3.0)  # the grid's own points only
     assert (row["seed_sd"], row["seed_sd_df"]) == pytest.approx((math.sqrt(4 / 3), 3))

@@ -20,6 +20,7 @@ from kdsweep import cli
 from kdsweep.config import config_hash, load_config
 from kdsweep.lock import Holder
 from kdsweep.identity import run_identity
+from kdsweep.layout import Layout
 from kdsweep.plan import Plan
 from kdsweep.slurm import QueuedJob
 from kdsweep.status import load_plan, render, study_status
@@ -43,7 +44,7 @@ class Study:
         self.teacher_hash = run_hash(self.config, self.plan.teacher, None)
 
     def folder(self, run):
-        return self.root / self.plan.run_dir(run)
+        return self.root / Layout(self.plan).run_dir(run)
 
     def finished(self, run, seconds=100.0, stale=False):
         folder = self.folder(run)
@@ -62,7 +63,7 @@ class Study:
         (self.folder(run) / ".lock").write_text(str(Holder(pid, host or platform.node(), job)))
 
     def log(self, run, text):
-        path = self.root / self.plan.training_log(run)
+        path = self.root / Layout(self.plan).training_log(run)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
 
@@ -154,7 +155,7 @@ def test_staged_sweep_plans_stage_two_once_the_temperature_is_chosen(tmp_path):
         (1, 0.9, 0), (1, 0.9, 1), (4, 0.9, 0), (4, 0.9, 1)]  # the temperature sweep at staged.soft_weight
     assert status.waiting == {("kd", "mobilenet_v3_small"): 2}  # w = 0.5 at the chosen T, two seeds
     assert "2 soft-weight runs wait" in render(status)
-    choice = tmp_path / plan.staged_choice("mobilenet_v3_small")
+    choice = tmp_path / Layout(plan).staged_choice("mobilenet_v3_small")
     choice.parent.mkdir(parents=True)
     choice.write_text(json.dumps({"student": "mobilenet_v3_small", "temperature": 4.0}))
     status = study.status()
@@ -172,7 +173,7 @@ def test_command_takes_snakemakes_config_options_or_the_study_folder(tmp_path, m
     by_config = capsys.readouterr().out
     total = next(line.split() for line in by_config.splitlines() if line.startswith("all "))
     assert "study tiny" in by_config and total == ["all", "7", "1", "0", "0", "0", "6"]
-    record = tmp_path / study.plan.study_record()
+    record = tmp_path / Layout(study.plan).study_record()
     record.parent.mkdir(parents=True, exist_ok=True)
     record.write_text(Path(TINY).read_text() + "seeds: [0, 1]\n")
     cli.main(["status", str(tmp_path / "results" / "tiny")])
@@ -198,7 +199,7 @@ def test_planned_runs_and_log_names_are_the_workflows(tmp_path):
             if line.strip().startswith("log:") and "/logs/runs/" in line}
     plan, _ = load_plan([TINY], ["seeds=[0,1]", "runtime={pack_size: 2}"])
     runs, waiting = plan.planned({}, {})
-    assert {plan.training_log(run) for run in runs} == logs and not waiting
+    assert {Layout(plan).training_log(run) for run in runs} == logs and not waiting
     assert len(runs) == 1 + 2 + 2 * 2
 
 
@@ -214,7 +215,7 @@ def test_status_of_a_ten_seed_reference_study_reads_fast_and_writes_nothing(tmp_
     for i, run in enumerate(runs):
         if i % 10:
             study.finished(run)
-            for path in plan.evaluations(run):
+            for path in Layout(plan).evaluations(run):
                 (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
                 (tmp_path / path).write_text("{}")
     before = sorted((p, p.stat().st_mtime_ns) for p in tmp_path.rglob("*"))
@@ -246,23 +247,23 @@ def test_status_of_runs_really_trained_killed_running_and_broken(tmp_path):
 
     def train(run, *extra):
         return ["train", *config_args, "--role", run.role, "--model", run.model, "--seed", run.seed, "--stats",
-                stats, "--out", plan.run_dir(run), *overrides, *extra]
+                stats, "--out", Layout(plan).run_dir(run), *overrides, *extra]
 
     run_kdsweep(*train(teacher), cwd=tmp_path)
     assert run_until_epoch(tmp_path, train(stopped, "training.max_epochs=20"), 1, signal.SIGKILL) == -signal.SIGKILL
-    log = tmp_path / plan.training_log(broken)
+    log = tmp_path / Layout(plan).training_log(broken)
     log.parent.mkdir(parents=True)
     with open(log, "w") as handle:  # as rule distill runs it: `> {log} 2>&1`
         diverged = subprocess.run([sys.executable, "-m", "kdsweep", "distill", *map(str, config_args), "--student",
-                                   broken.model, "--seed", str(broken.seed), "--teacher", plan.run_dir(teacher),
+                                   broken.model, "--seed", str(broken.seed), "--teacher", Layout(plan).run_dir(teacher),
                                    "--temperature", str(broken.temperature), "--soft-weight", str(broken.soft_weight),
-                                   "--stats", stats, "--out", plan.run_dir(broken), *overrides, "training.lr=1e30"],
+                                   "--stats", stats, "--out", Layout(plan).run_dir(broken), *overrides, "training.lr=1e30"],
                                   cwd=tmp_path, stdout=handle, stderr=subprocess.STDOUT)
     assert diverged.returncode != 0
     process = subprocess.Popen([sys.executable, "-m", "kdsweep", *map(str, train(running, "training.max_epochs=200"))],
                                cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        progress = tmp_path / plan.run_dir(running) / "checkpoint.json"
+        progress = tmp_path / Layout(plan).run_dir(running) / "checkpoint.json"
         deadline = time.monotonic() + 120
         while not progress.exists() and process.poll() is None and time.monotonic() < deadline:
             time.sleep(0.2)

@@ -17,7 +17,6 @@ import torch
 
 from kdsweep.datasets import load_dataset
 from kdsweep.models import load_model
-from kdsweep.plan import Run
 
 from conftest import run_kdsweep as kdsweep
 from conftest import kd_run

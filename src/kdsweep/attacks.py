@@ -207,15 +207,17 @@ def evaluate_attack(model, images_uint8, labels, epsilon, batch_size, attack="fg
     }
 
 
-def attack_job(config: dict, run_dir, attack: str, epsilon: float, out) -> dict:
+def attack_job(config: dict, run_dir, attack: str, epsilon: float, out):
     """The attack job (`python -m kdsweep attack`): a finished run under `attack` at `epsilon` on the
-    config's whole test set, in the job's runtime arithmetic; writes `out` (JSON) and returns it."""
+    config's whole test set, in the job's runtime arithmetic; writes `out` (kdsweep.records.AttackResult)
+    and returns it."""
     import time
     from pathlib import Path
 
-    from . import data, identity, io, runs
+    from . import data, identity, runs
     from .errors import KdsweepError
     from .config import check_value
+    from .records import AttackResult, run_keys
     from .runtime import Runtime, environment, nondeterministic_op
 
     check_value("epsilons.items", epsilon, "--epsilon")
@@ -240,13 +242,12 @@ def attack_job(config: dict, run_dir, attack: str, epsilon: float, out) -> dict:
             raise refused from err
         raise
     record = runtime.record()
-    result.update(
-        attack=attack, params=params, epsilon=epsilon, run=str(run_dir), **identity.measured(run),
-        **{key: run[key] for key in ("role", "model", "temperature", "soft_weight", "seed", "dataset")},
-        seconds=time.perf_counter() - started, device=record["device"], precision=record["precision"],
-        runtime=record, slurm=environment()["slurm"],
+    result = AttackResult(
+        **result, attack=attack, params=params, epsilon=epsilon, run=str(run_dir), **identity.measured(run),
+        **run_keys(run), seconds=time.perf_counter() - started, device=record["device"],
+        precision=record["precision"], runtime=record, slurm=environment()["slurm"],
     )
-    io.write_json(out, result)
-    print(f"{run_dir} {attack.upper()} eps={epsilon:g}: clean {result['clean_acc']:.2f}% "
-          f"-> adversarial {result['adv_acc']:.2f}%")
+    result.write(out)
+    print(f"{run_dir} {attack.upper()} eps={epsilon:g}: clean {result.clean_acc:.2f}% "
+          f"-> adversarial {result.adv_acc:.2f}%")
     return result

@@ -77,14 +77,11 @@ def _read_csv(path):
 
 def _method_hparams(results_dir, run) -> dict:
     """A distilled run's method and hyperparameters, from its metrics.json (kd's as T and w)."""
-    import json
+    from .records import Metrics, point_of
+    from .runs import METRICS
 
-    from .plan import point_of
-
-    try:
-        point = point_of(json.loads((results_dir / run / "metrics.json").read_text()))
-    except (OSError, ValueError):
-        point = None
+    metrics = Metrics.peek(results_dir / run / METRICS)
+    point = point_of(metrics) if metrics is not None else None
     if point is None:
         return {}
     method, hparams = point

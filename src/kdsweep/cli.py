@@ -144,17 +144,11 @@ def _train(args, runs, out_dirs, teacher_dir=None):
 
 def _write_record(path, out_dirs, results):
     """The job's record, written once every run has finished: the workflow's output of a training job."""
-    from . import io
+    from .records import JobPoint, JobRecord
     from .runtime import environment
 
-    def point(out, metrics):
-        entry = {"run": str(out), "temperature": metrics["temperature"], "soft_weight": metrics["soft_weight"]}
-        if metrics.get("method"):
-            entry.update(method=metrics["method"], hparams=metrics["hparams"])
-        return {**entry, "config_hash": metrics["config_hash"], "test_acc": metrics["test_acc"]}
-
-    io.write_json(path, {"points": [point(out, metrics) for out, metrics in zip(out_dirs, results)],
-                         "slurm": environment()["slurm"]})
+    JobRecord(points=[JobPoint.of(out, metrics) for out, metrics in zip(out_dirs, results)],
+              slurm=environment()["slurm"]).write(path)
 
 
 def cmd_train(args):
@@ -212,8 +206,8 @@ def cmd_evaluate(args):
 
 
 def cmd_aggregate(args):
-    from .aggregate import write_tables
     from .board import INSTALL_HINT, write_hparams
+    from .tables import write_tables
 
     for path in write_tables(Path(args.results)):
         print(f"wrote {path}")
@@ -243,30 +237,28 @@ def cmd_plots(args):
 
 
 def cmd_best_temperature(args):
-    from . import io
-    from .aggregate import best_temperature
+    from .records import StagedChoice
+    from .tables.choices import best_temperature
 
     _refuse_overwrite(args, runs=[("the run folder", run) for run in args.runs], writes=[("--out", args.out)])
-    choice = best_temperature([Path(run) for run in args.runs])
-    io.write_json(args.out, choice)
-    print(f"best temperature for {choice['student']}: T={choice['temperature']:g} "
-          f"(mean val acc {choice['val_acc']:.2f}%)")
+    choice = StagedChoice.from_dict(best_temperature([Path(run) for run in args.runs]))
+    choice.write(args.out)
+    print(f"best temperature for {choice.student}: T={choice.temperature:g} (mean val acc {choice.val_acc:.2f}%)")
 
 
 # ---- best-point: the confirmation's checkpoint (issue 16), its command and its parser
 
 
 def cmd_best_point(args):
-    from . import io
-    from .aggregate import best_point
+    from .records import BestPoint
+    from .tables.choices import best_point
 
     _refuse_overwrite(args, runs=[("the run folder", run) for run in args.runs], writes=[("--out", args.out)])
-    choice = best_point([Path(run) for run in args.runs])
-    io.write_json(args.out, choice)
-    point = ", ".join(f"{name}={value:g}" for name, value in choice["hparams"].items())
-    print(f"best {choice['method']} point for {choice['student']}: {point} "
-          f"(mean val acc {choice['val_acc']:.2f}% over {choice['n']} seed(s), of {len(choice['candidates'])} "
-          "candidates)")
+    choice = BestPoint.from_dict(best_point([Path(run) for run in args.runs]))
+    choice.write(args.out)
+    point = ", ".join(f"{name}={value:g}" for name, value in choice.hparams.items())
+    print(f"best {choice.method} point for {choice.student}: {point} "
+          f"(mean val acc {choice.val_acc:.2f}% over {choice.n} seed(s), of {len(choice.candidates)} candidates)")
 
 
 def _best_point_parser(subparsers):
@@ -287,7 +279,7 @@ def cmd_config(args):
 
     from . import io
 
-    from .plan import select
+    from .commands import select
 
     config = _load(args)
     _refuse_overwrite(args, writes=[("--out", args.out)])

@@ -126,7 +126,7 @@ def _cifar_classes(path: Path, key: str, num_classes: int, fix: str) -> list:
     meta = _unpickle(path, fix)
     classes = meta.get(key) if isinstance(meta, dict) else None
     if not (isinstance(classes, list) and len(classes) == num_classes and all(isinstance(c, str) for c in classes)):
-        found = f"{len(classes)} class names" if isinstance(classes, list) else f"no list of class names"
+        found = f"{len(classes)} class names" if isinstance(classes, list) else "no list of class names"
         raise KdsweepError(f"dataset file {path} holds {found} under '{key}', not the {num_classes} of its "
                            f"dataset; {fix}")
     return classes

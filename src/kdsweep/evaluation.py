@@ -8,11 +8,12 @@ work?") says how closely the student matches its teacher; calibration says wheth
 confidences mean what they say.
 
 `python -m kdsweep evaluate --run RUN_DIR --teacher TEACHER_RUN_DIR --out FILE.json` writes
-evaluation/<role>/<run>.json under the study's results folder, with the keys
+evaluation/<role>/<run>.json under the study's results folder (its type: kdsweep.records.Evaluation), with
+the keys
   run, role, dataset, model, temperature, soft_weight, seed   the evaluated run (as its metrics.json)
   teacher_run, teacher_model    the teacher folder compared against, and its architecture
   run_hash, model_digest, teacher_run_hash   the version measured (kdsweep.identity): the run's hash and
-                      model.pt's sha256, the teacher's hash; aggregate pairs nothing else with the run
+                      model.pt's sha256, the teacher's hash; the tables pair nothing else with the run
   n                   test images
   test_acc            accuracy (%) recomputed here from model.pt (same batches and arithmetic as training)
   test_acc_metrics    metrics.json's test_acc; equal to test_acc when the runtime sections agree
@@ -37,10 +38,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from . import data, identity, io
+from . import data, identity
 from .errors import KdsweepError
-
-RUN_KEYS = ("role", "dataset", "model", "temperature", "soft_weight", "seed")
 
 
 def _float64(tensor):
@@ -171,9 +170,11 @@ def evaluate_run(model, teacher, images_uint8, labels, batch_size, ece_bins, run
 # ---------------------------------------------------------------- the job (python -m kdsweep evaluate)
 
 
-def evaluate_job(config: dict, run_dir, teacher_dir, out, log=print) -> dict:
-    """Evaluate a finished run against a finished teacher on the config's test set; write `out` (JSON)."""
+def evaluate_job(config: dict, run_dir, teacher_dir, out, log=print):
+    """Evaluate a finished run against a finished teacher on the config's test set; write `out`
+    (kdsweep.records.Evaluation) and return it."""
     from . import runs
+    from .records import Evaluation, run_keys
     from .runtime import Runtime, environment
 
     run_dir, teacher_dir = Path(run_dir), Path(teacher_dir)
@@ -190,20 +191,19 @@ def evaluate_job(config: dict, run_dir, teacher_dir, out, log=print) -> dict:
     result = evaluate_run(model, teacher, splits.test.images, splits.test.labels,
                           config["training"]["eval_batch_size"], config["evaluation"]["ece_bins"], runtime)
     record = runtime.record()
-    result.update(
-        {key: run.get(key) for key in RUN_KEYS}, run=str(run_dir), teacher_run=str(teacher_dir),
-        teacher_model=teacher_run.get("model"), test_acc_metrics=run.get("test_acc"), **identity.measured(run),
-        teacher_run_hash=teacher_run.get("config_hash"),
+    result = Evaluation(
+        **result, **run_keys(run), run=str(run_dir), teacher_run=str(teacher_dir), teacher_model=teacher_run.model,
+        test_acc_metrics=run.test_acc, **identity.measured(run), teacher_run_hash=teacher_run.config_hash,
         seconds=time.perf_counter() - started, device=record["device"], precision=record["precision"],
         runtime=record, slurm=environment()["slurm"],
     )
-    if run.get("test_acc") is not None and result["test_acc"] != run["test_acc"]:
+    if run.test_acc is not None and result.test_acc != run.test_acc:
         # Same data, weights, batches and arithmetic: only another runtime section than the training
         # job's, or runtime.deterministic=false on a GPU, can do this.
-        print(f"kdsweep: warning: {run_dir}: test accuracy {result['test_acc']:.4f}% here, "
-              f"{run['test_acc']:.4f}% in metrics.json", file=sys.stderr)
-    io.write_json(out, result)
-    log(f"{run_dir}: test acc {result['test_acc']:.2f}%, agreement {result['agreement']:.2f}%, "
-        f"KL {result['kl_to_teacher']:.4f}, ECE {result['ece']:.2f}%, NLL {result['nll']:.4f}, "
-        f"max logit {result['max_logit']:.2f}, logit norm {result['logit_norm']:.2f}")
+        print(f"kdsweep: warning: {run_dir}: test accuracy {result.test_acc:.4f}% here, "
+              f"{run.test_acc:.4f}% in metrics.json", file=sys.stderr)
+    result.write(out)
+    log(f"{run_dir}: test acc {result.test_acc:.2f}%, agreement {result.agreement:.2f}%, "
+        f"KL {result.kl_to_teacher:.4f}, ECE {result.ece:.2f}%, NLL {result.nll:.4f}, "
+        f"max logit {result.max_logit:.2f}, logit norm {result.logit_norm:.2f}")
     return result

@@ -37,6 +37,7 @@ from pathlib import Path
 from . import io
 from .config import config_hash
 from .errors import KdsweepError
+from .records import AttackResult, Evaluation, Metrics
 
 # The dataset settings that make a run's data what it is, besides the digest of the data itself.
 DATASET_KEYS = ("name", "subset", "val_fraction", "split_seed")
@@ -116,17 +117,20 @@ def held(folder) -> tuple[str, dict | None, str | None] | None:
     from .runs import CHECKPOINT, METRICS, PROGRESS
 
     folder = Path(folder)
-    for kind, name in (("finished", METRICS), ("partial", PROGRESS)):
-        path = folder / name
-        if not path.exists():
-            continue
+    if (folder / METRICS).exists():
+        metrics = Metrics.peek(folder / METRICS)
+        if metrics is None:
+            return "finished", None, "damaged"
+        return "finished", metrics.config or None, metrics.config_hash or "damaged"
+    if (folder / PROGRESS).exists():
+        # checkpoint.json (kdsweep.checkpoint.progress), read here without torch
         try:
-            record = json.loads(path.read_text())
+            record = json.loads((folder / PROGRESS).read_text())
         except (OSError, ValueError):
-            return kind, None, "damaged"
+            return "partial", None, "damaged"
         if not isinstance(record, dict):
-            return kind, None, "damaged"
-        return kind, record.get("config") or record.get("identity"), str(record.get("config_hash") or "damaged")
+            return "partial", None, "damaged"
+        return "partial", record.get("config") or record.get("identity"), str(record.get("config_hash") or "damaged")
     if (folder / CHECKPOINT).exists():
         return "partial", None, None
     return None
@@ -226,17 +230,17 @@ def study_aside(results) -> list[Path]:
 # ---------------------------------------------------------------- results bound to a run version
 
 
-def measured(metrics: dict) -> dict:
+def measured(metrics: Metrics) -> dict:
     """What an attack or evaluation result records of the run version it measured."""
-    return {"run_hash": metrics.get("config_hash"), "model_digest": metrics.get("model_digest")}
+    return {"run_hash": metrics.config_hash, "model_digest": metrics.model_digest}
 
 
-def result_matches(result: dict, metrics: dict) -> bool:
+def result_matches(result: AttackResult | Evaluation, metrics: Metrics) -> bool:
     """Whether an attack or evaluation result measured the run version metrics.json describes: the same
     run hash and model digest. A result of an earlier version (neither recorded) matches only a run of
     that version (no model digest recorded either)."""
-    if "run_hash" not in result:
-        return "model_digest" not in metrics
-    if result["run_hash"] != metrics.get("config_hash"):
+    if result.run_hash is None:
+        return metrics.model_digest is None
+    if result.run_hash != metrics.config_hash:
         return False
-    return result.get("model_digest") == metrics.get("model_digest") or "model_digest" not in metrics
+    return result.model_digest == metrics.model_digest or metrics.model_digest is None

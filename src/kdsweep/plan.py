@@ -1,97 +1,45 @@
-"""The study as data: every run, pack and job file that a config asks for, and what each job reads.
+"""The study as data: every run and pack a config asks for, the confirmation's choices, and the runs
+planned so far. Where their files lie is kdsweep.layout; what each job is told on its command line,
+kdsweep.commands. Nothing here imports torch: the Snakefile loads this module in every snakemake process.
 
-The workflow (workflow/rules/*.smk) wires these to rules; `python -m kdsweep status` compares
-them with the files on disk; the training job hashes a run's slice of the config from the same
-table. Nothing here imports torch: the Snakefile loads this module in every snakemake process.
-
-- `Run`: where a run sits in the study (role, model, seed, temperature, soft weight) and its
-  folder name, `runs/<role>/<model>[_T<T>_soft<w>]_seed<s>`.
-- `Pack`: the distillation runs one job trains (runtime.pack_size of one student and seed,
-  sharing the augmented batches and the teacher's forward pass). A pack of one is named after
-  its run; a larger one `<student>_seed<s>_pack<i>`. The job writes its record,
+- `Run`: where a run sits in the study: its role (teacher, baseline, a KD method's sweep, confirm),
+  model, seed and, distilled, its method and that method's hyperparameters (kdsweep.methods); its
+  folder name, `runs/<role>/<model>[_<method, but kd>]_<hyperparameters>_seed<s>` (kd's
+  `runs/kd/<model>_T<T>_soft<w>_seed<s>`, the reference study's).
+- `Pack`: the distillation runs one job trains (runtime.pack_size of one student and seed, of any
+  methods, sharing the augmented batches and the teacher's forward pass). A pack of one is named
+  after its run; a larger one `<student>_seed<s>_pack<i>`. The job writes its record,
   `packs/<pack>.json`, after every point finished: the file Snakemake tracks for them.
-- `JOB_SLICES`: the config values each kind of job reads: its rerun trigger (a rule's params). A
-  training run's identity (kdsweep.identity) holds the same data, training and augmentation values.
-  `MACHINE_LOCAL` (where the data lies, the runtime section) is in neither: it changes no result
-  beyond floating-point noise, so changing it reruns nothing and a checkpoint resumes under it.
-- `Plan(config)`: the runs of the grid or of the staged sweep, the packs, and the files.
-- Confirmation (config `confirm.seeds`, empty = off): after the sweep, each student's point with
-  the best mean validation accuracy (w > 0; a checkpoint, `kdsweep best-point`) is trained again,
-  with its hard-target baseline, on fresh seeds the sweep never used. These runs have the role
-  `confirm`: `runs/confirm/<model>_T<T>_soft<w>_seed<s>` (distilled; a pack of one,
-  `confirm_<run name>`, trained by the distill rule) and `runs/confirm/<model>_seed<s>` (the
-  baseline, trained by the train rule), so that no sweep table ever mixes them in.
+- `Plan(config)`: kd's grid or staged sweep, every other method's grid, the packs (kd's first), the
+  confirmation's choices.
+- Confirmation (config `confirm.seeds`, empty = off): after the sweep, each student's point of each
+  KD method with the best mean validation accuracy (one that uses the teacher: kd's w > 0; a
+  checkpoint, `kdsweep best-point`) is trained again, with its hard-target baseline, on fresh seeds
+  the sweep never used. These runs have the role `confirm`: `runs/confirm/<model>_T<T>_soft<w>_seed<s>`
+  (distilled; a pack of one, `confirm_<run name>`, trained by the distill rule) and
+  `runs/confirm/<model>_seed<s>` (the baseline, trained by the train rule), so that no sweep table
+  ever mixes them in.
 """
 
 from __future__ import annotations
 
 import json
-import shlex
 from dataclasses import dataclass
 
 from .errors import KdsweepError
 from .methods import METHODS
+from .records import point_of
 
 # A sweep run's role is its KD method's name (kdsweep.methods: kd, the reference study's, first);
 # confirm: a run of the confirmation on fresh seeds, distilled (a method set) or its hard-target
 # baseline (none).
 ROLES = ("teacher", "baseline", *METHODS, "confirm")
-# Every table aggregate.write_tables writes (under results/<study>/tables/).
-TABLES = ("runs.csv", "robustness.csv", "table1.csv", "table1.md", "kd_vs_hard.csv", "kd_vs_hard.md", "grid.csv",
-          "confirmed.csv", "confirmed.md", "sensitivity.csv", "sensitivity.md", "vs_reference.csv",
-          "vs_reference.md", "methods.csv", "methods.md", "method_grid.csv")
-# Every figure plots.write_figures draws (under results/<study>/figures/), in each of FIGURE_FORMATS:
-# one of each STUDY_FIGURES, and one of each PER_STUDENT_FIGURES per student.
-STUDY_FIGURES = ("temperature", "fidelity")
-PER_STUDENT_FIGURES = ("soft_weight", "grid", "robustness")
-FIGURE_FORMATS = ("png", "pdf")
-
-# The data a job reads: what it is (kdsweep.identity.DATASET_KEYS), not where it lies.
-_DATA = ("dataset.name", "dataset.subset", "dataset.val_fraction", "dataset.split_seed")
-# The config values a job of each kind reads (dotted paths; "{attack}" is the attack's name), but the
-# machine-local ones (MACHINE_LOCAL).
-JOB_SLICES = {
-    "stats": _DATA,
-    "train": (*_DATA, "training", "augmentation"),
-    "attack": (*_DATA, "training.eval_batch_size", "attacks.{attack}"),
-    "evaluate": (*_DATA, "training.eval_batch_size", "evaluation"),
-}
-# What every job reads but no result depends on (beyond floating-point noise): where the data lies and
-# the runtime section. The workflow gives them to every job in one file (results/<study>/runtime.yaml),
-# an ancient() input: changing them reruns nothing.
-MACHINE_LOCAL = ("dataset.root", "runtime")
-# Runtime values a job never takes from the config: the threads are what the scheduler granted
-# (runtime.threads={threads} on each command line), and pack_size is how the workflow groups runs.
-SCHEDULING = ("threads", "pack_size")
 
 
 def fmt(value) -> str:
     """A number as it appears in names: 4.0 -> '4', 0.9 -> '0.9', 0.01 -> '0.01'."""
     return f"{float(value):g}"
 
-
-# Where the jobs write, relative to results/<study>/, with the rules' wildcards in braces: the rules
-# take these patterns (Plan.pattern) and Plan's methods fill them in for a run (Plan.file), so that
-# each name is written once. Runs' own folders are Run.folder.
-ATTACK_FILE = "{attack}_eps{eps}.json"
-FILES = {
-    "train_record": "trained/{trained}/{model}_seed{seed}.json",
-    "train_log": "logs/runs/{trained}/{model}_seed{seed}.log",
-    "pack_record": "packs/{pack}.json",
-    "pack_log": "logs/runs/kd/{pack}.log",
-    "staged_choice": "staged/{student}_seed-all.json",
-    "staged_log": "logs/staged/{student}_seed-all.log",
-    "confirm_record": "confirm/{choice}.json",
-    "confirm_log": "logs/confirm/{choice}.log",
-    "evaluation": "evaluation/{role}/{run}.json",
-    "evaluation_log": "logs/evaluation/{role}/{run}.log",
-    "attack": "attacks/{role}/{run}/" + ATTACK_FILE,
-    "attack_log": "logs/attacks/{role}/{run}/" + ATTACK_FILE.removesuffix(".json") + ".log",
-}
-
-
-def attack_file(attack: str, epsilon) -> str:
-    return ATTACK_FILE.format(attack=attack, eps=fmt(epsilon))
 
 
 @dataclass(frozen=True)
@@ -191,20 +139,6 @@ class Run:
         return f"{self.method}:" + ",".join(f"{name}={json.dumps(value)}" for name, value in self.hparams)
 
 
-def point_of(record: dict) -> tuple[str, tuple] | None:
-    """(method, hparams) a record names: a run's metrics.json, a pack or best-point record's entry. A
-    record of an earlier version (no `method`) is kd's, with flat temperature and soft_weight; None where
-    it names no distilled point."""
-    method = record.get("method") or ("kd" if record.get("temperature") is not None else None)
-    if method not in METHODS:
-        return None
-    values = record.get("hparams") if isinstance(record.get("hparams"), dict) else record
-    try:
-        return method, METHODS[method].hparams(values)
-    except (KeyError, TypeError, ValueError):
-        return None
-
-
 def parse_point(spec: str) -> tuple[str, dict]:
     """(method, {name: value}) of a --point <method>:<name>=<value>,...; KdsweepError naming the fix."""
     method, _, rest = spec.partition(":")
@@ -245,57 +179,6 @@ class Pack:
         reference study's command) or sweep (sweep points of any methods)."""
         roles = {run.role for run in self.runs}
         return roles.pop() if roles in ({"confirm"}, {"kd"}) else "sweep"
-
-
-# ---------------------------------------------------------------- what a job reads
-
-
-def _get(config: dict, dotted: str):
-    value = config
-    for part in dotted.split("."):
-        value = value[part]
-    return value
-
-
-def select(config: dict, paths) -> dict:
-    """The nested part of `config` at these dotted paths."""
-    out: dict = {}
-    for path in paths:
-        *parents, leaf = path.split(".")
-        target = out
-        for part in parents:
-            target = target.setdefault(part, {})
-        target[leaf] = _get(config, path)
-    return out
-
-
-def job_slice(config: dict, kind: str, attack: str | None = None) -> dict:
-    """The nested part of `config` a job of `kind` reads (JOB_SLICES)."""
-    return select(config, [path.format(attack=attack) for path in JOB_SLICES[kind]])
-
-
-def overrides(section: dict, prefix: str = "") -> list[str]:
-    """`dotted.key=value` overrides (values as JSON, which YAML reads) that set every value of `section`."""
-    out = []
-    for key, value in section.items():
-        path = f"{prefix}{key}"
-        if isinstance(value, dict) and value:
-            out += overrides(value, f"{path}.")
-        else:
-            out.append(f"{path}={json.dumps(value)}")
-    return out
-
-
-def command_line(section: dict) -> str:
-    """overrides(section), shell-quoted, for a job's command line."""
-    return " ".join(map(shlex.quote, overrides(section)))
-
-
-def machine_local(config: dict) -> dict:
-    """The MACHINE_LOCAL values a job takes from the config (the runtime section less SCHEDULING)."""
-    local = select(config, MACHINE_LOCAL)
-    local["runtime"] = {key: value for key, value in local["runtime"].items() if key not in SCHEDULING}
-    return local
 
 
 def number_table(key: str, values) -> dict:
@@ -487,10 +370,6 @@ class Plan:
                 return student, method
         raise KdsweepError(f"{name!r} names no confirmation choice of study {self.study!r}")
 
-    def confirm_record(self, student, method: str = "kd") -> str:
-        """The confirmation checkpoint's record of a student's chosen point of a method (`kdsweep best-point`)."""
-        return self.file("confirm_record", choice=self.choice_name(student, method))
-
     def chosen_point(self, student, method: str, choice: dict, source: str) -> tuple:
         """The hyperparameters of the point a best-point record (`choice`) picked, as the config gives them."""
         picked = point_of(choice)
@@ -554,122 +433,18 @@ class Plan:
     def pack_of(self, run: Run) -> Pack:
         return self._pack_of[run]
 
-    def pack_points(self, pack: Pack) -> str:
-        """The points of the pack's distill command: `--point <method>:<name>=<value>,... --out RUN_DIR`
-        pairs; a pack of kd points alone `--temperature T --soft-weight w --out RUN_DIR` triples, as the
-        reference study's jobs have always had them (their params: the same string reruns nothing)."""
-        if all(run.method == "kd" for run in pack.runs):
-            return " ".join(f"--temperature {json.dumps(run.temperature)} --soft-weight {json.dumps(run.soft_weight)}"
-                            f" --out {shlex.quote(self.run_dir(run))}" for run in pack.runs)
-        return " ".join(f"--point {run.spec()} --out {shlex.quote(self.run_dir(run))}" for run in pack.runs)
-
-    # ---- files (relative to the directory snakemake runs in)
-
-    def pattern(self, kind: str) -> str:
-        """A kind of file (FILES) with the rules' wildcards: a rule's output or log."""
-        return f"{self.results}/{FILES[kind]}"
-
-    def file(self, kind: str, **wildcards) -> str:
-        return self.pattern(kind).format(**wildcards)
-
-    def run_dir(self, run: Run) -> str:
-        return f"{self.results}/{run.folder}"
-
-    def pack_record(self, pack: Pack) -> str:
-        return self.file("pack_record", pack=pack.name)
-
-    def train_record(self, run: Run) -> str:
-        """A teacher's or baseline's record (rule train's output): written once the run has finished."""
-        return self.file("train_record", trained=run.role, model=run.model, seed=run.seed)
-
-    def finished(self, run: Run) -> list[str]:
-        """The file the workflow tracks for a finished run: its job's record (a distilled run's pack
-        record, another run's train record), written after the run's own files. A run folder is no
-        Snakemake output, so Snakemake never deletes a finished run (workflow/rules/train.smk)."""
-        if run.distilled:
-            return [self.pack_record(self.pack_of(run))]
-        return [self.train_record(run)]
-
-    def finished_files(self, runs) -> list[str]:
-        """The tracked files of these runs (duplicates dropped: the runs of a pack share its record)."""
-        return list(dict.fromkeys(f for run in runs for f in self.finished(run)))
-
-    def evaluations(self, run: Run) -> list[str]:
-        """A run's evaluation file and its result under every attack switched on at every epsilon."""
-        return [self.file("evaluation", role=run.role, run=run.name)] + [
-            self.file("attack", role=run.role, run=run.name, attack=attack, eps=fmt(eps))
-            for attack in self.attacks for eps in self.config["epsilons"]]
-
-    def outputs(self, runs) -> list[str]:
-        """Every file of these runs (duplicates dropped): finished and evaluated."""
-        return list(dict.fromkeys(f for run in dict.fromkeys(runs) for f in [*self.finished(run),
-                                                                              *self.evaluations(run)]))
-
-    def tables(self) -> list[str]:
-        return [f"{self.results}/tables/{name}" for name in TABLES]
-
-    def figures(self, formats=FIGURE_FORMATS) -> list[tuple[str, str, str | None, str]]:
-        """(path, kind, student or None, name) of every figure, in each of `formats`: the study's, each
-        student's (kd's, the reference study's), and a heat map per student and other KD method (kind
-        method_grid, named after its method)."""
-        stems = [(kind, kind, None, kind) for kind in STUDY_FIGURES] + [
-            (f"{kind}_{student}", kind, student, kind) for student in self.students for kind in PER_STUDENT_FIGURES]
-        stems += [(f"grid_{method}_{student}", "method_grid", student, f"{method} grid")
-                  for student in self.students for method in self.methods if method != "kd"]
-        return [(f"{self.results}/figures/{stem}.{ext}", kind, student, name)
-                for stem, kind, student, name in stems for ext in formats]
-
-    # ---- what each job runs with
-
-    def job_config(self, kind: str, attack: str | None = None) -> str:
-        """The command-line overrides of a job's config slice (its rule's params: its rerun trigger)."""
-        return command_line(job_slice(self.config, kind, attack))
-
-    def dataset_location(self) -> str:
-        """The command-line overrides of the dataset's name and folder (the download's params)."""
-        return command_line(select(self.config, ("dataset.name", "dataset.root")))
-
-    def methods_option(self) -> str:
-        """The plots command's ` --methods ...` for a study with KD methods beside kd ('' for kd alone: the
-        reference study's command, unchanged)."""
-        others = [method for method in self.methods if method != "kd"]
-        return f" --methods {' '.join(others)}" if others else ""
-
-    def machine_local(self) -> str:
-        """The command-line overrides of MACHINE_LOCAL (no rerun trigger: see the module docstring)."""
-        return command_line(machine_local(self.config))
-
-    # ---- read-only views for `python -m kdsweep status` (the names the rules give these files)
-
-    def study_record(self) -> str:
-        """results/<study>/study.yaml: the whole config the workflow last ran with (rule study)."""
-        return f"{self.results}/study.yaml"
-
-    def study_config(self) -> str:
-        """The whole config as command-line overrides (rule study's params: a changed value rewrites it)."""
-        return command_line(self.config)
-
-    def training_log(self, run: Run) -> str:
-        """The log of the job that trains a run: rule train's, or rule distill's of its pack."""
-        if run.distilled:
-            return self.file("pack_log", pack=self.pack_of(run).name)
-        return self.file("train_log", trained=run.role, model=run.model, seed=run.seed)
-
-    def staged_choice(self, student) -> str:
-        """Staged sweep: the file checkpoint best_temperature writes for a student."""
-        return self.file("staged_choice", student=student)
-
     def planned(self, staged_choices: dict, confirm_choices: dict) -> tuple[list[Run], dict]:
-        """The runs snakemake makes, given the checkpoints' choices so far: staged_choices {student: the
-        record of staged_choice} for the students whose temperature is chosen, confirm_choices {(student,
-        method): the record of confirm_record} for the points chosen. Returns (runs, {(role, student):
-        number of runs still waiting for their student's choice})."""
+        """The runs snakemake makes, given the checkpoints' choices so far: staged_choices {student: (the
+        record of its staged choice, its path)} for the students whose temperature is chosen,
+        confirm_choices {(student, method): (its best-point record, its path)} for the points chosen
+        (kdsweep.layout names the files). Returns (runs, {(role, student): number of runs still waiting
+        for their student's choice}): what `python -m kdsweep status` shows."""
         runs, waiting = self.fixed_runs(), {}
         known = set(runs)
         if self.staged:
             for student in self.students:
                 if student in staged_choices:
-                    temperature = self.chosen_temperature(staged_choices[student], self.staged_choice(student))
+                    temperature = self.chosen_temperature(*staged_choices[student])
                     runs += [run for run in self.soft_weight_sweep(student, temperature) if run not in known]
                 else:
                     any_temperature = self.config["temperatures"][0]
@@ -677,8 +452,7 @@ class Plan:
                                                  for run in self.soft_weight_sweep(student, any_temperature))
         for student, method in self.choices():
             if (student, method) in confirm_choices:
-                hparams = self.chosen_point(student, method, confirm_choices[student, method],
-                                            self.confirm_record(student, method))
+                hparams = self.chosen_point(student, method, *confirm_choices[student, method])
                 runs += self.confirmed(student, method, hparams)
             else:
                 waiting["confirm", student] = waiting.get(("confirm", student), 0) + len(self.confirm_seeds)

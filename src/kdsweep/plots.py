@@ -14,9 +14,11 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Rectangle
 
-from kdsweep import aggregate
 from kdsweep.io import write_bytes
-from kdsweep.plan import FIGURE_FORMATS, PER_STUDENT_FIGURES, STUDY_FIGURES, fmt
+from kdsweep.layout import FIGURE_FORMATS, PER_STUDENT_FIGURES, STUDY_FIGURES
+from kdsweep.plan import fmt
+from kdsweep.tables import read_table, write_tables
+from kdsweep.tables.summary import MEASURES, pick_best
 
 _NEEDED = ("runs.csv", "table1.csv", "kd_vs_hard.csv", "grid.csv", "methods.csv", "method_grid.csv")
 _SIZE = (6.4, 4.4)
@@ -83,12 +85,12 @@ def _student_temperature(grid, runs, student, soft_weight):
     """The temperature best_temperature would pick at `soft_weight`, else the best over all kd runs."""
     cells = grid[(grid["model"] == student) & _close(grid["soft_weight"], soft_weight)]
     if len(cells):
-        best = aggregate.pick_best(cells.set_index("temperature")["val_acc_mean"])
+        best = pick_best(cells.set_index("temperature")["val_acc_mean"])
         return best, f"best validation accuracy at w = {fmt(soft_weight)}"
     kd = runs[(runs["model"] == student) & (runs["role"] == "kd")]
     if kd.empty:
         return None, None
-    best = aggregate.pick_best(kd.groupby("temperature")["val_acc"].mean())
+    best = pick_best(kd.groupby("temperature")["val_acc"].mean())
     return best, f"best mean validation accuracy over all w; none at w = {fmt(soft_weight)}"
 
 
@@ -234,7 +236,7 @@ def _robustness_figure(tables, student, dataset):
     rows = tables["kd_vs_hard.csv"]
     rows = rows[rows["model"] == student]
     clean = rows[rows["measure"] == "clean"]
-    attacks = sorted((set(rows["measure"]) - {"clean"} - set(aggregate.MEASURES)), key=lambda a: (a != "fgsm", a))
+    attacks = sorted((set(rows["measure"]) - {"clean"} - set(MEASURES)), key=lambda a: (a != "fgsm", a))
     fig = Figure(figsize=_SIZE, layout="constrained")
     ax = fig.add_subplot()
     plotted = []
@@ -337,8 +339,8 @@ def write_figures(results_dir, soft_weight, students=None, methods=None) -> list
     results_dir = Path(results_dir)
     tables_dir = results_dir / "tables"
     if not all((tables_dir / name).is_file() for name in _NEEDED):
-        aggregate.write_tables(results_dir)
-    tables = {name: aggregate.read_table(tables_dir / name) for name in _NEEDED}
+        write_tables(results_dir)
+    tables = {name: read_table(tables_dir / name) for name in _NEEDED}
     runs = tables["runs.csv"]
     if students is None:
         students = sorted(runs.loc[runs["role"] != "teacher", "model"].unique())

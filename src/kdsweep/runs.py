@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import io
 from .errors import KdsweepError
+from .records import Metrics
 
 # What a run folder holds, named once: torch-free readers (the status view) use these too.
 METRICS = "metrics.json"  # written last: a run is finished when it exists
@@ -21,27 +21,26 @@ CHECKPOINT = "checkpoint.pt"  # after every epoch, for resuming
 BEST = "best.pt"  # best-validation weights so far
 PROGRESS = "checkpoint.json"  # checkpoint.pt's RunState as JSON, without the history
 
-_REQUIRED = ("role", "model", "seed", "config_hash", "config")
 
-
-def finished(run_dir, what: str = "run") -> dict:
-    """metrics.json of a finished run folder; KdsweepError naming the fix otherwise."""
+def finished(run_dir, what: str = "run") -> Metrics:
+    """metrics.json of a finished run folder (with what binds a result to the run's version:
+    Metrics.BOUND); KdsweepError naming the fix otherwise."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise KdsweepError(f"{what} {run_dir} does not exist; check the path, or train it first")
     if not (run_dir / METRICS).is_file():
         raise KdsweepError(f"{what} {run_dir} is not finished (no metrics.json); train it first (or check the path)")
-    return io.read_json(run_dir / METRICS, f"the metrics of {what}",
-                        f"delete {run_dir} and train it again", required=_REQUIRED)
+    return Metrics.read(run_dir / METRICS, f"the metrics of {what}", f"delete {run_dir} and train it again",
+                        needs=Metrics.BOUND)
 
 
-def check_compatible(run: dict, run_dir, dataset_cfg: dict, num_classes: int | None = None, what: str = "run",
+def check_compatible(run: Metrics, run_dir, dataset_cfg: dict, num_classes: int | None = None, what: str = "run",
                      data_digest: str | None = None):
     """KdsweepError unless the run was trained on the config's data (identity.DATASET_KEYS, and the data
     digest where both are known) with num_classes outputs."""
     from .identity import DATASET_KEYS, DIGEST
 
-    trained = (run.get("config") or {}).get("dataset") or {}
+    trained = (run.config or {}).get("dataset") or {}
     for key in DATASET_KEYS:
         if key in trained and trained[key] != dataset_cfg[key]:
             raise KdsweepError(
@@ -53,8 +52,8 @@ def check_compatible(run: dict, run_dir, dataset_cfg: dict, num_classes: int | N
             f"{what} {run_dir} was trained on other {dataset_cfg['name']} files than those in {dataset_cfg['root']} "
             f"(data digest {trained[DIGEST][:12]} there, {data_digest[:12]} here): point dataset.root at the files "
             f"the {what} was trained on, or train the {what} again on these")
-    if num_classes is not None and run.get("num_classes") not in (None, num_classes):
-        raise KdsweepError(f"{what} {run_dir} has {run['num_classes']} classes but this job's data has "
+    if num_classes is not None and run.num_classes not in (None, num_classes):
+        raise KdsweepError(f"{what} {run_dir} has {run.num_classes} classes but this job's data has "
                            f"{num_classes}: pass the config of the run's study (--config)")
 
 
@@ -69,18 +68,18 @@ def load(run_dir, dataset_cfg: dict, device, num_classes: int | None = None, wha
     record = finished(run_dir, what)
     check_compatible(record, run_dir, dataset_cfg, None, what, data_digest)
     fix = f"delete {run_dir} and train it again"
-    recorded = record.get("model_digest")
+    recorded = record.model_digest
     if recorded and (run_dir / MODEL).is_file() and file_digest(run_dir / MODEL) != recorded:
         raise KdsweepError(f"{run_dir / MODEL} is not the model its metrics.json describes (its digest differs: "
                            f"replaced or damaged since the run finished); {fix}")
     model = load_model(run_dir / MODEL, device)
-    if model.architecture != record["model"]:
+    if model.architecture != record.model:
         raise KdsweepError(f"{run_dir / MODEL} holds a {model.architecture}, but its metrics.json is of a "
-                           f"{record['model']}; {fix}")
+                           f"{record.model}; {fix}")
     classes = model.num_classes
-    if record.get("num_classes") not in (None, classes):
+    if record.num_classes not in (None, classes):
         raise KdsweepError(f"{run_dir / MODEL} has {classes} classes, but its metrics.json says "
-                           f"{record['num_classes']}; {fix}")
+                           f"{record.num_classes}; {fix}")
     if num_classes is not None and classes != num_classes:
         raise KdsweepError(f"{what} {run_dir} has {classes} classes but this job's data has {num_classes}: "
                            "pass the config of the run's study (--config)")

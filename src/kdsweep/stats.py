@@ -35,6 +35,18 @@ def t_quantile(n: int, level: float = LEVEL) -> float:
     return float(_scipy.t.ppf(0.5 + level / 2, n - 1))
 
 
+def half_width(std, n, level: float = LEVEL):
+    """The half-width of the `level` Student-t interval of a mean, t(0.5 + level / 2, n - 1) * std / sqrt(n):
+    of one sample (std and n numbers) or of many (arrays; a pandas Series keeps its index). NaN for n < 2."""
+    count = np.asarray(n, dtype=float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        half = _scipy.t.ppf(0.5 + level / 2, count - 1) * np.asarray(std, dtype=float) / np.sqrt(count)
+    half = np.where(count >= 2, half, np.nan)
+    if isinstance(std, pd.Series):
+        return pd.Series(half, index=std.index)
+    return float(half) if half.ndim == 0 else half
+
+
 def interval(values, level: float = LEVEL) -> dict:
     """{mean, std, n, ci95, low, high, excludes_zero} of a sample (NaNs dropped); no interval for n < 2."""
     values = np.asarray([v for v in values if v is not None and not pd.isna(v)], dtype=float)
@@ -44,7 +56,7 @@ def interval(values, level: float = LEVEL) -> dict:
         return {"mean": mean, "std": math.nan, "n": n, "ci95": math.nan, "low": math.nan, "high": math.nan,
                 "excludes_zero": None}
     std = float(values.std(ddof=1))
-    half = t_quantile(n, level) * std / math.sqrt(n)
+    half = half_width(std, n, level)
     low, high = mean - half, mean + half
     return {"mean": mean, "std": std, "n": n, "ci95": half, "low": low, "high": high,
             "excludes_zero": bool(low > 0 or high < 0)}

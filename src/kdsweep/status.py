@@ -30,7 +30,9 @@ from pathlib import Path
 from .errors import KdsweepError
 from .identity import ASIDE, study_aside
 from .lock import LOCK, read_holder
+from .layout import Layout
 from .plan import ROLES, Plan, Run
+from .records import BestPoint, Metrics, StagedChoice
 from .runs import CHECKPOINT, METRICS, PROGRESS
 
 STATES = ("finished", "training", "stopped", "failed", "not started")
@@ -116,18 +118,18 @@ def _log_verdict(path: Path) -> tuple[str, str] | None:
     return None
 
 
-def run_status(plan: Plan, root: Path, run: Run, teacher_hash, running_jobs, host, data_digest=None) -> RunStatus:
-    folder = root / plan.run_dir(run)
-    metrics = _read_json(folder / METRICS) if (folder / METRICS).exists() else None
-    if metrics is not None and _is_this_run(plan, run, metrics, teacher_hash, data_digest):
-        return RunStatus(run, "finished", metrics.get("epochs") or 0, float(metrics.get("train_seconds") or 0))
+def run_status(layout: Layout, root: Path, run: Run, teacher_hash, running_jobs, host, data_digest=None) -> RunStatus:
+    folder = root / layout.run_dir(run)
+    metrics = Metrics.peek(folder / METRICS)
+    if metrics is not None and _is_this_run(layout.plan, run, metrics, teacher_hash, data_digest):
+        return RunStatus(run, "finished", metrics.epochs or 0, float(metrics.train_seconds or 0))
     progress = _read_json(folder / PROGRESS) if (folder / CHECKPOINT).exists() else None
     epochs = int(progress.get("epoch", 0)) if progress else 0
     seconds = float(progress.get("train_seconds", 0.0)) if progress else 0.0
     alive, where = _holder_alive(folder, running_jobs, host)
     if alive:
         return RunStatus(run, "training", epochs, seconds, where)
-    verdict = _log_verdict(root / plan.training_log(run))
+    verdict = _log_verdict(root / layout.training_log(run))
     if verdict and verdict[0] == "failed":
         return RunStatus(run, "failed", epochs, seconds, verdict[1])
     if progress or (folder / CHECKPOINT).exists():
@@ -135,7 +137,7 @@ def run_status(plan: Plan, root: Path, run: Run, teacher_hash, running_jobs, hos
     return RunStatus(run, "not started")
 
 
-def _is_this_run(plan, run, metrics, teacher_hash, data_digest=None) -> bool:
+def _is_this_run(plan, run, metrics: Metrics, teacher_hash, data_digest=None) -> bool:
     """metrics.json is of this configuration (a run of another one is kept aside by the workflow and
     this one trained; kdsweep.identity)."""
     from .config import config_hash
@@ -144,7 +146,7 @@ def _is_this_run(plan, run, metrics, teacher_hash, data_digest=None) -> bool:
     if run.distilled and teacher_hash is None:
         return True  # the teacher's record is gone: nothing to compare against
     expected = run_identity(plan.config, run, teacher_hash if run.distilled else None, data_digest)
-    return metrics.get("config_hash") == config_hash(expected) or same_run(metrics.get("config"), expected)
+    return metrics.config_hash == config_hash(expected) or same_run(metrics.config, expected)
 
 
 # ---------------------------------------------------------------- the study
@@ -181,21 +183,29 @@ def study_status(plan: Plan, root: Path, queue=None) -> StudyStatus:
         slurm = {"pending": sum(job.state == "PENDING" for job in mine),
                  "running": sum(job.state in ("RUNNING", "COMPLETING") for job in mine)}
         running_jobs = {job.job_id for job in queue if job.state in ("RUNNING", "COMPLETING")}
-    staged = {student: _read_json(root / plan.staged_choice(student)) for student in plan.students if plan.staged}
-    confirmed = {choice: _read_json(root / plan.confirm_record(*choice)) for choice in plan.choices()}
-    runs, waiting = plan.planned({key: record for key, record in staged.items() if record is not None},
-                                 {key: record for key, record in confirmed.items() if record is not None})
-    teacher = _read_json(root / plan.run_dir(plan.teacher) / METRICS) or {}
+    layout = Layout(plan)
+    # the checkpoints' choices so far, as the plan reads them
+    staged = {student: layout.staged_choice(student) for student in plan.students if plan.staged}
+    confirmed = {choice: layout.confirm_record(*choice) for choice in plan.choices()}
+    runs, waiting = plan.planned(_records(StagedChoice, root, staged), _records(BestPoint, root, confirmed))
+    teacher = Metrics.peek(root / layout.run_dir(plan.teacher) / METRICS)
     digest = (_read_json(root / plan.results / "data" / "stats.json") or {}).get("data_digest")
-    statuses = [run_status(plan, root, run, teacher.get("config_hash"), running_jobs, host, digest) for run in runs]
+    teacher_hash = teacher.config_hash if teacher is not None else None
+    statuses = [run_status(layout, root, run, teacher_hash, running_jobs, host, digest) for run in runs]
     present = planned = 0
     for run in runs:
-        for path in plan.evaluations(run):
+        for path in layout.evaluations(run):
             planned += 1
             present += (root / path).exists()
     spent, remaining, unestimated = _gpu_time(plan, statuses, waiting)
     return StudyStatus(plan, root, statuses, waiting, (present, planned), slurm, spent, remaining, unestimated,
                        study_aside(root / plan.results))
+
+
+def _records(kind, root: Path, paths: dict) -> dict:
+    """{key: (record as a dict, its path)} of the records written so far, as Plan.planned takes them."""
+    records = {key: (kind.peek(root / path), path) for key, path in paths.items()}
+    return {key: (record.as_dict(), path) for key, (record, path) in records.items() if record is not None}
 
 
 def _same_folder(a, b) -> bool:

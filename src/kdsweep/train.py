@@ -34,6 +34,7 @@ from .evaluation import loss_and_accuracy
 from .methods import METHODS, Progress, total as total_loss
 from .models import build_model, save_model
 from .plan import Run
+from .records import Metrics
 from .runs import BEST, CHECKPOINT, HISTORY, METRICS, MODEL
 from .runtime import Preempted, Runtime, SignalStop, environment, nondeterministic_op, to_device
 
@@ -272,8 +273,8 @@ def _print(line):
 
 
 def train_points(config: dict, runs, stats_path, out_dirs, teacher_dir=None, log=_print, rerun_stale=False,
-                 wait_for_lock=False) -> list:
-    """Train (or resume) the runs of one job, each into its folder; return their metrics.
+                 wait_for_lock=False) -> list[Metrics]:
+    """Train (or resume) the runs of one job, each into its folder; return their metrics (metrics.json).
 
     One run (a teacher or a baseline), or a pack of distillation runs of one student and seed.
     A point that stops early is finished, and the job goes on while any point trains.
@@ -322,13 +323,13 @@ def _train_points(config, runs, stats_path, out_dirs, teacher_dir, log, rerun_st
             raise KdsweepError("distillation needs the teacher's run folder; pass --teacher RUN_DIR")
         record, teacher = runs_.load(teacher_dir, config["dataset"], runtime.device, splits.num_classes, "teacher run",
                                      data_digest=splits.digest)
-        teacher_hash = record["config_hash"]
+        teacher_hash = record.config_hash
         teacher = runtime.compiled(runtime.place(teacher.eval().requires_grad_(False)))
     points = [_JobPoint(config, run, out_dir, teacher_hash, splits, stats, runtime, log, rerun_stale)
               for run, out_dir in zip(runs, out_dirs)]
     augment = Augment.from_config(config["augmentation"])
     generator = torch.Generator()
-    results = {point.out_dir: io.read_json(point.out_dir / METRICS) for point in points if point.done}
+    results = {point.out_dir: Metrics.read(point.out_dir / METRICS) for point in points if point.done}
     try:
         for point in points:
             if not point.done and point.state.stopped:
@@ -381,7 +382,7 @@ def _train_points(config, runs, stats_path, out_dirs, teacher_dir, log, rerun_st
     return [results[out_dir] for out_dir in out_dirs]
 
 
-def _finish(point, splits, training, runtime: Runtime, teacher_dir):
+def _finish(point, splits, training, runtime: Runtime, teacher_dir) -> Metrics:
     """Evaluate the best-validation weights on the test set and write the run's outputs, metrics.json last."""
     out_dir, state, run = point.out_dir, point.state, point.run
     point.module.load_state_dict(checkpoint.best_weights(out_dir, runtime.device))
@@ -397,34 +398,34 @@ def _finish(point, splits, training, runtime: Runtime, teacher_dir):
     writer.writerows(state.history)
     io.write_text(out_dir / HISTORY, buffer.getvalue())
     record = runtime.record()
-    metrics = {
-        "role": run.role, "model": run.model, "seed": run.seed,
+    metrics = Metrics(
+        role=run.role, model=run.model, seed=run.seed,
         # a distilled run's method and hyperparameters; kd's T and w (their names) also as before
-        "temperature": run.temperature, "soft_weight": run.soft_weight,
-        **({"method": run.method, "hparams": run.params} if run.distilled else {}),
+        temperature=run.temperature, soft_weight=run.soft_weight,
+        method=run.method, hparams=run.params if run.distilled else None,
         # what the method learned, epoch by epoch (CTKD: its temperature)
-        **({"learned": {name: [row[name] for row in state.history] for name in records}} if records else {}),
-        "dataset": point.identity["dataset"]["name"],
-        "num_classes": splits.num_classes,
-        "teacher_run": str(teacher_dir) if teacher_dir else None,
-        "epochs": state.epoch,
-        "best_epoch": state.best_epoch,
-        "stopped_early": state.bad_epochs >= training["early_stopping_patience"],
-        "val_loss": best["val_loss"],
-        "val_acc": best["val_acc"],
-        "test_loss": test_loss,
-        "test_acc": test_acc,
-        "train_seconds": state.train_seconds,
-        "resumed": state.resumed,
-        "device": record["device"],
-        "precision": record["precision"],
-        "runtime": record,
+        learned={name: [row[name] for row in state.history] for name in records} if records else None,
+        dataset=point.identity["dataset"]["name"],
+        num_classes=splits.num_classes,
+        teacher_run=str(teacher_dir) if teacher_dir else None,
+        epochs=state.epoch,
+        best_epoch=state.best_epoch,
+        stopped_early=state.bad_epochs >= training["early_stopping_patience"],
+        val_loss=best["val_loss"],
+        val_acc=best["val_acc"],
+        test_loss=test_loss,
+        test_acc=test_acc,
+        train_seconds=state.train_seconds,
+        resumed=state.resumed,
+        device=record["device"],
+        precision=record["precision"],
+        runtime=record,
         **environment(),
-        "config": point.identity,
-        "config_hash": point.run_hash,
-        "model_digest": model_digest,
-    }
-    io.write_json(out_dir / METRICS, metrics)
+        config=point.identity,
+        config_hash=point.run_hash,
+        model_digest=model_digest,
+    )
+    metrics.write(out_dir / METRICS)
     point.log(f"finished {out_dir}: best epoch {state.best_epoch} of {state.epoch}, "
               f"val acc {best['val_acc']:.2f}%, test acc {test_acc:.2f}%")
     return metrics

@@ -24,7 +24,9 @@ from kdsweep import io
 from kdsweep.config import check_finite, coerce_strings
 from kdsweep.datasets import download_folder
 from kdsweep.errors import KdsweepError
-from kdsweep.plan import ROLES, Plan, Run, TABLES
+from kdsweep.commands import Commands
+from kdsweep.layout import TABLES, Layout
+from kdsweep.plan import ROLES, Plan, Run
 from kdsweep.slurm import profile_warnings
 from kdsweep.slurm_plugin import plugin_version, work_around_plugin_bugs
 
@@ -35,15 +37,17 @@ validate(config, "../schemas/config.schema.yaml")
 try:
     check_finite(config)
     PLAN = Plan(config)
+    LAYOUT = Layout(PLAN)
+    COMMANDS = Commands(PLAN, LAYOUT)
 except KdsweepError as err:
     raise WorkflowError(str(err))
 
 RESULTS = PLAN.results
 LOGS = f"{RESULTS}/logs"
 STATS = f"{RESULTS}/data/stats.json"
-TEACHER = PLAN.run_dir(PLAN.teacher)
+TEACHER = LAYOUT.run_dir(PLAN.teacher)
 # the teacher's train record: written after its model.pt and metrics.json
-(TEACHER_RECORD,) = PLAN.finished(PLAN.teacher)
+(TEACHER_RECORD,) = LAYOUT.finished(PLAN.teacher)
 DATASET_DIR = download_folder(config["dataset"]["name"], config["dataset"]["root"])
 DATASET_RECORD = f"{RESULTS}/data/dataset.json"
 
@@ -129,11 +133,11 @@ def run_of(wildcards):
 
 def finished(wildcards):
     """The tracked files of the run an evaluation reads (a distilled run's: its pack record)."""
-    return PLAN.finished(run_of(wildcards))
+    return LAYOUT.finished(run_of(wildcards))
 
 
 def run_dir(wildcards):
-    return PLAN.run_dir(run_of(wildcards))
+    return LAYOUT.run_dir(run_of(wildcards))
 
 
 def pack_of(wildcards):
@@ -147,7 +151,7 @@ def study_folder(path):
 
 def temperature_sweep(wildcards):
     """Staged sweep: the pack records of a student's temperature sweep (best_temperature's input)."""
-    return PLAN.finished_files(PLAN.temperature_sweep(wildcards.student))
+    return LAYOUT.finished_files(PLAN.temperature_sweep(wildcards.student))
 
 
 def chosen(checkpoint, choose, **wildcards):
@@ -166,7 +170,7 @@ def soft_weight_sweep(student):
         temperature = chosen(
             checkpoints.best_temperature, PLAN.chosen_temperature, student=student
         )
-        return PLAN.outputs(PLAN.soft_weight_sweep(student, temperature))
+        return LAYOUT.outputs(PLAN.soft_weight_sweep(student, temperature))
 
     outputs.__name__ = f"soft_weight_sweep_{student}"
     return outputs
@@ -186,7 +190,7 @@ def sweep_of(student, method):
 
 def sweep_finished(wildcards):
     """Confirmation: the tracked files of a choice's sweep (best_point's input)."""
-    return PLAN.finished_files(sweep_of(*PLAN.choice(wildcards.choice)))
+    return LAYOUT.finished_files(sweep_of(*PLAN.choice(wildcards.choice)))
 
 
 def confirmation(student, method):
@@ -199,7 +203,7 @@ def confirmation(student, method):
             lambda record, path: PLAN.chosen_point(student, method, record, path),
             choice=PLAN.choice_name(student, method),
         )
-        return PLAN.outputs(PLAN.confirmed(student, method, hparams))
+        return LAYOUT.outputs(PLAN.confirmed(student, method, hparams))
 
     outputs.__name__ = f"confirmation_{PLAN.choice_name(student, method)}"
     return outputs
@@ -209,7 +213,7 @@ def confirmation(student, method):
 # function per student in the staged sweep, so that each student's soft-weight sweep starts as
 # soon as its own temperature is chosen, and one per student and method for its confirmation (when
 # confirm.seeds is set), which starts as soon as that sweep has finished.
-STUDY_OUTPUTS = {"fixed": PLAN.outputs(PLAN.fixed_runs())}
+STUDY_OUTPUTS = {"fixed": LAYOUT.outputs(PLAN.fixed_runs())}
 if PLAN.staged:
     STUDY_OUTPUTS.update({f"staged_{s}": soft_weight_sweep(s) for s in PLAN.students})
 if PLAN.confirm_seeds:
@@ -221,5 +225,5 @@ if PLAN.confirm_seeds:
     )
     # the choices themselves: tables/confirmed.* names each point's candidates
     STUDY_OUTPUTS["confirm_choices"] = [
-        PLAN.confirm_record(s, m) for s, m in PLAN.choices()
+        LAYOUT.confirm_record(s, m) for s, m in PLAN.choices()
     ]

@@ -19,7 +19,7 @@ rule runtime:
     conda:
         CONDA_ENV
     params:
-        machine_local=PLAN.machine_local(),
+        machine_local=COMMANDS.machine_local(),
     shell:
         "kdsweep config --section runtime --section dataset.root --out {output:q} {params.machine_local}"
         " > {log:q} 2>&1"
@@ -29,13 +29,13 @@ rule runtime:
 # `python -m kdsweep status results/<study>` reads. No job reads it (rule all asks for it).
 rule study:
     output:
-        PLAN.study_record(),
+        LAYOUT.study_record(),
     log:
         f"{LOGS}/study.log",
     conda:
         CONDA_ENV
     params:
-        config=PLAN.study_config(),
+        config=COMMANDS.study_config(),
     shell:
         "kdsweep config --out {output:q} {params.config} > {log:q} 2>&1"
 
@@ -56,7 +56,7 @@ if DATASET_DIR:
         conda:
             CONDA_ENV
         params:
-            dataset=PLAN.dataset_location(),
+            dataset=COMMANDS.dataset_location(),
         shell:
             "kdsweep download {params.dataset} --record {output:q} > {log:q} 2>&1"
 
@@ -74,6 +74,6 @@ rule stats:
     conda:
         CONDA_ENV
     params:
-        config=PLAN.job_config("stats"),
+        config=COMMANDS.job_config("stats"),
     shell:
         "kdsweep stats --out {output:q} --config {input.runtime:q} {params.config} > {log:q} 2>&1"

@@ -11,9 +11,9 @@ rule attack:
         finished,
         runtime=ancient(RUNTIME),
     output:
-        PLAN.pattern("attack"),
+        LAYOUT.pattern("attack"),
     log:
-        PLAN.pattern("attack_log"),
+        LAYOUT.pattern("attack_log"),
     group:
         "eval_{role}_{run}"
     conda:
@@ -23,7 +23,7 @@ rule attack:
         run=run_dir,
         # the config's number itself, not its folder spelling
         epsilon=lambda wildcards: repr(PLAN.epsilons[wildcards.eps]),
-        config=lambda wildcards: PLAN.job_config("attack", wildcards.attack),
+        config=lambda wildcards: COMMANDS.job_config("attack", wildcards.attack),
     shell:
         "kdsweep attack --attack {wildcards.attack} --run {params.run:q}"
         " --epsilon {params.epsilon} --out {output:q}"
@@ -36,9 +36,9 @@ rule evaluate:
         runtime=ancient(RUNTIME),
         teacher=TEACHER_RECORD,
     output:
-        PLAN.pattern("evaluation"),
+        LAYOUT.pattern("evaluation"),
     log:
-        PLAN.pattern("evaluation_log"),
+        LAYOUT.pattern("evaluation_log"),
     group:
         "eval_{role}_{run}"
     conda:
@@ -47,7 +47,7 @@ rule evaluate:
     params:
         run=run_dir,
         teacher=TEACHER,
-        config=PLAN.job_config("evaluate"),
+        config=COMMANDS.job_config("evaluate"),
     shell:
         "kdsweep evaluate --run {params.run:q} --teacher {params.teacher:q} --out {output:q}"
         " --config {input.runtime:q} {params.config} runtime.threads={threads} > {log:q} 2>&1"

@@ -33,7 +33,7 @@ rule tables:
 
 rule figures:
     input:
-        PLAN.tables(),
+        LAYOUT.tables(),
     output:
         png=[
             report(
@@ -43,9 +43,9 @@ rule figures:
                 subcategory=student or "all students",
                 labels={"figure": name.replace("_", " "), "student": student or "all"},
             )
-            for path, kind, student, name in PLAN.figures(["png"])
+            for path, kind, student, name in LAYOUT.figures(["png"])
         ],
-        pdf=[path for path, *_ in PLAN.figures(["pdf"])],
+        pdf=[path for path, *_ in LAYOUT.figures(["pdf"])],
     log:
         f"{LOGS}/figures.log",
     conda:
@@ -54,7 +54,7 @@ rule figures:
         results=lambda wildcards, output: study_folder(output.png[0]),
         soft_weight=repr(PLAN.staged_weight),
         students=PLAN.students,
-        methods=PLAN.methods_option(),
+        methods=COMMANDS.methods_option(),
     shell:
         "kdsweep plots {params.results:q} --soft-weight {params.soft_weight}"
         " --students {params.students}{params.methods} > {log:q} 2>&1"

@@ -18,17 +18,17 @@ rule train:
         stats=STATS,
         runtime=ancient(RUNTIME),
     output:
-        PLAN.pattern("train_record"),
+        LAYOUT.pattern("train_record"),
     log:
-        PLAN.pattern("train_log"),
+        LAYOUT.pattern("train_log"),
     conda:
         CONDA_ENV
     threads: THREADS
     params:
-        out=lambda wildcards: PLAN.run_dir(
+        out=lambda wildcards: LAYOUT.run_dir(
             Run(wildcards.trained, wildcards.model, int(wildcards.seed))
         ),
-        config=PLAN.job_config("train"),
+        config=COMMANDS.job_config("train"),
     shell:
         "kdsweep train --role {wildcards.trained} --model {wildcards.model} --seed {wildcards.seed}"
         " --stats {input.stats:q} --out {params.out:q} --record {output:q} --rerun-stale --wait-for-lock"
@@ -44,9 +44,9 @@ rule distill:
         runtime=ancient(RUNTIME),
         teacher=TEACHER_RECORD,
     output:
-        PLAN.pattern("pack_record"),
+        LAYOUT.pattern("pack_record"),
     log:
-        PLAN.pattern("pack_log"),
+        LAYOUT.pattern("pack_log"),
     conda:
         CONDA_ENV
     threads: THREADS
@@ -54,9 +54,9 @@ rule distill:
         role=lambda wildcards: pack_of(wildcards).role,
         student=lambda wildcards: pack_of(wildcards).student,
         seed=lambda wildcards: pack_of(wildcards).seed,
-        points=lambda wildcards: PLAN.pack_points(pack_of(wildcards)),
+        points=lambda wildcards: COMMANDS.pack_points(pack_of(wildcards)),
         teacher=TEACHER,
-        config=PLAN.job_config("train"),
+        config=COMMANDS.job_config("train"),
     shell:
         "kdsweep distill --student {params.student} --seed {params.seed} --role {params.role}"
         " --teacher {params.teacher:q}"
@@ -69,14 +69,14 @@ checkpoint best_temperature:
     input:
         temperature_sweep,
     output:
-        PLAN.pattern("staged_choice"),
+        LAYOUT.pattern("staged_choice"),
     log:
-        PLAN.pattern("staged_log"),
+        LAYOUT.pattern("staged_log"),
     conda:
         CONDA_ENV
     params:
         runs=lambda wildcards: [
-            PLAN.run_dir(run) for run in PLAN.temperature_sweep(wildcards.student)
+            LAYOUT.run_dir(run) for run in PLAN.temperature_sweep(wildcards.student)
         ],
     shell:
         "kdsweep best-temperature --out {output:q} {params.runs:q} > {log:q} 2>&1"
@@ -89,14 +89,14 @@ checkpoint best_point:
     input:
         sweep_finished,
     output:
-        PLAN.pattern("confirm_record"),
+        LAYOUT.pattern("confirm_record"),
     log:
-        PLAN.pattern("confirm_log"),
+        LAYOUT.pattern("confirm_log"),
     conda:
         CONDA_ENV
     params:
         runs=lambda wildcards: [
-            PLAN.run_dir(run) for run in sweep_of(*PLAN.choice(wildcards.choice))
+            LAYOUT.run_dir(run) for run in sweep_of(*PLAN.choice(wildcards.choice))
         ],
     shell:
         "kdsweep best-point --out {output:q} {params.runs:q} > {log:q} 2>&1"

@@ -1,0 +1,116 @@
+"""What each job is told on its command line: the slice of the config it reads (its rule's params, so
+its rerun trigger), the machine-local values every job reads from one file, and a pack's points. One
+home for how a config becomes a job's `key=value` overrides. Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+
+from .layout import Layout
+from .plan import Pack, Plan
+
+# The data a job reads: what it is (kdsweep.identity.DATASET_KEYS), not where it lies.
+_DATA = ("dataset.name", "dataset.subset", "dataset.val_fraction", "dataset.split_seed")
+# The config values a job of each kind reads (dotted paths; "{attack}" is the attack's name), but the
+# machine-local ones (MACHINE_LOCAL).
+JOB_SLICES = {
+    "stats": _DATA,
+    "train": (*_DATA, "training", "augmentation"),
+    "attack": (*_DATA, "training.eval_batch_size", "attacks.{attack}"),
+    "evaluate": (*_DATA, "training.eval_batch_size", "evaluation"),
+}
+# What every job reads but no result depends on (beyond floating-point noise): where the data lies and
+# the runtime section. The workflow gives them to every job in one file (results/<study>/runtime.yaml),
+# an ancient() input: changing them reruns nothing.
+MACHINE_LOCAL = ("dataset.root", "runtime")
+# Runtime values a job never takes from the config: the threads are what the scheduler granted
+# (runtime.threads={threads} on each command line), and pack_size is how the workflow groups runs.
+SCHEDULING = ("threads", "pack_size")
+
+
+def _get(config: dict, dotted: str):
+    value = config
+    for part in dotted.split("."):
+        value = value[part]
+    return value
+
+
+def select(config: dict, paths) -> dict:
+    """The nested part of `config` at these dotted paths."""
+    out: dict = {}
+    for path in paths:
+        *parents, leaf = path.split(".")
+        target = out
+        for part in parents:
+            target = target.setdefault(part, {})
+        target[leaf] = _get(config, path)
+    return out
+
+
+def job_slice(config: dict, kind: str, attack: str | None = None) -> dict:
+    """The nested part of `config` a job of `kind` reads (JOB_SLICES)."""
+    return select(config, [path.format(attack=attack) for path in JOB_SLICES[kind]])
+
+
+def overrides(section: dict, prefix: str = "") -> list[str]:
+    """`dotted.key=value` overrides (values as JSON, which YAML reads) that set every value of `section`."""
+    out = []
+    for key, value in section.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out += overrides(value, f"{path}.")
+        else:
+            out.append(f"{path}={json.dumps(value)}")
+    return out
+
+
+def command_line(section: dict) -> str:
+    """overrides(section), shell-quoted, for a job's command line."""
+    return " ".join(map(shlex.quote, overrides(section)))
+
+
+def machine_local(config: dict) -> dict:
+    """The MACHINE_LOCAL values a job takes from the config (the runtime section less SCHEDULING)."""
+    local = select(config, MACHINE_LOCAL)
+    local["runtime"] = {key: value for key, value in local["runtime"].items() if key not in SCHEDULING}
+    return local
+
+
+class Commands:
+    """The command-line spellings of a study's jobs."""
+
+    def __init__(self, plan: Plan, layout: Layout):
+        self.plan, self.layout = plan, layout
+
+    def job_config(self, kind: str, attack: str | None = None) -> str:
+        """The command-line overrides of a job's config slice (its rule's params: its rerun trigger)."""
+        return command_line(job_slice(self.plan.config, kind, attack))
+
+    def dataset_location(self) -> str:
+        """The command-line overrides of the dataset's name and folder (the download's params)."""
+        return command_line(select(self.plan.config, ("dataset.name", "dataset.root")))
+
+    def methods_option(self) -> str:
+        """The plots command's ` --methods ...` for a study with KD methods beside kd ('' for kd alone: the
+        reference study's command, unchanged)."""
+        others = [method for method in self.plan.methods if method != "kd"]
+        return f" --methods {' '.join(others)}" if others else ""
+
+    def machine_local(self) -> str:
+        """The command-line overrides of MACHINE_LOCAL (no rerun trigger: see the module docstring)."""
+        return command_line(machine_local(self.plan.config))
+
+    def study_config(self) -> str:
+        """The whole config as command-line overrides (rule study's params: a changed value rewrites it)."""
+        return command_line(self.plan.config)
+
+    def pack_points(self, pack: Pack) -> str:
+        """The points of the pack's distill command: `--point <method>:<name>=<value>,... --out RUN_DIR`
+        pairs; a pack of kd points alone `--temperature T --soft-weight w --out RUN_DIR` triples, as the
+        reference study's jobs have always had them (their params: the same string reruns nothing)."""
+        if all(run.method == "kd" for run in pack.runs):
+            return " ".join(f"--temperature {json.dumps(run.temperature)} --soft-weight {json.dumps(run.soft_weight)}"
+                            f" --out {shlex.quote(self.layout.run_dir(run))}" for run in pack.runs)
+        return " ".join(f"--point {run.spec()} --out {shlex.quote(self.layout.run_dir(run))}" for run in pack.runs)

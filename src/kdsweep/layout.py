@@ -1,0 +1,122 @@
+"""Where a study's files lie, relative to the directory snakemake runs in: the rules' output and log
+patterns, each run's folder, its job's record and its evaluations, the checkpoints' records, the tables
+and the figures. One home for every name: the rules take `Layout.pattern(kind)`, everything else
+`Layout.file(kind, ...)` and the methods below, so that each name is written once. Runs' own folders are
+`Run.folder` (kdsweep.plan). Nothing here imports torch: every snakemake process loads it.
+"""
+
+from __future__ import annotations
+
+from .plan import Pack, Plan, Run, fmt
+
+# Where the jobs write, relative to results/<study>/, with the rules' wildcards in braces.
+ATTACK_FILE = "{attack}_eps{eps}.json"
+FILES = {
+    "train_record": "trained/{trained}/{model}_seed{seed}.json",
+    "train_log": "logs/runs/{trained}/{model}_seed{seed}.log",
+    "pack_record": "packs/{pack}.json",
+    "pack_log": "logs/runs/kd/{pack}.log",
+    "staged_choice": "staged/{student}_seed-all.json",
+    "staged_log": "logs/staged/{student}_seed-all.log",
+    "confirm_record": "confirm/{choice}.json",
+    "confirm_log": "logs/confirm/{choice}.log",
+    "evaluation": "evaluation/{role}/{run}.json",
+    "evaluation_log": "logs/evaluation/{role}/{run}.log",
+    "attack": "attacks/{role}/{run}/" + ATTACK_FILE,
+    "attack_log": "logs/attacks/{role}/{run}/" + ATTACK_FILE.removesuffix(".json") + ".log",
+}
+
+
+def attack_file(attack: str, epsilon) -> str:
+    return ATTACK_FILE.format(attack=attack, eps=fmt(epsilon))
+
+
+# Every table tables.write_tables writes (under results/<study>/tables/).
+TABLES = ("runs.csv", "robustness.csv", "table1.csv", "table1.md", "kd_vs_hard.csv", "kd_vs_hard.md", "grid.csv",
+          "confirmed.csv", "confirmed.md", "sensitivity.csv", "sensitivity.md", "vs_reference.csv",
+          "vs_reference.md", "methods.csv", "methods.md", "method_grid.csv")
+# Every figure plots.write_figures draws (under results/<study>/figures/), in each of FIGURE_FORMATS:
+# one of each STUDY_FIGURES, and one of each PER_STUDENT_FIGURES per student.
+STUDY_FIGURES = ("temperature", "fidelity")
+PER_STUDENT_FIGURES = ("soft_weight", "grid", "robustness")
+FIGURE_FORMATS = ("png", "pdf")
+
+
+class Layout:
+    """The files of a study's plan."""
+
+    def __init__(self, plan: Plan):
+        self.plan = plan
+        self.results = plan.results
+
+    def pattern(self, kind: str) -> str:
+        """A kind of file (FILES) with the rules' wildcards: a rule's output or log."""
+        return f"{self.results}/{FILES[kind]}"
+
+    def file(self, kind: str, **wildcards) -> str:
+        return self.pattern(kind).format(**wildcards)
+
+    def run_dir(self, run: Run) -> str:
+        return f"{self.results}/{run.folder}"
+
+    def pack_record(self, pack: Pack) -> str:
+        return self.file("pack_record", pack=pack.name)
+
+    def train_record(self, run: Run) -> str:
+        """A teacher's or baseline's record (rule train's output): written once the run has finished."""
+        return self.file("train_record", trained=run.role, model=run.model, seed=run.seed)
+
+    def finished(self, run: Run) -> list[str]:
+        """The file the workflow tracks for a finished run: its job's record (a distilled run's pack
+        record, another run's train record), written after the run's own files. A run folder is no
+        Snakemake output, so Snakemake never deletes a finished run (workflow/rules/train.smk)."""
+        if run.distilled:
+            return [self.pack_record(self.plan.pack_of(run))]
+        return [self.train_record(run)]
+
+    def finished_files(self, runs) -> list[str]:
+        """The tracked files of these runs (duplicates dropped: the runs of a pack share its record)."""
+        return list(dict.fromkeys(f for run in runs for f in self.finished(run)))
+
+    def evaluations(self, run: Run) -> list[str]:
+        """A run's evaluation file and its result under every attack switched on at every epsilon."""
+        return [self.file("evaluation", role=run.role, run=run.name)] + [
+            self.file("attack", role=run.role, run=run.name, attack=attack, eps=fmt(eps))
+            for attack in self.plan.attacks for eps in self.plan.config["epsilons"]]
+
+    def outputs(self, runs) -> list[str]:
+        """Every file of these runs (duplicates dropped): finished and evaluated."""
+        return list(dict.fromkeys(f for run in dict.fromkeys(runs) for f in [*self.finished(run),
+                                                                              *self.evaluations(run)]))
+
+    def tables(self) -> list[str]:
+        return [f"{self.results}/tables/{name}" for name in TABLES]
+
+    def figures(self, formats=FIGURE_FORMATS) -> list[tuple[str, str, str | None, str]]:
+        """(path, kind, student or None, name) of every figure, in each of `formats`: the study's, each
+        student's (kd's, the reference study's), and a heat map per student and other KD method (kind
+        method_grid, named after its method)."""
+        stems = [(kind, kind, None, kind) for kind in STUDY_FIGURES] + [
+            (f"{kind}_{student}", kind, student, kind) for student in self.plan.students for kind in PER_STUDENT_FIGURES]
+        stems += [(f"grid_{method}_{student}", "method_grid", student, f"{method} grid")
+                  for student in self.plan.students for method in self.plan.methods if method != "kd"]
+        return [(f"{self.results}/figures/{stem}.{ext}", kind, student, name)
+                for stem, kind, student, name in stems for ext in formats]
+
+    def study_record(self) -> str:
+        """results/<study>/study.yaml: the whole config the workflow last ran with (rule study)."""
+        return f"{self.results}/study.yaml"
+
+    def training_log(self, run: Run) -> str:
+        """The log of the job that trains a run: rule train's, or rule distill's of its pack."""
+        if run.distilled:
+            return self.file("pack_log", pack=self.plan.pack_of(run).name)
+        return self.file("train_log", trained=run.role, model=run.model, seed=run.seed)
+
+    def staged_choice(self, student) -> str:
+        """Staged sweep: the file checkpoint best_temperature writes for a student."""
+        return self.file("staged_choice", student=student)
+
+    def confirm_record(self, student, method: str = "kd") -> str:
+        """The confirmation checkpoint's record of a student's chosen point of a method (`kdsweep best-point`)."""
+        return self.file("confirm_record", choice=self.plan.choice_name(student, method))

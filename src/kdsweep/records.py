@@ -1,0 +1,411 @@
+"""The records a study's jobs write and other jobs read: each a typed value with one home, as
+checkpoint.RunState is for checkpoints. A record kind declares its keys and their types; `write(path)`
+writes it whole or not at all (kdsweep.io) and `read(path)` reads it back with every key its readers need
+present and of its type, or ends with one sentence naming the file and the fix.
+
+- `Metrics`       runs/<role>/<run>/metrics.json: a finished run (kdsweep.train writes it last, so its
+                  presence means the run finished)
+- `JobRecord`     packs/<pack>.json and trained/<role>/<run>.json: a training job's record, written once
+                  every point (`JobPoint`) has finished (the workflow's output of a training job)
+- `AttackResult`  attacks/<role>/<run>/<attack>_eps<eps>.json (kdsweep.attacks)
+- `Evaluation`    evaluation/<role>/<run>.json (kdsweep.evaluation: fidelity, calibration, logit scale)
+- `BestPoint`     confirm/<choice>.json: the confirmation checkpoint's choice (kdsweep.tables.choices)
+- `StagedChoice`  staged/<student>_seed-all.json: the staged sweep's temperature (kdsweep.tables.choices)
+
+The JSON keys are the file formats' (docs/internals.md), so that a finished study keeps working. Records
+of earlier versions, which finished studies hold, read as they are: a key added since (metrics.json's
+`method`, `hparams` and `model_digest`; a result's `run_hash` and `model_digest`; a best-point record's
+`method` and `hparams`) reads as None, and `point_of` reads an earlier record's point (kd's flat
+temperature and soft weight). A key this version does not know is kept (`extra`) and written back.
+
+In a file, a key whose value is None is left out, but for the keys that may hold null (`null=True`: a
+teacher's temperature, the accuracy on correctly classified images when there are none, ...): the job
+always writes those. `peek(path)` reads a live folder's record (the status view, a run folder's
+identity): it never raises, None where there is no readable JSON object, and a value of the wrong type
+reads as missing.
+
+Nothing here imports torch: the status view and kdsweep.identity read records.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import ClassVar
+
+from . import io
+from .errors import KdsweepError
+from .methods import METHODS
+
+
+@dataclass(frozen=True)
+class _Type:
+    """A JSON type a key's value must have, as a sentence names it."""
+
+    name: str
+    accepts: Callable[[object], bool]
+
+
+TEXT = _Type("a string", lambda value: isinstance(value, str))
+WHOLE = _Type("a whole number", lambda value: isinstance(value, int) and not isinstance(value, bool))
+NUMBER = _Type("a number", lambda value: isinstance(value, (int, float)) and not isinstance(value, bool))
+FLAG = _Type("true or false", lambda value: isinstance(value, bool))
+OBJECT = _Type("an object", lambda value: isinstance(value, dict))
+LIST = _Type("a list", lambda value: isinstance(value, list))
+
+
+def key(kind: _Type, null: bool = False, item: type | None = None):
+    """A key of a record: its type; null: it may hold null and is always written (None is left out of the
+    file otherwise); item: the record kind of each entry of a list."""
+    return field(default=None, metadata={"kind": kind, "null": null, "item": item})
+
+
+@dataclass(kw_only=True)
+class Record:
+    """A JSON object of a file format: its keys are the fields made with `key`."""
+
+    WHAT: ClassVar[str] = "result file"  # how a sentence about a damaged file names it
+    FIX: ClassVar[str] = "delete it and rerun the job that writes it"
+    REQUIRED: ClassVar[tuple[str, ...]] = ()  # present in the records of every version
+
+    extra: dict = field(default_factory=dict, repr=False)  # keys this version does not know, kept as found
+
+    @classmethod
+    def keys(cls) -> tuple[str, ...]:
+        """The keys of the format, in the order of the type."""
+        return tuple(cls._specs())
+
+    @classmethod
+    @functools.cache
+    def _specs(cls) -> dict:
+        return {f.name: f.metadata for f in fields(cls) if "kind" in f.metadata}
+
+    @classmethod
+    def _spec(cls, name):
+        return cls._specs()[name]
+
+    @classmethod
+    def _problem(cls, record: Mapping) -> str | None:
+        """What is wrong with the types of a JSON object's known keys, as the end of a sentence, or None."""
+        for name in cls.keys():
+            if name not in record:
+                continue
+            spec, value = cls._spec(name), record[name]
+            if value is None:
+                if not spec["null"]:
+                    return f"has {name} = null, which is not {spec['kind'].name}"
+                continue
+            if not spec["kind"].accepts(value):
+                return f"has {name} = {_shown(value)}, which is not {spec['kind'].name}"
+            if spec["item"] is not None:
+                for entry in value:
+                    if not isinstance(entry, dict):
+                        return f"has an entry of {name} that is not an object ({_shown(entry)})"
+                    missing = [key for key in spec["item"].REQUIRED if key not in entry]
+                    if missing:
+                        return f"has an entry of {name} that lacks {', '.join(missing)}"
+                    if problem := spec["item"]._problem(entry):
+                        return f"has an entry of {name} that {problem}"
+        return None
+
+    @classmethod
+    def from_dict(cls, record: Mapping):
+        """The record of a JSON object (unchecked: `read` checks a file's)."""
+        values, extra = {}, {}
+        names = set(cls.keys())
+        for name, value in record.items():
+            if name not in names:
+                extra[name] = value
+                continue
+            item = cls._spec(name)["item"]
+            values[name] = [item.from_dict(entry) for entry in value] if item is not None and value else value
+        return cls(**values, extra=extra)
+
+    def as_dict(self) -> dict:
+        """The JSON object of the file (None left out, but where the key may hold null)."""
+        out = dict(self.extra)
+        for name in self.keys():
+            value, spec = getattr(self, name), self._spec(name)
+            if value is None and not spec["null"]:
+                continue
+            out[name] = [entry.as_dict() for entry in value] if spec["item"] is not None and value else value
+        return out
+
+    def __getitem__(self, name):
+        """A key's value as the file holds it (`metrics["test_acc"]`): what a caller that knows the file
+        format rather than the type reads."""
+        return self.as_dict()[name]
+
+    def write(self, path) -> Path:
+        """Write the record to `path` as JSON, whole or not at all (kdsweep.io)."""
+        record = self.as_dict()
+        missing = [name for name in self.REQUIRED if name not in record]
+        problem = f"lacks {', '.join(missing)}" if missing else self._problem(record)
+        if problem:
+            # the writer's bug, never the user's: a record that `read` would refuse is not written
+            raise ValueError(f"a {type(self).__name__} for {path} {problem}")
+        return io.write_json(path, record)
+
+    @classmethod
+    def read(cls, path, what: str | None = None, fix: str | None = None, needs: tuple[str, ...] = ()):
+        """The record in `path`, with the keys of every version and `needs` (what this reader needs besides)
+        present and every known key of its type; KdsweepError naming the file and the fix otherwise."""
+        what, fix = what or cls.WHAT, fix or cls.FIX
+        record = io.read_json(path, what, fix, required=(*cls.REQUIRED, *needs))
+        if not isinstance(record, dict):
+            raise KdsweepError(f"{what} {path} holds no JSON object; {fix}")
+        if problem := cls._problem(record):
+            raise KdsweepError(f"{what} {path} {problem}; {fix}")
+        return cls.from_dict(record)
+
+    @classmethod
+    def peek(cls, path):
+        """The record in `path` as far as it can be read, never an error: None where the file is missing,
+        being replaced (a live folder) or no JSON object; a value of the wrong type reads as missing."""
+        try:
+            record = json.loads(Path(path).read_text())
+        except (OSError, ValueError):
+            return None
+        if not isinstance(record, dict):
+            return None
+        names = set(cls.keys())
+        return cls.from_dict({name: value for name, value in record.items()
+                              if name not in names or not cls._problem({name: value})})
+
+
+def _shown(value) -> str:
+    text = json.dumps(value) if not isinstance(value, str) else repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+# ---------------------------------------------------------------- a run
+
+
+@dataclass(kw_only=True)
+class Metrics(Record):
+    """metrics.json of a finished run (written by kdsweep.train, last)."""
+
+    REQUIRED = ("role", "model", "seed")
+    # what the tables and the checkpoints' choices read of a run (kdsweep.tables)
+    TABULATED = ("dataset", "temperature", "soft_weight", "val_acc", "test_acc")
+    # what a job that reads a finished run binds its result to (kdsweep.runs, kdsweep.identity)
+    BOUND = ("config_hash", "config")
+
+    role: str = key(TEXT)  # teacher | baseline | a method's name | confirm
+    model: str = key(TEXT)
+    seed: int = key(WHOLE)
+    # kd's T and w (the hyperparameters of those names of any method; null for a teacher or baseline)
+    temperature: float | None = key(NUMBER, null=True)
+    soft_weight: float | None = key(NUMBER, null=True)
+    method: str | None = key(TEXT)  # a distilled run's KD method and its hyperparameters (earlier kd runs: none)
+    hparams: dict | None = key(OBJECT)
+    learned: dict | None = key(OBJECT)  # what the method learned, epoch by epoch (CTKD: its temperature)
+    dataset: str | None = key(TEXT)
+    num_classes: int | None = key(WHOLE)
+    teacher_run: str | None = key(TEXT, null=True)  # the teacher's folder, null unless distilled
+    epochs: int | None = key(WHOLE)  # epochs run
+    best_epoch: int | None = key(WHOLE)
+    stopped_early: bool | None = key(FLAG)
+    val_loss: float | None = key(NUMBER)  # val_* and test_*: of the best-validation weights
+    val_acc: float | None = key(NUMBER)
+    test_loss: float | None = key(NUMBER)
+    test_acc: float | None = key(NUMBER)
+    train_seconds: float | None = key(NUMBER)  # summed over resumes
+    resumed: int | None = key(WHOLE)  # times
+    device: str | None = key(TEXT)
+    precision: str | None = key(TEXT)
+    runtime: dict | None = key(OBJECT)  # the arithmetic (kdsweep.runtime.Runtime.record)
+    versions: dict | None = key(OBJECT)  # {python, torch, torchvision, kdsweep, cuda, cudnn}
+    slurm: dict | None = key(OBJECT)  # {job_id, array_job_id, array_task, restart_count, gpus}
+    host: str | None = key(TEXT)
+    config: dict | None = key(OBJECT)  # the run's identity (kdsweep.identity.run_identity)
+    config_hash: str | None = key(TEXT)  # its hash
+    model_digest: str | None = key(TEXT)  # model.pt's sha256 (earlier versions: none)
+
+
+# ---------------------------------------------------------------- a training job's record
+
+
+@dataclass(kw_only=True)
+class JobPoint(Record):
+    """One run of a training job's record."""
+
+    REQUIRED = ("run", "config_hash")
+
+    run: str = key(TEXT)  # its folder
+    temperature: float | None = key(NUMBER, null=True)
+    soft_weight: float | None = key(NUMBER, null=True)
+    method: str | None = key(TEXT)
+    hparams: dict | None = key(OBJECT)
+    config_hash: str = key(TEXT)
+    test_acc: float | None = key(NUMBER)
+
+    @classmethod
+    def of(cls, folder, metrics: Metrics) -> "JobPoint":
+        return cls(run=str(folder), temperature=metrics.temperature, soft_weight=metrics.soft_weight,
+                   method=metrics.method, hparams=metrics.hparams, config_hash=metrics.config_hash,
+                   test_acc=metrics.test_acc)
+
+
+@dataclass(kw_only=True)
+class JobRecord(Record):
+    """packs/<pack>.json, trained/<role>/<run>.json: a training job's points, their config hashes and test
+    accuracies, and its SLURM job."""
+
+    REQUIRED = ("points",)
+
+    points: list[JobPoint] = key(LIST, item=JobPoint)
+    slurm: dict | None = key(OBJECT)
+
+
+# ---------------------------------------------------------------- results measured on a finished run
+
+# What a result copies of the run it measured: where the run sits (as its metrics.json).
+RUN_KEYS = ("role", "dataset", "model", "temperature", "soft_weight", "seed")
+
+
+def run_keys(metrics: Metrics) -> dict:
+    """The RUN_KEYS of a run, as a result records them."""
+    return {name: getattr(metrics, name) for name in RUN_KEYS}
+
+
+@dataclass(kw_only=True)
+class AttackResult(Record):
+    """attacks/<role>/<run>/<attack>_eps<eps>.json: a finished run under one attack at one epsilon."""
+
+    REQUIRED = ("attack", "epsilon", "role", "model", "temperature", "soft_weight", "seed", "clean_acc", "adv_acc",
+                "adv_acc_on_correct")
+
+    attack: str = key(TEXT)  # fgsm | pgd
+    params: dict | None = key(OBJECT)  # the config's attacks.<attack>
+    epsilon: float = key(NUMBER)
+    run: str | None = key(TEXT)  # the run folder
+    role: str = key(TEXT)
+    dataset: str | None = key(TEXT, null=True)
+    model: str = key(TEXT)
+    temperature: float | None = key(NUMBER, null=True)
+    soft_weight: float | None = key(NUMBER, null=True)
+    seed: int = key(WHOLE)
+    n: int | None = key(WHOLE)  # test images
+    clean_acc: float = key(NUMBER)
+    adv_acc: float = key(NUMBER)  # of all test images
+    n_correct: int | None = key(WHOLE)  # clean
+    adv_acc_on_correct: float | None = key(NUMBER, null=True)  # of those the model got right (none: null)
+    seconds: float | None = key(NUMBER)
+    device: str | None = key(TEXT)
+    precision: str | None = key(TEXT)
+    runtime: dict | None = key(OBJECT)
+    slurm: dict | None = key(OBJECT)
+    # the version of the run it measured (kdsweep.identity; a result of an earlier version has neither)
+    run_hash: str | None = key(TEXT, null=True)
+    model_digest: str | None = key(TEXT, null=True)
+
+
+# The measures of an evaluation: agreement with the teacher (%), KL(teacher || student) at T = 1, ECE (%),
+# NLL, mean largest logit, mean logit L2 norm.
+EVALUATION_MEASURES = ("agreement", "kl_to_teacher", "ece", "nll", "max_logit", "logit_norm")
+
+
+@dataclass(kw_only=True)
+class Evaluation(Record):
+    """evaluation/<role>/<run>.json: a finished run's fidelity to the teacher, calibration and logit scale
+    (kdsweep.evaluation documents each key)."""
+
+    REQUIRED = EVALUATION_MEASURES
+
+    run: str | None = key(TEXT)
+    role: str | None = key(TEXT)
+    dataset: str | None = key(TEXT, null=True)
+    model: str | None = key(TEXT)
+    temperature: float | None = key(NUMBER, null=True)
+    soft_weight: float | None = key(NUMBER, null=True)
+    seed: int | None = key(WHOLE)
+    teacher_run: str | None = key(TEXT)
+    teacher_model: str | None = key(TEXT, null=True)
+    n: int | None = key(WHOLE)
+    test_acc: float | None = key(NUMBER)
+    test_acc_metrics: float | None = key(NUMBER, null=True)
+    agreement: float = key(NUMBER)
+    kl_to_teacher: float = key(NUMBER)
+    ece: float = key(NUMBER)
+    ece_bins: int | None = key(WHOLE)
+    nll: float = key(NUMBER)
+    max_logit: float = key(NUMBER)
+    logit_norm: float = key(NUMBER)
+    seconds: float | None = key(NUMBER)
+    device: str | None = key(TEXT)
+    precision: str | None = key(TEXT)
+    runtime: dict | None = key(OBJECT)
+    slurm: dict | None = key(OBJECT)
+    run_hash: str | None = key(TEXT, null=True)
+    model_digest: str | None = key(TEXT, null=True)
+    teacher_run_hash: str | None = key(TEXT, null=True)
+
+    def measures(self) -> dict:
+        return {name: getattr(self, name) for name in EVALUATION_MEASURES}
+
+
+# ---------------------------------------------------------------- the checkpoints' choices
+
+
+@dataclass(kw_only=True)
+class BestPoint(Record):
+    """confirm/<choice>.json: the point of one student and KD method the confirmation trains again. Each
+    hyperparameter is in `hparams` and also flat, as kd's temperature and soft_weight always were (a
+    record of an earlier version has them flat only, and no method: kd's). No test number."""
+
+    REQUIRED = ("student", "val_acc", "n", "candidates")
+
+    student: str = key(TEXT)
+    dataset: str | None = key(TEXT)
+    method: str | None = key(TEXT)
+    hparams: dict | None = key(OBJECT)
+    val_acc: float = key(NUMBER)  # the chosen point's mean validation accuracy over the sweep's seeds
+    n: int = key(WHOLE)
+    seeds: list | None = key(LIST)
+    chosen_on: str | None = key(TEXT)  # a sentence
+    # [{<each hyperparameter>, val_acc_mean, n}] of every point that uses the teacher
+    candidates: list = key(LIST)
+    hard_target_runs_left_out: int | None = key(WHOLE)
+
+    @classmethod
+    def from_dict(cls, record: Mapping):
+        # the flat copies of `hparams` are written from it; an earlier record's flat point (no hparams) is
+        # kept as found, in `extra`, where point_of reads it
+        flat = set(record["hparams"]) if isinstance(record.get("hparams"), dict) else set()
+        return super().from_dict({name: value for name, value in record.items() if name not in flat})
+
+    def as_dict(self) -> dict:
+        return {**(self.hparams or {}), **super().as_dict()}
+
+
+@dataclass(kw_only=True)
+class StagedChoice(Record):
+    """staged/<student>_seed-all.json: the staged sweep's temperature for one student."""
+
+    REQUIRED = ("student", "temperature")
+
+    student: str = key(TEXT)
+    temperature: float = key(NUMBER)  # the chosen one: highest mean validation accuracy at soft_weight
+    soft_weight: float | None = key(NUMBER)
+    val_acc: float | None = key(NUMBER)
+    candidates: dict | None = key(OBJECT)  # {temperature: its mean validation accuracy}
+
+
+def point_of(record) -> tuple[str, tuple] | None:
+    """(method, hparams) a record names: a run's metrics.json, a pack or best-point record's entry (a record
+    or its JSON object). A record of an earlier version (no `method`) is kd's, with flat temperature and
+    soft_weight; None where it names no distilled point."""
+    if isinstance(record, Record):
+        record = record.as_dict()
+    method = record.get("method") or ("kd" if record.get("temperature") is not None else None)
+    if method not in METHODS:
+        return None
+    values = record.get("hparams") if isinstance(record.get("hparams"), dict) else record
+    try:
+        return method, METHODS[method].hparams(values)
+    except (KeyError, TypeError, ValueError):
+        return None

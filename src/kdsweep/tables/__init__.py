@@ -1,0 +1,81 @@
+"""Run folders -> tables: whatever has finished so far, as CSV (and Markdown where a reader needs one), under
+results/<study>/tables/ (`write_tables`; `python -m kdsweep aggregate`), and those tables read back
+(`read_table`: the figures').
+
+Every aggregate over seeds carries `<quantity>_mean`, `_std`, `_n` and `_ci95` (the half-width of a
+Student-t 95% confidence interval); with one seed std and ci95 are NaN, never zero.
+Accuracies are percent. `soft_weight` is w, the weight of the soft (teacher) term (the reference study's alpha = 1 - w).
+
+A comparison of a distilled student with its baseline (kd_vs_hard, methods, confirmed) also carries the
+gain paired by seed, KD(s) - baseline(s) (kdsweep.stats): `gain_mean, _std, _n` (pairs), `_ci95`,
+`_low, _high` (the 95% t-interval) and `_excludes_zero`; with one pair no interval. The
+confirmation's runs (role confirm, fresh seeds) appear in runs.csv and robustness.csv and in the
+confirmed table only, never in a sweep table.
+
+The package, by responsibility:
+- collect.py    the results -> frames (runs, attacks, evaluations), each bound to the run version it measured
+- summary.py    statistics: summarise (intervals from kdsweep.stats), pick_best, candidates, compare
+- reference.py  the reference study's tables: table1, grid, kd_vs_hard (Tables II-V), sensitivity, vs_reference
+- methods.py    the KD methods side by side (methods) and every method's grid (method_grid)
+- confirmed.py  the confirmation on fresh seeds
+- choices.py    the checkpoints' choices: best_temperature, best_point, and collect_choices (read back)
+- markdown.py   the Markdown tables' cells, notes and rendering
+"""
+
+import csv
+from io import StringIO
+from pathlib import Path
+
+import pandas as pd
+
+from kdsweep.errors import KdsweepError
+from kdsweep.io import read_text, write_text
+from kdsweep.layout import TABLES
+from kdsweep.tables import confirmed, methods, reference
+from kdsweep.tables.choices import collect_choices
+from kdsweep.tables.collect import (RUN_COLUMNS, collect_attacks, collect_runs, join_robustness, results_folder,
+                                    warn_unmatched)
+
+
+def write_tables(results_dir) -> list[Path]:
+    """Write every table of TABLES under results_dir/tables/ from whatever has finished."""
+    results_dir = results_folder(results_dir)
+    unmatched = []
+    runs = collect_runs(results_dir, unmatched)
+    if runs.empty:
+        raise KdsweepError(f"{results_dir} holds no finished run (no runs/<role>/<run>/metrics.json): nothing to "
+                           "tabulate yet; train some runs first, or pass the study's folder results/<study>")
+    robustness = join_robustness(runs, collect_attacks(results_dir, unmatched))
+    warn_unmatched(unmatched, results_dir)
+    grid = reference.grid(runs)
+    table1 = reference.table1(runs, robustness)
+    kd_vs_hard = reference.kd_vs_hard(runs, robustness)
+    choices = collect_choices(results_dir)
+    confirmation = confirmed.confirmed(runs, robustness, choices)
+    sensitivity = reference.sensitivity(runs, grid)
+    vs_reference = reference.vs_reference(runs, results_dir, table1, kd_vs_hard, confirmation, sensitivity)
+    side_by_side = methods.methods(runs, robustness)
+    frames = {"runs.csv": runs[RUN_COLUMNS], "robustness.csv": robustness, "table1.csv": table1,
+              "methods.csv": side_by_side, "method_grid.csv": methods.method_grid(runs), "kd_vs_hard.csv": kd_vs_hard,
+              "grid.csv": grid, "confirmed.csv": confirmation, "sensitivity.csv": sensitivity,
+              "vs_reference.csv": vs_reference}
+    texts = {name: frame.to_csv(index=False, float_format="%.10g") for name, frame in frames.items()}
+    texts["table1.md"] = reference.table1_markdown(table1, robustness)
+    texts["kd_vs_hard.md"] = reference.kd_vs_hard_markdown(kd_vs_hard, robustness)
+    texts["confirmed.md"] = confirmed.confirmed_markdown(confirmation, choices)
+    texts["sensitivity.md"] = reference.sensitivity_markdown(sensitivity)
+    texts["vs_reference.md"] = reference.vs_reference_markdown(vs_reference)
+    texts["methods.md"] = methods.methods_markdown(side_by_side, robustness)
+    out = results_dir / "tables"
+    return [write_text(out / name, texts[name]) for name in TABLES]
+
+
+def read_table(path) -> pd.DataFrame:
+    """A table written by write_tables; KdsweepError if it is missing, cut short or damaged."""
+    fix = f"rebuild the tables with `python -m kdsweep aggregate {Path(path).parent.parent}`"
+    text = read_text(path, "table", fix)
+    rows = list(csv.reader(StringIO(text)))
+    if not text.endswith("\n") or not rows or any(len(row) != len(rows[0]) for row in rows):
+        raise KdsweepError(f"table {path} is cut short or damaged (its rows do not all have the header's "
+                           f"{len(rows[0]) if rows else 0} fields); {fix}")
+    return pd.read_csv(StringIO(text))
