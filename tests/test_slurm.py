@@ -822,7 +822,7 @@ def test_training_over_its_time_limit_is_stopped_retried_with_a_longer_limit_and
 
     try:
         status, output = run_snakemake(
-            work, Layout(plan).train_record(plan.teacher), *map(plan.pack_record, packs),
+            work, Layout(plan).train_record(plan.teacher), *map(Layout(plan).pack_record, packs),
             "--config", *LIMIT_PACKS, ALL_DIGITS_CONFIG,
             f"training={{max_epochs: {epochs}, early_stopping_patience: {epochs}}}",
             timeout=1260, env=cluster.env(KDSWEEP_SLURM_TRAIN_MINUTES="2"), watch=watch)

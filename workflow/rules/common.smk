@@ -3,7 +3,7 @@
 # The study itself (its runs, packs and files, and the config slice each kind of job reads)
 # is kdsweep.plan, tested Python; this file wires it to the rules. Each job calls
 # `kdsweep <command>`, the Python that runs Snakemake (shell.prefix below). Its params are its
-# config slice (plan.JOB_SLICES), so a changed value reruns it. The runtime section reaches
+# config slice (commands.JOB_SLICES), so a changed value reruns it. The runtime section reaches
 # every job as the file results/<study>/runtime.yaml, an ancient() input: changing it rewrites
 # the file and reruns nothing, since it changes no result beyond floating-point noise and a
 # stopped run resumes under any runtime section.

@@ -2,7 +2,7 @@
 # the split's statistics, and the runtime section (results/<study>/runtime.yaml).
 
 
-# results/<study>/runtime.yaml: what every job reads but no result depends on (plan.MACHINE_LOCAL:
+# results/<study>/runtime.yaml: what every job reads but no result depends on (commands.MACHINE_LOCAL:
 # the runtime section and where the data lies). Rewritten whenever it changes (params); every job
 # takes it as an ancient() input, so that rewriting it reruns nothing: moving the data retrains
 # nothing.
