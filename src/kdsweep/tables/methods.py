@@ -78,7 +78,8 @@ def methods_markdown(table, robustness):
 
         clean = group[group["measure"] == "clean"].iloc[0]
         gain, interval_cell, n, _ = gain_cells(clean)
-        rows.append([dataset, model, method, f"{point} ({clean_val(group):.2f})", f"{gain} ({interval_cell}, {n})",
+        paired = f"{gain} ({interval_cell}, n = {n})" if int(n) > 1 else f"{gain} (n = {n}, no interval)"
+        rows.append([dataset, model, method, f"{point} ({clean_val(group):.2f})", paired,
                      *(cell(measure, epsilon) for measure, epsilon in wanted)])
     return render(caption, header, rows)
 
