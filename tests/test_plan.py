@@ -86,7 +86,7 @@ def test_every_file_pattern_is_filled_by_the_plan_for_a_run():
     assert Layout(plan).train_record(teacher) == Layout(plan).pattern("train_record").format(
         trained="teacher", model="resnet50", seed=0) == "results/cifar10-reference/trained/teacher/resnet50_seed0.json"
     assert Layout(plan).training_log(teacher) == "results/cifar10-reference/logs/runs/teacher/resnet50_seed0.log"
-    assert Layout(plan).training_log(kd) == f"results/cifar10-reference/logs/runs/kd/{plan.packs[0].name}.log"
+    assert Layout(plan).training_log(kd) == f"results/cifar10-reference/logs/packs/{plan.packs[0].name}.log"
     assert Layout(plan).staged_choice("resnet18") == "results/cifar10-reference/staged/resnet18_seed-all.json"
     assert Layout(plan).confirm_record("resnet18") == "results/cifar10-reference/confirm/resnet18.json"
     evaluation, *attacks = Layout(plan).evaluations(kd)

@@ -339,7 +339,7 @@ def test_a_new_pack_size_on_a_finished_study_retrains_nothing(tiny, tmp_path):
     before = kd_metrics(moved / "results" / "tiny")
     record = "results/tiny/packs/mobilenet_v3_small_seed0_pack1.json"
     snakemake(moved, "--cores", "2", record, "--show-failed-logs", *pack, configfiles=[TINY_WORKFLOW])
-    log = (moved / "results/tiny/logs/runs/kd/mobilenet_v3_small_seed0_pack1.log").read_text()
+    log = (moved / "results/tiny/logs/packs/mobilenet_v3_small_seed0_pack1.log").read_text()
     assert " epoch " not in log and "resuming" not in log, log  # no point trained again
     assert kd_metrics(moved / "results" / "tiny") == before  # the same files, untouched
     record = json.loads((moved / record).read_text())
@@ -359,7 +359,7 @@ def test_tiny_study_packed_equals_unpacked(tiny, tmp_path):
     counts, _ = dry_run(packed, *pack, configfiles=[TINY_WORKFLOW])
     assert counts["distill"] == 1 and not {"train", "stats"} & set(counts)
     snakemake(packed, "--cores", "2", "--show-failed-logs", *pack, configfiles=[TINY_WORKFLOW])
-    log = results / "logs/runs/kd/mobilenet_v3_small_seed0_pack1.log"
+    log = results / "logs/packs/mobilenet_v3_small_seed0_pack1.log"
     assert log.read_text().count("finished results/tiny/runs/kd/") == 2
     packed_metrics = kd_metrics(results)
     assert sorted(unpacked) == sorted(packed_metrics)

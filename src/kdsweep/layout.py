@@ -15,7 +15,7 @@ FILES = {
     "train_record": "trained/{trained}/{model}_seed{seed}.json",
     "train_log": "logs/runs/{trained}/{model}_seed{seed}.log",
     "pack_record": "packs/{pack}.json",
-    "pack_log": "logs/runs/kd/{pack}.log",
+    "pack_log": "logs/packs/{pack}.log",
     "staged_choice": "staged/{student}_seed-all.json",
     "staged_log": "logs/staged/{student}_seed-all.log",
     "confirm_record": "confirm/{choice}.json",

@@ -146,7 +146,9 @@ def train_epoch(points, teacher, augment, images, labels, batch_size, generator,
         batch_labels = labels[index]
         teacher_logits = None
         if needs_teacher:
-            with torch.inference_mode(), runtime.autocast():
+            # no_grad, not inference_mode: a method's loss may keep the teacher's logits for its
+            # backward pass (a squared error does), which inference tensors refuse
+            with torch.no_grad(), runtime.autocast():
                 teacher_logits = teacher(batch).float()
         for point, total in zip(points, totals):
             run = point.run

@@ -6,7 +6,8 @@ than one function (trainable state, a schedule). It declares:
 - its hyperparameters (`Param`): their bounds and defaults, whence the config's schema for its section
   (`section_schema`), and how each is spelled in a run's folder name;
 - its two main hyperparameters (`axes`: the heat map of its figure);
-- its loss: (student logits, teacher logits, labels, hyperparameters, progress, state) -> named terms,
+- its loss: (student logits, teacher logits, labels, hyperparameters, progress, state) -> named terms
+  (the teacher's logits come without a gradient, as ordinary tensors the loss may keep for backward),
   `{name: (weight, value)}`, whose weighted sum is minimised (`total`). Each term's unweighted value goes
   to history.csv (`train_<name>_loss`) and TensorBoard;
 - any trainable state (`make_state`: a module whose parameters the point's optimiser trains, saved in
