@@ -99,7 +99,7 @@ def test_every_file_pattern_is_filled_by_the_plan_for_a_run():
     assert len(files.finished_files(runs)) == 7  # 56 points in packs of 8
     for kind in layout_module.FILES:
         assert "{" not in Layout(plan).file(kind, trained="t", model="m", seed=0, pack="p", student="s", role="r", choice="c",
-                                    run="n", attack="a", eps="0.1"), kind
+                                    run="n", attack="a", eps="0.1", rung=4), kind
 
 
 @pytest.mark.parametrize("pack_size", [1, 3, 8])

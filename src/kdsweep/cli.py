@@ -42,6 +42,17 @@ def _path(text: str) -> str:
     return text
 
 
+def _epochs(text: str) -> int:
+    """A number of epochs: a whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is no number of epochs; give a whole number of at least 1")
+    return value
+
+
 def _config_args(parser):
     parser.add_argument("--config", action="append", default=[], metavar="YAML", type=_path,
                         help="study config file; repeat to merge several in order "
@@ -134,21 +145,24 @@ def _train(args, runs, out_dirs, teacher_dir=None):
                       writes=[("--record", args.record)], trains=[("--out", out) for out in out_dirs])
     try:
         results = train_points(config, runs, args.stats, out_dirs, teacher_dir=teacher_dir,
-                               rerun_stale=args.rerun_stale, wait_for_lock=args.wait_for_lock)
+                               rerun_stale=args.rerun_stale, wait_for_lock=args.wait_for_lock,
+                               until_epoch=getattr(args, "until_epoch", None))
     except Preempted:
         sys.exit(EXIT_PREEMPTED)
     if args.record:
-        _write_record(args.record, out_dirs, results)
+        _write_record(args.record, out_dirs, results, getattr(args, "until_epoch", None))
     return results
 
 
-def _write_record(path, out_dirs, results):
-    """The job's record, written once every run has finished: the workflow's output of a training job."""
+def _write_record(path, out_dirs, results, until_epoch=None):
+    """The job's record, written once every run has finished (or, until_epoch, paused there): the workflow's
+    output of a training job."""
     from .records import JobPoint, JobRecord
     from .runtime import environment
 
-    JobRecord(points=[JobPoint.of(out, metrics) for out, metrics in zip(out_dirs, results)],
-              slurm=environment()["slurm"]).write(path)
+    JobRecord(points=[JobPoint.of(out, metrics, finished=metrics.test_acc is not None)
+                      for out, metrics in zip(out_dirs, results)],
+              slurm=environment()["slurm"], until_epoch=until_epoch).write(path)
 
 
 def cmd_train(args):
@@ -209,7 +223,7 @@ def cmd_aggregate(args):
     from .board import INSTALL_HINT, write_hparams
     from .tables import write_tables
 
-    for path in write_tables(Path(args.results)):
+    for path in write_tables(Path(args.results), args.search):
         print(f"wrote {path}")
     # the study as TensorBoard HParams sessions, from the tables just written
     sessions = write_hparams(Path(args.results))
@@ -259,6 +273,36 @@ def cmd_best_point(args):
     point = ", ".join(f"{name}={value:g}" for name, value in choice.hparams.items())
     print(f"best {choice.method} point for {choice.student}: {point} "
           f"(mean val acc {choice.val_acc:.2f}% over {choice.n} seed(s), of {len(choice.candidates)} candidates)")
+
+
+# ---- rung-decision: successive halving's checkpoint (kdsweep.halving)
+
+
+def cmd_rung_decision(args):
+    from .halving import decide
+
+    _refuse_overwrite(args, reads=[("the pack record", record) for record in args.records],
+                      writes=[("--out", args.out)])
+    decision = decide(args.records, args.student, args.stage, args.rung, args.keep, args.min_kept, args.seeds)
+    decision.write(args.out)
+    kept = sum(candidate.kept for candidate in decision.candidates)
+    print(f"rung {decision.rung} of {decision.student}: {kept} of {len(decision.candidates)} points go on")
+
+
+def _rung_decision_parser(subparsers):
+    p = _command(subparsers, "rung-decision",
+                 "successive halving: judge a student's points at one rung on mean validation accuracy over the "
+                 "seeds, within each KD method, and keep the best (the workflow's checkpoint)")
+    p.add_argument("records", type=_path, nargs="+",
+                   help="the pack records of the rung (packs/<pack>_rung<epochs>.json) of every seed")
+    p.add_argument("--student", required=True, help="the student whose points they are")
+    p.add_argument("--stage", type=int, required=True, help="the rung's index in halving.rungs (from 0)")
+    p.add_argument("--rung", type=_epochs, required=True, help="the rung's epoch")
+    p.add_argument("--keep", type=float, required=True, help="halving.keep: the fraction of each method's points kept")
+    p.add_argument("--min-kept", type=_epochs, required=True, help="halving.min_kept: the fewest points kept")
+    p.add_argument("--seeds", type=int, nargs="+", required=True, help="the sweep's seeds: every point has each")
+    p.add_argument("--out", type=_path, required=True, help="JSON file to write (halving/<student>_rung<epochs>.json)")
+    p.set_defaults(func=cmd_rung_decision)
 
 
 def _best_point_parser(subparsers):
@@ -405,6 +449,11 @@ def build_parser() -> argparse.ArgumentParser:
                             "instead of stopping (the workflow passes this: a job of a killed snakemake may "
                             "still be training the run)")
         p.add_argument("--stats", type=_path, required=True, help="stats file written by `python -m kdsweep stats`")
+        if name == "distill":
+            p.add_argument("--until-epoch", type=_epochs, metavar="N",
+                           help="successive halving's rung: train each point to epoch N at most and keep its "
+                                "checkpoint there (a later job continues it, exactly); a point early stopping "
+                                "ends first is finished")
         p.add_argument("--out", type=_path, required=True, action="append" if name == "distill" else None,
                        help="run folder; a checkpoint there is resumed" + (
                            ". Repeat --point and --out (or kd's --temperature, --soft-weight and --out) "
@@ -437,6 +486,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _command(subparsers, "aggregate", "write the tables of a study from whatever runs have finished")
     p.add_argument("results", type=_path, help="the study's folder, results/<study>")
+    p.add_argument("--search", choices=("grid", "staged", "halving"),
+                   help="the study's search (config sweep), which every table names (default: that of "
+                        "results/<study>/study.yaml, else grid); halving's pruned points are read from halving/")
     p.set_defaults(func=cmd_aggregate)
 
     p = _command(subparsers, "plots", "draw the study's figures from its tables")
@@ -458,6 +510,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=_path, required=True, help="JSON file to write")
     p.set_defaults(func=cmd_best_temperature)
     _best_point_parser(subparsers)
+    _rung_decision_parser(subparsers)
 
     # Listed here for --help; main() hands `bench ...` to bench.main, which has its own parser.
     _command(subparsers, "bench", "images per second of this pipeline against a plain PyTorch loop, and the "

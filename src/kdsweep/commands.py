@@ -109,8 +109,11 @@ class Commands:
     def pack_points(self, pack: Pack) -> str:
         """The points of the pack's distill command: `--point <method>:<name>=<value>,... --out RUN_DIR`
         pairs; a pack of kd points alone `--temperature T --soft-weight w --out RUN_DIR` triples, as the
-        reference study's jobs have always had them (their params: the same string reruns nothing)."""
+        reference study's jobs have always had them (their params: the same string reruns nothing). A halving
+        rung's pack adds `--until-epoch <its rung>`."""
+        until = f" --until-epoch {pack.until}" if pack.until else ""
         if all(run.method == "kd" for run in pack.runs):
             return " ".join(f"--temperature {json.dumps(run.temperature)} --soft-weight {json.dumps(run.soft_weight)}"
-                            f" --out {shlex.quote(self.layout.run_dir(run))}" for run in pack.runs)
-        return " ".join(f"--point {run.spec()} --out {shlex.quote(self.layout.run_dir(run))}" for run in pack.runs)
+                            f" --out {shlex.quote(self.layout.run_dir(run))}" for run in pack.runs) + until
+        return " ".join(f"--point {run.spec()} --out {shlex.quote(self.layout.run_dir(run))}"
+                        for run in pack.runs) + until

@@ -18,6 +18,8 @@ FILES = {
     "pack_log": "logs/packs/{pack}.log",
     "staged_choice": "staged/{student}_seed-all.json",
     "staged_log": "logs/staged/{student}_seed-all.log",
+    "rung_decision": "halving/{student}_rung{rung}.json",
+    "rung_log": "logs/halving/{student}_rung{rung}.log",
     "confirm_record": "confirm/{choice}.json",
     "confirm_log": "logs/confirm/{choice}.log",
     "evaluation": "evaluation/{role}/{run}.json",
@@ -116,6 +118,15 @@ class Layout:
     def staged_choice(self, student) -> str:
         """Staged sweep: the file checkpoint best_temperature writes for a student."""
         return self.file("staged_choice", student=student)
+
+    def rung_decision(self, student, stage: int) -> str:
+        """Successive halving: the file checkpoint rung_decision writes for a student's rung (its index)."""
+        return self.file("rung_decision", student=student, rung=self.plan.rungs[stage])
+
+    def rung_decisions(self) -> list[str]:
+        """Every rung decision of the study (none unless sweep: halving)."""
+        return [self.rung_decision(student, stage) for student in self.plan.students
+                for stage in range(len(self.plan.rungs))]
 
     def confirm_record(self, student, method: str = "kd") -> str:
         """The confirmation checkpoint's record of a student's chosen point of a method (`kdsweep best-point`)."""

@@ -160,10 +160,15 @@ def parse_point(spec: str) -> tuple[str, dict]:
 
 @dataclass(frozen=True)
 class Pack:
-    """Distillation runs of one student and seed trained by one job."""
+    """Distillation runs of one student and seed trained by one job. Successive halving (sweep: halving)
+    trains a pack's points in stages: stage k < len(halving.rungs) to epoch `until` = rungs[k]
+    (`<pack>_rung<epochs>`), the last to the end (`<pack>_final`); a stage after the first trains only the
+    points the rung before kept (Plan.surviving)."""
 
     name: str
     runs: tuple[Run, ...]
+    stage: int | None = None  # halving: the stage's index
+    until: int | None = None  # halving: the epoch it trains its points to (None: to the end)
 
     @property
     def student(self) -> str:
@@ -206,6 +211,10 @@ class Plan:
         self.students = list(config["students"])
         self.seeds = list(config["seeds"])
         self.staged = config["sweep"] == "staged"
+        self.halving = config["sweep"] == "halving"
+        self.rungs = list(config["halving"]["rungs"]) if self.halving else []
+        if self.halving:
+            self._check_rungs(config)
         self.staged_weight = config["staged"]["soft_weight"]
         self.pack_size = config["runtime"]["pack_size"]
         self.confirm_seeds = list(config["confirm"]["seeds"])
@@ -249,6 +258,15 @@ class Plan:
         if self.confirm_seeds and not self.methods:
             raise KdsweepError("confirm.seeds is set, but methods names no KD method to confirm; give one, or set "
                                "confirm.seeds to []")
+
+    def _check_rungs(self, config):
+        rungs, max_epochs = self.rungs, config["training"]["max_epochs"]
+        if any(later <= earlier for earlier, later in zip(rungs, rungs[1:])):
+            raise KdsweepError(f"halving.rungs {rungs} do not increase; list the epochs of the rungs in increasing "
+                               "order, e.g. [4, 12]")
+        if rungs[-1] >= max_epochs:
+            raise KdsweepError(f"halving.rungs {rungs} reach training.max_epochs ({max_epochs}), where every run "
+                               "ends anyway; give rungs below it")
 
     # ---- runs
 
@@ -300,6 +318,8 @@ class Plan:
         """The runs known before any checkpoint: teacher, baselines (also the confirmation's), kd's grid (or
         stage 1 of its staged sweep) and every other method's grid."""
         runs = [self.teacher, *self.baselines(), *self.confirm_baselines()]
+        if self.halving:
+            return runs  # the distilled runs that finish are the last rung's survivors (Plan.finalists)
         if "kd" in self.methods:
             runs += ([run for student in self.students for run in self.temperature_sweep(student)]
                      if self.staged else self.grid())
@@ -413,6 +433,8 @@ class Plan:
         return [sweeps[0] + others, *sweeps[1:]]
 
     def _packs(self) -> list[Pack]:
+        """The sweep's packs; halving: every stage's, the last stage's last (so that pack_of a run is the
+        pack that finishes it)."""
         packs = []
         for student in self.students:
             for seed in self.seeds:
@@ -421,8 +443,38 @@ class Plan:
                           for sweep in points for i in range(0, len(sweep), self.pack_size)]
                 for number, chunk in enumerate(chunks, 1):
                     name = chunk[0].name if self.pack_size == 1 else f"{student}_seed{seed}_pack{number}"
-                    packs.append(Pack(name, chunk))
+                    if not self.halving:
+                        packs.append(Pack(name, chunk))
+                        continue
+                    packs += [Pack(f"{name}_rung{until}", chunk, stage, until) for stage, until in enumerate(self.rungs)]
+                    packs.append(Pack(f"{name}_final", chunk, len(self.rungs)))
         return packs
+
+    # ---- successive halving (sweep: halving; kdsweep.halving decides)
+
+    def stage_packs(self, student, stage: int) -> list[Pack]:
+        """Every pack of a student's halving stage (of every seed), whatever the rungs before kept."""
+        return [pack for pack in self.packs if pack.stage == stage and pack.student == student
+                and pack.runs[0].role != "confirm"]
+
+    def surviving(self, pack: Pack, kept: set | None) -> Pack:
+        """The pack with the points a rung kept (kept: {(method, hparams)}; None for the first stage, which
+        trains them all)."""
+        if kept is None:
+            return pack
+        return Pack(pack.name, tuple(run for run in pack.runs if (run.method, run.hparams) in kept),
+                    pack.stage, pack.until)
+
+    def rung_packs(self, student, stage: int, kept: set | None) -> list[Pack]:
+        """The packs of a student's halving stage that have points to train, given the rung before's kept
+        points (None at the first stage)."""
+        packs = [self.surviving(pack, kept) for pack in self.stage_packs(student, stage)]
+        return [pack for pack in packs if pack.runs]
+
+    def finalists(self, student, kept: set, method: str | None = None) -> list[Run]:
+        """A student's distilled runs that the last rung kept (of one method, or all): those that finish."""
+        return [run for pack in self.rung_packs(student, len(self.rungs), kept) for run in pack.runs
+                if method is None or run.method == method]
 
     def pack(self, name: str) -> Pack:
         try:
@@ -440,6 +492,8 @@ class Plan:
         (kdsweep.layout names the files). Returns (runs, {(role, student): number of runs still waiting
         for their student's choice}): what `python -m kdsweep status` shows."""
         runs, waiting = self.fixed_runs(), {}
+        if self.halving:  # every point trains to the first rung
+            runs += [run for pack in self.packs if pack.stage == 0 for run in pack.runs]
         known = set(runs)
         if self.staged:
             for student in self.students:

@@ -5,9 +5,11 @@ Error bars and bands are 95% confidence intervals over seeds (absent with one se
 """
 
 import io
+import textwrap
 from pathlib import Path
 
 import matplotlib
+
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
@@ -120,7 +122,7 @@ def _soft_weight_figure(tables, student, soft_weight, dataset):
         _ticks(ax, [0.0, 1.0, *cells["soft_weight"]])  # w lies in [0, 1]
         ax.set_xlim(-0.05, 1.05)
         _legend(ax, [cells, baseline])
-    ax.set(xlabel=_W, ylabel=_ACC, title=title)
+    ax.set(xlabel=_W, ylabel=_ACC, title=title + _search_line(tables["grid.csv"]))
     return fig
 
 
@@ -145,8 +147,24 @@ def _temperature_figure(tables, students, soft_weight, dataset):
     else:
         _note(ax, f"no distilled run at w = {fmt(soft_weight)} has finished yet")
     ax.set(xlabel="temperature T", ylabel=_ACC,
-           title=f"{dataset}: test accuracy vs temperature at w = {fmt(soft_weight)}")
+           title=f"{dataset}: test accuracy vs temperature at w = {fmt(soft_weight)}" + _search_line(tables["grid.csv"]))
     return fig
+
+
+def _search_line(table) -> str:
+    """The search that produced a table (kdsweep.tables.search), for a figure's title."""
+    if "search" not in table.columns or table["search"].dropna().empty:
+        return ""
+    return "\n" + textwrap.fill(f"search: {table['search'].dropna().iloc[0]}", 64)
+
+
+def _pruned_cells(ax, pruned_at, val):
+    """Successive halving's pruned points: hatched, with the rung where each stopped and its validation
+    accuracy there (it has no test accuracy)."""
+    for i, j in zip(*np.nonzero(np.isfinite(pruned_at))):
+        ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, hatch="///", edgecolor="0.6", linewidth=0))
+        ax.text(j, i, f"pruned at epoch {pruned_at[i, j]:g}\nval {val[i, j]:.2f}", ha="center", va="center", fontsize=7,
+                color="0.25")
 
 
 def _grid_figure(tables, student, dataset):
@@ -158,7 +176,8 @@ def _grid_figure(tables, student, dataset):
                  layout="constrained")
     ax = fig.add_subplot()
     ax.set(xlabel=_W, ylabel="temperature T",
-           title=f"{dataset} · {student}: test accuracy (%)\n(mean over seeds; box: best on validation)")
+           title=f"{dataset} · {student}: test accuracy (%)\n(mean over seeds; box: best on validation)"
+                 + _search_line(grid))
     if cells.empty:
         _note(ax, f"no distilled run of {student} has finished yet")
         return fig
@@ -176,6 +195,8 @@ def _grid_figure(tables, student, dataset):
         text = f"{mean[i, j]:.2f}" + (f"\n±{ci[i, j]:.2f}" if n[i, j] > 1 else "")
         ax.text(j, i, text, ha="center", va="center", fontsize=8,
                 color="black" if image.norm(mean[i, j]) > 0.5 else "white")
+    if "pruned_at_epoch" in cells.columns:
+        _pruned_cells(ax, table("pruned_at_epoch"), table("val_acc_mean"))
     chosen = tables["kd_vs_hard.csv"]
     chosen = chosen[(chosen["model"] == student) & chosen["temperature"].notna()]
     if len(chosen):  # the distilled run of kd_vs_hard (best on validation)
@@ -198,11 +219,15 @@ def _method_grid_figure(tables, method, student, dataset):
         _note(ax, f"no {method} run of {student} has finished yet")
         return fig
     x_name, y_name = cells["x_name"].iloc[0], cells["y_name"].iloc[0]
-    best = cells.sort_values("val_acc_mean", ascending=False).drop_duplicates(["x", "y"])
+    # per cell the point best on validation, a finished one before any that successive halving pruned
+    pruned = cells["pruned_at_epoch"].notna() if "pruned_at_epoch" in cells.columns else cells["x"].isna()
+    best = (cells.assign(_pruned=pruned).sort_values(["_pruned", "val_acc_mean"], ascending=[True, False])
+            .drop_duplicates(["x", "y"]))
     xs, ys = sorted(best["x"].astype(float).unique()), sorted(best["y"].astype(float).unique())
     fig.set_size_inches(1.0 * len(xs) + 3.4, 0.55 * len(ys) + 2.4)
     ax.set(xlabel=x_name, ylabel=y_name,
-           title=f"{dataset} · {student} · {method}: test accuracy (%)\n(mean over seeds; box: best on validation)")
+           title=f"{dataset} · {student} · {method}: test accuracy (%)\n(mean over seeds; box: best on validation)"
+                 + _search_line(grid))
 
     def table(column):
         return best.pivot(index="y", columns="x", values=column).reindex(index=ys, columns=xs).to_numpy(dtype=float)
@@ -216,6 +241,8 @@ def _method_grid_figure(tables, method, student, dataset):
         text = f"{mean[i, j]:.2f}" + (f"\n±{ci[i, j]:.2f}" if n[i, j] > 1 else "")
         ax.text(j, i, text, ha="center", va="center", fontsize=8,
                 color="black" if image.norm(mean[i, j]) > 0.5 else "white")
+    if "pruned_at_epoch" in best.columns:
+        _pruned_cells(ax, table("pruned_at_epoch"), table("val_acc_mean"))
     chosen = tables["methods.csv"]
     chosen = chosen[(chosen["model"] == student) & (chosen["method"] == method)]
     point = best[best["point"].isin(chosen["point"])]
@@ -265,7 +292,7 @@ def _robustness_figure(tables, student, dataset):
         _note(ax, f"no attack on a finished run of {student} yet")
     ax.set(xlabel="attack ε ([0, 1] pixel units; 0 = clean test set)", ylabel="accuracy under attack (%)",
            title=f"{dataset} · {student}: accuracy under attack\n"
-                 "(distilled run chosen on validation accuracy)")
+                 "(distilled run chosen on validation accuracy)" + _search_line(tables["grid.csv"]))
     return fig
 
 
@@ -283,7 +310,7 @@ def _fidelity_figure(tables, students, dataset):
     ax = fig.add_subplot()
     ax.set(xlabel="top-1 agreement with the teacher (%)", ylabel=_ACC,
            title=f"{dataset}: test accuracy vs agreement with the teacher\n(each point one run; fidelity as in "
-                 "Stanton et al. 2021)")
+                 "Stanton et al. 2021)" + _search_line(tables["grid.csv"]))
     if have.empty:
         _note(ax, "no student run has been evaluated against the teacher yet")
         return fig

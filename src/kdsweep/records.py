@@ -11,6 +11,8 @@ present and of its type, or ends with one sentence naming the file and the fix.
 - `Evaluation`    evaluation/<role>/<run>.json (kdsweep.evaluation: fidelity, calibration, logit scale)
 - `BestPoint`     confirm/<choice>.json: the confirmation checkpoint's choice (kdsweep.tables.choices)
 - `StagedChoice`  staged/<student>_seed-all.json: the staged sweep's temperature (kdsweep.tables.choices)
+- `RungDecision`  halving/<student>_rung<epochs>.json: a successive-halving rung's points kept and dropped
+                  (kdsweep.halving)
 
 The JSON keys are the file formats' (docs/internals.md), so that a finished study keeps working. Records
 of earlier versions, which finished studies hold, read as they are: a key added since (metrics.json's
@@ -241,24 +243,37 @@ class JobPoint(Record):
     method: str | None = key(TEXT)
     hparams: dict | None = key(OBJECT)
     config_hash: str = key(TEXT)
-    test_acc: float | None = key(NUMBER)
+    test_acc: float | None = key(NUMBER)  # a finished run's (a point paused at a rung has none)
+    # where the point got to (earlier versions: none): its seed, epochs trained, the validation accuracy of
+    # its best validation-loss epoch so far (what metrics.json would say were it stopped now), whether it
+    # finished (early stopping or max_epochs), and its training seconds so far
+    seed: int | None = key(WHOLE)
+    epochs: int | None = key(WHOLE)
+    val_acc: float | None = key(NUMBER)
+    finished: bool | None = key(FLAG)
+    train_seconds: float | None = key(NUMBER)
 
     @classmethod
-    def of(cls, folder, metrics: Metrics) -> "JobPoint":
+    def of(cls, folder, metrics: Metrics, finished: bool = True) -> "JobPoint":
+        """A point of a job's record from its metrics.json, or (finished False) from the metrics of a point
+        paused at a rung (kdsweep.train: no test numbers)."""
         return cls(run=str(folder), temperature=metrics.temperature, soft_weight=metrics.soft_weight,
                    method=metrics.method, hparams=metrics.hparams, config_hash=metrics.config_hash,
-                   test_acc=metrics.test_acc)
+                   test_acc=metrics.test_acc if finished else None, seed=metrics.seed, epochs=metrics.epochs,
+                   val_acc=metrics.val_acc, finished=finished, train_seconds=metrics.train_seconds)
 
 
 @dataclass(kw_only=True)
 class JobRecord(Record):
     """packs/<pack>.json, trained/<role>/<run>.json: a training job's points, their config hashes and test
-    accuracies, and its SLURM job."""
+    accuracies, and its SLURM job. A pack of a halving rung (sweep: halving) trained its points to
+    `until_epoch` at most: a point still training there is paused (finished false), its checkpoint kept."""
 
     REQUIRED = ("points",)
 
     points: list[JobPoint] = key(LIST, item=JobPoint)
     slurm: dict | None = key(OBJECT)
+    until_epoch: int | None = key(WHOLE)
 
 
 # ---------------------------------------------------------------- results measured on a finished run
@@ -393,6 +408,38 @@ class StagedChoice(Record):
     soft_weight: float | None = key(NUMBER)
     val_acc: float | None = key(NUMBER)
     candidates: dict | None = key(OBJECT)  # {temperature: its mean validation accuracy}
+
+
+@dataclass(kw_only=True)
+class RungCandidate(Record):
+    """A point judged at a halving rung: its mean validation accuracy over the seeds there, and the verdict."""
+
+    REQUIRED = ("method", "hparams", "val_acc_mean", "n", "kept")
+
+    method: str = key(TEXT)
+    hparams: dict = key(OBJECT)
+    val_acc_mean: float = key(NUMBER)
+    n: int = key(WHOLE)  # seeds
+    epochs: list | None = key(LIST)  # each seed's epochs trained at the rung (fewer: early stopping ended it)
+    finished: bool | None = key(FLAG)  # every seed finished (early stopping) by the rung
+    kept: bool = key(FLAG)
+
+
+@dataclass(kw_only=True)
+class RungDecision(Record):
+    """halving/<student>_rung<epochs>.json: one successive-halving rung of a student, the points of each KD
+    method judged there (validation accuracy only) and which go on. No test number."""
+
+    REQUIRED = ("student", "rung", "stage", "candidates")
+
+    student: str = key(TEXT)
+    rung: int = key(WHOLE)  # the epoch the points were trained to
+    stage: int = key(WHOLE)  # its index in halving.rungs
+    keep: float | None = key(NUMBER)
+    min_kept: int | None = key(WHOLE)
+    seeds: list | None = key(LIST)
+    chosen_on: str | None = key(TEXT)  # a sentence
+    candidates: list = key(LIST, item=RungCandidate)
 
 
 def point_of(record) -> tuple[str, tuple] | None:

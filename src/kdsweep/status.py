@@ -32,10 +32,11 @@ from .identity import ASIDE, study_aside
 from .lock import LOCK, read_holder
 from .layout import Layout
 from .plan import ROLES, Plan, Run
-from .records import BestPoint, Metrics, StagedChoice
+from .records import BestPoint, Metrics, RungDecision, StagedChoice, point_of
 from .runs import CHECKPOINT, METRICS, PROGRESS
 
 STATES = ("finished", "training", "stopped", "failed", "not started")
+PRUNED = "pruned"  # successive halving: a point a rung dropped (its run keeps the rung's checkpoint)
 _ERROR = re.compile(r"kdsweep: error: (.+)")
 _EXCEPTION = re.compile(r"^(\w+(?:\.\w+)*(?:Error|Exception|Interrupt)): (.+)$")
 _STOP = re.compile(r"received (SIG\w+): stopped")
@@ -62,6 +63,8 @@ class StudyStatus:
     remaining_seconds: float | None  # None: no job of some kind has finished yet to go by
     unestimated: int  # jobs left out of remaining_seconds for want of a finished one like them
     aside: list = field(default_factory=list)  # run versions kept aside (kdsweep.identity.study_aside)
+    rungs: list = field(default_factory=list)  # successive halving: the rungs decided so far (RungDecision)
+    saved_seconds: float | None = None  # successive halving: the training seconds the pruned points did not take
     taken: float = field(default_factory=time.time)
 
 
@@ -192,14 +195,40 @@ def study_status(plan: Plan, root: Path, queue=None) -> StudyStatus:
     digest = (_read_json(root / plan.results / "data" / "stats.json") or {}).get("data_digest")
     teacher_hash = teacher.config_hash if teacher is not None else None
     statuses = [run_status(layout, root, run, teacher_hash, running_jobs, host, digest) for run in runs]
+    rungs = [decision for decision in (RungDecision.peek(root / path) for path in layout.rung_decisions())
+             if decision is not None and decision.candidates is not None]
+    saved = _prune(statuses, rungs) if plan.halving else None
     present = planned = 0
-    for run in runs:
+    for run in [entry.run for entry in statuses if entry.state != PRUNED]:
         for path in layout.evaluations(run):
             planned += 1
             present += (root / path).exists()
     spent, remaining, unestimated = _gpu_time(plan, statuses, waiting)
     return StudyStatus(plan, root, statuses, waiting, (present, planned), slurm, spent, remaining, unestimated,
-                       study_aside(root / plan.results))
+                       study_aside(root / plan.results), rungs, saved)
+
+
+def _prune(statuses, rungs) -> float:
+    """Successive halving: mark the runs of the points a rung dropped (and that have not finished) as pruned;
+    return an estimate of the training seconds they did not take against the grid: each pruned run's epochs
+    short of the mean epochs of its student's finished distilled runs, at its student's mean seconds per point
+    and epoch (a pack's epoch counted once, shared by its points)."""
+    dropped = {(decision.student, point_of(candidate.as_dict())) for decision in rungs
+               for candidate in decision.candidates if not candidate.kept}
+    saved = 0.0
+    for student in {entry.run.model for entry in statuses if entry.run.distilled}:
+        mine = [entry for entry in statuses if entry.run.distilled and entry.run.model == student]
+        for entry in mine:
+            if entry.state != "finished" and (student, (entry.run.method, entry.run.hparams)) in dropped:
+                entry.state = "pruned"
+        finished = [entry.epochs for entry in mine if entry.state == "finished"]
+        epochs = sum(entry.epochs for entry in mine)
+        if not finished or not epochs:
+            continue
+        per_epoch = sum(entry.seconds for entry in mine) / epochs
+        full = sum(finished) / len(finished)
+        saved += sum(max(full - entry.epochs, 0) * per_epoch for entry in mine if entry.state == "pruned")
+    return saved
 
 
 def _records(kind, root: Path, paths: dict) -> dict:
@@ -232,7 +261,7 @@ def _gpu_time(plan: Plan, statuses, waiting):
         seconds = max(status.seconds for status in members)
         spent += seconds
         run = members[0].run
-        done = all(status.state == "finished" for status in members)
+        done = all(status.state in ("finished", PRUNED) for status in members)
         by_kind.setdefault((run.role, run.model), []).append((done, seconds))
     remaining, unestimated = 0.0, 0
     for (role, model), entries in by_kind.items():
@@ -275,15 +304,18 @@ def render(status: StudyStatus, limit: int = 12) -> str:
     rows = {}
     for entry in status.runs:
         key = (entry.run.role, entry.run.model)
-        counts = rows.setdefault(key, dict.fromkeys(("planned", *STATES), 0))
+    states = (*STATES, PRUNED) if plan.halving else STATES
+    for entry in status.runs:
+        key = (entry.run.role, entry.run.model)
+        counts = rows.setdefault(key, dict.fromkeys(("planned", *states), 0))
         counts["planned"] += 1
         counts[entry.state] += 1
     for key, count in status.waiting.items():
-        counts = rows.setdefault(key, dict.fromkeys(("planned", *STATES), 0))
+        counts = rows.setdefault(key, dict.fromkeys(("planned", *states), 0))
         counts["planned"] += count
         counts["not started"] += count
     order = {role: index for index, role in enumerate(ROLES)}
-    header = ["role", "model", "planned", *STATES]
+    header = ["role", "model", "planned", *states]
     table = [header] + [[role, model, *map(str, counts.values())]
                         for (role, model), counts in sorted(rows.items(), key=lambda item: (order[item[0][0]], item[0][1]))]
     totals = [sum(int(row[i]) for row in table[1:]) for i in range(2, len(header))]
@@ -302,6 +334,21 @@ def render(status: StudyStatus, limit: int = 12) -> str:
     if confirming:
         lines.append(f"(confirmation: {confirming} distilled runs wait for their student's point, chosen when "
                      "its sweep has finished)")
+    if plan.halving:
+        lines += ["", "successive halving (per student: the points judged at each rung, kept and dropped; finished: "
+                      "ended by early stopping before it):"]
+        decided = {(decision.student, decision.stage): decision for decision in status.rungs}
+        for student in plan.students:
+            for stage, rung in enumerate(plan.rungs):
+                decision = decided.get((student, stage))
+                if decision is None:
+                    lines.append(f"  {student} rung {stage + 1} (epoch {rung}): not decided yet")
+                    continue
+                candidates = decision.candidates
+                kept = sum(candidate.kept for candidate in candidates)
+                finished = sum(bool(candidate.finished) for candidate in candidates)
+                lines.append(f"  {student} rung {stage + 1} (epoch {rung}): {len(candidates)} judged, {kept} kept, "
+                             f"{len(candidates) - kept} dropped, {finished} finished")
     for state, title in (("training", "training now"), ("stopped", "stopped (resume on their next attempt)"),
                          ("failed", "failed")):
         entries = [entry for entry in status.runs if entry.state == state]
@@ -324,6 +371,9 @@ def render(status: StudyStatus, limit: int = 12) -> str:
             estimate += f" plus {status.unestimated} jobs of kinds none of which has finished yet"
         estimate += " (from the jobs finished so far)"
     lines.append(f"training GPU-hours: {_hours(status.gpu_seconds)} spent{estimate}")
+    if status.saved_seconds is not None:
+        lines.append(f"saved by successive halving so far: about {_hours(status.saved_seconds)} GPU-hours against the "
+                     "grid (the pruned points' missing epochs, estimated from their students' finished runs)")
     present, planned = status.evaluations
     lines.append(f"evaluations (attacks, fidelity, calibration): {present} of {planned} files")
     if status.slurm is not None:

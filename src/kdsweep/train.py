@@ -275,7 +275,7 @@ def _print(line):
 
 
 def train_points(config: dict, runs, stats_path, out_dirs, teacher_dir=None, log=_print, rerun_stale=False,
-                 wait_for_lock=False) -> list[Metrics]:
+                 wait_for_lock=False, until_epoch: int | None = None) -> list[Metrics]:
     """Train (or resume) the runs of one job, each into its folder; return their metrics (metrics.json).
 
     One run (a teacher or a baseline), or a pack of distillation runs of one student and seed.
@@ -285,12 +285,16 @@ def train_points(config: dict, runs, stats_path, out_dirs, teacher_dir=None, log
     because the config changed); a version of this run kept aside comes back (kdsweep.identity), and
     a damaged checkpoint is started over. Each folder is locked for the job (kdsweep.lock): a second process
     for it stops with one sentence, or with wait_for_lock (the workflow's jobs) waits for the holder.
+    until_epoch (a successive-halving rung): a point trains to that epoch at most and is paused there, its
+    checkpoint kept, so that a later job continues it exactly as an uninterrupted run; its metrics are
+    those of its best validation epoch so far, without test numbers (`paused`), and no metrics.json.
     """
     out_dirs = [Path(d) for d in out_dirs]
     _check_folders(out_dirs)
     try:
         with lock.run_folders(out_dirs, wait=wait_for_lock, log=log):
-            return _train_points(config, list(runs), stats_path, out_dirs, teacher_dir, log, rerun_stale)
+            return _train_points(config, list(runs), stats_path, out_dirs, teacher_dir, log, rerun_stale,
+                                 until_epoch)
     except RuntimeError as err:
         if refused := nondeterministic_op(err):
             raise refused from err
@@ -308,7 +312,7 @@ def _check_folders(out_dirs):
                                    "give each --out a folder of its own")
 
 
-def _train_points(config, runs, stats_path, out_dirs, teacher_dir, log, rerun_stale):
+def _train_points(config, runs, stats_path, out_dirs, teacher_dir, log, rerun_stale, until_epoch=None):
     # one student and seed; sweep points of any methods (their roles are their methods) or confirm points
     kinds = {(run.model, run.seed, run.role == "confirm") for run in runs}
     if len(kinds) != 1 or len(runs) != len(out_dirs):
@@ -341,7 +345,8 @@ def _train_points(config, runs, stats_path, out_dirs, teacher_dir, log, rerun_st
                 results[point.out_dir] = _finish(point, splits, training, runtime, teacher_dir)
                 point.done = True
         with SignalStop() as stop:
-            while active := [point for point in points if not point.done]:
+            while active := [point for point in points
+                             if not point.done and (until_epoch is None or point.state.epoch < until_epoch)]:
                 # Points resumed from checkpoints of different epochs catch up one group at a time.
                 epoch = min(point.state.epoch for point in active)
                 group = [point for point in active if point.state.epoch == epoch]
@@ -380,8 +385,23 @@ def _train_points(config, runs, stats_path, out_dirs, teacher_dir, log, rerun_st
     if failed:
         raise KdsweepError(failed[0] if len(failed) == 1 else f"{len(failed)} points failed; first: {failed[0]}")
     for point in points:
-        checkpoint.remove_scratch(point.out_dir)
+        if point.done:
+            checkpoint.remove_scratch(point.out_dir)
+        else:
+            results[point.out_dir] = paused(point)
+            log(f"paused {point.out_dir} after epoch {point.state.epoch} (val acc {results[point.out_dir].val_acc:.2f}% "
+                f"at its best epoch {point.state.best_epoch}): its checkpoint is kept")
     return [results[out_dir] for out_dir in out_dirs]
+
+
+def paused(point) -> Metrics:
+    """The metrics of a point paused at a rung: its best validation epoch's so far, no test numbers."""
+    state, run = point.state, point.run
+    best = state.history[state.best_epoch - 1]
+    return Metrics(role=run.role, model=run.model, seed=run.seed, temperature=run.temperature,
+                   soft_weight=run.soft_weight, method=run.method, hparams=run.params if run.distilled else None,
+                   epochs=state.epoch, best_epoch=state.best_epoch, val_loss=best["val_loss"], val_acc=best["val_acc"],
+                   train_seconds=state.train_seconds, config_hash=point.run_hash)
 
 
 def _finish(point, splits, training, runtime: Runtime, teacher_dir) -> Metrics:

@@ -25,6 +25,8 @@ from kdsweep.config import check_finite, coerce_strings
 from kdsweep.datasets import download_folder
 from kdsweep.errors import KdsweepError
 from kdsweep.commands import Commands
+from kdsweep.halving import kept_points
+from kdsweep.records import RungDecision
 from kdsweep.layout import TABLES, Layout
 from kdsweep.plan import ROLES, Plan, Run
 from kdsweep.slurm import profile_warnings
@@ -121,6 +123,7 @@ wildcard_constraints:
     attack="|".join(PLAN.attacks) or "(?!)",
     eps="|".join(PLAN.epsilons) or "(?!)",
     choice="|".join(PLAN.choice_name(s, m) for s, m in PLAN.choices()) or "(?!)",
+    rung="|".join(str(rung) for rung in PLAN.rungs) or "(?!)",
 
 
 # ------------------------------------------------------------------ input functions
@@ -142,6 +145,55 @@ def run_dir(wildcards):
 
 def pack_of(wildcards):
     return PLAN.pack(wildcards.pack)
+
+
+def rung_kept(student, stage):
+    """Successive halving: the points a student's rung (its index) kept, as its checkpoint's record says."""
+    return chosen(
+        checkpoints.rung_decision,
+        lambda record, path: kept_points(RungDecision.from_dict(record)),
+        student=student,
+        rung=PLAN.rungs[stage],
+    )
+
+
+def kept_before(student, stage):
+    """The points the rung before a halving stage kept (None for the first stage: all of them)."""
+    return None if stage == 0 else rung_kept(student, stage - 1)
+
+
+def training_pack(wildcards):
+    """The pack a distill job trains: a halving stage's, the points the rung before kept."""
+    pack = pack_of(wildcards)
+    if not pack.stage:
+        return pack
+    return PLAN.surviving(pack, kept_before(pack.student, pack.stage))
+
+
+def rung_before(wildcards):
+    """A halving stage's pack waits for the rung before's decision (rule distill's input)."""
+    pack = pack_of(wildcards)
+    return [LAYOUT.rung_decision(pack.student, pack.stage - 1)] if pack.stage else []
+
+
+def rung_records(wildcards):
+    """Successive halving: the pack records a student's rung judges, of every pack with points to train
+    (rule rung_decision's input)."""
+    stage = PLAN.rungs.index(int(wildcards.rung))
+    packs = PLAN.rung_packs(wildcards.student, stage, kept_before(wildcards.student, stage))
+    return [LAYOUT.pack_record(pack) for pack in packs]
+
+
+def halving_finalists(student):
+    """Successive halving: the outputs of a student's distilled runs that the last rung kept, trained to the end."""
+
+    def outputs(wildcards):
+        return LAYOUT.outputs(
+            PLAN.finalists(student, rung_kept(student, len(PLAN.rungs) - 1))
+        )
+
+    outputs.__name__ = f"halving_{student}"
+    return outputs
 
 
 def study_folder(path):
@@ -179,6 +231,8 @@ def soft_weight_sweep(student):
 def sweep_of(student, method):
     """The distillation runs a student's point of a method is chosen from (kd staged: once its temperature
     is chosen)."""
+    if PLAN.halving:
+        return PLAN.finalists(student, rung_kept(student, len(PLAN.rungs) - 1), method)
     if method != "kd" or not PLAN.staged:
         return PLAN.sweep(student, method)
     return PLAN.sweep(
@@ -216,6 +270,10 @@ def confirmation(student, method):
 STUDY_OUTPUTS = {"fixed": LAYOUT.outputs(PLAN.fixed_runs())}
 if PLAN.staged:
     STUDY_OUTPUTS.update({f"staged_{s}": soft_weight_sweep(s) for s in PLAN.students})
+if PLAN.halving:
+    STUDY_OUTPUTS.update({f"halving_{s}": halving_finalists(s) for s in PLAN.students})
+    # every rung's decision: the tables show the pruned points with their rung's validation accuracy
+    STUDY_OUTPUTS["halving_decisions"] = LAYOUT.rung_decisions()
 if PLAN.confirm_seeds:
     STUDY_OUTPUTS.update(
         {

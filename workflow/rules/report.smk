@@ -6,6 +6,7 @@ localrules:
     figures,
     best_temperature,
     best_point,
+    rung_decision,
 
 
 rule tables:
@@ -28,7 +29,10 @@ rule tables:
     params:
         results=lambda wildcards, output: study_folder(output.runs_csv),
     shell:
-        "kdsweep aggregate {params.results:q} > {log:q} 2>&1"
+        # a grid study's command as it always was; another search is named (kdsweep.tables.search)
+        "kdsweep aggregate {params.results:q}"
+        + ("" if config["sweep"] == "grid" else f" --search {config['sweep']}")
+        + " > {log:q} 2>&1"
 
 
 rule figures:

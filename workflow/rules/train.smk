@@ -43,6 +43,7 @@ rule distill:
         stats=STATS,
         runtime=ancient(RUNTIME),
         teacher=TEACHER_RECORD,
+        rung=rung_before,
     output:
         LAYOUT.pattern("pack_record"),
     log:
@@ -54,7 +55,7 @@ rule distill:
         role=lambda wildcards: pack_of(wildcards).role,
         student=lambda wildcards: pack_of(wildcards).student,
         seed=lambda wildcards: pack_of(wildcards).seed,
-        points=lambda wildcards: COMMANDS.pack_points(pack_of(wildcards)),
+        points=lambda wildcards: COMMANDS.pack_points(training_pack(wildcards)),
         teacher=TEACHER,
         config=COMMANDS.job_config("train"),
     shell:
@@ -100,3 +101,25 @@ checkpoint best_point:
         ],
     shell:
         "kdsweep best-point --out {output:q} {params.runs:q} > {log:q} 2>&1"
+
+
+# Successive halving (sweep: halving): a student's points of each KD method judged at a rung on mean
+# validation accuracy over the seeds (never test accuracy); the best go on (kdsweep.halving).
+checkpoint rung_decision:
+    input:
+        rung_records,
+    output:
+        LAYOUT.pattern("rung_decision"),
+    log:
+        LAYOUT.pattern("rung_log"),
+    conda:
+        CONDA_ENV
+    params:
+        stage=lambda wildcards: PLAN.rungs.index(int(wildcards.rung)),
+        keep=repr(config["halving"]["keep"]),
+        min_kept=config["halving"]["min_kept"],
+        seeds=PLAN.seeds,
+    shell:
+        "kdsweep rung-decision {input:q} --out {output:q} --student {wildcards.student} --stage {params.stage}"
+        " --rung {wildcards.rung} --keep {params.keep} --min-kept {params.min_kept} --seeds {params.seeds}"
+        " > {log:q} 2>&1"

@@ -19,6 +19,7 @@ The package, by responsibility:
 - methods.py    the KD methods side by side (methods) and every method's grid (method_grid)
 - confirmed.py  the confirmation on fresh seeds
 - choices.py    the checkpoints' choices: best_temperature, best_point, and collect_choices (read back)
+- search.py     which search produced the tables (grid, staged, halving) and the points halving pruned
 - markdown.py   the Markdown tables' cells, notes and rendering
 """
 
@@ -33,15 +34,18 @@ from kdsweep.io import read_text, write_text
 from kdsweep.layout import TABLES
 from kdsweep.tables import confirmed, methods, reference
 from kdsweep.tables.choices import collect_choices
+from kdsweep.tables.search import drop_pruned, study_search
 from kdsweep.tables.collect import (RUN_COLUMNS, collect_attacks, collect_runs, join_robustness, results_folder,
                                     warn_unmatched)
 
 
-def write_tables(results_dir) -> list[Path]:
-    """Write every table of TABLES under results_dir/tables/ from whatever has finished."""
+def write_tables(results_dir, search: str | None = None) -> list[Path]:
+    """Write every table of TABLES under results_dir/tables/ from whatever has finished; search: the study's
+    (grid, staged, halving; kdsweep.tables.search), which every table names."""
     results_dir = results_folder(results_dir)
     unmatched = []
-    runs = collect_runs(results_dir, unmatched)
+    searched = study_search(results_dir, search)
+    runs = drop_pruned(collect_runs(results_dir, unmatched), searched)
     if runs.empty:
         raise KdsweepError(f"{results_dir} holds no finished run (no runs/<role>/<run>/metrics.json): nothing to "
                            "tabulate yet; train some runs first, or pass the study's folder results/<study>")
@@ -56,16 +60,19 @@ def write_tables(results_dir) -> list[Path]:
     vs_reference = reference.vs_reference(runs, results_dir, table1, kd_vs_hard, confirmation, sensitivity)
     side_by_side = methods.methods(runs, robustness)
     frames = {"runs.csv": runs[RUN_COLUMNS], "robustness.csv": robustness, "table1.csv": table1,
-              "methods.csv": side_by_side, "method_grid.csv": methods.method_grid(runs), "kd_vs_hard.csv": kd_vs_hard,
-              "grid.csv": grid, "confirmed.csv": confirmation, "sensitivity.csv": sensitivity,
-              "vs_reference.csv": vs_reference}
-    texts = {name: frame.to_csv(index=False, float_format="%.10g") for name, frame in frames.items()}
+              "methods.csv": side_by_side, "method_grid.csv": methods.method_grid(runs, searched),
+              "kd_vs_hard.csv": kd_vs_hard, "grid.csv": reference.with_pruned(grid, runs, searched),
+              "confirmed.csv": confirmation, "sensitivity.csv": sensitivity, "vs_reference.csv": vs_reference}
+    texts = {name: frame.assign(search=searched.label).to_csv(index=False, float_format="%.10g")
+             for name, frame in frames.items()}
     texts["table1.md"] = reference.table1_markdown(table1, robustness)
     texts["kd_vs_hard.md"] = reference.kd_vs_hard_markdown(kd_vs_hard, robustness)
     texts["confirmed.md"] = confirmed.confirmed_markdown(confirmation, choices)
     texts["sensitivity.md"] = reference.sensitivity_markdown(sensitivity)
     texts["vs_reference.md"] = reference.vs_reference_markdown(vs_reference)
     texts["methods.md"] = methods.methods_markdown(side_by_side, robustness)
+    for name in [name for name in texts if name.endswith(".md")]:
+        texts[name] += f"\nSearch: {searched.label}.\n"
     out = results_dir / "tables"
     return [write_text(out / name, texts[name]) for name in TABLES]
 

@@ -8,6 +8,7 @@ import pandas as pd
 from kdsweep.methods import METHODS
 from kdsweep.plan import fmt
 from kdsweep.tables.collect import long_scores
+from kdsweep.tables.search import pruned_of
 from kdsweep.tables.markdown import SEEDS_NOTE, attack_note, gain_cells, mean_cell, measure_label, render
 from kdsweep.tables.summary import (COMPARISON_COLUMNS, MEASURES, compare, counts_as_int, in_order, measure_rank,
                                     method_candidates, pick_best, summarise)
@@ -90,24 +91,33 @@ def clean_val(group) -> float:
 
 METHOD_GRID_COLUMNS = ["dataset", "model", "method", "point", "x_name", "x", "y_name", "y", "test_acc_mean",
                        "test_acc_std", "test_acc_n", "test_acc_ci95", "val_acc_mean", "val_acc_std", "val_acc_n",
-                       "val_acc_ci95"]
+                       "val_acc_ci95", "pruned_at_epoch"]
 
 
-def method_grid(runs):
+def method_grid(runs, search=None):
     """Every point of every KD method, per student: mean test and validation accuracy over seeds, with the
-    values of the method's two main hyperparameters (its `axes`: the heat map's x and y)."""
+    values of the method's two main hyperparameters (its `axes`: the heat map's x and y); successive halving's
+    pruned points (search: kdsweep.tables.search) with the validation accuracy of the rung where they stopped
+    (`pruned_at_epoch`) and no test accuracy."""
     rows = []
+    datasets = runs.drop_duplicates("model").set_index("model")["dataset"]
     for method_name, method in METHODS.items():
         mine = runs[(runs["role"] == method_name) & (runs["method"] == method_name)]
-        if mine.empty:
+        pruned = pruned_of(search, method_name) if search is not None else mine.iloc[:0]
+        if mine.empty and pruned.empty:
             continue
         names = [param.name for param in method.params]
         x_name, y_name = method.axes
         keys = ["dataset", "model", "point"]
         summary = pd.concat([summarise(mine, keys, "test_acc"), summarise(mine, keys, "val_acc")], axis=1)
-        for (dataset, model, point), values in summary.iterrows():
+        finished = [(dataset, model, point, values.to_dict(), pd.NA)
+                    for (dataset, model, point), values in summary.iterrows()]
+        stopped = [(datasets.get(row.model), row.model, row.point,
+                    {"val_acc_mean": row.val_acc_mean, "val_acc_n": row.val_acc_n}, row.pruned_at_epoch)
+                   for row in pruned.itertuples()]
+        for dataset, model, point, values, pruned_at in finished + stopped:
             hparams = dict(zip(names, point))
             rows.append({"dataset": dataset, "model": model, "method": method_name,
                          "point": point_label(method_name, point), "x_name": x_name, "x": hparams[x_name],
-                         "y_name": y_name, "y": hparams[y_name], **values.to_dict()})
+                         "y_name": y_name, "y": hparams[y_name], **values, "pruned_at_epoch": pruned_at})
     return counts_as_int(pd.DataFrame(rows, columns=METHOD_GRID_COLUMNS))

@@ -15,6 +15,7 @@ from kdsweep.records import Metrics
 from kdsweep.runs import METRICS
 from kdsweep.stats import expected_range
 from kdsweep.tables.collect import LOGIT_SCALE, attack_names, in_role_order, long_scores
+from kdsweep.tables.search import pruned_of
 from kdsweep.tables.markdown import (CI_NOTE, GAIN_HEADER, GAIN_NOTE, LOGIT_NOTE, SEEDS_NOTE, attack_note, gain_cells,
                                      mean_cell, measure_label, number, render)
 from kdsweep.tables.summary import (COMPARISON_COLUMNS, MEASURES, candidates, compare, counts_as_int, in_order,
@@ -60,6 +61,22 @@ def grid(runs):
     keys = ["dataset", "model", "temperature", "soft_weight"]
     kd = runs[runs["role"] == "kd"]
     return pd.concat([summarise(kd, keys, "test_acc"), summarise(kd, keys, "val_acc")], axis=1).reset_index()
+
+
+def with_pruned(grid, runs, search):
+    """grid.csv: the grid with successive halving's pruned kd points (kdsweep.tables.search): each with the
+    validation accuracy of the rung where it stopped (`pruned_at_epoch`) and no test accuracy."""
+    pruned = pruned_of(search, "kd")
+    if pruned.empty:
+        return grid.assign(pruned_at_epoch=pd.NA)
+    datasets = runs.drop_duplicates("model").set_index("model")["dataset"]
+    rows = pd.DataFrame({"dataset": pruned["model"].map(datasets), "model": pruned["model"],
+                         "temperature": [point[0] for point in pruned["point"]],
+                         "soft_weight": [point[1] for point in pruned["point"]],
+                         "val_acc_mean": pruned["val_acc_mean"], "val_acc_n": pruned["val_acc_n"],
+                         "pruned_at_epoch": pruned["pruned_at_epoch"]})
+    return counts_as_int(pd.concat([grid.assign(pruned_at_epoch=pd.NA), rows], ignore_index=True)
+                         .sort_values(["model", "temperature", "soft_weight"], kind="stable", ignore_index=True))
 
 
 KD_VS_HARD_COLUMNS = ["dataset", "model", "temperature", "soft_weight", "kd_val_acc_mean", *COMPARISON_COLUMNS]

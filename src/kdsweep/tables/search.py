@@ -1,0 +1,89 @@
+"""Which search produced a study's tables (config `sweep`: grid, staged or halving), and the points successive
+halving pruned: every table says the search (its `search` column, a Markdown table's last line), and the grid
+tables (grid.csv, method_grid.csv) show each pruned point with the validation accuracy of the rung where it
+stopped (`pruned_at_epoch`), never a test accuracy. The pruned points' runs are left out of every other table,
+so that a "best" is chosen among the finished points (the last rung's survivors) only.
+
+The search is the workflow's (`kdsweep aggregate --search`), else that of results/<study>/study.yaml (the
+config the workflow last ran with), else the grid. A halving study's rungs are its decision records,
+halving/<student>_rung<epochs>.json (kdsweep.halving).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+from kdsweep.halving import read_decision
+from kdsweep.methods import METHODS
+from kdsweep.plan import fmt
+
+SEARCHES = ("grid", "staged", "halving")
+PRUNED_COLUMNS = ["model", "method", "point", "pruned_at_epoch", "val_acc_mean", "val_acc_n"]
+
+
+@dataclass(frozen=True)
+class Search:
+    kind: str  # grid | staged | halving
+    label: str  # what the tables and figures say
+    pruned: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=PRUNED_COLUMNS))
+
+
+def _configured(results_dir: Path) -> str | None:
+    try:
+        sweep = yaml.safe_load((results_dir / "study.yaml").read_text()).get("sweep")
+    except (OSError, ValueError, AttributeError, yaml.YAMLError):
+        return None
+    return sweep if sweep in SEARCHES else None
+
+
+def study_search(results_dir, kind: str | None = None) -> Search:
+    """The search of a study's results (kind: the workflow's, else study.yaml's, else grid)."""
+    results_dir = Path(results_dir)
+    kind = kind or _configured(results_dir) or "grid"
+    if kind == "staged":
+        return Search(kind, "staged (the temperature sweep, then the soft-weight sweep at the best temperature)")
+    if kind != "halving":
+        return Search(kind, "grid (every point trained to the end)")
+    decisions = [read_decision(path) for path in sorted((results_dir / "halving").glob("*.json"))]
+    rungs = sorted({decision.rung for decision in decisions})
+    first = decisions[0] if decisions else None
+    label = ("successive halving (" + (f"rungs at epochs {', '.join(map(str, rungs))}; keep {fmt(first.keep)}, "
+                                       f"at least {first.min_kept}, per student and method" if first else "no rung yet")
+             + ")")
+    rows, seen = [], set()
+    for decision in sorted(decisions, key=lambda d: (d.student, d.stage)):
+        for candidate in decision.candidates:
+            names = [param.name for param in METHODS[candidate.method].params]
+            point = tuple(float(candidate.hparams[name]) for name in names)
+            key = (decision.student, candidate.method, point)
+            if candidate.kept or key in seen:
+                continue
+            seen.add(key)
+            rows.append({"model": decision.student, "method": candidate.method, "point": point,
+                         "pruned_at_epoch": decision.rung, "val_acc_mean": candidate.val_acc_mean,
+                         "val_acc_n": candidate.n})
+    return Search(kind, label, pd.DataFrame(rows, columns=PRUNED_COLUMNS))
+
+
+def _pruned_keys(search: Search) -> set:
+    return set(zip(search.pruned["model"], search.pruned["method"], search.pruned["point"]))
+
+
+def drop_pruned(runs: pd.DataFrame, search: Search) -> pd.DataFrame:
+    """The runs less those of pruned points (a point early stopping finished before its rung dropped it too:
+    the tables' best is chosen among the last rung's survivors)."""
+    if search.pruned.empty:
+        return runs
+    keys = _pruned_keys(search)
+    pruned = [(role == method and (model, method, point) in keys)
+              for role, model, method, point in zip(runs["role"], runs["model"], runs["method"], runs["point"])]
+    return runs[[not p for p in pruned]].reset_index(drop=True)
+
+
+def pruned_of(search: Search, method: str) -> pd.DataFrame:
+    """The pruned points of one KD method."""
+    return search.pruned[search.pruned["method"] == method]
