@@ -1,11 +1,13 @@
 """Successive halving against the grid, measured (README, Performance; issue 26).
 
 Runs one study twice through Snakemake on this machine, `sweep: grid` (study <name>-grid) and `sweep: halving`
-(study <name>), each in three phases timed apart: the teacher and baselines (`--until train`), the
-distillation (`--until distill`: the grid's packs; halving's rungs, decisions and survivors), and the rest
-(evaluations, tables, figures). Then it compares, per student and KD method:
-- the epochs trained by the distillation (each point's last epoch, summed), and the distillation phase's
-  CPU-seconds (of snakemake and its jobs) and wall seconds, halving against the grid;
+(study <name>), each in two phases timed apart: the teacher and baselines (`--until train`), then the sweep
+and the rest (the grid's packs; halving's rungs, decisions and survivors; the finished runs' evaluations,
+tables, figures). Then it compares, per student and KD method:
+- the epochs trained by the distillation (each run's last epoch, summed); the seconds its training loops
+  took (per pack, from the first rung to the end, its longest point's `train_seconds`: a pack's epoch is
+  shared by its points); and the second phase's CPU-seconds (snakemake and its jobs) and wall seconds,
+  halving against the grid;
 - halving's chosen point (best mean validation accuracy over the seeds among its finalists, as the tables and
   the confirmation choose) against the grid's (the same rule over every point);
 - the test-accuracy regret of halving's choice (the grid's mean test accuracy of the grid's best point minus
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import resource
 import statistics
 import subprocess
@@ -35,8 +38,8 @@ sys.path.insert(0, str(ROOT / "src"))
 from kdsweep.config import load_config  # noqa: E402
 from kdsweep.records import JobRecord, Metrics, point_of  # noqa: E402
 
-PHASES = (("teacher and baselines", ["--until", "train"]), ("distillation", ["--until", "distill"]),
-          ("evaluations and tables", []))
+# (`--until distill` would not do for the sweep: Snakemake stops it at the first rung's checkpoint)
+PHASES = (("teacher and baselines", ["--until", "train"]), ("the sweep, its evaluations and tables", []))
 COMPARED = ("epochs", "best_epoch", "val_acc", "val_loss", "test_acc", "test_loss")
 
 
@@ -55,6 +58,16 @@ def run_study(configfile, overrides, cores) -> list[dict]:
         phases.append({"phase": name, "wall_s": time.perf_counter() - started, "cpu_s": children_cpu() - cpu})
         print(f"  {name}: {phases[-1]['wall_s']:.0f} s wall, {phases[-1]['cpu_s']:.0f} CPU-s", flush=True)
     return phases
+
+
+def training_seconds(results: Path) -> float:
+    """The seconds the distillation's training loops took: per pack (all its stages), its longest point's."""
+    packs = {}
+    for path in sorted((results / "packs").glob("*.json")):
+        pack = re.sub(r"_(rung\d+|final)$", "", path.stem)
+        for entry in JobRecord.read(path).points:
+            packs[pack] = max(packs.get(pack, 0.0), entry.train_seconds or 0.0)
+    return sum(packs.values())
 
 
 def distilled(results: Path) -> dict:
@@ -100,6 +113,8 @@ def main(argv=None):
     parser.add_argument("--configfile", default="studies/halving.yaml")
     parser.add_argument("--cores", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path("halving_vs_grid.json"))
+    parser.add_argument("--compare-only", action="store_true",
+                        help="compare the two studies' results as they are, with the timings of --out (no run)")
     args = parser.parse_args(argv)
     config = load_config([ROOT / "config.yaml", ROOT / args.configfile])
     STUDENTS.extend(config["students"])
@@ -107,14 +122,17 @@ def main(argv=None):
         sys.exit(f"{args.configfile} has sweep: {config['sweep']}; give a study with sweep: halving")
     name = config["study"]
     studies = {"grid": (f"{name}-grid", [f"study={name}-grid", "sweep=grid"]), "halving": (name, [])}
-    timing = {}
+    timing = json.loads(args.out.read_text())["timing"] if args.compare_only else {}
     for search, (study, overrides) in studies.items():
+        if args.compare_only:
+            continue
         print(f"{search}: results/{study}", flush=True)
         timing[search] = run_study(args.configfile, overrides, args.cores)
     grid, halving = (distilled(ROOT / "results" / studies[s][0]) for s in ("grid", "halving"))
     epochs = {search: sum(run["epochs"] for run in runs.values()) for search, runs in (("grid", grid),
                                                                                        ("halving", halving))}
-    distill = {search: next(p for p in timing[search] if p["phase"] == "distillation") for search in timing}
+    sweep = {search: timing[search][-1] for search in timing}
+    seconds = {search: training_seconds(ROOT / "results" / studies[search][0]) for search in studies}
     mismatched = [key for key, run in halving.items() if run["metrics"] is not None and any(
         getattr(run["metrics"], field) != getattr(grid[key]["metrics"], field) for field in COMPARED)]
     finalists = sum(run["metrics"] is not None for run in halving.values())
@@ -136,8 +154,9 @@ def main(argv=None):
         "configfile": args.configfile, "cores": args.cores, "timing": timing,
         "points": len(grid), "finalists": finalists, "epochs": epochs,
         "epochs_ratio": epochs["halving"] / epochs["grid"],
-        "distill_cpu_ratio": distill["halving"]["cpu_s"] / distill["grid"]["cpu_s"],
-        "distill_wall_ratio": distill["halving"]["wall_s"] / distill["grid"]["wall_s"],
+        "training_seconds": seconds, "training_seconds_ratio": seconds["halving"] / seconds["grid"],
+        "sweep_cpu_ratio": sweep["halving"]["cpu_s"] / sweep["grid"]["cpu_s"],
+        "sweep_wall_ratio": sweep["halving"]["wall_s"] / sweep["grid"]["wall_s"],
         "finalists_equal_to_grid": not mismatched, "mismatched": [str(key) for key in mismatched],
         "choices": choices,
     }
@@ -145,8 +164,10 @@ def main(argv=None):
     print(f"runs (point x seed): {len(grid)}; halving finished {finalists}; their metrics equal the grid's: "
           f"{not mismatched}")
     print(f"epochs: halving {epochs['halving']} / grid {epochs['grid']} = {summary['epochs_ratio']:.3f}")
-    print(f"distillation CPU-s: halving {distill['halving']['cpu_s']:.0f} / grid {distill['grid']['cpu_s']:.0f} = "
-          f"{summary['distill_cpu_ratio']:.3f}; wall {summary['distill_wall_ratio']:.3f}")
+    print(f"training seconds: halving {seconds['halving']:.0f} / grid {seconds['grid']:.0f} = "
+          f"{summary['training_seconds_ratio']:.3f}")
+    print(f"the sweep and the rest, CPU-s: halving {sweep['halving']['cpu_s']:.0f} / grid {sweep['grid']['cpu_s']:.0f} "
+          f"= {summary['sweep_cpu_ratio']:.3f}; wall {summary['sweep_wall_ratio']:.3f}")
     for choice in choices:
         print(f"{choice['student']} {choice['method']}: grid {choice['grid_best']} ({choice['grid_best_test_acc']:.2f}%), "
               f"halving {choice['halving_best']} ({choice['halving_choice_test_acc']:.2f}%): regret "

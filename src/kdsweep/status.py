@@ -197,7 +197,7 @@ def study_status(plan: Plan, root: Path, queue=None) -> StudyStatus:
     statuses = [run_status(layout, root, run, teacher_hash, running_jobs, host, digest) for run in runs]
     rungs = [decision for decision in (RungDecision.peek(root / path) for path in layout.rung_decisions())
              if decision is not None and decision.candidates is not None]
-    saved = _prune(statuses, rungs) if plan.halving else None
+    saved = _prune(plan, statuses, rungs) if plan.halving else None
     present = planned = 0
     for run in [entry.run for entry in statuses if entry.state != PRUNED]:
         for path in layout.evaluations(run):
@@ -208,26 +208,31 @@ def study_status(plan: Plan, root: Path, queue=None) -> StudyStatus:
                        study_aside(root / plan.results), rungs, saved)
 
 
-def _prune(statuses, rungs) -> float:
-    """Successive halving: mark the runs of the points a rung dropped (and that have not finished) as pruned;
-    return an estimate of the training seconds they did not take against the grid: each pruned run's epochs
-    short of the mean epochs of its student's finished distilled runs, at its student's mean seconds per point
-    and epoch (a pack's epoch counted once, shared by its points)."""
+def _prune(plan: Plan, statuses, rungs) -> float:
+    """Successive halving: mark the runs of the points a rung dropped as pruned (also one that early stopping
+    happened to finish: no table counts it); return an estimate of the training seconds they did not take
+    against the grid: each pruned run's epochs short of the mean epochs of its student's finished distilled
+    runs, at its student's seconds per point and epoch (a pack's epoch is one, shared by its points: its
+    seconds are its longest point's)."""
     dropped = {(decision.student, point_of(candidate.as_dict())) for decision in rungs
                for candidate in decision.candidates if not candidate.kept}
     saved = 0.0
     for student in {entry.run.model for entry in statuses if entry.run.distilled}:
         mine = [entry for entry in statuses if entry.run.distilled and entry.run.model == student]
         for entry in mine:
-            if entry.state != "finished" and (student, (entry.run.method, entry.run.hparams)) in dropped:
-                entry.state = "pruned"
+            if (student, (entry.run.method, entry.run.hparams)) in dropped:
+                entry.state = PRUNED
         finished = [entry.epochs for entry in mine if entry.state == "finished"]
         epochs = sum(entry.epochs for entry in mine)
+        packs = {}
+        for entry in mine:
+            pack = plan.pack_of(entry.run).name
+            packs[pack] = max(packs.get(pack, 0.0), entry.seconds)
         if not finished or not epochs:
             continue
-        per_epoch = sum(entry.seconds for entry in mine) / epochs
+        per_epoch = sum(packs.values()) / epochs
         full = sum(finished) / len(finished)
-        saved += sum(max(full - entry.epochs, 0) * per_epoch for entry in mine if entry.state == "pruned")
+        saved += sum(max(full - entry.epochs, 0) * per_epoch for entry in mine if entry.state == PRUNED)
     return saved
 
 
