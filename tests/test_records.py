@@ -86,16 +86,23 @@ def test_peek_never_raises_and_reads_what_it_can(tmp_path):
 
 
 def test_the_job_record_keeps_its_keys(tmp_path):
-    """packs/<pack>.json: a kd point has run, T, w, config hash and test accuracy; another method's point
-    also its method and hyperparameters."""
+    """packs/<pack>.json: a kd point has run, T, w, config hash and test accuracy, and where it got to (seed,
+    epochs, validation accuracy, finished, training seconds); another method's point also its method and
+    hyperparameters. A halving rung's record (until_epoch) has a paused point without test accuracy."""
     out = tmp_path / "pack.json"
     cli._write_record(out, ["runs/teacher/t", "runs/dkd/d"], [Metrics.from_dict(TEACHER), Metrics.from_dict(DKD)])
     record = json.loads(out.read_text())
     assert set(record) == {"points", "slurm"}
+    reached = {"seed": 0, "epochs": 3, "val_acc": 90.0, "finished": True, "train_seconds": 12.5}
     assert record["points"][0] == {"run": "runs/teacher/t", "temperature": None, "soft_weight": None,
-                                   "config_hash": "abc", "test_acc": 89.5}
+                                   "config_hash": "abc", "test_acc": 89.5, **reached}
     assert record["points"][1] == {"run": "runs/dkd/d", "temperature": 4, "soft_weight": None, "method": "dkd",
-                                   "hparams": DKD["hparams"], "config_hash": "abc", "test_acc": 89.5}
+                                   "hparams": DKD["hparams"], "config_hash": "abc", "test_acc": 89.5, **reached}
+    paused = Metrics.from_dict({key: value for key, value in DKD.items() if not key.startswith("test_")})
+    cli._write_record(tmp_path / "rung.json", ["runs/dkd/d"], [paused], until_epoch=3)
+    rung = json.loads((tmp_path / "rung.json").read_text())
+    assert rung["until_epoch"] == 3 and rung["points"][0]["finished"] is False
+    assert "test_acc" not in rung["points"][0]
     read = JobRecord.read(out)
     assert isinstance(read.points[1], JobPoint) and read.points[1].method == "dkd"
     assert read == JobRecord.from_dict(record)
