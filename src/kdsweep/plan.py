@@ -454,8 +454,7 @@ class Plan:
 
     def stage_packs(self, student, stage: int) -> list[Pack]:
         """Every pack of a student's halving stage (of every seed), whatever the rungs before kept."""
-        return [pack for pack in self.packs if pack.stage == stage and pack.student == student
-                and pack.runs[0].role != "confirm"]
+        return [pack for pack in self.packs if pack.stage == stage and pack.student == student]
 
     def surviving(self, pack: Pack, kept: set | None) -> Pack:
         """The pack with the points a rung kept (kept: {(method, hparams)}; None for the first stage, which
@@ -493,7 +492,7 @@ class Plan:
         for their student's choice}): what `python -m kdsweep status` shows."""
         runs, waiting = self.fixed_runs(), {}
         if self.halving:  # every point trains to the first rung
-            runs += [run for pack in self.packs if pack.stage == 0 for run in pack.runs]
+            runs += [run for student in self.students for pack in self.stage_packs(student, 0) for run in pack.runs]
         known = set(runs)
         if self.staged:
             for student in self.students:

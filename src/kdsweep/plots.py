@@ -9,7 +9,6 @@ import textwrap
 from pathlib import Path
 
 import matplotlib
-
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
@@ -220,7 +219,7 @@ def _method_grid_figure(tables, method, student, dataset):
         return fig
     x_name, y_name = cells["x_name"].iloc[0], cells["y_name"].iloc[0]
     # per cell the point best on validation, a finished one before any that successive halving pruned
-    pruned = cells["pruned_at_epoch"].notna() if "pruned_at_epoch" in cells.columns else cells["x"].isna()
+    pruned = cells["pruned_at_epoch"].notna() if "pruned_at_epoch" in cells.columns else False
     best = (cells.assign(_pruned=pruned).sort_values(["_pruned", "val_acc_mean"], ascending=[True, False])
             .drop_duplicates(["x", "y"]))
     xs, ys = sorted(best["x"].astype(float).unique()), sorted(best["y"].astype(float).unique())
