@@ -206,6 +206,155 @@ def test_the_registry_holds_every_method_module_kd_first():
         assert method.problem(defaults) is None
 
 
+# Each method's defaults as its authors' released code and configs set them (the files each module's
+# docstring cites): mdistiller (megvii-research) for KD and DKD, sunshangquan/logit-standardization-KD for LSKD,
+# zhengli97/CTKD for CTKD.
+AUTHORS = {
+    # mdistiller/engine/cfg.py: CFG.KD.TEMPERATURE 4, LOSS.KD_WEIGHT 0.9 (CE_WEIGHT 0.1 = 1 - w)
+    "kd": {"temperature": 4.0, "soft_weight": 0.9},
+    # mdistiller/engine/cfg.py: CFG.DKD.ALPHA 1, BETA 8, T 4, WARMUP 20 (CE_WEIGHT 1)
+    "dkd": {"alpha": 1.0, "beta": 8.0, "temperature": 4.0, "warmup_epochs": 20},
+    # tools/train.py --base-temp 2 --kd-weight 9; mdistiller/engine/cfg.py CFG.KD.LOSS.CE_WEIGHT 0.1
+    "lskd": {"temperature": 2.0, "hard_weight": 0.1, "soft_weight": 9.0},
+    # train_student.py (-a 0.9, --t_start 1, --t_end 20, --momentum 0.9, --weight_decay 5e-4) and
+    # scripts/run_cifar_distill.sh (--decay_max 0 --decay_min -1 --decay_loops 10 --learning_rate 0.05)
+    "ctkd": {"soft_weight": 0.9, "t_start": 1.0, "t_end": 20.0, "lambda_max": 0.0, "lambda_min": -1.0,
+             "lambda_epochs": 10, "t_lr": 0.05, "t_momentum": 0.9, "t_weight_decay": 0.0005},
+}
+
+
+@pytest.mark.parametrize("name", sorted(AUTHORS))
+def test_every_default_is_its_authors_and_its_docstring_cites_the_file(name):
+    import importlib
+
+    method = METHODS[name]
+    assert {param.name: param.default for param in method.params} == AUTHORS[name]
+    doc = importlib.import_module(f"kdsweep.methods.{name}").__doc__
+    files = {"kd": ["mdistiller/engine/cfg.py", "mdistiller/distillers/KD.py"],
+             "dkd": ["mdistiller/engine/cfg.py", "mdistiller/distillers/DKD.py", "configs/cifar100/dkd/"],
+             "lskd": ["sunshangquan/logit-standardization-KD", "tools/train.py", "mdistiller/engine/cfg.py",
+                      "mdistiller/distillers/KD.py"],
+             "ctkd": ["zhengli97/CTKD", "train_student.py", "scripts/run_cifar_distill.sh", "models/temp_global.py"]}
+    for cited in files[name]:
+        assert cited in doc, (name, cited)
+
+
+TEACHER_FREE = {  # a point of each method that uses no teacher, and the weight of its cross-entropy
+    "kd": ({"temperature": 8.0, "soft_weight": 0.0}, 1.0),
+    "dkd": ({"alpha": 0.0, "beta": 0.0, "temperature": 2.0, "warmup_epochs": 20}, 1.0),
+    "lskd": ({"temperature": 3.0, "hard_weight": 0.5, "soft_weight": 0.0}, 0.5),
+    "ctkd": ({**AUTHORS["ctkd"], "soft_weight": 0.0}, 1.0),
+}
+
+
+@pytest.mark.parametrize("name", sorted(TEACHER_FREE))
+def test_a_teacher_free_point_is_the_labels_cross_entropy_alone_at_its_weight(logits, name):
+    """Without the teacher's logits the loss is weight x CE, CE written out in Python's math; the method says
+    so (Method.teacher_free), and a point that uses the teacher says None."""
+    student, _, targets = logits
+    hparams, weight = TEACHER_FREE[name]
+    method = METHODS[name]
+    state = method.make_state(hparams)
+    state = state.double() if state is not None else None
+    loss = total(method.loss(student, None, targets, hparams, Progress(30), state)).item()
+    ce = sum(math.log(sum(math.exp(v) for v in row)) - row[y]
+             for row, y in zip(student.tolist(), targets.tolist())) / len(targets)
+    assert loss == pytest.approx(weight * ce, rel=1e-12)
+    assert method.teacher_free(hparams) == weight and method.teacher_free(AUTHORS[name]) is None
+
+
+def test_a_teacher_free_point_at_weight_1_trains_exactly_as_the_baseline():
+    """kd at w = 0 (any T), dkd at alpha = beta = 0, ctkd at w = 0 and lskd at soft_weight 0 with hard_weight 1,
+    each trained two epochs from the baseline's seed, end with the baseline's weights bit for bit (the rule of
+    kdsweep.plan: such a point is the baseline and is not trained). lskd at hard_weight 0.5 does not."""
+    from kdsweep.augment import Augment
+    from kdsweep.config import load_config
+    from kdsweep.plan import Run
+    from kdsweep.runtime import Runtime
+    from kdsweep.train import Point, train_epoch
+
+    config = load_config([], ["training.bn_momentum=0.1"])
+    runtime = Runtime.from_config({**config["runtime"], "device": "cpu", "threads": 1})
+    augment = Augment.from_config(config["augmentation"])
+    data = torch.Generator().manual_seed(1)
+    images = torch.randint(256, (60, 3, 8, 8), generator=data, dtype=torch.uint8)  # as the data loader gives them
+    labels = torch.randint(10, (60,), generator=data)
+
+    def trained(run):
+        point = Point(run, config["training"], 10, [0.5] * 3, [0.25] * 3, runtime)
+        generator = torch.Generator().manual_seed(run.seed)
+        for epoch in (1, 2):
+            train_epoch([point], None, augment, images, labels, 20, generator, runtime, epoch=epoch)
+        return point.module.state_dict()
+
+    baseline = trained(Run("baseline", "mobilenet_v3_small", 3))
+    same = [(name, {**TEACHER_FREE[name][0], **({"hard_weight": 1.0} if name == "lskd" else {})}) for name in TEACHER_FREE]
+    for name, hparams in same + [("lskd", TEACHER_FREE["lskd"][0])]:
+        weights = trained(Run.distilled_run(name, "mobilenet_v3_small", 3, name, hparams))
+        equal = all(torch.equal(weights[key], baseline[key]) for key in baseline)
+        assert equal == (METHODS[name].teacher_free(hparams) == 1), (name, hparams)
+
+
+def test_ctkd_trains_its_temperature_with_the_authors_sgd():
+    """theta's optimiser is SGD with the point's t_lr, t_momentum and t_weight_decay, written out: v = mu v + g +
+    wd theta, theta -= lr v; its momentum is the module's buffer, so the state (the checkpoint's) holds it."""
+    ctkd = METHODS["ctkd"]
+    hparams = {**CTKD, "t_lr": 0.1, "t_momentum": 0.5, "t_weight_decay": 0.01}
+    state = ctkd.make_state(hparams)
+    optimizer = ctkd.state_optimizer(state, hparams)
+    theta, velocity = 1.0, 0.0
+    for grad in (0.3, -0.2, 0.7):
+        state.theta.grad = torch.tensor([grad])
+        optimizer.step()
+        velocity = 0.5 * velocity + grad + 0.01 * theta
+        theta -= 0.1 * velocity
+        assert state.theta.item() == pytest.approx(theta, rel=1e-6)
+        assert state.state_dict()["momentum"].item() == pytest.approx(velocity, rel=1e-6)
+
+
+def test_lambda_changes_the_learned_temperature():
+    """The reversal's strength lambda sets how far the temperature moves, as the authors' SGD makes it: the same
+    student, teacher and batch, lambda -1 or -4 from the first epoch (lambda_epochs 1; no weight decay), one
+    training step moves theta four times as far for -4 (theta's step is lr x lambda x the loss's gradient), and
+    the two learned temperatures differ. With Adam, which the student trains with, both first steps would be
+    the same, lr x sign(gradient): the reason the temperature has the authors' optimiser."""
+    from kdsweep.augment import Augment
+    from kdsweep.config import load_config
+    from kdsweep.plan import Run
+    from kdsweep.runtime import Runtime
+    from kdsweep.train import Point, train_epoch
+
+    config = load_config([], ["training.bn_momentum=0.1"])
+    runtime = Runtime.from_config({**config["runtime"], "device": "cpu", "threads": 1})
+    augment = Augment.from_config({"pad": 0, "flip_p": 0.0, "rotation_degrees": 0})
+    data = torch.Generator().manual_seed(2)
+    images = torch.randint(256, (20, 3, 8, 8), generator=data, dtype=torch.uint8)
+    labels = torch.randint(10, (20,), generator=data)
+    torch.manual_seed(5)
+    teacher = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 10)).eval()
+    with torch.no_grad():
+        teacher[1].weight.mul_(10)  # logits of a trained teacher's size (SD of several units), not near 0
+
+    def after_one_step(lambda_min):
+        hparams = {**AUTHORS["ctkd"], "t_end": 2.0, "lambda_min": lambda_min, "lambda_epochs": 1, "t_weight_decay": 0.0}
+        point = Point(Run.distilled_run("ctkd", "mobilenet_v3_small", 0, "ctkd", hparams), config["training"], 10,
+                      [0.5] * 3, [0.25] * 3, runtime)
+        train_epoch([point], teacher, augment, images, labels, 20, torch.Generator().manual_seed(0), runtime, epoch=1)
+        return point.method_state.theta.item(), METHODS["ctkd"].epoch_record(point.method_state)["temperature"]
+
+    (weak, weak_t), (strong, strong_t) = after_one_step(-1.0), after_one_step(-4.0)
+    assert weak != 1.0 and (strong - 1.0) == pytest.approx(4 * (weak - 1.0), rel=1e-4)
+    assert abs(strong_t - weak_t) > 0.01
+    steps = []
+    for gradient in (0.01, 0.04):  # the same loss, lambda 1 and 4: Adam's first step is the same
+        theta = torch.nn.Parameter(torch.ones(1))
+        adam = torch.optim.Adam([theta], lr=0.001)
+        theta.grad = torch.tensor([gradient])
+        adam.step()
+        steps.append(1.0 - theta.item())
+    assert steps[0] == pytest.approx(steps[1], rel=1e-5)
+
+
 def softmax(row, temperature):
     exps = [math.exp(v / temperature) for v in row]
     return [e / sum(exps) for e in exps]
@@ -290,7 +439,7 @@ def test_logit_standardization_is_kd_of_z_scored_logits_and_ignores_shift_and_sc
 
 
 CTKD = {"soft_weight": 0.9, "t_start": 1.0, "t_end": 20.0, "lambda_max": 0.0, "lambda_min": -1.0,
-        "lambda_epochs": 10}
+        "lambda_epochs": 10, "t_lr": 0.05, "t_momentum": 0.9, "t_weight_decay": 0.0005}
 
 
 def test_ctkd_is_kd_at_its_learned_temperature_and_reverses_the_temperatures_gradient(logits):
@@ -349,7 +498,7 @@ def test_every_methods_gradient_matches_finite_differences(logits, name):
 COMPARED = ["epochs", "best_epoch", "val_acc", "val_loss", "test_acc", "test_loss", "config_hash"]
 POINTS = ["kd:temperature=4,soft_weight=0.9", "dkd:alpha=1,beta=8,temperature=4,warmup_epochs=2",
           "lskd:temperature=2,hard_weight=1,soft_weight=9", "ctkd:soft_weight=0.9,t_start=1,t_end=20,lambda_max=0,"
-          "lambda_min=-1,lambda_epochs=2"]
+          "lambda_min=-1,lambda_epochs=2,t_lr=0.05,t_momentum=0.9,t_weight_decay=0.0005"]
 
 
 @pytest.fixture(scope="module")

@@ -90,18 +90,32 @@ class Point:
         self.module = runtime.place(build_model(run.model, num_classes, mean, std,
                                                 bn_momentum=training["bn_momentum"]))
         self.model = runtime.compiled(self.module)
-        # the method's trainable state (CTKD's temperature), trained by the point's optimiser beside the
-        # student, after its weights
+        # the method's trainable state (CTKD's temperature): trained by the point's optimiser beside the
+        # student, after its weights, or by an optimiser of its own (the method's authors')
         self.method_state = self.method.make_state(hparams)
+        self.state_optimizer = None
         parameters = list(self.module.parameters())
         if self.method_state is not None:
             self.method_state = self.method_state.to(runtime.device)
-            parameters += list(self.method_state.parameters())
+            self.state_optimizer = self.method.state_optimizer(self.method_state, hparams)
+            if self.state_optimizer is None:
+                parameters += list(self.method_state.parameters())
+            else:
+                self.state_lrs = [group["lr"] for group in self.state_optimizer.param_groups]
+        self.lr = training["lr"]
         self.optimizer = runtime.adam(parameters, training["lr"], training["weight_decay"])
         self.terms = self.method.term_names(hparams)
         # Each point draws its dropout masks from its own torch RNG stream, so a point
         # trains exactly as it would alone, whatever else shares its job.
         self.rng = _torch_rng(runtime.device)
+
+    def step_state(self):
+        """Step the method state's own optimiser, its learning rates scaled as the student's schedule scales
+        the student's (the authors train both with one optimiser and one schedule)."""
+        scale = self.optimizer.param_groups[0]["lr"] / self.lr
+        for group, lr in zip(self.state_optimizer.param_groups, self.state_lrs):
+            group["lr"] = lr * scale
+        self.state_optimizer.step()
 
     @contextlib.contextmanager
     def own_rng(self, device):
@@ -159,8 +173,12 @@ def train_epoch(points, teacher, augment, images, labels, batch_size, generator,
                                           point.hparams, progress, point.method_state)
                 loss = total_loss(terms)
                 point.optimizer.zero_grad(set_to_none=True)
+                if point.state_optimizer is not None:
+                    point.state_optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 point.optimizer.step()
+                if point.state_optimizer is not None:
+                    point.step_state()
             losses = {"total": loss, **{name: value for name, (_, value) in terms.items()}}
             for name, value in losses.items():
                 # A term the point does not use (soft at w = 0) is None: logged as NaN.

@@ -10,9 +10,13 @@ than one function (trainable state, a schedule). It declares:
   (the teacher's logits come without a gradient, as ordinary tensors the loss may keep for backward),
   `{name: (weight, value)}`, whose weighted sum is minimised (`total`). Each term's unweighted value goes
   to history.csv (`train_<name>_loss`) and TensorBoard;
-- any trainable state (`make_state`: a module whose parameters the point's optimiser trains, saved in
-  and resumed from the checkpoint) and what of it each epoch records (`epoch_record`: history.csv,
-  TensorBoard, metrics.json).
+- any trainable state (`make_state`: a module saved in and resumed from the checkpoint, whose parameters the
+  point's optimiser trains beside the student's weights, or an optimiser of its own where the method's
+  authors train it apart: `state_optimizer`) and what of it each epoch records (`epoch_record`:
+  history.csv, TensorBoard, metrics.json);
+- what a point that uses no teacher trains on (`teacher_free`): the labels' cross-entropy alone, at a
+  weight. At weight 1 that is the hard-target baseline's loss (kdsweep.plan trains no such point: the
+  baseline is it).
 
 No method module imports torch at module level: the plan (kdsweep.plan, which every snakemake process
 loads) reads the registry's hyperparameters, and a loss imports torch when it first runs.
@@ -77,6 +81,9 @@ class Method:
     axes: tuple[str, str]
     loss_fn: object = None  # (student, teacher, labels, hparams, progress) -> terms, for a method without state
     uses_teacher: object = None  # hparams -> bool; None: always
+    # hparams -> the weight of the labels' cross-entropy, the loss's only term at a point that uses no teacher
+    # (kd: 1 - w = 1); None: 1
+    hard_weight: object = None
 
     def __post_init__(self):
         names = [param.name for param in self.params]
@@ -106,6 +113,14 @@ class Method:
     def needs_teacher(self, hparams: dict) -> bool:
         return True if self.uses_teacher is None else self.uses_teacher(hparams)
 
+    def teacher_free(self, hparams: dict) -> float | None:
+        """None at a point that uses the teacher. At one that does not, its loss is the labels' cross-entropy
+        alone (every other term weighs 0 and `total` leaves it out): the weight it has. At 1 the loss is the
+        hard-target baseline's (train.HARD_TARGETS), so the point, trained from the same seed, is the baseline."""
+        if self.needs_teacher(hparams):
+            return None
+        return 1.0 if self.hard_weight is None else float(self.hard_weight(hparams))
+
     def section_schema(self) -> dict:
         """JSON schema of the config's `methods.<name>` section: each hyperparameter a list of values (the
         sweep's grid over them is their product)."""
@@ -124,6 +139,13 @@ class Method:
 
     def make_state(self, hparams: dict):
         """Trainable state of a point (None: the method has none)."""
+        return None
+
+    def state_optimizer(self, state, hparams: dict):
+        """The optimiser of a point's trainable state (placed on its device), where the method's authors train it
+        apart from the student (train_epoch steps it after the student's, its learning rate scaled as the
+        student's schedule scales theirs; its state is in `state`'s own, so in the checkpoint); None: the point's
+        optimiser trains it beside the student's weights."""
         return None
 
     def loss(self, student, teacher, labels, hparams: dict, progress: Progress, state=None) -> dict:
