@@ -36,7 +36,7 @@ def attack_file(attack: str, epsilon) -> str:
 # Every table tables.write_tables writes (under results/<study>/tables/).
 TABLES = ("runs.csv", "robustness.csv", "table1.csv", "table1.md", "kd_vs_hard.csv", "kd_vs_hard.md", "grid.csv",
           "confirmed.csv", "confirmed.md", "sensitivity.csv", "sensitivity.md", "vs_reference.csv",
-          "vs_reference.md", "methods.csv", "methods.md", "method_grid.csv")
+          "vs_reference.md", "methods.csv", "methods.md", "method_grid.csv", "headline.md")
 # Every figure plots.write_figures draws (under results/<study>/figures/), in each of FIGURE_FORMATS:
 # one of each STUDY_FIGURES, and one of each PER_STUDENT_FIGURES per student.
 STUDY_FIGURES = ("temperature", "fidelity")

@@ -166,8 +166,14 @@ def _pruned_cells(ax, pruned_at, val):
                 color="0.25")
 
 
+def _trained(grid):
+    """A grid table's rows less its teacher-free point, which is the baseline (no cell of the heat map: the
+    soft-weight figure draws it as the baseline's line)."""
+    return grid[grid["teacher_free"].ne("baseline")] if "teacher_free" in grid.columns else grid
+
+
 def _grid_figure(tables, student, dataset):
-    grid = tables["grid.csv"]
+    grid = _trained(tables["grid.csv"])
     temperatures = sorted(grid["temperature"].astype(float).unique())
     weights = sorted(grid["soft_weight"].astype(float).unique())
     cells = grid[grid["model"] == student]
@@ -209,7 +215,7 @@ def _grid_figure(tables, student, dataset):
 def _method_grid_figure(tables, method, student, dataset):
     """A method's heat map over its two main hyperparameters (kdsweep.methods: its `axes`): mean test accuracy
     over seeds; where its other hyperparameters vary, each cell shows the point best on validation."""
-    grid = tables["method_grid.csv"]
+    grid = _trained(tables["method_grid.csv"])
     cells = grid[(grid["method"] == method) & (grid["model"] == student)]
     fig = Figure(figsize=_SIZE, layout="constrained")
     ax = fig.add_subplot()

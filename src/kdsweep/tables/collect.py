@@ -18,6 +18,7 @@ import pandas as pd
 
 from kdsweep.errors import KdsweepError
 from kdsweep.identity import result_matches
+from kdsweep.methods import METHODS
 from kdsweep.plan import ROLES
 from kdsweep.records import EVALUATION_MEASURES, AttackResult, Evaluation, Metrics, point_of
 from kdsweep.runs import METRICS
@@ -172,3 +173,36 @@ def long_scores(runs, robustness):
     evaluation = runs.melt(id_vars="run", value_vars=EVALUATION_COLUMNS, var_name="measure",
                            value_name="value").dropna(subset="value").assign(epsilon=np.nan)
     return pd.concat([clean, attacked, evaluation], ignore_index=True)[["run", "measure", "epsilon", "value"]]
+
+
+def planned_teacher_free(results_dir) -> dict:
+    """The study's teacher-free points (kdsweep.plan.Plan.teacher_free: {method: {point: "baseline" or the
+    shared run's point}}), from results/<study>/study.yaml, the config the workflow last ran with; {} without
+    one (a folder the workflow did not write), or where it no longer plans."""
+    from kdsweep.config import load_config
+    from kdsweep.plan import Plan
+
+    path = Path(results_dir) / "study.yaml"
+    if not path.is_file():
+        return {}
+    try:
+        return Plan(load_config([path])).teacher_free
+    except (KdsweepError, KeyError, OSError, ValueError):
+        return {}
+
+
+def without_baseline_copies(runs) -> pd.DataFrame:
+    """The runs less sweep runs of teacher-free points whose loss is the baseline's (kd's w = 0; kdsweep.plan
+    trains none, but a study folder from an earlier version may hold them): the baseline stands for them, once."""
+    def copy(role, method, point):
+        if method not in METHODS or role != method or not isinstance(point, tuple):
+            return False
+        names = [param.name for param in METHODS[method].params]
+        return METHODS[method].teacher_free(dict(zip(names, point))) == 1
+
+    copies = [copy(*row) for row in zip(runs["role"], runs["method"], runs["point"])]
+    if any(copies):
+        print(f"kdsweep: note: left out {sum(copies)} run(s) of teacher-free points (e.g. "
+              f"{runs.loc[copies, 'run'].iloc[0]}): their loss is the baseline's, and the baseline stands for them",
+              file=sys.stderr)
+    return runs[[not c for c in copies]].reset_index(drop=True)

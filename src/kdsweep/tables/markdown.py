@@ -65,18 +65,55 @@ def signed(value, digits=2):
     return "–" if pd.isna(value) else f"{value:+.{digits}f}"
 
 
+def yes_no(value) -> str:
+    """A verdict cell: yes, no, or a dash where there is none (None, NaN). Any truth value counts, numpy's
+    bool_ too (`is True` is False for numpy.True_, which pandas hands back from a column of booleans)."""
+    if value is None or (not isinstance(value, str) and pd.isna(value)):
+        return "–"
+    return "yes" if bool(value) else "no"
+
+
+def p_cell(value) -> str:
+    if pd.isna(value):
+        return "–"
+    return "< 0.001" if value < 0.001 else f"{value:.3f}"
+
+
 def gain_cells(row, prefix="gain", digits=2):
-    """[paired mean gain, its 95% interval, pairs, whether the interval excludes 0]; no interval for n < 2."""
+    """[paired mean gain, its raw 95% interval, its adjusted one, pairs, raw p, Holm's p, whether the gain
+    differs from 0 after adjustment]; no interval for n < 2."""
     n = int(row[f"{prefix}_n"])
+
+    def bounds(low, high):
+        return f"[{row[low]:+.{digits}f}, {row[high]:+.{digits}f}]" if pd.notna(row.get(low)) else "–"
+
     if n > 1:
-        interval_cell = f"[{row[f'{prefix}_low']:+.{digits}f}, {row[f'{prefix}_high']:+.{digits}f}]"
-        excludes = "yes" if row[f"{prefix}_excludes_zero"] is True else "no"
+        raw, adjusted = bounds(f"{prefix}_low", f"{prefix}_high"), bounds(f"{prefix}_low_adj", f"{prefix}_high_adj")
+        p, p_holm = p_cell(row.get(f"{prefix}_p")), p_cell(row.get(f"{prefix}_p_holm"))
+        verdict = yes_no(row.get(f"{prefix}_excludes_zero_adj"))
     else:
-        interval_cell, excludes = ("none (n = 1)" if n == 1 else "–"), "–"
-    return [signed(row[f"{prefix}_mean"], digits), interval_cell, str(n), excludes]
+        raw, adjusted, p, p_holm, verdict = ("none (n = 1)" if n == 1 else "–"), "–", "–", "–", "–"
+    return [signed(row[f"{prefix}_mean"], digits), raw, adjusted, str(n), p, p_holm, verdict]
 
 
-GAIN_HEADER = ["kd - hard", "95% CI of the gain", "pairs n", "CI excludes 0"]
+def gain_header(difference="kd - hard"):
+    return [difference, "95% CI (raw)", "95% CI (adjusted)", "pairs n", "p (raw)", "p (Holm)",
+            "differs from 0 (adjusted)"]
+
+
+GAIN_HEADER = gain_header()
 GAIN_NOTE = ("kd - hard is the gain paired by seed, KD(seed s) - baseline(seed s), averaged over the seeds "
-              "that have both (n pairs); its 95% interval is mean ± t(0.975, n - 1) · sd / √n (Student t), "
-              "none with one pair. ")
+              "that have both (n pairs); its raw 95% interval is mean ± t(0.975, n - 1) · sd / √n (Student t) "
+              "and p the paired t-test's, none with one pair. ")
+
+
+def family_note(table) -> str:
+    """The sentence on multiplicity under a table of comparisons: its family, m and the adjustment."""
+    if table.empty or "family" not in table.columns:
+        return ""
+    m = int(table["family_size"].iloc[0])
+    return (f"Multiplicity: this table is one family of m = {m} comparisons ({table['family'].iloc[0]}, each "
+            "with two pairs or more). p (Holm) is Holm's step-down adjustment over the family, which keeps the "
+            "chance of any false \"differs from 0\" in it at 5%; the adjusted interval is Bonferroni's "
+            f"simultaneous one, each at level 1 - 0.05 / {m}, so that all {m} hold together with 95% "
+            "probability. \"Differs from 0 (adjusted)\" is p (Holm) < 0.05 (docs/statistics.md). ")

@@ -16,10 +16,10 @@ from kdsweep.runs import METRICS
 from kdsweep.stats import expected_range
 from kdsweep.tables.collect import LOGIT_SCALE, attack_names, in_role_order, long_scores
 from kdsweep.tables.search import pruned_of
-from kdsweep.tables.markdown import (CI_NOTE, GAIN_HEADER, GAIN_NOTE, LOGIT_NOTE, SEEDS_NOTE, attack_note, gain_cells,
-                                     mean_cell, measure_label, number, render)
-from kdsweep.tables.summary import (COMPARISON_COLUMNS, MEASURES, candidates, compare, counts_as_int, in_order,
-                                    pick_best, summarise)
+from kdsweep.tables.markdown import (CI_NOTE, GAIN_HEADER, GAIN_NOTE, LOGIT_NOTE, SEEDS_NOTE, attack_note,
+                                     family_note, gain_cells, mean_cell, measure_label, number, render)
+from kdsweep.tables.summary import (ADJUSTED_COLUMNS, COMPARISON_COLUMNS, MEASURES, candidates, compare, counts_as_int,
+                                    family, in_order, pick_best, summarise)
 
 
 def eps_column(attack, epsilon):
@@ -56,11 +56,26 @@ def table1_markdown(table, robustness):
     return render(caption, header, rows)
 
 
-def grid(runs):
-    """The kd sweep's grid: per student and point (T, w), test and validation accuracy over seeds."""
+TEACHER_FREE_KD = "the hard-target baseline (w = 0 at every T)"
+
+
+def grid(runs, teacher_free=None):
+    """The kd sweep's grid: per student and point (T, w), test and validation accuracy over seeds. Where the
+    study's grid holds w = 0 (teacher_free: kdsweep.plan.Plan.teacher_free, {method: {point: ...}}), that
+    point once per student, as what trains it, the baseline: its row has no temperature and `teacher_free`
+    says so."""
     keys = ["dataset", "model", "temperature", "soft_weight"]
     kd = runs[runs["role"] == "kd"]
-    return pd.concat([summarise(kd, keys, "test_acc"), summarise(kd, keys, "val_acc")], axis=1).reset_index()
+    table = pd.concat([summarise(kd, keys, "test_acc"), summarise(kd, keys, "val_acc")], axis=1).reset_index()
+    table["teacher_free"] = None
+    if (teacher_free or {}).get("kd"):
+        base = runs[runs["role"] == "baseline"].assign(temperature=np.nan, soft_weight=0.0)
+        rows = pd.concat([summarise(base, keys, "test_acc"), summarise(base, keys, "val_acc")],
+                         axis=1).reset_index().assign(teacher_free=TEACHER_FREE_KD)
+        table = counts_as_int(pd.concat([table, rows], ignore_index=True)
+                              .sort_values(["dataset", "model", "soft_weight", "temperature"], kind="stable",
+                                           na_position="first", ignore_index=True))
+    return table
 
 
 def with_pruned(grid, runs, search):
@@ -79,7 +94,8 @@ def with_pruned(grid, runs, search):
                          .sort_values(["model", "temperature", "soft_weight"], kind="stable", ignore_index=True))
 
 
-KD_VS_HARD_COLUMNS = ["dataset", "model", "temperature", "soft_weight", "kd_val_acc_mean", *COMPARISON_COLUMNS]
+KD_VS_HARD_COLUMNS = ["dataset", "model", "temperature", "soft_weight", "kd_val_acc_mean", *COMPARISON_COLUMNS,
+                      *ADJUSTED_COLUMNS]
 
 
 def kd_vs_hard(runs, robustness):
@@ -103,7 +119,8 @@ def kd_vs_hard(runs, robustness):
         rows.append(both.assign(dataset=dataset, model=model, temperature=temperature,
                                 soft_weight=soft_weight, kd_val_acc_mean=val_acc))
     table = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame()
-    table = counts_as_int(table.reindex(columns=KD_VS_HARD_COLUMNS))
+    table = counts_as_int(family(table.reindex(columns=COMPARISON_COLUMNS + KD_VS_HARD_COLUMNS[:5]), "kd_vs_hard")
+                          .reindex(columns=KD_VS_HARD_COLUMNS))
     return in_order(table, ["dataset", "model"])
 
 
@@ -124,7 +141,9 @@ def kd_vs_hard_markdown(table, robustness):
                + LOGIT_NOTE
                + "Agreement and KL(teacher ‖ student) at T = 1 measure fidelity to the teacher (Stanton et al. "
                "2021); ECE (equal-width confidence bins) and NLL measure calibration. "
-               "Accuracies in %, kd - hard in points; " + GAIN_NOTE + "Hard targets and distilled: " + SEEDS_NOTE)
+               "Accuracies in %, kd - hard in points; " + GAIN_NOTE + family_note(table)
+               + "Hard targets and distilled: " + SEEDS_NOTE + " w = 0 trains no run of its own: it is the "
+               "hard-target baseline at every T (the same loss and seed), so the baseline column is it.")
     return render(caption, header, rows)
 
 
@@ -165,8 +184,12 @@ def sensitivity(runs, grid):
     rows = []
     for (dataset, model), cells in grid.groupby(["dataset", "model"], sort=True):
         fallback = _pooled_sd(_replicates(runs, dataset, model))
-        slices = [("soft_weight", t, np.nan, part) for t, part in cells.groupby("temperature")]
-        slices += [("temperature", np.nan, w, part) for w, part in cells.groupby("soft_weight")]
+        # w = 0, where the study's grid holds it, is the baseline (one row, no temperature): every temperature's
+        # w = 0 point
+        free, trained = cells[cells["temperature"].isna()], cells[cells["temperature"].notna()]
+        slices = [("soft_weight", t, np.nan, pd.concat([free, part]) if len(free) else part)
+                  for t, part in trained.groupby("temperature")]
+        slices += [("temperature", np.nan, w, part) for w, part in trained.groupby("soft_weight")]
         slices.append(("both", np.nan, np.nan, cells))
         for varied, temperature, soft_weight, part in slices:
             if len(part) < 2 or (varied == "both" and (part["temperature"].nunique() < 2
@@ -201,7 +224,8 @@ def sensitivity_markdown(table):
                "points' seeds; with one seed per point, from the confirmation's runs and the hard-target runs, "
                "which only estimates it) and the spread that many points would show if they did not differ at "
                "all (expected range of that many means of noise). A spread well above the noise-alone spread is a "
-               "sensitivity; one near it is seed noise. At w = 0 (hard targets only) T changes nothing.")
+               "sensitivity; one near it is seed noise. w = 0 (hard targets only; where the grid holds it) is the "
+               "hard-target baseline at every T, trained once: it counts in each temperature's spread over w.")
     if table.empty:
         return caption + "\n\nNo student has two finished grid points yet.\n"
     header = ["dataset", "student", "varied", "at", "points", "test accuracy range", "spread", "seed-to-seed SD (df)",
@@ -300,7 +324,9 @@ def vs_reference(runs, results_dir, table1, kd_vs_hard, confirmed, sensitivity):
         mine = kd_vs_hard[kd_vs_hard["model"] == model]
         if mine.empty:
             continue
-        confirm = confirmed[confirmed["model"] == model]
+        # kd's confirmed point against the baseline (not another method's, nor a head-to-head row)
+        confirm = confirmed[(confirmed["model"] == model) & (confirmed["method"] == "kd")
+                            & (confirmed["against"] == "baseline")]
         point, confirm_point = first(mine), first(confirm)
         for key, label in (("temperature", "optimal temperature T"), ("soft_weight", "optimal soft weight w")):
             add(model, label, "", np.nan, optimal[key], optimal["source"],
@@ -347,7 +373,8 @@ def vs_reference_markdown(table):
                f"teacher; one run per point, the optimal point chosen on TEST accuracy) beside this study's "
                "(means over seeds; the sweep's point chosen on validation accuracy) and its confirmation on fresh "
                "seeds. Accuracies in %, gains and spreads in points; this study's intervals are 95% (Student t): "
-               "of the mean for accuracies, of the paired gain for gains.")
+               "of the mean for accuracies, of the paired gain for gains, unadjusted: the same gains adjusted for "
+               "multiplicity, within their tables' families, are in kd_vs_hard.md and confirmed.md.")
     if (table["quantity"] == "not applicable").any():
         return caption + "\n\n" + table["note"].iloc[0][0].upper() + table["note"].iloc[0][1:] + ".\n"
 
