@@ -57,72 +57,74 @@ def reference_study(tmp_path_factory):
 
 def test_grid_dry_run_has_every_job_of_the_reference_study(reference_study):
     counts, _ = reference_study
-    runs = 1 + 2 + 2 * 8 * 7  # teacher, baselines, students x temperatures x soft weights
+    # teacher, baselines, students x temperatures x soft weights above 0 (w = 0 is the baseline), and the
+    # confirmation's baselines (2 students x 3 fresh seeds; its distilled runs come after its checkpoints)
+    runs = 1 + 2 + 2 * 8 * 6 + 2 * 3
     assert counts["stats"] == 1
-    assert counts["train"] == 1 + 2  # the teacher and the baselines
-    assert counts["distill"] == 112
-    assert counts["attack"] == 2 * 3 * runs == 690  # every run x attack x epsilon
+    assert counts["train"] == 1 + 2 + 2 * 3  # the teacher and the baselines
+    assert counts["distill"] == 96
+    assert counts["attack"] == 2 * 3 * runs == 630  # every run x attack x epsilon
     assert counts["evaluate"] == runs
     assert counts["tables"] == counts["figures"] == counts["all"] == 1
     assert counts["download"] == 1  # no CIFAR-10 files in the empty working directory
-    assert "best_temperature" not in counts
+    assert counts["best_point"] == 2 and "best_temperature" not in counts
 
 
 def test_seeds_multiply_the_student_runs(tmp_path):
     counts, _ = dry_run(tmp_path, "--config", "seeds=[0,1]")
-    assert counts["train"] == 1 + 2 * 2
-    assert counts["distill"] == 112 * 2
-    assert counts["attack"] == 2 * 3 * (1 + 4 + 224)
-    assert counts["evaluate"] == 1 + 4 + 224
+    assert counts["train"] == 1 + 2 * 2 + 2 * 3  # teacher, baselines, confirmation baselines (not multiplied)
+    assert counts["distill"] == 96 * 2
+    assert counts["attack"] == 2 * 3 * (1 + 4 + 192 + 6)
+    assert counts["evaluate"] == 1 + 4 + 192 + 6
 
 
 def test_an_attack_switched_off_has_no_jobs(tmp_path):
     counts, output = dry_run(tmp_path, "--config", "attacks={pgd: null}")
-    assert counts["attack"] == 345 and "pgd_eps" not in output
+    assert counts["attack"] == 105 * 3 and "pgd_eps" not in output
 
 
 def test_staged_sweep_runs_the_temperature_sweep_before_its_checkpoint(tmp_path):
     counts, _ = dry_run(tmp_path, "--config", "sweep=staged")
     assert counts["best_temperature"] == 2  # one checkpoint per student
     assert counts["distill"] == 2 * 8  # every temperature at staged.soft_weight, nothing else yet
-    assert counts["attack"] == 2 * 3 * (1 + 2 + 16)
-    assert counts["evaluate"] == 1 + 2 + 16
+    assert counts["attack"] == 2 * 3 * (1 + 2 + 16 + 6)  # and the confirmation's 6 baselines
+    assert counts["evaluate"] == 1 + 2 + 16 + 6
     assert counts["tables"] == counts["figures"] == 1
 
 
 def test_evaluations_of_one_run_are_one_group_job(reference_study):
     _, output = reference_study
     found = groups(output)
-    assert len(found) == 115  # one submission per model run ...
+    assert len(found) == 105  # one submission per model run ...
     for _, rules in found:  # ... holding both attacks at each epsilon and the evaluation
         assert rules == Counter(attack=6, evaluate=1)
     ids = {group for group, _ in found}
-    assert len(ids) == 115
+    assert len(ids) == 105 and not any("_soft0_" in group for group in ids)
     assert "eval_teacher_resnet50_seed0" in ids and "eval_kd_resnet18_T4_soft0.9_seed0" in ids
 
 
 def test_without_group_components_each_job_is_its_own_group(tmp_path):
     _, output = dry_run(tmp_path, "--workflow-profile", "none")
     found = groups(output)
-    assert len(found) == 690 + 115
+    assert len(found) == 630 + 105
     assert all(sum(rules.values()) == 1 for _, rules in found)
 
 
 def test_packed_grid_trains_pack_size_points_per_job(tmp_path):
     counts, output = dry_run(tmp_path, "--printshellcmds", "--config", "runtime={pack_size: 8}")
-    # 56 points per student and seed, 8 to a job, all jobs of rule distill
-    assert counts["distill"] == 14
-    assert counts["attack"] == 690 and counts["evaluate"] == 115  # one folder per point
+    # 48 points per student and seed (the grid's 56 but w = 0), 8 to a job, all jobs of rule distill
+    assert counts["distill"] == 12
+    assert counts["attack"] == 630 and counts["evaluate"] == 105  # one folder per point
     commands = [line for line in output.splitlines() if "kdsweep distill " in line]
-    assert len(commands) == 14
+    assert len(commands) == 12
     outs = [re.findall(r"--out (\S+)", line) for line in commands]
-    assert sorted(len(o) for o in outs) == [8] * 14
-    assert len({o for pack in outs for o in pack}) == 112  # every point in exactly one pack
+    assert sorted(len(o) for o in outs) == [8] * 12
+    assert len({o for pack in outs for o in pack}) == 96  # every point in exactly one pack
     for line in commands:  # one student and seed per pack
         assert line.count("--student ") == 1 and line.count("--seed ") == 1
     records = set(re.findall(r"--record (\S+/packs/\S+)", output))
     assert records == {f"results/cifar10-reference/packs/{s}_seed0_pack{i}.json"
-                       for s in ("mobilenet_v3_small", "resnet18") for i in range(1, 8)}
+                       for s in ("mobilenet_v3_small", "resnet18") for i in range(1, 7)}
 
 
 def test_packed_staged_sweep_packs_the_temperature_sweep(tmp_path):
