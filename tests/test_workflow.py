@@ -274,7 +274,12 @@ def test_a_finished_study_gains_every_method_and_confirms_each_without_retrainin
         f"temperature={kd['temperature']:g}, soft_weight={kd['soft_weight']:g}")
     assert set(found["method_grid.csv"]["method"]) == {"kd", "ctkd", "dkd", "lskd"}
     confirmed = found["confirmed.csv"].query("measure == 'clean'")
-    assert sorted(confirmed["method"]) == ["ctkd", "dkd", "kd", "lskd"] and confirmed["kd_n"].eq(1).all()
+    against = confirmed.groupby("against")["method"].apply(sorted).to_dict()
+    # each method against the baseline, and each other method head to head against kd, on the fresh seed
+    assert against == {"baseline": ["ctkd", "dkd", "kd", "lskd"], "kd": ["ctkd", "dkd", "lskd"]}
+    assert confirmed["kd_n"].eq(1).all() and confirmed["gain_n"].eq(1).all()
+    kd_fresh = confirmed.query("method == 'kd' and against == 'baseline'")["kd_mean"].iloc[0]
+    assert confirmed.query("against == 'kd'")["hard_mean"].eq(kd_fresh).all()  # kd's confirmed point is the other side
     for method in ("ctkd", "dkd", "lskd"):
         assert (results / "confirm" / f"mobilenet_v3_small_{method}.json").is_file()
         for ext in ("png", "pdf"):
