@@ -27,7 +27,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import chosen
 from .errors import KdsweepError
 from .identity import ASIDE, study_aside
 from .joblog import last_attempt
@@ -198,13 +197,7 @@ def study_status(plan: Plan, root: Path, queue=None) -> StudyStatus:
     teacher_hash = teacher.config_hash if teacher is not None else None
     statuses = [run_status(layout, root, run, teacher_hash, running_jobs, host, digest) for run in runs]
     # the rungs decided so far, each read checked (a damaged record is one sentence, as for the workflow)
-    rungs = []
-    for student in plan.students:
-        for stage in range(len(plan.rungs)):
-            path = root / layout.rung_decision(student, stage)
-            if path.exists():
-                chosen.kept(plan, student, stage, path)
-                rungs.append(RungDecision.read(path))
+    rungs = [RungDecision.read(root / path) for path in layout.rung_decisions() if (root / path).exists()]
     saved = _prune(plan, statuses, rungs) if plan.halving else None
     present = planned = 0
     for run in [entry.run for entry in statuses if entry.state != PRUNED]:
