@@ -116,6 +116,11 @@ def validate(config: dict, source=lambda where: _ANYWHERE) -> dict:
                     key=lambda e: list(e.absolute_path))
     if errors:
         error = errors[0]
+        # a value that fits no branch of a oneOf (teacher: one entry or a list): the branch's error deeper in
+        # the value, where there is one, names the key to fix (teacher.seed, not teacher)
+        while error.context and len((deepest := max(error.context, key=lambda e: len(e.absolute_path)))
+                                    .absolute_path) > len(error.absolute_path):
+            error = deepest
         where = ".".join(str(p) for p in error.absolute_path) or "(top level)"
         if error.validator == "required" and not error.absolute_path:
             missing = error.message.split(" is a required property")[0]

@@ -19,9 +19,10 @@ from kdsweep.io import write_bytes
 from kdsweep.layout import FIGURE_FORMATS, PER_STUDENT_FIGURES, STUDY_FIGURES
 from kdsweep.plan import fmt
 from kdsweep.tables import read_table, write_tables
+from kdsweep.tables.pairs import PAIRS_COLUMNS
 from kdsweep.tables.summary import MEASURES, pick_best
 
-_NEEDED = ("runs.csv", "table1.csv", "kd_vs_hard.csv", "grid.csv", "methods.csv", "method_grid.csv", "pairs.csv")
+_NEEDED = ("runs.csv", "table1.csv", "kd_vs_hard.csv", "grid.csv", "methods.csv", "method_grid.csv")
 _SIZE = (6.4, 4.4)
 _STYLE = {"axes.titlesize": "medium", "savefig.dpi": 150}  # two-line titles fit; readable at 100%
 _ACC = "test accuracy (%)"
@@ -405,6 +406,9 @@ def write_figures(results_dir, soft_weight, students=None, methods=None) -> list
     if not all((tables_dir / name).is_file() for name in _NEEDED):
         write_tables(results_dir)
     tables = {name: read_table(tables_dir / name) for name in _NEEDED}
+    # tables written before the architecture pairs existed have none: an empty pairs figure
+    pairs_csv = tables_dir / "pairs.csv"
+    tables["pairs.csv"] = read_table(pairs_csv) if pairs_csv.is_file() else pd.DataFrame(columns=PAIRS_COLUMNS)
     runs = tables["runs.csv"]
     if students is None:
         students = sorted(runs.loc[runs["role"] != "teacher", "model"].unique())
