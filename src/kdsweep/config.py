@@ -204,8 +204,7 @@ def coerce_strings(config: dict) -> dict:
     root = schema()
 
     def walk(value, sub):
-        while "$ref" in sub:
-            sub = root["$defs"][sub["$ref"].rsplit("/", 1)[1]]
+        sub = _branch(value, _resolve(sub, root), root)
         if isinstance(value, str):
             if jsonschema.Draft202012Validator({**sub, "$defs": root["$defs"]}).is_valid(value):
                 return value
@@ -222,6 +221,21 @@ def coerce_strings(config: dict) -> dict:
         return _whole(value, sub, root)
 
     return walk(config, root)
+
+
+def _branch(value, sub: dict, root: dict) -> dict:
+    """The branch of a oneOf/anyOf that a mapping or list `value` takes (teacher: an entry or a list of entries),
+    its allOf parts merged, so that the strings inside it are read as that branch's schema wants."""
+    kind = "object" if isinstance(value, dict) else "array" if isinstance(value, list) else None
+    for branch in sub.get("oneOf", sub.get("anyOf", [])) if kind else []:
+        branch = _resolve(branch, root)
+        parts = [_resolve(part, root) for part in branch.get("allOf", [])] or [branch]
+        if any(part.get("type") == kind for part in parts):
+            merged = {}
+            for part in parts:
+                merged = {**merged, **part, "properties": {**merged.get("properties", {}), **part.get("properties", {})}}
+            return merged
+    return sub
 
 
 def _resolve(sub: dict, root: dict) -> dict:
