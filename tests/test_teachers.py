@@ -142,11 +142,13 @@ def _plan(*overrides):
 
 def test_one_teacher_keeps_every_name_and_a_second_teacher_adds_its_own():
     one = _plan()
-    two = _plan("teacher=[{model: resnet50, seed: 0}, {name: big, model: resnet101, checkpoint: r.pt, fine_tune: true}]")
+    two = _plan("teacher=[{model: resnet50, seed: 0},"
+                " {name: big, model: resnet101, checkpoint: r.pt, fine_tune: true}]")
     names = [run.folder for run in two.fixed_runs()]
     assert [run.folder for run in one.fixed_runs()] == names[:1] + names[2:6]  # the first teacher's, unchanged
     assert names[1] == "runs/teacher/big_seed0"
-    assert names[6:] == ["runs/kd/resnet18_from_big_T4_soft0.9_seed0", "runs/kd/mobilenet_v3_small_from_big_T4_soft0.9_seed0"]
+    assert names[6:] == ["runs/kd/resnet18_from_big_T4_soft0.9_seed0",
+                         "runs/kd/mobilenet_v3_small_from_big_T4_soft0.9_seed0"]
     assert [pack.name for pack in two.packs][2:] == ["resnet18_from_big_T4_soft0.9_seed0",
                                                        "mobilenet_v3_small_from_big_T4_soft0.9_seed0"]
     distilled = two.run("kd", "resnet18_from_big_T4_soft0.9_seed0")

@@ -454,8 +454,9 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--role", choices=["teacher", "baseline", "confirm"], default="baseline",
                            help="teacher, hard-target baseline (default), or the baseline of a confirmation "
                                 "on fresh seeds; only the name differs")
-            p.add_argument("--model", required=True, help="architecture (see `python -m kdsweep models`); a teacher "
-                                                          "named otherwise (teacher.name, with --architecture): its name")
+            p.add_argument("--model", required=True,
+                           help="architecture (see `python -m kdsweep models`); a teacher named otherwise "
+                                "(teacher.name, with --architecture): its name")
             p.add_argument("--architecture", metavar="MODEL",
                            help="a teacher whose name (--model) is not its architecture: the architecture")
             p.add_argument("--checkpoint", metavar="FILE_OR_WEIGHTS",

@@ -115,7 +115,8 @@ class Commands:
         teacher = self.plan.teacher_of(run)
         options = [f"--architecture {teacher.model}"] if run.teacher else []
         if teacher.checkpoint:
-            options.append(f"--checkpoint {shlex.quote(teacher.checkpoint)}" + (" --fine-tune" if teacher.fine_tune else ""))
+            options.append(f"--checkpoint {shlex.quote(teacher.checkpoint)}")
+            options += ["--fine-tune"] if teacher.fine_tune else []
         return "".join(f"{option} " for option in options)
 
     def pack_points(self, pack: Pack) -> str:

@@ -233,7 +233,8 @@ def _branch(value, sub: dict, root: dict) -> dict:
         if any(part.get("type") == kind for part in parts):
             merged = {}
             for part in parts:
-                merged = {**merged, **part, "properties": {**merged.get("properties", {}), **part.get("properties", {})}}
+                properties = {**merged.get("properties", {}), **part.get("properties", {})}
+                merged = {**merged, **part, "properties": properties}
             return merged
     return sub
 

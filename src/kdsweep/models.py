@@ -274,8 +274,8 @@ def check_buildable(name: str, image_size: int) -> str:
     if image_size <= SMALL_IMAGE and found not in STEM_RULES:
         raise KdsweepError(
             f"model {name!r} is of the {found} family, for which kdsweep has no small-image stem rule, and this "
-            f"study's images are {image_size} px (rules apply up to {SMALL_IMAGE}); name a network of a family with one "
-            f"({FAMILIES_WITH_RULES}; e.g. resnet18, efficientnet_b0, shufflenet_v2_x0_5), see docs/models.md")
+            f"study's images are {image_size} px (rules apply up to {SMALL_IMAGE}); name a network of a family with "
+            f"one ({FAMILIES_WITH_RULES}; e.g. resnet18, efficientnet_b0, shufflenet_v2_x0_5), see docs/models.md")
     return name
 
 

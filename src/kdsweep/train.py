@@ -217,7 +217,9 @@ class _JobPoint(Point):
         self.state = RunState()
         self.stopping = (training["max_epochs"], training["early_stopping_patience"])
         # the hashes a checkpoint of this run may carry: its own, and that of an earlier version's
-        self.accepted = {self.run_hash} | ({identity.legacy_hash(config, run, teacher_hash)} if origin is None else set())
+        self.accepted = {self.run_hash}
+        if origin is None:  # (a teacher from a checkpoint has no earlier version)
+            self.accepted.add(identity.legacy_hash(config, run, teacher_hash))
         self._settle_folder(rerun_stale)
         self.done = (self.out_dir / METRICS).exists()
         if not self.done and (self.out_dir / CHECKPOINT).exists():

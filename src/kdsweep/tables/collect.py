@@ -39,7 +39,8 @@ SEED_GAIN = ["hard_adv_acc", "adv_gain"]
 ROBUSTNESS_COLUMNS = KEYS + ["attack", "epsilon", "clean_acc", "adv_acc", "adv_acc_on_correct", *LOGIT_SCALE,
                              "n", "n_correct", "params", "run", *SEED_GAIN]
 _NUMERIC = ("temperature", "soft_weight", "seed", "epochs", "best_epoch", "val_acc", "val_loss", "test_acc",
-            "test_loss", "train_seconds", "parameters", "images_per_second", "epsilon", "clean_acc", "adv_acc", "adv_acc_on_correct", "n", "n_correct",
+            "test_loss", "train_seconds", "parameters",
+            "images_per_second", "epsilon", "clean_acc", "adv_acc", "adv_acc_on_correct", "n", "n_correct",
             *EVALUATION_COLUMNS)
 
 

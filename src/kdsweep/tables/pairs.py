@@ -91,6 +91,7 @@ def pairs_markdown(table):
         rows.append([row["dataset"], teacher, _count(row["teacher_parameters"]),
                      "–" if pd.isna(row["teacher_test_acc"]) else f"{row['teacher_test_acc']:.2f}",
                      _speed(row["teacher_images_per_second"]), row["model"], _count(row["parameters"]), row["method"],
-                     f"{row['point']} ({row['val_acc_mean']:.2f})", mean_cell(row["hard_mean"], row["hard_ci95"], row["hard_n"]),
+                     f"{row['point']} ({row['val_acc_mean']:.2f})",
+                     mean_cell(row["hard_mean"], row["hard_ci95"], row["hard_n"]),
                      mean_cell(row["kd_mean"], row["kd_ci95"], row["kd_n"]), paired, _speed(row["images_per_second"])])
     return render(caption, header, rows)
