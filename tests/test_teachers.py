@@ -133,6 +133,29 @@ def test_the_checkpoints_digest_is_in_the_teacher_identity(tmp_path):
     assert len({*hashes, scratch}) == 3
 
 
+def test_a_checkpoint_teacher_without_fine_tuning_is_evaluated_not_trained(tmp_path):
+    """`kdsweep train --role teacher --checkpoint FILE`: the run folder holds the checkpoint's weights as they
+    are (0 epochs), its test accuracy, and its provenance in the identity."""
+    from conftest import TINY_STUDY
+
+    (tmp_path / "tiny.yaml").write_text(json.dumps(TINY_STUDY))
+    config = ["--config", ROOT / "config.yaml", "--config", tmp_path / "tiny.yaml"]
+    run_kdsweep("stats", *config, "--out", tmp_path / "stats.json", cwd=tmp_path)
+    net = imagenet_resnet18(tmp_path / "own.pt", num_classes=10)
+    out = tmp_path / "teacher"
+    run_kdsweep("train", *config, "--role", "teacher", "--model", "resnet18", "--seed", 0, "--stats",
+                tmp_path / "stats.json", "--out", out, "--checkpoint", "own.pt", cwd=tmp_path)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["epochs"] == 0 and 0 <= metrics["test_acc"] <= 100
+    assert metrics["config"]["run"]["teacher_checkpoint"] == {
+        "digest": hashlib.sha256((tmp_path / "own.pt").read_bytes()).hexdigest(), "architecture": "resnet18",
+        "fine_tuned": False}
+    saved = torch.load(out / "model.pt", weights_only=True)
+    assert saved["stem_kernel"] == 7
+    for key, value in net.state_dict().items():
+        assert torch.equal(saved["state_dict"][f"net.{key}"], value), key
+
+
 # ---------------------------------------------------------------- several teachers: the plan
 
 
@@ -227,7 +250,13 @@ def test_a_new_student_distils_from_a_checkpoint_teacher_and_a_second_teacher(ar
     pairs = pd.read_csv(results / "tables" / "pairs.csv")
     assert sorted(pairs["teacher"]) == ["mobilenet_v3_small_seed1", "resnet18_own_seed0"]
     assert set(pairs["model"]) == {"shufflenet_v2_x0_5"} and (pairs["parameters"] == 352_042).all()
-    assert (pairs["images_per_second"] > 0).all() and (pairs["teacher_images_per_second"] > 0).all()
+    assert (pairs["teacher_images_per_second"] > 0).all()
+    runs = pd.read_csv(results / "tables" / "runs.csv").set_index("run")
+    for run in ("runs/kd/shufflenet_v2_x0_5_T4_soft0.9_seed0", "runs/teacher/resnet18_own_seed0"):
+        metrics = json.loads((results / run / "metrics.json").read_text())
+        assert runs.loc[run, "images_per_second"] == pytest.approx(
+            metrics["epochs"] * metrics["train_images"] / metrics["train_seconds"])
+        assert metrics["train_images"] == 360  # 400 digits less the 10% validation split
     # the first teacher's runs are the reference tables'; the second's are in pairs and runs.csv
     grid = pd.read_csv(results / "tables" / "grid.csv")
     assert len(grid) == 1 and len(pd.read_csv(results / "tables" / "runs.csv")) == 5
