@@ -35,6 +35,7 @@ FAMILIES = {
     "kd_vs_hard": "every row of kd_vs_hard (students x measures x eps)",
     "methods": "every row of methods (students x KD methods x measures x eps)",
     "confirmed": "every row of confirmed (students x KD methods x {against the baseline, against kd} x measures x eps)",
+    "pairs": "every row of pairs (teachers x students x KD methods, clean test accuracy)",
 }
 
 
