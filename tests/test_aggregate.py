@@ -399,3 +399,45 @@ def test_the_teacher_free_point_appears_once_as_the_baseline_and_each_method_sta
     assert not read(tmp_path, "runs.csv")["run"].str.contains("_soft0_").any()
     paths = write_figures(tmp_path, 0.9, ["resnet18"], ["kd", "dkd"])  # the heat maps leave the baseline out
     assert all(path.stat().st_size > 0 for path in paths)
+
+
+def test_a_budget_counts_the_searched_points_and_each_pruned_seeds_own_epochs(tmp_path):
+    """A halving study (rung at epoch 3, seeds 0 and 1) with kd's 4 points, and lskd's distilled point (soft weight
+    9) beside its shared teacher-free run (hard weight 0.1, soft weight 0). kd: 2 finalists train 10 epochs per
+    seed; at the rung one pruned point paused both seeds at 3, another paused seed 0 at 3 while early stopping
+    had ended seed 1 at epoch 2 (a finished run, metrics.json), and a third's pack records (of an earlier version)
+    gave no epochs, so each seed counts the rung's 3. Its budget is what trained, seed by seed: 5 points,
+    4 x 10 + 3 + 3 + 3 + 2 + 3 + 3 = 57 epochs; lskd's counts its distilled point, not the teacher-free run
+    (no candidate)."""
+    from fake_runs import write_method_run
+    from fake_runs import write_run as fake_run
+    from kdsweep.records import RungCandidate, RungDecision
+
+    student = "resnet18"
+    for seed in (0, 1):
+        fake_run(tmp_path, "baseline", student, seed, val_acc=88.0 + seed, test_acc=88.0 + seed)
+        for t in (1.0, 4.0):
+            write_method_run(tmp_path, "kd", student, seed, "kd", {"temperature": t, "soft_weight": 0.9},
+                             val_acc=90.0 + t, test_acc=90.0 + seed, epochs=10, train_seconds=100.0)
+        for w in (0.0, 9.0):
+            write_method_run(tmp_path, "lskd", student, seed, "lskd",
+                             {"temperature": 2.0, "hard_weight": 0.1, "soft_weight": w}, epochs=7, train_seconds=70.0)
+    # the seed early stopping ended before the rung: finished, with its metrics.json
+    write_method_run(tmp_path, "kd", student, 1, "kd", {"temperature": 4.0, "soft_weight": 0.5}, val_acc=85.0,
+                     epochs=2, train_seconds=20.0)
+
+    def judged(t, w, epochs, kept):
+        return RungCandidate(method="kd", hparams={"temperature": t, "soft_weight": w}, val_acc_mean=85.0, n=2,
+                             epochs=epochs, finished=None not in epochs and min(epochs) < 3, kept=kept)
+
+    RungDecision(student=student, rung=3, stage=0, keep=0.5, min_kept=1, seeds=[0, 1], candidates=[
+        judged(1.0, 0.5, [3, 3], False), judged(4.0, 0.5, [3, 2], False), judged(2.0, 0.5, [None, None], False),
+        judged(1.0, 0.9, [3, 3], True), judged(4.0, 0.9, [3, 3], True)]).write(
+        tmp_path / "halving" / f"{student}_rung3.json")
+    write_tables(tmp_path, "halving")
+    methods = read(tmp_path, "methods.csv").query("measure == 'clean'").set_index("method")
+    columns = ["budget_points", "budget_seeds", "budget_runs", "budget_epochs"]
+    assert methods.loc["kd", columns].tolist() == [5, 2, 5, 4 * 10 + 3 + 3 + 3 + 2 + 3 + 3]
+    assert methods.loc["kd", "budget_hours"] == pytest.approx((4 * 100 + 20) / 3600)
+    assert methods.loc["lskd", columns].tolist() == [1, 2, 2, 14]
+    assert methods.loc["lskd", "budget_hours"] == pytest.approx(2 * 70 / 3600)

@@ -112,6 +112,28 @@ def test_equal_budgets_give_every_method_the_smallest_grids_count_by_a_seeded_su
         Plan(load_config(methods, ["budget.equal=true", "sweep=staged"]))
 
 
+def test_equal_budgets_count_distilled_points_only_and_refuse_a_method_with_none():
+    """budget.equal counts the points that use the teacher: a shared teacher-free run (lskd at hard weight 0.1,
+    soft weight 0) is no candidate, so it neither counts as one of lskd's points nor shrinks kd's, and still
+    trains beside them. A method whose grid holds no distilled point is refused, not given every method's
+    budget of none."""
+    plan = study("budget.equal=true", "budget.seed=3", "confirm.seeds=[]",
+                 "methods={kd: {}, lskd: {temperature: [2, 3], hard_weight: [0.1], soft_weight: [0, 9]}}")
+    distilled = {name: [p for p in points if METHODS[name].needs_teacher(dict(p))] for name, points in plan.points.items()}
+    assert {name: len(points) for name, points in distilled.items()} == {"kd": 2, "lskd": 2}
+    shared = [p for p in plan.points["lskd"] if not METHODS["lskd"].needs_teacher(dict(p))]
+    assert [(dict(p)["temperature"], dict(p)["soft_weight"]) for p in shared] == [(2, 0)]
+    trained = Counter(run.method for pack in plan.packs for run in pack.runs if run.seed == 0 and run.model == "resnet18")
+    assert trained == {"kd": 2, "lskd": 3}  # lskd's 2 distilled points and its one teacher-free run
+    for soft_weights, methods in (("[0.0]", "{kd: {}, dkd: {beta: [1, 8]}}"),
+                                  ("[0.9]", "{kd: {}, lskd: {hard_weight: [0.1], soft_weight: [0]}}")):
+        bare = "kd" if soft_weights == "[0.0]" else "lskd"
+        with pytest.raises(KdsweepError, match=f"budget.equal .* but {bare}'s grid has no point that uses the teacher"
+                                               f".*give {bare} a point that uses the teacher, or leave it out"):
+            study(f"soft_weights={soft_weights}", "confirm.seeds=[]", "budget.equal=true", f"methods={methods}")
+        assert study(f"soft_weights={soft_weights}", "confirm.seeds=[]", f"methods={methods}")  # without it, planned
+
+
 def test_names_and_folders():
     run = kd_run("kd", "resnet18", 3, 4.0, 0.9)
     assert run.name == "resnet18_T4_soft0.9_seed3" and run.folder == "runs/kd/resnet18_T4_soft0.9_seed3"

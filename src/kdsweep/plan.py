@@ -26,9 +26,10 @@ kdsweep.commands. Nothing here imports torch: the Snakefile loads this module in
   weights), so it is not trained at all; the teacher-free points of one method at another weight (lskd's
   hard_weight h != 1 at soft_weight 0, whatever T) are one run, the first of them in the grid's order,
   trained once per student and seed. `Plan.teacher_free` lists what each method's grid held of them.
-- Budgets (config `budget.equal`): every method trains as many points per student and seed as the method
-  with the fewest (after the teacher-free points are set aside), each keeping those of its grid that come
-  first in a seeded order (`subsample`), the same for every student.
+- Budgets (config `budget.equal`): every method trains as many distilled points (those that use the teacher)
+  per student and seed as the method with the fewest, each keeping those of its grid that come first in a
+  seeded order (`subsample`), the same for every student; a shared teacher-free run is no candidate, so it
+  is not counted and still trains. A method with no distilled point is refused.
 - Confirmation (config `confirm.seeds`, empty = off): after the sweep, each student's point of each
   KD method with the best mean validation accuracy (one that uses the teacher: kd's w > 0; a
   checkpoint, `kdsweep best-point`) is trained again, with its hard-target baseline, on fresh seeds
@@ -429,15 +430,27 @@ class Plan:
         return kept
 
     def _budgeted(self, grids) -> dict:
-        """Each method's points after `budget`: its grid's, or with budget.equal as many as the smallest grid
-        holds, by the seeded `subsample`."""
+        """Each method's points after `budget`: its grid's, or with budget.equal as many distilled points (those
+        that use the teacher) as the method with the fewest holds, by the seeded `subsample`. A shared
+        teacher-free run is no candidate of the search, so it is not counted and trains beside them."""
         if not self.budget["equal"] or not grids:
             return dict(grids)
         if self.staged:
             raise KdsweepError("budget.equal subsamples each method's grid, but sweep: staged gives kd a staged "
                                "sweep, not a grid; set sweep: grid (or halving), or budget.equal: false")
-        count = min(len(points) for points in grids.values())
-        return {name: subsample(name, points, count, self.budget["seed"]) for name, points in grids.items()}
+        distilled = {name: [point for point in points if METHODS[name].needs_teacher(dict(point))]
+                     for name, points in grids.items()}
+        # a method with nothing to search would make every method's equal budget 0 points: refused, not
+        # silently emptied (and left out, the others' budgets would not be equal to its)
+        if bare := [name for name, points in distilled.items() if not points]:
+            raise KdsweepError(f"budget.equal gives every method as many distilled points as the method with the "
+                               f"fewest, but {bare[0]}'s grid has no point that uses the teacher (teacher-free "
+                               f"points, such as kd's w = 0, are the baseline), so every method would train none; "
+                               f"give {bare[0]} a point that uses the teacher, or leave it out of methods")
+        count = min(len(points) for points in distilled.values())
+        chosen = {name: set(subsample(name, points, count, self.budget["seed"])) for name, points in distilled.items()}
+        return {name: [point for point in points if point in chosen[name] or point not in distilled[name]]
+                for name, points in grids.items()}
 
     def grid(self, students=None, temperatures=None, soft_weights=None, teacher=None) -> list[Run]:
         """kd's distillation runs: every student x temperature x soft weight x seed (by default the config's

@@ -23,28 +23,43 @@ def point_label(method: str, point) -> str:
     return ", ".join(f"{param.name}={fmt(value)}" for param, value in zip(METHODS[method].params, point))
 
 
-# A method's search budget for one student: the points it trained (finished, and those successive halving
-# pruned), the seeds, the finished runs, the epochs trained (each run's, summed; a pruned point's: its rung's
-# per seed) and the training hours of the finished runs (train_seconds summed; GPU-h or CPU-h).
+# A method's search budget for one student: the points it searched (those that use the teacher, finished and
+# those successive halving pruned; a shared teacher-free run is no candidate), the seeds, the finished runs,
+# the epochs trained (each run's, summed; a pruned point's seeds: the epochs each trained to its rung) and the
+# training hours of the finished runs (train_seconds summed; GPU-h or CPU-h).
 BUDGET_COLUMNS = ["budget_points", "budget_seeds", "budget_runs", "budget_epochs", "budget_hours", "budget_unit"]
 METHODS_COLUMNS = ["dataset", "model", "method", "point", "val_acc_mean", *BUDGET_COLUMNS, *COMPARISON_COLUMNS,
                    *ADJUSTED_COLUMNS]
 
 
+def searched(method: str, point) -> bool:
+    """Whether a point (its values in the method's order) is a candidate of the method's search: it uses the
+    teacher."""
+    return isinstance(point, tuple) and METHODS[method].needs_teacher(
+        dict(zip((param.name for param in METHODS[method].params), point)))
+
+
 def budgets(runs, search=None) -> dict:
     """{(dataset, model, method): {budget column: value}} of every student's sweep runs of every method
     (`runs` before successive halving's pruned points are dropped; search: kdsweep.tables.search, whose
-    pruned points that stopped at a rung, with no metrics.json, add their points and rung epochs)."""
+    pruned points add their points and, for each seed without a finished run (metrics.json), the epochs the
+    rung record says it trained)."""
     sweep = runs[runs["method"].notna() & runs["role"].eq(runs["method"])]
+    # rows by a boolean list (.loc: an empty one selects no row, not no column)
+    sweep = sweep.loc[[searched(method, point) for method, point in zip(sweep["method"], sweep["point"])]]
     out = {}
     for (dataset, model, method), group in sweep.groupby(["dataset", "model", "method"], sort=True):
         cost = budget_of(group)
         if search is not None:
             done = set(group["point"])
+            finished = set(zip(group["point"], group["seed"]))
             paused = pruned_of(search, method)
-            paused = paused[(paused["model"] == model) & ~paused["point"].isin(done)]
-            cost["points"] += len(paused)
-            cost["epochs"] += int((paused["pruned_at_epoch"] * paused["val_acc_n"]).sum())
+            paused = paused[(paused["model"] == model) & paused["point"].map(lambda point: searched(method, point))]
+            cost["points"] += int((~paused["point"].isin(done)).sum())
+            # a seed with no metrics.json stopped at the rung (a seed early stopping finished is in group already)
+            cost["epochs"] += sum(epochs for point, pairs in zip(paused["point"], paused["seed_epochs"])
+                                  for seed, epochs in pairs
+                                  if (point, seed) not in finished and (seed is not None or point not in done))
         out[dataset, model, method] = {f"budget_{key}": value for key, value in cost.items()}
     return out
 
@@ -85,8 +100,9 @@ def methods_markdown(table, robustness):
                "it) against the hard-target baseline: clean test accuracy, accuracy under each attack and "
                "epsilon, agreement with the teacher and expected calibration error. A best point of many is "
                "optimistic (the winner's curse), the more so the more points a method searched: its search budget "
-               "is beside it (points x seeds: the points trained, finished or pruned, times the seeds; the epochs "
-               "each run trained, summed; the training hours of its finished runs). A method with a larger budget "
+               "is beside it (points x seeds: the points searched, those that use the teacher, finished or pruned, "
+               "times the seeds; the epochs each run trained, summed, a pruned point's to its rung; the training "
+               "hours of its finished runs). A method with a larger budget "
                "had more chances to find a lucky point, so compare methods at equal budgets (config budget.equal) "
                "or on fresh seeds: tables/confirmed.md trains each method's point again there, and compares it "
                "head to head with kd's. " + attack_note(robustness)
