@@ -128,7 +128,7 @@ def cmd_stats(args):
 
     config = _load(args)
     _refuse_overwrite(args, config, writes=[("--out", args.out)])
-    stats = data.write_stats(args.out, config["dataset"])
+    stats = data.write_stats(args.out, config["dataset"], config)
     print(f"wrote {args.out}: mean {['%.4f' % m for m in stats['mean']]} std {['%.4f' % s for s in stats['std']]}")
 
 

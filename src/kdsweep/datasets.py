@@ -14,6 +14,9 @@ Registry `DATASETS`, name -> loader(root, download=False) -> Dataset:
   every 5th image (index 0, 5, 10, ...) is a test image, 360 of them; the other 1,437 are the
   training set. Its file is checked too: 1,797 rows of 64 pixels in 0..16 and a label in 0..9.
 
+- imagefolder: the user's own images under dataset.root, never read whole: kdsweep.imagefolder lists
+  them, kdsweep.streaming decodes them (not in DATASETS, which holds the datasets read into memory).
+
 torch and torchvision are imported when a dataset is read, not with this module: the workflow
 asks `download_folder` for a dataset's folder in every snakemake process, also in the two of each
 cluster job, where importing torchvision costs seconds.
@@ -251,9 +254,18 @@ DATASETS: dict[str, Callable[..., Dataset]] = {
 }
 
 
+# Datasets streamed from their files (kdsweep.streaming), not read into memory.
+STREAMED = ("imagefolder",)
+
+
+def _unknown(name) -> KdsweepError:
+    return KdsweepError(f"unknown dataset '{name}'; set dataset.name to one of {', '.join((*DATASETS, *STREAMED))}")
+
+
 def load_dataset(name: str, root) -> Dataset:
     if name not in DATASETS:
-        raise KdsweepError(f"unknown dataset '{name}'; set dataset.name to one of {', '.join(DATASETS)}")
+        raise _unknown(name) if name not in STREAMED else KdsweepError(
+            f"dataset {name} is streamed from its files, never read into memory whole (kdsweep.data.load_splits)")
     return DATASETS[name](root)
 
 
@@ -272,11 +284,15 @@ def source(name: str, root) -> Path | None:
     folder = download_folder(name, root)
     if folder is not None:
         return Path(folder)
+    if name in STREAMED:
+        return Path(root)
     return _digits_file() if name == "digits" else None
 
 
 def download(name: str, root) -> str:
     """Fetch and verify (md5) a dataset into root, a no-op for bundled data; returns where it now is."""
+    if name in STREAMED:
+        return f"{root} (your own files: nothing to download)"
     if name not in DATASETS:
-        raise KdsweepError(f"unknown dataset '{name}'; set dataset.name to one of {', '.join(DATASETS)}")
+        raise _unknown(name)
     return DATASETS[name](root, download=True).source
