@@ -132,12 +132,6 @@ def write_stats(path, dataset_cfg: dict, config: dict | None = None, log=print) 
 # ---------------------------------------------------------------- an imagefolder dataset's statistics
 
 
-def arrays_of(stats_path) -> tuple[Path, Path]:
-    """The validation and test arrays an imagefolder's stats job writes beside its stats.json."""
-    path = Path(stats_path)
-    return path.with_name(f"{path.stem}.val.npy"), path.with_name(f"{path.stem}.test.npy")
-
-
 def _checked(listings, pipeline, workers, log, what):
     """Every file of the listings, one after another, through the stats job's reader
     (kdsweep.streaming.CheckedImages) in one DataLoader: yields (listing's position, sha256, image or
@@ -195,11 +189,14 @@ def _write_arrays(paths, listings, pipeline, workers, log):
         io.write_stream(path, writer(part, len(listing)))
 
 
-def _damaged_sentence(damaged, total, root) -> str:
+def _named(damaged) -> str:
     named = "; ".join(f"{err.name} ({err.reason})" for err in damaged[:NAMED])
-    more = f", and {len(damaged) - NAMED} more" if len(damaged) > NAMED else ""
-    return (f"{len(damaged)} of the {total} image files under {root} cannot be decoded: {named}{more}; replace or "
-            "delete them, or set dataset.skip_damaged: true to leave them out (stats.json and every run's record "
+    return named + (f"; and {len(damaged) - NAMED} more" if len(damaged) > NAMED else "")
+
+
+def _damaged_sentence(damaged, total, root) -> str:
+    return (f"{len(damaged)} of the {total} image files under {root} cannot be decoded: {_named(damaged)}; replace "
+            "or delete them, or set dataset.skip_damaged: true to leave them out (stats.json and every run's record "
             "then count them)")
 
 
@@ -221,7 +218,8 @@ def imagefolder_stats(path, config: dict, log=print) -> dict:
     if damaged and not dataset_cfg["skip_damaged"]:
         raise KdsweepError(_damaged_sentence(damaged, len(train) + len(test), dataset_cfg["root"]))
     if damaged:
-        log(f"left out {_damaged_sentence(damaged, len(train) + len(test), dataset_cfg['root']).split(';')[0]}")
+        log(f"left out {len(damaged)} of the {len(train) + len(test)} image files under {dataset_cfg['root']}, which "
+            f"cannot be decoded (dataset.skip_damaged): {_named(damaged)}")
     keep_train = np.ones(len(train), dtype=bool)
     keep_train[[index for index, _ in train_bad]] = False
     keep_test = np.ones(len(test), dtype=bool)
@@ -238,7 +236,7 @@ def imagefolder_stats(path, config: dict, log=print) -> dict:
     count = len(train_idx) * pipeline.eval_crop ** 2
     mean = total[:3] / count
     std = (total[3:] / count - mean.square()).clamp_min(0).sqrt()
-    val_path, test_path = arrays_of(path)
+    val_path, test_path = imagefolder.arrays_of(path)
     _write_arrays((val_path, test_path), (train.take(val_idx.numpy()), test), pipeline, loaders, log)
     stats = {
         "dataset": IMAGEFOLDER,
@@ -353,10 +351,11 @@ def _check_imagefolder_stats(path, stats, dataset_cfg, imagefolder_cfg, fix):
     stats["array_paths"] = {key: str(Path(path).parent / Path(arrays[key]).name) for key in ("val", "test")}
 
 
-def study_stats(run_dir, dataset_cfg: dict, imagefolder_cfg: dict | None = None) -> dict | None:
+def study_stats(run_dir, config: dict) -> dict | None:
     """The stats of the study a run folder of the study layout (results/<study>/runs/<role>/<run>) belongs
     to, for a job that reads an imagefolder dataset's test images (their array lies beside them); None for
     any other dataset, whose jobs read the test images from its files."""
+    dataset_cfg = config["dataset"]
     if dataset_cfg["name"] != IMAGEFOLDER:
         return None
     run_dir = Path(run_dir)
@@ -364,7 +363,7 @@ def study_stats(run_dir, dataset_cfg: dict, imagefolder_cfg: dict | None = None)
         raise KdsweepError(f"{run_dir} is not a run folder of a study (results/<study>/runs/<role>/<run>), where the "
                            "test images of an imagefolder dataset are found (the study's data/stats.test.npy); "
                            "give a run folder of the study")
-    return read_stats(run_dir.parent.parent.parent / "data" / "stats.json", dataset_cfg, imagefolder_cfg)
+    return read_stats(run_dir.parent.parent.parent / "data" / "stats.json", dataset_cfg, config[IMAGEFOLDER])
 
 
 # ---------------------------------------------------------------- splits on the device

@@ -57,7 +57,11 @@ TIMEOUT = timedelta(hours=1)
 _SLURM_IDENTITY = ("SLURM_JOB_ID", "SLURM_JOBID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURM_CLUSTER_NAME",
                    "SLURM_SUBMIT_DIR", "SLURM_SUBMIT_HOST")
 
-_share: contextlib.ContextDecorator | None = None  # (offset, total) of the batch being trained, for dropout
+_share: tuple | None = None  # (offset, total) of the batch being trained, for GlobalBatchDropout
+
+
+class Echoed(KdsweepError):
+    """The first process's failure, raised in the others too (Processes.first): it says it, they do not."""
 
 
 @dataclass
@@ -157,7 +161,7 @@ class Processes:
             return result
         dist.broadcast_object_list(failure, src=0, group=self.control)
         if failure[0] is not None:
-            raise KdsweepError(failure[0])
+            raise Echoed(failure[0])
         return work()
 
     def stop(self, stop):
@@ -185,8 +189,12 @@ class Processes:
 
         device = torch.device(device)
         # the buffers (BatchNorm's running statistics) are equal in every process already: nothing to broadcast
-        return DistributedDataParallel(module, device_ids=[device] if device.type == "cuda" else None,
-                                       broadcast_buffers=False)
+        # at each forward pass (torch >= 2.12 names that forward_sync_buffers)
+        import inspect
+
+        sync = ("forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
+                else "broadcast_buffers")
+        return DistributedDataParallel(module, device_ids=[device] if device.type == "cuda" else None, **{sync: False})
 
     def average_gradients(self, module: nn.Module | None):
         """Average the gradients of a module DDP does not wrap (a KD method's trainable state) over the processes."""
@@ -256,14 +264,12 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
 
         if not (self.training and dist.is_available() and dist.is_initialized()):
             return super().forward(x)
-        from torch.distributed.nn.functional import all_reduce
-
         dims = [0, *range(2, x.dim())]
         channels = x.shape[1]
         wide = x.double()
         local = torch.cat([wide.sum(dims), wide.square().sum(dims),
                            torch.tensor([x.numel() / channels], dtype=torch.float64)])
-        sums = all_reduce(local)
+        sums = _SumOverProcesses.apply(local)
         count = sums[-1]
         mean = sums[:channels] / count
         var = sums[channels:2 * channels] / count - mean.square()
@@ -279,6 +285,27 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
         if self.affine:
             out = out * self.weight.view(shape) + self.bias.view(shape)
         return out
+
+
+class _SumOverProcesses(torch.autograd.Function):
+    """all_reduce (sum) whose gradient is the sum of the processes' gradients: each process's sums reach
+    every process's output."""
+
+    @staticmethod
+    def forward(ctx, tensor):
+        import torch.distributed as dist
+
+        out = tensor.clone()
+        dist.all_reduce(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        import torch.distributed as dist
+
+        grad = grad.clone()
+        dist.all_reduce(grad)
+        return grad
 
 
 class GlobalBatchDropout(nn.Dropout):
@@ -376,7 +403,7 @@ def launch_command(argv, processes: int, environ=os.environ) -> tuple[list[str],
         return [*command, *python], env
     if processes > 1:
         return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}",
-                "-m", "kdsweep", *argv], dict(environ)
+                "-m", "kdsweep", *argv], {"OMP_NUM_THREADS": "1", **environ}
     return None
 
 

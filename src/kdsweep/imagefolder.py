@@ -170,3 +170,9 @@ def content_digest(classes, train: Listing, test: Listing, train_sha, test_sha) 
         digest.update(b"\n")
     return digest.hexdigest()
 
+
+
+def arrays_of(stats_path) -> tuple[Path, Path]:
+    """The validation and test arrays an imagefolder's stats job writes beside its stats.json (kdsweep.data)."""
+    path = Path(stats_path)
+    return path.with_name(f"{path.stem}.val.npy"), path.with_name(f"{path.stem}.test.npy")

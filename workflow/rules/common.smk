@@ -23,6 +23,7 @@ from snakemake_interface_executor_plugins.settings import DeploymentMethod
 from kdsweep import io
 from kdsweep.config import check_finite, coerce_strings
 from kdsweep.datasets import download_folder
+from kdsweep.imagefolder import arrays_of
 from kdsweep.errors import KdsweepError
 from kdsweep.commands import Commands
 from kdsweep.halving import kept_points
@@ -47,6 +48,9 @@ except KdsweepError as err:
 RESULTS = PLAN.results
 LOGS = f"{RESULTS}/logs"
 STATS = f"{RESULTS}/data/stats.json"
+# an imagefolder dataset's: its files streamed, its validation and test images decoded once beside stats.json
+IMAGEFOLDER = config["dataset"]["name"] == "imagefolder"
+STATS_ARRAYS = [str(path) for path in arrays_of(STATS)] if IMAGEFOLDER else []
 TEACHER = LAYOUT.run_dir(PLAN.teacher)
 # the teacher's train record: written after its model.pt and metrics.json
 (TEACHER_RECORD,) = LAYOUT.finished(PLAN.teacher)
