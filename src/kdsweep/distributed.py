@@ -99,6 +99,7 @@ class Processes:
             return runtime
         import torch.distributed as dist
 
+        _die_with_launcher(os.environ)
         _rendezvous(os.environ)
         if runtime.device.type == "cuda":
             device = torch.device("cuda", self.local_rank % torch.cuda.device_count())
@@ -346,6 +347,21 @@ def _replaced(layer, replacement):
 
 
 # ---------------------------------------------------------------- starting the processes
+
+
+def _die_with_launcher(environ):
+    """A process torchrun started runs in a session of its own: were torchrun killed (SIGKILL: the job's
+    process group killed, Ctrl-C on `kdsweep`), it would train on. Linux sends it SIGTERM instead, which
+    stops it at the next batch as a SLURM signal does (runtime.SignalStop), its last checkpoint kept."""
+    if "TORCHELASTIC_RUN_ID" not in environ or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() == 1:  # the launcher died before the call
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _rendezvous(environ):

@@ -55,16 +55,22 @@ def _reason(err: BaseException) -> str:
     return text.rsplit(", ", 1)[-1] if ".cpp:" in text else text
 
 
+def _decoder():
+    with warnings.catch_warnings():
+        # torchvision 0.29 announces that its decoders move to TorchCodec; they still decode
+        warnings.filterwarnings("ignore", message=".*decoding and encoding capabilities of TorchVision")
+        from torchvision.io import ImageReadMode, decode_image
+    return ImageReadMode, decode_image
+
+
 def decode(data: bytes, name: str) -> torch.Tensor:
     """uint8 3 x H x W (RGB) of an image file's bytes; Damaged if they are no image."""
-    from torchvision.io import ImageReadMode, decode_image
-
+    ImageReadMode, decode_image = _decoder()
     if not data:
         raise Damaged(name, "the file is empty")
     try:
         if name.lower().endswith(NATIVE):
             with warnings.catch_warnings():
-                # torchvision 0.29 announces that its decoders move to TorchCodec; they still decode
                 warnings.filterwarnings("ignore", message=".*decoding and encoding capabilities of TorchVision")
                 image = decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), ImageReadMode.RGB)
         else:
@@ -232,7 +238,7 @@ def loader(dataset, batch_sampler=None, *, batch_size=None, workers: int, collat
            persistent: bool = False):
     """A DataLoader of `dataset` in order (a batch_sampler's, or consecutive batches), decoding in `workers`
     processes (forked: each sees the listing without copying it)."""
-    import torchvision.io  # noqa: F401 - imported once here, not by every worker it forks
+    _decoder()  # torchvision.io imported once here, not by every worker it forks
 
     options = {"num_workers": workers, "collate_fn": collate, "pin_memory": pin}
     if workers:
