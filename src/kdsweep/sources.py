@@ -106,29 +106,31 @@ class Streamed:
         shares = []
         for start, end in epoch_batches(n, self.batch_size, world):
             low, high = processes.share(start, end) if processes is not None else (start, end)
-            shares.append((low - start, end - start))
-            self.keys.batches.append([(int(i), epoch_seed) for i in order[low:high]])
-        try:
-            for (offset, total), (images, labels) in zip(shares, self.loader):
-                images = runtime.pixels(to_device(images, self.device)) if self.device.type == "cuda" else \
-                    runtime.pixels(images)
-                yield Batch(images, to_device(labels, self.device), offset, total, world)
-        finally:
-            self.keys.batches.clear()
+            shares.append((low, high, low - start, end - start))
+        self.keys.set(order, epoch_seed, [(low, high) for low, high, _, _ in shares])
+        for (_, _, offset, total), (images, labels) in zip(shares, self.loader):
+            images = runtime.pixels(images.to(self.device, non_blocking=True))
+            yield Batch(images, labels.to(self.device, non_blocking=True), offset, total, world)
 
 
 class _EpochKeys:
-    """The DataLoader's batch sampler: the current epoch's keys (index, epoch seed), batch by batch. Set per
-    epoch, so that the loader and its persistent workers live through the whole job."""
+    """The DataLoader's batch sampler: the current epoch's keys (index, epoch seed), batch by batch, made as
+    the loader asks for them (an epoch of ImageNet's is 1.28 million). Set per epoch, so that the loader and
+    its persistent workers live through the whole job."""
 
     def __init__(self):
-        self.batches: list = []
+        self.order, self.seed, self.bounds = torch.empty(0, dtype=torch.int64), 0, []
+
+    def set(self, order: torch.Tensor, seed: int, bounds: list):
+        self.order, self.seed, self.bounds = order, seed, bounds
 
     def __iter__(self):
-        return iter(list(self.batches))
+        order, seed = self.order, self.seed
+        for low, high in list(self.bounds):
+            yield [(index, seed) for index in order[low:high].tolist()]
 
     def __len__(self) -> int:
-        return len(self.batches)
+        return len(self.bounds)
 
 
 def for_split(split, config: dict, runtime, processes=None):
