@@ -403,6 +403,13 @@ class Splits:
         return len(self.classes)
 
 
+def train_geometry(splits: Splits, config: dict) -> tuple[int, int]:
+    """(channels, side) of the images a run trains on: an in-memory split's, an imagefolder's training crop."""
+    if isinstance(splits.train, Files):
+        return 3, config[IMAGEFOLDER]["train_crop"]
+    return splits.train.images.shape[1], splits.train.images.shape[-1]
+
+
 def _mapped(path, shape, what: str) -> torch.Tensor:
     """A uint8 array the stats job wrote, memory-mapped (pages read as batches need them, copy-on-write)."""
     fix = "delete the study's data/stats.json and run the stats job again"

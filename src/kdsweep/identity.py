@@ -4,7 +4,9 @@ a checkpoint or a result belongs to it, and the runs kept aside.
 - `run_identity(config, run, teacher_hash, data_digest)`: what a training run is. The data it learns
   from (`dataset.name`, `subset`, `val_fraction`, `split_seed`, and the digest of the loaded images
   and labels that the stats job records in stats.json), `training`, `augmentation`, where the run
-  sits (model, seed, temperature, soft weight, role) and, for a distilled run, its teacher's hash.
+  sits (model, seed, temperature, soft weight, role) and, for a distilled run, its teacher's hash. A teacher
+  from a checkpoint (kdsweep.teachers) also records `teacher_checkpoint`: the file's sha256, its architecture
+  and whether it was fine-tuned; its hash, and so every run distilled from it, changes with the file.
   An imagefolder dataset's run also holds its transforms (the `imagefolder` section), and its data
   digest is that of the files' contents, which the stats job reads once (kdsweep.imagefolder: a job
   checks the files' names and sizes against it, without reading 140 GB again); the number of damaged
@@ -32,6 +34,7 @@ Nothing here imports torch: the status view imports this module.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -46,6 +49,7 @@ from .records import AttackResult, Evaluation, Metrics
 # The dataset settings that make a run's data what it is, besides the digest of the data itself.
 DATASET_KEYS = ("name", "subset", "val_fraction", "split_seed")
 DIGEST = "digest"
+CHECKPOINT_KEY = "teacher_checkpoint"  # a teacher run's provenance in its identity
 # an imagefolder dataset's: its transforms' section of the config, and the damaged files left out
 IMAGEFOLDER = "imagefolder"
 SKIPPED = "skipped"
@@ -79,13 +83,18 @@ def _where(run) -> dict:
 
 
 def run_identity(config: dict, run, teacher_hash: str | None, data_digest: str | None,
-                 skipped: int | None = None) -> dict:
+                 checkpoint: dict | None = None, skipped: int | None = None) -> dict:
     """What a training run is (module docstring); data_digest None where it is not known (a status
-    view without stats.json). skipped: the damaged files an imagefolder dataset leaves out."""
+    view without stats.json); checkpoint: a teacher's provenance (kdsweep.teachers.provenance), None for a
+    teacher trained from scratch (whose identity is the reference study's); skipped: the damaged files an
+    imagefolder dataset leaves out."""
     dataset = {key: config["dataset"][key] for key in DATASET_KEYS}
     dataset[DIGEST] = data_digest
+    where = {**_where(run), "teacher_config_hash": teacher_hash}
+    if checkpoint is not None:
+        where[CHECKPOINT_KEY] = checkpoint
     identity = {"dataset": dataset, "training": config["training"], "augmentation": config["augmentation"],
-                "run": {**_where(run), "teacher_config_hash": teacher_hash}}
+                "run": where}
     if config["dataset"]["name"] == IMAGEFOLDER:
         # (only here: every other dataset's runs keep the identity, and the hash, they always had)
         dataset[SKIPPED] = skipped
@@ -194,9 +203,23 @@ def put_aside(run_dir, run_hash: str) -> Path:
             shutil.rmtree(destination)
         _move_contents(run_dir, destination)
     except OSError as err:
-        raise KdsweepError(f"cannot keep the run in {run_dir} aside in {destination} ({err.strerror}); "
-                           f"make {destination.parent} writable, or move {run_dir} away yourself") from err
+        raise KdsweepError(f"cannot keep the run in {run_dir} aside in {destination} ({err.strerror}): "
+                           f"{_fix_for(err, destination)}, or move {run_dir} away yourself") from err
     return destination
+
+
+def _fix_for(err: OSError, destination: Path) -> str:
+    """What frees the way to a folder that could not be made or filled: a file in the way moved, a folder
+    made writable."""
+    if err.errno in (errno.EEXIST, errno.ENOTDIR, errno.EISDIR, errno.ENOTEMPTY):
+        for path in (destination, *destination.parents):
+            if path.is_symlink() or (path.exists() and not path.is_dir()):
+                return f"a file is in the way: move {path} away"
+        return f"something is in the way in {destination}: move it away"
+    if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        blocked = next((path for path in (destination, *destination.parents) if path.exists()), destination)
+        return f"make {blocked} writable"
+    return f"check {destination.parent} and its file system"
 
 
 def bring_back(run_dir, identity: dict) -> Path | None:
@@ -216,8 +239,9 @@ def bring_back(run_dir, identity: dict) -> Path | None:
         _move_contents(folder, run_dir)
         folder.rmdir()
     except OSError as err:
-        raise KdsweepError(f"cannot bring the run kept in {folder} back to {run_dir} ({err.strerror}); "
-                           f"move its files there yourself, or delete {folder} to train the run again") from err
+        raise KdsweepError(f"cannot bring the run kept in {folder} back to {run_dir} ({err.strerror}): "
+                           f"{_fix_for(err, run_dir)}, or move its files there yourself, or delete {folder} to "
+                           "train the run again") from err
     return folder
 
 

@@ -27,14 +27,14 @@ rule attack:
     shell:
         "kdsweep attack --attack {wildcards.attack} --run {params.run:q}"
         " --epsilon {params.epsilon} --out {output:q}"
-        " --config {input.runtime:q} {params.config} runtime.threads={threads} > {log:q} 2>&1"
+        " --config {input.runtime:q} {params.config} runtime.threads={threads} >> {log:q} 2>&1"
 
 
 rule evaluate:
     input:
         finished,
         runtime=ancient(RUNTIME),
-        teacher=TEACHER_RECORD,
+        teacher=lambda wildcards: LAYOUT.finished(teacher_of_run(wildcards)),
     output:
         LAYOUT.pattern("evaluation"),
     log:
@@ -46,8 +46,8 @@ rule evaluate:
     threads: THREADS
     params:
         run=run_dir,
-        teacher=TEACHER,
+        teacher=lambda wildcards: LAYOUT.run_dir(teacher_of_run(wildcards)),
         config=COMMANDS.job_config("evaluate"),
     shell:
         "kdsweep evaluate --run {params.run:q} --teacher {params.teacher:q} --out {output:q}"
-        " --config {input.runtime:q} {params.config} runtime.threads={threads} > {log:q} 2>&1"
+        " --config {input.runtime:q} {params.config} runtime.threads={threads} >> {log:q} 2>&1"
