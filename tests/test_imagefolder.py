@@ -96,7 +96,7 @@ def test_the_stats_job_skips_and_counts_damaged_files_and_computes_the_training_
     n_val = round(len(train) * 0.25)
     train_part, val_part = sorted(perm[n_val:]), sorted(perm[:n_val])
     pixels = _eval_images([train[i] for i in train_part], 20, 16).numpy().astype(np.float64)
-    assert stats["n_train"], stats["n_val"] == (len(train_part), len(val_part))
+    assert (stats["n_train"], stats["n_val"]) == (len(train_part), len(val_part))
     np.testing.assert_allclose(stats["mean"], pixels.mean(axis=(0, 2, 3)) / 255, rtol=0, atol=1e-12)
     np.testing.assert_allclose(stats["std"], pixels.std(axis=(0, 2, 3)) / 255, rtol=0, atol=1e-12)
     val_path, test_path = imagefolder.arrays_of(tmp_path / "stats.json")
@@ -124,7 +124,7 @@ def test_a_job_reads_the_same_files_moved_and_refuses_changed_ones(tree, tmp_pat
     # one file one byte longer: refused, naming the fix
     victim = moved / "train" / "class0" / "train_0_0000.jpg"
     victim.write_bytes(victim.read_bytes() + b"\0")
-    with pytest.raises(KdsweepError, match="not those the stats file was computed from.*delete the study's data/stats.json"):
+    with pytest.raises(KdsweepError, match="not those the stats file was computed from.*delete the study's data/"):
         data.load_splits(moved_cfg["dataset"], "cpu", stats)
     # another evaluation size than the stats job's: refused
     with pytest.raises(KdsweepError, match="pipeline"):

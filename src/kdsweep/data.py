@@ -211,8 +211,8 @@ def imagefolder_stats(path, config: dict, log=print) -> dict:
     classes, train, test = imagefolder.listings(dataset_cfg)
     if train.not_images or test.not_images:
         others = train.not_images + test.not_images
-        log(f"left out {len(others)} files that are not images by their extension ({', '.join(imagefolder.IMAGE_EXTENSIONS)}), "
-            f"e.g. {others[0]}")
+        log(f"left out {len(others)} files that are not images by their extension "
+            f"({', '.join(imagefolder.IMAGE_EXTENSIONS)}), e.g. {others[0]}")
     (train_sha, test_sha), sums, (train_bad, test_bad) = _first_pass(train, test, pipeline, loaders, log)
     damaged = [err for _, err in train_bad + test_bad]
     if damaged and not dataset_cfg["skip_damaged"]:
@@ -340,7 +340,7 @@ def _check_imagefolder_stats(path, stats, dataset_cfg, imagefolder_cfg, fix):
     expected = {"folders": {"train": dataset_cfg["train"], "test": dataset_cfg["test"]},
                 "skip_damaged": dataset_cfg["skip_damaged"]}
     if imagefolder_cfg is not None:
-        expected["pipeline"] = {"eval_resize": imagefolder_cfg["eval_resize"], "eval_crop": imagefolder_cfg["eval_crop"]}
+        expected["pipeline"] = {key: imagefolder_cfg[key] for key in ("eval_resize", "eval_crop")}
     for key, value in expected.items():
         if stats[key] != value:
             raise KdsweepError(f"stats file {path} was computed for {key} {stats[key]!r}, not this config's {value!r}; "

@@ -190,11 +190,11 @@ class Processes:
 
         device = torch.device(device)
         # the buffers (BatchNorm's running statistics) are equal in every process already: nothing to broadcast
-        # at each forward pass (torch >= 2.12 names that forward_sync_buffers)
+        # at each forward pass (newer torch names that forward_sync_buffers)
         import inspect
 
-        sync = ("forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
-                else "broadcast_buffers")
+        options = inspect.signature(DistributedDataParallel).parameters
+        sync = "forward_sync_buffers" if "forward_sync_buffers" in options else "broadcast_buffers"
         return DistributedDataParallel(module, device_ids=[device] if device.type == "cuda" else None, **{sync: False})
 
     def average_gradients(self, module: nn.Module | None):

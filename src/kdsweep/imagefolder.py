@@ -116,8 +116,8 @@ def scan(root, name: str, what: str, classes: list[str]) -> Listing:
     label = {c: i for i, c in enumerate(classes)}
     files = [f for part, _ in zip(parts, found) for f in part[0]]
     if not files:
-        raise KdsweepError(f"the imagefolder {what} folder {folder} holds no image files ({', '.join(IMAGE_EXTENSIONS)}); "
-                           "check dataset.root and dataset." + what)
+        raise KdsweepError(f"the imagefolder {what} folder {folder} holds no image files "
+                           f"({', '.join(IMAGE_EXTENSIONS)}); check dataset.root and dataset.{what}")
     labels = np.concatenate([np.full(len(part[0]), label[c], dtype=np.int64) for part, c in zip(parts, found)])
     sizes = np.asarray([s for part in parts for s in part[1]], dtype=np.int64)
     return Listing(folder, np.asarray(files, dtype=bytes), labels, sizes,

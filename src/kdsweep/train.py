@@ -421,7 +421,7 @@ def _train_points(config, runs, stats_path, out_dirs, teacher_dir, log, rerun_st
                 # Finished in an earlier attempt of this job that died before the job ended
                 # (its outputs may since have been removed): written again from the kept best
                 # weights, without training the point any further.
-                results[point.out_dir] = _finish(point, splits, training, runtime, teacher_dir, processes)
+                results[point.out_dir] = _finish(point, splits, training, runtime, teacher_dir, processes=processes)
                 point.done = True
         with SignalStop() as signals:
             stop = processes.stop(signals)
@@ -452,7 +452,8 @@ def _train_points(config, runs, stats_path, out_dirs, teacher_dir, log, rerun_st
                         log(point.failed)
                         continue
                     if point.end_epoch(sums, val_loss, val_acc, time.perf_counter() - started, generator.get_state()):
-                        results[point.out_dir] = _finish(point, splits, training, runtime, teacher_dir, processes)
+                        results[point.out_dir] = _finish(point, splits, training, runtime, teacher_dir,
+                                                         processes=processes)
                         point.done = True
     except Preempted as signal_name:
         log(f"received {signal_name}: stopped; each point resumes from the checkpoint of its last finished epoch")
