@@ -271,6 +271,7 @@ def test_a_teacher_free_point_at_weight_1_trains_exactly_as_the_baseline():
     from kdsweep.config import load_config
     from kdsweep.plan import Run
     from kdsweep.runtime import Runtime
+    from kdsweep.sources import InMemory
     from kdsweep.train import Point, train_epoch
 
     config = load_config([], ["training.bn_momentum=0.1"])
@@ -284,7 +285,7 @@ def test_a_teacher_free_point_at_weight_1_trains_exactly_as_the_baseline():
         point = Point(run, config["training"], 10, [0.5] * 3, [0.25] * 3, runtime)
         generator = torch.Generator().manual_seed(run.seed)
         for epoch in (1, 2):
-            train_epoch([point], None, augment, images, labels, 20, generator, runtime, epoch=epoch)
+            train_epoch([point], None, InMemory(augment, images, labels, 20), generator, runtime, epoch=epoch)
         return point.module.state_dict()
 
     baseline = trained(Run("baseline", "mobilenet_v3_small", 3))
@@ -322,6 +323,7 @@ def test_lambda_changes_the_learned_temperature():
     from kdsweep.config import load_config
     from kdsweep.plan import Run
     from kdsweep.runtime import Runtime
+    from kdsweep.sources import InMemory
     from kdsweep.train import Point, train_epoch
 
     config = load_config([], ["training.bn_momentum=0.1"])
@@ -339,7 +341,8 @@ def test_lambda_changes_the_learned_temperature():
         hparams = {**AUTHORS["ctkd"], "t_end": 2.0, "lambda_min": lambda_min, "lambda_epochs": 1, "t_weight_decay": 0.0}
         point = Point(Run.distilled_run("ctkd", "mobilenet_v3_small", 0, "ctkd", hparams), config["training"], 10,
                       [0.5] * 3, [0.25] * 3, runtime)
-        train_epoch([point], teacher, augment, images, labels, 20, torch.Generator().manual_seed(0), runtime, epoch=1)
+        train_epoch([point], teacher, InMemory(augment, images, labels, 20), torch.Generator().manual_seed(0), runtime,
+                    epoch=1)
         return point.method_state.theta.item(), METHODS["ctkd"].epoch_record(point.method_state)["temperature"]
 
     (weak, weak_t), (strong, strong_t) = after_one_step(-1.0), after_one_step(-4.0)
