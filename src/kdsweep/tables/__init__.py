@@ -20,6 +20,8 @@ The package, by responsibility:
 - confirmed.py  the confirmation on fresh seeds
 - choices.py    the checkpoints' choices: best_temperature, best_point, and collect_choices (read back)
 - search.py     which search produced the tables (grid, staged, halving) and the points halving pruned
+- robustness.py the gradient-masking checks and transfer attacks (masking), their marks on every table, and
+                accuracy per class (per_class)
 - markdown.py   the Markdown tables' cells, notes and rendering
 """
 
@@ -33,6 +35,7 @@ from kdsweep.errors import KdsweepError
 from kdsweep.io import read_text, write_text
 from kdsweep.layout import TABLES
 from kdsweep.tables import confirmed, methods, reference
+from kdsweep.tables import robustness as robustness_tables
 from kdsweep.tables.choices import collect_choices
 from kdsweep.tables.search import drop_pruned, study_search
 from kdsweep.tables.collect import (RUN_COLUMNS, collect_attacks, collect_runs, join_robustness, results_folder,
@@ -49,7 +52,8 @@ def write_tables(results_dir, search: str | None = None) -> list[Path]:
     if runs.empty:
         raise KdsweepError(f"{results_dir} holds no finished run (no runs/<role>/<run>/metrics.json): nothing to "
                            "tabulate yet; train some runs first, or pass the study's folder results/<study>")
-    robustness = join_robustness(runs, collect_attacks(results_dir, unmatched))
+    masking = robustness_tables.collect_masking(results_dir, unmatched)
+    robustness = join_robustness(runs, collect_attacks(results_dir, unmatched), masking)
     warn_unmatched(unmatched, results_dir)
     grid = reference.grid(runs)
     table1 = reference.table1(runs, robustness)
@@ -62,7 +66,9 @@ def write_tables(results_dir, search: str | None = None) -> list[Path]:
     frames = {"runs.csv": runs[RUN_COLUMNS], "robustness.csv": robustness, "table1.csv": table1,
               "methods.csv": side_by_side, "method_grid.csv": methods.method_grid(runs, searched),
               "kd_vs_hard.csv": kd_vs_hard, "grid.csv": reference.with_pruned(grid, runs, searched),
-              "confirmed.csv": confirmation, "sensitivity.csv": sensitivity, "vs_reference.csv": vs_reference}
+              "confirmed.csv": confirmation, "sensitivity.csv": sensitivity, "vs_reference.csv": vs_reference,
+              "masking.csv": robustness_tables.masking_table(masking["checks"]),
+              "per_class.csv": robustness_tables.per_class(results_dir, runs, kd_vs_hard, confirmation)}
     texts = {name: frame.assign(search=searched.label).to_csv(index=False, float_format="%.10g")
              for name, frame in frames.items()}
     texts["table1.md"] = reference.table1_markdown(table1, robustness)
@@ -71,6 +77,8 @@ def write_tables(results_dir, search: str | None = None) -> list[Path]:
     texts["sensitivity.md"] = reference.sensitivity_markdown(sensitivity)
     texts["vs_reference.md"] = reference.vs_reference_markdown(vs_reference)
     texts["methods.md"] = methods.methods_markdown(side_by_side, robustness)
+    texts["masking.md"] = robustness_tables.masking_markdown(masking["checks"], robustness)
+    texts["per_class.md"] = robustness_tables.per_class_markdown(frames["per_class.csv"])
     for name in [name for name in texts if name.endswith(".md")]:
         texts[name] += f"\nSearch: {searched.label}.\n"
     out = results_dir / "tables"

@@ -8,7 +8,9 @@ import pandas as pd
 
 from kdsweep.methods import METHODS
 from kdsweep.tables.collect import long_scores
-from kdsweep.tables.markdown import GAIN_HEADER, GAIN_NOTE, SEEDS_NOTE, gain_cells, mean_cell, measure_label, render
+from kdsweep.tables.markdown import (GAIN_HEADER, GAIN_NOTE, MASKED_NOTE, SEEDS_NOTE, flagged_cell, gain_cells,
+                                     mean_cell, measure_label, render)
+from kdsweep.tables.robustness import mark
 from kdsweep.tables.methods import point_label
 from kdsweep.tables.summary import GAIN_COLUMNS, SUMMARY, compare, counts_as_int, in_order, method_candidates
 
@@ -16,7 +18,7 @@ from kdsweep.tables.summary import GAIN_COLUMNS, SUMMARY, compare, counts_as_int
 CONFIRMED_COLUMNS = ["dataset", "model", "temperature", "soft_weight", "sweep_val_acc_mean", "sweep_n", "measure",
                      "epsilon", "sweep_gain_mean", "sweep_gain_n",
                      *(f"{side}_{stat}" for side in ("hard", "kd") for stat in SUMMARY), *GAIN_COLUMNS,
-                     "method", "point"]
+                     "method", "point", "masking_flagged"]
 
 
 def confirmed(runs, robustness, choices):
@@ -38,7 +40,8 @@ def confirmed(runs, robustness, choices):
                     return frame.loc[(frame["role"] == role) & (frame["method"] == method)
                                      & frame["point"].map(lambda p: p == point), "run"]
 
-                table = compare(scores, seeds, at(distilled, "confirm"), hard)
+                table = mark(compare(scores, seeds, at(distilled, "confirm"), hard), robustness,
+                             [*at(distilled, "confirm"), *hard])
                 on_sweep = compare(scores, seeds, at(sweep, method), sweep.loc[sweep["role"] == "baseline", "run"])
                 on_sweep = on_sweep[["measure", "epsilon", "gain_mean", "gain_n"]].rename(
                     columns={"gain_mean": "sweep_gain_mean", "gain_n": "sweep_gain_n"})
@@ -66,7 +69,7 @@ def confirmed_markdown(table, choices):
                "sweep never used. A sweep's best point is the luckiest of many: its seeds helped it on validation "
                "and, through the same weights, on test, so its gain on the sweep's seeds (\"in the sweep\") is "
                "optimistic; the fresh seeds' gain is the estimate to report. Accuracies in %, gains in points; "
-               + GAIN_NOTE + "Hard targets and distilled (fresh seeds): " + SEEDS_NOTE)
+               + MASKED_NOTE + GAIN_NOTE + "Hard targets and distilled (fresh seeds): " + SEEDS_NOTE)
     if table.empty:
         return caption + ("\n\nNo confirmation run has finished: the config's confirm.seeds is empty "
                           "(confirmation off, the default), or its runs are still to come.\n")
@@ -78,7 +81,7 @@ def confirmed_markdown(table, choices):
         sweep = ("–" if pd.isna(row["sweep_gain_mean"]) else
                  f"{row['sweep_gain_mean']:+.{digits}f} ({int(row['sweep_gain_n'])})")
         rows.append([row["dataset"], row["model"], row["method"], row["point"],
-                     measure, sweep, mean_cell(row["hard_mean"], row["hard_ci95"], row["hard_n"], digits),
+                     flagged_cell(measure, row), sweep, mean_cell(row["hard_mean"], row["hard_ci95"], row["hard_n"], digits),
                      mean_cell(row["kd_mean"], row["kd_ci95"], row["kd_n"], digits), *gain_cells(row, digits=digits)])
     lines = []
     for (student, method), choice in sorted(choices.items()):

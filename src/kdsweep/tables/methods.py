@@ -9,7 +9,10 @@ from kdsweep.methods import METHODS
 from kdsweep.plan import fmt
 from kdsweep.tables.collect import long_scores
 from kdsweep.tables.search import pruned_of
-from kdsweep.tables.markdown import SEEDS_NOTE, attack_note, gain_cells, mean_cell, measure_label, render
+from kdsweep.attacks import WORST
+from kdsweep.tables.markdown import (MASKED_NOTE, SEEDS_NOTE, attack_note, flagged_cell, gain_cells, mean_cell,
+                                     measure_label, render)
+from kdsweep.tables.robustness import mark
 from kdsweep.tables.summary import (COMPARISON_COLUMNS, MEASURES, compare, counts_as_int, in_order, measure_rank,
                                     method_candidates, pick_best, summarise)
 
@@ -21,7 +24,7 @@ def point_label(method: str, point) -> str:
     return ", ".join(f"{param.name}={fmt(value)}" for param, value in zip(METHODS[method].params, point))
 
 
-METHODS_COLUMNS = ["dataset", "model", "method", "point", "val_acc_mean", *COMPARISON_COLUMNS]
+METHODS_COLUMNS = ["dataset", "model", "method", "point", "val_acc_mean", *COMPARISON_COLUMNS, "masking_flagged"]
 
 
 def methods(runs, robustness):
@@ -41,7 +44,7 @@ def methods(runs, robustness):
                 continue
             point = pick_best(cells["val_acc_mean"])
             chosen = mine.loc[(mine["role"] == method) & mine["point"].map(lambda p: p == point), "run"]
-            rows.append(compare(scores, seeds, chosen, hard_runs).assign(
+            rows.append(mark(compare(scores, seeds, chosen, hard_runs), robustness, [*chosen, *hard_runs]).assign(
                 dataset=dataset, model=model, method=method, point=point_label(method, point),
                 val_acc_mean=cells.loc[[point], "val_acc_mean"].iloc[0]))
     table = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame()
@@ -54,16 +57,18 @@ def methods(runs, robustness):
 def methods_markdown(table, robustness):
     caption = ("The KD methods side by side. Per student and method, the point with the highest mean VALIDATION "
                "accuracy over the sweep's seeds (among those that use the teacher; test accuracy never chooses "
-               "it) against the hard-target baseline: clean test accuracy, accuracy under each attack and "
-               "epsilon, agreement with the teacher and expected calibration error. A best point of many is "
-               "optimistic: tables/confirmed.md trains each method's again on fresh seeds. " + attack_note(robustness)
+               "it) against the hard-target baseline: clean test accuracy, accuracy under the headline and under "
+               "the reference study's FGSM at each epsilon (every attack: methods.csv), agreement with the teacher "
+               "and expected calibration error. A best point of many is optimistic: tables/confirmed.md trains "
+               "each method's again on fresh seeds. " + attack_note(robustness) + MASKED_NOTE
                + "Accuracies in %, gains in points; the gain is paired by seed, method(seed s) - baseline(seed s), "
                "with its 95% interval (Student t) where there are two pairs or more. " + SEEDS_NOTE)
     if table.empty:
         return caption + "\n\nNo distilled run has finished yet.\n"
+    # the headline and the reference study's FGSM (every attack: methods.csv)
     wanted = [("clean", 0.0), *sorted({(m, e) for m, e in zip(table["measure"], table["epsilon"])
-                                      if m not in ("clean", *MEASURES)}, key=lambda item: (measure_rank(item[0]),
-                                                                                           item[0], item[1])),
+                                      if m in (WORST, "fgsm")}, key=lambda item: (measure_rank(item[0]),
+                                                                                  item[0], item[1])),
               ("agreement", np.nan), ("ece", np.nan)]
     header = ["dataset", "student", "method", "point (validation acc.)", "method - hard (95% CI, n)"]
     header += [measure_label(measure, epsilon)[0] for measure, epsilon in wanted]
@@ -75,7 +80,8 @@ def methods_markdown(table, robustness):
             if match.empty:
                 return "–"
             row = match.iloc[0]
-            return mean_cell(row["kd_mean"], row["kd_ci95"], row["kd_n"], measure_label(measure, epsilon)[1])
+            return flagged_cell(mean_cell(row["kd_mean"], row["kd_ci95"], row["kd_n"], measure_label(measure, epsilon)[1]),
+                                row)
 
         clean = group[group["measure"] == "clean"].iloc[0]
         gain, interval_cell, n, _ = gain_cells(clean)
