@@ -849,3 +849,31 @@ def test_the_suite_refuses_what_cannot_run():
                              (["robustness.transfer=square"], "name one of fgsm, pgd, apgd_ce, apgd_dlr")):
         with pytest.raises(KdsweepError, match=match):
             suite(*overrides)
+
+
+# ---------------------------------------------------------------- cost, estimated
+
+def test_the_cost_estimate_counts_the_models_flops_and_the_attacks_passes():
+    """The forward FLOPs of kdsweep.attacks.cost are FlopCounterMode's count on the real models at 32 x 32 (an
+    input gradient twice that), and a study's estimate is runs x images x passes x FLOPs, by hand here."""
+    from kdsweep.attacks import cost
+    from kdsweep.bench.floor import model_flops
+    from kdsweep.config import load_config
+    from kdsweep.models import build_model
+    from kdsweep.plan import Plan
+
+    for name in ("resnet18", "mobilenet_v3_small"):
+        counted = model_flops(build_model(name, 10, [0.5] * 3, [0.25] * 3), (3, 32, 32), 10)
+        assert counted["forward"] == pytest.approx(cost.FORWARD_FLOPS_32[name], rel=1e-3), name
+        # FGSM counted there: an input gradient (a forward and a backward to the input) and a forward
+        assert (counted["fgsm"] - counted["forward"]) / counted["forward"] == pytest.approx(2, rel=0.01)
+    fgsm_only = ["attacks={pgd: null, apgd_ce: null, apgd_dlr: null, apgd_t: null, square: null}",
+                 "robustness={headline: [fgsm], transfer: null, masking: {large_epsilon_attacks: []}}"]
+    plan = Plan(load_config([Path(__file__).resolve().parents[1] / "config.yaml"],
+                            ["dataset.name=digits", "epsilons=[0.1]", *fgsm_only]))
+    runs = plan.fixed_runs()
+    expected = sum(4 * 360 * cost.FORWARD_FLOPS_32[run.model] / 16 for run in runs)
+    assert cost.study_flops(plan, runs) == pytest.approx(expected)
+    default = Plan(load_config([Path(__file__).resolve().parents[1] / "config.yaml"]))
+    assert {name: cost.passes(name, params) for name, params in default.suite.attacks.items()} == {
+        "fgsm": 4, "pgd": 22, "apgd_ce": 203, "apgd_dlr": 203, "apgd_t": 1820, "square": 1001}

@@ -127,6 +127,7 @@ def masking_markdown(checks: pd.DataFrame, robustness: pd.DataFrame) -> str:
                "number to read.")
     if checks.empty:
         return caption + "\n\nNo run's attack job has finished yet.\n"
+    checks = masking_table(checks)
     runs = checks.drop_duplicates("run")
     failed = failed_checks(checks)
     header = ["role", "model", "runs checked", "checks", "failed", "runs with a failed check"]
