@@ -676,7 +676,8 @@ def test_the_headline_does_not_move_when_the_logits_are_rescaled(conv_digits):
 def test_a_masked_model_is_flagged_under_ce_fgsm(digits):
     """The linear digits model with logits x 1000: softmax saturates and the cross-entropy gradient is exactly 0,
     so FGSM moves nothing and reports the clean accuracy even at eps 0.5, where any image can become another.
-    A suite of CE-FGSM alone (the reference study's) flags it; the same model unscaled passes every check."""
+    A suite of CE-FGSM alone (the reference study's), its large-epsilon check run by FGSM, flags it; the same
+    model unscaled passes every check."""
     from kdsweep.attacks.diagnostics import checks
     from kdsweep.attacks.evaluate import attack_examples
     from kdsweep.attacks.suite import Suite
@@ -685,7 +686,8 @@ def test_a_masked_model_is_flagged_under_ce_fgsm(digits):
     model, images, labels = digits
     config = load_config([Path(__file__).resolve().parents[1] / "config.yaml"],
                          ["attacks={fgsm: {}, pgd: null, apgd_ce: null, apgd_dlr: null, apgd_t: null, square: null}",
-                          "robustness.headline=[fgsm]", "epsilons=[0.05, 0.1]"])
+                          "robustness.headline=[fgsm]", "robustness.masking.large_epsilon_attacks=[fgsm]",
+                          "epsilons=[0.05, 0.1]"])
     suite = Suite.from_config(config)
     assert suite.attacks == {"fgsm": {}} and suite.large_epsilon_attacks == ("fgsm",) and suite.large_epsilon == 0.5
     found = {}

@@ -374,7 +374,7 @@ def test_the_attack_job_of_a_run_writes_every_attack_its_worst_case_and_its_mask
     record = Masking.read(masking)
     assert [(t.source, t.epsilon) for t in record.transfer] == [("teacher", 0.05), ("teacher", 0.1)]
     assert record.transfer[0].source_hash == "hash-teacher" and record.transfer[0].n == 25
-    assert set(record.large_epsilon["accuracy"]) == {"fgsm", "pgd"} and record.large_epsilon["epsilon"] == 0.5
+    assert set(record.large_epsilon["accuracy"]) == {"pgd"} and record.large_epsilon["epsilon"] == 0.5
     checks = {check.check for check in record.checks}
     assert checks == {"rises_with_epsilon", "iterative_above_single_step", "headline_above_reference",
                       "white_box_above_transfer", "gradient_free_beats_gradient", "large_epsilon"}

@@ -309,7 +309,20 @@ def unpack_mask(text: str, n: int) -> np.ndarray:
 
 
 @dataclass(kw_only=True)
-class AttackResult(Record):
+class Attacked(Record):
+    """What an attack job's records say of the run they measured: its folder and where it sits (RUN_KEYS)."""
+
+    run: str | None = key(TEXT)  # the run folder
+    role: str = key(TEXT)
+    dataset: str | None = key(TEXT, null=True)
+    model: str = key(TEXT)
+    temperature: float | None = key(NUMBER, null=True)
+    soft_weight: float | None = key(NUMBER, null=True)
+    seed: int = key(WHOLE)
+
+
+@dataclass(kw_only=True)
+class AttackResult(Attacked):
     """attacks/<role>/<run>/<attack>_eps<eps>.json: a finished run under one attack at one epsilon, or (attack
     `worst`) the worst case per test image over the headline's attacks (kdsweep.attacks)."""
 
@@ -319,13 +332,6 @@ class AttackResult(Record):
     attack: str = key(TEXT)  # an attack of kdsweep.attacks.ATTACKS, or worst
     params: dict | None = key(OBJECT)  # the config's attacks.<attack>; worst: {"attacks": [its attacks]}
     epsilon: float = key(NUMBER)
-    run: str | None = key(TEXT)  # the run folder
-    role: str = key(TEXT)
-    dataset: str | None = key(TEXT, null=True)
-    model: str = key(TEXT)
-    temperature: float | None = key(NUMBER, null=True)
-    soft_weight: float | None = key(NUMBER, null=True)
-    seed: int = key(WHOLE)
     n: int | None = key(WHOLE)  # test images attacked
     clean_acc: float = key(NUMBER)  # of those
     adv_acc: float = key(NUMBER)  # of those
@@ -399,19 +405,12 @@ class MaskingCheck(Record):
 
 
 @dataclass(kw_only=True)
-class Masking(Record):
+class Masking(Attacked):
     """masking/<role>/<run>.json: a run's transfer attacks, its accuracy at a large epsilon and its gradient-masking
     checks (kdsweep.attacks.diagnostics), written by its attack job after its attack results."""
 
     REQUIRED = ("role", "model", "seed", "checks")
 
-    run: str | None = key(TEXT)
-    role: str = key(TEXT)
-    dataset: str | None = key(TEXT, null=True)
-    model: str = key(TEXT)
-    temperature: float | None = key(NUMBER, null=True)
-    soft_weight: float | None = key(NUMBER, null=True)
-    seed: int = key(WHOLE)
     n_test: int | None = key(WHOLE)
     transfer: list | None = key(LIST, item=TransferResult)
     large_epsilon: dict | None = key(OBJECT, null=True)  # {"epsilon", "n", "accuracy": {attack: %}}
