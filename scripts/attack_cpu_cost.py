@@ -53,19 +53,13 @@ def main():
     checks = {"fgsm": {}, "pgd": suite["pgd"], "apgd_ce": {**suite["apgd_ce"], "steps": args.check_steps}}
     for name, params in checks.items():
         measured = best_of(lambda: attack_examples(model, images, labels, epsilon, args.images, name, **params), 1)
-        passes = cost.passes(name, params)
-        gradients = {"fgsm": 1, "pgd": params.get("steps", 0) * params.get("restarts", 1),
-                     "apgd_ce": (params.get("steps", 0) + 1) * params.get("restarts", 1)}[name]
+        passes, gradients = cost.passes(name, params), cost.gradients(name, params)
         predicted = (passes - 2 * gradients) * forward + gradients * gradient
         print(f"{name} {params}: measured {1000 * measured / args.images:.1f} s per 1,000 images, passes model "
               f"{1000 * predicted:.1f}")
     print("config.yaml's attacks, per 1,000 images and epsilon, from the unit costs above:")
     for name, params in suite.items():
-        passes = cost.passes(name, params)
-        gradients = {"fgsm": 1, "pgd": params["steps"] * params.get("restarts", 1),
-                     "apgd_ce": (params.get("steps", 0) + 1) * params.get("restarts", 1),
-                     "apgd_dlr": (params.get("steps", 0) + 1) * params.get("restarts", 1),
-                     "apgd_t": (params.get("steps", 0) + 1) * params.get("targets", 1), "square": 0}[name]
+        passes, gradients = cost.passes(name, params), cost.gradients(name, params)
         seconds = 1000 * ((passes - 2 * gradients) * forward + gradients * gradient)
         print(f"  {name:9s} {passes:6.0f} passes  {seconds:9.0f} CPU-s ({seconds / 3600:.2f} h)")
 

@@ -879,3 +879,6 @@ def test_the_cost_estimate_counts_the_models_flops_and_the_attacks_passes():
     default = Plan(load_config([Path(__file__).resolve().parents[1] / "config.yaml"]))
     assert {name: cost.passes(name, params) for name, params in default.suite.attacks.items()} == {
         "fgsm": 4, "pgd": 22, "apgd_ce": 203, "apgd_dlr": 203, "apgd_t": 1820, "square": 1001}
+    # the input gradients among them: 10 steps of PGD, 101 gradients of APGD (the start's and each step's), ...
+    assert {name: cost.gradients(name, params) for name, params in default.suite.attacks.items()} == {
+        "fgsm": 1, "pgd": 10, "apgd_ce": 101, "apgd_dlr": 101, "apgd_t": 909, "square": 0}

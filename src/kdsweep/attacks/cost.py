@@ -44,6 +44,19 @@ def passes(attack: str, params: dict) -> float:
     raise ValueError(f"no cost known for attack {attack!r}")
 
 
+def gradients(attack: str, params: dict) -> int:
+    """Input gradients per image and epsilon among an attack's passes (each counts 2; the rest are forwards)."""
+    if attack == "fgsm":
+        return 1
+    if attack == "pgd":
+        return params["restarts"] * params["steps"]
+    if attack in ("apgd_ce", "apgd_dlr"):
+        return params["restarts"] * (params["steps"] + 1)
+    if attack == "apgd_t":
+        return params["targets"] * (params["steps"] + 1)
+    return 0
+
+
 def forward_flops(model: str, dataset: str) -> float:
     return FORWARD_FLOPS_32[model] * (IMAGE_SIDE[dataset] / 32) ** 2
 
