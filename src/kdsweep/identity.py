@@ -4,7 +4,9 @@ a checkpoint or a result belongs to it, and the runs kept aside.
 - `run_identity(config, run, teacher_hash, data_digest)`: what a training run is. The data it learns
   from (`dataset.name`, `subset`, `val_fraction`, `split_seed`, and the digest of the loaded images
   and labels that the stats job records in stats.json), `training`, `augmentation`, where the run
-  sits (model, seed, temperature, soft weight, role) and, for a distilled run, its teacher's hash.
+  sits (model, seed, temperature, soft weight, role) and, for a distilled run, its teacher's hash. A teacher
+  from a checkpoint (kdsweep.teachers) also records `teacher_checkpoint`: the file's sha256, its architecture
+  and whether it was fine-tuned; its hash, and so every run distilled from it, changes with the file.
   Not in it: where the data lies (`dataset.root`) and the `runtime` section (device, precision,
   threads, ...): they change no result beyond floating-point noise, so moving the data, or the study
   to another cluster with the same files, retrains nothing. Different files under the same path have
@@ -28,6 +30,7 @@ Nothing here imports torch: the status view imports this module.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -42,6 +45,7 @@ from .records import AttackResult, Evaluation, Metrics
 # The dataset settings that make a run's data what it is, besides the digest of the data itself.
 DATASET_KEYS = ("name", "subset", "val_fraction", "split_seed")
 DIGEST = "digest"
+CHECKPOINT_KEY = "teacher_checkpoint"  # a teacher run's provenance in its identity
 ASIDE = "aside"
 LOCK = ".lock"  # kdsweep.lock's file: never moved
 
@@ -71,13 +75,18 @@ def _where(run) -> dict:
     return {**where, "method": run.method, "hparams": canonical}
 
 
-def run_identity(config: dict, run, teacher_hash: str | None, data_digest: str | None) -> dict:
+def run_identity(config: dict, run, teacher_hash: str | None, data_digest: str | None,
+                 checkpoint: dict | None = None) -> dict:
     """What a training run is (module docstring); data_digest None where it is not known (a status
-    view without stats.json)."""
+    view without stats.json); checkpoint: a teacher's provenance (kdsweep.teachers.provenance), None for a
+    teacher trained from scratch (whose identity is the reference study's)."""
     dataset = {key: config["dataset"][key] for key in DATASET_KEYS}
     dataset[DIGEST] = data_digest
+    where = {**_where(run), "teacher_config_hash": teacher_hash}
+    if checkpoint is not None:
+        where[CHECKPOINT_KEY] = checkpoint
     return {"dataset": dataset, "training": config["training"], "augmentation": config["augmentation"],
-            "run": {**_where(run), "teacher_config_hash": teacher_hash}}
+            "run": where}
 
 
 def legacy_hash(config: dict, run, teacher_hash: str | None) -> str:
@@ -176,9 +185,23 @@ def put_aside(run_dir, run_hash: str) -> Path:
             shutil.rmtree(destination)
         _move_contents(run_dir, destination)
     except OSError as err:
-        raise KdsweepError(f"cannot keep the run in {run_dir} aside in {destination} ({err.strerror}); "
-                           f"make {destination.parent} writable, or move {run_dir} away yourself") from err
+        raise KdsweepError(f"cannot keep the run in {run_dir} aside in {destination} ({err.strerror}): "
+                           f"{_fix_for(err, destination)}, or move {run_dir} away yourself") from err
     return destination
+
+
+def _fix_for(err: OSError, destination: Path) -> str:
+    """What frees the way to a folder that could not be made or filled: a file in the way moved, a folder
+    made writable."""
+    if err.errno in (errno.EEXIST, errno.ENOTDIR, errno.EISDIR, errno.ENOTEMPTY):
+        for path in (destination, *destination.parents):
+            if path.is_symlink() or (path.exists() and not path.is_dir()):
+                return f"a file is in the way: move {path} away"
+        return f"something is in the way in {destination}: move it away"
+    if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        blocked = next((path for path in (destination, *destination.parents) if path.exists()), destination)
+        return f"make {blocked} writable"
+    return f"check {destination.parent} and its file system"
 
 
 def bring_back(run_dir, identity: dict) -> Path | None:
@@ -198,8 +221,9 @@ def bring_back(run_dir, identity: dict) -> Path | None:
         _move_contents(folder, run_dir)
         folder.rmdir()
     except OSError as err:
-        raise KdsweepError(f"cannot bring the run kept in {folder} back to {run_dir} ({err.strerror}); "
-                           f"move its files there yourself, or delete {folder} to train the run again") from err
+        raise KdsweepError(f"cannot bring the run kept in {folder} back to {run_dir} ({err.strerror}): "
+                           f"{_fix_for(err, run_dir)}, or move its files there yourself, or delete {folder} to "
+                           "train the run again") from err
     return folder
 
 

@@ -29,6 +29,7 @@ from pathlib import Path
 
 from .errors import KdsweepError
 from .identity import ASIDE, study_aside
+from .joblog import last_attempt
 from .lock import LOCK, read_holder
 from .layout import Layout
 from .plan import ROLES, Plan, Run
@@ -114,7 +115,7 @@ def _log_verdict(path: Path) -> tuple[str, str] | None:
             lines = handle.read().decode(errors="replace").splitlines()
     except OSError:
         return None
-    for line in reversed(lines):
+    for line in reversed(last_attempt(lines)):  # an earlier attempt's verdict is not this one's
         if match := _ERROR.search(line):
             return "failed", match.group(1).strip()
         if match := _STOP.search(line):
@@ -149,9 +150,20 @@ def _is_this_run(plan, run, metrics: Metrics, teacher_hash, data_digest=None) ->
     from .config import config_hash
     from .identity import run_identity, same_run
 
+    from .identity import CHECKPOINT_KEY
+
     if run.distilled and teacher_hash is None:
         return True  # the teacher's record is gone: nothing to compare against
-    expected = run_identity(plan.config, run, teacher_hash if run.distilled else None, data_digest)
+    provenance = None
+    if run.role == "teacher" and plan.teacher_of(run).checkpoint:
+        # a teacher from a checkpoint: the file's digest is the job's to take (status reads no weights); its
+        # architecture and fine-tuning are the plan's
+        teacher = plan.teacher_of(run)
+        provenance = ((metrics.config or {}).get("run") or {}).get(CHECKPOINT_KEY)
+        if not isinstance(provenance, dict) or (provenance.get("architecture"), provenance.get("fine_tuned")) != (
+                teacher.model, teacher.fine_tune):
+            return False
+    expected = run_identity(plan.config, run, teacher_hash if run.distilled else None, data_digest, provenance)
     return metrics.config_hash == config_hash(expected) or same_run(metrics.config, expected)
 
 
@@ -194,12 +206,14 @@ def study_status(plan: Plan, root: Path, queue=None) -> StudyStatus:
     staged = {student: layout.staged_choice(student) for student in plan.students if plan.staged}
     confirmed = {choice: layout.confirm_record(*choice) for choice in plan.choices()}
     runs, waiting = plan.planned(_records(StagedChoice, root, staged), _records(BestPoint, root, confirmed))
-    teacher = Metrics.peek(root / layout.run_dir(plan.teacher) / METRICS)
     digest = (_read_json(root / plan.results / "data" / "stats.json") or {}).get("data_digest")
-    teacher_hash = teacher.config_hash if teacher is not None else None
-    statuses = [run_status(layout, root, run, teacher_hash, running_jobs, host, digest) for run in runs]
-    rungs = [decision for decision in (RungDecision.peek(root / path) for path in layout.rung_decisions())
-             if decision is not None and decision.candidates is not None]
+    # each teacher's hash: what the runs distilled from it record
+    hashes = {teacher.name: getattr(Metrics.peek(root / layout.run_dir(teacher.run) / METRICS), "config_hash", None)
+              for teacher in plan.teachers}
+    statuses = [run_status(layout, root, run, hashes[plan.teacher_of(run).name], running_jobs, host, digest)
+                for run in runs]
+    # the rungs decided so far, each read checked (a damaged record is one sentence, as for the workflow)
+    rungs = [RungDecision.read(root / path) for path in layout.rung_decisions() if (root / path).exists()]
     saved = _prune(plan, statuses, rungs) if plan.halving else None
     present = planned = 0
     attacked, flagged = [], []
@@ -215,7 +229,8 @@ def study_status(plan: Plan, root: Path, queue=None) -> StudyStatus:
     spent, remaining, unestimated = _gpu_time(plan, statuses, waiting)
     attacks = {"done": len(attacked), "flagged": len(flagged), "planned": len(
         [entry for entry in statuses if entry.state != PRUNED]),
-        "flops": cost.study_flops(plan, [entry.run for entry in statuses if entry.state != PRUNED])}
+        "flops": cost.study_flops(plan, [entry.run for entry in statuses if entry.state != PRUNED]),
+        "uncounted": cost.uncounted(plan, [entry.run for entry in statuses if entry.state != PRUNED])}
     return StudyStatus(plan, root, statuses, waiting, (present, planned), slurm, spent, remaining, unestimated,
                        study_aside(root / plan.results), rungs, saved, attacks)
 
@@ -249,9 +264,10 @@ def _prune(plan: Plan, statuses, rungs) -> float:
 
 
 def _records(kind, root: Path, paths: dict) -> dict:
-    """{key: (record as a dict, its path)} of the records written so far, as Plan.planned takes them."""
-    records = {key: (kind.peek(root / path), path) for key, path in paths.items()}
-    return {key: (record.as_dict(), path) for key, (record, path) in records.items() if record is not None}
+    """{key: (record, its path)} of the records written so far, each read checked (a checkpoint's record is
+    written whole or not at all: one that cannot be read is damaged, and said so in one sentence), as
+    Plan.planned takes them."""
+    return {key: (kind.read(root / path), path) for key, path in paths.items() if (root / path).exists()}
 
 
 def _same_folder(a, b) -> bool:
@@ -421,7 +437,9 @@ def attack_lines(plan: Plan, attacks: dict) -> list[str]:
     flops = attacks["flops"]
     lines.append(f"attack cost, estimated (not measured; docs/robustness.md): at most {flops:.2g} FLOPs for these "
                  f"runs, {cost.gpu_hours(flops):.2f} GPU-hours at an H100's fp32 peak ("
-                 f"{cost.gpu_hours(flops, 'tf32'):.2f} with runtime.tf32), a floor: small models run far below it")
+                 f"{cost.gpu_hours(flops, 'tf32'):.2f} with runtime.tf32), a floor: small models run far below it"
+                 + (f"; not counted: {', '.join(attacks['uncounted'])} (no FLOP count in kdsweep.attacks.cost)"
+                    if attacks.get("uncounted") else ""))
     return lines
 
 

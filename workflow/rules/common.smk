@@ -20,13 +20,12 @@ from snakemake.utils import validate
 from snakemake_interface_executor_plugins.settings import DeploymentMethod
 
 # (nothing here imports torch: every snakemake, also the one inside each cluster job, parses this)
-from kdsweep import io
+from kdsweep import chosen as choices
 from kdsweep.config import check_finite, coerce_strings
 from kdsweep.datasets import download_folder
 from kdsweep.errors import KdsweepError
 from kdsweep.commands import Commands
-from kdsweep.halving import kept_points
-from kdsweep.records import RungDecision
+from kdsweep.joblog import ENV as JOB_LOG
 from kdsweep.layout import TABLES, Layout
 from kdsweep.plan import ROLES, Plan, Run
 from kdsweep.slurm import profile_warnings
@@ -41,14 +40,30 @@ try:
     PLAN = Plan(config)
     LAYOUT = Layout(PLAN)
     COMMANDS = Commands(PLAN, LAYOUT)
+    # the checkpoints' records already written, each checked (kdsweep.chosen): a damaged one stops the
+    # workflow here, in one sentence, not in an input function's traceback
+    choices.check(PLAN, LAYOUT)
 except KdsweepError as err:
     raise WorkflowError(str(err))
+
+# Every architecture known and buildable for the study's images (its family's small-image stem), every
+# teacher checkpoint fitting its architecture and the study's classes (kdsweep.teachers, reading its keys
+# and shapes only): once, in the main process, before any job. This imports torch; a cluster job's own
+# snakemake does not repeat it.
+if workflow.is_main_process:
+    try:
+        from kdsweep.teachers import check_config
+
+        check_config(config)
+    except KdsweepError as err:
+        raise WorkflowError(str(err))
 
 RESULTS = PLAN.results
 LOGS = f"{RESULTS}/logs"
 STATS = f"{RESULTS}/data/stats.json"
+# the study's first teacher (the only one of most studies): its folder and its train record, written after
+# its model.pt and metrics.json
 TEACHER = LAYOUT.run_dir(PLAN.teacher)
-# the teacher's train record: written after its model.pt and metrics.json
 (TEACHER_RECORD,) = LAYOUT.finished(PLAN.teacher)
 DATASET_DIR = download_folder(config["dataset"]["name"], config["dataset"]["root"])
 DATASET_RECORD = f"{RESULTS}/data/dataset.json"
@@ -67,8 +82,10 @@ if (
     PYTHON = f"PYTHONPATH={SRC}${{PYTHONPATH:+:$PYTHONPATH}} python"
 else:
     PYTHON = shlex.quote(sys.executable)
+# Each job appends to its log (`>> {log:q} 2>&1`), which kdsweep keeps across the job's attempts
+# (KDSWEEP_JOB_LOG: kdsweep.joblog), so that a retried job's log still holds the stopped attempt's lines.
 # (Snakemake formats the prefix as it formats a shell command: its braces are doubled.)
-PREFIX = f'set -euo pipefail; kdsweep() {{ {PYTHON} -m kdsweep "$@"; }}; '
+PREFIX = f'set -euo pipefail; kdsweep() {{ {JOB_LOG}=1 {PYTHON} -m kdsweep "$@"; }}; '
 shell.prefix(PREFIX.replace("{", "{{").replace("}", "}}"))
 # Threads per job: runtime.threads, or 1 when it is 0 (torch's default), so that `--cores N`
 # runs N jobs side by side; a profile's set-threads overrides it.
@@ -115,7 +132,10 @@ if workflow.is_main_process:
 wildcard_constraints:
     role="|".join(ROLES),
     trained="teacher|baseline|confirm",
-    model="|".join(sorted({PLAN.teacher.model, *PLAN.students})),
+    model="|".join(
+        re.escape(name)
+        for name in sorted({*(run.teacher or run.model for run in PLAN.teacher_runs()), *PLAN.students})
+    ),
     student="|".join(PLAN.students),
     seed=r"\d+",
     run=r"[^/]+",
@@ -142,12 +162,12 @@ def run_dir(wildcards):
 
 
 def transfer_runs(wildcards):
-    """{role: run} of the runs an attack job crafts its transfer attacks on: the teacher (not for the teacher
-    itself) and a distilled run's own seed's baseline (none without robustness.transfer)."""
+    """{role: run} of the runs an attack job crafts its transfer attacks on: the run's teacher (a baseline: the
+    study's first; a teacher: none) and a distilled run's own seed's baseline (none without robustness.transfer)."""
     run = run_of(wildcards)
     if PLAN.suite.transfer is None:
         return {}
-    sources = {} if run == PLAN.teacher else {"teacher": PLAN.teacher}
+    sources = {} if run.role == "teacher" else {"teacher": PLAN.teacher_of(run).run}
     baseline = PLAN.baseline_of(run)
     return sources if baseline is None else {**sources, "baseline": baseline}
 
@@ -169,11 +189,33 @@ def pack_of(wildcards):
     return PLAN.pack(wildcards.pack)
 
 
+def trained_run(wildcards):
+    """The run a train job trains (a teacher, a baseline, a confirmation's baseline)."""
+    return PLAN.run(wildcards.trained, f"{wildcards.model}_seed{wildcards.seed}")
+
+
+def teacher_checkpoint(wildcards):
+    """A teacher's checkpoint file, where it is one (rule train's input: a new file trains it again)."""
+    run = trained_run(wildcards)
+    found = PLAN.teacher_of(run).checkpoint_file if run.role == "teacher" else None
+    return [found] if found else []
+
+
+def teacher_of_pack(wildcards):
+    """The teacher run a pack distils from."""
+    return PLAN.teacher_of(pack_of(wildcards).runs[0]).run
+
+
+def teacher_of_run(wildcards):
+    """The teacher run a run is measured against (its own teacher; a baseline: the study's first)."""
+    return PLAN.teacher_of(run_of(wildcards)).run
+
+
 def rung_kept(student, stage):
     """Successive halving: the points a student's rung (its index) kept, as its checkpoint's record says."""
     return chosen(
         checkpoints.rung_decision,
-        lambda record, path: kept_points(RungDecision.from_dict(record)),
+        lambda path: choices.kept(PLAN, student, stage, path),
         student=student,
         rung=PLAN.rungs[stage],
     )
@@ -228,11 +270,11 @@ def temperature_sweep(wildcards):
     return LAYOUT.finished_files(PLAN.temperature_sweep(wildcards.student))
 
 
-def chosen(checkpoint, choose, **wildcards):
-    """What a checkpoint chose: choose(its record, the record's path), a Plan method."""
+def chosen(checkpoint, read, **wildcards):
+    """What a checkpoint chose: read(its record's path), a kdsweep.chosen reader (checked)."""
     path = checkpoint.get(**wildcards).output[0]
     try:
-        return choose(io.read_json(path), path)
+        return read(path)
     except KdsweepError as err:
         raise WorkflowError(str(err))
 
@@ -242,7 +284,9 @@ def soft_weight_sweep(student):
 
     def outputs(wildcards):
         temperature = chosen(
-            checkpoints.best_temperature, PLAN.chosen_temperature, student=student
+            checkpoints.best_temperature,
+            lambda path: choices.temperature(PLAN, path),
+            student=student,
         )
         return LAYOUT.outputs(PLAN.soft_weight_sweep(student, temperature))
 
@@ -260,7 +304,11 @@ def sweep_of(student, method):
     return PLAN.sweep(
         student,
         method,
-        chosen(checkpoints.best_temperature, PLAN.chosen_temperature, student=student),
+        chosen(
+            checkpoints.best_temperature,
+            lambda path: choices.temperature(PLAN, path),
+            student=student,
+        ),
     )
 
 
@@ -274,9 +322,15 @@ def confirmation(student, method):
     its checkpoint chose (the baselines on those seeds are fixed runs)."""
 
     def outputs(wildcards):
+        # successive halving: a point of the last rung's survivors
+        among = (
+            {run.hparams for run in sweep_of(student, method) if run.needs_teacher}
+            if PLAN.halving
+            else None
+        )
         hparams = chosen(
             checkpoints.best_point,
-            lambda record, path: PLAN.chosen_point(student, method, record, path),
+            lambda path: choices.point(PLAN, student, method, path, among),
             choice=PLAN.choice_name(student, method),
         )
         return LAYOUT.outputs(PLAN.confirmed(student, method, hparams))

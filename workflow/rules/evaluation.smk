@@ -29,14 +29,14 @@ rule attack:
         config=COMMANDS.job_config("attack"),
     shell:
         "kdsweep attack --run {params.run:q} --out-dir {params.out:q} --masking {params.masking:q}{params.sources}"
-        " --config {input.runtime:q} {params.config} runtime.threads={threads} > {log:q} 2>&1"
+        " --config {input.runtime:q} {params.config} runtime.threads={threads} >> {log:q} 2>&1"
 
 
 rule evaluate:
     input:
         finished,
         runtime=ancient(RUNTIME),
-        teacher=TEACHER_RECORD,
+        teacher=lambda wildcards: LAYOUT.finished(teacher_of_run(wildcards)),
     output:
         LAYOUT.pattern("evaluation"),
     log:
@@ -48,8 +48,8 @@ rule evaluate:
     threads: THREADS
     params:
         run=run_dir,
-        teacher=TEACHER,
+        teacher=lambda wildcards: LAYOUT.run_dir(teacher_of_run(wildcards)),
         config=COMMANDS.job_config("evaluate"),
     shell:
         "kdsweep evaluate --run {params.run:q} --teacher {params.teacher:q} --out {output:q}"
-        " --config {input.runtime:q} {params.config} runtime.threads={threads} > {log:q} 2>&1"
+        " --config {input.runtime:q} {params.config} runtime.threads={threads} >> {log:q} 2>&1"

@@ -17,6 +17,7 @@ rule train:
     input:
         stats=STATS,
         runtime=ancient(RUNTIME),
+        checkpoint=teacher_checkpoint,
     output:
         LAYOUT.pattern("train_record"),
     log:
@@ -25,14 +26,14 @@ rule train:
         CONDA_ENV
     threads: THREADS
     params:
-        out=lambda wildcards: LAYOUT.run_dir(
-            Run(wildcards.trained, wildcards.model, int(wildcards.seed))
-        ),
-        config=COMMANDS.job_config("train"),
+        out=lambda wildcards: LAYOUT.run_dir(trained_run(wildcards)),
+        # a teacher from a checkpoint: where it comes from (`--checkpoint ... [--fine-tune]`) before the slice
+        config=lambda wildcards: COMMANDS.train_options(trained_run(wildcards))
+        + COMMANDS.job_config("train"),
     shell:
         "kdsweep train --role {wildcards.trained} --model {wildcards.model} --seed {wildcards.seed}"
         " --stats {input.stats:q} --out {params.out:q} --record {output:q} --rerun-stale --wait-for-lock"
-        " --config {input.runtime:q} {params.config} runtime.threads={threads} > {log:q} 2>&1"
+        " --config {input.runtime:q} {params.config} runtime.threads={threads} >> {log:q} 2>&1"
 
 
 # The runs of a pack share one augmented data stream and one teacher forward pass per batch;
@@ -42,7 +43,7 @@ rule distill:
     input:
         stats=STATS,
         runtime=ancient(RUNTIME),
-        teacher=TEACHER_RECORD,
+        teacher=lambda wildcards: LAYOUT.finished(teacher_of_pack(wildcards)),
         rung=rung_before,
     output:
         LAYOUT.pattern("pack_record"),
@@ -56,13 +57,13 @@ rule distill:
         student=lambda wildcards: pack_of(wildcards).student,
         seed=lambda wildcards: pack_of(wildcards).seed,
         points=lambda wildcards: COMMANDS.pack_points(training_pack(wildcards)),
-        teacher=TEACHER,
+        teacher=lambda wildcards: LAYOUT.run_dir(teacher_of_pack(wildcards)),
         config=COMMANDS.job_config("train"),
     shell:
         "kdsweep distill --student {params.student} --seed {params.seed} --role {params.role}"
         " --teacher {params.teacher:q}"
         " {params.points} --stats {input.stats:q} --record {output:q} --rerun-stale --wait-for-lock"
-        " --config {input.runtime:q} {params.config} runtime.threads={threads} > {log:q} 2>&1"
+        " --config {input.runtime:q} {params.config} runtime.threads={threads} >> {log:q} 2>&1"
 
 
 # Staged sweep: each student's temperature, chosen on validation accuracy.
@@ -80,7 +81,7 @@ checkpoint best_temperature:
             LAYOUT.run_dir(run) for run in PLAN.temperature_sweep(wildcards.student)
         ],
     shell:
-        "kdsweep best-temperature --out {output:q} {params.runs:q} > {log:q} 2>&1"
+        "kdsweep best-temperature --out {output:q} {params.runs:q} >> {log:q} 2>&1"
 
 
 # Confirmation: each student's distilled point of each method (one that uses the teacher: kd w > 0) with
@@ -100,7 +101,7 @@ checkpoint best_point:
             LAYOUT.run_dir(run) for run in sweep_of(*PLAN.choice(wildcards.choice))
         ],
     shell:
-        "kdsweep best-point --out {output:q} {params.runs:q} > {log:q} 2>&1"
+        "kdsweep best-point --out {output:q} {params.runs:q} >> {log:q} 2>&1"
 
 
 # Successive halving (sweep: halving): a student's points of each KD method judged at a rung on mean
@@ -122,4 +123,4 @@ checkpoint rung_decision:
     shell:
         "kdsweep rung-decision {input:q} --out {output:q} --student {wildcards.student} --stage {params.stage}"
         " --rung {wildcards.rung} --keep {params.keep} --min-kept {params.min_kept} --seeds {params.seeds}"
-        " > {log:q} 2>&1"
+        " >> {log:q} 2>&1"

@@ -57,8 +57,18 @@ def gradients(attack: str, params: dict) -> int:
     return 0
 
 
-def forward_flops(model: str, dataset: str) -> float:
+def forward_flops(model: str, dataset: str) -> float | None:
+    """A model's forward FLOPs per image of the dataset (None for an architecture without a count here)."""
+    if model not in FORWARD_FLOPS_32 or dataset not in IMAGE_SIDE:
+        return None
     return FORWARD_FLOPS_32[model] * (IMAGE_SIDE[dataset] / 32) ** 2
+
+
+def uncounted(plan: Plan, runs) -> list[str]:
+    """The architectures of these runs' attack jobs without a FLOP count (left out of study_flops)."""
+    dataset = plan.config["dataset"]["name"]
+    models = {run.model for run in runs} | {plan.teacher_of(run).run.model for run in runs if run.role != "teacher"}
+    return sorted(model for model in models if forward_flops(model, dataset) is None)
 
 
 def run_passes(plan: Plan, run, n_test: int) -> dict:
@@ -71,7 +81,8 @@ def run_passes(plan: Plan, run, n_test: int) -> dict:
     sources = {}
     if suite.transfer is not None:
         crafted = (passes(suite.transfer, suite.attacks[suite.transfer]) - 2) * subset * len(suite.epsilons)
-        roles = ([] if run == plan.teacher else [plan.teacher]) + ([plan.baseline_of(run)] if run.distilled else [])
+        roles = ([] if run.role == "teacher" else [plan.teacher_of(run).run]) + (
+            [plan.baseline_of(run)] if run.distilled else [])
         for source in roles:
             sources[source.model] = sources.get(source.model, 0) + crafted
             own += 2 * subset * len(suite.epsilons)
@@ -79,15 +90,15 @@ def run_passes(plan: Plan, run, n_test: int) -> dict:
 
 
 def study_flops(plan: Plan, runs) -> float:
-    """FLOPs of the attack jobs of these runs (upper bound, the module docstring)."""
+    """FLOPs of the attack jobs of these runs (upper bound, the module docstring), but of the models `uncounted`
+    names."""
     dataset = plan.config["dataset"]["name"]
-    n_test = plan.config["dataset"]["subset"] or TEST_IMAGES[dataset]
-    n_test = min(n_test, TEST_IMAGES[dataset])
+    n_test = min(plan.config["dataset"]["subset"] or TEST_IMAGES.get(dataset, 10000), TEST_IMAGES.get(dataset, 10000))
     total = 0.0
     for run in runs:
         counted = run_passes(plan, run, n_test)
-        total += counted["own"] * forward_flops(run.model, dataset)
-        total += sum(count * forward_flops(model, dataset) for model, count in counted["sources"].items())
+        for model, count in [(run.model, counted["own"]), *counted["sources"].items()]:
+            total += count * (forward_flops(model, dataset) or 0.0)
     return total
 
 

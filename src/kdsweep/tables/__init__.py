@@ -17,6 +17,7 @@ The package, by responsibility:
 - summary.py    statistics: summarise (intervals from kdsweep.stats), pick_best, candidates, compare
 - reference.py  the reference study's tables: table1, grid, kd_vs_hard (Tables II-V), sensitivity, vs_reference
 - methods.py    the KD methods side by side (methods) and every method's grid (method_grid)
+- pairs.py      the architecture pairs side by side: each (teacher, student) with parameters and images/s
 - confirmed.py  the confirmation on fresh seeds
 - choices.py    the checkpoints' choices: best_temperature, best_point, and collect_choices (read back)
 - search.py     which search produced the tables (grid, staged, halving) and the points halving pruned
@@ -34,10 +35,11 @@ import pandas as pd
 from kdsweep.errors import KdsweepError
 from kdsweep.io import read_text, write_text
 from kdsweep.layout import TABLES
-from kdsweep.tables import confirmed, methods, reference
+from kdsweep.tables import confirmed, methods, pairs, reference
 from kdsweep.tables import robustness as robustness_tables
 from kdsweep.tables.choices import collect_choices
-from kdsweep.tables.search import drop_pruned, study_search
+from kdsweep.tables.files import StudyFiles
+from kdsweep.tables.search import pruned_keys, drop_pruned, study_search
 from kdsweep.tables.collect import (RUN_COLUMNS, collect_attacks, collect_runs, join_robustness, results_folder,
                                     warn_unmatched)
 
@@ -47,28 +49,37 @@ def write_tables(results_dir, search: str | None = None) -> list[Path]:
     (grid, staged, halving; kdsweep.tables.search), which every table names."""
     results_dir = results_folder(results_dir)
     unmatched = []
-    searched = study_search(results_dir, search)
-    runs = drop_pruned(collect_runs(results_dir, unmatched), searched)
+    files = StudyFiles(results_dir)  # the study's files by their names; the rest are strays, said once
+    searched = study_search(results_dir, search, files)
+    runs = drop_pruned(collect_runs(results_dir, unmatched, files), searched)
     if runs.empty:
+        files.warn()
         raise KdsweepError(f"{results_dir} holds no finished run (no runs/<role>/<run>/metrics.json): nothing to "
                            "tabulate yet; train some runs first, or pass the study's folder results/<study>")
-    masking = robustness_tables.collect_masking(results_dir, unmatched)
-    robustness = join_robustness(runs, collect_attacks(results_dir, unmatched), masking)
+    masking = robustness_tables.collect_masking(results_dir, unmatched, files)
+    robustness = join_robustness(runs, collect_attacks(results_dir, unmatched, files), masking)
     warn_unmatched(unmatched, results_dir)
+    pair_table = pairs.pairs(runs, robustness)
+    # the reference study's tables (and the methods') are of the study's first teacher: the runs of another
+    # teacher (architectures as an axis, docs/models.md) are in pairs.* only
+    every, every_attacked = runs, robustness  # runs.csv and robustness.csv: every run
+    first = ~(runs["method"].notna() & runs["teacher_tag"].notna())
+    runs, robustness = runs[first], robustness[robustness["run"].isin(runs.loc[first, "run"])]
     grid = reference.grid(runs)
     table1 = reference.table1(runs, robustness)
     kd_vs_hard = reference.kd_vs_hard(runs, robustness)
-    choices = collect_choices(results_dir)
+    choices = collect_choices(results_dir, files, pruned_keys(searched))
+    files.warn()
     confirmation = confirmed.confirmed(runs, robustness, choices)
     sensitivity = reference.sensitivity(runs, grid)
     vs_reference = reference.vs_reference(runs, results_dir, table1, kd_vs_hard, confirmation, sensitivity)
     side_by_side = methods.methods(runs, robustness)
-    frames = {"runs.csv": runs[RUN_COLUMNS], "robustness.csv": robustness, "table1.csv": table1,
+    frames = {"runs.csv": every[RUN_COLUMNS], "robustness.csv": every_attacked, "table1.csv": table1,
               "methods.csv": side_by_side, "method_grid.csv": methods.method_grid(runs, searched),
               "kd_vs_hard.csv": kd_vs_hard, "grid.csv": reference.with_pruned(grid, runs, searched),
               "confirmed.csv": confirmation, "sensitivity.csv": sensitivity, "vs_reference.csv": vs_reference,
-              "masking.csv": robustness_tables.masking_table(masking["checks"]),
-              "per_class.csv": robustness_tables.per_class(results_dir, runs, kd_vs_hard, confirmation)}
+              "pairs.csv": pair_table, "masking.csv": robustness_tables.masking_table(masking["checks"]),
+              "per_class.csv": robustness_tables.per_class(results_dir, runs, kd_vs_hard, confirmation, files)}
     texts = {name: frame.assign(search=searched.label).to_csv(index=False, float_format="%.10g")
              for name, frame in frames.items()}
     texts["table1.md"] = reference.table1_markdown(table1, robustness)
@@ -77,7 +88,8 @@ def write_tables(results_dir, search: str | None = None) -> list[Path]:
     texts["sensitivity.md"] = reference.sensitivity_markdown(sensitivity)
     texts["vs_reference.md"] = reference.vs_reference_markdown(vs_reference)
     texts["methods.md"] = methods.methods_markdown(side_by_side, robustness)
-    texts["masking.md"] = robustness_tables.masking_markdown(masking["checks"], robustness)
+    texts["pairs.md"] = pairs.pairs_markdown(pair_table)
+    texts["masking.md"] = robustness_tables.masking_markdown(masking["checks"], every_attacked)
     texts["per_class.md"] = robustness_tables.per_class_markdown(frames["per_class.csv"])
     for name in [name for name in texts if name.endswith(".md")]:
         texts[name] += f"\nSearch: {searched.label}.\n"

@@ -5,8 +5,9 @@ Inputs, each read as its record (kdsweep.records): runs/<role>/<run>/metrics.jso
 attacks/<role>/<run>/<attack>_eps<eps>.json (one per attack and epsilon, and the worst case over the
 headline's attacks, `worst`), masking/<role>/<run>.json (transfer attacks and gradient-masking checks;
 kdsweep.tables.robustness) and evaluation/<role>/<run>.json (fidelity, calibration, logit scale, per-class
-accuracy; kdsweep.evaluation). A missing attack or evaluation file (a sweep in progress) leaves empty cells,
-never an error. A result that measured another version of its run (retrained
+accuracy; kdsweep.evaluation), found by the workflow's names only (what else lies there is a stray,
+kdsweep.tables.files). A missing attack or evaluation file (a sweep in progress) leaves empty cells, never an
+error. A result that measured another version of its run (retrained
 since: its run hash or model digest differs, kdsweep.identity) is left out with a warning: no table pairs
 the numbers of two versions of a run.
 """
@@ -21,10 +22,12 @@ from scipy.stats import binomtest
 
 from kdsweep.errors import KdsweepError
 from kdsweep.identity import result_matches
-from kdsweep.plan import ROLES
 from kdsweep.attacks import ATTACKS, WORST
+from kdsweep.layout import attack_file
+from kdsweep.plan import ROLES, Run
 from kdsweep.records import CLASS_MEASURES, EVALUATION_MEASURES, AttackResult, Evaluation, Metrics, point_of
 from kdsweep.runs import METRICS
+from kdsweep.tables.files import StudyFiles
 
 KEYS = ["dataset", "model", "role", "temperature", "soft_weight", "seed"]
 # Columns from evaluation/<role>/<run>.json (kdsweep.records.Evaluation): agreement with the teacher (%),
@@ -32,8 +35,12 @@ KEYS = ["dataset", "model", "role", "temperature", "soft_weight", "seed"]
 # a class (%).
 EVALUATION_COLUMNS = [*EVALUATION_MEASURES, *CLASS_MEASURES]
 LOGIT_SCALE = ["max_logit", "logit_norm"]
+# teacher: the teacher run's folder name (a distilled run's teacher's, a teacher's own); parameters: the
+# model's parameter count; images_per_second: training images per second as the run was trained, epochs x its epoch's
+# images / train_seconds (a packed run shares its job's seconds with its pack: per point, as trained)
 RUN_COLUMNS = KEYS + ["epochs", "best_epoch", "stopped_early", "val_acc", "val_loss", "test_acc",
-                      "test_loss", *EVALUATION_COLUMNS, "train_seconds", "device", "run"]
+                      "test_loss", *EVALUATION_COLUMNS, "train_seconds", "device", "run", "teacher", "parameters",
+                      "images_per_second"]
 # A distilled run's row also has its same-seed baseline's accuracy under the same attack and epsilon
 # and the gain of that seed (the sweep's kd against baseline, a confirm run against the confirm baseline).
 SEED_GAIN = ["hard_adv_acc", "adv_gain"]
@@ -48,7 +55,8 @@ MASKING = ["masking_suspected", "masking"]
 ROBUSTNESS_COLUMNS = KEYS + ["attack", "epsilon", "clean_acc", "adv_acc", "adv_acc_on_correct", *LOGIT_SCALE,
                              "n", "n_correct", "params", "run", *SEED_GAIN, *IMAGES, *MASKING]
 _NUMERIC = ("temperature", "soft_weight", "seed", "epochs", "best_epoch", "val_acc", "val_loss", "test_acc",
-            "test_loss", "train_seconds", "epsilon", "clean_acc", "adv_acc", "adv_acc_on_correct", "n", "n_correct",
+            "test_loss", "train_seconds", "parameters",
+            "images_per_second", "epsilon", "clean_acc", "adv_acc", "adv_acc_on_correct", "n", "n_correct",
             "n_test", "subset_size", "adv_acc_low", "adv_acc_high", "worst_class_adv_acc", *EVALUATION_COLUMNS)
 
 
@@ -79,10 +87,28 @@ def results_folder(results_dir):
     return results_dir
 
 
-def finished_runs(results_dir) -> dict[str, Metrics]:
-    """{run folder relative to results_dir: its metrics.json} of every finished run."""
-    return {path.parent.relative_to(results_dir).as_posix(): Metrics.read(path, needs=Metrics.TABULATED)
-            for path in results_dir.glob(f"runs/*/*/{METRICS}")}
+def _named(metrics: Metrics) -> str | None:
+    """runs/<role>/<run> of the run a metrics.json describes (kdsweep.plan.Run.folder); None for none."""
+    picked = point_of(metrics)
+    try:
+        run = Run(metrics.role, metrics.model, metrics.seed, *(picked or ()))
+    except KdsweepError:
+        return None
+    return run.folder
+
+
+def finished_runs(results_dir, files: StudyFiles | None = None) -> dict[str, Metrics]:
+    """{run folder relative to results_dir: its metrics.json} of every finished run of the study (files: the
+    study's files, whose strays gain a run folder whose metrics.json describes another run: a copy)."""
+    files = files or StudyFiles(results_dir)
+    runs = {}
+    for name, folder in files.runs.items():
+        metrics = Metrics.read(folder / METRICS, needs=Metrics.TABULATED)
+        if _named(metrics) == name:
+            runs[name] = metrics
+        else:
+            files.stray(folder)
+    return runs
 
 
 def _left_out(paths, unmatched, results_dir):
@@ -101,19 +127,29 @@ def warn_unmatched(unmatched, results_dir):
               file=sys.stderr)
 
 
-def collect_runs(results_dir, unmatched: list | None = None) -> pd.DataFrame:
+def collect_runs(results_dir, unmatched: list | None = None, files: StudyFiles | None = None) -> pd.DataFrame:
     """One row per finished run (a folder with metrics.json); unfinished runs are skipped.
 
     The EVALUATION_COLUMNS come from evaluation/<role>/<run>.json, empty while that file is missing or
     measured another version of the run or of the teacher (kdsweep.identity.result_matches). Such results
-    are added to `unmatched`, or warned about where it is None."""
+    are added to `unmatched`, or warned about where it is None; so are strays (files: the study's files,
+    warned about by the caller that gives them)."""
     results_dir = results_folder(results_dir)
-    runs = finished_runs(results_dir)
-    teacher = next((metrics for run, metrics in runs.items() if run.startswith("runs/teacher/")), None)
+    own = files is None
+    files = files or StudyFiles(results_dir)
+    runs = finished_runs(results_dir, files)
+    teachers = {Path(run).name: metrics for run, metrics in runs.items() if run.startswith("runs/teacher/")}
+    computed = (*EVALUATION_COLUMNS, "run", "teacher", "parameters", "images_per_second")
     rows, left_out = [], []
     for run, record in runs.items():
-        row = {key: getattr(record, key) for key in RUN_COLUMNS if key not in (*EVALUATION_COLUMNS, "run")}
-        row["run"] = run
+        row = {key: getattr(record, key) for key in RUN_COLUMNS if key not in computed}
+        row["run"], row["parameters"] = run, record.params
+        row["teacher"] = Path(run).name if record.role == "teacher" else (
+            Path(record.teacher_run).name if record.teacher_run else None)
+        # a run of a teacher but the study's first (its name in the run's folder name; tables.write_tables)
+        row["teacher_tag"] = record.teacher if record.role != "teacher" else None
+        seen = (record.epochs or 0) * (record.train_images or 0)
+        row["images_per_second"] = seen / record.train_seconds if seen and record.train_seconds else None
         # the run's KD method and point (its hyperparameters' values in the method's order): the methods
         # tables' keys, never written to runs.csv
         method, point = point_of(record) or (None, None)
@@ -122,6 +158,10 @@ def collect_runs(results_dir, unmatched: list | None = None) -> pd.DataFrame:
         if evaluation.is_file():
             result = Evaluation.read(evaluation)
             teacher_hash = result.teacher_run_hash
+            # the teacher it was measured against: the study's teacher of that folder (one teacher: that one)
+            teacher = teachers.get(Path(result.teacher_run).name) if result.teacher_run else None
+            if teacher is None and len(teachers) == 1:
+                teacher = next(iter(teachers.values()))
             if result_matches(result, record) and (teacher_hash is None or teacher is None
                                                    or teacher_hash == teacher.config_hash):
                 row.update(result.measures())
@@ -129,19 +169,27 @@ def collect_runs(results_dir, unmatched: list | None = None) -> pd.DataFrame:
                 left_out.append(evaluation)
         rows.append(row)
     _left_out(left_out, unmatched, results_dir)
-    return in_role_order(numeric_frame(rows, [*RUN_COLUMNS, "method", "point"]),
+    if own:
+        files.warn()
+    return in_role_order(numeric_frame(rows, [*RUN_COLUMNS, "method", "point", "teacher_tag"]),
                          ["role", "dataset", "model", "temperature", "soft_weight", "seed", "run"])
 
 
-def collect_attacks(results_dir, unmatched: list | None = None) -> pd.DataFrame:
+def collect_attacks(results_dir, unmatched: list | None = None, files: StudyFiles | None = None) -> pd.DataFrame:
     """One row per attack result file of a finished run that it measured (kdsweep.identity.result_matches);
-    `run` is the attacked run folder relative to results_dir; the others go to `unmatched` (collect_runs)."""
+    `run` is the attacked run folder relative to results_dir; the others go to `unmatched`, and strays to
+    `files` (collect_runs)."""
     results_dir = results_folder(results_dir)
-    runs = finished_runs(results_dir)
+    own = files is None
+    files = files or StudyFiles(results_dir)
+    runs = finished_runs(results_dir, files)
     columns = [c for c in ROBUSTNESS_COLUMNS if c not in ("dataset", *LOGIT_SCALE, *SEED_GAIN, *MASKING)]  # joined later
     rows, left_out = [], []
-    for path in results_dir.glob("attacks/*/*/*.json"):
+    for path in files.attacks:
         record = AttackResult.read(path)
+        if path.name != attack_file(record.attack, record.epsilon):
+            files.stray(path)  # a copy under another attack's or epsilon's name
+            continue
         run = f"runs/{path.parent.parent.name}/{path.parent.name}"
         if run not in runs or not result_matches(record, runs[run]):
             left_out.append(path)
@@ -152,6 +200,8 @@ def collect_attacks(results_dir, unmatched: list | None = None) -> pd.DataFrame:
         row.update(images_of(record))
         rows.append(row)
     _left_out(left_out, unmatched, results_dir)
+    if own:
+        files.warn()
     return in_role_order(numeric_frame(rows, columns),
                          ["role", "model", "temperature", "soft_weight", "seed", "attack", "epsilon"])
 

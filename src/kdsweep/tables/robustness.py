@@ -28,20 +28,24 @@ from kdsweep.records import AttackResult, Evaluation, Masking
 from kdsweep.stats import paired_gain
 from kdsweep.tables.collect import (KEYS, ROBUSTNESS_COLUMNS, TRANSFER, attack_rank, binomial_interval,
                                     finished_runs, in_role_order, numeric_frame)
+from kdsweep.tables.files import StudyFiles
 from kdsweep.tables.markdown import number, render
 
 CHECK_COLUMNS = [*KEYS, "run", "check", "attack", "against", "epsilon", "value", "limit", "n", "passed", "sentence"]
 
 
-def collect_masking(results_dir, unmatched: list) -> dict:
+def collect_masking(results_dir, unmatched: list, files: StudyFiles) -> dict:
     """{"checks": one row per check of every run's masking record (CHECK_COLUMNS), "transfer": one row per
     transfer attack, in robustness.csv's columns}; a record that measured another version of its run goes to
-    `unmatched` (kdsweep.tables.collect)."""
-    runs = finished_runs(results_dir)
+    `unmatched` (kdsweep.tables.collect), one of a run of another name to the strays of `files`."""
+    runs = finished_runs(results_dir, files)
     checks, transfer = [], []
-    for path in sorted(results_dir.glob("masking/*/*.json")):
+    for path in files.masking:
         record = Masking.read(path)
         run = f"runs/{path.parent.name}/{path.stem}"
+        if record.role != path.parent.name:
+            files.stray(path)  # a copy under another role's folder
+            continue
         if run not in runs or not result_matches(record, runs[run]):
             unmatched.append(path)
             continue
@@ -146,9 +150,10 @@ def masking_markdown(checks: pd.DataFrame, robustness: pd.DataFrame) -> str:
 # ---------------------------------------------------------------- per class
 
 
-def _read_class_values(results_dir, runs) -> pd.DataFrame:
+def _read_class_values(results_dir, runs, files: StudyFiles) -> pd.DataFrame:
     """Long form: run, measure (clean | worst), epsilon (0 for clean), class, value (%), n."""
-    finished = finished_runs(results_dir)
+    finished = finished_runs(results_dir, files)
+    worst = {path for path in files.attacks if path.name.startswith(f"{WORST}_eps")}
     rows = []
     for run in runs["run"]:
         metrics = finished.get(run)
@@ -160,6 +165,8 @@ def _read_class_values(results_dir, runs) -> pd.DataFrame:
                           "n": (record.class_n or [np.nan] * len(record.class_acc))[c]}
                          for c, value in enumerate(record.class_acc)]
         for path in sorted((results_dir / "attacks" / run.removeprefix("runs/")).glob(f"{WORST}_eps*.json")):
+            if path not in worst:
+                continue  # (a stray, said by collect_attacks)
             record = AttackResult.read(path)
             if metrics is not None and result_matches(record, metrics) and record.class_adv_acc:
                 rows += [{"run": run, "measure": WORST, "epsilon": record.epsilon, "class": c, "value": value,
@@ -194,11 +201,11 @@ def _comparisons(runs, kd_vs_hard, confirmed):
     return out
 
 
-def per_class(results_dir, runs, kd_vs_hard, confirmed) -> pd.DataFrame:
+def per_class(results_dir, runs, kd_vs_hard, confirmed, files: StudyFiles) -> pd.DataFrame:
     """PER_CLASS_COLUMNS: per student, seeds (sweep | fresh), measure (clean | worst at each epsilon) and class (its
     label, or `worst`: the lowest class's accuracy of each run), the hard-target and distilled means and the gain
     paired by seed."""
-    values = _read_class_values(results_dir, runs)
+    values = _read_class_values(results_dir, runs, files)
     seeds = runs.set_index("run")["seed"]
     rows = []
     for dataset, model, temperature, soft_weight, which, kd, hard in _comparisons(runs, kd_vs_hard, confirmed):
