@@ -876,6 +876,14 @@ def test_the_cost_estimate_counts_the_models_flops_and_the_attacks_passes():
     runs = plan.fixed_runs()
     expected = sum(4 * 360 * cost.FORWARD_FLOPS_32[run.model] / 16 for run in runs)
     assert cost.study_flops(plan, runs) == pytest.approx(expected)
+    # an attack of the evaluation subset: its passes on the subset's images, or on all 360 without the subset
+    subset = Plan(load_config([Path(__file__).resolve().parents[1] / "config.yaml"], [
+        "dataset.name=digits", "epsilons=[0.1]", "attacks={fgsm: null, pgd: null, apgd_dlr: null, apgd_t: null, "
+        "square: null}", "robustness={headline: [apgd_ce], transfer: null, subset: {size: 100}, "
+        "masking: {large_epsilon_attacks: []}}"]))
+    per_image = sum(203 * cost.FORWARD_FLOPS_32[run.model] / 16 for run in runs)  # APGD-CE's 100 steps
+    assert cost.study_flops(subset, runs) == pytest.approx(100 * per_image)
+    assert cost.study_flops(subset, runs, every_image=True) == pytest.approx(360 * per_image)
     default = Plan(load_config([Path(__file__).resolve().parents[1] / "config.yaml"]))
     assert {name: cost.passes(name, params) for name, params in default.suite.attacks.items()} == {
         "fgsm": 4, "pgd": 22, "apgd_ce": 203, "apgd_dlr": 203, "apgd_t": 1820, "square": 1001}

@@ -542,7 +542,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", type=_path, required=True, help="finished run folder (holds metrics.json and model.pt)")
     p.add_argument("--attack", default=None, metavar="NAME",
                    help="with --out: the attack, named under attacks: in the config, which gives its parameters "
-                        "(fgsm, pgd, apgd_ce, apgd_dlr, square; default: fgsm)")
+                        "(fgsm, pgd, apgd_ce, apgd_dlr, apgd_t, square; default: fgsm)")
     p.add_argument("--epsilon", type=float, default=None,
                    help="with --out: perturbation size (L-inf) in [0, 1] pixel units")
     p.add_argument("--out", type=_path, default=None,

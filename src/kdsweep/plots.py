@@ -307,7 +307,9 @@ def _robustness_figure(tables, student, dataset):
 def _per_class_figure(tables, student, dataset):
     """Per class, the distilled point's gain over the hard-target baseline (Tables II-V's point; the fresh seeds of
     the confirmation where it ran, more pairs than the sweep's): clean and under the headline at the largest
-    epsilon, with the 95% interval of the gain paired by seed (two pairs or more)."""
+    epsilon, the mean gain paired by seed with the seeds' spread (± one standard deviation of the per-seed gains,
+    two pairs or more). Not the 95% interval: with two pairs it is 12.7 standard errors wide and would hide every
+    bar (per_class.md gives it)."""
     table = tables["per_class.csv"]
     mine = table[table["model"] == student]
     fig = Figure(figsize=_SIZE, layout="constrained")
@@ -328,9 +330,8 @@ def _per_class_figure(tables, student, dataset):
         cells = mine[(mine["measure"] == measure) & np.isclose(mine["epsilon"].astype(float), epsilon)]
         cells = cells.set_index(cells["class"].astype(str)).reindex(classes)
         x = np.arange(len(classes)) + (i - (len(series) - 1) / 2) * width
-        low = (cells["gain_mean"] - cells["gain_low"]).to_numpy(dtype=float)
-        high = (cells["gain_high"] - cells["gain_mean"]).to_numpy(dtype=float)
-        errors = None if np.isnan(low).all() else np.nan_to_num(np.vstack([low, high]))
+        spread = cells["gain_std"].to_numpy(dtype=float)
+        errors = None if np.isnan(spread).all() else np.nan_to_num(spread)
         ax.bar(x, cells["gain_mean"].to_numpy(dtype=float), width, yerr=errors, capsize=2, color=color, label=label)
     ax.axhline(0, color="0.3", linewidth=0.8)
     ax.set_xticks(range(len(classes)), classes)
@@ -338,8 +339,8 @@ def _per_class_figure(tables, student, dataset):
     pairs = int(mine["gain_n"].max())
     ax.set(xlabel="class (worst: each run's lowest class accuracy)", ylabel="distilled − hard (points)",
            title=f"{dataset} · {student}: gain per class, kd T = {fmt(first['temperature'])}, "
-                 f"w = {fmt(first['soft_weight'])}\n({'fresh' if which == 'fresh' else 'the sweep'}'s seeds, "
-                 f"{pairs} pair(s){'; bars: 95% CI' if pairs > 1 else ''})")
+                 f"w = {fmt(first['soft_weight'])}\n({'the confirmation' if which == 'fresh' else 'the sweep'}'s "
+                 f"seeds, {pairs} pair(s){'; bars: ± SD of the per-seed gains' if pairs > 1 else ''})")
     ax.legend(fontsize="small")
     return fig
 

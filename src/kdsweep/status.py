@@ -67,7 +67,8 @@ class StudyStatus:
     aside: list = field(default_factory=list)  # run versions kept aside (kdsweep.identity.study_aside)
     rungs: list = field(default_factory=list)  # successive halving: the rungs decided so far (RungDecision)
     saved_seconds: float | None = None  # successive halving: the training seconds the pruned points did not take
-    # the attack jobs: {"done", "flagged" (a masking check failed), "planned", "flops" (kdsweep.attacks.cost)}
+    # the attack jobs: {"done", "flagged" (a masking check failed), "planned", "flops" and "flops_every_image"
+    # (kdsweep.attacks.cost: on the evaluation subset, and as if every test image were attacked), "uncounted"}
     attacks: dict = field(default_factory=dict)
     taken: float = field(default_factory=time.time)
 
@@ -217,7 +218,8 @@ def study_status(plan: Plan, root: Path, queue=None) -> StudyStatus:
     saved = _prune(plan, statuses, rungs) if plan.halving else None
     present = planned = 0
     attacked, flagged = [], []
-    for run in [entry.run for entry in statuses if entry.state != PRUNED]:
+    kept = [entry.run for entry in statuses if entry.state != PRUNED]
+    for run in kept:
         for path in layout.evaluations(run):
             planned += 1
             present += (root / path).exists()
@@ -227,10 +229,9 @@ def study_status(plan: Plan, root: Path, queue=None) -> StudyStatus:
             if masking.suspected:
                 flagged.append(run)
     spent, remaining, unestimated = _gpu_time(plan, statuses, waiting)
-    attacks = {"done": len(attacked), "flagged": len(flagged), "planned": len(
-        [entry for entry in statuses if entry.state != PRUNED]),
-        "flops": cost.study_flops(plan, [entry.run for entry in statuses if entry.state != PRUNED]),
-        "uncounted": cost.uncounted(plan, [entry.run for entry in statuses if entry.state != PRUNED])}
+    attacks = {"done": len(attacked), "flagged": len(flagged), "planned": len(kept),
+               "flops": cost.study_flops(plan, kept), "flops_every_image": cost.study_flops(plan, kept, every_image=True),
+               "uncounted": cost.uncounted(plan, kept)}
     return StudyStatus(plan, root, statuses, waiting, (present, planned), slurm, spent, remaining, unestimated,
                        study_aside(root / plan.results), rungs, saved, attacks)
 
@@ -434,10 +435,12 @@ def attack_lines(plan: Plan, attacks: dict) -> list[str]:
     lines = [f"attack jobs: {attacks['done']} of {attacks['planned']} runs attacked, {attacks['flagged']} with a "
              f"gradient-masking check failed (tables/masking.md); headline: the worst case per image over "
              f"{', '.join(suite.headline)} on {subset}"]
-    flops = attacks["flops"]
+    flops, every = attacks["flops"], attacks["flops_every_image"]
     lines.append(f"attack cost, estimated (not measured; docs/robustness.md): at most {flops:.2g} FLOPs for these "
                  f"runs, {cost.gpu_hours(flops):.2f} GPU-hours at an H100's fp32 peak ("
                  f"{cost.gpu_hours(flops, 'tf32'):.2f} with runtime.tf32), a floor: small models run far below it"
+                 + (f"; on every test image instead of the subset: {cost.gpu_hours(every):.2f} ("
+                    f"{cost.gpu_hours(every, 'tf32'):.2f} with tf32)" if every > flops else "")
                  + (f"; not counted: {', '.join(attacks['uncounted'])} (no FLOP count in kdsweep.attacks.cost)"
                     if attacks.get("uncounted") else ""))
     return lines

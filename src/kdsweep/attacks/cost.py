@@ -71,10 +71,11 @@ def uncounted(plan: Plan, runs) -> list[str]:
     return sorted(model for model in models if forward_flops(model, dataset) is None)
 
 
-def run_passes(plan: Plan, run, n_test: int) -> dict:
-    """{"own": forward passes of the run's model, "sources": {source model: passes}} of one run's attack job."""
+def run_passes(plan: Plan, run, n_test: int, every_image: bool = False) -> dict:
+    """{"own": forward passes of the run's model, "sources": {source model: passes}} of one run's attack job (with
+    every_image, as if robustness.subset were off: what the subset saves)."""
     suite = plan.suite
-    subset = n_test if suite.subset_size is None else min(suite.subset_size, n_test)
+    subset = n_test if suite.subset_size is None or every_image else min(suite.subset_size, n_test)
     own = sum(passes(name, params) * (subset if suite.on_subset(name) else n_test)
               for name, params in suite.attacks.items()) * len(suite.epsilons)
     own += sum(passes(name, suite.attacks[name]) * subset for name in suite.large_epsilon_attacks)
@@ -89,14 +90,14 @@ def run_passes(plan: Plan, run, n_test: int) -> dict:
     return {"own": own, "sources": sources}
 
 
-def study_flops(plan: Plan, runs) -> float:
+def study_flops(plan: Plan, runs, every_image: bool = False) -> float:
     """FLOPs of the attack jobs of these runs (upper bound, the module docstring), but of the models `uncounted`
-    names."""
+    names; with every_image, the same attacks on every test image (no evaluation subset)."""
     dataset = plan.config["dataset"]["name"]
     n_test = min(plan.config["dataset"]["subset"] or TEST_IMAGES.get(dataset, 10000), TEST_IMAGES.get(dataset, 10000))
     total = 0.0
     for run in runs:
-        counted = run_passes(plan, run, n_test)
+        counted = run_passes(plan, run, n_test, every_image)
         for model, count in [(run.model, counted["own"]), *counted["sources"].items()]:
             total += count * (forward_flops(model, dataset) or 0.0)
     return total
