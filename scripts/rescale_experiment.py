@@ -44,7 +44,7 @@ def a_run(run, configs, epsilons):
     config = load_config([Path(c) for c in configs], ["runtime.threads=1"])
     suite = Suite.from_config(config)
     runtime = Runtime.from_config(config["runtime"], training_job=False)
-    splits = data.load_splits(config["dataset"], runtime.device)
+    splits = data.load_splits(config["dataset"], runtime.device, data.study_stats(run, config))
     _, model = runs.load(Path(run), config["dataset"], runtime.device, splits.num_classes, "run",
                          data_digest=splits.digest)
     subset = subset_indices(len(splits.test.labels), suite.subset_size, suite.subset_seed)

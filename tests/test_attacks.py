@@ -855,6 +855,24 @@ def test_the_suite_refuses_what_cannot_run():
 
 # ---------------------------------------------------------------- cost, estimated
 
+def test_an_attack_whose_loss_needs_more_classes_is_refused_before_it_runs():
+    """DLR divides by z_pi1 - z_pi3 and its targeted form by z_pi1 - (z_pi3 + z_pi4) / 2: a dataset of fewer
+    classes gets one sentence naming the attack and the fix, not an error in the middle of the job."""
+    from kdsweep.attacks.job import check_classes
+    from kdsweep.errors import KdsweepError
+
+    suite = {"fgsm": {}, "pgd": {"loss": "dlr"}, "apgd_ce": {}, "apgd_dlr": {}, "apgd_t": {}, "square": {}}
+    check_classes(suite, 4)
+    with pytest.raises(KdsweepError, match="attack apgd_t needs at least 4 classes .* has 3; set attacks.apgd_t to null"):
+        check_classes(suite, 3)
+    check_classes({name: suite[name] for name in ("fgsm", "pgd", "apgd_dlr", "square")}, 3)
+    for name in ("pgd", "apgd_dlr"):
+        with pytest.raises(KdsweepError, match=f"attack {name} needs at least 3 classes"):
+            check_classes({name: suite[name]}, 2)
+    check_classes({name: suite[name] for name in ("fgsm", "apgd_ce", "square")}, 2)
+    check_classes({"pgd": {"loss": "margin"}}, 2)
+
+
 def test_the_cost_estimate_counts_the_models_flops_and_the_attacks_passes():
     """The forward FLOPs of kdsweep.attacks.cost are FlopCounterMode's count on the real models at 32 x 32 (an
     input gradient twice that), and a study's estimate is runs x images x passes x FLOPs, by hand here."""

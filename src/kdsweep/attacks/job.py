@@ -69,6 +69,20 @@ def _attacking(step):
         raise
 
 
+# The classes a loss needs: DLR divides by z_pi1 - z_pi3, its targeted form by z_pi1 - (z_pi3 + z_pi4) / 2.
+_DLR_CLASSES = {"dlr": 3, "targeted_dlr": 4}
+
+
+def check_classes(attacks: dict, num_classes: int):
+    """Refuses, before any attack runs, an attack whose loss the dataset has too few classes for."""
+    for name, params in attacks.items():
+        loss = "targeted_dlr" if name == "apgd_t" else "dlr" if name == "apgd_dlr" else (params or {}).get("loss")
+        need = _DLR_CLASSES.get(loss, 2)
+        if num_classes < need:
+            raise KdsweepError(f"attack {name} needs at least {need} classes (its DLR loss), and the dataset has "
+                               f"{num_classes}; set attacks.{name} to null or give it another loss")
+
+
 def _load(config, run_dir, runtime, splits, what="run"):
     run, model = runs.load(run_dir, config["dataset"], runtime.device, splits.num_classes, what,
                            data_digest=splits.digest)
@@ -88,7 +102,8 @@ def attack_job(config: dict, run_dir, attack: str, epsilon: float, out, log=prin
     run_dir = Path(run_dir)
     runs.finished(run_dir)  # before the data is read: the cheap refusals first
     runtime = Runtime.from_config(config["runtime"], training_job=False)
-    splits = data.load_splits(config["dataset"], runtime.device)
+    splits = data.load_splits(config["dataset"], runtime.device, data.study_stats(run_dir, config))
+    check_classes({attack: params}, splits.num_classes)
     run, model = _load(config, run_dir, runtime, splits)
     labels = splits.test.labels.cpu().numpy()
     started = time.perf_counter()
@@ -123,7 +138,8 @@ def robustness_job(config: dict, run_dir, out_dir, masking_out, teacher_dir=None
     for role, folder in sources.items():
         runs.check_compatible(runs.finished(folder, f"{role} run"), folder, config["dataset"], what=f"{role} run")
     runtime = Runtime.from_config(config["runtime"], training_job=False)
-    splits = data.load_splits(config["dataset"], runtime.device)
+    splits = data.load_splits(config["dataset"], runtime.device, data.study_stats(run_dir, config))
+    check_classes(suite.attacks, splits.num_classes)
     run, model = _load(config, run_dir, runtime, splits)
     images, labels_tensor = splits.test.images, splits.test.labels
     labels = labels_tensor.cpu().numpy()
