@@ -3,6 +3,7 @@
 import json
 import math
 
+import numpy as np
 import pandas as pd
 import pytest
 from conftest import kd_run
@@ -91,7 +92,7 @@ def evaluation_values(model, seed, temperature=None, soft_weight=None):
     w = 0.0 if soft_weight is None else soft_weight
     return {"agreement": 90.0 + 5 * w + SEED_OFFSET[seed], "kl_to_teacher": 0.3 - 0.2 * w,
             "ece": 3.0 + 0.1 * t, "nll": 0.4 + 0.01 * t,
-            "max_logit": 8.0 + t + SEED_OFFSET[seed], "logit_norm": 12.0 + 2 * t}
+            "max_logit": 8.0 + t + SEED_OFFSET[seed], "logit_norm": 12.0 + 2 * t, "worst_class_acc": 70.0 + w}
 
 
 def write_evaluation(root, role, model, seed, temperature=None, soft_weight=None, test_acc=None):
@@ -206,7 +207,8 @@ def test_evaluation_and_pgd_files_are_joined(tmp_path):
     assert base["fgsm eps=0.01_mean"] == pytest.approx(BASE["resnet18"] * FGSM_FACTOR[0.01])
     assert base["max_logit_mean"] == pytest.approx(8.0) and base["logit_norm_n"] == 1
     md = (tmp_path / "tables" / "table1.md").read_text()
-    assert "| FGSM eps=0.01 (%) | FGSM eps=0.05 (%) | PGD eps=0.01 (%) | PGD eps=0.05 (%) |" in md
+    # (no worst case in these files, as in an earlier version's: table1.md shows FGSM, table1.csv every attack)
+    assert "| FGSM (reference study, Table IV) eps=0.01 (%) | FGSM (reference study, Table IV) eps=0.05 (%) |" in md
     assert "pgd (random_start=true, relative_step_size=0.25, seed=0, steps=10)" in md
 
     kd = read(tmp_path, "kd_vs_hard.csv").query("model == 'resnet18'")
@@ -217,7 +219,8 @@ def test_evaluation_and_pgd_files_are_joined(tmp_path):
     assert (row["hard_mean"], row["kd_mean"], row["boost"]) == pytest.approx((8.0, 12.0, 4.0))
     assert math.isnan(row["epsilon"])
     md = (tmp_path / "tables" / "kd_vs_hard.md").read_text()
-    assert "| PGD eps=0.05 (%) |" in md and "| mean largest logit | 8.00 | 12.00 | +4.00 |" in md
+    assert "| FGSM (reference study, Table IV) eps=0.05 (%) |" in md and "| PGD eps=0.05 (%) |" in md
+    assert "| mean largest logit | 8.00 | 12.00 | +4.00 |" in md
     assert "| KL(teacher ‖ student), T = 1 | 0.300 | 0.120 | -0.180 |" in md
 
 
@@ -441,3 +444,75 @@ def test_a_budget_counts_the_searched_points_and_each_pruned_seeds_own_epochs(tm
     assert methods.loc["kd", "budget_hours"] == pytest.approx((4 * 100 + 20) / 3600)
     assert methods.loc["lskd", columns].tolist() == [1, 2, 2, 14]
     assert methods.loc["lskd", "budget_hours"] == pytest.approx(2 * 70 / 3600)
+def write_masking(root, role, model, seed, temperature, soft_weight, checks):
+    """masking/<role>/<run>.json as the attack job writes it, its checks those kdsweep.attacks.diagnostics found."""
+    from kdsweep.records import Masking, MaskingCheck
+
+    run = run_path(role, model, seed, temperature, soft_weight)
+    record = Masking(run=str(root / run), role=role, dataset=DATASET, model=model, temperature=temperature,
+                     soft_weight=soft_weight, seed=seed, n_test=10, tolerance=1.0, transfer=[],
+                     checks=[MaskingCheck(**check) for check in checks],
+                     suspected=not all(check["passed"] for check in checks))
+    record.write(root / "masking" / role / f"{run.split('/')[-1]}.json")
+
+
+def test_a_failed_masking_check_is_said_in_words_and_marks_every_number_it_touches(tmp_path):
+    """Two runs whose attack jobs found masking, as the diagnostics word it: the distilled point of Tables II-V
+    (PGD above FGSM at ε = 0.05 only) and a baseline (FGSM leaving images correct at the large ε: every ε). Every
+    other run's checks pass. masking.md lists both sentences, robustness.csv carries them on those runs' rows at
+    those ε alone, and Table I and Tables II-V count the flagged runs beside each attack number they average."""
+    from kdsweep.attacks.diagnostics import checks
+    from kdsweep.attacks.examples import Examples
+    from kdsweep.attacks.suite import Suite
+    from kdsweep.config import load_config
+
+    make_study(tmp_path)
+    suite = Suite.from_config(load_config([], ["robustness.masking.large_epsilon_attacks=[fgsm]"]))
+    everything = np.arange(10)
+
+    def made(correct):  # ten images, all correct before the attack, the first `correct` still correct after it
+        return Examples(everything, np.ones(10, dtype=bool), np.arange(10) < correct)
+
+    sound = {("fgsm", 0.01): made(8), ("pgd", 0.01): made(6), ("fgsm", 0.05): made(2), ("pgd", 0.05): made(1)}
+    masked = {**sound, ("pgd", 0.05): made(5)}  # PGD above FGSM at 0.05: 50% against 20%
+    chosen = ("kd", "resnet18", 0, *VAL_BEST)
+    for run in (("teacher", TEACHER, 0, None, None), ("baseline", "resnet18", 0, None, None)):
+        write_masking(tmp_path, *run, checks(sound, {}, {"fgsm": made(0)}, suite))
+    write_masking(tmp_path, *chosen, checks(masked, {}, {"fgsm": made(0)}, suite))
+    write_masking(tmp_path, "baseline", "mobilenet_v3_small", 0, None, None, checks(sound, {}, {"fgsm": made(9)}, suite))
+    write_tables(tmp_path)
+
+    pgd_sentence = "masking suspected: PGD above FGSM at ε=0.05 (50.0% against 20.0%)"
+    large_sentence = ("masking suspected: FGSM leaves 90.0% correct at ε=0.5, where any image can be turned into "
+                      "another (more than 10%)")
+    masking_md = (tmp_path / "tables" / "masking.md").read_text()
+    assert f"- kd/resnet18_T4_soft0.9_seed0: {pgd_sentence}" in masking_md
+    assert f"- baseline/mobilenet_v3_small_seed0: {large_sentence}" in masking_md
+    assert "Every check passed" not in masking_md
+    checked = read(tmp_path, "masking.csv")
+    assert checked["run"].nunique() == 4 and (~checked["passed"]).sum() == 2
+
+    robustness = read(tmp_path, "robustness.csv").set_index(["run", "attack", "epsilon"])
+    kd, mobilenet = run_path(*chosen), run_path("baseline", "mobilenet_v3_small", 0)
+    assert robustness.loc[(kd, "fgsm", 0.05), "masking"] == pgd_sentence
+    assert robustness.loc[(kd, "fgsm", 0.05), "masking_suspected"]
+    assert not robustness.loc[(kd, "pgd", 0.01), "masking_suspected"]
+    assert all(robustness.loc[(mobilenet, attack, epsilon), "masking"] == large_sentence
+               for attack in ATTACK_FACTOR for epsilon in EPSILONS)
+    flagged = robustness[robustness["masking_suspected"].astype(bool)].reset_index()
+    assert sorted(set(flagged["run"])) == sorted([kd, mobilenet])
+    assert len(flagged) == len(ATTACK_FACTOR) * (1 + len(EPSILONS))  # kd: at 0.05; the baseline: at both
+
+    kd_vs_hard = read(tmp_path, "kd_vs_hard.csv").set_index(["model", "measure", "epsilon"])
+    assert kd_vs_hard.loc[("resnet18", "pgd", 0.05), "masking_flagged"] == 1
+    assert kd_vs_hard.loc[("resnet18", "fgsm", 0.05), "masking_flagged"] == 1
+    assert kd_vs_hard.loc[("resnet18", "pgd", 0.01), "masking_flagged"] == 0
+    assert kd_vs_hard.loc[("mobilenet_v3_small", "fgsm", 0.01), "masking_flagged"] == 1  # its baseline's
+    assert "| PGD eps=0.05 (%) ⚠ 1 |" in (tmp_path / "tables" / "kd_vs_hard.md").read_text()
+    table1 = read(tmp_path, "table1.csv").set_index("model")
+    assert table1.loc["mobilenet_v3_small", "fgsm eps=0.01_masking_flagged"] == 1
+    assert table1.loc["resnet18", "fgsm eps=0.05_masking_flagged"] == 0
+    table1_md = (tmp_path / "tables" / "table1.md").read_text()
+    mobilenet_row = next(line for line in table1_md.splitlines() if "| baseline | cifar10 | mobilenet_v3_small |" in line)
+    resnet_row = next(line for line in table1_md.splitlines() if "| baseline | cifar10 | resnet18 |" in line)
+    assert mobilenet_row.count("⚠ 1") == len(EPSILONS) and "⚠" not in resnet_row

@@ -180,7 +180,8 @@ def test_an_imagefolder_study_runs_from_snakemake_to_its_tables_and_report(tmp_p
     runs = pd.read_csv(results / "tables" / "runs.csv")
     assert sorted(runs["role"]) == ["baseline", "kd", "teacher"] and set(runs["dataset"]) == {"imagefolder"}
     assert runs["test_acc"].notna().all() and runs["agreement"].notna().all()
-    assert len(pd.read_csv(results / "tables" / "robustness.csv")) == 3
+    robustness = pd.read_csv(results / "tables" / "robustness.csv")  # each run: FGSM, APGD-DLR, their worst case
+    assert sorted(robustness["attack"]) == sorted(["fgsm", "apgd_dlr", "worst"] * 3)
     stats = json.loads((results / "data" / "stats.json").read_text())
     assert [entry["file"] for entry in stats["skipped"]] == ["train/class1/damaged.jpg"]
     metrics = json.loads((results / "runs" / "kd" / "mobilenet_v3_small_T4_soft0.9_seed0" / "metrics.json").read_text())

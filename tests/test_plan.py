@@ -54,10 +54,10 @@ def test_the_reference_study():
     sweep = [pack for pack in plan.packs if pack.role == "kd"]
     assert len(sweep) == 96 and all(len(pack.runs) == 1 for pack in plan.packs)
     assert {pack.name for pack in sweep} == {run.name for run in kd}
-    # files: 105 runs x (evaluation + 2 attacks x 3 epsilons) + 96 pack records + 9 train records (teacher,
-    # 2 baselines, 6 confirmation baselines)
+    # files: 105 runs x (evaluation + masking record + (6 attacks + their worst case) x 3 epsilons) + 96 pack
+    # records + 9 train records (teacher, 2 baselines, 6 confirmation baselines)
     outputs = Layout(plan).outputs(runs)
-    assert len(outputs) == len(set(outputs)) == 105 * 7 + 96 + 9
+    assert len(outputs) == len(set(outputs)) == 105 * (2 + 7 * 3) + 96 + 9
     assert "results/cifar10-reference/packs/resnet18_T4_soft0.9_seed0.json" in outputs
     assert "results/cifar10-reference/attacks/kd/resnet18_T4_soft0.9_seed0/pgd_eps0.05.json" in outputs
     assert not [path for path in outputs if "_soft0_" in path]
@@ -258,8 +258,10 @@ def test_a_job_reads_exactly_its_slice_and_a_runs_identity_is_what_changes_its_r
     data = {key: config["dataset"][key] for key in ("name", "subset", "val_fraction", "split_seed")}
     assert job_slice(config, "train") == {"dataset": data, "training": config["training"],
                                           "augmentation": config["augmentation"]}
-    assert job_slice(config, "attack", "pgd") == {"dataset": data, "training": {"eval_batch_size": 1000},
-                                                  "attacks": {"pgd": config["attacks"]["pgd"]}}
+    # one attack job per run runs the whole suite (kdsweep.attacks.job): every attack, epsilon and the headline's rules
+    assert job_slice(config, "attack") == {"dataset": data, "training": {"eval_batch_size": 1000},
+                                           "epsilons": config["epsilons"], "attacks": config["attacks"],
+                                           "robustness": config["robustness"]}
     assert set(JOB_SLICES) == {"stats", "train", "attack", "evaluate"}
     # the command line of a job sets exactly its slice: read back, it is the slice again
     plan = Plan(config)

@@ -225,6 +225,12 @@ def test_status_of_a_ten_seed_reference_study_reads_fast_and_writes_nothing(tmp_
     text = render(status)
     print(f"status of {len(runs)} runs: {time.perf_counter() - started:.2f} s")
     assert len(status.runs) == 1 + 20 + 10 * 2 * 8 * 6 + 6 == 987 and text.count("\n") > 5
+    # nine runs in ten have their attack job's masking record; its cost estimated from FLOPs (kdsweep.attacks.cost)
+    assert "attack jobs: 888 of 987 runs attacked, 0 with a gradient-masking check failed" in text
+    assert f"at most {status.attacks['flops']:.2g} FLOPs" in text and status.attacks["flops"] > 1e18
+    # the suite's attacks on every test image instead of the subset of 1,000 of 10,000: nearly ten times as much
+    assert 8 * status.attacks["flops"] < status.attacks["flops_every_image"] < 10 * status.attacks["flops"]
+    assert "on every test image instead of the subset: " in text
     assert sorted((p, p.stat().st_mtime_ns) for p in tmp_path.rglob("*")) == before
 
 

@@ -13,6 +13,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from conftest import TINY_WORKFLOW, built_once, copy_of, job_counts, snakemake
 
@@ -65,7 +66,7 @@ def test_grid_dry_run_has_every_job_of_the_reference_study(reference_study):
     assert counts["stats"] == 1
     assert counts["train"] == 1 + 2 + 2 * 3  # the teacher and the baselines
     assert counts["distill"] == 96
-    assert counts["attack"] == 2 * 3 * runs == 630  # every run x attack x epsilon
+    assert counts["attack"] == runs == 105  # one per run: every attack at every epsilon
     assert counts["evaluate"] == runs
     assert counts["tables"] == counts["figures"] == counts["all"] == 1
     assert counts["download"] == 1  # no CIFAR-10 files in the empty working directory
@@ -76,20 +77,20 @@ def test_seeds_multiply_the_student_runs(tmp_path):
     counts, _ = dry_run(tmp_path, "--config", "seeds=[0,1]")
     assert counts["train"] == 1 + 2 * 2 + 2 * 3  # teacher, baselines, confirmation baselines (not multiplied)
     assert counts["distill"] == 96 * 2
-    assert counts["attack"] == 2 * 3 * (1 + 4 + 192 + 6)
+    assert counts["attack"] == 1 + 4 + 192 + 6
     assert counts["evaluate"] == 1 + 4 + 192 + 6
 
 
-def test_an_attack_switched_off_has_no_jobs(tmp_path):
+def test_an_attack_switched_off_has_no_result_files(tmp_path):
     counts, output = dry_run(tmp_path, "--config", "attacks={pgd: null}")
-    assert counts["attack"] == 105 * 3 and "pgd_eps" not in output
+    assert counts["attack"] == 105 and "pgd_eps" not in output and "apgd_t_eps0.01.json" in output
 
 
 def test_staged_sweep_runs_the_temperature_sweep_before_its_checkpoint(tmp_path):
     counts, _ = dry_run(tmp_path, "--config", "sweep=staged")
     assert counts["best_temperature"] == 2  # one checkpoint per student
     assert counts["distill"] == 2 * 8  # every temperature at staged.soft_weight, nothing else yet
-    assert counts["attack"] == 2 * 3 * (1 + 2 + 16 + 6)  # and the confirmation's 6 baselines
+    assert counts["attack"] == 1 + 2 + 16 + 6  # and the confirmation's 6 baselines
     assert counts["evaluate"] == 1 + 2 + 16 + 6
     assert counts["tables"] == counts["figures"] == 1
 
@@ -98,8 +99,8 @@ def test_evaluations_of_one_run_are_one_group_job(reference_study):
     _, output = reference_study
     found = groups(output)
     assert len(found) == 105  # one submission per model run ...
-    for _, rules in found:  # ... holding both attacks at each epsilon and the evaluation
-        assert rules == Counter(attack=6, evaluate=1)
+    for _, rules in found:  # ... holding its attack job and its evaluation
+        assert rules == Counter(attack=1, evaluate=1)
     ids = {group for group, _ in found}
     assert len(ids) == 105 and not any("_soft0_" in group for group in ids)
     assert "eval_teacher_resnet50_seed0" in ids and "eval_kd_resnet18_T4_soft0.9_seed0" in ids
@@ -108,7 +109,7 @@ def test_evaluations_of_one_run_are_one_group_job(reference_study):
 def test_without_group_components_each_job_is_its_own_group(tmp_path):
     _, output = dry_run(tmp_path, "--workflow-profile", "none")
     found = groups(output)
-    assert len(found) == 630 + 105
+    assert len(found) == 105 + 105
     assert all(sum(rules.values()) == 1 for _, rules in found)
 
 
@@ -116,7 +117,7 @@ def test_packed_grid_trains_pack_size_points_per_job(tmp_path):
     counts, output = dry_run(tmp_path, "--printshellcmds", "--config", "runtime={pack_size: 8}")
     # 48 points per student and seed (the grid's 56 but w = 0), 8 to a job, all jobs of rule distill
     assert counts["distill"] == 12
-    assert counts["attack"] == 630 and counts["evaluate"] == 105  # one folder per point
+    assert counts["attack"] == 105 and counts["evaluate"] == 105  # one folder per point
     commands = [line for line in output.splitlines() if "kdsweep distill " in line]
     assert len(commands) == 12
     outs = [re.findall(r"--out (\S+)", line) for line in commands]
@@ -168,13 +169,17 @@ def test_jobs_get_the_exact_config_numbers_and_the_config_slice(tmp_path):
     result = snakemake(tmp_path, "--dry-run", "--printshellcmds", "--forceall",
                        "--config", f"epsilons=[{eps!r}]", "temperatures=[2.5]", "soft_weights=[0.3]")
     out = result.stdout
-    assert "attacks/kd/resnet18_T2.5_soft0.3_seed0/fgsm_eps0.0313725.json" in out
-    assert "attacks/kd/resnet18_T2.5_soft0.3_seed0/pgd_eps0.0313725.json" in out
-    assert f"--epsilon {eps!r} " in out
-    pgd = next(line for line in out.splitlines() if " attack --attack pgd " in line)
-    fgsm = next(line for line in out.splitlines() if " attack --attack fgsm " in line)
-    assert "attacks.pgd.steps=10" in pgd and "attacks.pgd.random_start=true" in pgd
-    assert "attacks.pgd" not in fgsm and "'attacks.fgsm={}'" in fgsm
+    for name in ("fgsm", "pgd", "apgd_ce", "apgd_dlr", "apgd_t", "square", "worst"):
+        assert f"attacks/kd/resnet18_T2.5_soft0.3_seed0/{name}_eps0.0313725.json" in out, name
+    assert "masking/kd/resnet18_T2.5_soft0.3_seed0.json" in out
+    attack = next(line for line in out.splitlines() if " attack --run results/cifar10-reference/runs/kd/" in line)
+    assert f"'epsilons=[{eps!r}]'" in attack
+    assert "attacks.pgd.steps=10" in attack and "attacks.pgd.random_start=true" in attack and "'attacks.fgsm={}'" in attack
+    assert "attacks.apgd_t.targets=9" in attack and "robustness.subset.size=1000" in attack
+    assert "--teacher results/cifar10-reference/runs/teacher/resnet50_seed0" in attack
+    assert "--baseline results/cifar10-reference/runs/baseline/resnet18_seed0" in attack
+    teacher = next(line for line in out.splitlines() if " attack --run results/cifar10-reference/runs/teacher/" in line)
+    assert "--teacher" not in teacher and "--baseline" not in teacher
     # how runs are grouped into jobs, not what they compute: in no job's command (only the records of
     # the config, `kdsweep config`, hold it)
     commands = [line for line in out.splitlines() if line.startswith("Shell command: kdsweep ")]
@@ -225,17 +230,34 @@ def test_tiny_study_end_to_end(tiny):
     runs = found["runs.csv"]
     assert sorted(runs["role"]) == ["baseline", "kd", "kd", "teacher"]
     assert sorted(runs.loc[runs["role"] == "kd", "soft_weight"]) == [0.5, 0.9]
-    assert len(found["robustness.csv"]) == 4  # 4 runs x 1 epsilon x FGSM (PGD is off)
-    assert set(found["robustness.csv"]["attack"]) == {"fgsm"}
+    robustness = found["robustness.csv"]
+    # 4 runs x 1 epsilon x (FGSM, APGD-T, Square, their worst case; PGD is off); FGSM's transfer attacks from the
+    # teacher (the baseline's and both kd runs') and from the baseline (the kd runs')
+    assert len(robustness) == 4 * 4 + 3 + 2
+    assert set(robustness["attack"]) == {"fgsm", "apgd_t", "square", "worst", "transfer_teacher", "transfer_baseline"}
+    worst = robustness[robustness["attack"] == "worst"]
+    assert worst["n"].eq(40).all() and worst["subset_size"].eq(40).all() and worst["n_test"].eq(360).all()
+    assert (worst["adv_acc_low"] <= worst["adv_acc"]).all() and (worst["adv_acc"] <= worst["adv_acc_high"]).all()
+    fgsm = robustness[robustness["attack"] == "fgsm"]
+    assert fgsm["n"].eq(360).all() and fgsm["subset_size"].isna().all()
+    assert (fgsm.set_index("run")["clean_acc"] == runs.set_index("run").loc[fgsm["run"], "test_acc"]).all()
+    masking = pd.read_csv(results / "tables" / "masking.csv")
+    assert sorted(masking["run"].unique()) == sorted(runs["run"]) and masking["check"].nunique() >= 5
+    assert "Gradient masking" in (results / "tables" / "masking.md").read_text()
+    per_class = pd.read_csv(results / "tables" / "per_class.csv")
+    assert set(per_class["measure"]) == {"clean", "worst"} and "worst" in set(per_class["class"].astype(str))
+    assert runs["worst_class_acc"].notna().all()
+    for record in (results / "masking").glob("*/*.json"):
+        assert json.loads(record.read_text())["checks"]
     # every run's evaluation joined in: fidelity, calibration and logit scale (issue 6)
     for column in ("agreement", "kl_to_teacher", "ece", "nll", "max_logit", "logit_norm"):
         assert runs[column].notna().all(), column
     assert {"max_logit", "logit_norm"} <= set(found["robustness.csv"].columns)
     assert sorted(found["table1.csv"]["role"]) == ["baseline", "teacher"]
     assert len(found["grid.csv"]) == 2
-    assert {"clean", "fgsm"} <= set(found["kd_vs_hard.csv"]["measure"])
+    assert {"clean", "fgsm", "worst"} <= set(found["kd_vs_hard.csv"]["measure"])
     for stem in ("temperature", "fidelity", "soft_weight_mobilenet_v3_small",
-                 "grid_mobilenet_v3_small", "robustness_mobilenet_v3_small"):
+                 "grid_mobilenet_v3_small", "robustness_mobilenet_v3_small", "per_class_mobilenet_v3_small"):
         for ext in ("png", "pdf"):
             assert (results / "figures" / f"{stem}.{ext}").stat().st_size > 0
     run = results / "runs/kd/mobilenet_v3_small_T4_soft0.5_seed0"

@@ -47,6 +47,7 @@ import re
 from dataclasses import dataclass
 
 from . import io
+from .attacks.suite import Suite
 from .errors import KdsweepError
 from .methods import METHODS
 from .records import point_of
@@ -318,7 +319,8 @@ class Plan:
         if reused := sorted(set(self.confirm_seeds) & set(self.seeds)):
             raise KdsweepError(f"confirm.seeds {reused} are seeds of the sweep too (seeds {self.seeds}); confirmation "
                                "needs fresh seeds, so choose confirm.seeds that are not in seeds")
-        self.attacks = [name for name, params in config["attacks"].items() if params is not None]
+        self.suite = Suite.from_config(config)  # the attacks, the headline, the subset (kdsweep.attacks.suite)
+        self.attacks = list(self.suite.attacks)
         self.temperatures = number_table("temperatures", config["temperatures"])
         self.soft_weights = number_table(
             "soft_weights and staged.soft_weight" if self.staged else "soft_weights",
@@ -499,6 +501,13 @@ class Plan:
             runs += (self.grid(teacher=teacher.tag) if "kd" in self.methods else []) + self.other_methods(
                 teacher=teacher.tag)
         return runs
+
+    def baseline_of(self, run: Run) -> Run | None:
+        """The hard-target run of a distilled run's own seed (a sweep run's baseline, a confirm run's confirm
+        baseline): what its transfer attack crafts images on beside the teacher. None for other runs."""
+        if not run.distilled:
+            return None
+        return Run("confirm" if run.role == "confirm" else "baseline", run.model, run.seed)
 
     def run(self, role: str, name: str) -> Run:
         """The run of the study (staged: of any stage-2 candidate too; confirmation: of any candidate

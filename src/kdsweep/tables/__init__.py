@@ -27,6 +27,8 @@ The package, by responsibility:
 - headline.py   the headline in words, from the adjusted results only
 - choices.py    the checkpoints' choices: best_temperature, best_point, and collect_choices (read back)
 - search.py     which search produced the tables (grid, staged, halving) and the points halving pruned
+- robustness.py the gradient-masking checks and transfer attacks (masking), their marks on every table, and
+                accuracy per class (per_class)
 - markdown.py   the Markdown tables' cells, notes and rendering
 """
 
@@ -40,6 +42,7 @@ from kdsweep.errors import KdsweepError
 from kdsweep.io import read_text, write_text
 from kdsweep.layout import TABLES
 from kdsweep.tables import confirmed, methods, pairs, reference
+from kdsweep.tables import robustness as robustness_tables
 from kdsweep.tables.choices import collect_choices
 from kdsweep.tables.files import StudyFiles
 from kdsweep.tables.headline import headline
@@ -62,7 +65,8 @@ def write_tables(results_dir, search: str | None = None) -> list[Path]:
         files.warn()
         raise KdsweepError(f"{results_dir} holds no finished run (no runs/<role>/<run>/metrics.json): nothing to "
                            "tabulate yet; train some runs first, or pass the study's folder results/<study>")
-    robustness = join_robustness(runs, collect_attacks(results_dir, unmatched, files))
+    masking = robustness_tables.collect_masking(results_dir, unmatched, files)
+    robustness = join_robustness(runs, collect_attacks(results_dir, unmatched, files), masking)
     warn_unmatched(unmatched, results_dir)
     pair_table = pairs.pairs(runs, robustness)
     # the reference study's tables (and the methods') are of the study's first teacher: the runs of another
@@ -85,7 +89,8 @@ def write_tables(results_dir, search: str | None = None) -> list[Path]:
               "methods.csv": side_by_side, "method_grid.csv": methods.method_grid(runs, searched, teacher_free),
               "kd_vs_hard.csv": kd_vs_hard, "grid.csv": reference.with_pruned(grid, runs, searched),
               "confirmed.csv": confirmation, "sensitivity.csv": sensitivity, "vs_reference.csv": vs_reference,
-              "pairs.csv": pair_table}
+              "pairs.csv": pair_table, "masking.csv": robustness_tables.masking_table(masking["checks"]),
+              "per_class.csv": robustness_tables.per_class(results_dir, runs, kd_vs_hard, confirmation, files)}
     texts = {name: frame.assign(search=searched.label).to_csv(index=False, float_format="%.10g")
              for name, frame in frames.items()}
     texts["table1.md"] = reference.table1_markdown(table1, robustness)
@@ -96,6 +101,8 @@ def write_tables(results_dir, search: str | None = None) -> list[Path]:
     texts["vs_reference.md"] = reference.vs_reference_markdown(vs_reference)
     texts["methods.md"] = methods.methods_markdown(side_by_side, robustness)
     texts["pairs.md"] = pairs.pairs_markdown(pair_table)
+    texts["masking.md"] = robustness_tables.masking_markdown(masking["checks"], every_attacked)
+    texts["per_class.md"] = robustness_tables.per_class_markdown(frames["per_class.csv"])
     for name in [name for name in texts if name.endswith(".md")]:
         texts[name] += f"\nSearch: {searched.label}.\n"
     out = results_dir / "tables"

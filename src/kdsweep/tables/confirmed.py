@@ -10,8 +10,9 @@ import pandas as pd
 
 from kdsweep.methods import METHODS
 from kdsweep.tables.collect import long_scores
-from kdsweep.tables.markdown import (GAIN_NOTE, SEEDS_NOTE, family_note, gain_cells, gain_header, mean_cell,
-                                     measure_label, render)
+from kdsweep.tables.markdown import (GAIN_NOTE, MASKED_NOTE, SEEDS_NOTE, family_note, flagged_cell, gain_cells,
+                                     gain_header, mean_cell, measure_label, render)
+from kdsweep.tables.robustness import mark
 from kdsweep.tables.methods import point_label
 from kdsweep.tables.summary import (ADJUSTED_COLUMNS, GAIN_COLUMNS, SUMMARY, budget_of, compare, counts_as_int, family,
                                     in_order, method_candidates)
@@ -22,7 +23,7 @@ from kdsweep.tables.summary import (ADJUSTED_COLUMNS, GAIN_COLUMNS, SUMMARY, bud
 CONFIRMED_COLUMNS = ["dataset", "model", "temperature", "soft_weight", "sweep_val_acc_mean", "sweep_n", "measure",
                      "epsilon", "sweep_gain_mean", "sweep_gain_n",
                      *(f"{side}_{stat}" for side in ("hard", "kd") for stat in SUMMARY), *GAIN_COLUMNS,
-                     "method", "point", "against", *ADJUSTED_COLUMNS]
+                     "method", "point", "against", "masking_flagged", *ADJUSTED_COLUMNS]
 
 
 def confirmed(runs, robustness, choices):
@@ -48,7 +49,7 @@ def confirmed(runs, robustness, choices):
 
                 fresh, on_sweep_runs = at(distilled, "confirm"), at(sweep, method)
                 confirmed_points.setdefault(method, (point, fresh, on_sweep_runs))
-                table = compare(scores, seeds, fresh, hard)
+                table = mark(compare(scores, seeds, fresh, hard), robustness, [*fresh, *hard])
                 on_sweep = compare(scores, seeds, on_sweep_runs, sweep.loc[sweep["role"] == "baseline", "run"])
                 cells = method_candidates(sweep, method)
                 cell = cells.loc[[point]].iloc[0] if point in cells.index else None
@@ -63,7 +64,8 @@ def confirmed(runs, robustness, choices):
             if method == "kd":
                 continue
             choice = choices.get((model, method))
-            rows.append(_rows(compare(scores, seeds, fresh, kd_fresh), compare(scores, seeds, on_sweep_runs, kd_sweep),
+            rows.append(_rows(mark(compare(scores, seeds, fresh, kd_fresh), robustness, [*fresh, *kd_fresh]),
+                              compare(scores, seeds, on_sweep_runs, kd_sweep),
                               dataset, model, method, point, "kd", choice.record.val_acc if choice else np.nan,
                               choice.record.n if choice else 0))
     table = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame()
@@ -92,8 +94,8 @@ def confirmed_markdown(table, choices, runs=None):
                "sweep never used. A sweep's best point is the luckiest of many (the winner's curse): its seeds "
                "helped it on validation and, through the same weights, on test, so its gain on the sweep's seeds "
                "(\"in the sweep\") is optimistic; the fresh seeds' gain is the estimate to report. Accuracies in %, "
-               "gains in points; " + GAIN_NOTE + family_note(table) + "Both sides on fresh seeds: " + SEEDS_NOTE
-               + cost_note(runs))
+               "gains in points; " + MASKED_NOTE + GAIN_NOTE + family_note(table) + "Both sides on fresh seeds: "
+               + SEEDS_NOTE + cost_note(runs))
     if table.empty:
         return caption + ("\n\nNo confirmation run has finished: the config's confirm.seeds is empty "
                           "(confirmation off), or its runs are still to come.\n")
@@ -107,7 +109,8 @@ def confirmed_markdown(table, choices, runs=None):
             sweep = ("–" if pd.isna(row["sweep_gain_mean"]) else
                      f"{row['sweep_gain_mean']:+.{digits}f} ({int(row['sweep_gain_n'])})")
             rows.append([row["dataset"], row["model"], row["method"], row["point"],
-                         measure, sweep, mean_cell(row["hard_mean"], row["hard_ci95"], row["hard_n"], digits),
+                         flagged_cell(measure, row), sweep,
+                         mean_cell(row["hard_mean"], row["hard_ci95"], row["hard_n"], digits),
                          mean_cell(row["kd_mean"], row["kd_ci95"], row["kd_n"], digits),
                          *gain_cells(row, digits=digits)])
         return render(title, header, rows)

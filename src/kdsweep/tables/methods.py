@@ -10,8 +10,10 @@ from kdsweep.methods import METHODS
 from kdsweep.plan import fmt
 from kdsweep.tables.collect import long_scores
 from kdsweep.tables.search import pruned_of
-from kdsweep.tables.markdown import (SEEDS_NOTE, attack_note, family_note, gain_cells, mean_cell, measure_label,
-                                     render)
+from kdsweep.attacks import WORST
+from kdsweep.tables.markdown import (MASKED_NOTE, SEEDS_NOTE, attack_note, family_note, flagged_cell, gain_cells,
+                                     mean_cell, measure_label, render)
+from kdsweep.tables.robustness import mark
 from kdsweep.tables.summary import (ADJUSTED_COLUMNS, COMPARISON_COLUMNS, MEASURES, budget_of, compare, counts_as_int,
                                     family, in_order, measure_rank, method_candidates, pick_best, summarise)
 
@@ -29,7 +31,7 @@ def point_label(method: str, point) -> str:
 # training hours of the finished runs (train_seconds summed; GPU-h or CPU-h).
 BUDGET_COLUMNS = ["budget_points", "budget_seeds", "budget_runs", "budget_epochs", "budget_hours", "budget_unit"]
 METHODS_COLUMNS = ["dataset", "model", "method", "point", "val_acc_mean", *BUDGET_COLUMNS, *COMPARISON_COLUMNS,
-                   *ADJUSTED_COLUMNS]
+                   "masking_flagged", *ADJUSTED_COLUMNS]
 
 
 def searched(method: str, point) -> bool:
@@ -83,7 +85,7 @@ def methods(runs, robustness, budget=None):
                 continue
             point = pick_best(cells["val_acc_mean"])
             chosen = mine.loc[(mine["role"] == method) & mine["point"].map(lambda p: p == point), "run"]
-            rows.append(compare(scores, seeds, chosen, hard_runs).assign(
+            rows.append(mark(compare(scores, seeds, chosen, hard_runs), robustness, [*chosen, *hard_runs]).assign(
                 dataset=dataset, model=model, method=method, point=point_label(method, point),
                 val_acc_mean=cells.loc[[point], "val_acc_mean"].iloc[0], **budget.get((dataset, model, method), {})))
     table = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame()
@@ -97,23 +99,25 @@ def methods(runs, robustness, budget=None):
 def methods_markdown(table, robustness):
     caption = ("The KD methods side by side. Per student and method, the point with the highest mean VALIDATION "
                "accuracy over the sweep's seeds (among those that use the teacher; test accuracy never chooses "
-               "it) against the hard-target baseline: clean test accuracy, accuracy under each attack and "
-               "epsilon, agreement with the teacher and expected calibration error. A best point of many is "
+               "it) against the hard-target baseline: clean test accuracy, accuracy under the headline and under "
+               "the reference study's FGSM at each epsilon (every attack: methods.csv), agreement with the teacher "
+               "and expected calibration error. A best point of many is "
                "optimistic (the winner's curse), the more so the more points a method searched: its search budget "
                "is beside it (points x seeds: the points searched, those that use the teacher, finished or pruned, "
                "times the seeds; the epochs each run trained, summed, a pruned point's to its rung; the training "
                "hours of its finished runs). A method with a larger budget "
                "had more chances to find a lucky point, so compare methods at equal budgets (config budget.equal) "
                "or on fresh seeds: tables/confirmed.md trains each method's point again there, and compares it "
-               "head to head with kd's. " + attack_note(robustness)
+               "head to head with kd's. " + attack_note(robustness) + MASKED_NOTE
                + "Accuracies in %, gains in points; the gain is paired by seed, method(seed s) - baseline(seed s), "
                "with its raw 95% interval (Student t) where there are two pairs or more and, after adjustment for "
                "multiplicity, Holm's p and the Bonferroni interval. " + family_note(table) + SEEDS_NOTE)
     if table.empty:
         return caption + "\n\nNo distilled run has finished yet.\n"
+    # the headline and the reference study's FGSM (every attack: methods.csv)
     wanted = [("clean", 0.0), *sorted({(m, e) for m, e in zip(table["measure"], table["epsilon"])
-                                      if m not in ("clean", *MEASURES)}, key=lambda item: (measure_rank(item[0]),
-                                                                                           item[0], item[1])),
+                                      if m in (WORST, "fgsm")}, key=lambda item: (measure_rank(item[0]),
+                                                                                  item[0], item[1])),
               ("agreement", np.nan), ("ece", np.nan)]
     header = ["dataset", "student", "method", "point (validation acc.)", "search budget",
               "method - hard (95% CI raw; adjusted; n)", "p (raw; Holm)", "differs from 0 (adjusted)"]
@@ -126,7 +130,8 @@ def methods_markdown(table, robustness):
             if match.empty:
                 return "–"
             row = match.iloc[0]
-            return mean_cell(row["kd_mean"], row["kd_ci95"], row["kd_n"], measure_label(measure, epsilon)[1])
+            return flagged_cell(mean_cell(row["kd_mean"], row["kd_ci95"], row["kd_n"], measure_label(measure, epsilon)[1]),
+                                row)
 
         clean = group[group["measure"] == "clean"].iloc[0]
         gain, raw, adjusted, n, p, p_holm, verdict = gain_cells(clean)

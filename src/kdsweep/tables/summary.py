@@ -10,6 +10,7 @@ import pandas as pd
 
 from kdsweep.methods import METHODS
 from kdsweep.stats import ADJUSTED_FIELDS, GAIN_FIELDS, adjust, half_width, interval, paired_gain
+from kdsweep.tables.collect import attack_rank
 
 # kd_vs_hard's measures after the clean accuracy and the attacks, and how the Markdown shows them:
 # (label, decimals).
@@ -20,6 +21,7 @@ MEASURES = {
     "kl_to_teacher": ("KL(teacher ‖ student), T = 1", 3),
     "ece": ("expected calibration error (%)", 2),
     "nll": ("negative log-likelihood", 3),
+    "worst_class_acc": ("lowest accuracy of a class (%)", 2),
 }
 _TIE = 1e-9  # means closer than this count as a tie
 SUMMARY = ("mean", "std", "n", "ci95")
@@ -79,12 +81,13 @@ def method_candidates(runs, method: str) -> pd.DataFrame:
 
 
 def measure_rank(measure):
-    """Order of kd_vs_hard's rows: clean, FGSM, other attacks (then by name), then MEASURES."""
+    """Order of kd_vs_hard's rows: clean, the attacks (the headline's worst case, FGSM, the others in the
+    registry's order: kdsweep.tables.collect.attack_rank), then MEASURES."""
     if measure == "clean":
         return 0
     if measure in MEASURES:
-        return 3 + list(MEASURES).index(measure)
-    return 1 if measure == "fgsm" else 2
+        return 10 + list(MEASURES).index(measure)
+    return 1 + attack_rank(measure)[0] + attack_rank(measure)[1] / 100
 
 
 def compare(scores, seeds, kd_runs, hard_runs) -> pd.DataFrame:
