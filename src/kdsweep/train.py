@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import checkpoint, data, identity, io, lock
+from . import checkpoint, data, features, identity, io, lock
 from . import runs as runs_
 from .augment import Augment
 from .board import EpochBoard
@@ -80,9 +80,13 @@ class Point:
     run's seed, normalisation inside the model, on the job's device and memory layout.
     `module` owns the weights (every state dict is saved and loaded through it); `model`
     runs the training step: the module itself, or torch.compile of it (runtime.compile).
+    A point of a feature-based method also taps feature maps (`taps`, kdsweep.features): of
+    its student, by hooks on `module`, and of `teacher` (the module, not a compiled wrapper),
+    both found by a probe pass on images of image_shape (C, H, W).
     """
 
-    def __init__(self, run: Run, training: dict, num_classes, mean, std, runtime: Runtime):
+    def __init__(self, run: Run, training: dict, num_classes, mean, std, runtime: Runtime, teacher=None,
+                 image_shape=None):
         self.run = run
         name, hparams = (run.method, run.params) if run.distilled else HARD_TARGETS
         self.method, self.hparams = METHODS[name], hparams
@@ -90,9 +94,19 @@ class Point:
         self.module = runtime.place(build_model(run.model, num_classes, mean, std,
                                                 bn_momentum=training["bn_momentum"]))
         self.model = runtime.compiled(self.module)
-        # the method's trainable state (CTKD's temperature), trained by the point's optimiser beside the
-        # student, after its weights
-        self.method_state = self.method.make_state(hparams)
+        # the feature maps the loss reads (none for a logit method: no probe, no hook); the probes draw
+        # nothing at random, so the adapters below start as they would in a job of this point alone
+        self.taps = None
+        if run.distilled and self.method.needs_features(hparams):
+            self.taps = features.plan_taps(
+                self.method, hparams, features.stages(self.module, image_shape, runtime.device),
+                features.stages(teacher, image_shape, runtime.device), run.model,
+                getattr(teacher, "architecture", "network"), image_shape)
+            self.recorder = features.recorder(self.module)
+        # the method's trainable state (CTKD's temperature, a feature method's adapters), trained by the
+        # point's optimiser beside the student, after its weights
+        self.method_state = (self.method.make_state(hparams) if self.taps is None
+                             else self.method.make_state(hparams, self.taps.shapes))
         parameters = list(self.module.parameters())
         if self.method_state is not None:
             self.method_state = self.method_state.to(runtime.device)
@@ -134,7 +148,10 @@ def train_epoch(points, teacher, augment, images, labels, batch_size, generator,
     for point in points:
         point.model.train()
     totals = [{} for _ in points]
-    needs_teacher = teacher is not None and any(point.run.needs_teacher for point in points)
+    needs_teacher = teacher is not None and any(point.run.needs_teacher or point.taps for point in points)
+    # the teacher's maps that the points of feature-based methods read, from its one pass per batch
+    teacher_taps = sorted({name for point in points if point.taps for name in point.taps.teacher})
+    teacher_maps = {}
     n = len(labels)
     order = to_device(torch.randperm(n, generator=generator), device)
     draws = augment.sample(n, generator).to(device)
@@ -148,15 +165,24 @@ def train_epoch(points, teacher, augment, images, labels, batch_size, generator,
         if needs_teacher:
             # no_grad, not inference_mode: a method's loss may keep the teacher's logits for its
             # backward pass (a squared error does), which inference tensors refuse
-            with torch.no_grad(), runtime.autocast():
+            with torch.no_grad(), runtime.autocast(), _recording(teacher, teacher_taps) as teacher_maps:
                 teacher_logits = teacher(batch).float()
         for point, total in zip(points, totals):
             run = point.run
             with point.own_rng(device):
-                with runtime.autocast():
-                    logits = point.model(batch).float()
-                terms = point.method.loss(logits, teacher_logits if run.needs_teacher else None, batch_labels,
-                                          point.hparams, progress, point.method_state)
+                if point.taps is None:
+                    with runtime.autocast():
+                        logits = point.model(batch).float()
+                    terms = point.method.loss(logits, teacher_logits if run.needs_teacher else None, batch_labels,
+                                              point.hparams, progress, point.method_state)
+                else:
+                    with runtime.autocast(), point.recorder.recording(point.taps.student) as student_maps:
+                        logits = point.model(batch).float()
+                    # in fp32, as the logits: the adapters train outside autocast
+                    maps = ([student_maps[name].float() for name in point.taps.student],
+                            [teacher_maps[name].float() for name in point.taps.teacher])
+                    terms = point.method.loss(logits, teacher_logits, batch_labels, point.hparams, progress,
+                                              point.method_state, maps)
                 loss = total_loss(terms)
                 point.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -170,12 +196,18 @@ def train_epoch(points, teacher, augment, images, labels, batch_size, generator,
              for name in ("total", *point.terms)} for point, total in zip(points, totals)]
 
 
+def _recording(teacher, names):
+    """The teacher's maps of these names, kept while its forward pass runs (nothing: no hook, no map)."""
+    return features.recorder(teacher).recording(names) if names else contextlib.nullcontext({})
+
+
 class _JobPoint(Point):
     """A Point of a training job: its run folder, schedule, early stopping and checkpoint."""
 
-    def __init__(self, config, run, out_dir, teacher_hash, splits, stats, runtime, log, rerun_stale):
+    def __init__(self, config, run, out_dir, teacher_hash, splits, stats, runtime, log, rerun_stale, teacher=None):
         training = config["training"]
-        super().__init__(run, training, splits.num_classes, stats["mean"], stats["std"], runtime)
+        super().__init__(run, training, splits.num_classes, stats["mean"], stats["std"], runtime, teacher,
+                         tuple(splits.train.images.shape[1:]))
         self.out_dir, self.log = Path(out_dir), log
         self.identity = identity.run_identity(config, run, teacher_hash, splits.digest)
         self.run_hash = config_hash(self.identity)
@@ -323,15 +355,17 @@ def _train_points(config, runs, stats_path, out_dirs, teacher_dir, log, rerun_st
     stats = data.read_stats(stats_path, config["dataset"])
 
     splits = data.load_splits(config["dataset"], runtime.device, stats)
-    teacher, teacher_hash = None, None
+    teacher, teacher_hash, teacher_module = None, None, None
     if runs[0].distilled:
         if teacher_dir is None:
             raise KdsweepError("distillation needs the teacher's run folder; pass --teacher RUN_DIR")
         record, teacher = runs_.load(teacher_dir, config["dataset"], runtime.device, splits.num_classes, "teacher run",
                                      data_digest=splits.digest)
         teacher_hash = record.config_hash
-        teacher = runtime.compiled(runtime.place(teacher.eval().requires_grad_(False)))
-    points = [_JobPoint(config, run, out_dir, teacher_hash, splits, stats, runtime, log, rerun_stale)
+        teacher_module = runtime.place(teacher.eval().requires_grad_(False))
+        teacher = runtime.compiled(teacher_module)
+    points = [_JobPoint(config, run, out_dir, teacher_hash, splits, stats, runtime, log, rerun_stale,
+                        teacher_module)
               for run, out_dir in zip(runs, out_dirs)]
     augment = Augment.from_config(config["augmentation"])
     generator = torch.Generator()
