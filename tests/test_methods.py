@@ -593,13 +593,13 @@ def study(tiny_study, tmp_path_factory):
     return tiny_study.beside(tmp_path_factory.mktemp("test_methods")), tiny_study.config
 
 
-def distill(folder, config, pairs, *extra):
+def distill(folder, config, pairs, *extra, check=True):
     from conftest import run_kdsweep
 
     points = [arg for spec, out in pairs for arg in ("--point", spec, "--out", out)]
     return run_kdsweep("distill", *config, "--student", "mobilenet_v3_small", "--teacher", folder / "teacher",
                        "--seed", 6, "--stats", folder / "stats.json", *points, "training.max_epochs=3", *extra,
-                       cwd=folder)
+                       cwd=folder, check=check)
 
 
 def read(path):
@@ -644,6 +644,19 @@ def test_one_pack_of_every_method_equals_each_alone_and_records_each_methods_ter
     assert len(set(temperatures)) == 3 and all(1 < t < 21 for t in temperatures)  # it moved, within its range
     assert read(folder / "packed0" / "metrics.json")["hparams"] == {"temperature": 4, "soft_weight": 0.9}
     assert (folder / "packed0").parent == folder and (folder / "packed3" / "tensorboard").is_dir()
+
+
+def test_a_feature_method_a_network_cannot_serve_is_refused_when_its_job_starts(study):
+    """Four stage outputs on the 8 x 8 digits: attention transfer over five is refused in one sentence naming the
+    hyperparameter and its largest value, before any epoch (the folder holds no run)."""
+    folder, config = study
+    result = distill(folder, config, [("at:beta=1000,p=2,stages=5", folder / "too-deep")], check=False)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip() == (
+        "kdsweep: error: at cannot tap the student mobilenet_v3_small on 8x8 images, which has 4 stage outputs "
+        "(16x8x8, 16x4x4, 24x2x2, 576x1x1): stages=5 needs 5; set methods.at.stages to at most 4; or distil it "
+        "with a logit method")
+    assert not (folder / "too-deep" / "checkpoint.pt").exists() and not (folder / "too-deep" / "metrics.json").exists()
 
 
 @pytest.mark.parametrize("name", ["ctkd", "fitnets"])
