@@ -29,6 +29,7 @@ from pathlib import Path
 
 from .errors import KdsweepError
 from .identity import ASIDE, study_aside
+from .joblog import last_attempt
 from .lock import LOCK, read_holder
 from .layout import Layout
 from .plan import ROLES, Plan, Run
@@ -111,7 +112,7 @@ def _log_verdict(path: Path) -> tuple[str, str] | None:
             lines = handle.read().decode(errors="replace").splitlines()
     except OSError:
         return None
-    for line in reversed(lines):
+    for line in reversed(last_attempt(lines)):  # an earlier attempt's verdict is not this one's
         if match := _ERROR.search(line):
             return "failed", match.group(1).strip()
         if match := _STOP.search(line):
@@ -195,8 +196,8 @@ def study_status(plan: Plan, root: Path, queue=None) -> StudyStatus:
     digest = (_read_json(root / plan.results / "data" / "stats.json") or {}).get("data_digest")
     teacher_hash = teacher.config_hash if teacher is not None else None
     statuses = [run_status(layout, root, run, teacher_hash, running_jobs, host, digest) for run in runs]
-    rungs = [decision for decision in (RungDecision.peek(root / path) for path in layout.rung_decisions())
-             if decision is not None and decision.candidates is not None]
+    # the rungs decided so far, each read checked (a damaged record is one sentence, as for the workflow)
+    rungs = [RungDecision.read(root / path) for path in layout.rung_decisions() if (root / path).exists()]
     saved = _prune(plan, statuses, rungs) if plan.halving else None
     present = planned = 0
     for run in [entry.run for entry in statuses if entry.state != PRUNED]:
@@ -237,9 +238,10 @@ def _prune(plan: Plan, statuses, rungs) -> float:
 
 
 def _records(kind, root: Path, paths: dict) -> dict:
-    """{key: (record as a dict, its path)} of the records written so far, as Plan.planned takes them."""
-    records = {key: (kind.peek(root / path), path) for key, path in paths.items()}
-    return {key: (record.as_dict(), path) for key, (record, path) in records.items() if record is not None}
+    """{key: (record, its path)} of the records written so far, each read checked (a checkpoint's record is
+    written whole or not at all: one that cannot be read is damaged, and said so in one sentence), as
+    Plan.planned takes them."""
+    return {key: (kind.read(root / path), path) for key, path in paths.items() if (root / path).exists()}
 
 
 def _same_folder(a, b) -> bool:

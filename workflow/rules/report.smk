@@ -32,7 +32,7 @@ rule tables:
         # a grid study's command as it always was; another search is named (kdsweep.tables.search)
         "kdsweep aggregate {params.results:q}"
         + ("" if config["sweep"] == "grid" else f" --search {config['sweep']}")
-        + " > {log:q} 2>&1"
+        + " >> {log:q} 2>&1"
 
 
 rule figures:
@@ -61,4 +61,4 @@ rule figures:
         methods=COMMANDS.methods_option(),
     shell:
         "kdsweep plots {params.results:q} --soft-weight {params.soft_weight}"
-        " --students {params.students}{params.methods} > {log:q} 2>&1"
+        " --students {params.students}{params.methods} >> {log:q} 2>&1"

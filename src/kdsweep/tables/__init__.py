@@ -34,7 +34,8 @@ from kdsweep.io import read_text, write_text
 from kdsweep.layout import TABLES
 from kdsweep.tables import confirmed, methods, reference
 from kdsweep.tables.choices import collect_choices
-from kdsweep.tables.search import drop_pruned, study_search
+from kdsweep.tables.files import StudyFiles
+from kdsweep.tables.search import pruned_keys, drop_pruned, study_search
 from kdsweep.tables.collect import (RUN_COLUMNS, collect_attacks, collect_runs, join_robustness, results_folder,
                                     warn_unmatched)
 
@@ -44,17 +45,20 @@ def write_tables(results_dir, search: str | None = None) -> list[Path]:
     (grid, staged, halving; kdsweep.tables.search), which every table names."""
     results_dir = results_folder(results_dir)
     unmatched = []
-    searched = study_search(results_dir, search)
-    runs = drop_pruned(collect_runs(results_dir, unmatched), searched)
+    files = StudyFiles(results_dir)  # the study's files by their names; the rest are strays, said once
+    searched = study_search(results_dir, search, files)
+    runs = drop_pruned(collect_runs(results_dir, unmatched, files), searched)
     if runs.empty:
+        files.warn()
         raise KdsweepError(f"{results_dir} holds no finished run (no runs/<role>/<run>/metrics.json): nothing to "
                            "tabulate yet; train some runs first, or pass the study's folder results/<study>")
-    robustness = join_robustness(runs, collect_attacks(results_dir, unmatched))
+    robustness = join_robustness(runs, collect_attacks(results_dir, unmatched, files))
     warn_unmatched(unmatched, results_dir)
     grid = reference.grid(runs)
     table1 = reference.table1(runs, robustness)
     kd_vs_hard = reference.kd_vs_hard(runs, robustness)
-    choices = collect_choices(results_dir)
+    choices = collect_choices(results_dir, files, pruned_keys(searched))
+    files.warn()
     confirmation = confirmed.confirmed(runs, robustness, choices)
     sensitivity = reference.sensitivity(runs, grid)
     vs_reference = reference.vs_reference(runs, results_dir, table1, kd_vs_hard, confirmation, sensitivity)
