@@ -7,6 +7,8 @@ other than the study's three are built by torchvision.models.get_model, bare (no
 64 x 64 images: the rule reads only the network's structure, never kdsweep's model registry.
 """
 
+import functools
+
 import pytest
 import torch
 import torchvision
@@ -130,3 +132,53 @@ def test_the_probe_changes_nothing_and_the_hooks_change_no_result():
     model(images)  # outside recording: nothing kept
     assert recorder(model) is taps and len(taps.handles) == len(stages)
     assert taps.maps is maps and all(maps[name] is kept[name] for name in kept)
+
+
+
+def test_a_logit_point_has_no_probe_and_no_hook_and_a_mismatched_pair_trains_through_the_adapters(request):
+    """A logit method pays nothing for the feature methods: a kd point is built without a probe pass of either
+    network and trains without a hook on either, even in a pack with feature points. Those (MobileNetV3-small
+    from a ResNet-18: other channels at every stage, four stage outputs each on the 8 x 8 digits) hook exactly
+    their tapped modules, the teacher's once for all of them, and train their adapters on their terms."""
+    from kdsweep import features, train
+    from kdsweep.augment import Augment
+    from kdsweep.plan import Run
+    from kdsweep.runtime import Runtime
+
+    def hooked(model):
+        return sorted(name for name, module in model.named_modules() if module._forward_hooks)
+
+    # one thread, as a job on one core (torch's all-core default crawls on a loaded machine), restored after
+    request.addfinalizer(functools.partial(torch.set_num_threads, torch.get_num_threads()))
+    rt = Runtime.from_config({"device": "cpu", "threads": 1, "precision": "fp32", "tf32": False,
+                              "deterministic": True, "channels_last": False, "compile": False})
+    training = {"lr": 1e-3, "weight_decay": 0.0, "bn_momentum": 0.1}
+    teacher = build_model("resnet18", 10, [0.5], [0.25]).eval().requires_grad_(False)
+
+    def point(method, hparams):
+        return train.Point(Run.distilled_run(method, "mobilenet_v3_small", 0, method, hparams), training, 10, [0.5],
+                           [0.25], rt, image_size=8, teacher=teacher)
+
+    kd = point("kd", {"temperature": 4, "soft_weight": 0.9})
+    assert kd.taps is None and teacher not in features._STAGES and kd.module not in features._STAGES
+    images, labels = torch.randint(0, 256, (16, 1, 8, 8), dtype=torch.uint8), torch.arange(16) % 10
+    augment = Augment(pad=1, flip_p=0.0, rotation_degrees=0)
+    train.train_epoch([kd], teacher, augment, images, labels, 8, torch.Generator().manual_seed(0), rt)
+    assert hooked(kd.module) == [] and hooked(teacher) == [] and teacher not in features._STAGES
+
+    at = point("at", {"beta": 1000.0, "p": 2.0, "stages": 2})
+    fitnets = point("fitnets", {"hint_weight": 100.0, "hint_stage": 2})
+    reviewkd = point("reviewkd", {"review_weight": 5.0, "warmup_epochs": 1, "stages": 3})
+    assert fitnets.taps.shapes.student == ((24, 2, 2),) and fitnets.taps.shapes.teacher == ((256, 2, 2),)
+    assert reviewkd.taps.shapes.teacher == ((128, 4, 4), (256, 2, 2), (512, 1, 1))
+    adapters = {p.method.name: [v.clone() for v in p.method_state.parameters()] for p in (fitnets, reviewkd)}
+    losses = train.train_epoch([kd, at, fitnets, reviewkd], teacher, augment, images, labels, 8,
+                               torch.Generator().manual_seed(0), rt)
+    assert hooked(kd.module) == []
+    for p in (at, fitnets, reviewkd):
+        assert hooked(p.module) == sorted(p.taps.student)
+    assert hooked(teacher) == ["net.layer2", "net.layer3", "net.layer4"]  # at's 3, 4; fitnets' 3; reviewkd's 2-4
+    assert all(0 < losses[i][term] < float("inf") for i, term in ((1, "at"), (2, "hint"), (3, "review")))
+    for p in (fitnets, reviewkd):
+        assert all(not torch.equal(before, after)
+                   for before, after in zip(adapters[p.method.name], p.method_state.parameters())), p.method.name
