@@ -23,6 +23,7 @@ from kdsweep.methods import METHODS
 from kdsweep.models import build_model
 from kdsweep.plan import Run
 from kdsweep.runtime import Runtime
+from kdsweep.sources import InMemory
 
 POINTS = {"kd": {"temperature": 4, "soft_weight": 0.9}, "at": {"beta": 1000, "p": 2, "stages": 3},
           "fitnets": {"hint_weight": 100, "hint_stage": 2},
@@ -41,6 +42,7 @@ def main(student, teacher_name, size, n, methods):
     images = torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     labels = torch.arange(n) % 10
     augment = Augment.from_config({"pad": 4, "flip_p": 0.5, "rotation_degrees": 15})
+    batches = InMemory(augment, images, labels, 64)
     # the methods that read feature maps (a checkout without them has no `uses_features`)
     features = [name for name in methods if getattr(METHODS[name], "uses_features", None) is not None]
     if features:
@@ -61,8 +63,7 @@ def main(student, teacher_name, size, n, methods):
         times = []
         for epoch in range(REPEATS):
             start = time.process_time()
-            train.train_epoch(points, teacher, augment, images, labels, 64, torch.Generator().manual_seed(epoch),
-                              runtime, epoch=epoch + 1)
+            train.train_epoch(points, teacher, batches, torch.Generator().manual_seed(epoch), runtime, epoch=epoch + 1)
             times.append(time.process_time() - start)
         return statistics.median(times)
 

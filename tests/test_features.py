@@ -140,7 +140,7 @@ def test_a_logit_point_has_no_probe_and_no_hook_and_a_mismatched_pair_trains_thr
     network and trains without a hook on either, even in a pack with feature points. Those (MobileNetV3-small
     from a ResNet-18: other channels at every stage, four stage outputs each on the 8 x 8 digits) hook exactly
     their tapped modules, the teacher's once for all of them, and train their adapters on their terms."""
-    from kdsweep import features, train
+    from kdsweep import features, sources, train
     from kdsweep.augment import Augment
     from kdsweep.plan import Run
     from kdsweep.runtime import Runtime
@@ -163,7 +163,7 @@ def test_a_logit_point_has_no_probe_and_no_hook_and_a_mismatched_pair_trains_thr
     assert kd.taps is None and teacher not in features._STAGES and kd.module not in features._STAGES
     images, labels = torch.randint(0, 256, (16, 1, 8, 8), dtype=torch.uint8), torch.arange(16) % 10
     augment = Augment(pad=1, flip_p=0.0, rotation_degrees=0)
-    train.train_epoch([kd], teacher, augment, images, labels, 8, torch.Generator().manual_seed(0), rt)
+    train.train_epoch([kd], teacher, sources.InMemory(augment, images, labels, 8), torch.Generator().manual_seed(0), rt)
     assert hooked(kd.module) == [] and hooked(teacher) == [] and teacher not in features._STAGES
 
     at = point("at", {"beta": 1000.0, "p": 2.0, "stages": 2})
@@ -172,7 +172,7 @@ def test_a_logit_point_has_no_probe_and_no_hook_and_a_mismatched_pair_trains_thr
     assert fitnets.taps.shapes.student == ((24, 2, 2),) and fitnets.taps.shapes.teacher == ((256, 2, 2),)
     assert reviewkd.taps.shapes.teacher == ((128, 4, 4), (256, 2, 2), (512, 1, 1))
     adapters = {p.method.name: [v.clone() for v in p.method_state.parameters()] for p in (fitnets, reviewkd)}
-    losses = train.train_epoch([kd, at, fitnets, reviewkd], teacher, augment, images, labels, 8,
+    losses = train.train_epoch([kd, at, fitnets, reviewkd], teacher, sources.InMemory(augment, images, labels, 8),
                                torch.Generator().manual_seed(0), rt)
     assert hooked(kd.module) == []
     for p in (at, fitnets, reviewkd):

@@ -1044,6 +1044,35 @@ def test_a_pack_of_sweep_points_is_one_slurm_job_with_one_gpu(cluster, tmp_path)
     assert logs[job_id][:2] == ("rule_distill", f"{student}_seed{seed}_pack1"), logs
 
 
+@pytest.mark.slurm(*SUBMITS, ACCOUNTING, GPU_ACCOUNTING)
+def test_a_distillation_job_of_two_gpus_trains_as_two_slurm_tasks(cluster, tmp_path):
+    """KDSWEEP_SLURM_DISTILL_GPUS=2 (profiles/default): the distillation job asks SLURM for two GPUs and two
+    tasks of one CPU each, and trains as two DDP processes (srun inside the job, kdsweep.distributed): its
+    run and its records are those a one-process job writes."""
+    config = load_config([str(p) for p in CONFIGS], [])
+    (point,) = [kd_run("kd", config["students"][0], config["seeds"][0], config["temperatures"][0], w)
+                for w in config["soft_weights"]]
+    plan = Plan(config)
+    pack = plan.pack_of(point)
+    record = Layout(plan).pack_record(pack)
+    status, output = run_snakemake(tmp_path, record, timeout=600, env=cluster.env(KDSWEEP_SLURM_DISTILL_GPUS="2"))
+    assert status == 0, _failure_report(tmp_path, output)
+    results = tmp_path / "results" / config["study"]
+    metrics = _read_json(results / point.folder / "metrics.json")
+    assert metrics["epochs"] == config["training"]["max_epochs"] and metrics["test_acc"] is not None
+    job_id = metrics["slurm"]["job_id"]
+    assert _read_json(tmp_path / record)["slurm"]["job_id"] == job_id
+    job = sacct([job_id])[job_id]
+    assert job["State"] == "COMPLETED", job
+    assert {"gres/gpu=2", "cpu=2"} <= set(job["AllocTRES"].split(",")), job["AllocTRES"]
+    steps = subprocess.run(["sacct", "-n", "-P", "-j", job_id, "-o", "JobID,NTasks,State"], capture_output=True,
+                           text=True, check=True).stdout.splitlines()
+    assert any(step.split("|")[1:] == ["2", "COMPLETED"] for step in steps), steps
+    log = (results / "logs" / "packs" / f"{pack.name}.log").read_text()
+    assert "starting the job's processes: srun --overlap --ntasks=2" in log, log
+    assert log.count("  epoch   1") == 1  # the first process alone logs
+
+
 @pytest.mark.slurm(ACCOUNT_LIST)
 def test_an_account_slurm_does_not_know_stops_the_run_at_submission(cluster, tmp_path):
     """The site profile's account reaches the plugin, which checks it with sacctmgr before sbatch."""
