@@ -5,6 +5,7 @@ one end-to-end run of tests/studies/tiny.yaml checks that the jobs, tables and f
 Nothing is written into the repository: every call uses --directory TMP.
 """
 
+import csv
 import json
 import re
 import shutil
@@ -269,46 +270,50 @@ def test_tiny_study_end_to_end(tiny):
     assert not (run / "checkpoint.pt").exists()
 
 
-# One point of each KD method beside kd's two, one fresh seed for the confirmation of each method's best
-EVERY_METHOD = ["methods={dkd: {warmup_epochs: [1]}, lskd: {}, ctkd: {lambda_epochs: [1]}}", "confirm={seeds: [1]}"]
+# One point of each logit KD method and of attention transfer (a feature method: its student and teacher taps
+# through the workflow) beside kd's two, one fresh seed for the confirmation of each method's best
+EVERY_METHOD = ["methods={dkd: {warmup_epochs: [1]}, lskd: {}, ctkd: {lambda_epochs: [1]}, at: {}}",
+                "confirm={seeds: [1]}"]
 
 
 def test_a_finished_study_gains_every_method_and_confirms_each_without_retraining_kd(tiny, tmp_path):
-    """The finished tiny study (kd alone), with three more KD methods and a confirmation: the dry run plans no
+    """The finished tiny study (kd alone), with four more KD methods and a confirmation: the dry run plans no
     kd training (its packs, records and evaluations are up to date) but the new methods' runs and the
     confirmation; run for real, the methods table has a row per method, each method its heat map, and the
     confirmation a point per method, trained again on the fresh seed."""
     tiny = copy_of(tiny, tmp_path / "tiny")
     results = tiny / "results" / "tiny"
     counts, output = dry_run(tiny, "--config", *EVERY_METHOD, configfiles=[TINY_WORKFLOW])
-    # 3 new points (pack size 1: a job each), the confirmation's baseline; no kd job but the checkpoint
-    assert counts["distill"] == 3 and counts["train"] == 1, counts
-    assert counts["best_point"] == 4  # one per method of the one student
+    # 4 new points (pack size 1: a job each), the confirmation's baseline; no kd job but the checkpoint
+    assert counts["distill"] == 4 and counts["train"] == 1, counts
+    assert counts["best_point"] == 5  # one per method of the one student
     assert "runs/kd/" not in "".join(line for line in output.splitlines() if "output:" in line and "packs/" in line)
     before = kd_metrics(results)
     snakemake(tiny, "--cores", "2", "--show-failed-logs", "--config", *EVERY_METHOD, configfiles=[TINY_WORKFLOW])
     assert kd_metrics(results) == before  # kd's runs untouched
     found = tables(results)
     methods = found["methods.csv"]
-    assert list(dict.fromkeys(methods["method"])) == ["kd", "ctkd", "dkd", "lskd"]
+    assert list(dict.fromkeys(methods["method"])) == ["kd", "at", "ctkd", "dkd", "lskd"]
     assert methods.query("measure == 'clean'")["kd_n"].eq(1).all()
     kd = found["kd_vs_hard.csv"].query("measure == 'clean'").iloc[0]
     mine = methods.query("method == 'kd' and measure == 'clean'").iloc[0]
     assert mine["kd_mean"] == kd["kd_mean"] and mine["point"] == (
         f"temperature={kd['temperature']:g}, soft_weight={kd['soft_weight']:g}")
-    assert set(found["method_grid.csv"]["method"]) == {"kd", "ctkd", "dkd", "lskd"}
+    assert set(found["method_grid.csv"]["method"]) == {"kd", "at", "ctkd", "dkd", "lskd"}
     confirmed = found["confirmed.csv"].query("measure == 'clean'")
     against = confirmed.groupby("against")["method"].apply(sorted).to_dict()
     # each method against the baseline, and each other method head to head against kd, on the fresh seed
-    assert against == {"baseline": ["ctkd", "dkd", "kd", "lskd"], "kd": ["ctkd", "dkd", "lskd"]}
+    assert against == {"baseline": ["at", "ctkd", "dkd", "kd", "lskd"], "kd": ["at", "ctkd", "dkd", "lskd"]}
     assert confirmed["kd_n"].eq(1).all() and confirmed["gain_n"].eq(1).all()
     kd_fresh = confirmed.query("method == 'kd' and against == 'baseline'")["kd_mean"].iloc[0]
     assert confirmed.query("against == 'kd'")["hard_mean"].eq(kd_fresh).all()  # kd's confirmed point is the other side
-    for method in ("ctkd", "dkd", "lskd"):
+    for method in ("at", "ctkd", "dkd", "lskd"):
         assert (results / "confirm" / f"mobilenet_v3_small_{method}.json").is_file()
         for ext in ("png", "pdf"):
             assert (results / "figures" / f"grid_{method}_mobilenet_v3_small.{ext}").stat().st_size > 0
     assert "| mobilenet_v3_small | ctkd |" in (results / "tables" / "methods.md").read_text()
+    with open(results / "runs/at/mobilenet_v3_small_at_b1000_p2_st3_seed0/history.csv") as handle:
+        assert all(float(row["train_at_loss"]) > 0 for row in csv.DictReader(handle))  # the taps reached the loss
 
 
 def test_tiny_study_is_up_to_date_and_reruns_on_a_changed_value(tiny, tmp_path):

@@ -18,6 +18,13 @@ than one function (trainable state, a schedule). It declares:
   weight. At weight 1 that is the hard-target baseline's loss (kdsweep.plan trains no such point: the
   baseline is it).
 
+A feature-based method (at, fitnets, reviewkd) also declares which points read feature maps
+(`uses_features`) and which of a network's stage outputs they read (`taps`: kdsweep.features has the rule
+that finds them in any architecture). Such a point's trainable state is its adapters, built for the shapes
+of the tapped maps (`make_state(hparams, shapes)`), and its loss gets the maps, the student's (with their
+gradient) and the teacher's, as `maps=(student_maps, teacher_maps)`. A logit method's loss is called as
+before, and a point that reads no maps has none computed: no probe, no hook.
+
 No method module imports torch at module level: the plan (kdsweep.plan, which every snakemake process
 loads) reads the registry's hyperparameters, and a loss imports torch when it first runs.
 """
@@ -84,6 +91,7 @@ class Method:
     # hparams -> the weight of the labels' cross-entropy, the loss's only term at a point that uses no teacher
     # (kd: 1 - w = 1); None: 1
     hard_weight: object = None
+    uses_features: object = None  # hparams -> bool: the point's loss reads feature maps; None: never (logits only)
 
     def __post_init__(self):
         names = [param.name for param in self.params]
@@ -120,6 +128,14 @@ class Method:
         if self.needs_teacher(hparams):
             return None
         return 1.0 if self.hard_weight is None else float(self.hard_weight(hparams))
+    def needs_features(self, hparams: dict) -> bool:
+        return False if self.uses_features is None else bool(self.uses_features(hparams))
+
+    def taps(self, hparams: dict, count: int):
+        """Which of a network's `count` stage outputs (kdsweep.features; 0 the shallowest) a point that
+        needs features reads, in the order its loss gets them: the same rule for student and teacher. A
+        sentence instead where `count` is too few (it names the hyperparameter to change)."""
+        raise NotImplementedError(f"{self.name} reads no feature maps")
 
     def section_schema(self) -> dict:
         """JSON schema of the config's `methods.<name>` section: each hyperparameter a list of values (the
@@ -137,8 +153,10 @@ class Method:
 
     # ---- training
 
-    def make_state(self, hparams: dict):
-        """Trainable state of a point (None: the method has none)."""
+    def make_state(self, hparams: dict, shapes=None):
+        """Trainable state of a point (None: the method has none). shapes (kdsweep.features.Shapes: the
+        (C, H, W) of the maps the loss reads) is given to a point that needs features, whose adapters are
+        built for them."""
         return None
 
     def state_optimizer(self, state, hparams: dict):
@@ -148,8 +166,9 @@ class Method:
         optimiser trains it beside the student's weights."""
         return None
 
-    def loss(self, student, teacher, labels, hparams: dict, progress: Progress, state=None) -> dict:
-        """{term: (weight, value)}; a term the point does not use has value None."""
+    def loss(self, student, teacher, labels, hparams: dict, progress: Progress, state=None, maps=None) -> dict:
+        """{term: (weight, value)}; a term the point does not use has value None. maps: (student maps,
+        teacher maps) in `taps` order, given to a point that needs features."""
         return self.loss_fn(student, teacher, labels, hparams, progress)
 
     def epoch_record(self, state) -> dict:
@@ -159,6 +178,14 @@ class Method:
     def term_names(self, hparams: dict) -> tuple[str, ...]:
         """The names of the loss's terms, in order (history.csv's columns)."""
         raise NotImplementedError
+
+
+def last_stages(hparams: dict, count: int, method: str, param: str = "stages"):
+    """The last hparams[param] of `count` stage outputs (the deepest), or the sentence that lowers it."""
+    wanted = int(hparams[param])
+    if wanted > count:
+        return f"{param}={wanted} needs {wanted}; set methods.{method}.{param} to at most {count}"
+    return list(range(count - wanted, count))
 
 
 def total(terms: dict):

@@ -92,7 +92,8 @@ def _named(metrics: Metrics) -> str | None:
     """runs/<role>/<run> of the run a metrics.json describes (kdsweep.plan.Run.folder); None for none."""
     picked = point_of(metrics)
     try:
-        run = Run(metrics.role, metrics.model, metrics.seed, *(picked or ()))
+        # the teacher's name too: a named teacher's own run and the runs of a study's second teacher carry it
+        run = Run(metrics.role, metrics.model, metrics.seed, *(picked or ()), teacher=metrics.teacher)
     except KdsweepError:
         return None
     return run.folder
