@@ -205,7 +205,7 @@ def test_planned_runs_and_log_names_are_the_workflows(tmp_path):
 
 def test_status_of_a_ten_seed_reference_study_reads_fast_and_writes_nothing(tmp_path):
     """1141 runs (the reference grid with 10 seeds), most finished and evaluated. No timing is asserted
-    (machines differ); the time is printed for the record (docs/guide.md: under 2 s on a 2-core machine)."""
+    (machines differ); the time is printed for the record (README: under 2 s on a 2-core machine)."""
     config = load_config([], ["seeds=[0,1,2,3,4,5,6,7,8,9]"])
     plan = Plan(config)
     study = Study.__new__(Study)
