@@ -167,6 +167,18 @@ def test_the_grid_plans_as_before():
     assert plan.rungs == []
 
 
+def test_teacher_free_points_never_reach_a_rung():
+    """A halving study whose grid holds w = 0 at every temperature (4 of its 8 points): those points are the
+    baseline and train nowhere (kdsweep.plan), so no rung's packs hold one, halving.decide never sees one, and
+    every point a rung can keep is distilled; the confirmation's candidates too."""
+    plan = _plan("temperatures=[1, 2, 4, 8]", "soft_weights=[0.0, 0.9]")
+    for stage in range(len(plan.rungs) + 1):
+        runs = [run for pack in plan.stage_packs("mobilenet_v3_small", stage) for run in pack.runs]
+        assert len(runs) == 4 * len(plan.seeds) and all(run.needs_teacher for run in runs), stage
+    assert sorted(plan.teacher_free["kd"].values()) == ["baseline"] * 4
+    assert [dict(point)["soft_weight"] for point in plan.candidates("mobilenet_v3_small", "kd")] == [0.9] * 4
+
+
 @pytest.mark.parametrize("rungs, message", [
     ("[2, 2]", r"halving.rungs \[2, 2\] do not increase"),
     ("[3, 1]", r"halving.rungs \[3, 1\] do not increase"),

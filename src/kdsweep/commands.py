@@ -18,7 +18,7 @@ _DATA = ("dataset.name", "dataset.subset", "dataset.val_fraction", "dataset.spli
 JOB_SLICES = {
     "stats": _DATA,
     "train": (*_DATA, "training", "augmentation"),
-    "attack": (*_DATA, "training.eval_batch_size", "attacks.{attack}"),
+    "attack": (*_DATA, "training.eval_batch_size", "epsilons", "attacks", "robustness"),
     "evaluate": (*_DATA, "training.eval_batch_size", "evaluation"),
 }
 # What every job reads but no result depends on (beyond floating-point noise): where the data lies and

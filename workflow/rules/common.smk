@@ -144,8 +144,6 @@ wildcard_constraints:
     seed=r"\d+",
     run=r"[^/]+",
     pack="|".join(re.escape(pack.name) for pack in PLAN.packs) or "(?!)",
-    attack="|".join(PLAN.attacks) or "(?!)",
-    eps="|".join(PLAN.epsilons) or "(?!)",
     choice="|".join(PLAN.choice_name(s, m) for s, m in PLAN.choices()) or "(?!)",
     rung="|".join(str(rung) for rung in PLAN.rungs) or "(?!)",
 
@@ -165,6 +163,30 @@ def finished(wildcards):
 
 def run_dir(wildcards):
     return LAYOUT.run_dir(run_of(wildcards))
+
+
+def transfer_runs(wildcards):
+    """{role: run} of the runs an attack job crafts its transfer attacks on: the run's teacher (a baseline: the
+    study's first; a teacher: none) and a distilled run's own seed's baseline (none without robustness.transfer)."""
+    run = run_of(wildcards)
+    if PLAN.suite.transfer is None:
+        return {}
+    sources = {} if run.role == "teacher" else {"teacher": PLAN.teacher_of(run).run}
+    baseline = PLAN.baseline_of(run)
+    return sources if baseline is None else {**sources, "baseline": baseline}
+
+
+def transfer_sources(wildcards):
+    """The tracked files of those runs (rule attack's input): it waits for them to finish."""
+    return LAYOUT.finished_files(transfer_runs(wildcards).values())
+
+
+def transfer_options(wildcards):
+    """` --teacher DIR --baseline DIR` of rule attack's command, for the runs it has."""
+    return "".join(
+        f" --{role} {shlex.quote(LAYOUT.run_dir(run))}"
+        for role, run in transfer_runs(wildcards).items()
+    )
 
 
 def pack_of(wildcards):

@@ -8,9 +8,14 @@ Accuracies are percent. `soft_weight` is w, the weight of the soft (teacher) ter
 
 A comparison of a distilled student with its baseline (kd_vs_hard, methods, confirmed) also carries the
 gain paired by seed, KD(s) - baseline(s) (kdsweep.stats): `gain_mean, _std, _n` (pairs), `_ci95`,
-`_low, _high` (the 95% t-interval) and `_excludes_zero`; with one pair no interval. The
-confirmation's runs (role confirm, fresh seeds) appear in runs.csv and robustness.csv and in the
-confirmed table only, never in a sweep table.
+`_low, _high` (the 95% t-interval), `_excludes_zero` and `_p` (the paired t-test's); with one pair no
+interval. Each such table is one family of tests (summary.FAMILIES, its `family` and `family_size`
+columns): `gain_p_holm` (Holm), `gain_low_adj, _high_adj` (Bonferroni simultaneous intervals) and
+`gain_excludes_zero_adj` (Holm's p < 0.05) beside the raw ones; headline.md states the study's result
+from those alone. The confirmation's runs (role confirm, fresh seeds) appear in runs.csv and
+robustness.csv and in the confirmed table only, never in a sweep table. A teacher-free point (kd's w = 0,
+...) is trained as the baseline (kdsweep.plan): grid.csv and method_grid.csv show it once per student, the
+baseline's runs, labelled (`teacher_free`).
 
 The package, by responsibility:
 - collect.py    the results -> frames (runs, attacks, evaluations), each bound to the run version it measured
@@ -18,9 +23,12 @@ The package, by responsibility:
 - reference.py  the reference study's tables: table1, grid, kd_vs_hard (Tables II-V), sensitivity, vs_reference
 - methods.py    the KD methods side by side (methods) and every method's grid (method_grid)
 - pairs.py      the architecture pairs side by side: each (teacher, student) with parameters and images/s
-- confirmed.py  the confirmation on fresh seeds
+- confirmed.py  the confirmation on fresh seeds, against the baseline and head to head against kd
+- headline.py   the headline in words, from the adjusted results only
 - choices.py    the checkpoints' choices: best_temperature, best_point, and collect_choices (read back)
 - search.py     which search produced the tables (grid, staged, halving) and the points halving pruned
+- robustness.py the gradient-masking checks and transfer attacks (masking), their marks on every table, and
+                accuracy per class (per_class)
 - markdown.py   the Markdown tables' cells, notes and rendering
 """
 
@@ -34,11 +42,13 @@ from kdsweep.errors import KdsweepError
 from kdsweep.io import read_text, write_text
 from kdsweep.layout import TABLES
 from kdsweep.tables import confirmed, methods, pairs, reference
+from kdsweep.tables import robustness as robustness_tables
 from kdsweep.tables.choices import collect_choices
 from kdsweep.tables.files import StudyFiles
+from kdsweep.tables.headline import headline
 from kdsweep.tables.search import pruned_keys, drop_pruned, study_search
-from kdsweep.tables.collect import (RUN_COLUMNS, collect_attacks, collect_runs, join_robustness, results_folder,
-                                    warn_unmatched)
+from kdsweep.tables.collect import (RUN_COLUMNS, collect_attacks, collect_runs, join_robustness, planned_teacher_free,
+                                    results_folder, warn_unmatched, without_baseline_copies)
 
 
 def write_tables(results_dir, search: str | None = None) -> list[Path]:
@@ -48,12 +58,15 @@ def write_tables(results_dir, search: str | None = None) -> list[Path]:
     unmatched = []
     files = StudyFiles(results_dir)  # the study's files by their names; the rest are strays, said once
     searched = study_search(results_dir, search, files)
-    runs = drop_pruned(collect_runs(results_dir, unmatched, files), searched)
+    collected = without_baseline_copies(collect_runs(results_dir, unmatched, files))
+    runs = drop_pruned(collected, searched)
+    teacher_free = planned_teacher_free(results_dir)
     if runs.empty:
         files.warn()
         raise KdsweepError(f"{results_dir} holds no finished run (no runs/<role>/<run>/metrics.json): nothing to "
                            "tabulate yet; train some runs first, or pass the study's folder results/<study>")
-    robustness = join_robustness(runs, collect_attacks(results_dir, unmatched, files))
+    masking = robustness_tables.collect_masking(results_dir, unmatched, files)
+    robustness = join_robustness(runs, collect_attacks(results_dir, unmatched, files), masking)
     warn_unmatched(unmatched, results_dir)
     pair_table = pairs.pairs(runs, robustness)
     # the reference study's tables (and the methods') are of the study's first teacher: the runs of another
@@ -61,7 +74,7 @@ def write_tables(results_dir, search: str | None = None) -> list[Path]:
     every, every_attacked = runs, robustness  # runs.csv and robustness.csv: every run
     first = ~(runs["method"].notna() & runs["teacher_tag"].notna())
     runs, robustness = runs[first], robustness[robustness["run"].isin(runs.loc[first, "run"])]
-    grid = reference.grid(runs)
+    grid = reference.grid(runs, teacher_free)
     table1 = reference.table1(runs, robustness)
     kd_vs_hard = reference.kd_vs_hard(runs, robustness)
     choices = collect_choices(results_dir, files, pruned_keys(searched))
@@ -69,21 +82,27 @@ def write_tables(results_dir, search: str | None = None) -> list[Path]:
     confirmation = confirmed.confirmed(runs, robustness, choices)
     sensitivity = reference.sensitivity(runs, grid)
     vs_reference = reference.vs_reference(runs, results_dir, table1, kd_vs_hard, confirmation, sensitivity)
-    side_by_side = methods.methods(runs, robustness)
+    # a method's budget: its first teacher's runs, the points successive halving pruned among them too
+    budget = methods.budgets(collected[~(collected["method"].notna() & collected["teacher_tag"].notna())], searched)
+    side_by_side = methods.methods(runs, robustness, budget)
     frames = {"runs.csv": every[RUN_COLUMNS], "robustness.csv": every_attacked, "table1.csv": table1,
-              "methods.csv": side_by_side, "method_grid.csv": methods.method_grid(runs, searched),
+              "methods.csv": side_by_side, "method_grid.csv": methods.method_grid(runs, searched, teacher_free),
               "kd_vs_hard.csv": kd_vs_hard, "grid.csv": reference.with_pruned(grid, runs, searched),
               "confirmed.csv": confirmation, "sensitivity.csv": sensitivity, "vs_reference.csv": vs_reference,
-              "pairs.csv": pair_table}
+              "pairs.csv": pair_table, "masking.csv": robustness_tables.masking_table(masking["checks"]),
+              "per_class.csv": robustness_tables.per_class(results_dir, runs, kd_vs_hard, confirmation, files)}
     texts = {name: frame.assign(search=searched.label).to_csv(index=False, float_format="%.10g")
              for name, frame in frames.items()}
     texts["table1.md"] = reference.table1_markdown(table1, robustness)
     texts["kd_vs_hard.md"] = reference.kd_vs_hard_markdown(kd_vs_hard, robustness)
-    texts["confirmed.md"] = confirmed.confirmed_markdown(confirmation, choices)
+    texts["confirmed.md"] = confirmed.confirmed_markdown(confirmation, choices, runs)
+    texts["headline.md"] = headline(confirmation, side_by_side)
     texts["sensitivity.md"] = reference.sensitivity_markdown(sensitivity)
     texts["vs_reference.md"] = reference.vs_reference_markdown(vs_reference)
     texts["methods.md"] = methods.methods_markdown(side_by_side, robustness)
     texts["pairs.md"] = pairs.pairs_markdown(pair_table)
+    texts["masking.md"] = robustness_tables.masking_markdown(masking["checks"], every_attacked)
+    texts["per_class.md"] = robustness_tables.per_class_markdown(frames["per_class.csv"])
     for name in [name for name in texts if name.endswith(".md")]:
         texts[name] += f"\nSearch: {searched.label}.\n"
     out = results_dir / "tables"
