@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU path, measured in one command (README "Performance"; the results go under docs/bench/).
+# The GPU path, measured in one command (docs/performance.md; the results go under docs/bench/).
 #
 #   bash scripts/gpu-check.sh [OUT_DIR]          on a node with one NVIDIA GPU (about 8 minutes on an H100/H200)
 #   bash scripts/gpu-check.sh --rehearse [OUT]   every step on the CPU at toy sizes (checks the script itself)

@@ -1,4 +1,4 @@
-"""Successive halving against the grid, measured (README, Performance; issue 26).
+"""Successive halving against the grid, measured (docs/performance.md).
 
 Runs one study twice through Snakemake on this machine, `sweep: grid` (study <name>-grid) and `sweep: halving`
 (study <name>), each in two phases timed apart: the teacher and baselines (`--until train`), then the sweep

@@ -608,7 +608,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     # Listed here for --help; main() hands `bench ...` to bench.main, which has its own parser.
     _command(subparsers, "bench", "images per second of this pipeline against a plain PyTorch loop, and the "
-                                  "FLOP floor (README: Performance; `bench --help` lists its options)")
+                                  "FLOP floor (docs/performance.md; `bench --help` lists its options)")
 
     p = _command(subparsers, "config", "print (or write) the study config the given files and overrides make, "
                                        "validated: config.yaml's defaults, then --config files, then key=value")
