@@ -174,8 +174,12 @@ def test_a_job_reads_exactly_its_slice_and_a_runs_identity_is_what_changes_its_r
     data = {key: config["dataset"][key] for key in ("name", "subset", "val_fraction", "split_seed")}
     assert job_slice(config, "train") == {"dataset": data, "training": config["training"],
                                           "augmentation": config["augmentation"]}
-    assert job_slice(config, "attack", "pgd") == {"dataset": data, "training": {"eval_batch_size": 1000},
-                                                  "attacks": {"pgd": config["attacks"]["pgd"]}}
+    # an attack or evaluation also carries what its model was trained with (its rerun trigger: its run's
+    # record is an ancient() input)
+    trained = {"dataset": data, "training": config["training"], "augmentation": config["augmentation"],
+               "teacher": config["teacher"]}
+    assert job_slice(config, "attack", "pgd") == {**trained, "attacks": {"pgd": config["attacks"]["pgd"]}}
+    assert job_slice(config, "evaluate") == {**trained, "evaluation": config["evaluation"]}
     assert set(JOB_SLICES) == {"stats", "train", "attack", "evaluate"}
     # the command line of a job sets exactly its slice: read back, it is the slice again
     plan = Plan(config)

@@ -143,24 +143,27 @@ def _train(args, runs, out_dirs, teacher_dir=None):
     _refuse_overwrite(args, config, reads=[("the stats file", args.stats)],
                       runs=[("the teacher run folder", teacher_dir)],
                       writes=[("--record", args.record)], trains=[("--out", out) for out in out_dirs])
+    histories = {}
     try:
         results = train_points(config, runs, args.stats, out_dirs, teacher_dir=teacher_dir,
                                rerun_stale=args.rerun_stale, wait_for_lock=args.wait_for_lock,
-                               until_epoch=getattr(args, "until_epoch", None))
+                               until_epoch=getattr(args, "until_epoch", None), histories=histories)
     except Preempted:
         sys.exit(EXIT_PREEMPTED)
     if args.record:
-        _write_record(args.record, out_dirs, results, getattr(args, "until_epoch", None))
+        _write_record(args.record, out_dirs, results, getattr(args, "until_epoch", None), histories)
     return results
 
 
-def _write_record(path, out_dirs, results, until_epoch=None):
+def _write_record(path, out_dirs, results, until_epoch=None, histories=None):
     """The job's record, written once every run has finished (or, until_epoch, paused there): the workflow's
-    output of a training job."""
+    output of a training job; histories {out_dir: its validation epochs} (kdsweep.train.train_points)."""
     from .records import JobPoint, JobRecord
     from .runtime import environment
 
-    JobRecord(points=[JobPoint.of(out, metrics, finished=metrics.test_acc is not None)
+    histories = {Path(out): history for out, history in (histories or {}).items()}
+    JobRecord(points=[JobPoint.of(out, metrics, finished=metrics.test_acc is not None,
+                                  history=histories.get(Path(out)))
                       for out, metrics in zip(out_dirs, results)],
               slurm=environment()["slurm"], until_epoch=until_epoch).write(path)
 
@@ -287,6 +290,8 @@ def cmd_rung_decision(args):
     decision.write(args.out)
     kept = sum(candidate.kept for candidate in decision.candidates)
     print(f"rung {decision.rung} of {decision.student}: {kept} of {len(decision.candidates)} points go on")
+    for tie in decision.ties or ():
+        print(f"tie at the cut: {tie}")
 
 
 def _rung_decision_parser(subparsers):

@@ -1,11 +1,20 @@
 """What each job is told on its command line: the slice of the config it reads (its rule's params, so
 its rerun trigger), the machine-local values every job reads from one file, and a pack's points. One
 home for how a config becomes a job's `key=value` overrides. Nothing here imports torch.
+
+Every value reaches a command line in its canonical form (`canonical`): a study file's spelling is no change,
+so that Snakemake's params trigger fires on a change of meaning only. Keys come in config.yaml's order (the
+defaults', which every config is merged onto: the order a study file writes them in, or restating a default,
+changes nothing), keys config.yaml lacks after them, sorted; a whole number is written as an integer (`1.0` and
+`1` are one value, as config.yaml writes its whole numbers). Defaults are in every slice already: each config
+is config.yaml's, merged with the study's files.
 """
 
 from __future__ import annotations
 
+import functools
 import json
+import math
 import shlex
 
 from .layout import Layout
@@ -13,13 +22,18 @@ from .plan import Pack, Plan
 
 # The data a job reads: what it is (kdsweep.identity.DATASET_KEYS), not where it lies.
 _DATA = ("dataset.name", "dataset.subset", "dataset.val_fraction", "dataset.split_seed")
+# What a trained model is: the data, the training and augmentation it was trained with, and its teacher.
+_TRAINED = (*_DATA, "training", "augmentation", "teacher")
 # The config values a job of each kind reads (dotted paths; "{attack}" is the attack's name), but the
-# machine-local ones (MACHINE_LOCAL).
+# machine-local ones (MACHINE_LOCAL). An attack or evaluation also carries what the model it measures was
+# trained with: its input is its run's record as ancient() (workflow/rules/common.smk), so that a record
+# written again (another pack sharing it, a forced rerun) measures nothing again, and this slice reruns it
+# when its model does change.
 JOB_SLICES = {
     "stats": _DATA,
     "train": (*_DATA, "training", "augmentation"),
-    "attack": (*_DATA, "training.eval_batch_size", "attacks.{attack}"),
-    "evaluate": (*_DATA, "training.eval_batch_size", "evaluation"),
+    "attack": (*_TRAINED, "attacks.{attack}"),
+    "evaluate": (*_TRAINED, "evaluation"),
 }
 # What every job reads but no result depends on (beyond floating-point noise): where the data lies and
 # the runtime section. The workflow gives them to every job in one file (results/<study>/runtime.yaml),
@@ -35,6 +49,35 @@ def _get(config: dict, dotted: str):
     for part in dotted.split("."):
         value = value[part]
     return value
+
+
+@functools.cache
+def _defaults() -> dict:
+    from . import io
+    from .config import DEFAULTS_PATH
+
+    return io.read_yaml(DEFAULTS_PATH)
+
+
+def canonical(value, defaults=None):
+    """`value` (a config, a section, a number) in its canonical form (module docstring): the same for any
+    spelling of the same meaning. `defaults`: config.yaml's part at the same place (None: the whole)."""
+    if defaults is None:
+        defaults = _defaults()
+    if isinstance(value, dict):
+        known = defaults if isinstance(defaults, dict) else {}
+        keys = [key for key in known if key in value] + sorted(key for key in value if key not in known)
+        return {key: canonical(value[key], known.get(key, {})) for key in keys}
+    if isinstance(value, list):
+        return [canonical(item, {}) for item in value]
+    if isinstance(value, float) and math.isfinite(value) and value == int(value):
+        return int(value)
+    return value
+
+
+def number(value) -> str:
+    """A number as a command line spells it (canonical: 1.0 as 1, 0.1 as 0.1)."""
+    return json.dumps(canonical(value, {}))
 
 
 def select(config: dict, paths) -> dict:
@@ -67,8 +110,8 @@ def overrides(section: dict, prefix: str = "") -> list[str]:
 
 
 def command_line(section: dict) -> str:
-    """overrides(section), shell-quoted, for a job's command line."""
-    return " ".join(map(shlex.quote, overrides(section)))
+    """overrides(section) in canonical form, shell-quoted, for a job's command line."""
+    return " ".join(map(shlex.quote, overrides(canonical(section))))
 
 
 def machine_local(config: dict) -> dict:
@@ -103,8 +146,11 @@ class Commands:
         return command_line(machine_local(self.plan.config))
 
     def study_config(self) -> str:
-        """The whole config as command-line overrides (rule study's params: a changed value rewrites it)."""
-        return command_line(self.plan.config)
+        """The whole config as command-line overrides (rule study's params: a changed value rewrites it), but
+        SCHEDULING: how the workflow groups its jobs is not what the study is, and changing it plans nothing."""
+        config = dict(self.plan.config)
+        config["runtime"] = {key: value for key, value in config["runtime"].items() if key not in SCHEDULING}
+        return command_line(config)
 
     def pack_points(self, pack: Pack) -> str:
         """The points of the pack's distill command: `--point <method>:<name>=<value>,... --out RUN_DIR`
@@ -113,7 +159,7 @@ class Commands:
         rung's pack adds `--until-epoch <its rung>`."""
         until = f" --until-epoch {pack.until}" if pack.until else ""
         if all(run.method == "kd" for run in pack.runs):
-            return " ".join(f"--temperature {json.dumps(run.temperature)} --soft-weight {json.dumps(run.soft_weight)}"
+            return " ".join(f"--temperature {number(run.temperature)} --soft-weight {number(run.soft_weight)}"
                             f" --out {shlex.quote(self.layout.run_dir(run))}" for run in pack.runs) + until
         return " ".join(f"--point {run.spec()} --out {shlex.quote(self.layout.run_dir(run))}"
                         for run in pack.runs) + until

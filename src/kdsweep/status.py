@@ -30,9 +30,9 @@ from pathlib import Path
 from .errors import KdsweepError
 from .identity import ASIDE, study_aside
 from .lock import LOCK, read_holder
-from .layout import Layout
-from .plan import ROLES, Plan, Run
-from .records import BestPoint, Metrics, RungDecision, StagedChoice, point_of
+from .layout import Layout, not_in_study_sentence
+from .plan import ROLES, Plan, Run, recorded_packs
+from .records import BestPoint, Metrics, StagedChoice, point_of
 from .runs import CHECKPOINT, METRICS, PROGRESS
 
 STATES = ("finished", "training", "stopped", "failed", "not started")
@@ -65,6 +65,7 @@ class StudyStatus:
     aside: list = field(default_factory=list)  # run versions kept aside (kdsweep.identity.study_aside)
     rungs: list = field(default_factory=list)  # successive halving: the rungs decided so far (RungDecision)
     saved_seconds: float | None = None  # successive halving: the training seconds the pruned points did not take
+    left_out: list = field(default_factory=list)  # run folders and records the config does not ask for
     taken: float = field(default_factory=time.time)
 
 
@@ -166,13 +167,15 @@ def load_plan(configfiles=(), overrides=(), folder=None) -> tuple[Plan, Path]:
         if not record.is_file():
             raise KdsweepError(f"{folder} has no study.yaml (the workflow writes it with its first job); "
                                "give the study's --configfile instead")
-        plan = Plan(load_config([record], overrides))
+        config = load_config([record], overrides)
         root = folder.resolve().parent.parent
-        if (root / plan.results).resolve() != folder.resolve():
-            raise KdsweepError(f"{record} is of study {plan.study!r}, whose folder is results/{plan.study}, "
-                               f"not {folder}")
-        return plan, root
-    return Plan(load_config(list(configfiles), list(overrides))), Path.cwd()
+        if (root / "results" / config["study"]).resolve() != folder.resolve():
+            raise KdsweepError(f"{record} is of study {config['study']!r}, whose folder is "
+                               f"results/{config['study']}, not {folder}")
+    else:
+        config, root = load_config(list(configfiles), list(overrides)), Path.cwd()
+    # the packs trained so far keep their runs, as the workflow's plan keeps them
+    return Plan(config, recorded_packs(root / "results" / config["study"])), root
 
 
 def study_status(plan: Plan, root: Path, queue=None) -> StudyStatus:
@@ -191,12 +194,13 @@ def study_status(plan: Plan, root: Path, queue=None) -> StudyStatus:
     staged = {student: layout.staged_choice(student) for student in plan.students if plan.staged}
     confirmed = {choice: layout.confirm_record(*choice) for choice in plan.choices()}
     runs, waiting = plan.planned(_records(StagedChoice, root, staged), _records(BestPoint, root, confirmed))
+    # the rung records this config's halving made (others lie on disk, not read), and what it does not ask for
+    rungs = list(layout.current_decisions(root, lambda kind, path: kind.peek(root / path)).values())
+    left_out = layout.not_in_study(root, runs, {(decision.student, decision.stage): decision for decision in rungs})
     teacher = Metrics.peek(root / layout.run_dir(plan.teacher) / METRICS)
     digest = (_read_json(root / plan.results / "data" / "stats.json") or {}).get("data_digest")
     teacher_hash = teacher.config_hash if teacher is not None else None
     statuses = [run_status(layout, root, run, teacher_hash, running_jobs, host, digest) for run in runs]
-    rungs = [decision for decision in (RungDecision.peek(root / path) for path in layout.rung_decisions())
-             if decision is not None and decision.candidates is not None]
     saved = _prune(plan, statuses, rungs) if plan.halving else None
     present = planned = 0
     for run in [entry.run for entry in statuses if entry.state != PRUNED]:
@@ -205,7 +209,7 @@ def study_status(plan: Plan, root: Path, queue=None) -> StudyStatus:
             present += (root / path).exists()
     spent, remaining, unestimated = _gpu_time(plan, statuses, waiting)
     return StudyStatus(plan, root, statuses, waiting, (present, planned), slurm, spent, remaining, unestimated,
-                       study_aside(root / plan.results), rungs, saved)
+                       study_aside(root / plan.results), rungs, saved, left_out)
 
 
 def _prune(plan: Plan, statuses, rungs) -> float:
@@ -383,6 +387,8 @@ def render(status: StudyStatus, limit: int = 12) -> str:
     lines.append(f"evaluations (attacks, fidelity, calibration): {present} of {planned} files")
     if status.slurm is not None:
         lines.append(f"SLURM jobs in {status.root}: {status.slurm['running']} running, {status.slurm['pending']} pending")
+    if sentence := not_in_study_sentence(status.left_out):
+        lines.append(sentence[0].upper() + sentence[1:])
     if status.aside:
         finished = sum((folder / METRICS).exists() for folder in status.aside)
         folder = status.root / plan.results / ASIDE

@@ -275,7 +275,7 @@ def _print(line):
 
 
 def train_points(config: dict, runs, stats_path, out_dirs, teacher_dir=None, log=_print, rerun_stale=False,
-                 wait_for_lock=False, until_epoch: int | None = None) -> list[Metrics]:
+                 wait_for_lock=False, until_epoch: int | None = None, histories: dict | None = None) -> list[Metrics]:
     """Train (or resume) the runs of one job, each into its folder; return their metrics (metrics.json).
 
     One run (a teacher or a baseline), or a pack of distillation runs of one student and seed.
@@ -288,13 +288,15 @@ def train_points(config: dict, runs, stats_path, out_dirs, teacher_dir=None, log
     until_epoch (a successive-halving rung): a point trains to that epoch at most and is paused there, its
     checkpoint kept, so that a later job continues it exactly as an uninterrupted run; its metrics are
     those of its best validation epoch so far, without test numbers (`paused`), and no metrics.json.
+    histories: a dict that gets each point's validation epochs so far, {out_dir: [{epoch, val_loss, val_acc}]}
+    (what its job's record keeps: a halving rung reads a point's state at its own epoch from it).
     """
     out_dirs = [Path(d) for d in out_dirs]
     _check_folders(out_dirs)
     try:
         with lock.run_folders(out_dirs, wait=wait_for_lock, log=log):
             return _train_points(config, list(runs), stats_path, out_dirs, teacher_dir, log, rerun_stale,
-                                 until_epoch)
+                                 until_epoch, {} if histories is None else histories)
     except RuntimeError as err:
         if refused := nondeterministic_op(err):
             raise refused from err
@@ -312,7 +314,8 @@ def _check_folders(out_dirs):
                                    "give each --out a folder of its own")
 
 
-def _train_points(config, runs, stats_path, out_dirs, teacher_dir, log, rerun_stale, until_epoch=None):
+def _train_points(config, runs, stats_path, out_dirs, teacher_dir, log, rerun_stale, until_epoch=None,
+                  histories=None):
     # one student and seed; sweep points of any methods (their roles are their methods) or confirm points
     kinds = {(run.model, run.seed, run.role == "confirm") for run in runs}
     if len(kinds) != 1 or len(runs) != len(out_dirs):
@@ -391,7 +394,24 @@ def _train_points(config, runs, stats_path, out_dirs, teacher_dir, log, rerun_st
             results[point.out_dir] = paused(point)
             log(f"paused {point.out_dir} after epoch {point.state.epoch} (val acc {results[point.out_dir].val_acc:.2f}% "
                 f"at its best epoch {point.state.best_epoch}): its checkpoint is kept")
+    if histories is not None:
+        histories.update({point.out_dir: validation_history(point) for point in points})
     return [results[out_dir] for out_dir in out_dirs]
+
+
+def validation_history(point) -> list[dict]:
+    """A point's validation epochs so far, [{epoch, val_loss, val_acc}]: from its training state, or, for a run
+    finished before this job, from its history.csv (written with metrics.json)."""
+    rows, path = point.state.history, point.out_dir / HISTORY
+    if not rows and path.is_file():
+        rows = list(csv.DictReader(_io.StringIO(io.read_text(path, "history file", "delete the run folder so "
+                                                                 "that its job trains it again"))))
+    try:
+        return [{"epoch": int(row["epoch"]), "val_loss": float(row["val_loss"]), "val_acc": float(row["val_acc"])}
+                for row in rows]
+    except (KeyError, TypeError, ValueError):
+        raise KdsweepError(f"history file {path} lacks an epoch's validation loss or accuracy; delete the run "
+                           "folder so that its job trains it again") from None
 
 
 def paused(point) -> Metrics:

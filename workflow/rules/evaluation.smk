@@ -22,7 +22,7 @@ rule attack:
     params:
         run=run_dir,
         # the config's number itself, not its folder spelling
-        epsilon=lambda wildcards: repr(PLAN.epsilons[wildcards.eps]),
+        epsilon=lambda wildcards: number(PLAN.epsilons[wildcards.eps]),
         config=lambda wildcards: COMMANDS.job_config("attack", wildcards.attack),
     shell:
         "kdsweep attack --attack {wildcards.attack} --run {params.run:q}"

@@ -12,6 +12,8 @@ localrules:
 rule tables:
     input:
         **STUDY_OUTPUTS,
+        # the study as configured now: what the tables hold (kdsweep.tables.study_scope)
+        study=LAYOUT.study_record(),
     output:
         **{
             name.replace(".", "_"): report(
@@ -56,7 +58,7 @@ rule figures:
         CONDA_ENV
     params:
         results=lambda wildcards, output: study_folder(output.png[0]),
-        soft_weight=repr(PLAN.staged_weight),
+        soft_weight=number(PLAN.staged_weight),
         students=PLAN.students,
         methods=COMMANDS.methods_option(),
     shell:

@@ -24,6 +24,8 @@ The package, by responsibility:
 """
 
 import csv
+import sys
+from dataclasses import dataclass
 from io import StringIO
 from pathlib import Path
 
@@ -31,7 +33,7 @@ import pandas as pd
 
 from kdsweep.errors import KdsweepError
 from kdsweep.io import read_text, write_text
-from kdsweep.layout import TABLES
+from kdsweep.layout import TABLES, not_in_study_sentence
 from kdsweep.tables import confirmed, methods, reference
 from kdsweep.tables.choices import collect_choices
 from kdsweep.tables.search import drop_pruned, study_search
@@ -39,22 +41,65 @@ from kdsweep.tables.collect import (RUN_COLUMNS, collect_attacks, collect_runs, 
                                     warn_unmatched)
 
 
+@dataclass(frozen=True)
+class Scope:
+    """The study as configured now (results/<study>/study.yaml, the config the workflow last ran with): the run
+    folders it asks for, its choices and its current rung records; what else lies on disk is left out."""
+
+    plan: object
+    runs: set  # run folders relative to results/<study>/ ("runs/<role>/<run>")
+    choices: set  # (student, method) of the confirmation
+    decisions: dict  # {(student, stage): RungDecision}
+    left_out: list  # Layout.not_in_study
+
+
+def study_scope(results_dir) -> Scope | None:
+    """The Scope of a study folder with study.yaml (None without one: everything on disk is tabled)."""
+    from kdsweep.layout import Layout
+    from kdsweep.status import load_plan
+
+    if not (results_dir / "study.yaml").is_file():
+        return None
+    plan, root = load_plan(folder=results_dir)
+    layout = Layout(plan)
+
+    def read(kind, path):
+        return kind.read(root / path) if (root / path).is_file() else None
+
+    decisions = layout.current_decisions(root, read)
+    runs = layout.asked(read)
+    return Scope(plan, {run.folder for run in runs}, set(plan.choices()), decisions,
+                 layout.not_in_study(root, runs, decisions))
+
+
 def write_tables(results_dir, search: str | None = None) -> list[Path]:
-    """Write every table of TABLES under results_dir/tables/ from whatever has finished; search: the study's
-    (grid, staged, halving; kdsweep.tables.search), which every table names."""
+    """Write every table of TABLES under results_dir/tables/ from whatever has finished of the study as
+    configured now (`study_scope`: a run, choice or rung record it does not ask for is left out, in one
+    line on stderr); search: the study's (grid, staged, halving; kdsweep.tables.search), which every table
+    names."""
     results_dir = results_folder(results_dir)
     unmatched = []
-    searched = study_search(results_dir, search)
-    runs = drop_pruned(collect_runs(results_dir, unmatched), searched)
+    scope = study_scope(results_dir)
+    searched = study_search(results_dir, search, *((scope.plan, scope.decisions) if scope else ()))
+    runs = collect_runs(results_dir, unmatched)
+    attacks = collect_attacks(results_dir, unmatched)
+    choices = collect_choices(results_dir)
+    if scope is not None:
+        runs = runs[runs["run"].isin(scope.runs)].reset_index(drop=True)
+        attacks = attacks[attacks["run"].isin(scope.runs)].reset_index(drop=True)
+        choices = {key: choice for key, choice in choices.items() if key in scope.choices}
+        unmatched = [path for path in unmatched if _measured(path, results_dir) in scope.runs]
+        if sentence := not_in_study_sentence(scope.left_out):
+            print(f"kdsweep: warning: {sentence}", file=sys.stderr)
+    runs = drop_pruned(runs, searched)
     if runs.empty:
         raise KdsweepError(f"{results_dir} holds no finished run (no runs/<role>/<run>/metrics.json): nothing to "
                            "tabulate yet; train some runs first, or pass the study's folder results/<study>")
-    robustness = join_robustness(runs, collect_attacks(results_dir, unmatched))
+    robustness = join_robustness(runs, attacks)
     warn_unmatched(unmatched, results_dir)
     grid = reference.grid(runs)
     table1 = reference.table1(runs, robustness)
     kd_vs_hard = reference.kd_vs_hard(runs, robustness)
-    choices = collect_choices(results_dir)
     confirmation = confirmed.confirmed(runs, robustness, choices)
     sensitivity = reference.sensitivity(runs, grid)
     vs_reference = reference.vs_reference(runs, results_dir, table1, kd_vs_hard, confirmation, sensitivity)
@@ -75,6 +120,13 @@ def write_tables(results_dir, search: str | None = None) -> list[Path]:
         texts[name] += f"\nSearch: {searched.label}.\n"
     out = results_dir / "tables"
     return [write_text(out / name, texts[name]) for name in TABLES]
+
+
+def _measured(path, results_dir) -> str:
+    """The run folder (runs/<role>/<run>) a result file measured: evaluation/<role>/<run>.json or
+    attacks/<role>/<run>/<attack>_eps<eps>.json."""
+    parts = Path(path).relative_to(results_dir).parts
+    return f"runs/{parts[1]}/{Path(parts[2]).stem if parts[0] == 'evaluation' else parts[2]}"
 
 
 def read_table(path) -> pd.DataFrame:
