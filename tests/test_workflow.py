@@ -326,25 +326,39 @@ def kd_metrics(results):
     return {run.name: json.loads((run / "metrics.json").read_text()) for run in (results / "runs" / "kd").iterdir()}
 
 
-def test_a_new_pack_size_on_a_finished_study_retrains_nothing(tiny, tmp_path):
-    """runtime.pack_size 2 on the finished tiny study: one distill job writes the new pack's record and
-    trains nothing (its two points are finished, of this configuration); the distilled runs'
-    evaluations run again, since their input, the pack record, moved. Nothing else runs (the dry
-    run). Then the record's job runs for real, by itself."""
+def test_a_new_pack_size_on_a_finished_study_plans_nothing(tiny, tmp_path):
+    """runtime.pack_size 2 on the finished tiny study: its packs (of one) were trained, and keep their runs and
+    records (plan.recorded_packs), so nothing is planned: no pack, no evaluation, not even the study record
+    (how jobs are grouped is not what the study is)."""
     moved = copy_of(tiny, tmp_path / "moved")
-    pack = ["--config", "runtime={pack_size: 2}"]
-    counts, _ = dry_run(moved, *pack, configfiles=[TINY_WORKFLOW])
-    assert counts["distill"] == 1 and counts["evaluate"] == 2 and counts["attack"] == 2
-    assert not {"train", "stats"} & set(counts)
-    before = kd_metrics(moved / "results" / "tiny")
-    record = "results/tiny/packs/mobilenet_v3_small_seed0_pack1.json"
-    snakemake(moved, "--cores", "2", record, "--show-failed-logs", *pack, configfiles=[TINY_WORKFLOW])
-    log = (moved / "results/tiny/logs/packs/mobilenet_v3_small_seed0_pack1.log").read_text()
-    assert " epoch " not in log and "resuming" not in log, log  # no point trained again
-    assert kd_metrics(moved / "results" / "tiny") == before  # the same files, untouched
-    record = json.loads((moved / record).read_text())
-    assert sorted(point["config_hash"] for point in record["points"]) == sorted(
-        metrics["config_hash"] for metrics in before.values())
+    result = snakemake(moved, "--dry-run", "--config", "runtime={pack_size: 2}", configfiles=[TINY_WORKFLOW])
+    assert "Nothing to be done" in result.stdout + result.stderr
+
+
+def test_points_taken_out_of_the_config_leave_the_tables_in_one_line_and_stay_on_disk(tiny, tmp_path):
+    """The finished tiny study with soft_weights [0.9] instead of [0.5, 0.9]: only the study record, the tables
+    and the figures are made again (no run, no measurement); the tables and the choice of the best point hold
+    w = 0.9 alone, one line of the tables job and of status names the w = 0.5 run left out, and its folder
+    and results stay on disk."""
+    work = copy_of(tiny, tmp_path / "tiny")
+    results = work / "results" / "tiny"
+    fewer = ["--config", "soft_weights=[0.9]"]
+    counts, _ = dry_run(work, *fewer, configfiles=[TINY_WORKFLOW])
+    assert dict(counts) == {"study": 1, "tables": 1, "figures": 1, "all": 1, "total": 4}
+    snakemake(work, "--cores", "2", "--show-failed-logs", *fewer, configfiles=[TINY_WORKFLOW])
+    found = tables(results)
+    assert sorted(found["runs.csv"].query("role == 'kd'")["soft_weight"]) == [0.9]
+    assert set(found["robustness.csv"].query("role == 'kd'")["soft_weight"]) == {0.9}
+    assert list(found["grid.csv"]["soft_weight"]) == [0.9]
+    assert set(found["kd_vs_hard.csv"]["soft_weight"]) == {0.9}
+    line = ("not in this study as configured now (kept on disk, left out of every table and choice): 1 run folder: "
+            "runs/kd/mobilenet_v3_small_T4_soft0.5_seed0")
+    assert line in (results / "logs" / "tables.log").read_text()
+    status = subprocess.run([sys.executable, "-m", "kdsweep", "status", "results/tiny"], cwd=work,
+                            capture_output=True, text=True, check=True).stdout
+    assert line in status
+    assert (results / "runs/kd/mobilenet_v3_small_T4_soft0.5_seed0/metrics.json").is_file()
+    assert (results / "evaluation/kd/mobilenet_v3_small_T4_soft0.5_seed0.json").is_file()
 
 
 def test_tiny_study_packed_equals_unpacked(tiny, tmp_path):

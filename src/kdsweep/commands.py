@@ -92,6 +92,18 @@ def select(config: dict, paths) -> dict:
     return out
 
 
+def _without(config: dict, paths) -> dict:
+    """`config` less the values at these dotted paths."""
+    out = dict(config)
+    for path in paths:
+        head, _, rest = path.partition(".")
+        if rest and isinstance(out.get(head), dict):
+            out[head] = _without(out[head], [rest])
+        else:
+            out.pop(head, None)
+    return out
+
+
 def job_slice(config: dict, kind: str, attack: str | None = None) -> dict:
     """The nested part of `config` a job of `kind` reads (JOB_SLICES)."""
     return select(config, [path.format(attack=attack) for path in JOB_SLICES[kind]])
@@ -145,12 +157,15 @@ class Commands:
         """The command-line overrides of MACHINE_LOCAL (no rerun trigger: see the module docstring)."""
         return command_line(machine_local(self.plan.config))
 
+    def study_meaning(self) -> str:
+        """The config less what no result depends on (MACHINE_LOCAL, SCHEDULING), as command-line overrides:
+        the tables' params (a changed value rebuilds them; another device, data folder or pack size does not)."""
+        return command_line(_without(self.plan.config, MACHINE_LOCAL))
+
     def study_config(self) -> str:
         """The whole config as command-line overrides (rule study's params: a changed value rewrites it), but
         SCHEDULING: how the workflow groups its jobs is not what the study is, and changing it plans nothing."""
-        config = dict(self.plan.config)
-        config["runtime"] = {key: value for key, value in config["runtime"].items() if key not in SCHEDULING}
-        return command_line(config)
+        return command_line(_without(self.plan.config, [f"runtime.{key}" for key in SCHEDULING]))
 
     def pack_points(self, pack: Pack) -> str:
         """The points of the pack's distill command: `--point <method>:<name>=<value>,... --out RUN_DIR`

@@ -388,7 +388,7 @@ def render(status: StudyStatus, limit: int = 12) -> str:
     if status.slurm is not None:
         lines.append(f"SLURM jobs in {status.root}: {status.slurm['running']} running, {status.slurm['pending']} pending")
     if sentence := not_in_study_sentence(status.left_out):
-        lines.append(sentence[0].upper() + sentence[1:])
+        lines.append(sentence)
     if status.aside:
         finished = sum((folder / METRICS).exists() for folder in status.aside)
         folder = status.root / plan.results / ASIDE

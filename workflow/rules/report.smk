@@ -12,8 +12,9 @@ localrules:
 rule tables:
     input:
         **STUDY_OUTPUTS,
-        # the study as configured now: what the tables hold (kdsweep.tables.study_scope)
-        study=LAYOUT.study_record(),
+        # the study as configured now: what the tables hold (kdsweep.tables.study_scope); ancient(): its
+        # meaning, not a runtime value that rewrote it, rebuilds the tables (params)
+        study=ancient(LAYOUT.study_record()),
     output:
         **{
             name.replace(".", "_"): report(
@@ -30,6 +31,7 @@ rule tables:
         CONDA_ENV
     params:
         results=lambda wildcards, output: study_folder(output.runs_csv),
+        study=COMMANDS.study_meaning(),
     shell:
         # a grid study's command as it always was; another search is named (kdsweep.tables.search)
         "kdsweep aggregate {params.results:q}"
