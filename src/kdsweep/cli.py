@@ -226,7 +226,12 @@ def cmd_aggregate(args):
     from .board import INSTALL_HINT, write_hparams
     from .tables import write_tables
 
-    for path in write_tables(Path(args.results), args.search):
+    config = None
+    if args.overrides:
+        from .config import load_config
+
+        config = load_config([], args.overrides)
+    for path in write_tables(Path(args.results), args.search, config):
         print(f"wrote {path}")
     # the study as TensorBoard HParams sessions, from the tables just written
     sessions = write_hparams(Path(args.results))
@@ -494,6 +499,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--search", choices=("grid", "staged", "halving"),
                    help="the study's search (config sweep), which every table names (default: that of "
                         "results/<study>/study.yaml, else grid); halving's pruned points are read from halving/")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="the study's config, over config.yaml's defaults (the workflow gives it whole); default: "
+                        "results/<study>/study.yaml. The tables hold what it asks for (docs/search.md)")
     p.set_defaults(func=cmd_aggregate)
 
     p = _command(subparsers, "plots", "draw the study's figures from its tables")

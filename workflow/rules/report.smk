@@ -12,9 +12,6 @@ localrules:
 rule tables:
     input:
         **STUDY_OUTPUTS,
-        # the study as configured now: what the tables hold (kdsweep.tables.study_scope); ancient(): its
-        # meaning, not a runtime value that rewrote it, rebuilds the tables (params)
-        study=ancient(LAYOUT.study_record()),
     output:
         **{
             name.replace(".", "_"): report(
@@ -31,12 +28,14 @@ rule tables:
         CONDA_ENV
     params:
         results=lambda wildcards, output: study_folder(output.runs_csv),
+        # the study as configured now, less what no result depends on: the tables hold what it asks for
+        # (kdsweep.tables.study_scope), and a change of it, not of the device, rebuilds them
         study=COMMANDS.study_meaning(),
     shell:
-        # a grid study's command as it always was; another search is named (kdsweep.tables.search)
+        # another search than the grid is named (kdsweep.tables.search)
         "kdsweep aggregate {params.results:q}"
         + ("" if config["sweep"] == "grid" else f" --search {config['sweep']}")
-        + " > {log:q} 2>&1"
+        + " {params.study} > {log:q} 2>&1"
 
 
 rule figures:

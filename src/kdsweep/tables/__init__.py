@@ -53,14 +53,23 @@ class Scope:
     left_out: list  # Layout.not_in_study
 
 
-def study_scope(results_dir) -> Scope | None:
-    """The Scope of a study folder with study.yaml (None without one: everything on disk is tabled)."""
+def study_scope(results_dir, config: dict | None = None) -> Scope | None:
+    """The Scope of a study folder, as `config` configures it (the workflow's), else as its study.yaml does
+    (None without one: everything on disk is tabled)."""
     from kdsweep.layout import Layout
+    from kdsweep.plan import Plan, recorded_packs
     from kdsweep.status import load_plan
 
-    if not (results_dir / "study.yaml").is_file():
+    if config is not None:
+        root = results_dir.resolve().parent.parent
+        if (root / "results" / config["study"]).resolve() != results_dir.resolve():
+            raise KdsweepError(f"the config is of study {config['study']!r}, whose folder is "
+                               f"results/{config['study']}, not {results_dir}")
+        plan = Plan(config, recorded_packs(root / "results" / config["study"]))
+    elif (results_dir / "study.yaml").is_file():
+        plan, root = load_plan(folder=results_dir)
+    else:
         return None
-    plan, root = load_plan(folder=results_dir)
     layout = Layout(plan)
 
     def read(kind, path):
@@ -72,14 +81,14 @@ def study_scope(results_dir) -> Scope | None:
                  layout.not_in_study(root, runs, decisions))
 
 
-def write_tables(results_dir, search: str | None = None) -> list[Path]:
+def write_tables(results_dir, search: str | None = None, config: dict | None = None) -> list[Path]:
     """Write every table of TABLES under results_dir/tables/ from whatever has finished of the study as
-    configured now (`study_scope`: a run, choice or rung record it does not ask for is left out, in one
-    line on stderr); search: the study's (grid, staged, halving; kdsweep.tables.search), which every table
-    names."""
+    configured now (`config`, else results_dir/study.yaml: `study_scope`; a run, choice or rung record it
+    does not ask for is left out, in one line on stderr); search: the study's (grid, staged, halving;
+    kdsweep.tables.search), which every table names."""
     results_dir = results_folder(results_dir)
     unmatched = []
-    scope = study_scope(results_dir)
+    scope = study_scope(results_dir, config)
     searched = study_search(results_dir, search, *((scope.plan, scope.decisions) if scope else ()))
     runs = collect_runs(results_dir, unmatched)
     attacks = collect_attacks(results_dir, unmatched)
