@@ -170,8 +170,8 @@ class Commands:
     def pack_points(self, pack: Pack) -> str:
         """The points of the pack's distill command: `--point <method>:<name>=<value>,... --out RUN_DIR`
         pairs; a pack of kd points alone `--temperature T --soft-weight w --out RUN_DIR` triples, as the
-        reference study's jobs have always had them (their params: the same string reruns nothing). A halving
-        rung's pack adds `--until-epoch <its rung>`."""
+        reference study's jobs have always had them (their params: the same string reruns nothing), each number
+        canonical (`number`: the config's 4.0 is 4). A halving rung's pack adds `--until-epoch <its rung>`."""
         until = f" --until-epoch {pack.until}" if pack.until else ""
         if all(run.method == "kd" for run in pack.runs):
             return " ".join(f"--temperature {number(run.temperature)} --soft-weight {number(run.soft_weight)}"
