@@ -29,6 +29,9 @@ SOCK_MYSQL=/run/mysqld/mysqld.sock
 PID_DBD=/run/slurm/slurmdbd.pid
 PID_CTLD=/run/slurm/slurmctld.pid
 PID_SLURMD=/run/slurm/slurmd.pid
+# Names the cluster this script built, once it runs: tests/test_slurm.py submits jobs (and fails
+# the node) only on the cluster it names, or where KDSWEEP_TEST_SLURM=1 says so.
+MARKER=/run/slurm/kdsweep-test-cluster
 START_TIMEOUT=${SLURM_CLUSTER_TIMEOUT:-90}
 
 export SLURM_CONF=$SLURM_CONF_PATH
@@ -86,6 +89,7 @@ stop_pid() { # pidfile comm
 }
 
 stop_all() {
+  rm -f "$MARKER"
   stop_pid "$PID_SLURMD" slurmd
   stop_pid "$PID_CTLD" slurmctld
   stop_pid "$PID_DBD" slurmdbd
@@ -382,3 +386,17 @@ else
 fi
 echo "slurm-cluster: node=$HOST state=$st cpus=$CPUS mem=${REAL_MEM}MB gres=$gres partition=$PARTITION cluster=$CLUSTER $acct"
 [[ $acct != *BROKEN* ]] || die "accounting does not work" "$LOG_DIR/slurmdbd.log"
+
+# ---------------------------------------------------------------- the marker
+# What tests/test_slurm.py compares with `scontrol show config` and sinfo before it submits
+# anything: the cluster's name, its one node and its slurm.conf. Replaced in one step (mv), so that
+# a test reading it while this script runs again never finds it missing or half written.
+cat >"$MARKER.tmp" <<EOF
+# Written by scripts/slurm-cluster.sh: the SLURM test cluster it built and started on this machine.
+# tests/test_slurm.py submits to it (and fails its node) while scontrol answers with these values.
+cluster=$CLUSTER
+node=$HOST
+conf=$SLURM_CONF_PATH
+EOF
+chmod 644 "$MARKER.tmp"
+mv -f "$MARKER.tmp" "$MARKER"

@@ -1,10 +1,13 @@
 """The study's jobs on a real SLURM cluster through `snakemake --profile slurm`: the profiles, job
 arrays, the time-limit resume, the faults a cluster delivers, and the status view beside a sweep.
 
-The tests marked `slurm` need a cluster: scripts/slurm-cluster.sh starts a one-node
-one with two fake GPUs and accounting (docs/slurm-cluster.md). Where none answers
-(`sinfo` missing or failing) they skip, unless KDSWEEP_REQUIRE_SLURM=1 (CI) says the
-cluster is required: then they fail. They run the workflow in a temporary directory
+The tests marked `slurm` submit jobs, and only to a cluster they were told to use: the test
+cluster scripts/slurm-cluster.sh starts (one node with two fake GPUs and accounting,
+docs/slurm-cluster.md), which it names in a marker file, or, with KDSWEEP_TEST_SLURM=1, the
+cluster `sinfo` answers. Each names in its mark what it needs of the cluster (accounting, GPUs,
+a node it may fail, ...), checked before it submits anything. Otherwise they skip with the reason,
+unless KDSWEEP_REQUIRE_SLURM=1 (CI) says the test cluster is required: then they fail. They
+run the workflow in a temporary directory
 (`--snakefile` of this checkout, never its results/), as a user would:
 `snakemake --profile slurm --configfile config.yaml tests/studies/slurm.yaml`, with the
 site profile named slurm that `python -m kdsweep slurm-profile` writes (into a temporary
@@ -23,6 +26,8 @@ registers.
 import contextlib
 import csv
 import fcntl
+import functools
+import getpass
 import json
 import math
 import os
@@ -30,6 +35,7 @@ import re
 import shlex
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -433,24 +439,200 @@ def test_download_aggregation_and_plots_are_local_rules(tmp_path):
     assert not [rule for rule in (*GPU_RULES, "stats") if local[rule]], local
 
 
-# ---------------------------------------------------------------- the cluster
+# ---------------------------------------------------------------- the cluster the tests may use
+
+# The SLURM tests submit jobs, cancel them and fail a node. On a site's login node `sinfo` answers
+# too, and there they must do nothing unasked: they use a cluster only when told to, by
+# KDSWEEP_TEST_SLURM=1 (the cluster that answers, whichever it is) or by the marker
+# scripts/slurm-cluster.sh writes once the cluster it built runs, and only while `scontrol` answers
+# for that cluster (its name, its one node, its slurm.conf). Without either they run no SLURM
+# command at all. KDSWEEP_TEST_SLURM=0 turns them off with the marker there.
+TEST_CLUSTER_MARKER = "/run/slurm/kdsweep-test-cluster"  # scripts/slurm-cluster.sh's MARKER
+START = "start the test cluster with `sudo bash scripts/slurm-cluster.sh`"
+ACCOUNT = "root"  # the tests' account where KDSWEEP_SLURM_ACCOUNT is unset: the one the script registers
 
 
-def _cluster_problem():
-    """Why no usable cluster answers, or None."""
-    sinfo = shutil.which("sinfo")
-    if sinfo is None:
-        return "no SLURM cluster: `sinfo` is not on PATH (start one with `sudo scripts/slurm-cluster.sh`)"
+def _marker_path():
+    """Where the marker is looked for (KDSWEEP_TEST_CLUSTER_MARKER moves it, e.g. out of the way)."""
+    return Path(os.environ.get("KDSWEEP_TEST_CLUSTER_MARKER") or TEST_CLUSTER_MARKER)
+
+
+def _slurm(*command, timeout=30):
+    """(exit status, stdout, what went wrong in one line) of a SLURM command; status None where the
+    command is not on PATH or does not answer in time."""
+    if shutil.which(command[0]) is None:
+        return None, "", f"`{command[0]}` is not on PATH"
     try:
-        result = subprocess.run([sinfo, "-h", "-o", "%T %G"], check=False, capture_output=True, text=True, timeout=30)
+        result = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
-        return "no SLURM cluster: `sinfo` did not answer within 30 s (start one with `sudo scripts/slurm-cluster.sh`)"
-    if result.returncode != 0:
-        reason = result.stderr.strip().splitlines()[-1] if result.stderr.strip() else f"exit status {result.returncode}"
-        return f"no SLURM cluster: `sinfo` failed: {reason} (start one with `sudo scripts/slurm-cluster.sh`)"
-    if not result.stdout.strip():
-        return "no SLURM cluster: `sinfo` lists no nodes"
+        return None, "", f"`{command[0]}` did not answer within {timeout} s"
+    lines = result.stderr.strip().splitlines()
+    return result.returncode, result.stdout, lines[-1] if lines else f"`{command[0]}` exited {result.returncode}"
+
+
+@functools.cache
+def _slurm_config():
+    """`scontrol show config` as {name: value}, or (None, why not)."""
+    status, out, error = _slurm("scontrol", "show", "config")
+    if status != 0:
+        return None, error
+    lines = (line.partition(" = ") for line in out.splitlines())
+    return {name.strip(): value.strip() for name, equals, value in lines if equals}, None
+
+
+@functools.cache
+def _nodes():
+    """sinfo's nodes: [(node, partition, state, gres)]; the default partition ends in '*'."""
+    status, out, error = _slurm("sinfo", "-h", "-N", "-o", "%N|%P|%T|%G")
+    return [tuple(line.split("|")) for line in out.splitlines() if line.count("|") == 3] if status == 0 else []
+
+
+class ToldCluster(SimpleNamespace):
+    """The cluster the SLURM tests were told to use: name (its ClusterName), own (True where it is the
+    test cluster the marker names, the one scripts/slurm-cluster.sh built on this machine)."""
+
+
+@functools.cache
+def _told_cluster():
+    """(ToldCluster, None) where the tests may submit to the cluster that answers, else (None, why not)."""
+    switch = os.environ.get("KDSWEEP_TEST_SLURM", "")
+    if switch not in ("", "0", "1"):
+        return None, f"KDSWEEP_TEST_SLURM is {switch!r}: set it to 1 (use the cluster `sinfo` answers) or 0 (no SLURM tests)"
+    if switch == "0":
+        return None, "the SLURM tests are off (KDSWEEP_TEST_SLURM=0)"
+    marker = _marker_path()
+    if switch == "" and not marker.is_file():
+        return None, (f"SLURM tests run only on a cluster they are told to use: {START} (it leaves {marker}), "
+                      "or set KDSWEEP_TEST_SLURM=1 to use the one `sinfo` answers")
+    config, error = _slurm_config()
+    if config is None:
+        return None, f"no SLURM cluster answers ({error}): {START}"
+    fields = {}
+    if marker.is_file():
+        for line in marker.read_text().splitlines():
+            key, equals, value = line.partition("=")
+            if equals and not line.startswith("#"):
+                fields[key.strip()] = value.strip()
+    answers = {"cluster": config.get("ClusterName"), "node": ",".join(sorted({node for node, *_ in _nodes()})),
+               "conf": config.get("SLURM_CONF")}
+    own = bool(fields) and all(fields.get(key) == value for key, value in answers.items())
+    if switch == "" and not own:
+        said = " ".join(f"{key}={value}" for key, value in answers.items())
+        named = " ".join(f"{key}={fields.get(key)}" for key in answers)
+        return None, (f"the SLURM cluster that answers ({said}) is not the test cluster {marker} names ({named}): "
+                      f"{START}, or set KDSWEEP_TEST_SLURM=1 to use this one")
+    return ToldCluster(name=answers["cluster"], own=own), None
+
+
+# What a SLURM test may need of its cluster beyond answering: each test names these in its `slurm`
+# mark (a test marked fails_the_node needs NODE_TO_FAIL), and the slurm_needs fixture checks them
+# before anything is submitted. A probe is a read-only SLURM command, once per test session: it gives
+# None where the cluster has the feature, else what is missing.
+ACCOUNTING = "accounting (sacct)"
+ACCOUNT_LIST = "an account list (sacctmgr)"
+GPUS = "gres GPUs"
+GPU_ACCOUNTING = "GPUs in accounting"
+REQUEUE = "requeue"
+NODE_TO_FAIL = "a node it may fail"
+SUBMITS = (ACCOUNT_LIST, GPUS)  # what every test that submits the study's jobs needs
+
+
+def _account():
+    return os.environ.get("KDSWEEP_SLURM_ACCOUNT") or ACCOUNT
+
+
+def _partition():
+    """The partition the tests' jobs go to: KDSWEEP_SLURM_PARTITION's, or the default one."""
+    return os.environ.get("KDSWEEP_SLURM_PARTITION") or next(
+        (partition.rstrip("*") for _, partition, *_ in _nodes() if partition.endswith("*")), None)
+
+
+def _has_accounting():
+    # what the tests ask sacct: job records by id and since a time
+    status, _, error = _slurm("sacct", "-n", "-X", "-S", "now-1minutes", "-o", "JobID")
+    return None if status == 0 else f"`sacct` fails: {error}"
+
+
+def _has_account_list():
+    # the plugin checks the site profile's account with this command before it submits anything
+    user = getpass.getuser()
+    status, out, error = _slurm("sacctmgr", "-n", "-s", "list", "user", user, "format=account%256")
+    if status != 0:
+        return f"`sacctmgr` fails: {error}"
+    accounts = {line.strip().lower() for line in out.splitlines() if line.strip()}
+    if _account().lower() not in accounts:
+        return f"user {user} has no account {_account()} (sacctmgr lists {', '.join(sorted(accounts)) or 'none'}): " \
+               "set KDSWEEP_SLURM_ACCOUNT"
     return None
+
+
+def _has_gpus():
+    partition = _partition()
+    if not any(part.rstrip("*") == partition and "gpu" in gres for _, part, _, gres in _nodes()):
+        return f"no node of partition {partition} has gres gpu (`sinfo -N -o '%N %P %G'`)"
+    return None
+
+
+def _has_gpu_accounting():
+    # the tests read a job's GPUs from sacct's AllocTRES
+    config, error = _slurm_config()
+    tres = (config or {}).get("AccountingStorageTRES", "")
+    return None if "gres/gpu" in tres.split(",") else f"AccountingStorageTRES lacks gres/gpu ({tres or error})"
+
+
+def _has_requeue():
+    config, error = _slurm_config()
+    requeue = (config or {}).get("JobRequeue", error)
+    return None if requeue == "1" else f"JobRequeue is {requeue}, not 1"
+
+
+def _has_node_to_fail():
+    # The fault SIGKILLs slurmd on this machine and starts it again with scripts/slurm-cluster.sh:
+    # only the test cluster the marker names, its one node being this machine, and as root.
+    cluster, _ = _told_cluster()
+    if not cluster.own:
+        return f"only the test cluster named in {_marker_path()} has one ({START})"
+    nodes = {node for node, *_ in _nodes()}
+    if len(nodes) != 1:
+        return f"it has {len(nodes)} nodes, not one"
+    (node,) = nodes
+    if node != socket.gethostname().split(".")[0]:
+        return f"its node {node} is not this machine ({socket.gethostname()})"
+    if subprocess.run(["pgrep", "-x", "slurmd"], capture_output=True).returncode != 0:
+        return "no slurmd runs on this machine"
+    if os.geteuid() != 0:
+        return "restarting the node needs root (scripts/slurm-cluster.sh)"
+    return None
+
+
+FEATURES = {ACCOUNTING: _has_accounting, ACCOUNT_LIST: _has_account_list, GPUS: _has_gpus,
+            GPU_ACCOUNTING: _has_gpu_accounting, REQUEUE: _has_requeue, NODE_TO_FAIL: _has_node_to_fail}
+FEATURES = {name: functools.cache(probe) for name, probe in FEATURES.items()}
+
+
+def _unavailable(reason):
+    """Skip the test with the reason, or fail it where CI requires the cluster (KDSWEEP_REQUIRE_SLURM=1)."""
+    if os.environ.get("KDSWEEP_REQUIRE_SLURM") == "1":
+        pytest.fail(f"{reason} (KDSWEEP_REQUIRE_SLURM=1: the SLURM tests must run here)", pytrace=False)
+    pytest.skip(reason)
+
+
+@pytest.fixture
+def slurm_needs(request):
+    """The ToldCluster this test may use, with every feature its marks name; skips (or fails) before it
+    submits anything otherwise. Fixtures that prepare for a SLURM test (uninterrupted) ask it first."""
+    cluster, why = _told_cluster()
+    if cluster is None:
+        _unavailable(why)
+    needs = request.node.get_closest_marker("slurm").args
+    if request.node.get_closest_marker("fails_the_node"):
+        needs += (NODE_TO_FAIL,)
+    unknown = set(needs) - set(FEATURES)
+    assert not unknown, f"no probe for {unknown}: name one of {list(FEATURES)}"
+    missing = [f"{need}: {problem}" for need in needs if (problem := FEATURES[need]())]
+    if missing:
+        _unavailable(f"the SLURM cluster {cluster.name} lacks what this test needs: {'; '.join(missing)}")
+    return cluster
 
 
 class Site:
@@ -460,11 +642,9 @@ class Site:
     def __init__(self, folder, account=None, requeue=True):
         self.folders = _profile_folders(folder)
         options = [] if requeue else ["--no-requeue"]
-        for option, name in (("--account", "KDSWEEP_SLURM_ACCOUNT"), ("--partition", "KDSWEEP_SLURM_PARTITION"),
-                             ("--qos", "KDSWEEP_SLURM_QOS")):
-            value = account if option == "--account" and account else os.environ.get(name)
-            if option == "--account":
-                value = value or "root"  # the account scripts/slurm-cluster.sh registers
+        for option, value in (("--account", account or _account()),
+                              ("--partition", os.environ.get("KDSWEEP_SLURM_PARTITION")),
+                              ("--qos", os.environ.get("KDSWEEP_SLURM_QOS"))):
             if value:
                 options += [option, value]
         result = _kdsweep("slurm-profile", *options, env=self.folders)
@@ -480,6 +660,11 @@ class Site:
         return env
 
 
+@pytest.fixture(scope="module")
+def _site(tmp_path_factory):
+    return Site(tmp_path_factory.mktemp("site"))
+
+
 # The SLURM tests run side by side on several xdist workers (pyproject), and their jobs share the
 # one-node cluster. A test that fails the node would fail the others' jobs too, so it has the cluster
 # to itself: every test that submits holds a shared lock on CLUSTER_LOCK, one that fails the node
@@ -490,37 +675,164 @@ CLUSTER_LOCK = Path(tempfile.gettempdir()) / "kdsweep-test-cluster.lock"
 CLUSTER_GATE = Path(tempfile.gettempdir()) / "kdsweep-test-cluster.gate"
 
 
-@pytest.fixture(autouse=True)
-def _share_the_cluster(request):
-    if "cluster" not in request.fixturenames:
-        yield
-        return
+@pytest.fixture
+def cluster(slurm_needs, request):
+    """The site every SLURM test submits to (a Site), once the cluster is one the test may use
+    (slurm_needs) and the test holds its lock; fails where its partition has no GPU node up."""
     alone = request.node.get_closest_marker("fails_the_node") is not None
     with open(CLUSTER_GATE, "a") as gate, open(CLUSTER_LOCK, "a") as handle:
         fcntl.flock(gate, fcntl.LOCK_EX if alone else fcntl.LOCK_SH)
         fcntl.flock(handle, fcntl.LOCK_EX if alone else fcntl.LOCK_SH)
         if not alone:
             fcntl.flock(gate, fcntl.LOCK_UN)
-        yield
+        # the node's state now, under the lock (not while a node-failure test has it down)
+        _, out, _ = _slurm("sinfo", "-h", "-N", "-o", "%N|%P|%T|%G")
+        nodes = [line.split("|") for line in out.splitlines()]
+        if not any(part.rstrip("*") == _partition() and "gpu" in gres
+                   and re.fullmatch(r"(idle|mixed|allocated|completing)", state) for _, part, state, gres in nodes):
+            pytest.fail(f"no GPU node of partition {_partition()} of the SLURM cluster {slurm_needs.name} is up; "
+                        f"`sinfo -N -o '%N %P %T %G'` says: {' | '.join(out.splitlines())}"
+                        + (". Restart it with `sudo bash scripts/slurm-cluster.sh`" if slurm_needs.own else ""),
+                        pytrace=False)
+        yield request.getfixturevalue("_site")
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    """The site every cluster test submits to (a Site); skips or fails where no cluster answers."""
-    problem = _cluster_problem()
-    if problem:
-        if os.environ.get("KDSWEEP_REQUIRE_SLURM") == "1":
-            pytest.fail(f"{problem}; KDSWEEP_REQUIRE_SLURM=1 says this machine has a cluster", pytrace=False)
-        pytest.skip(problem)
-    nodes = subprocess.run(["sinfo", "-h", "-N", "-o", "%N %T %G"], check=False, capture_output=True, text=True).stdout.split("\n")
-    usable = [line for line in nodes if re.search(r"\b(idle|mixed|allocated|completing)\b", line) and "gpu" in line]
-    if not usable:
-        pytest.fail("the SLURM cluster answers but has no node that is up with GPUs (gres gpu); "
-                    f"`sinfo -N -o '%N %T %G'` says: {' | '.join(n for n in nodes if n)}. "
-                    "Restart it with `sudo scripts/slurm-cluster.sh`", pytrace=False)
-    if shutil.which("sacct") is None:
-        pytest.fail("the SLURM cluster has no `sacct`; these tests read job records from accounting", pytrace=False)
-    return Site(tmp_path_factory.mktemp("site"))
+# ---------------------------------------------------------------- the gate itself (no cluster needed)
+
+# The SLURM tests' own gate, checked by running them in a pytest of their own (`-m slurm`, a second
+# or so: they skip before they do anything) with every SLURM command on PATH replaced by a shim that
+# records its call. The shims either pass a call that only reads on to the real command (where there
+# is one), or answer as another site's cluster does: the one a fresh clone's `pytest` met, with two
+# GPUs declared, partition gpu and no accounting (no slurmdbd: sacct and sacctmgr fail). A call that
+# would start or end a job is refused either way: a broken gate fails these tests, and submits nothing.
+SLURM_COMMANDS = ("sinfo", "squeue", "sbatch", "srun", "salloc", "scancel", "scontrol", "sacct", "sacctmgr",
+                  "sshare", "sstat")
+SUBMITTING = {"sbatch", "srun", "salloc", "scancel"}  # what starts, or ends, a job
+NO_ACCOUNTING = 'echo "{0}: error: Slurm accounting storage is disabled" >&2; exit 1'
+OTHER_CLUSTER = {
+    "sinfo": 'echo "gpu-node-1|gpu*|idle|gpu:2"',
+    "scontrol": "printf '%s\\n' 'ClusterName             = elsewhere' 'SLURM_CONF              = "
+                "/etc/slurm/slurm.conf' 'AccountingStorageType   = accounting_storage/none' "
+                "'AccountingStorageTRES   = cpu,mem,energy,node,billing' 'JobRequeue              = 1'",
+    "sacct": NO_ACCOUNTING.format("sacct"),
+    "sacctmgr": NO_ACCOUNTING.format("sacctmgr"),
+    "sshare": NO_ACCOUNTING.format("sshare"),
+}
+# what OTHER_CLUSTER lacks of what the tests may need
+OTHER_CLUSTER_LACKS = {ACCOUNTING, ACCOUNT_LIST, GPU_ACCOUNTING, NODE_TO_FAIL}
+
+
+def _needs(function):
+    """The features a SLURM test's marks name, or None for a test that is not marked slurm."""
+    marks = {mark.name: mark for mark in getattr(function, "pytestmark", [])}
+    if "slurm" not in marks:
+        return None
+    return set(marks["slurm"].args) | ({NODE_TO_FAIL} if "fails_the_node" in marks else set())
+
+
+def _slurm_tests():
+    """{name: the features it needs} of this file's SLURM tests."""
+    return {name: needs for name, function in list(globals().items())
+            if name.startswith("test_") and (needs := _needs(function)) is not None}
+
+
+def _run_the_slurm_tests(tmp_path, cluster=None, **variables):
+    """This file's SLURM tests in a pytest of their own, with SLURM commands that answer as `cluster`
+    ({command: shell code}) does, or as the real ones where it is None, and no KDSWEEP_* switch but
+    `variables`. Returns ({test: (outcome, message)}, [the SLURM commands called], pytest's output)."""
+    import xml.etree.ElementTree as ElementTree
+
+    shims, calls = tmp_path / "bin", tmp_path / "calls"
+    shims.mkdir()
+    calls.touch()
+    for command in SLURM_COMMANDS:
+        real, refused = shutil.which(command), f'echo "{command}: refused by the test" >&2; exit 1'
+        if cluster is not None or command in SUBMITTING:
+            answer = (cluster or {}).get(command, refused)
+        else:
+            answer = f'exec {shlex.quote(real)} "$@"' if real else f'echo "{command}: not found" >&2; exit 127'
+        (shims / command).write_text(f'#!/bin/sh\necho "{command} $*" >> {shlex.quote(str(calls))}\n{answer}\n')
+        (shims / command).chmod(0o755)
+    env = {name: value for name, value in os.environ.items()
+           if not name.startswith(("KDSWEEP_TEST_", "KDSWEEP_REQUIRE_", "KDSWEEP_SLURM_", "PYTEST_", "SLURM_"))}
+    env.update(variables, PATH=f"{shims}{os.pathsep}{os.environ['PATH']}")
+    report = tmp_path / "report.xml"
+    command = [sys.executable, "-m", "pytest", "-n", "0", "-q", "-p", "no:cacheprovider", "-m", "slurm",
+               f"--basetemp={tmp_path / 'inner'}", f"--junitxml={report}", __file__]
+    # its own session: past the timeout, what a broken gate started (snakemake) goes with it
+    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True, start_new_session=True)
+    try:
+        output, _ = process.communicate(timeout=300)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    assert report.exists(), output
+    outcomes = {}
+    for case in ElementTree.parse(report).iter("testcase"):
+        # a skip's reason is its message; a failure's message is cut short, its text is whole
+        found = [(child.tag, child.get("message", "") if child.tag == "skipped" else child.text or "")
+                 for child in case if child.tag in ("skipped", "failure", "error")]
+        outcomes[case.get("name")] = found[0] if found else ("passed", "")
+    return outcomes, calls.read_text().split("\n")[:-1], output
+
+
+def test_the_slurm_tests_use_no_cluster_they_were_not_told_to_use(tmp_path):
+    """No KDSWEEP_TEST_SLURM and no marker (KDSWEEP_TEST_CLUSTER_MARKER points where none is), on this
+    machine as it is: every SLURM test skips with one sentence that says how to start the test cluster,
+    and no SLURM command runs at all. Where a cluster answers, neither squeue nor sacct knows a job
+    from that pytest's folders."""
+    since = _sacct_now()
+    outcomes, calls, output = _run_the_slurm_tests(tmp_path, KDSWEEP_TEST_CLUSTER_MARKER=str(tmp_path / "no-marker"))
+    assert set(outcomes) == set(_slurm_tests()), output[-3000:]
+    assert {outcome for outcome, _ in outcomes.values()} == {"skipped"}, outcomes
+    (reason,) = {message for _, message in outcomes.values()}
+    assert "\n" not in reason and "sudo bash scripts/slurm-cluster.sh" in reason and "KDSWEEP_TEST_SLURM=1" in reason
+    assert calls == [], calls
+    inner = tmp_path / "inner"
+    if shutil.which("sacct") and subprocess.run(["sacct", "-n", "-X", "-o", "JobID"], capture_output=True).returncode == 0:
+        jobs = subprocess.run(["sacct", "-a", "-n", "-X", "-P", "-S", since, "-o", "JobID,WorkDir"], capture_output=True,
+                              text=True, check=True).stdout.splitlines()
+        assert not [job for job in jobs if str(inner) in job], jobs
+    if shutil.which("squeue"):
+        queue = subprocess.run(["squeue", "-h", "-o", "%i|%Z"], capture_output=True, text=True).stdout.splitlines()
+        assert not [job for job in queue if str(inner) in job], queue
+
+
+def test_the_slurm_tests_use_no_cluster_but_the_one_their_marker_names(tmp_path):
+    """The marker scripts/slurm-cluster.sh leaves names the test cluster (kdsweep, node vm), but the
+    cluster that answers is another (OTHER_CLUSTER): the tests skip, naming both, having asked it only
+    what it is (scontrol, sinfo)."""
+    marker = tmp_path / "marker"
+    marker.write_text("# scripts/slurm-cluster.sh\ncluster=kdsweep\nnode=vm\nconf=/etc/slurm/slurm.conf\n")
+    outcomes, calls, output = _run_the_slurm_tests(tmp_path, OTHER_CLUSTER, KDSWEEP_TEST_CLUSTER_MARKER=str(marker))
+    assert set(outcomes) == set(_slurm_tests()), output[-3000:]
+    assert {outcome for outcome, _ in outcomes.values()} == {"skipped"}, outcomes
+    (reason,) = {message for _, message in outcomes.values()}
+    assert "cluster=elsewhere node=gpu-node-1" in reason and "cluster=kdsweep node=vm" in reason, reason
+    assert "sudo bash scripts/slurm-cluster.sh" in reason and "KDSWEEP_TEST_SLURM=1" in reason, reason
+    assert {call.split()[0] for call in calls} <= {"scontrol", "sinfo"}, calls
+
+
+@pytest.mark.parametrize("required", [False, True], ids=["skip", "required"])
+def test_on_a_cluster_without_accounting_each_slurm_test_names_what_it_lacks(tmp_path, required):
+    """KDSWEEP_TEST_SLURM=1 on OTHER_CLUSTER (no accounting, not the test cluster): each SLURM test skips
+    (fails, under KDSWEEP_REQUIRE_SLURM=1) naming every feature of its marks that the cluster lacks and
+    none that it has, and nothing is submitted: the probes only read."""
+    variables = {"KDSWEEP_TEST_SLURM": "1", "KDSWEEP_TEST_CLUSTER_MARKER": str(tmp_path / "no-marker")}
+    if required:
+        variables["KDSWEEP_REQUIRE_SLURM"] = "1"
+    outcomes, calls, output = _run_the_slurm_tests(tmp_path, OTHER_CLUSTER, **variables)
+    assert set(outcomes) == set(_slurm_tests()), output[-3000:]
+    for name, (outcome, message) in outcomes.items():
+        assert outcome in (("error", "failure") if required else ("skipped",)), (name, outcome, message)
+        assert "the SLURM cluster elsewhere lacks what this test needs" in message, (name, message)
+        for feature in _slurm_tests()[name]:
+            assert (f"{feature}:" in message) == (feature in OTHER_CLUSTER_LACKS), (name, feature, message)
+        assert ("KDSWEEP_REQUIRE_SLURM=1" in message) == required, message
+    assert not SUBMITTING & {call.split()[0] for call in calls}, calls
+    assert any(call.startswith("sacct ") for call in calls), "the accounting probe ran"
 
 
 def _slurm_logs(workdir):
@@ -627,7 +939,7 @@ def _assert_one_gpu_job(record, where):
 # ---------------------------------------------------------------- the study through SLURM
 
 
-@pytest.mark.slurm
+@pytest.mark.slurm(*SUBMITS, ACCOUNTING, GPU_ACCOUNTING)
 def test_study_runs_every_gpu_job_on_slurm_with_one_gpu(cluster, tmp_path):
     config = load_config([str(p) for p in CONFIGS], [])
     results = tmp_path / "results" / config["study"]
@@ -703,7 +1015,7 @@ def test_study_runs_every_gpu_job_on_slurm_with_one_gpu(cluster, tmp_path):
     assert sorted(p.stem for p in figures.glob("*.png")) == sorted(p.stem for p in figures.glob("*.pdf")) != []
 
 
-@pytest.mark.slurm
+@pytest.mark.slurm(*SUBMITS, ACCOUNTING, GPU_ACCOUNTING)
 def test_a_pack_of_sweep_points_is_one_slurm_job_with_one_gpu(cluster, tmp_path):
     """runtime.pack_size 2: both distillation points of one student and seed train in one
     SLURM job (rule distill_<student>_seed<s>_pack1) with what the profile gives rule distill."""
@@ -732,7 +1044,7 @@ def test_a_pack_of_sweep_points_is_one_slurm_job_with_one_gpu(cluster, tmp_path)
     assert logs[job_id][:2] == ("rule_distill", f"{student}_seed{seed}_pack1"), logs
 
 
-@pytest.mark.slurm
+@pytest.mark.slurm(ACCOUNT_LIST)
 def test_an_account_slurm_does_not_know_stops_the_run_at_submission(cluster, tmp_path):
     """The site profile's account reaches the plugin, which checks it with sacctmgr before sbatch."""
     site = Site(tmp_path / "site", account="kdsweep-no-such-account")
@@ -759,7 +1071,7 @@ TRAINING_SECONDS = 90
 LIMIT_PACKS = ["soft_weights=[0.5,0.9]", "temperatures=[2,4]", "runtime={pack_size: 2}"]
 
 
-@pytest.mark.slurm
+@pytest.mark.slurm(*SUBMITS, ACCOUNTING)
 def test_training_over_its_time_limit_is_stopped_retried_with_a_longer_limit_and_resumed(cluster, tmp_path):
     """A teacher run of ~TRAINING_SECONDS (a plain job), then two packs of twice that (an array of two
     tasks), under a 2-minute first time limit (KDSWEEP_SLURM_TRAIN_MINUTES=2).
@@ -943,10 +1255,11 @@ def _train_uninterrupted(folder):
     _local_train("run", folder, *FAULT_OVERRIDES)
 
 
-@pytest.fixture(scope="session")
-def uninterrupted(tmp_path_factory):
+@pytest.fixture
+def uninterrupted(slurm_needs, tmp_path_factory):
     """The fault tests' teacher run trained without interruption on this machine (one thread), once per
-    test run (conftest.built_once)."""
+    test run (conftest.built_once), and only for a test that may use the cluster (slurm_needs). The
+    fault tests ask for it before `cluster`, so that it is trained before they take the cluster's lock."""
     return built_once(tmp_path_factory, "uninterrupted", _train_uninterrupted) / "run"
 
 
@@ -1009,8 +1322,8 @@ def _wait_for(condition, timeout, what):
         time.sleep(1)
 
 
-@pytest.mark.slurm
-def test_a_killed_snakemake_is_restarted_and_nothing_is_trained_twice_or_lost(cluster, tmp_path, uninterrupted):
+@pytest.mark.slurm(*SUBMITS, ACCOUNTING)
+def test_a_killed_snakemake_is_restarted_and_nothing_is_trained_twice_or_lost(uninterrupted, cluster, tmp_path):
     """The login node's snakemake SIGKILLed (a dropped ssh session) while the teacher trains on SLURM,
     then started again as the README says: `snakemake --unlock`, then the same command (the workflow
     profile has rerun-incomplete). The old job goes on training; the new one finds the run folder
@@ -1060,8 +1373,8 @@ def test_a_killed_snakemake_is_restarted_and_nothing_is_trained_twice_or_lost(cl
     assert record["points"][0]["config_hash"] == metrics["config_hash"]
 
 
-@pytest.mark.slurm
-def test_a_cancelled_training_job_is_resubmitted_and_resumes_from_its_checkpoint(cluster, tmp_path, uninterrupted):
+@pytest.mark.slurm(*SUBMITS, ACCOUNTING)
+def test_a_cancelled_training_job_is_resubmitted_and_resumes_from_its_checkpoint(uninterrupted, cluster, tmp_path):
     """scancel of the running teacher job (as preemption does): the training stops on SIGTERM with the
     checkpoint of its last finished epoch, SLURM records CANCELLED, Snakemake resubmits the job, and
     the new one resumes from that checkpoint to the result of an uninterrupted run."""
@@ -1130,10 +1443,10 @@ def _fail_node(jobs):
     subprocess.run(["bash", str(ROOT / "scripts" / "slurm-cluster.sh")], check=True, capture_output=True)
 
 
-@pytest.mark.slurm
+@pytest.mark.slurm(*SUBMITS, ACCOUNTING, REQUEUE)
 @pytest.mark.fails_the_node
 def test_a_node_failure_mid_job_is_requeued_or_failed_and_either_way_resumes_from_its_checkpoint(
-        cluster, tmp_path, uninterrupted):
+        uninterrupted, cluster, tmp_path):
     """Two studies train their teacher side by side, one under the site profile's default
     `slurm-requeue: true`, one under a site profile with `slurm-no-requeue: true`; then the node fails
     under both jobs at once (slurmd and the jobs' processes SIGKILLed mid-training) and comes back.
@@ -1223,7 +1536,7 @@ def _submissions(jobs):
     return {record["JobID"].split("_")[0] for record in jobs.values()}
 
 
-@pytest.mark.slurm
+@pytest.mark.slurm(*SUBMITS, ACCOUNTING)
 def test_the_distillation_sweep_goes_out_as_one_job_array(cluster, tmp_path):
     """The workflow profile's `slurm-array-jobs: distill`: the teacher is one job, the four
     distillation jobs one `sbatch --array`, and every run records its array task's own job id, its
@@ -1277,7 +1590,7 @@ exec {sacct} "$@"
 """
 
 
-@pytest.mark.slurm
+@pytest.mark.slurm(*SUBMITS, ACCOUNTING)
 def test_more_ready_distill_jobs_than_jobs_admits_beside_ready_groups_and_a_failing_sacct(cluster, tmp_path):
     """12 distillation jobs (an array rule) under `--jobs 4`, beside grouped evaluations, while sacct
     fails five times in a row: every run is trained once and evaluated, the distillation jobs go out in

@@ -203,7 +203,7 @@ with SnakemakeApi(OutputSettings()) as api:
     result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     prefix = result.stdout.strip().splitlines()[-1]
-    assert f'kdsweep() {{ {sys.executable} -m kdsweep "$@"; }};' in prefix and prefix.startswith("set -euo pipefail;")
+    assert f'kdsweep() {{ KDSWEEP_JOB_LOG=1 {sys.executable} -m kdsweep "$@"; }};' in prefix and prefix.startswith("set -euo pipefail;")
 
 
 def tables(results):

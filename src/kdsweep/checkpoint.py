@@ -6,7 +6,14 @@ stream of the point, the data generator, and the `RunState`), and `best.pt`, the
 best-validation weights so far. `checkpoint.json`, written right after checkpoint.pt, holds the
 RunState's numbers without the history (`progress`): what `python -m kdsweep status` reads
 without loading torch. Neither is a Snakemake output: a failed attempt leaves them
-and the next one resumes. They go when the whole job has finished (train.train_points), not
+and the next one resumes.
+
+Both are read with torch's restricted unpickler (kdsweep.io.load_weights, `weights_only=True`): their
+non-tensor state (Adam's and the schedule's state dicts, the RNG states, which are tensors, and the
+RunState with its history rows, a dict of numbers, strings and lists) is of the types it admits, so
+nothing needs adding to torch's allow-list, and a planted file whose unpickling would run code is refused
+before any of it is made (docs/reliability.md). Checkpoints written before this change hold the same
+types and resume as they are. They go when the whole job has finished (train.train_points), not
 when each point does, so that a finished point of a pack whose job then dies is written
 again from them, not trained again.
 """
@@ -89,20 +96,23 @@ def progress(run_hash: str, identity: dict, state: RunState) -> dict:
     return {**record, "config_hash": run_hash, "identity": identity}
 
 
-def _damaged(path: Path, err: Exception) -> KdsweepError:
-    return KdsweepError(f"{path} is corrupt or truncated ({err.__class__.__name__}); delete it and the run's "
-                        "checkpoint.pt to start the run over")
+START_OVER = "delete it and the run's checkpoint.pt to start the run over"
+# What restore takes from a checkpoint, and the type of each (a RunState is stored as a plain dict).
+_SAVED = {"config_hash": str, "model": dict, "optimizer": dict, "scheduler": dict, "rng": dict,
+          "data": torch.Tensor, "state": dict}
 
 
 def load(path: Path, accepted_hashes) -> dict:
-    """The checkpoint at `path`; KdsweepError if it is unreadable or of another run than the one whose
-    hashes are `accepted_hashes` (its own, an earlier version's)."""
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:
-        raise _damaged(path, err) from err
+    """The checkpoint at `path`; KdsweepError if it is unreadable, holds anything but tensors and plain
+    values (kdsweep.io.load_weights), or is of another run than the one whose hashes are `accepted_hashes`
+    (its own, an earlier version's)."""
+    checkpoint = io.load_weights(path, "checkpoint", "delete it to start the run over")
     if not isinstance(checkpoint, dict) or "config_hash" not in checkpoint:
         raise KdsweepError(f"{path} is not a kdsweep checkpoint; delete it to start the run over")
+    wrong = [key for key, kind in _SAVED.items() if not isinstance(checkpoint.get(key), kind)]
+    if wrong or not torch.is_tensor(checkpoint["rng"].get("cpu")):
+        raise KdsweepError(f"{path} is not a checkpoint of this kdsweep version (its {(wrong or ['rng'])[0]} is "
+                           "missing or of another kind); delete it to start the run over")
     if checkpoint["config_hash"] not in accepted_hashes:
         raise KdsweepError(
             f"checkpoint {path} was written for another configuration (hash {checkpoint['config_hash']}, "
@@ -112,12 +122,9 @@ def load(path: Path, accepted_hashes) -> dict:
 
 
 def _read_best(path: Path, device="cpu") -> dict:
-    try:
-        state_dict = torch.load(path, map_location=device, weights_only=True)
-    except Exception as err:
-        raise _damaged(path, err) from err
+    state_dict = io.load_weights(path, "best weights", START_OVER, map_location=device)
     if not isinstance(state_dict, dict) or not all(torch.is_tensor(v) for v in state_dict.values()):
-        raise KdsweepError(f"{path} holds no model weights; delete it and the run's checkpoint.pt to start the run over")
+        raise KdsweepError(f"{path} holds no model weights; {START_OVER}")
     return weights(state_dict)
 
 

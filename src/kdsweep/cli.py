@@ -287,8 +287,19 @@ def cmd_best_point(args):
 
 
 def cmd_rung_decision(args):
+    from .config import check_value
     from .halving import decide
 
+    # the config's bounds (halving.keep, min_kept, rungs; seeds), as the workflow's values have them
+    check_value("halving.keep", args.keep, "--keep")
+    check_value("halving.min_kept", args.min_kept, "--min-kept")
+    check_value("halving.rungs.items", args.rung, "--rung")
+    for seed in args.seeds:
+        check_value("seeds.items", seed, "--seeds")
+    if not 0 <= args.stage < args.rung:
+        raise KdsweepError(f"--stage {args.stage} is no index of a rung at epoch {args.rung}: halving.rungs increase "
+                           "from epoch 1, so rung k (from 0) is at epoch k + 1 or later; give the rung's index in "
+                           "halving.rungs")
     _refuse_overwrite(args, reads=[("the pack record", record) for record in args.records],
                       writes=[("--out", args.out)])
     decision = decide(args.records, args.student, args.stage, args.rung, args.keep, args.min_kept, args.seeds)
@@ -309,7 +320,7 @@ def _rung_decision_parser(subparsers):
     p.add_argument("--stage", type=int, required=True, help="the rung's index in halving.rungs (from 0)")
     p.add_argument("--rung", type=_epochs, required=True, help="the rung's epoch")
     p.add_argument("--keep", type=float, required=True, help="halving.keep: the fraction of each method's points kept")
-    p.add_argument("--min-kept", type=_epochs, required=True, help="halving.min_kept: the fewest points kept")
+    p.add_argument("--min-kept", type=int, required=True, help="halving.min_kept: the fewest points kept")
     p.add_argument("--seeds", type=int, nargs="+", required=True, help="the sweep's seeds: every point has each")
     p.add_argument("--out", type=_path, required=True, help="JSON file to write (halving/<student>_rung<epochs>.json)")
     p.set_defaults(func=cmd_rung_decision)
@@ -663,6 +674,10 @@ def _run(argv):
 def main(argv=None):
     final = argv is None  # the process's own command line: it ends when the command does
     argv = sys.argv[1:] if argv is None else list(argv)
+    if final:
+        from .joblog import keep_attempts
+
+        keep_attempts(" ".join(argv[:1]))  # a workflow job: its log keeps every attempt (kdsweep.joblog)
     with _Interrupt(final) as interrupt:
         try:
             _run(argv)

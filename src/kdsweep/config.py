@@ -149,8 +149,9 @@ def check_value(schema_key: str, value, flag: str):
         reason = errors[0].message if errors else f"{value} is not a finite number"
         described = (_resolve(sub, root).get("description")
                      or root["properties"][schema_key.split(".")[0]].get("description", ""))
-        raise KdsweepError(f"{flag} {value} is out of bounds: {reason}, as for config key "
-                           f"'{schema_key.split('.')[0]}'" + (f" ({described})" if described else ""))
+        key = ".".join(part for part in schema_key.split(".") if part != "items")
+        raise KdsweepError(f"{flag} {value} is out of bounds: {reason}, as for config key '{key}'"
+                           + (f" ({described})" if described else ""))
     return value
 
 

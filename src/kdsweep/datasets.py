@@ -4,7 +4,9 @@ Registry `DATASETS`, name -> loader(root, download=False) -> Dataset:
 - cifar10, cifar100: torchvision's files under dataset.root (cifar-10-batches-py/,
   cifar-100-python/). Jobs never download; `download()` (the `download` command) does, through
   torchvision, which verifies the archive's and the files' md5 checksums. Jobs read the files as
-  torchvision does (pickles of uint8 rows of 3 x 32 x 32 pixels and their labels), each checked
+  torchvision does (pickles of uint8 rows of 3 x 32 x 32 pixels and their labels), but through an
+  unpickler that makes nothing a CIFAR file does not hold (`CifarUnpickler`: dicts, lists, strings,
+  numbers and numpy arrays; a planted file that would run code is refused unread), each checked
   against that format: images of the right type and size, as many labels as images, every label
   one of the dataset's classes, the meta file naming as many classes as the dataset has. A file
   that is not so (cut short, garbled, another file) is one sentence naming it and the fix.
@@ -79,13 +81,42 @@ def _torchvision(name):
     return getattr(datasets, name)
 
 
+class Refused(pickle.UnpicklingError):
+    """An object a pickle names that no CIFAR file holds."""
+
+
+class CifarUnpickler(pickle.Unpickler):
+    """The pickles of torchvision's CIFAR files, made of what they hold and nothing else: dicts, lists,
+    strings, bytes and numbers, which pickle builds without naming any Python object, and numpy arrays,
+    which it builds by calling the three objects of ALLOWED (numpy 1's name of its reconstructor, which the
+    files were written with, and numpy 2's). Any other object a pickle names, such as a function it would
+    call, is refused before it is looked up: reading a planted file runs no code of its choosing."""
+
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype")}
+
+    def find_class(self, module, name):
+        if (module, name) not in self.ALLOWED:
+            raise Refused(f"{module}.{name}")
+        if name == "_reconstruct":
+            return np.ndarray.__reduce__(np.zeros(0))[0]  # numpy's own reconstructor, under any numpy version
+        return getattr(np, name)
+
+    def persistent_load(self, pid):
+        raise Refused(f"a persistent id ({pid!r})")
+
+
 def _unpickle(path: Path, fix: str):
-    """The object a CIFAR file holds (read as torchvision reads it: Python 2 pickles, latin1)."""
+    """The object a CIFAR file holds (read as torchvision reads it: Python 2 pickles, latin1), made by
+    CifarUnpickler."""
     try:
         with open(path, "rb") as handle:
-            return pickle.load(handle, encoding="latin1")
+            return CifarUnpickler(handle, encoding="latin1").load()
     except OSError as err:
         raise KdsweepError(f"dataset file {path} cannot be read ({err.strerror}); {fix}") from err
+    except Refused as err:
+        raise KdsweepError(f"dataset file {path} names {err}, which no CIFAR file holds and kdsweep never loads "
+                           f"(unpickling it could run code); {fix}") from None
     except Exception as err:  # noqa: BLE001 - a damaged pickle raises nearly anything (EOFError, KeyError, ...)
         raise KdsweepError(f"dataset file {path} is unreadable: damaged, cut short or not a CIFAR file "
                            f"({err.__class__.__name__}); {fix}") from err

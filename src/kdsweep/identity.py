@@ -28,6 +28,7 @@ Nothing here imports torch: the status view imports this module.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -176,9 +177,23 @@ def put_aside(run_dir, run_hash: str) -> Path:
             shutil.rmtree(destination)
         _move_contents(run_dir, destination)
     except OSError as err:
-        raise KdsweepError(f"cannot keep the run in {run_dir} aside in {destination} ({err.strerror}); "
-                           f"make {destination.parent} writable, or move {run_dir} away yourself") from err
+        raise KdsweepError(f"cannot keep the run in {run_dir} aside in {destination} ({err.strerror}): "
+                           f"{_fix_for(err, destination)}, or move {run_dir} away yourself") from err
     return destination
+
+
+def _fix_for(err: OSError, destination: Path) -> str:
+    """What frees the way to a folder that could not be made or filled: a file in the way moved, a folder
+    made writable."""
+    if err.errno in (errno.EEXIST, errno.ENOTDIR, errno.EISDIR, errno.ENOTEMPTY):
+        for path in (destination, *destination.parents):
+            if path.is_symlink() or (path.exists() and not path.is_dir()):
+                return f"a file is in the way: move {path} away"
+        return f"something is in the way in {destination}: move it away"
+    if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        blocked = next((path for path in (destination, *destination.parents) if path.exists()), destination)
+        return f"make {blocked} writable"
+    return f"check {destination.parent} and its file system"
 
 
 def bring_back(run_dir, identity: dict) -> Path | None:
@@ -198,8 +213,9 @@ def bring_back(run_dir, identity: dict) -> Path | None:
         _move_contents(folder, run_dir)
         folder.rmdir()
     except OSError as err:
-        raise KdsweepError(f"cannot bring the run kept in {folder} back to {run_dir} ({err.strerror}); "
-                           f"move its files there yourself, or delete {folder} to train the run again") from err
+        raise KdsweepError(f"cannot bring the run kept in {folder} back to {run_dir} ({err.strerror}): "
+                           f"{_fix_for(err, run_dir)}, or move its files there yourself, or delete {folder} to "
+                           "train the run again") from err
     return folder
 
 

@@ -1,12 +1,18 @@
 """Files: atomic output (a killed job never leaves a file that looks finished), and reading what a
 user or an earlier job wrote, where every file-system, JSON or YAML problem a user can cause becomes
 one KdsweepError sentence that names the path, the cause and the fix.
+
+Nothing read runs code (docs/reliability.md): JSON and YAML are parsed as data (`yaml.safe_load`), and
+every file kdsweep reads with torch goes through `load_weights`, torch's restricted unpickler
+(`weights_only=True`), which builds tensors and plain containers and refuses any other object before
+making it. (The CIFAR files, pickles of numpy arrays, have their own restricted reader: kdsweep.datasets.)
 """
 
 import errno
 import io
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -90,6 +96,53 @@ def torch_save(obj, path):
     return write_bytes(path, buffer.getbuffer())
 
 
+def load_weights(path, what: str = "file", fix: str = "delete it and rerun the job that writes it",
+                 map_location="cpu"):
+    """What a torch file holds (a state dict, a checkpoint, an external model's weights), read with
+    `torch.load(weights_only=True)`: tensors, numbers, strings and dicts, lists and tuples of them, never
+    an object whose unpickling could run code. KdsweepError naming the file, and what it holds that is
+    refused, otherwise; a file that is no torch file (cut short, garbled) is said to be damaged."""
+    import pickle
+
+    import torch
+
+    path = Path(path)
+    if path.is_dir():
+        raise KdsweepError(f"{what} {path} is a folder, not a file; {fix}")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise KdsweepError(f"{what} {path} does not exist; {fix}") from None
+    except pickle.UnpicklingError as err:
+        refused = _refused(path, err)
+        if refused:
+            raise KdsweepError(
+                f"{what} {path} holds {refused}, which kdsweep never loads (unpickling it could run code: a file "
+                f"planted by someone else, or written by other software); {fix}") from None
+        raise KdsweepError(f"{what} {path} is corrupt or truncated ({_cause(err)}); {fix}") from None
+    except OSError as err:
+        raise KdsweepError(f"{what} {path} cannot be read ({_cause(err)}); {fix}") from err
+    except Exception as err:  # noqa: BLE001 - a damaged zip or pickle raises nearly anything
+        raise KdsweepError(f"{what} {path} is corrupt or truncated ({err.__class__.__name__}); {fix}") from None
+
+
+def _refused(path, err) -> str | None:
+    """What a torch file holds that the restricted unpickler refused (the Python objects it names, found
+    without unpickling anything, or torch's reason); None where it refused nothing (a damaged file)."""
+    import torch
+
+    try:
+        names = list(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+    except Exception:  # noqa: BLE001 - a file of torch's legacy format, or too damaged to scan
+        names = []
+    if names:
+        return ", ".join(sorted(names)[:3])
+    if "Weights only load failed" not in str(err):
+        return None
+    reason = re.search(r"WeightsUnpickler error:\s*([^\n]+?)(?: was not an allowed| Please|\n|$)", str(err))
+    return f"what torch's restricted loader refuses ({reason.group(1).strip() if reason else 'not tensors'})"
+
+
 def remove_temporaries(folder):
     """Delete the temporary files of writes that were killed before their rename (scratch, never a result)."""
     for stray in Path(folder).glob(TEMPORARY):
@@ -111,13 +164,30 @@ def read_text(path, what: str = "file", fix: str = "check the path") -> str:
         raise KdsweepError(f"{what} {path} cannot be read ({_cause(err)}); {fix}") from err
 
 
+class NotJsonNumber(ValueError):
+    """NaN, Infinity or -Infinity in a JSON text: Python's literals, no JSON number."""
+
+
+def _no_constant(name):
+    raise NotJsonNumber(name)
+
+
+def loads(text: str):
+    """JSON as the standard has it: Python's NaN, Infinity and -Infinity literals are refused (no record
+    holds them; a number that is not finite is no accuracy, loss or hyperparameter)."""
+    return json.loads(text, parse_constant=_no_constant)
+
+
 def read_json(path, what: str = "file", fix: str = "delete it and rerun the job that writes it", required=()):
     """The JSON object in `path`, with `required` keys; KdsweepError naming the path otherwise."""
     text = read_text(path, what, fix)
     try:
-        record = json.loads(text)
+        record = loads(text)
     except json.JSONDecodeError as err:
         raise KdsweepError(f"{what} {path} is not valid JSON ({err.msg} at line {err.lineno}); {fix}") from None
+    except NotJsonNumber as err:
+        raise KdsweepError(f"{what} {path} holds {err}, which is no number (JSON has no NaN or Infinity); "
+                           f"{fix}") from None
     if required:
         missing = [key for key in required if key not in record] if isinstance(record, dict) else list(required)
         if missing:

@@ -168,7 +168,7 @@ class Layout:
 
         def records(kind, paths):
             found = {key: (read(kind, path), path) for key, path in paths.items()}
-            return {key: (record.as_dict(), path) for key, (record, path) in found.items() if record is not None}
+            return {key: (record, path) for key, (record, path) in found.items() if record is not None}
 
         staged = {student: self.staged_choice(student) for student in self.plan.students if self.plan.staged}
         confirmed = {choice: self.confirm_record(*choice) for choice in self.plan.choices()}

@@ -27,6 +27,7 @@ import json
 import re
 from dataclasses import dataclass
 
+from . import io
 from .errors import KdsweepError
 from .methods import METHODS
 from .records import point_of
@@ -153,11 +154,14 @@ def parse_point(spec: str) -> tuple[str, dict]:
     for item in filter(None, rest.split(",")):
         name, equals, text = item.partition("=")
         try:
-            value = json.loads(text) if equals else None
+            value = io.loads(text) if equals else None
         except ValueError:
             value = None
         if not isinstance(value, (int, float)) or isinstance(value, bool):
             raise KdsweepError(f"--point {spec!r}: {item!r} is not <name>=<number>; {example}")
+        if name.strip() in values:
+            raise KdsweepError(f"--point {spec!r} gives {name.strip()} twice; give each hyperparameter once, "
+                               f"{example}")
         values[name.strip()] = value
     return method, values
 
@@ -192,6 +196,9 @@ class Pack:
 
 # A halving stage's pack is its pack's name and the stage (Plan._packs): what it adds to the name.
 _STAGE = re.compile(r"_(?:rung\d+|final)$")
+# The name of a pack's record (Plan._chunks): a pack of one (its run's name), <student>_seed<s>_pack<i>, or
+# <student>_seed<s>_pack<i>_<its first run's point>; a confirmation's pack confirm_<run>; halving adds the stage.
+PACK_RECORD = re.compile(r"(?:confirm_)?[A-Za-z0-9][\w.+-]*_seed\d+(?:_pack\d+(?:_[\w.+-]+?)?)?(?:_rung\d+|_final)?\.json")
 
 
 def recorded_packs(results_dir) -> dict:
@@ -204,8 +211,8 @@ def recorded_packs(results_dir) -> dict:
 
     packed: dict = {}
     for path in sorted(Path(results_dir, "packs").glob("*.json")):
-        if path.stem.startswith("confirm_"):
-            continue
+        if path.stem.startswith("confirm_") or not PACK_RECORD.fullmatch(path.name):
+            continue  # a confirmation's pack (of one run, named after it), or no pack's record (a stray)
         record = JobRecord.read(path, what="pack record", fix="delete it so that its pack is trained again")
         runs = packed.setdefault(_STAGE.sub("", path.stem), [])
         for point in record.points:
@@ -446,14 +453,24 @@ class Plan:
                 return student, method
         raise KdsweepError(f"{name!r} names no confirmation choice of study {self.study!r}")
 
-    def chosen_point(self, student, method: str, choice: dict, source: str) -> tuple:
-        """The hyperparameters of the point a best-point record (`choice`) picked, as the config gives them."""
+    def chosen_point(self, student, method: str, choice, source: str, among=None) -> tuple:
+        """The hyperparameters of the point a best-point record (`choice`, a BestPoint or its JSON object)
+        picked, as the config gives them. among: the points it may pick ({hparams}; successive halving: the
+        last rung's survivors), where not every candidate may be picked."""
         picked = point_of(choice)
         if picked is None or picked[0] != method:
             raise KdsweepError(f"{source} picks no {method} point; delete {source} so that it is chosen again")
+        named = choice.get("student") if isinstance(choice, dict) else choice.student
+        if named not in (None, student):
+            raise KdsweepError(f"{source} is the choice of student {named}, not of {student}; delete {source} so "
+                               "that it is chosen again")
         spelled = Run(method, student, 0, method, picked[1]).name
         for hparams in self.candidates(student, method):
             if Run(method, student, 0, method, hparams).name == spelled:
+                if among is not None and hparams not in among:
+                    raise KdsweepError(f"{source} picks {method} point {dict(picked[1])}, which successive halving "
+                                       f"pruned (it is not among the last rung's survivors); delete {source} so "
+                                       "that it is chosen again")
                 return hparams
         raise KdsweepError(f"{source} picks {method} point {dict(picked[1])}, which is not a distilled point of "
                            f"{student}'s sweep in this config; delete {source} so that it is chosen again")
@@ -563,6 +580,26 @@ class Plan:
         points (None at the first stage)."""
         packs = [self.surviving(pack, kept) for pack in self.stage_packs(student, stage)]
         return [pack for pack in packs if pack.runs]
+
+    def rung_kept(self, student, stage: int, decision, source: str) -> set[tuple]:
+        """The points (method, hparams) a rung decision (a RungDecision) kept, as the config gives them; KdsweepError
+        unless it is the decision of this student's rung and judged points of its sweep only."""
+        fix = f"delete {source} so that the workflow decides the rung again"
+        if (decision.student, decision.rung, decision.stage) != (student, self.rungs[stage], stage):
+            raise KdsweepError(f"{source} is the decision of {decision.student}'s rung {decision.stage + 1} (epoch "
+                               f"{decision.rung}), not of {student}'s rung {stage + 1} (epoch {self.rungs[stage]}); {fix}")
+        points = {Run(method, student, 0, method, hparams).name: (method, hparams)
+                  for method in self.methods for hparams in self.points[method]}
+        kept = set()
+        for candidate in decision.candidates:
+            picked = point_of(candidate)
+            name = Run(picked[0], student, 0, picked[0], picked[1]).name
+            if name not in points:
+                raise KdsweepError(f"{source} judged {picked[0]} point {candidate.hparams}, which is not a point of "
+                                   f"{student}'s sweep in this config; {fix}")
+            if candidate.kept:
+                kept.add(points[name])
+        return kept
 
     def finalists(self, student, kept: set, method: str | None = None) -> list[Run]:
         """A student's distilled runs that the last rung kept (of one method, or all): those that finish."""

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -53,7 +54,10 @@ class _Type:
 
 TEXT = _Type("a string", lambda value: isinstance(value, str))
 WHOLE = _Type("a whole number", lambda value: isinstance(value, int) and not isinstance(value, bool))
-NUMBER = _Type("a number", lambda value: isinstance(value, (int, float)) and not isinstance(value, bool))
+# NaN and infinity are no accuracy, loss or hyperparameter: a record holding one is refused (JSON has neither;
+# Python's json reads its NaN and Infinity literals, which kdsweep.io.loads refuses too)
+NUMBER = _Type("a number", lambda value: isinstance(value, (int, float)) and not isinstance(value, bool)
+               and math.isfinite(value))
 FLAG = _Type("true or false", lambda value: isinstance(value, bool))
 OBJECT = _Type("an object", lambda value: isinstance(value, dict))
 LIST = _Type("a list", lambda value: isinstance(value, list))
@@ -109,8 +113,14 @@ class Record:
                     missing = [key for key in spec["item"].REQUIRED if key not in entry]
                     if missing:
                         return f"has an entry of {name} that lacks {', '.join(missing)}"
-                    if problem := spec["item"]._problem(entry):
+                    if problem := spec["item"]._problem(entry) or spec["item"]._meaning(entry):
                         return f"has an entry of {name} that {problem}"
+        return None
+
+    @classmethod
+    def _meaning(cls, record: Mapping) -> str | None:
+        """What is wrong with a JSON object whose keys have their types, beyond the types (a point of no KD
+        method, a rung after its epoch, ...), as the end of a sentence, or None; a kind's own checks."""
         return None
 
     @classmethod
@@ -145,7 +155,7 @@ class Record:
         """Write the record to `path` as JSON, whole or not at all (kdsweep.io)."""
         record = self.as_dict()
         missing = [name for name in self.REQUIRED if name not in record]
-        problem = f"lacks {', '.join(missing)}" if missing else self._problem(record)
+        problem = f"lacks {', '.join(missing)}" if missing else self._problem(record) or self._meaning(record)
         if problem:
             # the writer's bug, never the user's: a record that `read` would refuse is not written
             raise ValueError(f"a {type(self).__name__} for {path} {problem}")
@@ -159,7 +169,7 @@ class Record:
         record = io.read_json(path, what, fix, required=(*cls.REQUIRED, *needs))
         if not isinstance(record, dict):
             raise KdsweepError(f"{what} {path} holds no JSON object; {fix}")
-        if problem := cls._problem(record):
+        if problem := cls._problem(record) or cls._meaning(record):
             raise KdsweepError(f"{what} {path} {problem}; {fix}")
         return cls.from_dict(record)
 
@@ -168,7 +178,7 @@ class Record:
         """The record in `path` as far as it can be read, never an error: None where the file is missing,
         being replaced (a live folder) or no JSON object; a value of the wrong type reads as missing."""
         try:
-            record = json.loads(Path(path).read_text())
+            record = io.loads(Path(path).read_text())
         except (OSError, ValueError):
             return None
         if not isinstance(record, dict):
@@ -176,6 +186,21 @@ class Record:
         names = set(cls.keys())
         return cls.from_dict({name: value for name, value in record.items()
                               if name not in names or not cls._problem({name: value})})
+
+
+def point_problem(method, hparams) -> str | None:
+    """Why a record's (method, hparams) is no point of a KD method (kdsweep.methods: a known method, each of
+    its hyperparameters once and within its bounds), as the end of a sentence; None where it is one."""
+    if method not in METHODS:
+        return f"names the KD method {_shown(method)}, which is none of {', '.join(METHODS)}"
+    expected = [param.name for param in METHODS[method].params]
+    if not isinstance(hparams, dict) or set(hparams) != set(expected):
+        given = ", ".join(sorted(hparams)) if isinstance(hparams, dict) else _shown(hparams)
+        return f"gives {method} the hyperparameters {given or 'none'}, not {', '.join(expected)}"
+    for param in METHODS[method].params:
+        if problem := param.problem(hparams[param.name]):
+            return f"has {method}'s {problem}"
+    return None
 
 
 def _shown(value) -> str:
@@ -390,6 +415,19 @@ class BestPoint(Record):
     candidates: list = key(LIST)
     hard_target_runs_left_out: int | None = key(WHOLE)
 
+    WHAT = "best-point record"
+    FIX = "delete it so that the workflow chooses the point again"
+
+    @classmethod
+    def _meaning(cls, record):
+        if record["n"] < 1:
+            return f"has n = {record['n']}, not a number of seeds"
+        if record.get("method") is not None or record.get("hparams") is not None:
+            return point_problem(record.get("method"), record.get("hparams"))
+        if point_of(record) is None:  # an earlier version's: kd's, its point flat
+            return "names no point of a KD method (kd's temperature and soft_weight, or a method and its hparams)"
+        return None
+
     @classmethod
     def from_dict(cls, record: Mapping):
         # the flat copies of `hparams` are written from it; an earlier record's flat point (no hparams) is
@@ -413,6 +451,9 @@ class StagedChoice(Record):
     val_acc: float | None = key(NUMBER)
     candidates: dict | None = key(OBJECT)  # {temperature: its mean validation accuracy}
 
+    WHAT = "staged-sweep choice"
+    FIX = "delete it so that the workflow chooses the temperature again"
+
 
 @dataclass(kw_only=True)
 class RungCandidate(Record):
@@ -433,6 +474,12 @@ class RungCandidate(Record):
     # false for a point that does not use the teacher (kd's w = 0): never ranked, never kept
     uses_teacher: bool | None = key(FLAG)
 
+    @classmethod
+    def _meaning(cls, record):
+        if record["n"] < 1:
+            return f"has n = {record['n']}, not a number of seeds"
+        return point_problem(record["method"], record["hparams"])
+
 
 @dataclass(kw_only=True)
 class RungDecision(Record):
@@ -452,6 +499,20 @@ class RungDecision(Record):
     # the ties at the cut (points of equal mean validation accuracy, some kept and some not): each a sentence
     # naming the points and what broke the tie (kdsweep.halving.TIE_BREAK)
     ties: list | None = key(LIST)
+
+    WHAT = "halving decision"
+    FIX = "delete it so that the workflow decides the rung again"
+
+    @classmethod
+    def _meaning(cls, record):
+        # halving.rungs increase from epoch 1 (the schema, kdsweep.plan): rung k (from 0) is at epoch k + 1 or later
+        if record["rung"] < 1 or not 0 <= record["stage"] < record["rung"]:
+            return f"has rung {record['rung']} at stage {record['stage']}, which no halving.rungs can give"
+        if record.get("keep") is not None and not 0 < record["keep"] < 1:
+            return f"has keep = {record['keep']}, not a fraction above 0 and below 1"
+        if record.get("min_kept") is not None and record["min_kept"] < 1:
+            return f"has min_kept = {record['min_kept']}, not at least 1"
+        return None
 
 
 def point_of(record) -> tuple[str, tuple] | None:

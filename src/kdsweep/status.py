@@ -29,6 +29,7 @@ from pathlib import Path
 
 from .errors import KdsweepError
 from .identity import ASIDE, study_aside
+from .joblog import last_attempt
 from .lock import LOCK, read_holder
 from .layout import Layout, not_in_study_sentence
 from .plan import ROLES, Plan, Run, recorded_packs
@@ -112,7 +113,7 @@ def _log_verdict(path: Path) -> tuple[str, str] | None:
             lines = handle.read().decode(errors="replace").splitlines()
     except OSError:
         return None
-    for line in reversed(lines):
+    for line in reversed(last_attempt(lines)):  # an earlier attempt's verdict is not this one's
         if match := _ERROR.search(line):
             return "failed", match.group(1).strip()
         if match := _STOP.search(line):
@@ -194,8 +195,10 @@ def study_status(plan: Plan, root: Path, queue=None) -> StudyStatus:
     staged = {student: layout.staged_choice(student) for student in plan.students if plan.staged}
     confirmed = {choice: layout.confirm_record(*choice) for choice in plan.choices()}
     runs, waiting = plan.planned(_records(StagedChoice, root, staged), _records(BestPoint, root, confirmed))
-    # the rung records this config's halving made (others lie on disk, not read), and what it does not ask for
-    rungs = list(layout.current_decisions(root, lambda kind, path: kind.peek(root / path)).values())
+    # the rung records this config's halving made (others lie on disk, not read), each read checked (a damaged
+    # record is one sentence, as for the workflow), and what the config does not ask for
+    rungs = list(layout.current_decisions(root, lambda kind, path: kind.read(root / path)
+                                          if (root / path).exists() else None).values())
     left_out = layout.not_in_study(root, runs, {(decision.student, decision.stage): decision for decision in rungs})
     teacher = Metrics.peek(root / layout.run_dir(plan.teacher) / METRICS)
     digest = (_read_json(root / plan.results / "data" / "stats.json") or {}).get("data_digest")
@@ -241,9 +244,10 @@ def _prune(plan: Plan, statuses, rungs) -> float:
 
 
 def _records(kind, root: Path, paths: dict) -> dict:
-    """{key: (record as a dict, its path)} of the records written so far, as Plan.planned takes them."""
-    records = {key: (kind.peek(root / path), path) for key, path in paths.items()}
-    return {key: (record.as_dict(), path) for key, (record, path) in records.items() if record is not None}
+    """{key: (record, its path)} of the records written so far, each read checked (a checkpoint's record is
+    written whole or not at all: one that cannot be read is damaged, and said so in one sentence), as
+    Plan.planned takes them."""
+    return {key: (kind.read(root / path), path) for key, path in paths.items() if (root / path).exists()}
 
 
 def _same_folder(a, b) -> bool:

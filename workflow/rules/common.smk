@@ -23,13 +23,12 @@ from snakemake.utils import validate
 from snakemake_interface_executor_plugins.settings import DeploymentMethod
 
 # (nothing here imports torch: every snakemake, also the one inside each cluster job, parses this)
-from kdsweep import io
+from kdsweep import chosen as choices
 from kdsweep.config import check_finite, coerce_strings
 from kdsweep.datasets import download_folder
 from kdsweep.errors import KdsweepError
 from kdsweep.commands import Commands, number
-from kdsweep.halving import kept_points
-from kdsweep.records import RungDecision
+from kdsweep.joblog import ENV as JOB_LOG
 from kdsweep.layout import TABLES, Layout
 from kdsweep.plan import ROLES, Plan, Run, recorded_packs
 from kdsweep.slurm import profile_warnings
@@ -44,6 +43,9 @@ try:
     PLAN = Plan(config, recorded_packs(Path("results", config["study"])))
     LAYOUT = Layout(PLAN)
     COMMANDS = Commands(PLAN, LAYOUT)
+    # the checkpoints' records already written, each checked (kdsweep.chosen): a damaged one stops the
+    # workflow here, in one sentence, not in an input function's traceback
+    choices.check(PLAN, LAYOUT)
 except KdsweepError as err:
     raise WorkflowError(str(err))
 
@@ -70,8 +72,10 @@ if (
     PYTHON = f"PYTHONPATH={SRC}${{PYTHONPATH:+:$PYTHONPATH}} python"
 else:
     PYTHON = shlex.quote(sys.executable)
+# Each job appends to its log (`>> {log:q} 2>&1`), which kdsweep keeps across the job's attempts
+# (KDSWEEP_JOB_LOG: kdsweep.joblog), so that a retried job's log still holds the stopped attempt's lines.
 # (Snakemake formats the prefix as it formats a shell command: its braces are doubled.)
-PREFIX = f'set -euo pipefail; kdsweep() {{ {PYTHON} -m kdsweep "$@"; }}; '
+PREFIX = f'set -euo pipefail; kdsweep() {{ {JOB_LOG}=1 {PYTHON} -m kdsweep "$@"; }}; '
 shell.prefix(PREFIX.replace("{", "{{").replace("}", "}}"))
 # Threads per job: runtime.threads, or 1 when it is 0 (torch's default), so that `--cores N`
 # runs N jobs side by side; a profile's set-threads overrides it.
@@ -156,7 +160,7 @@ def rung_kept(student, stage):
     """Successive halving: the points a student's rung (its index) kept, as its checkpoint's record says."""
     return chosen(
         checkpoints.rung_decision,
-        lambda record, path: kept_points(RungDecision.from_dict(record)),
+        lambda path: choices.kept(PLAN, student, stage, path),
         student=student,
         rung=PLAN.rungs[stage],
     )
@@ -213,11 +217,11 @@ def temperature_sweep(wildcards):
     return LAYOUT.finished_files(PLAN.temperature_sweep(wildcards.student))
 
 
-def chosen(checkpoint, choose, **wildcards):
-    """What a checkpoint chose: choose(its record, the record's path), a Plan method."""
+def chosen(checkpoint, read, **wildcards):
+    """What a checkpoint chose: read(its record's path), a kdsweep.chosen reader (checked)."""
     path = checkpoint.get(**wildcards).output[0]
     try:
-        return choose(io.read_json(path), path)
+        return read(path)
     except KdsweepError as err:
         raise WorkflowError(str(err))
 
@@ -227,7 +231,9 @@ def soft_weight_sweep(student):
 
     def outputs(wildcards):
         temperature = chosen(
-            checkpoints.best_temperature, PLAN.chosen_temperature, student=student
+            checkpoints.best_temperature,
+            lambda path: choices.temperature(PLAN, path),
+            student=student,
         )
         return LAYOUT.outputs(PLAN.soft_weight_sweep(student, temperature))
 
@@ -245,7 +251,11 @@ def sweep_of(student, method):
     return PLAN.sweep(
         student,
         method,
-        chosen(checkpoints.best_temperature, PLAN.chosen_temperature, student=student),
+        chosen(
+            checkpoints.best_temperature,
+            lambda path: choices.temperature(PLAN, path),
+            student=student,
+        ),
     )
 
 
@@ -259,9 +269,15 @@ def confirmation(student, method):
     its checkpoint chose (the baselines on those seeds are fixed runs)."""
 
     def outputs(wildcards):
+        # successive halving: a point of the last rung's survivors
+        among = (
+            {run.hparams for run in sweep_of(student, method) if run.needs_teacher}
+            if PLAN.halving
+            else None
+        )
         hparams = chosen(
             checkpoints.best_point,
-            lambda record, path: PLAN.chosen_point(student, method, record, path),
+            lambda path: choices.point(PLAN, student, method, path, among),
             choice=PLAN.choice_name(student, method),
         )
         return LAYOUT.outputs(PLAN.confirmed(student, method, hparams))

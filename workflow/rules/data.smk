@@ -22,7 +22,7 @@ rule runtime:
         machine_local=COMMANDS.machine_local(),
     shell:
         "kdsweep config --section runtime --section dataset.root --out {output:q} {params.machine_local}"
-        " > {log:q} 2>&1"
+        " >> {log:q} 2>&1"
 
 
 # The whole config the workflow runs with, rewritten whenever it changes: what
@@ -37,7 +37,7 @@ rule study:
     params:
         config=COMMANDS.study_config(),
     shell:
-        "kdsweep config --out {output:q} {params.config} > {log:q} 2>&1"
+        "kdsweep config --out {output:q} {params.config} >> {log:q} 2>&1"
 
 
 if DATASET_DIR:
@@ -58,7 +58,7 @@ if DATASET_DIR:
         params:
             dataset=COMMANDS.dataset_location(),
         shell:
-            "kdsweep download {params.dataset} --record {output:q} > {log:q} 2>&1"
+            "kdsweep download {params.dataset} --record {output:q} >> {log:q} 2>&1"
 
 
 # The split's statistics and the digest of the data (kdsweep.data): every run's identity holds it, and
@@ -76,4 +76,4 @@ rule stats:
     params:
         config=COMMANDS.job_config("stats"),
     shell:
-        "kdsweep stats --out {output:q} --config {input.runtime:q} {params.config} > {log:q} 2>&1"
+        "kdsweep stats --out {output:q} --config {input.runtime:q} {params.config} >> {log:q} 2>&1"

@@ -27,7 +27,7 @@ rule attack:
     shell:
         "kdsweep attack --attack {wildcards.attack} --run {params.run:q}"
         " --epsilon {params.epsilon} --out {output:q}"
-        " --config {input.runtime:q} {params.config} runtime.threads={threads} > {log:q} 2>&1"
+        " --config {input.runtime:q} {params.config} runtime.threads={threads} >> {log:q} 2>&1"
 
 
 rule evaluate:
@@ -50,4 +50,4 @@ rule evaluate:
         config=COMMANDS.job_config("evaluate"),
     shell:
         "kdsweep evaluate --run {params.run:q} --teacher {params.teacher:q} --out {output:q}"
-        " --config {input.runtime:q} {params.config} runtime.threads={threads} > {log:q} 2>&1"
+        " --config {input.runtime:q} {params.config} runtime.threads={threads} >> {log:q} 2>&1"

@@ -35,7 +35,7 @@ rule tables:
         # another search than the grid is named (kdsweep.tables.search)
         "kdsweep aggregate {params.results:q}"
         + ("" if config["sweep"] == "grid" else f" --search {config['sweep']}")
-        + " {params.study} > {log:q} 2>&1"
+        + " {params.study} >> {log:q} 2>&1"
 
 
 rule figures:
@@ -64,4 +64,4 @@ rule figures:
         methods=COMMANDS.methods_option(),
     shell:
         "kdsweep plots {params.results:q} --soft-weight {params.soft_weight}"
-        " --students {params.students}{params.methods} > {log:q} 2>&1"
+        " --students {params.students}{params.methods} >> {log:q} 2>&1"

@@ -32,7 +32,7 @@ rule train:
     shell:
         "kdsweep train --role {wildcards.trained} --model {wildcards.model} --seed {wildcards.seed}"
         " --stats {input.stats:q} --out {params.out:q} --record {output:q} --rerun-stale --wait-for-lock"
-        " --config {input.runtime:q} {params.config} runtime.threads={threads} > {log:q} 2>&1"
+        " --config {input.runtime:q} {params.config} runtime.threads={threads} >> {log:q} 2>&1"
 
 
 # The runs of a pack share one augmented data stream and one teacher forward pass per batch;
@@ -62,7 +62,7 @@ rule distill:
         "kdsweep distill --student {params.student} --seed {params.seed} --role {params.role}"
         " --teacher {params.teacher:q}"
         " {params.points} --stats {input.stats:q} --record {output:q} --rerun-stale --wait-for-lock"
-        " --config {input.runtime:q} {params.config} runtime.threads={threads} > {log:q} 2>&1"
+        " --config {input.runtime:q} {params.config} runtime.threads={threads} >> {log:q} 2>&1"
 
 
 # Staged sweep: each student's temperature, chosen on validation accuracy.
@@ -80,7 +80,7 @@ checkpoint best_temperature:
             LAYOUT.run_dir(run) for run in PLAN.temperature_sweep(wildcards.student)
         ],
     shell:
-        "kdsweep best-temperature --out {output:q} {params.runs:q} > {log:q} 2>&1"
+        "kdsweep best-temperature --out {output:q} {params.runs:q} >> {log:q} 2>&1"
 
 
 # Confirmation: each student's distilled point of each method (one that uses the teacher: kd w > 0) with
@@ -100,7 +100,7 @@ checkpoint best_point:
             LAYOUT.run_dir(run) for run in sweep_of(*PLAN.choice(wildcards.choice))
         ],
     shell:
-        "kdsweep best-point --out {output:q} {params.runs:q} > {log:q} 2>&1"
+        "kdsweep best-point --out {output:q} {params.runs:q} >> {log:q} 2>&1"
 
 
 # Successive halving (sweep: halving): a student's points of each KD method judged at a rung on mean
@@ -122,4 +122,4 @@ checkpoint rung_decision:
     shell:
         "kdsweep rung-decision {input:q} --out {output:q} --student {wildcards.student} --stage {params.stage}"
         " --rung {wildcards.rung} --keep {params.keep} --min-kept {params.min_kept} --seeds {params.seeds}"
-        " > {log:q} 2>&1"
+        " >> {log:q} 2>&1"

@@ -36,7 +36,8 @@ from kdsweep.io import read_text, write_text
 from kdsweep.layout import TABLES, not_in_study_sentence
 from kdsweep.tables import confirmed, methods, reference
 from kdsweep.tables.choices import collect_choices
-from kdsweep.tables.search import drop_pruned, study_search
+from kdsweep.tables.files import StudyFiles, choice_name
+from kdsweep.tables.search import pruned_keys, drop_pruned, study_search
 from kdsweep.tables.collect import (RUN_COLUMNS, collect_attacks, collect_runs, join_robustness, results_folder,
                                     warn_unmatched)
 
@@ -88,20 +89,22 @@ def write_tables(results_dir, search: str | None = None, config: dict | None = N
     kdsweep.tables.search), which every table names."""
     results_dir = results_folder(results_dir)
     unmatched = []
+    files = StudyFiles(results_dir)  # the study's files by their names; the rest are strays, said once
     scope = study_scope(results_dir, config)
-    searched = study_search(results_dir, search, *((scope.plan, scope.decisions) if scope else ()))
-    runs = collect_runs(results_dir, unmatched)
-    attacks = collect_attacks(results_dir, unmatched)
-    choices = collect_choices(results_dir)
+    if scope is not None:  # a confirmation's record of a choice the config does not ask for is not read
+        files.choices = [path for path in files.choices if choice_name(path.name) in scope.choices]
+    searched = study_search(results_dir, search, files, *((scope.plan, scope.decisions) if scope else ()))
+    runs = collect_runs(results_dir, unmatched, files)
+    attacks = collect_attacks(results_dir, unmatched, files)
     if scope is not None:
         runs = runs[runs["run"].isin(scope.runs)].reset_index(drop=True)
         attacks = attacks[attacks["run"].isin(scope.runs)].reset_index(drop=True)
-        choices = {key: choice for key, choice in choices.items() if key in scope.choices}
         unmatched = [path for path in unmatched if _measured(path, results_dir) in scope.runs]
         if sentence := not_in_study_sentence(scope.left_out):
             print(f"kdsweep: warning: {sentence}", file=sys.stderr)
     runs = drop_pruned(runs, searched)
     if runs.empty:
+        files.warn()
         raise KdsweepError(f"{results_dir} holds no finished run (no runs/<role>/<run>/metrics.json): nothing to "
                            "tabulate yet; train some runs first, or pass the study's folder results/<study>")
     robustness = join_robustness(runs, attacks)
@@ -109,6 +112,8 @@ def write_tables(results_dir, search: str | None = None, config: dict | None = N
     grid = reference.grid(runs)
     table1 = reference.table1(runs, robustness)
     kd_vs_hard = reference.kd_vs_hard(runs, robustness)
+    choices = collect_choices(results_dir, files, pruned_keys(searched))
+    files.warn()
     confirmation = confirmed.confirmed(runs, robustness, choices)
     sensitivity = reference.sensitivity(runs, grid)
     vs_reference = reference.vs_reference(runs, results_dir, table1, kd_vs_hard, confirmation, sensitivity)

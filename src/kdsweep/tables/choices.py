@@ -12,6 +12,7 @@ from kdsweep.methods import METHODS
 from kdsweep.records import BestPoint, Metrics, StagedChoice, point_of
 from kdsweep.runs import METRICS
 from kdsweep.tables.collect import metrics_frame, results_folder
+from kdsweep.tables.files import StudyFiles, choice_name
 from kdsweep.tables.summary import method_candidates, pick_best
 
 
@@ -24,16 +25,27 @@ class Choice:
     point: tuple  # the hyperparameters' values, in the method's order
 
 
-def collect_choices(results_dir) -> dict:
+def collect_choices(results_dir, files: StudyFiles | None = None, pruned=frozenset()) -> dict:
     """The confirmation checkpoint's records, confirm/<choice>.json (best_point): {(student, method): Choice}
-    (a record of an earlier version, without its method, is kd's)."""
+    (a record of an earlier version, without its method, is kd's). files: the study's files (strays warned
+    about by the caller that gives them); pruned: {(student, method, point)} of the points successive halving
+    pruned, which no record may pick."""
+    own = files is None
+    files = files or StudyFiles(results_folder(results_dir))
     choices = {}
-    for path in sorted(results_folder(results_dir).glob("confirm/*.json")):
+    for path in files.choices:
         record = BestPoint.read(path)
         picked = point_of(record)
-        if picked is None:
-            raise KdsweepError(f"{path} names no point of a KD method; delete it so that the workflow chooses again")
-        choices[record.student, picked[0]] = Choice(record, picked[0], tuple(value for _, value in picked[1]))
+        if choice_name(path.name) != (record.student, picked[0]):
+            raise KdsweepError(f"{BestPoint.WHAT} {path} is the choice of {record.student}'s {picked[0]} point, "
+                               f"which its file name is not; {BestPoint.FIX}")
+        point = tuple(value for _, value in picked[1])
+        if (record.student, picked[0], tuple(map(float, point))) in pruned:
+            raise KdsweepError(f"{BestPoint.WHAT} {path} picks {picked[0]} point {dict(picked[1])}, which successive "
+                               f"halving pruned (it is not among the last rung's survivors); {BestPoint.FIX}")
+        choices[record.student, picked[0]] = Choice(record, picked[0], point)
+    if own:
+        files.warn()
     return choices
 
 

@@ -3,8 +3,9 @@ result bound to the run version it measured (kdsweep.identity.result_matches).
 
 Inputs, each read as its record (kdsweep.records): runs/<role>/<run>/metrics.json (a finished run),
 attacks/<role>/<run>/<attack>_eps<eps>.json (one per attack and epsilon) and evaluation/<role>/<run>.json
-(fidelity, calibration, logit scale; kdsweep.evaluation). A missing attack or evaluation file (a sweep in
-progress) leaves empty cells, never an error. A result that measured another version of its run (retrained
+(fidelity, calibration, logit scale; kdsweep.evaluation), found by the workflow's names only (what else lies
+there is a stray, kdsweep.tables.files). A missing attack or evaluation file (a sweep in progress) leaves
+empty cells, never an error. A result that measured another version of its run (retrained
 since: its run hash or model digest differs, kdsweep.identity) is left out with a warning: no table pairs
 the numbers of two versions of a run.
 """
@@ -18,9 +19,11 @@ import pandas as pd
 
 from kdsweep.errors import KdsweepError
 from kdsweep.identity import result_matches
-from kdsweep.plan import ROLES
+from kdsweep.layout import attack_file
+from kdsweep.plan import ROLES, Run
 from kdsweep.records import EVALUATION_MEASURES, AttackResult, Evaluation, Metrics, point_of
 from kdsweep.runs import METRICS
+from kdsweep.tables.files import StudyFiles
 
 KEYS = ["dataset", "model", "role", "temperature", "soft_weight", "seed"]
 # Columns from evaluation/<role>/<run>.json (kdsweep.records.Evaluation): agreement with the teacher (%),
@@ -66,10 +69,28 @@ def results_folder(results_dir):
     return results_dir
 
 
-def finished_runs(results_dir) -> dict[str, Metrics]:
-    """{run folder relative to results_dir: its metrics.json} of every finished run."""
-    return {path.parent.relative_to(results_dir).as_posix(): Metrics.read(path, needs=Metrics.TABULATED)
-            for path in results_dir.glob(f"runs/*/*/{METRICS}")}
+def _named(metrics: Metrics) -> str | None:
+    """runs/<role>/<run> of the run a metrics.json describes (kdsweep.plan.Run.folder); None for none."""
+    picked = point_of(metrics)
+    try:
+        run = Run(metrics.role, metrics.model, metrics.seed, *(picked or ()))
+    except KdsweepError:
+        return None
+    return run.folder
+
+
+def finished_runs(results_dir, files: StudyFiles | None = None) -> dict[str, Metrics]:
+    """{run folder relative to results_dir: its metrics.json} of every finished run of the study (files: the
+    study's files, whose strays gain a run folder whose metrics.json describes another run: a copy)."""
+    files = files or StudyFiles(results_dir)
+    runs = {}
+    for name, folder in files.runs.items():
+        metrics = Metrics.read(folder / METRICS, needs=Metrics.TABULATED)
+        if _named(metrics) == name:
+            runs[name] = metrics
+        else:
+            files.stray(folder)
+    return runs
 
 
 def _left_out(paths, unmatched, results_dir):
@@ -88,14 +109,17 @@ def warn_unmatched(unmatched, results_dir):
               file=sys.stderr)
 
 
-def collect_runs(results_dir, unmatched: list | None = None) -> pd.DataFrame:
+def collect_runs(results_dir, unmatched: list | None = None, files: StudyFiles | None = None) -> pd.DataFrame:
     """One row per finished run (a folder with metrics.json); unfinished runs are skipped.
 
     The EVALUATION_COLUMNS come from evaluation/<role>/<run>.json, empty while that file is missing or
     measured another version of the run or of the teacher (kdsweep.identity.result_matches). Such results
-    are added to `unmatched`, or warned about where it is None."""
+    are added to `unmatched`, or warned about where it is None; so are strays (files: the study's files,
+    warned about by the caller that gives them)."""
     results_dir = results_folder(results_dir)
-    runs = finished_runs(results_dir)
+    own = files is None
+    files = files or StudyFiles(results_dir)
+    runs = finished_runs(results_dir, files)
     teacher = next((metrics for run, metrics in runs.items() if run.startswith("runs/teacher/")), None)
     rows, left_out = [], []
     for run, record in runs.items():
@@ -116,19 +140,27 @@ def collect_runs(results_dir, unmatched: list | None = None) -> pd.DataFrame:
                 left_out.append(evaluation)
         rows.append(row)
     _left_out(left_out, unmatched, results_dir)
+    if own:
+        files.warn()
     return in_role_order(numeric_frame(rows, [*RUN_COLUMNS, "method", "point"]),
                          ["role", "dataset", "model", "temperature", "soft_weight", "seed", "run"])
 
 
-def collect_attacks(results_dir, unmatched: list | None = None) -> pd.DataFrame:
+def collect_attacks(results_dir, unmatched: list | None = None, files: StudyFiles | None = None) -> pd.DataFrame:
     """One row per attack result file of a finished run that it measured (kdsweep.identity.result_matches);
-    `run` is the attacked run folder relative to results_dir; the others go to `unmatched` (collect_runs)."""
+    `run` is the attacked run folder relative to results_dir; the others go to `unmatched`, and strays to
+    `files` (collect_runs)."""
     results_dir = results_folder(results_dir)
-    runs = finished_runs(results_dir)
+    own = files is None
+    files = files or StudyFiles(results_dir)
+    runs = finished_runs(results_dir, files)
     columns = [c for c in ROBUSTNESS_COLUMNS if c not in ("dataset", *LOGIT_SCALE, *SEED_GAIN)]  # joined later
     rows, left_out = [], []
-    for path in results_dir.glob("attacks/*/*/*.json"):
+    for path in files.attacks:
         record = AttackResult.read(path)
+        if path.name != attack_file(record.attack, record.epsilon):
+            files.stray(path)  # a copy under another attack's or epsilon's name
+            continue
         run = f"runs/{path.parent.parent.name}/{path.parent.name}"
         if run not in runs or not result_matches(record, runs[run]):
             left_out.append(path)
@@ -138,6 +170,8 @@ def collect_attacks(results_dir, unmatched: list | None = None) -> pd.DataFrame:
         row["run"] = run
         rows.append(row)
     _left_out(left_out, unmatched, results_dir)
+    if own:
+        files.warn()
     return in_role_order(numeric_frame(rows, columns),
                          ["role", "model", "temperature", "soft_weight", "seed", "attack", "epsilon"])
 

@@ -18,9 +18,12 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from kdsweep.errors import KdsweepError
 from kdsweep.halving import read_decision
 from kdsweep.methods import METHODS
 from kdsweep.plan import fmt
+from kdsweep.records import RungDecision
+from kdsweep.tables.files import StudyFiles, decision_name
 
 SEARCHES = ("grid", "staged", "halving")
 PRUNED_COLUMNS = ["model", "method", "point", "pruned_at_epoch", "val_acc_mean", "val_acc_n"]
@@ -41,11 +44,12 @@ def _configured(results_dir: Path) -> str | None:
     return sweep if sweep in SEARCHES else None
 
 
-def study_search(results_dir, kind: str | None = None, plan=None, decisions=None) -> Search:
+def study_search(results_dir, kind: str | None = None, files: StudyFiles | None = None, plan=None,
+                 decisions=None) -> Search:
     """The search of a study's results (kind: the workflow's, else study.yaml's, else grid). plan and decisions:
     the study as configured now and its current rung records (kdsweep.layout.Layout.current_decisions), of
-    which the label and the pruned points are; without a plan (a folder without study.yaml), every rung record
-    on disk."""
+    which the label and the pruned points are; without a plan (a folder without study.yaml), the rung records
+    of the study's files (kdsweep.tables.files; strays warned about by the caller that gives them)."""
     results_dir = Path(results_dir)
     kind = kind or _configured(results_dir) or "grid"
     if kind == "staged":
@@ -57,7 +61,17 @@ def study_search(results_dir, kind: str | None = None, plan=None, decisions=None
         rungs, halving = plan.rungs, plan.config["halving"]
         keep, min_kept = halving["keep"], halving["min_kept"]
     else:
-        decisions = [read_decision(path) for path in sorted((results_dir / "halving").glob("*.json"))]
+        own = files is None
+        files = files or StudyFiles(results_dir)
+        decisions = []
+        for path in files.decisions:
+            decision = read_decision(path)
+            if decision_name(path.name) != (decision.student, decision.rung):
+                raise KdsweepError(f"{RungDecision.WHAT} {path} is the decision of {decision.student}'s rung at "
+                                   f"epoch {decision.rung}, which its file name is not; {RungDecision.FIX}")
+            decisions.append(decision)
+        if own:
+            files.warn()
         rungs = sorted({decision.rung for decision in decisions})
         keep, min_kept = (decisions[0].keep, decisions[0].min_kept) if decisions else (None, None)
     at = f"rungs at epochs {', '.join(map(str, rungs))}" if len(rungs) > 1 else f"a rung at epoch {rungs[0]}" if rungs else ""
@@ -79,7 +93,7 @@ def study_search(results_dir, kind: str | None = None, plan=None, decisions=None
     return Search(kind, label, pd.DataFrame(rows, columns=PRUNED_COLUMNS))
 
 
-def _pruned_keys(search: Search) -> set:
+def pruned_keys(search: Search) -> set:
     return set(zip(search.pruned["model"], search.pruned["method"], search.pruned["point"]))
 
 
@@ -88,7 +102,7 @@ def drop_pruned(runs: pd.DataFrame, search: Search) -> pd.DataFrame:
     the tables' best is chosen among the last rung's survivors)."""
     if search.pruned.empty:
         return runs
-    keys = _pruned_keys(search)
+    keys = pruned_keys(search)
     pruned = [(role == method and (model, method, point) in keys)
               for role, model, method, point in zip(runs["role"], runs["model"], runs["method"], runs["point"])]
     return runs[[not p for p in pruned]].reset_index(drop=True)
