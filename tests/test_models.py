@@ -2,12 +2,14 @@ import re
 
 import pytest
 import torch
+import torchvision
 from torch import nn
 
 from kdsweep.config import schema
 from kdsweep.errors import KdsweepError
 from kdsweep.io import torch_save
-from kdsweep.models import MODELS, build_model, load_model, save_model
+from kdsweep.models import (SMALL_IMAGE, build_model, check_buildable, check_name, family, load_model, names,
+                            parameter_count, save_model)
 
 MEAN = [0.49, 0.48, 0.45]
 STD = [0.25, 0.24, 0.26]
@@ -20,19 +22,136 @@ PARAMS_10_CLASSES = {"resnet18": 11_173_962, "resnet50": 23_520_842, "mobilenet_
 @pytest.fixture(scope="module")
 def built():
     torch.manual_seed(0)
-    return {name: build_model(name, 10, MEAN, STD) for name in MODELS}
+    return {name: build_model(name, 10, MEAN, STD) for name in PARAMS_10_CLASSES}
 
 
 def _stem(name, model):
     return model.net.features[0][0] if name.startswith("mobilenet") else model.net.conv1
 
 
-def test_registry_is_the_study_architectures():
-    assert set(MODELS) == set(PARAMS_10_CLASSES)
+def _reference_study_network(name, num_classes, channels):
+    """The reference study's network as it was hand-made before the registry: torchvision's, then a 3x3
+    stride-1 kaiming-initialised stem (and, for a ResNet, no max-pool), drawn in this order."""
+    net = getattr(torchvision.models, name)(weights=None, num_classes=num_classes)
+    first = net.conv1 if name.startswith("resnet") else net.features[0][0]
+    conv = nn.Conv2d(channels, first.out_channels, kernel_size=3, stride=1, padding=1, bias=False)
+    nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+    if name.startswith("resnet"):
+        net.conv1, net.maxpool = conv, nn.Identity()
+    else:
+        net.features[0][0] = conv
+    return net
 
 
-def test_config_schema_accepts_exactly_the_registered_models():
-    assert set(schema()["$defs"]["model"]["enum"]) == set(MODELS)
+@pytest.mark.parametrize("name", sorted(PARAMS_10_CLASSES))
+@pytest.mark.parametrize("channels", [3, 1])
+def test_the_reference_study_networks_are_drawn_exactly_as_before(name, channels):
+    """config.yaml's study trains the very same models: the stem rule gives the hand-made stems' weights (same
+    random draws, same shapes) and the same outputs for a seed."""
+    torch.manual_seed(7)
+    model = build_model(name, 10, MEAN[:channels], STD[:channels]).eval()
+    torch.manual_seed(7)
+    reference = _reference_study_network(name, 10, channels).eval()
+    ours = {key.removeprefix("net."): value for key, value in model.state_dict().items() if key.startswith("net.")}
+    theirs = reference.state_dict()
+    assert list(ours) == list(theirs)
+    for key in theirs:
+        assert ours[key].shape == theirs[key].shape and torch.equal(ours[key], theirs[key]), key
+    x = torch.rand(3, channels, 32, 32)
+    mean, std = torch.tensor(MEAN[:channels]).view(1, -1, 1, 1), torch.tensor(STD[:channels]).view(1, -1, 1, 1)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), reference((x - mean) / std), rtol=0, atol=0)
+
+
+def test_registry_is_torchvisions_list_of_classification_models():
+    listed = torchvision.models.list_models(module=torchvision.models)
+    assert list(names()[: len(listed)]) == listed
+    assert {"shufflenet_v2_x0_5", "efficientnet_b0", "convnext_tiny", "vit_b_16"} <= set(names())
+    assert not any(name.startswith(("fasterrcnn", "deeplab", "r3d", "quantized")) for name in names())
+
+
+def test_an_unknown_model_is_one_sentence_naming_the_fix():
+    with pytest.raises(KdsweepError, match=r"'resnet19' is no torchvision classification model \(did you mean "
+                                           r"resnet18.*`python -m kdsweep models` lists them"):
+        check_name("resnet19")
+
+
+def test_config_schema_takes_a_model_name_pattern_and_kdsweep_models_checks_it():
+    pattern = schema()["$defs"]["model"]["pattern"]
+    assert all(re.match(pattern, name) for name in names())
+    assert re.match(pattern, "timm:resnet18.a1_in1k") and not re.match(pattern, "../evil")
+
+
+@pytest.mark.skipif(__import__("importlib").util.find_spec("timm") is not None, reason="timm is installed")
+def test_a_timm_model_without_timm_names_the_extra():
+    with pytest.raises(KdsweepError, match=r"timm is not installed; install the optional extra"):
+        check_name("timm:resnet18")
+
+
+@pytest.mark.skipif(__import__("importlib").util.find_spec("timm") is None, reason="timm is not installed")
+def test_a_timm_resnet_gets_the_small_image_stem():
+    model = build_model("timm:resnet18", 10, MEAN, STD, image_size=32).eval()
+    assert family("timm:resnet18") == "timm.ResNet"
+    assert model.net.conv1.stride == (1, 1) and isinstance(model.net.maxpool, nn.Identity)
+    assert model(torch.rand(2, 3, 32, 32)).shape == (2, 10)
+
+
+# family member -> where its stem convolution is, and its stem's max-pool (None: it has none)
+SMALL_STEMS = {
+    "shufflenet_v2_x0_5": ("conv1.0", "maxpool"),
+    "efficientnet_b0": ("features.0.0", None),
+    "mobilenet_v2": ("features.0.0", None),
+    "mnasnet0_5": ("layers.0", None),
+    "regnet_x_400mf": ("stem.0", None),
+    "densenet121": ("features.conv0", "features.pool0"),
+    "resnext50_32x4d": ("conv1", "maxpool"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SMALL_STEMS))
+def test_small_images_get_the_familys_stride_1_stem(name):
+    stem, pool = SMALL_STEMS[name]
+    original = torchvision.models.get_model(name, weights=None, num_classes=10)
+    assert original.get_submodule(stem).stride == (2, 2)  # ImageNet's stem halves the image
+    torch.manual_seed(0)
+    model = build_model(name, 10, MEAN, STD, image_size=32).eval()
+    conv = model.net.get_submodule(stem)
+    assert (conv.kernel_size, conv.stride, conv.padding) == ((3, 3), (1, 1), (1, 1))
+    assert conv.out_channels == original.get_submodule(stem).out_channels
+    if pool:
+        assert isinstance(model.net.get_submodule(pool), nn.Identity)
+    for size in (8, 32):
+        with torch.no_grad():
+            assert model(torch.rand(2, 3, size, size)).shape == (2, 10)
+    assert parameter_count(name) == sum(p.numel() for p in model.parameters())
+
+
+def test_convnext_patchifies_by_a_sixteenth_of_the_side():
+    torch.manual_seed(0)
+    for size, patch in ((32, 2), (8, 1)):
+        model = build_model("convnext_tiny", 10, MEAN, STD, image_size=size).eval()
+        conv = model.net.features[0][0]
+        assert conv.kernel_size == conv.stride == (patch, patch)
+        with torch.no_grad():
+            assert model(torch.rand(1, 3, size, size)).shape == (1, 10)
+
+
+def test_a_vit_takes_patches_of_an_eighth_of_the_side():
+    torch.manual_seed(0)
+    model = build_model("vit_b_16", 10, MEAN, STD, image_size=32).eval()
+    assert (model.net.image_size, model.net.patch_size) == (32, 4)
+    assert model.net.encoder.pos_embedding.shape == (1, 1 + 8 * 8, 768)  # the class token and 64 patches
+    assert len(model.net.encoder.layers) == 12  # vit_b_16's depth, as torchvision builds it
+    with torch.no_grad():
+        assert model(torch.rand(1, 3, 32, 32)).shape == (1, 10)
+
+
+@pytest.mark.parametrize("name", ["vgg11", "swin_t", "squeezenet1_0", "alexnet"])
+def test_a_family_without_a_small_image_rule_is_refused_in_one_sentence(name):
+    with pytest.raises(KdsweepError, match=rf"'{name}' is of the \w+ family, for which kdsweep has no small-image "
+                                           r"stem rule.*32 px.*name a network of a family with one .*docs/models.md"):
+        check_buildable(name, 32)
+    assert check_buildable(name, SMALL_IMAGE + 1) == name  # large images: the network as torchvision builds it
 
 
 @pytest.mark.parametrize("name", sorted(PARAMS_10_CLASSES))
@@ -103,9 +222,24 @@ def test_bn_momentum():
     assert momenta(build_model("resnet18", 10, MEAN, STD, bn_momentum=0.3)) == {0.3}
 
 
-def test_unknown_model_lists_the_known_ones():
-    with pytest.raises(KdsweepError, match="mobilenet_v3_small.*resnet18.*resnet50"):
-        build_model("vgg11", 10, MEAN, STD)
+def test_unknown_model_is_refused_by_build_model():
+    with pytest.raises(KdsweepError, match="'resnet_18' is no torchvision classification model"):
+        build_model("resnet_18", 10, MEAN, STD)
+
+
+def test_a_new_family_and_a_checkpoints_stem_kernel_survive_save_and_load(tmp_path):
+    torch.manual_seed(2)
+    model = build_model("resnet18", 10, MEAN, STD, image_size=8, stem_kernel=7).eval()
+    assert model.net.conv1.kernel_size == (7, 7) and model.net.conv1.stride == (1, 1)
+    loaded = load_model(save_model(tmp_path / "a.pt", model, "resnet18", 10))
+    assert loaded.net.conv1.kernel_size == (7, 7)
+    torch.manual_seed(2)
+    small = build_model("shufflenet_v2_x0_5", 10, MEAN, STD, image_size=8).eval()
+    again = load_model(save_model(tmp_path / "b.pt", small, "shufflenet_v2_x0_5", 10))
+    x = torch.rand(2, 3, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)
+        torch.testing.assert_close(again(x), small(x), rtol=0, atol=0)
 
 
 @pytest.fixture

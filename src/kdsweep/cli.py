@@ -117,6 +117,13 @@ def cmd_download(args):
     _refuse_overwrite(args, writes=[("--record", getattr(args, "record", None))])
     path = datasets.download(config["dataset"]["name"], config["dataset"]["root"])
     print(f"{config['dataset']['name']} is ready in {path}")
+    from .plan import WEIGHTS_NAME, teachers as study_teachers
+
+    for teacher in study_teachers(config):  # pretrained weights named by torchvision: fetched here, never in a job
+        if teacher.checkpoint and WEIGHTS_NAME.match(teacher.checkpoint):
+            from .teachers import download as download_weights
+
+            print(f"{teacher.checkpoint} is ready in {download_weights(teacher.checkpoint)}")
     if args.record:
         from . import io
 
@@ -133,21 +140,28 @@ def cmd_stats(args):
 
 
 def _train(args, runs, out_dirs, teacher_dir=None):
-    from .models import MODELS
+    from .datasets import geometry
+    from .models import check_buildable
     from .runtime import EXIT_PREEMPTED, Preempted
     from .train import train_points
 
-    if runs[0].model not in MODELS:
-        raise KdsweepError(f"model '{runs[0].model}' is unknown; choose one of {', '.join(MODELS)}")
     config = _load(args)
-    _refuse_overwrite(args, config, reads=[("the stats file", args.stats)],
+    check_buildable(runs[0].model, geometry(config["dataset"]["name"])[1])
+    checkpoint = getattr(args, "checkpoint", None)
+    if getattr(args, "fine_tune", False) and checkpoint is None:
+        raise KdsweepError("--fine-tune fine-tunes a teacher's checkpoint; give --checkpoint too")
+    from .plan import WEIGHTS_NAME
+
+    read = [("the teacher's checkpoint", checkpoint)] if checkpoint and not WEIGHTS_NAME.match(checkpoint) else []
+    _refuse_overwrite(args, config, reads=[("the stats file", args.stats), *read],
                       runs=[("the teacher run folder", teacher_dir)],
                       writes=[("--record", args.record)], trains=[("--out", out) for out in out_dirs])
     histories = {}
     try:
         results = train_points(config, runs, args.stats, out_dirs, teacher_dir=teacher_dir,
                                rerun_stale=args.rerun_stale, wait_for_lock=args.wait_for_lock,
-                               until_epoch=getattr(args, "until_epoch", None), histories=histories)
+                               until_epoch=getattr(args, "until_epoch", None), teacher_checkpoint=checkpoint,
+                               fine_tune=getattr(args, "fine_tune", False), histories=histories)
     except Preempted:
         sys.exit(EXIT_PREEMPTED)
     if args.record:
@@ -173,7 +187,12 @@ def cmd_train(args):
     from .plan import Run
 
     check_value("seeds.items", args.seed, "--seed")
-    _train(args, [Run(role=args.role, model=args.model, seed=args.seed)], [args.out])
+    if (args.architecture or args.checkpoint) and args.role != "teacher":
+        raise KdsweepError("--architecture and --checkpoint are a teacher's; give --role teacher")
+    # a teacher named otherwise than its architecture (teacher.name): --model is its name, --architecture its model
+    named = args.architecture is not None and args.architecture != args.model
+    _train(args, [Run(role=args.role, model=args.architecture or args.model, seed=args.seed,
+                      teacher=args.model if named else None)], [args.out])
 
 
 def cmd_distill(args):
@@ -200,7 +219,8 @@ def cmd_distill(args):
         points = [("kd", {"temperature": t, "soft_weight": w}) for t, w in zip(args.temperature, args.soft_weight)]
     if args.role == "kd" and any(method != "kd" for method, _ in points):
         raise KdsweepError("--role kd is for kd points; give --role sweep (the default) for points of other methods")
-    runs = [Run.distilled_run("confirm" if args.role == "confirm" else method, args.student, args.seed, method, values)
+    runs = [Run.distilled_run("confirm" if args.role == "confirm" else method, args.student, args.seed, method, values,
+                              args.teacher_name)
             for method, values in points]
     _train(args, runs, args.out, teacher_dir=args.teacher)
 
@@ -243,13 +263,15 @@ def cmd_aggregate(args):
 
 def cmd_plots(args):
     from .config import check_value
-    from .models import MODELS
+    from .models import check_name
     from .plots import write_figures
 
     check_value("soft_weights.items", args.soft_weight, "--soft-weight")
-    if unknown := [name for name in args.students or () if name not in MODELS]:
-        raise KdsweepError(f"--students names '{unknown[0]}', which is no architecture; choose among "
-                           f"{', '.join(MODELS)}")
+    for name in args.students or ():
+        try:
+            check_name(name)
+        except KdsweepError as err:
+            raise KdsweepError(f"--students names '{name}', which is no architecture: {err}") from None
     from .methods import METHODS
 
     if unknown := [name for name in args.methods or () if name not in METHODS]:
@@ -410,9 +432,20 @@ def cmd_slurm_profile(args):
 
 
 def cmd_models(args):
-    from .models import MODELS
+    from .models import SMALL_IMAGE, STEM_RULES, family, names, parameter_count
 
-    print("\n".join(MODELS))
+    if args.classes < 1 or args.image_size < 1:
+        raise KdsweepError("--classes and --image-size must be at least 1")
+    small = args.image_size <= SMALL_IMAGE
+    print(f"{'model':<28} {'family':<20} {'parameters':>14}  ({args.classes} classes, {args.image_size} px"
+          f"{', small-image stems' if small else ''})")
+    for name in names():
+        found = family(name)
+        if small and found not in STEM_RULES:
+            count = "no small-image rule"
+        else:
+            count = f"{parameter_count(name, args.classes, args.image_size):,}"
+        print(f"{name:<28} {found:<20} {count:>14}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -442,7 +475,17 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--role", choices=["teacher", "baseline", "confirm"], default="baseline",
                            help="teacher, hard-target baseline (default), or the baseline of a confirmation "
                                 "on fresh seeds; only the name differs")
-            p.add_argument("--model", required=True, help="architecture (see `python -m kdsweep models`)")
+            p.add_argument("--model", required=True,
+                           help="architecture (see `python -m kdsweep models`); a teacher named otherwise "
+                                "(teacher.name, with --architecture): its name")
+            p.add_argument("--architecture", metavar="MODEL",
+                           help="a teacher whose name (--model) is not its architecture: the architecture")
+            p.add_argument("--checkpoint", metavar="FILE_OR_WEIGHTS",
+                           help="a teacher from a checkpoint (teacher.checkpoint: a state dict file or a torchvision "
+                                "weights name; docs/models.md): evaluated as it is, or fine-tuned with --fine-tune")
+            p.add_argument("--fine-tune", action="store_true",
+                           help="fine-tune the --checkpoint on the study's data with `training` (a head for its "
+                                "classes where the checkpoint's differ)")
         else:
             p.add_argument("--role", choices=["sweep", "kd", "confirm"], default="sweep",
                            help="points of the sweep (default; each of its method's role: kd, dkd, ...; `kd` "
@@ -451,6 +494,9 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--student", required=True, help="student architecture")
             p.add_argument("--teacher", type=_path, required=True,
                            help="run folder of the trained teacher (holds model.pt)")
+            p.add_argument("--teacher-name", metavar="NAME",
+                           help="the teacher's name, for a teacher but the study's first (its students' folder "
+                                "names carry it: <student>_from_<teacher>_...)")
             p.add_argument("--point", action="append", default=[], metavar="METHOD:NAME=VALUE,...",
                            help="a point of any KD method (kdsweep.methods), e.g. "
                                 "dkd:alpha=1,beta=8,temperature=4,warmup_epochs=20; with one --out each")
@@ -587,7 +633,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "resubmits it, instead of SLURM requeueing it (sbatch --requeue, the default)")
     p.set_defaults(func=cmd_slurm_profile)
 
-    p = _command(subparsers, "models", "list the architectures that can be named in the config")
+    p = _command(subparsers, "models", "list the architectures a study can name (torchvision's classification "
+                                       "models, and timm's where installed), their family and parameter count as "
+                                       "a study builds them (docs/models.md)")
+    p.add_argument("--classes", type=int, default=10, help="output classes to count the head with (default 10)")
+    p.add_argument("--image-size", type=int, default=32,
+                   help="image side in pixels (default 32, CIFAR's): up to 64, the small-image stems")
     p.set_defaults(func=cmd_models)
     return parser
 

@@ -18,7 +18,7 @@ import math
 import shlex
 
 from .layout import Layout
-from .plan import Pack, Plan
+from .plan import Pack, Plan, Run
 
 # The data a job reads: what it is (kdsweep.identity.DATASET_KEYS), not where it lies.
 _DATA = ("dataset.name", "dataset.subset", "dataset.val_fraction", "dataset.split_seed")
@@ -167,12 +167,27 @@ class Commands:
         SCHEDULING: how the workflow groups its jobs is not what the study is, and changing it plans nothing."""
         return command_line(_without(self.plan.config, [f"runtime.{key}" for key in SCHEDULING]))
 
+    def train_options(self, run: Run) -> str:
+        """A train job's options beside its config slice: for a teacher from a checkpoint `--checkpoint SPEC`
+        (and `--fine-tune`), for a teacher named otherwise than its architecture `--architecture MODEL`; '' for
+        every other run (the reference study's commands, unchanged). Ends with a space where not empty."""
+        if run.role != "teacher":
+            return ""
+        teacher = self.plan.teacher_of(run)
+        options = [f"--architecture {teacher.model}"] if run.teacher else []
+        if teacher.checkpoint:
+            options.append(f"--checkpoint {shlex.quote(teacher.checkpoint)}")
+            options += ["--fine-tune"] if teacher.fine_tune else []
+        return "".join(f"{option} " for option in options)
+
     def pack_points(self, pack: Pack) -> str:
         """The points of the pack's distill command: `--point <method>:<name>=<value>,... --out RUN_DIR`
         pairs; a pack of kd points alone `--temperature T --soft-weight w --out RUN_DIR` triples, as the
         reference study's jobs have always had them (their params: the same string reruns nothing), each number
         canonical (`number`: the config's 4.0 is 4). A halving rung's pack adds `--until-epoch <its rung>`."""
         until = f" --until-epoch {pack.until}" if pack.until else ""
+        # a teacher but the study's first: its name, which the points' folder names carry
+        until += f" --teacher-name {pack.teacher}" if pack.teacher else ""
         if all(run.method == "kd" for run in pack.runs):
             return " ".join(f"--temperature {number(run.temperature)} --soft-weight {number(run.soft_weight)}"
                             f" --out {shlex.quote(self.layout.run_dir(run))}" for run in pack.runs) + until

@@ -116,6 +116,11 @@ def validate(config: dict, source=lambda where: _ANYWHERE) -> dict:
                     key=lambda e: list(e.absolute_path))
     if errors:
         error = errors[0]
+        # a value that fits no branch of a oneOf (teacher: one entry or a list): the branch's error deeper in
+        # the value, where there is one, names the key to fix (teacher.seed, not teacher)
+        while error.context and len((deepest := max(error.context, key=lambda e: len(e.absolute_path)))
+                                    .absolute_path) > len(error.absolute_path):
+            error = deepest
         where = ".".join(str(p) for p in error.absolute_path) or "(top level)"
         if error.validator == "required" and not error.absolute_path:
             missing = error.message.split(" is a required property")[0]
@@ -200,8 +205,7 @@ def coerce_strings(config: dict) -> dict:
     root = schema()
 
     def walk(value, sub):
-        while "$ref" in sub:
-            sub = root["$defs"][sub["$ref"].rsplit("/", 1)[1]]
+        sub = _branch(value, _resolve(sub, root), root)
         if isinstance(value, str):
             if jsonschema.Draft202012Validator({**sub, "$defs": root["$defs"]}).is_valid(value):
                 return value
@@ -218,6 +222,22 @@ def coerce_strings(config: dict) -> dict:
         return _whole(value)
 
     return walk(config, root)
+
+
+def _branch(value, sub: dict, root: dict) -> dict:
+    """The branch of a oneOf/anyOf that a mapping or list `value` takes (teacher: an entry or a list of entries),
+    its allOf parts merged, so that the strings inside it are read as that branch's schema wants."""
+    kind = "object" if isinstance(value, dict) else "array" if isinstance(value, list) else None
+    for branch in sub.get("oneOf", sub.get("anyOf", [])) if kind else []:
+        branch = _resolve(branch, root)
+        parts = [_resolve(part, root) for part in branch.get("allOf", [])] or [branch]
+        if any(part.get("type") == kind for part in parts):
+            merged = {}
+            for part in parts:
+                properties = {**merged.get("properties", {}), **part.get("properties", {})}
+                merged = {**merged, **part, "properties": properties}
+            return merged
+    return sub
 
 
 def _resolve(sub: dict, root: dict) -> dict:

@@ -282,6 +282,15 @@ DATASETS: dict[str, Callable[..., Dataset]] = {
 }
 
 
+def geometry(name: str) -> tuple[int, int, int]:
+    """(channels, side in pixels, classes) of dataset `name`'s images, known without reading them: what the
+    checks of a study's architectures need before any job (kdsweep.models.check_config)."""
+    loader = DATASETS[name]
+    if isinstance(loader, partial) and loader.func is _load_cifar:
+        return CIFAR_SHAPE[0], CIFAR_SHAPE[1], CIFAR_CLASSES[loader.args[0]]
+    return 3, 8, DIGITS_CLASSES  # the digits: 8x8, replicated to 3 channels (_load_digits)
+
+
 def load_dataset(name: str, root) -> Dataset:
     if name not in DATASETS:
         raise KdsweepError(f"unknown dataset '{name}'; set dataset.name to one of {', '.join(DATASETS)}")

@@ -4,7 +4,9 @@ a checkpoint or a result belongs to it, and the runs kept aside.
 - `run_identity(config, run, teacher_hash, data_digest)`: what a training run is. The data it learns
   from (`dataset.name`, `subset`, `val_fraction`, `split_seed`, and the digest of the loaded images
   and labels that the stats job records in stats.json), `training`, `augmentation`, where the run
-  sits (model, seed, temperature, soft weight, role) and, for a distilled run, its teacher's hash.
+  sits (model, seed, temperature, soft weight, role) and, for a distilled run, its teacher's hash. A teacher
+  from a checkpoint (kdsweep.teachers) also records `teacher_checkpoint`: the file's sha256, its architecture
+  and whether it was fine-tuned; its hash, and so every run distilled from it, changes with the file.
   Not in it: where the data lies (`dataset.root`) and the `runtime` section (device, precision,
   threads, ...): they change no result beyond floating-point noise, so moving the data, or the study
   to another cluster with the same files, retrains nothing. Different files under the same path have
@@ -43,6 +45,7 @@ from .records import AttackResult, Evaluation, Metrics
 # The dataset settings that make a run's data what it is, besides the digest of the data itself.
 DATASET_KEYS = ("name", "subset", "val_fraction", "split_seed")
 DIGEST = "digest"
+CHECKPOINT_KEY = "teacher_checkpoint"  # a teacher run's provenance in its identity
 ASIDE = "aside"
 LOCK = ".lock"  # kdsweep.lock's file: never moved
 
@@ -72,13 +75,18 @@ def _where(run) -> dict:
     return {**where, "method": run.method, "hparams": canonical}
 
 
-def run_identity(config: dict, run, teacher_hash: str | None, data_digest: str | None) -> dict:
+def run_identity(config: dict, run, teacher_hash: str | None, data_digest: str | None,
+                 checkpoint: dict | None = None) -> dict:
     """What a training run is (module docstring); data_digest None where it is not known (a status
-    view without stats.json)."""
+    view without stats.json); checkpoint: a teacher's provenance (kdsweep.teachers.provenance), None for a
+    teacher trained from scratch (whose identity is the reference study's)."""
     dataset = {key: config["dataset"][key] for key in DATASET_KEYS}
     dataset[DIGEST] = data_digest
+    where = {**_where(run), "teacher_config_hash": teacher_hash}
+    if checkpoint is not None:
+        where[CHECKPOINT_KEY] = checkpoint
     return {"dataset": dataset, "training": config["training"], "augmentation": config["augmentation"],
-            "run": {**_where(run), "teacher_config_hash": teacher_hash}}
+            "run": where}
 
 
 def legacy_hash(config: dict, run, teacher_hash: str | None) -> str:

@@ -97,11 +97,12 @@ def torch_save(obj, path):
 
 
 def load_weights(path, what: str = "file", fix: str = "delete it and rerun the job that writes it",
-                 map_location="cpu"):
+                 map_location="cpu", mmap: bool = False):
     """What a torch file holds (a state dict, a checkpoint, an external model's weights), read with
     `torch.load(weights_only=True)`: tensors, numbers, strings and dicts, lists and tuples of them, never
     an object whose unpickling could run code. KdsweepError naming the file, and what it holds that is
-    refused, otherwise; a file that is no torch file (cut short, garbled) is said to be damaged."""
+    refused, otherwise; a file that is no torch file (cut short, garbled) is said to be damaged. mmap: memory-map
+    the file where its format allows (only what is read is loaded: a large external checkpoint)."""
     import pickle
 
     import torch
@@ -110,6 +111,11 @@ def load_weights(path, what: str = "file", fix: str = "delete it and rerun the j
     if path.is_dir():
         raise KdsweepError(f"{what} {path} is a folder, not a file; {fix}")
     try:
+        if mmap:
+            try:
+                return torch.load(path, map_location=map_location, weights_only=True, mmap=True)
+            except RuntimeError:  # torch's legacy (non-zip) format cannot be memory-mapped
+                pass
         return torch.load(path, map_location=map_location, weights_only=True)
     except FileNotFoundError:
         raise KdsweepError(f"{what} {path} does not exist; {fix}") from None
@@ -119,11 +125,11 @@ def load_weights(path, what: str = "file", fix: str = "delete it and rerun the j
             raise KdsweepError(
                 f"{what} {path} holds {refused}, which kdsweep never loads (unpickling it could run code: a file "
                 f"planted by someone else, or written by other software); {fix}") from None
-        raise KdsweepError(f"{what} {path} is corrupt or truncated ({_cause(err)}); {fix}") from None
+        raise KdsweepError(f"{what} {path} cannot be read: it is corrupt or truncated ({_cause(err)}); {fix}") from None
     except OSError as err:
         raise KdsweepError(f"{what} {path} cannot be read ({_cause(err)}); {fix}") from err
     except Exception as err:  # noqa: BLE001 - a damaged zip or pickle raises nearly anything
-        raise KdsweepError(f"{what} {path} is corrupt or truncated ({err.__class__.__name__}); {fix}") from None
+        raise KdsweepError(f"{what} {path} cannot be read: it is corrupt or truncated ({err.__class__.__name__}); {fix}") from None
 
 
 def _refused(path, err) -> str | None:
@@ -137,8 +143,8 @@ def _refused(path, err) -> str | None:
         names = []
     if names:
         return ", ".join(sorted(names)[:3])
-    if "Weights only load failed" not in str(err):
-        return None
+    if "Weights only load failed" not in str(err) or "Unsupported operand" in str(err):
+        return None  # no object refused: bytes that are no pickle opcode, a damaged file
     reason = re.search(r"WeightsUnpickler error:\s*([^\n]+?)(?: was not an allowed| Please|\n|$)", str(err))
     return f"what torch's restricted loader refuses ({reason.group(1).strip() if reason else 'not tensors'})"
 

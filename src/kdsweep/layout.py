@@ -36,10 +36,10 @@ def attack_file(attack: str, epsilon) -> str:
 # Every table tables.write_tables writes (under results/<study>/tables/).
 TABLES = ("runs.csv", "robustness.csv", "table1.csv", "table1.md", "kd_vs_hard.csv", "kd_vs_hard.md", "grid.csv",
           "confirmed.csv", "confirmed.md", "sensitivity.csv", "sensitivity.md", "vs_reference.csv",
-          "vs_reference.md", "methods.csv", "methods.md", "method_grid.csv")
+          "vs_reference.md", "methods.csv", "methods.md", "method_grid.csv", "pairs.csv", "pairs.md")
 # Every figure plots.write_figures draws (under results/<study>/figures/), in each of FIGURE_FORMATS:
 # one of each STUDY_FIGURES, and one of each PER_STUDENT_FIGURES per student.
-STUDY_FIGURES = ("temperature", "fidelity")
+STUDY_FIGURES = ("temperature", "fidelity", "pairs")
 PER_STUDENT_FIGURES = ("soft_weight", "grid", "robustness")
 FIGURE_FORMATS = ("png", "pdf")
 
@@ -65,8 +65,9 @@ class Layout:
         return self.file("pack_record", pack=pack.name)
 
     def train_record(self, run: Run) -> str:
-        """A teacher's or baseline's record (rule train's output): written once the run has finished."""
-        return self.file("train_record", trained=run.role, model=run.model, seed=run.seed)
+        """A teacher's or baseline's record (rule train's output): written once the run has finished. {model}: the
+        run's name less its seed (a teacher named otherwise than its architecture: its name)."""
+        return self.file("train_record", trained=run.role, model=run.teacher or run.model, seed=run.seed)
 
     def finished(self, run: Run) -> list[str]:
         """The file the workflow tracks for a finished run: its job's record (a distilled run's pack
@@ -113,7 +114,7 @@ class Layout:
         """The log of the job that trains a run: rule train's, or rule distill's of its pack."""
         if run.distilled:
             return self.file("pack_log", pack=self.plan.pack_of(run).name)
-        return self.file("train_log", trained=run.role, model=run.model, seed=run.seed)
+        return self.file("train_log", trained=run.role, model=run.teacher or run.model, seed=run.seed)
 
     def staged_choice(self, student) -> str:
         """Staged sweep: the file checkpoint best_temperature writes for a student."""

@@ -10,6 +10,12 @@ kdsweep.commands. Nothing here imports torch: the Snakefile loads this module in
   methods, sharing the augmented batches and the teacher's forward pass). A pack of one is named
   after its run; a larger one `<student>_seed<s>_pack<i>`. The job writes its record,
   `packs/<pack>.json`, after every point finished: the file Snakemake tracks for them.
+- `Teacher`: a teacher of the study (config `teacher`, one entry or a list): its name, architecture, seed and
+  where it comes from (trained from scratch, or a checkpoint, fine-tuned or not: docs/models.md). Its run is
+  `runs/teacher/<name>_seed<s>` (the name is its model unless given). Every student distils from each
+  teacher; the runs of the study's first teacher keep the names above, those of another teacher carry it
+  after the student, `<student>_from_<teacher>_...` (`Run.teacher`), so that adding a teacher to a study
+  renames nothing that exists.
 - `Plan(config)`: kd's grid or staged sweep, every other method's grid, the packs (kd's first), the
   confirmation's choices.
 - Confirmation (config `confirm.seeds`, empty = off): after the sweep, each student's point of each
@@ -54,12 +60,17 @@ class Run:
     seed: int
     method: str | None = None  # the KD method of a distilled run
     hparams: tuple = ()  # its hyperparameters ((name, value), ...) in the method's order
+    # the teacher's name where the folder name carries it: a distilled run's teacher but the study's first
+    # (None: the first), a teacher run's own name where it is not its model
+    teacher: str | None = None
 
     def __post_init__(self):
         if self.role not in ROLES:
             raise KdsweepError(f"role '{self.role}' is unknown; use one of {', '.join(ROLES)}")
         if self.role in METHODS and self.method != self.role:
             raise KdsweepError(f"a run of role {self.role} is a {self.role} run: its method is {self.role}")
+        if self.teacher is not None and not (self.role == "teacher" or self.method is not None):
+            raise KdsweepError(f"a {self.role} run has no teacher")
         if self.method is None:
             if self.role in METHODS or self.hparams:
                 raise KdsweepError(f"a {self.role} run takes a KD method and its hyperparameters")
@@ -81,7 +92,7 @@ class Run:
             raise KdsweepError(f"{self.method}: {problem}")
 
     @classmethod
-    def distilled_run(cls, role: str, model: str, seed: int, method: str, values: dict) -> "Run":
+    def distilled_run(cls, role: str, model: str, seed: int, method: str, values: dict, teacher=None) -> "Run":
         """A distilled run of `method` at these hyperparameter values (a dict; each as the method's type)."""
         if method not in METHODS:
             raise KdsweepError(f"KD method {method!r} is unknown; use one of {', '.join(METHODS)}")
@@ -94,7 +105,7 @@ class Run:
         for param in METHODS[method].params:
             if problem := param.problem(values[param.name]):
                 raise KdsweepError(f"{method}: {problem}")
-        return cls(role, model, seed, method, METHODS[method].hparams(values))
+        return cls(role, model, seed, method, METHODS[method].hparams(values), teacher)
 
     @property
     def distilled(self) -> bool:
@@ -119,13 +130,23 @@ class Run:
     @property
     def name(self) -> str:
         """<model>[_<method, but kd>]_<spelling><value>..._seed<s>: kd's keeps the reference study's
-        <model>_T<T>_soft<w>_seed<s>."""
+        <model>_T<T>_soft<w>_seed<s>; a run of a teacher but the study's first has _from_<teacher> after
+        <model>; a teacher run is <its name>_seed<s>."""
         if not self.distilled:
-            return f"{self.model}_seed{self.seed}"
+            return f"{self.teacher or self.model}_seed{self.seed}"
+        return f"{self.slot}{self._values}_seed{self.seed}"
+
+    @property
+    def slot(self) -> str:
+        """The (teacher, student) pair of a distilled run as names spell it: the student, and _from_<teacher>
+        for a teacher but the study's first."""
+        return self.model if self.teacher is None else f"{self.model}_from_{self.teacher}"
+
+    @property
+    def _values(self) -> str:
         method = METHODS[self.method]
         tag = "" if self.method == "kd" else f"_{self.method}"
-        values = "".join(f"_{param.spelling}{fmt(value)}" for param, (_, value) in zip(method.params, self.hparams))
-        return f"{self.model}{tag}{values}_seed{self.seed}"
+        return tag + "".join(f"_{param.spelling}{fmt(value)}" for param, (_, value) in zip(method.params, self.hparams))
 
     @property
     def folder(self) -> str:
@@ -187,6 +208,11 @@ class Pack:
         return self.runs[0].seed
 
     @property
+    def teacher(self) -> str | None:
+        """The tag of the teacher its runs distil from (None: the study's first)."""
+        return self.runs[0].teacher
+
+    @property
     def role(self) -> str:
         """The distill command's --role: confirm (a confirmation run), kd (kd's sweep points alone: the
         reference study's command) or sweep (sweep points of any methods)."""
@@ -220,6 +246,48 @@ def recorded_packs(results_dir) -> dict:
             if key not in runs:
                 runs.append(key)
     return packed
+
+
+# A torchvision weights name (ResNet50_Weights.IMAGENET1K_V2), as teacher.checkpoint may give it instead of a file.
+WEIGHTS_NAME = re.compile(r"^[A-Za-z0-9]+(_[A-Za-z0-9]+)*_Weights\.[A-Za-z0-9_]+$")
+
+
+@dataclass(frozen=True)
+class Teacher:
+    """A teacher of the study (an entry of config `teacher`): its name (in folder names), architecture, seed
+    and where it comes from: trained from scratch (checkpoint None), or a checkpoint distilled from as it is
+    or fine-tuned on the study's data first (kdsweep.teachers)."""
+
+    name: str
+    model: str
+    seed: int
+    checkpoint: str | None = None
+    fine_tune: bool = False
+    tag: str | None = None  # what its students' folder names carry: None for the study's first teacher
+
+    @property
+    def run(self) -> Run:
+        return Run("teacher", self.model, self.seed, teacher=None if self.name == self.model else self.name)
+
+    @property
+    def checkpoint_file(self) -> str | None:
+        """The checkpoint when it is a file (a weights name's file lies in torch's cache: kdsweep.teachers)."""
+        return self.checkpoint if self.checkpoint and not WEIGHTS_NAME.match(self.checkpoint) else None
+
+
+def teachers(config: dict) -> list[Teacher]:
+    """The study's teachers (config `teacher`: one entry or a list), the first untagged; KdsweepError for two of
+    one name."""
+    entries = config["teacher"] if isinstance(config["teacher"], list) else [config["teacher"]]
+    found = []
+    for i, entry in enumerate(entries):
+        name = entry.get("name") or entry["model"]
+        if name in [teacher.name for teacher in found]:
+            raise KdsweepError(f"two teachers are named {name!r}; give each entry of `teacher` a name of its own "
+                               "(teacher: [{name: ..., model: ...}, ...])")
+        found.append(Teacher(name, entry["model"], entry.get("seed", 0), entry.get("checkpoint"),
+                             bool(entry.get("fine_tune", False)), None if i == 0 else name))
+    return found
 
 
 def number_table(key: str, values) -> dict:
@@ -281,12 +349,19 @@ class Plan:
         # the KD methods whose best points the confirmation trains again (none without confirm.seeds)
         self.confirm_methods = ([name for name in self.methods if wanted is None or name in wanted]
                                 if config["confirm"]["seeds"] else [])
-        self.teacher = Run("teacher", config["teacher"]["model"], config["teacher"]["seed"])
+        self.teachers = teachers(config)
+        self.teacher = self.teachers[0].run  # the study's first teacher (the only one of most studies)
+        if len(self.teachers) > 1 and (self.staged or self.halving or self.confirm_seeds):
+            raise KdsweepError(f"this study has {len(self.teachers)} teachers, and several teachers are swept with "
+                               "sweep: grid and no confirmation only; set sweep: grid and confirm.seeds: [], or "
+                               "give one teacher")
+        if clash := sorted({t.name for t in self.teachers} & set(self.students) - {t.model for t in self.teachers}):
+            raise KdsweepError(f"teacher name {clash[0]!r} is a student's architecture; name the teacher otherwise")
         self.packs = self._packs(packed or {}) + self._confirm_packs()
         self._pack_of = {run: pack for pack in self.packs for run in pack.runs}
         self._packs_by_name = {pack.name: pack for pack in self.packs}
         self._runs = {(run.role, run.name): run
-                      for run in [self.teacher, *self.baselines(), *self.confirm_baselines(), *self._pack_of]}
+                      for run in [*self.teacher_runs(), *self.baselines(), *self.confirm_baselines(), *self._pack_of]}
         bare = [(student, method) for student in self.students for method in self.confirm_methods
                 if not self.candidates(student, method)]
         if self.confirm_seeds and bare:
@@ -333,6 +408,17 @@ class Plan:
 
     # ---- runs
 
+    def teacher_runs(self) -> list[Run]:
+        return [teacher.run for teacher in self.teachers]
+
+    def teacher_of(self, run: Run) -> Teacher:
+        """The teacher a run is distilled from (a teacher run: itself; a baseline: the study's first, which
+        its agreement is measured against)."""
+        if run.role == "teacher":
+            return next(t for t in self.teachers if t.run == run)
+        return next((t for t in self.teachers if t.tag == run.teacher), self.teachers[0]) if run.distilled \
+            else self.teachers[0]
+
     def baselines(self) -> list[Run]:
         return [Run("baseline", student, seed) for student in self.students for seed in self.seeds]
 
@@ -351,23 +437,26 @@ class Plan:
                 points.append(run.hparams)
         return points
 
-    def grid(self, students=None, temperatures=None, soft_weights=None) -> list[Run]:
-        """kd's distillation runs: every student x temperature x soft weight x seed (the config's, by default)."""
+    def grid(self, students=None, temperatures=None, soft_weights=None, teacher=None) -> list[Run]:
+        """kd's distillation runs: every student x temperature x soft weight x seed (the config's, by default),
+        from the teacher of this tag (None: the study's first)."""
         temperatures = self.config["temperatures"] if temperatures is None else temperatures
         soft_weights = self.config["soft_weights"] if soft_weights is None else soft_weights
-        return [Run.distilled_run("kd", student, seed, "kd", {"temperature": temperature, "soft_weight": weight})
+        return [Run.distilled_run("kd", student, seed, "kd", {"temperature": temperature, "soft_weight": weight},
+                                  teacher)
                 for student in (self.students if students is None else students)
                 for temperature in temperatures for weight in soft_weights for seed in self.seeds]
 
-    def method_grid(self, method: str, students=None) -> list[Run]:
+    def method_grid(self, method: str, students=None, teacher=None) -> list[Run]:
         """A method's distillation runs: every student x point of its grid x seed."""
-        return [Run(method, student, seed, method, hparams)
+        return [Run(method, student, seed, method, hparams, teacher)
                 for student in (self.students if students is None else students)
                 for hparams in self.points[method] for seed in self.seeds]
 
-    def other_methods(self, students=None) -> list[Run]:
+    def other_methods(self, students=None, teacher=None) -> list[Run]:
         """The runs of every method of the study but kd (which the staged sweep can shape), in order."""
-        return [run for method in self.methods if method != "kd" for run in self.method_grid(method, students)]
+        return [run for method in self.methods if method != "kd"
+                for run in self.method_grid(method, students, teacher)]
 
     def temperature_sweep(self, student) -> list[Run]:
         """Staged sweep, stage 1: every temperature at w = staged.soft_weight."""
@@ -380,13 +469,17 @@ class Plan:
     def fixed_runs(self) -> list[Run]:
         """The runs known before any checkpoint: teacher, baselines (also the confirmation's), kd's grid (or
         stage 1 of its staged sweep) and every other method's grid."""
-        runs = [self.teacher, *self.baselines(), *self.confirm_baselines()]
+        runs = [*self.teacher_runs(), *self.baselines(), *self.confirm_baselines()]
         if self.halving:
             return runs  # the distilled runs that finish are the last rung's survivors (Plan.finalists)
         if "kd" in self.methods:
             runs += ([run for student in self.students for run in self.temperature_sweep(student)]
                      if self.staged else self.grid())
-        return runs + self.other_methods()
+        runs += self.other_methods()
+        for teacher in self.teachers[1:]:  # grid only (Plan refuses staged, halving and confirmation)
+            runs += (self.grid(teacher=teacher.tag) if "kd" in self.methods else []) + self.other_methods(
+                teacher=teacher.tag)
+        return runs
 
     def run(self, role: str, name: str) -> Run:
         """The run of the study (staged: of any stage-2 candidate too; confirmation: of any candidate
@@ -484,23 +577,23 @@ class Plan:
 
     # ---- packs
 
-    def _kd_sweeps(self, student) -> list[list[Run]]:
+    def _kd_sweeps(self, student, teacher=None) -> list[list[Run]]:
         """kd's distillation runs of a student in the order they are packed. Staged: the temperature
         sweep, then for each temperature the soft-weight sweep it would get if chosen (without the
         point the temperature sweep trained already): only the chosen temperature's packs become jobs."""
         if "kd" not in self.methods:
             return []
         if not self.staged:
-            return [self.grid([student])]
+            return [self.grid([student], teacher=teacher)]
         return [self.temperature_sweep(student)] + [
             [run for run in self.soft_weight_sweep(student, t) if run.soft_weight != self.staged_weight]
             for t in self.config["temperatures"]]
 
-    def _sweeps(self, student) -> list[list[Run]]:
+    def _sweeps(self, student, teacher=None) -> list[list[Run]]:
         """A student's distillation runs in the order they are packed: kd's first (so that a study's kd
         packs are the same with or without other methods), every other method's after its fixed ones."""
-        sweeps = self._kd_sweeps(student)
-        others = self.other_methods([student])
+        sweeps = self._kd_sweeps(student, teacher)
+        others = self.other_methods([student], teacher)
         if not sweeps:
             return [others]
         return [sweeps[0] + others, *sweeps[1:]]
@@ -509,9 +602,9 @@ class Plan:
         """The sweep's packs; halving: every stage's, the last stage's last (so that pack_of a run is the
         pack that finishes it). `packed`: the packs on disk (`recorded_packs`), which keep their runs."""
         packs = []
-        for student in self.students:
+        for teacher, student in [(teacher.tag, student) for teacher in self.teachers for student in self.students]:
             for seed in self.seeds:
-                for name, chunk in self._chunks(student, seed, packed):
+                for name, chunk in self._chunks(student, seed, packed, teacher):
                     if not self.halving:
                         packs.append(Pack(name, chunk))
                         continue
@@ -519,24 +612,25 @@ class Plan:
                     packs.append(Pack(f"{name}_final", chunk, len(self.rungs)))
         return packs
 
-    def _chunks(self, student, seed, packed: dict) -> list[tuple[str, tuple]]:
+    def _chunks(self, student, seed, packed: dict, teacher=None) -> list[tuple[str, tuple]]:
         """(name, runs) of the packs of a student and seed, in the order of their first runs. A pack trained
         before (a record on disk, of any runtime.pack_size) keeps its name and those of its runs this config
         still asks for, so that a new pack_size renames and reruns nothing (one known only from a later halving
         stage's record, which holds the survivors, gets back the rest of its pack as this pack_size packs
         it). The other runs are packed pack_size at a time, as a study without records packs them:
-        `<student>_seed<s>_pack<i>` (a pack of one: its run's name), or, where that name is taken or some of
-        the i-th pack's runs are packed already, `<student>_seed<s>_pack<i>_<its first run's point>`: names
-        that no later record changes."""
+        `<slot>_seed<s>_pack<i>` (slot: the student, `_from_<teacher>` added for a teacher but the first; a pack
+        of one: its run's name), or, where that name is taken or some of the i-th pack's runs are packed already,
+        `<slot>_seed<s>_pack<i>_<its first run's point>`: names that no later record changes."""
         order = {}
-        sweeps = [[run for run in sweep if run.seed == seed] for sweep in self._sweeps(student)]
+        sweeps = [[run for run in sweep if run.seed == seed] for sweep in self._sweeps(student, teacher)]
+        slot = next((sweep[0].slot for sweep in sweeps if sweep), student)  # the student, or its _from_<teacher>
         for sweep in sweeps:
             order.update((run, len(order)) for run in sweep)
         size, standard = self.pack_size, []
         for sweep in sweeps:
             for start in range(0, len(sweep), size):
                 chunk = tuple(sweep[start:start + size])
-                standard.append((chunk[0].name if size == 1 else f"{student}_seed{seed}_pack{len(standard) + 1}",
+                standard.append((chunk[0].name if size == 1 else f"{slot}_seed{seed}_pack{len(standard) + 1}",
                                  len(standard) + 1, chunk))
         by_name = {(run.role, run.name): run for run in order}
         recorded = {name: tuple(dict.fromkeys(by_name[key] for key in folders if key in by_name))
@@ -556,8 +650,8 @@ class Plan:
             if not left:
                 continue
             if left != chunk or name in packed:
-                first = left[0].name.removeprefix(f"{student}_").removesuffix(f"_seed{seed}")
-                name = f"{student}_seed{seed}_pack{number}_{first}"
+                first = left[0].name.removeprefix(f"{slot}_").removesuffix(f"_seed{seed}")
+                name = f"{slot}_seed{seed}_pack{number}_{first}"
             chunks.append((name, left))
         return sorted(chunks, key=lambda chunk: order[chunk[1][0]])
 

@@ -19,6 +19,7 @@ from kdsweep.io import write_bytes
 from kdsweep.layout import FIGURE_FORMATS, PER_STUDENT_FIGURES, STUDY_FIGURES
 from kdsweep.plan import fmt
 from kdsweep.tables import read_table, write_tables
+from kdsweep.tables.pairs import PAIRS_COLUMNS
 from kdsweep.tables.summary import MEASURES, pick_best
 
 _NEEDED = ("runs.csv", "table1.csv", "kd_vs_hard.csv", "grid.csv", "methods.csv", "method_grid.csv")
@@ -346,6 +347,44 @@ def _fidelity_figure(tables, students, dataset):
     return fig
 
 
+def _pairs_figure(tables, dataset):
+    """Architecture pairs (pairs.csv): each (teacher, student, method)'s best point on validation, its clean test
+    accuracy against the student's parameters (colour: teacher, marker: method), the students' hard-target
+    baselines as stars."""
+    table = tables["pairs.csv"]
+    fig = Figure(figsize=_SIZE, layout="constrained")
+    ax = fig.add_subplot()
+    ax.set(xlabel="student parameters (millions, log scale)", ylabel=_ACC,
+           title=f"{dataset}: architecture pairs\n(each point a pair's best point on validation accuracy)"
+                 + _search_line(tables["grid.csv"]))
+    table = table[table["parameters"].notna()] if "parameters" in table.columns else table.iloc[:0]
+    if table.empty:
+        _note(ax, "no distilled run with a parameter count has finished yet")
+        return fig
+    methods = list(dict.fromkeys(table["method"]))
+    handles = []
+    for i, (teacher, mine) in enumerate(table.groupby("teacher", sort=True)):
+        color = f"C{i}"
+        handles.append(Line2D([], [], color=color, linestyle="", marker="o", label=f"teacher {teacher}"))
+        for method, points in mine.groupby("method", sort=False):
+            ax.errorbar(points["parameters"] / 1e6, points["kd_mean"], yerr=points["kd_ci95"].fillna(0),
+                        marker=_MARKERS[methods.index(method) % len(_MARKERS)], linestyle="", color=color, capsize=3,
+                        zorder=4)
+    base = table.drop_duplicates("model")
+    ax.scatter(base["parameters"] / 1e6, base["hard_mean"], marker="*", s=200, facecolor="0.7", edgecolor="black",
+               zorder=3)
+    for _, row in base.iterrows():
+        ax.annotate(row["model"], (row["parameters"] / 1e6, row["hard_mean"]), fontsize="x-small",
+                    xytext=(4, -10), textcoords="offset points")
+    ax.set_xscale("log")
+    handles.append(Line2D([], [], color="0.7", markeredgecolor="black", linestyle="", marker="*", markersize=12,
+                          label="hard-target baseline"))
+    handles += [Line2D([], [], color="0.4", linestyle="", marker=_MARKERS[i % len(_MARKERS)], label=method)
+                for i, method in enumerate(methods)]
+    fig.legend(handles=handles, loc="outside lower center", ncols=2, fontsize="small")
+    return fig
+
+
 def _save(fig, folder, stem):
     paths = []
     for ext in FIGURE_FORMATS:
@@ -367,6 +406,9 @@ def write_figures(results_dir, soft_weight, students=None, methods=None) -> list
     if not all((tables_dir / name).is_file() for name in _NEEDED):
         write_tables(results_dir)
     tables = {name: read_table(tables_dir / name) for name in _NEEDED}
+    # tables written before the architecture pairs existed have none: an empty pairs figure
+    pairs_csv = tables_dir / "pairs.csv"
+    tables["pairs.csv"] = read_table(pairs_csv) if pairs_csv.is_file() else pd.DataFrame(columns=PAIRS_COLUMNS)
     runs = tables["runs.csv"]
     if students is None:
         students = sorted(runs.loc[runs["role"] != "teacher", "model"].unique())
@@ -381,6 +423,7 @@ def write_figures(results_dir, soft_weight, students=None, methods=None) -> list
 def _draw_all(tables, students, methods, soft_weight, dataset, out):
     paths = _save(_temperature_figure(tables, students, soft_weight, dataset), out, "temperature")
     paths += _save(_fidelity_figure(tables, students, dataset), out, "fidelity")
+    paths += _save(_pairs_figure(tables, dataset), out, "pairs")
     for student in students:
         paths += _save(_soft_weight_figure(tables, student, soft_weight, dataset), out, f"soft_weight_{student}")
         paths += _save(_grid_figure(tables, student, dataset), out, f"grid_{student}")

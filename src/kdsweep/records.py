@@ -233,6 +233,11 @@ class Metrics(Record):
     dataset: str | None = key(TEXT)
     num_classes: int | None = key(WHOLE)
     teacher_run: str | None = key(TEXT, null=True)  # the teacher's folder, null unless distilled
+    # the teacher's name where the run's folder name carries it (kdsweep.plan.Run.teacher; earlier: none)
+    teacher: str | None = key(TEXT)
+    checkpoint: dict | None = key(OBJECT)  # a teacher from a checkpoint: it and its provenance (kdsweep.teachers)
+    params: int | None = key(WHOLE)  # the model's parameters
+    train_images: int | None = key(WHOLE)  # images of one training epoch (images/s: epochs x these / seconds)
     epochs: int | None = key(WHOLE)  # epochs run
     best_epoch: int | None = key(WHOLE)
     stopped_early: bool | None = key(FLAG)

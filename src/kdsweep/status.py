@@ -148,9 +148,20 @@ def _is_this_run(plan, run, metrics: Metrics, teacher_hash, data_digest=None) ->
     from .config import config_hash
     from .identity import run_identity, same_run
 
+    from .identity import CHECKPOINT_KEY
+
     if run.distilled and teacher_hash is None:
         return True  # the teacher's record is gone: nothing to compare against
-    expected = run_identity(plan.config, run, teacher_hash if run.distilled else None, data_digest)
+    provenance = None
+    if run.role == "teacher" and plan.teacher_of(run).checkpoint:
+        # a teacher from a checkpoint: the file's digest is the job's to take (status reads no weights); its
+        # architecture and fine-tuning are the plan's
+        teacher = plan.teacher_of(run)
+        provenance = ((metrics.config or {}).get("run") or {}).get(CHECKPOINT_KEY)
+        if not isinstance(provenance, dict) or (provenance.get("architecture"), provenance.get("fine_tuned")) != (
+                teacher.model, teacher.fine_tune):
+            return False
+    expected = run_identity(plan.config, run, teacher_hash if run.distilled else None, data_digest, provenance)
     return metrics.config_hash == config_hash(expected) or same_run(metrics.config, expected)
 
 
@@ -200,10 +211,12 @@ def study_status(plan: Plan, root: Path, queue=None) -> StudyStatus:
     rungs = list(layout.current_decisions(root, lambda kind, path: kind.read(root / path)
                                           if (root / path).exists() else None).values())
     left_out = layout.not_in_study(root, runs, {(decision.student, decision.stage): decision for decision in rungs})
-    teacher = Metrics.peek(root / layout.run_dir(plan.teacher) / METRICS)
     digest = (_read_json(root / plan.results / "data" / "stats.json") or {}).get("data_digest")
-    teacher_hash = teacher.config_hash if teacher is not None else None
-    statuses = [run_status(layout, root, run, teacher_hash, running_jobs, host, digest) for run in runs]
+    # each teacher's hash: what the runs distilled from it record
+    hashes = {teacher.name: getattr(Metrics.peek(root / layout.run_dir(teacher.run) / METRICS), "config_hash", None)
+              for teacher in plan.teachers}
+    statuses = [run_status(layout, root, run, hashes[plan.teacher_of(run).name], running_jobs, host, digest)
+                for run in runs]
     saved = _prune(plan, statuses, rungs) if plan.halving else None
     present = planned = 0
     for run in [entry.run for entry in statuses if entry.state != PRUNED]:

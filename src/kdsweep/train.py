@@ -6,6 +6,10 @@ best-validation weights evaluated on the test set. A run owns one folder; it che
 epoch (kdsweep.checkpoint) and resumes from that checkpoint when started again, and it writes
 metrics.json last, so a folder with metrics.json is finished.
 
+A teacher from a checkpoint (kdsweep.teachers) is a teacher run too: fine-tuned, it trains as any run
+starting from the checkpoint's weights; not fine-tuned, its job only evaluates it and writes its outputs
+(0 epochs), so that every distillation, evaluation and table reads it as it reads a trained teacher.
+
 Several sweep points of one student and seed train in one job (a pack): they share one
 augmented data stream and one teacher forward pass per batch, and each keeps its own
 optimiser, schedule, early stopping, torch RNG stream, checkpoint and folder, so that a point
@@ -14,6 +18,7 @@ trains exactly as it would alone.
 
 import contextlib
 import csv
+from dataclasses import dataclass
 import io as _io
 import math
 import random
@@ -23,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import checkpoint, data, identity, io, lock
+from . import checkpoint, data, identity, io, lock, teachers
 from . import runs as runs_
 from .augment import Augment
 from .board import EpochBoard
@@ -82,13 +87,17 @@ class Point:
     runs the training step: the module itself, or torch.compile of it (runtime.compile).
     """
 
-    def __init__(self, run: Run, training: dict, num_classes, mean, std, runtime: Runtime):
+    def __init__(self, run: Run, training: dict, num_classes, mean, std, runtime: Runtime, image_size=32,
+                 origin=None):
         self.run = run
         name, hparams = (run.method, run.params) if run.distilled else HARD_TARGETS
         self.method, self.hparams = METHODS[name], hparams
         seed_everything(run.seed)
-        self.module = runtime.place(build_model(run.model, num_classes, mean, std,
-                                                bn_momentum=training["bn_momentum"]))
+        model = build_model(run.model, num_classes, mean, std, bn_momentum=training["bn_momentum"],
+                            image_size=image_size, stem_kernel=origin.fitted.stem_kernel if origin else None)
+        if origin is not None:  # a teacher from a checkpoint: its weights (a fine-tuned head stays as drawn)
+            teachers.load_into(model, origin.source, origin.fitted)
+        self.module = runtime.place(model)
         self.model = runtime.compiled(self.module)
         # the method's trainable state (CTKD's temperature), trained by the point's optimiser beside the
         # student, after its weights
@@ -170,14 +179,36 @@ def train_epoch(points, teacher, augment, images, labels, batch_size, generator,
              for name in ("total", *point.terms)} for point, total in zip(points, totals)]
 
 
+@dataclass
+class Origin:
+    """Where a teacher from a checkpoint comes from (kdsweep.teachers): the teacher, its weights, how they fit
+    the network built here, and its provenance as the run's identity records it."""
+
+    teacher: teachers.Teacher
+    source: teachers.Source
+    fitted: teachers.Fitted
+    provenance: dict
+
+    @classmethod
+    def of(cls, run: Run, checkpoint: str, fine_tune: bool, splits) -> "Origin":
+        teacher = teachers.Teacher(run.teacher or run.model, run.model, run.seed, checkpoint, fine_tune)
+        source = teachers.read(checkpoint)
+        channels, _, side = splits.train.images.shape[1:]
+        fitted = teachers.fit(teacher, source, channels, side, splits.num_classes)
+        return cls(teacher, source, fitted, teachers.provenance(teacher, source))
+
+
 class _JobPoint(Point):
     """A Point of a training job: its run folder, schedule, early stopping and checkpoint."""
 
-    def __init__(self, config, run, out_dir, teacher_hash, splits, stats, runtime, log, rerun_stale):
+    def __init__(self, config, run, out_dir, teacher_hash, splits, stats, runtime, log, rerun_stale, origin=None):
         training = config["training"]
-        super().__init__(run, training, splits.num_classes, stats["mean"], stats["std"], runtime)
+        super().__init__(run, training, splits.num_classes, stats["mean"], stats["std"], runtime,
+                         image_size=splits.train.images.shape[-1], origin=origin)
+        self.origin = origin
         self.out_dir, self.log = Path(out_dir), log
-        self.identity = identity.run_identity(config, run, teacher_hash, splits.digest)
+        self.identity = identity.run_identity(config, run, teacher_hash, splits.digest,
+                                              origin.provenance if origin else None)
         self.run_hash = config_hash(self.identity)
         self.failed = None
         self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
@@ -186,7 +217,9 @@ class _JobPoint(Point):
         self.state = RunState()
         self.stopping = (training["max_epochs"], training["early_stopping_patience"])
         # the hashes a checkpoint of this run may carry: its own, and that of an earlier version's
-        self.accepted = {self.run_hash, identity.legacy_hash(config, run, teacher_hash)}
+        self.accepted = {self.run_hash}
+        if origin is None:  # (a teacher from a checkpoint has no earlier version)
+            self.accepted.add(identity.legacy_hash(config, run, teacher_hash))
         self._settle_folder(rerun_stale)
         self.done = (self.out_dir / METRICS).exists()
         if not self.done and (self.out_dir / CHECKPOINT).exists():
@@ -275,7 +308,8 @@ def _print(line):
 
 
 def train_points(config: dict, runs, stats_path, out_dirs, teacher_dir=None, log=_print, rerun_stale=False,
-                 wait_for_lock=False, until_epoch: int | None = None, histories: dict | None = None) -> list[Metrics]:
+                 wait_for_lock=False, until_epoch: int | None = None, teacher_checkpoint: str | None = None,
+                 fine_tune: bool = False, histories: dict | None = None) -> list[Metrics]:
     """Train (or resume) the runs of one job, each into its folder; return their metrics (metrics.json).
 
     One run (a teacher or a baseline), or a pack of distillation runs of one student and seed.
@@ -288,6 +322,8 @@ def train_points(config: dict, runs, stats_path, out_dirs, teacher_dir=None, log
     until_epoch (a successive-halving rung): a point trains to that epoch at most and is paused there, its
     checkpoint kept, so that a later job continues it exactly as an uninterrupted run; its metrics are
     those of its best validation epoch so far, without test numbers (`paused`), and no metrics.json.
+    teacher_checkpoint (a teacher run): the teacher's checkpoint (kdsweep.teachers), fine-tuned with `training` where
+    fine_tune, else only evaluated.
     histories: a dict that gets each point's validation epochs so far, {out_dir: [{epoch, val_loss, val_acc}]}
     (what its job's record keeps: a halving rung reads a point's state at its own epoch from it).
     """
@@ -296,7 +332,7 @@ def train_points(config: dict, runs, stats_path, out_dirs, teacher_dir=None, log
     try:
         with lock.run_folders(out_dirs, wait=wait_for_lock, log=log):
             return _train_points(config, list(runs), stats_path, out_dirs, teacher_dir, log, rerun_stale,
-                                 until_epoch, {} if histories is None else histories)
+                                 until_epoch, teacher_checkpoint, fine_tune, {} if histories is None else histories)
     except RuntimeError as err:
         if refused := nondeterministic_op(err):
             raise refused from err
@@ -315,7 +351,7 @@ def _check_folders(out_dirs):
 
 
 def _train_points(config, runs, stats_path, out_dirs, teacher_dir, log, rerun_stale, until_epoch=None,
-                  histories=None):
+                  teacher_checkpoint=None, fine_tune=False, histories=None):
     # one student and seed; sweep points of any methods (their roles are their methods) or confirm points
     kinds = {(run.model, run.seed, run.role == "confirm") for run in runs}
     if len(kinds) != 1 or len(runs) != len(out_dirs):
@@ -334,11 +370,27 @@ def _train_points(config, runs, stats_path, out_dirs, teacher_dir, log, rerun_st
                                      data_digest=splits.digest)
         teacher_hash = record.config_hash
         teacher = runtime.compiled(runtime.place(teacher.eval().requires_grad_(False)))
-    points = [_JobPoint(config, run, out_dir, teacher_hash, splits, stats, runtime, log, rerun_stale)
+    origin = None
+    if teacher_checkpoint is not None:
+        if runs[0].role != "teacher":
+            raise KdsweepError("--checkpoint is for a teacher: give --role teacher")
+        origin = Origin.of(runs[0], teacher_checkpoint, fine_tune, splits)
+    points = [_JobPoint(config, run, out_dir, teacher_hash, splits, stats, runtime, log, rerun_stale, origin)
               for run, out_dir in zip(runs, out_dirs)]
     augment = Augment.from_config(config["augmentation"])
     generator = torch.Generator()
     results = {point.out_dir: Metrics.read(point.out_dir / METRICS) for point in points if point.done}
+    if origin is not None and not fine_tune:
+        for point in points:
+            if not point.done:  # distilled from as it is: evaluated, never trained
+                val_loss, val_acc = loss_and_accuracy(point.module, splits.val.images, splits.val.labels,
+                                                      training["eval_batch_size"], runtime)
+                results[point.out_dir] = _finish(point, splits, training, runtime, teacher_dir,
+                                                 imported={"val_loss": val_loss, "val_acc": val_acc})
+                point.done = True
+            if point.board:
+                point.board.close()
+        return [results[out_dir] for out_dir in out_dirs]
     try:
         for point in points:
             if not point.done and point.state.stopped:
@@ -424,11 +476,14 @@ def paused(point) -> Metrics:
                    train_seconds=state.train_seconds, config_hash=point.run_hash)
 
 
-def _finish(point, splits, training, runtime: Runtime, teacher_dir) -> Metrics:
-    """Evaluate the best-validation weights on the test set and write the run's outputs, metrics.json last."""
+def _finish(point, splits, training, runtime: Runtime, teacher_dir, imported=None) -> Metrics:
+    """Evaluate the best-validation weights on the test set and write the run's outputs, metrics.json last.
+    imported: the validation loss and accuracy of a teacher from a checkpoint, distilled from as it is (its
+    weights are the model's own, no epoch trained)."""
     out_dir, state, run = point.out_dir, point.state, point.run
-    point.module.load_state_dict(checkpoint.best_weights(out_dir, runtime.device))
-    best = state.history[state.best_epoch - 1]
+    if imported is None:
+        point.module.load_state_dict(checkpoint.best_weights(out_dir, runtime.device))
+    best = imported or state.history[state.best_epoch - 1]
     test_loss, test_acc = loss_and_accuracy(point.module, splits.test.images, splits.test.labels,
                                             training["eval_batch_size"], runtime)
     save_model(out_dir / MODEL, point.module, run.model, splits.num_classes)
@@ -450,6 +505,11 @@ def _finish(point, splits, training, runtime: Runtime, teacher_dir) -> Metrics:
         dataset=point.identity["dataset"]["name"],
         num_classes=splits.num_classes,
         teacher_run=str(teacher_dir) if teacher_dir else None,
+        teacher=run.teacher,
+        checkpoint=({"checkpoint": point.origin.teacher.checkpoint, **point.origin.provenance}
+                    if point.origin else None),
+        params=sum(parameter.numel() for parameter in point.module.parameters()),
+        train_images=len(splits.train.labels),
         epochs=state.epoch,
         best_epoch=state.best_epoch,
         stopped_early=state.bad_epochs >= training["early_stopping_patience"],

@@ -49,11 +49,24 @@ try:
 except KdsweepError as err:
     raise WorkflowError(str(err))
 
+# Every architecture known and buildable for the study's images (its family's small-image stem), every
+# teacher checkpoint fitting its architecture and the study's classes (kdsweep.teachers, reading its keys
+# and shapes only): once, in the main process, before any job. This imports torch; a cluster job's own
+# snakemake does not repeat it.
+if workflow.is_main_process:
+    try:
+        from kdsweep.teachers import check_config
+
+        check_config(config)
+    except KdsweepError as err:
+        raise WorkflowError(str(err))
+
 RESULTS = PLAN.results
 LOGS = f"{RESULTS}/logs"
 STATS = f"{RESULTS}/data/stats.json"
+# the study's first teacher (the only one of most studies): its folder and its train record, written after
+# its model.pt and metrics.json
 TEACHER = LAYOUT.run_dir(PLAN.teacher)
-# the teacher's train record: written after its model.pt and metrics.json
 (TEACHER_RECORD,) = LAYOUT.finished(PLAN.teacher)
 DATASET_DIR = download_folder(config["dataset"]["name"], config["dataset"]["root"])
 DATASET_RECORD = f"{RESULTS}/data/dataset.json"
@@ -122,7 +135,10 @@ if workflow.is_main_process:
 wildcard_constraints:
     role="|".join(ROLES),
     trained="teacher|baseline|confirm",
-    model="|".join(sorted({PLAN.teacher.model, *PLAN.students})),
+    model="|".join(
+        re.escape(name)
+        for name in sorted({*(run.teacher or run.model for run in PLAN.teacher_runs()), *PLAN.students})
+    ),
     student="|".join(PLAN.students),
     seed=r"\d+",
     run=r"[^/]+",
@@ -154,6 +170,28 @@ def run_dir(wildcards):
 
 def pack_of(wildcards):
     return PLAN.pack(wildcards.pack)
+
+
+def trained_run(wildcards):
+    """The run a train job trains (a teacher, a baseline, a confirmation's baseline)."""
+    return PLAN.run(wildcards.trained, f"{wildcards.model}_seed{wildcards.seed}")
+
+
+def teacher_checkpoint(wildcards):
+    """A teacher's checkpoint file, where it is one (rule train's input: a new file trains it again)."""
+    run = trained_run(wildcards)
+    found = PLAN.teacher_of(run).checkpoint_file if run.role == "teacher" else None
+    return [found] if found else []
+
+
+def teacher_of_pack(wildcards):
+    """The teacher run a pack distils from."""
+    return PLAN.teacher_of(pack_of(wildcards).runs[0]).run
+
+
+def teacher_of_run(wildcards):
+    """The teacher run a run is measured against (its own teacher; a baseline: the study's first)."""
+    return PLAN.teacher_of(run_of(wildcards)).run
 
 
 def rung_kept(student, stage):

@@ -34,7 +34,7 @@ rule evaluate:
     input:
         finished,
         runtime=ancient(RUNTIME),
-        teacher=TEACHER_RECORD,
+        teacher=lambda wildcards: LAYOUT.finished(teacher_of_run(wildcards)),
     output:
         LAYOUT.pattern("evaluation"),
     log:
@@ -46,7 +46,7 @@ rule evaluate:
     threads: THREADS
     params:
         run=run_dir,
-        teacher=TEACHER,
+        teacher=lambda wildcards: LAYOUT.run_dir(teacher_of_run(wildcards)),
         config=COMMANDS.job_config("evaluate"),
     shell:
         "kdsweep evaluate --run {params.run:q} --teacher {params.teacher:q} --out {output:q}"

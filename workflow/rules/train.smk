@@ -17,6 +17,7 @@ rule train:
     input:
         stats=STATS,
         runtime=ancient(RUNTIME),
+        checkpoint=teacher_checkpoint,
     output:
         LAYOUT.pattern("train_record"),
     log:
@@ -25,10 +26,10 @@ rule train:
         CONDA_ENV
     threads: THREADS
     params:
-        out=lambda wildcards: LAYOUT.run_dir(
-            Run(wildcards.trained, wildcards.model, int(wildcards.seed))
-        ),
-        config=COMMANDS.job_config("train"),
+        out=lambda wildcards: LAYOUT.run_dir(trained_run(wildcards)),
+        # a teacher from a checkpoint: where it comes from (`--checkpoint ... [--fine-tune]`) before the slice
+        config=lambda wildcards: COMMANDS.train_options(trained_run(wildcards))
+        + COMMANDS.job_config("train"),
     shell:
         "kdsweep train --role {wildcards.trained} --model {wildcards.model} --seed {wildcards.seed}"
         " --stats {input.stats:q} --out {params.out:q} --record {output:q} --rerun-stale --wait-for-lock"
@@ -42,7 +43,7 @@ rule distill:
     input:
         stats=STATS,
         runtime=ancient(RUNTIME),
-        teacher=TEACHER_RECORD,
+        teacher=lambda wildcards: LAYOUT.finished(teacher_of_pack(wildcards)),
         rung=rung_before,
     output:
         LAYOUT.pattern("pack_record"),
@@ -56,7 +57,7 @@ rule distill:
         student=lambda wildcards: pack_of(wildcards).student,
         seed=lambda wildcards: pack_of(wildcards).seed,
         points=lambda wildcards: COMMANDS.pack_points(training_pack(wildcards)),
-        teacher=TEACHER,
+        teacher=lambda wildcards: LAYOUT.run_dir(teacher_of_pack(wildcards)),
         config=COMMANDS.job_config("train"),
     shell:
         "kdsweep distill --student {params.student} --seed {params.seed} --role {params.role}"

@@ -13,8 +13,8 @@ import torch
 from .. import io
 from ..config import OVERRIDE, load_config
 from ..errors import KdsweepError
-from ..models import MODELS, build_model
-from ..plan import Run
+from ..models import build_model, check_buildable
+from ..plan import Run, teachers
 from ..runtime import Runtime, environment
 from . import floor, measure
 from .measure import NUM_CLASSES, Bench
@@ -116,7 +116,7 @@ def _resolve(args, config):
     """Fill the defaults that come from the config or from --quick; check the numbers."""
     training = config["training"]
     sizes = QUICK if args.quick else FULL
-    args.teacher = args.teacher or config["teacher"]["model"]
+    args.teacher = args.teacher or teachers(config)[0].model
     args.students = args.students or list(config["students"])
     args.batch_size = args.batch_size or sizes.get("batch_size", training["batch_size"])
     args.eval_batch_size = args.eval_batch_size or sizes.get("eval_batch_size", training["eval_batch_size"])
@@ -128,8 +128,7 @@ def _resolve(args, config):
     args.epsilon = config["epsilons"][0] if args.epsilon is None else args.epsilon
     args.threads = config["runtime"]["threads"] if args.threads is None else args.threads
     for name in [args.teacher, *args.students]:
-        if name not in MODELS:
-            raise KdsweepError(f"model '{name}' is unknown; choose one of {', '.join(MODELS)}")
+        check_buildable(name, args.image_size)
     Run.distilled_run("kd", args.students[0], args.seed, "kd",  # T and w within kd's bounds
                       {"temperature": args.temperature, "soft_weight": args.soft_weight})
     for flag, value in (("--batch-size", args.batch_size), ("--eval-batch-size", args.eval_batch_size),
@@ -175,7 +174,8 @@ def run(args) -> dict:
     print(f"peak      {peak_start:.3g} FLOP/s ({peak_source})", flush=True)
     names = list(dict.fromkeys([args.teacher, *args.students]))
     counts = floor.flops_per_image(
-        {name: build_model(name, NUM_CLASSES, bench.mean, bench.std) for name in names}, bench.image_size, NUM_CLASSES)
+        {name: build_model(name, NUM_CLASSES, bench.mean, bench.std, image_size=bench.image_size[1]) for name in names},
+        bench.image_size, NUM_CLASSES)
 
     cases = measure.cases(args.teacher, args.students, args.pack_sizes, args.only)
     measurements, skipped, reference_flops = {}, [], {}

@@ -13,7 +13,7 @@ import torch
 from .. import data, train
 from ..attacks import evaluate_attack
 from ..augment import Augment
-from ..models import MODELS, build_model
+from ..models import build_model, build_network
 from ..plan import Run
 from ..runtime import pytorch_defaults
 from . import reference
@@ -115,7 +115,8 @@ class Bench:
     # models ------------------------------------------------------------
     def ours_model(self, name):
         torch.manual_seed(self.args.seed)
-        model = build_model(name, NUM_CLASSES, self.mean, self.std, bn_momentum=self.training["bn_momentum"])
+        model = build_model(name, NUM_CLASSES, self.mean, self.std, bn_momentum=self.training["bn_momentum"],
+                            image_size=self.image_size[1])
         return model.to(self.device)
 
     def ours_teacher(self, name):
@@ -123,11 +124,13 @@ class Bench:
 
     def reference_net(self, name):
         torch.manual_seed(self.args.seed)
-        return MODELS[name](NUM_CLASSES, self.image_size[0]).to(self.device)  # the bare torchvision network
+        # the bare torchvision network
+        return build_network(name, NUM_CLASSES, self.image_size[0], self.image_size[1]).to(self.device)
 
     def reference_classifier(self, name):
         torch.manual_seed(self.args.seed)
-        return build_model(name, NUM_CLASSES, self.mean, self.std).to(self.device)  # normalisation inside
+        # normalisation inside
+        return build_model(name, NUM_CLASSES, self.mean, self.std, image_size=self.image_size[1]).to(self.device)
 
     # runners: (warm-up, timed epoch) per side ----------------------------
     def ours(self, case):

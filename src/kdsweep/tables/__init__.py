@@ -17,6 +17,7 @@ The package, by responsibility:
 - summary.py    statistics: summarise (intervals from kdsweep.stats), pick_best, candidates, compare
 - reference.py  the reference study's tables: table1, grid, kd_vs_hard (Tables II-V), sensitivity, vs_reference
 - methods.py    the KD methods side by side (methods) and every method's grid (method_grid)
+- pairs.py      the architecture pairs side by side: each (teacher, student) with parameters and images/s
 - confirmed.py  the confirmation on fresh seeds
 - choices.py    the checkpoints' choices: best_temperature, best_point, and collect_choices (read back)
 - search.py     which search produced the tables (grid, staged, halving) and the points halving pruned
@@ -34,7 +35,7 @@ import pandas as pd
 from kdsweep.errors import KdsweepError
 from kdsweep.io import read_text, write_text
 from kdsweep.layout import TABLES, not_in_study_sentence
-from kdsweep.tables import confirmed, methods, reference
+from kdsweep.tables import confirmed, methods, pairs, reference
 from kdsweep.tables.choices import collect_choices
 from kdsweep.tables.files import StudyFiles, choice_name
 from kdsweep.tables.search import pruned_keys, drop_pruned, study_search
@@ -109,6 +110,12 @@ def write_tables(results_dir, search: str | None = None, config: dict | None = N
                            "tabulate yet; train some runs first, or pass the study's folder results/<study>")
     robustness = join_robustness(runs, attacks)
     warn_unmatched(unmatched, results_dir)
+    pair_table = pairs.pairs(runs, robustness)
+    # the reference study's tables (and the methods') are of the study's first teacher: the runs of another
+    # teacher (architectures as an axis, docs/models.md) are in pairs.* only
+    every, every_attacked = runs, robustness  # runs.csv and robustness.csv: every run
+    first = ~(runs["method"].notna() & runs["teacher_tag"].notna())
+    runs, robustness = runs[first], robustness[robustness["run"].isin(runs.loc[first, "run"])]
     grid = reference.grid(runs)
     table1 = reference.table1(runs, robustness)
     kd_vs_hard = reference.kd_vs_hard(runs, robustness)
@@ -118,10 +125,11 @@ def write_tables(results_dir, search: str | None = None, config: dict | None = N
     sensitivity = reference.sensitivity(runs, grid)
     vs_reference = reference.vs_reference(runs, results_dir, table1, kd_vs_hard, confirmation, sensitivity)
     side_by_side = methods.methods(runs, robustness)
-    frames = {"runs.csv": runs[RUN_COLUMNS], "robustness.csv": robustness, "table1.csv": table1,
+    frames = {"runs.csv": every[RUN_COLUMNS], "robustness.csv": every_attacked, "table1.csv": table1,
               "methods.csv": side_by_side, "method_grid.csv": methods.method_grid(runs, searched),
               "kd_vs_hard.csv": kd_vs_hard, "grid.csv": reference.with_pruned(grid, runs, searched),
-              "confirmed.csv": confirmation, "sensitivity.csv": sensitivity, "vs_reference.csv": vs_reference}
+              "confirmed.csv": confirmation, "sensitivity.csv": sensitivity, "vs_reference.csv": vs_reference,
+              "pairs.csv": pair_table}
     texts = {name: frame.assign(search=searched.label).to_csv(index=False, float_format="%.10g")
              for name, frame in frames.items()}
     texts["table1.md"] = reference.table1_markdown(table1, robustness)
@@ -130,6 +138,7 @@ def write_tables(results_dir, search: str | None = None, config: dict | None = N
     texts["sensitivity.md"] = reference.sensitivity_markdown(sensitivity)
     texts["vs_reference.md"] = reference.vs_reference_markdown(vs_reference)
     texts["methods.md"] = methods.methods_markdown(side_by_side, robustness)
+    texts["pairs.md"] = pairs.pairs_markdown(pair_table)
     for name in [name for name in texts if name.endswith(".md")]:
         texts[name] += f"\nSearch: {searched.label}.\n"
     out = results_dir / "tables"

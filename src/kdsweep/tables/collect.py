@@ -30,15 +30,20 @@ KEYS = ["dataset", "model", "role", "temperature", "soft_weight", "seed"]
 # KL(teacher || student) at T = 1, ECE (%), NLL, mean largest logit, mean logit L2 norm.
 EVALUATION_COLUMNS = list(EVALUATION_MEASURES)
 LOGIT_SCALE = ["max_logit", "logit_norm"]
+# teacher: the teacher run's folder name (a distilled run's teacher's, a teacher's own); parameters: the
+# model's parameter count; images_per_second: training images per second as the run was trained, epochs x its epoch's
+# images / train_seconds (a packed run shares its job's seconds with its pack: per point, as trained)
 RUN_COLUMNS = KEYS + ["epochs", "best_epoch", "stopped_early", "val_acc", "val_loss", "test_acc",
-                      "test_loss", *EVALUATION_COLUMNS, "train_seconds", "device", "run"]
+                      "test_loss", *EVALUATION_COLUMNS, "train_seconds", "device", "run", "teacher", "parameters",
+                      "images_per_second"]
 # A distilled run's row also has its same-seed baseline's accuracy under the same attack and epsilon
 # and the gain of that seed (the sweep's kd against baseline, a confirm run against the confirm baseline).
 SEED_GAIN = ["hard_adv_acc", "adv_gain"]
 ROBUSTNESS_COLUMNS = KEYS + ["attack", "epsilon", "clean_acc", "adv_acc", "adv_acc_on_correct", *LOGIT_SCALE,
                              "n", "n_correct", "params", "run", *SEED_GAIN]
 _NUMERIC = ("temperature", "soft_weight", "seed", "epochs", "best_epoch", "val_acc", "val_loss", "test_acc",
-            "test_loss", "train_seconds", "epsilon", "clean_acc", "adv_acc", "adv_acc_on_correct", "n", "n_correct",
+            "test_loss", "train_seconds", "parameters",
+            "images_per_second", "epsilon", "clean_acc", "adv_acc", "adv_acc_on_correct", "n", "n_correct",
             *EVALUATION_COLUMNS)
 
 
@@ -120,11 +125,18 @@ def collect_runs(results_dir, unmatched: list | None = None, files: StudyFiles |
     own = files is None
     files = files or StudyFiles(results_dir)
     runs = finished_runs(results_dir, files)
-    teacher = next((metrics for run, metrics in runs.items() if run.startswith("runs/teacher/")), None)
+    teachers = {Path(run).name: metrics for run, metrics in runs.items() if run.startswith("runs/teacher/")}
+    computed = (*EVALUATION_COLUMNS, "run", "teacher", "parameters", "images_per_second")
     rows, left_out = [], []
     for run, record in runs.items():
-        row = {key: getattr(record, key) for key in RUN_COLUMNS if key not in (*EVALUATION_COLUMNS, "run")}
-        row["run"] = run
+        row = {key: getattr(record, key) for key in RUN_COLUMNS if key not in computed}
+        row["run"], row["parameters"] = run, record.params
+        row["teacher"] = Path(run).name if record.role == "teacher" else (
+            Path(record.teacher_run).name if record.teacher_run else None)
+        # a run of a teacher but the study's first (its name in the run's folder name; tables.write_tables)
+        row["teacher_tag"] = record.teacher if record.role != "teacher" else None
+        seen = (record.epochs or 0) * (record.train_images or 0)
+        row["images_per_second"] = seen / record.train_seconds if seen and record.train_seconds else None
         # the run's KD method and point (its hyperparameters' values in the method's order): the methods
         # tables' keys, never written to runs.csv
         method, point = point_of(record) or (None, None)
@@ -133,6 +145,10 @@ def collect_runs(results_dir, unmatched: list | None = None, files: StudyFiles |
         if evaluation.is_file():
             result = Evaluation.read(evaluation)
             teacher_hash = result.teacher_run_hash
+            # the teacher it was measured against: the study's teacher of that folder (one teacher: that one)
+            teacher = teachers.get(Path(result.teacher_run).name) if result.teacher_run else None
+            if teacher is None and len(teachers) == 1:
+                teacher = next(iter(teachers.values()))
             if result_matches(result, record) and (teacher_hash is None or teacher is None
                                                    or teacher_hash == teacher.config_hash):
                 row.update(result.measures())
@@ -142,7 +158,7 @@ def collect_runs(results_dir, unmatched: list | None = None, files: StudyFiles |
     _left_out(left_out, unmatched, results_dir)
     if own:
         files.warn()
-    return in_role_order(numeric_frame(rows, [*RUN_COLUMNS, "method", "point"]),
+    return in_role_order(numeric_frame(rows, [*RUN_COLUMNS, "method", "point", "teacher_tag"]),
                          ["role", "dataset", "model", "temperature", "soft_weight", "seed", "run"])
 
 

@@ -31,10 +31,10 @@ TRAINED = ("teacher", "baseline", "confirm")  # the roles rule train writes reco
 
 @cache
 def _students() -> str:
-    """The architectures a student can be (the schema's), as a regular expression."""
-    from kdsweep.config import schema
+    """The architectures a student can be (kdsweep.models' registry), as a regular expression."""
+    from kdsweep.models import names
 
-    return "|".join(map(re.escape, sorted(schema()["$defs"]["model"]["enum"], key=len, reverse=True)))
+    return "|".join(map(re.escape, sorted(names(), key=len, reverse=True)))
 
 
 def decision_name(name: str):
