@@ -294,7 +294,7 @@ def test_rungs_that_cannot_work_are_refused_before_any_job(rungs, message):
     (["soft_weights=[0]"], "kd's grid has none \\(kd: a soft weight above 0\\); add one, or leave the method out"),
     (["halving.min_kept=4"], "halving keeps every point at every rung .* so it decides nothing; set halving.min_kept "
                              "below 4"),
-    (["halving.keep=0.8"], "so it decides nothing"),
+    (["halving.keep=0.8"], "so it decides nothing; set halving.min_kept below 4 and halving.keep at most 0.75,"),
 ])
 def test_a_halving_that_cannot_decide_is_refused_before_any_job(overrides, message):
     """No KD method, a method without a point that uses the teacher (the only points a rung ranks), or a keep
@@ -302,6 +302,7 @@ def test_a_halving_that_cannot_decide_is_refused_before_any_job(overrides, messa
     with pytest.raises(KdsweepError, match=message):
         _plan(*overrides)
     assert _plan("halving.min_kept=3").halving  # 3 of 4: the first rung drops one
+    assert _plan("halving.keep=0.75").halving  # ceil(0.75 x 4) = 3 of 4
 
 
 def test_the_workflow_refuses_halving_without_a_kd_method_in_one_sentence(tmp_path):
@@ -464,6 +465,26 @@ def test_remade_rung_records_decide_the_same_and_shorter_rungs_table_every_finis
     assert line in kdsweep("status", "results/halving-tiny", cwd=work).stdout
     assert (results / "halving" / "mobilenet_v3_small_rung2.json").read_bytes() == before[
         "mobilenet_v3_small_rung2.json"]  # kept on disk
+
+
+@pytest.mark.workflow
+def test_a_rung_never_leaves_the_confirmation_without_a_point_that_uses_the_teacher(halving_finished, tmp_path):
+    """The finding through Snakemake: soft weights {0, 0.5}, keep 0.1 and confirmation on. Every rung keeps
+    exactly one point, one that uses the teacher (a w = 0 point, where the plan has one, is recorded and never
+    kept, however it did on validation), and the confirmation's checkpoint chooses a point with w > 0 among
+    the finalists; no job fails. (The finished study's w = 0.5 points keep their packs and checkpoints.)"""
+    work = copy_of(halving_finished, tmp_path / "work")
+    results = work / "results" / "halving-tiny"
+    changed = ["--config", "soft_weights=[0, 0.5]", "halving={keep: 0.1}", "confirm={seeds: [2]}"]
+    snakemake(work, "--cores", "2", "--show-failed-logs", *changed, "results/halving-tiny/confirm/mobilenet_v3_small.json",
+              configfiles=[HALVING])
+    for rung in (1, 2):
+        decision = RungDecision.read(results / "halving" / f"mobilenet_v3_small_rung{rung}.json")
+        assert all(c.uses_teacher == (c.hparams["soft_weight"] > 0) for c in decision.candidates)
+        (kept,) = [c for c in decision.candidates if c.kept]  # ceil(0.1 x 2) = 1 (min_kept 1) of those that use it
+        assert kept.uses_teacher and kept.hparams["soft_weight"] == 0.5
+    choice = json.loads((results / "confirm" / "mobilenet_v3_small.json").read_text())
+    assert choice["hparams"]["soft_weight"] == 0.5 and choice["hparams"] == kept.hparams
 
 
 @pytest.mark.workflow

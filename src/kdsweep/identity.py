@@ -23,7 +23,8 @@ a checkpoint or a result belongs to it, and the runs kept aside.
   `python -m kdsweep status` lists what is kept aside; deleting that folder clears it.
 - `file_digest(path)`: a model file's sha256, recorded in metrics.json (`model_digest`) and in every
   attack and evaluation result (with the run's hash, `run_hash`), so that no table pairs the numbers
-  of two versions of a run.
+  of two versions of a run; `measures_run_now(kind, result, run_dir)`: whether a result on disk measured the
+  run's model as it is now (the workflow's rerun trigger of an attack or evaluation).
 
 Nothing here imports torch: the status view imports this module.
 """
@@ -41,6 +42,7 @@ from . import io
 from .config import config_hash
 from .errors import KdsweepError
 from .records import AttackResult, Evaluation, Metrics
+from .runs import METRICS
 
 # The dataset settings that make a run's data what it is, besides the digest of the data itself.
 DATASET_KEYS = ("name", "subset", "val_fraction", "split_seed")
@@ -268,3 +270,13 @@ def result_matches(result: AttackResult | Evaluation, metrics: Metrics) -> bool:
     if result.run_hash != metrics.config_hash:
         return False
     return result.model_digest == metrics.model_digest or metrics.model_digest is None
+
+
+def measures_run_now(kind: str, result_path, run_dir) -> bool:
+    """Whether an attack's or evaluation's result file (kind: "attack" or "evaluation", as kdsweep.layout names
+    them) measured the run version that run_dir/metrics.json describes now (result_matches); False where either
+    is missing or unreadable, never an error. The workflow measures a run again only if this is False
+    (workflow/rules/common.smk)."""
+    record = {"attack": AttackResult, "evaluation": Evaluation}[kind]
+    result, metrics = record.peek(result_path), Metrics.peek(Path(run_dir) / METRICS)
+    return result is not None and metrics is not None and result_matches(result, metrics)

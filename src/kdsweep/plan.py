@@ -30,6 +30,7 @@ kdsweep.commands. Nothing here imports torch: the Snakefile loads this module in
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass
 
@@ -402,9 +403,11 @@ class Plan:
             # refused rather than warned about: every rung would keep every point, so the study would be the grid
             # with pauses, and its tables would name a search that chose nothing
             most = max(ranked.values())
+            # the largest keep (6 digits, rounded down) under which ceil(keep x most) drops a point
+            fraction = math.floor((most - 1) / most * 1e6) / 1e6
             raise KdsweepError(f"halving keeps every point at every rung (halving.keep {keep} and min_kept {min_kept} "
                                f"of at most {most} points per method), so it decides nothing; set halving.min_kept "
-                               f"below {most} (and keep below 1 - 1/{most}), or set sweep: grid")
+                               f"below {most} and halving.keep at most {fraction:g}, or set sweep: grid")
 
     # ---- runs
 

@@ -27,6 +27,7 @@ from kdsweep import chosen as choices
 from kdsweep.config import check_finite, coerce_strings
 from kdsweep.datasets import download_folder
 from kdsweep.errors import KdsweepError
+from kdsweep.identity import measures_run_now
 from kdsweep.commands import Commands, number
 from kdsweep.joblog import ENV as JOB_LOG
 from kdsweep.layout import TABLES, Layout
@@ -158,10 +159,16 @@ def run_of(wildcards):
 
 
 def finished(wildcards):
-    """The tracked files of the run an evaluation reads (a distilled run's: its pack record), as ancient():
-    a record written again (its pack gained a point, or its job was forced) measures nothing again; what the
-    run's model was trained with is in the evaluation's params (commands.JOB_SLICES), which a change reruns."""
-    return [ancient(path) for path in LAYOUT.finished(run_of(wildcards))]
+    """The tracked files of the run an attack or evaluation reads (a distilled run's: its pack record), as
+    ancient() where the job's result on disk measured the run's model as it is now (identity.measures_run_now:
+    its run hash and model digest): a record written again (its pack gained a point, or its job was forced)
+    measures nothing again. A model trained again into other weights, or a run whose metrics are not there
+    yet, is measured again once its record is newer than the result; what the run's model was trained with is
+    in the job's params (commands.JOB_SLICES), which a change reruns."""
+    run = run_of(wildcards)
+    kind = "attack" if "attack" in wildcards.keys() else "evaluation"
+    current = measures_run_now(kind, LAYOUT.file(kind, **dict(wildcards.items())), LAYOUT.run_dir(run))
+    return [ancient(path) if current else path for path in LAYOUT.finished(run)]
 
 
 def run_dir(wildcards):
