@@ -302,6 +302,8 @@ LONG_FIRST = (
     "test_the_distillation_sweep_goes_out_as_one_job_array",
     "test_a_killed_snakemake_is_restarted_and_nothing_is_trained_twice_or_lost",
     "test_tiny_study_end_to_end",  # the first to ask builds the tiny workflow (conftest.tiny)
+    "test_an_imagefolder_study_runs_from_snakemake_to_its_tables_and_report",
+    "test_two_processes_distil_as_one_and_resume_after_being_killed_mid_epoch",
     "test_a_cancelled_training_job_is_resubmitted_and_resumes_from_its_checkpoint",
     "test_bf16_accuracy_is_within_run_to_run_noise_of_fp32",
     "test_a_pack_of_sweep_points_is_one_slurm_job_with_one_gpu",

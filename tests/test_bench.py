@@ -138,7 +138,7 @@ def test_flop_count_of_grouped_convolutions_is_not_inflated():
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--students", "vgg11"], "unknown"),
+    (["--students", "resnet_unheard_of"], "no torchvision classification model"),
     (["--soft-weight", "0"], "soft-weight"),
     (["--warmup", "0"], "warm-up"),
 ])

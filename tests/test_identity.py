@@ -155,7 +155,7 @@ def test_a_damaged_best_weights_file_is_refused_by_hand_and_started_over_by_the_
     assert run_until_epoch(folder, args, 1, signal.SIGTERM) == 75
     (run / "best.pt").write_bytes((run / "best.pt").read_bytes()[:200])
     refused = kdsweep(*args, cwd=folder, check=False)
-    assert refused.returncode == 2 and "best.pt is corrupt or truncated" in refused.stderr
+    assert refused.returncode == 2 and "best.pt cannot be read: it is corrupt or truncated" in refused.stderr
     assert "Traceback" not in refused.stderr and not (run / "metrics.json").exists()
     recovered = kdsweep(*args, "--rerun-stale", cwd=folder)
     assert "starting the run over" in recovered.stdout and "resuming" not in recovered.stdout

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from kdsweep import augment as augment_module
-from kdsweep import data, runtime, train
+from kdsweep import data, runtime, sources, train
 from kdsweep.config import load_config
 from kdsweep.plan import Run
 
@@ -303,7 +303,7 @@ def test_an_epoch_moves_its_shuffle_and_augmentation_to_the_device_once(monkeypa
         moved.append(tuple(tensor.shape))
         return real(tensor, device)
 
-    monkeypatch.setattr(train, "to_device", counting)
+    monkeypatch.setattr(sources, "to_device", counting)
     monkeypatch.setattr(augment_module, "to_device", counting)
     rt = runtime.Runtime.from_config({"device": "cpu", "threads": 0, "precision": "fp32", "tf32": False,
                                       "deterministic": True, "channels_last": False, "compile": False})
@@ -312,7 +312,7 @@ def test_an_epoch_moves_its_shuffle_and_augmentation_to_the_device_once(monkeypa
     images = torch.randint(0, 256, (96, 3, 8, 8), dtype=torch.uint8)
     labels = torch.arange(96) % 10
     augment = augment_module.Augment(pad=1, flip_p=0.5, rotation_degrees=10)
-    train.train_epoch([point], None, augment, images, labels, 8, torch.Generator().manual_seed(0), rt)
+    train.train_epoch([point], None, sources.InMemory(augment, images, labels, 8), torch.Generator().manual_seed(0), rt)
     # 12 batches; 5 moves: the order, then flips, angles, tops and lefts, each of the whole epoch
     assert moved == [(96,)] * 5
 

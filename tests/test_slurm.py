@@ -1044,6 +1044,35 @@ def test_a_pack_of_sweep_points_is_one_slurm_job_with_one_gpu(cluster, tmp_path)
     assert logs[job_id][:2] == ("rule_distill", f"{student}_seed{seed}_pack1"), logs
 
 
+@pytest.mark.slurm(*SUBMITS, ACCOUNTING, GPU_ACCOUNTING)
+def test_a_distillation_job_of_two_gpus_trains_as_two_slurm_tasks(cluster, tmp_path):
+    """KDSWEEP_SLURM_DISTILL_GPUS=2 (profiles/default): the distillation job asks SLURM for two GPUs and two
+    tasks of one CPU each, and trains as two DDP processes (srun inside the job, kdsweep.distributed): its
+    run and its records are those a one-process job writes."""
+    config = load_config([str(p) for p in CONFIGS], [])
+    (point,) = [kd_run("kd", config["students"][0], config["seeds"][0], config["temperatures"][0], w)
+                for w in config["soft_weights"]]
+    plan = Plan(config)
+    pack = plan.pack_of(point)
+    record = Layout(plan).pack_record(pack)
+    status, output = run_snakemake(tmp_path, record, timeout=600, env=cluster.env(KDSWEEP_SLURM_DISTILL_GPUS="2"))
+    assert status == 0, _failure_report(tmp_path, output)
+    results = tmp_path / "results" / config["study"]
+    metrics = _read_json(results / point.folder / "metrics.json")
+    assert metrics["epochs"] == config["training"]["max_epochs"] and metrics["test_acc"] is not None
+    job_id = metrics["slurm"]["job_id"]
+    assert _read_json(tmp_path / record)["slurm"]["job_id"] == job_id
+    job = sacct([job_id])[job_id]
+    assert job["State"] == "COMPLETED", job
+    assert {"gres/gpu=2", "cpu=2"} <= set(job["AllocTRES"].split(",")), job["AllocTRES"]
+    steps = subprocess.run(["sacct", "-n", "-P", "-j", job_id, "-o", "JobID,NTasks,State"], capture_output=True,
+                           text=True, check=True).stdout.splitlines()
+    assert any(step.split("|")[1:] == ["2", "COMPLETED"] for step in steps), steps
+    log = (results / "logs" / "packs" / f"{pack.name}.log").read_text()
+    assert "starting the job's processes: srun --overlap --ntasks=2" in log, log
+    assert log.count("  epoch   1") == 1  # the first process alone logs
+
+
 @pytest.mark.slurm(ACCOUNT_LIST)
 def test_an_account_slurm_does_not_know_stops_the_run_at_submission(cluster, tmp_path):
     """The site profile's account reaches the plugin, which checks it with sacctmgr before sbatch."""
@@ -1118,16 +1147,9 @@ def test_training_over_its_time_limit_is_stopped_retried_with_a_longer_limit_and
     results = work / "results" / config["study"]
     run_folder = results / name
     rule_log = results / "logs" / f"{name}.log"
-    seen = {"stops": {}, "between_attempts": None}
+    seen = {"between_attempts": None}
 
     def watch(workdir):
-        # Each attempt's shell replaces the rule's log: keep every attempt's stop message,
-        # keyed by where the attempt started ("" or its "resuming ... after epoch k").
-        text = rule_log.read_text(errors="replace") if rule_log.exists() else ""
-        stop = re.search(r"received (SIG\w+)", text)
-        if stop:
-            start = re.search(r"resuming \S+ after epoch \d+", text)
-            seen["stops"][start.group(0) if start else ""] = stop.group(1)
         attempts = [log for log in _slurm_logs(workdir) if "rule_train" in log.parts]
         if len(attempts) >= 2 and seen["between_attempts"] is None and run_folder.exists():
             seen["between_attempts"] = sorted(p.name for p in run_folder.iterdir())
@@ -1162,12 +1184,20 @@ def test_training_over_its_time_limit_is_stopped_retried_with_a_longer_limit_and
 
     # The run's side: each stop kept the last finished epoch, and nothing that looks finished
     # was there between the attempts; the next attempt resumed from there.
-    stops = seen["stops"]
+    # The rule's log keeps every attempt (kdsweep.joblog): each attempt's stop message, keyed by
+    # where that attempt started ("" or its "resuming ... after epoch k").
+    sections = _attempt_sections(rule_log.read_text(errors="replace"))
+    stops = {}
+    for section in sections:
+        stop = re.search(r"received (SIG\w+)", section)
+        if stop:
+            start = re.search(r"resuming \S+ after epoch \d+", section)
+            stops[start.group(0) if start else ""] = stop.group(1)
     assert list(stops.values()) == ["SIGURG"] * (len(attempts) - 1), f"stops seen in the rule's log: {stops}"
     between = seen["between_attempts"]
     assert between is not None and CHECKPOINT in between, between
     assert not {"metrics.json", "model.pt", "history.csv"} & set(between), between
-    resumed_after = [int(e) for e in re.findall(r"resuming \S+ after epoch (\d+)", rule_log.read_text())]
+    resumed_after = [int(e) for e in re.findall(r"resuming \S+ after epoch (\d+)", sections[-1])]
     assert len(resumed_after) == 1 and resumed_after[0] >= 1, _tail(rule_log)
     # each attempt but the first started where the one before it stopped, with progress each time
     starts = sorted(int(start.rsplit(" ", 1)[1]) for start in stops if start) + resumed_after
@@ -1366,8 +1396,11 @@ def test_a_killed_snakemake_is_restarted_and_nothing_is_trained_twice_or_lost(un
     # the old job and the new one (which waited for it, or found the run finished) both completed
     assert len(jobs) >= 2 and all(record["State"] == "COMPLETED" for record in jobs.values()), jobs
     # the new job trained nothing: it waited for the old one (or found the run finished)
+    # The log keeps both jobs' lines (kdsweep.joblog), the old job's possibly after the new one's header:
+    # every epoch is there once, and no attempt resumed.
     rule_log = (tmp_path / Layout(plan).training_log(plan.teacher)).read_text()
-    assert " epoch " not in rule_log and "resuming" not in rule_log, rule_log
+    epochs = [int(e) for e in re.findall(r" epoch +(\d+) +lr ", rule_log)]
+    assert sorted(epochs) == list(range(1, metrics["epochs"] + 1)) and "resuming" not in rule_log, rule_log
     print(f"new job: {'waited for the old one' if 'waiting for it to finish' in rule_log else 'found the run finished'}")
     record = _read_json(tmp_path / target)
     assert record["points"][0]["config_hash"] == metrics["config_hash"]
@@ -1400,8 +1433,17 @@ def test_a_cancelled_training_job_is_resubmitted_and_resumes_from_its_checkpoint
     metrics = _assert_same_run(run_folder, uninterrupted)
     assert metrics["resumed"] == 1 and metrics["slurm"]["job_id"] != job
     assert jobs[metrics["slurm"]["job_id"]]["State"] == "COMPLETED"
-    resumed_after = re.findall(r"resuming \S+ after epoch (\d+)", (tmp_path / Layout(plan).training_log(plan.teacher)).read_text())
+    last = _attempt_sections((tmp_path / Layout(plan).training_log(plan.teacher)).read_text())[-1]
+    resumed_after = re.findall(r"resuming \S+ after epoch (\d+)", last)
     assert len(resumed_after) == 1 and int(resumed_after[0]) >= epoch
+
+
+def _attempt_sections(text):
+    """A rule log's attempts, oldest first (kdsweep.joblog heads each attempt with a line)."""
+    from kdsweep import joblog
+
+    sections = re.split(rf"^{re.escape(joblog.HEADER)}.*$", text, flags=re.M)
+    return [section for section in sections[1:]] or [text]
 
 
 def _job_processes(job):
@@ -1507,7 +1549,7 @@ def test_a_node_failure_mid_job_is_requeued_or_failed_and_either_way_resumes_fro
     assert metrics["slurm"]["job_id"] == job, metrics["slurm"]
     assert all((work["requeue"] / path).exists() for path in Layout(plan).evaluations(plan.teacher))
     log = (work["requeue"] / Layout(plan).training_log(plan.teacher)).read_text()
-    resumed_after = re.findall(r"resuming \S+ after epoch (\d+)", log)
+    resumed_after = re.findall(r"resuming \S+ after epoch (\d+)", _attempt_sections(log)[-1])
     assert len(resumed_after) == 1 and int(resumed_after[0]) >= epoch
     runs = subprocess.run(["sacct", "-D", "-X", "-n", "-P", "-j", job, "-o", "State"], capture_output=True,
                           text=True, check=True).stdout.split()

@@ -230,7 +230,7 @@ def attack_job(config: dict, run_dir, attack: str, epsilon: float, out):
     run_dir = Path(run_dir)
     runs.finished(run_dir)  # before the data is read: the cheap refusals first
     runtime = Runtime.from_config(config["runtime"], training_job=False)
-    splits = data.load_splits(config["dataset"], runtime.device)
+    splits = data.load_splits(config["dataset"], runtime.device, data.study_stats(run_dir, config))
     run, model = runs.load(run_dir, config["dataset"], runtime.device, splits.num_classes, data_digest=splits.digest)
     model = runtime.place(model)
     started = time.perf_counter()

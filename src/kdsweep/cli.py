@@ -133,9 +133,12 @@ def cmd_download(args):
 def cmd_stats(args):
     from . import data
 
+    from .imagefolder import arrays_of
+
     config = _load(args)
-    _refuse_overwrite(args, config, writes=[("--out", args.out)])
-    stats = data.write_stats(args.out, config["dataset"])
+    arrays = arrays_of(args.out) if config["dataset"]["name"] == "imagefolder" else ()
+    _refuse_overwrite(args, config, writes=[("--out", args.out), *(("--out", path) for path in arrays)])
+    stats = data.write_stats(args.out, config["dataset"], config)
     print(f"wrote {args.out}: mean {['%.4f' % m for m in stats['mean']]} std {['%.4f' % s for s in stats['std']]}")
 
 
@@ -146,7 +149,7 @@ def _train(args, runs, out_dirs, teacher_dir=None):
     from .train import train_points
 
     config = _load(args)
-    check_buildable(runs[0].model, geometry(config["dataset"]["name"])[1])
+    check_buildable(runs[0].model, geometry(config)[1])
     checkpoint = getattr(args, "checkpoint", None)
     if getattr(args, "fine_tune", False) and checkpoint is None:
         raise KdsweepError("--fine-tune fine-tunes a teacher's checkpoint; give --checkpoint too")
@@ -156,6 +159,12 @@ def _train(args, runs, out_dirs, teacher_dir=None):
     _refuse_overwrite(args, config, reads=[("the stats file", args.stats), *read],
                       runs=[("the teacher run folder", teacher_dir)],
                       writes=[("--record", args.record)], trains=[("--out", out) for out in out_dirs])
+    from .distributed import Processes, launch
+
+    # several processes (runtime.processes, or a SLURM job's tasks): this one starts them and waits
+    status = launch(args.argv, config["runtime"]["processes"])
+    if status is not None:
+        sys.exit(status if status >= 0 else 128 - status)
     histories = {}
     try:
         results = train_points(config, runs, args.stats, out_dirs, teacher_dir=teacher_dir,
@@ -164,7 +173,7 @@ def _train(args, runs, out_dirs, teacher_dir=None):
                                fine_tune=getattr(args, "fine_tune", False), histories=histories)
     except Preempted:
         sys.exit(EXIT_PREEMPTED)
-    if args.record:
+    if args.record and Processes.from_environment().main:
         _write_record(args.record, out_dirs, results, getattr(args, "until_epoch", None), histories)
     return results
 
@@ -719,6 +728,7 @@ def _run(argv):
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     if extras:
         args.overrides = [*args.overrides, *extras]
+    args.argv = argv  # a training job of several processes starts each with the same command line
     args.func(args)
 
 
@@ -745,6 +755,10 @@ def _end(err: BaseException, interrupted: bool):
         # written whole or not at all (kdsweep.io), so nothing half-written looks finished.
         _fail("interrupted", EXIT_INTERRUPTED)
     if isinstance(err, KdsweepError):
+        from .distributed import Echoed
+
+        if isinstance(err, Echoed):
+            sys.exit(2)  # the first process of the job says it (kdsweep.distributed)
         _fail(f"error: {err}")
     if isinstance(err, BrokenPipeError):
         # The reader of the output went away (`... | head`): say nothing more to it.

@@ -104,9 +104,26 @@ def _without(config: dict, paths) -> dict:
     return out
 
 
+# What a job of an imagefolder dataset reads besides (JOB_SLICES): which files, and how they become images.
+# Only for it: the other datasets' jobs keep the command lines (their rules' params) they always had.
+IMAGEFOLDER_SLICES = {
+    "stats": ("dataset.train", "dataset.test", "dataset.skip_damaged", "imagefolder.eval_resize",
+              "imagefolder.eval_crop"),
+    "train": ("dataset.train", "dataset.test", "dataset.skip_damaged", "imagefolder"),
+    "attack": ("dataset.train", "dataset.test", "dataset.skip_damaged", "imagefolder.eval_resize",
+               "imagefolder.eval_crop"),
+    "evaluate": ("dataset.train", "dataset.test", "dataset.skip_damaged", "imagefolder.eval_resize",
+                 "imagefolder.eval_crop"),
+}
+
+
 def job_slice(config: dict, kind: str, attack: str | None = None) -> dict:
-    """The nested part of `config` a job of `kind` reads (JOB_SLICES)."""
-    return select(config, [path.format(attack=attack) for path in JOB_SLICES[kind]])
+    """The nested part of `config` a job of `kind` reads (JOB_SLICES, and IMAGEFOLDER_SLICES for that
+    dataset)."""
+    paths = [path.format(attack=attack) for path in JOB_SLICES[kind]]
+    if config["dataset"]["name"] == "imagefolder":
+        paths += IMAGEFOLDER_SLICES[kind]
+    return select(config, paths)
 
 
 def overrides(section: dict, prefix: str = "") -> list[str]:

@@ -16,6 +16,9 @@ Registry `DATASETS`, name -> loader(root, download=False) -> Dataset:
   every 5th image (index 0, 5, 10, ...) is a test image, 360 of them; the other 1,437 are the
   training set. Its file is checked too: 1,797 rows of 64 pixels in 0..16 and a label in 0..9.
 
+- imagefolder: the user's own images under dataset.root, never read whole: kdsweep.imagefolder lists
+  them, kdsweep.streaming decodes them (not in DATASETS, which holds the datasets read into memory).
+
 torch and torchvision are imported when a dataset is read, not with this module: the workflow
 asks `download_folder` for a dataset's folder in every snakemake process, also in the two of each
 cluster job, where importing torchvision costs seconds.
@@ -282,9 +285,24 @@ DATASETS: dict[str, Callable[..., Dataset]] = {
 }
 
 
-def geometry(name: str) -> tuple[int, int, int]:
-    """(channels, side in pixels, classes) of dataset `name`'s images, known without reading them: what the
-    checks of a study's architectures need before any job (kdsweep.models.check_config)."""
+# Datasets streamed from their files (kdsweep.streaming), not read into memory.
+STREAMED = ("imagefolder",)
+
+
+def _unknown(name) -> KdsweepError:
+    return KdsweepError(f"unknown dataset '{name}'; set dataset.name to one of {', '.join((*DATASETS, *STREAMED))}")
+
+
+def geometry(config: dict) -> tuple[int, int, int]:
+    """(channels, side in pixels, classes) of a config's dataset's images, known without reading them: what the
+    checks of a study's architectures need before any job (kdsweep.models.check_config). An imagefolder's
+    side is its training crop (imagefolder.train_crop), its classes its training folder's subfolders."""
+    name = config["dataset"]["name"]
+    if name in STREAMED:
+        from .imagefolder import classes_of
+
+        dataset = config["dataset"]
+        return 3, config["imagefolder"]["train_crop"], len(classes_of(dataset["root"], dataset["train"]))
     loader = DATASETS[name]
     if isinstance(loader, partial) and loader.func is _load_cifar:
         return CIFAR_SHAPE[0], CIFAR_SHAPE[1], CIFAR_CLASSES[loader.args[0]]
@@ -293,7 +311,8 @@ def geometry(name: str) -> tuple[int, int, int]:
 
 def load_dataset(name: str, root) -> Dataset:
     if name not in DATASETS:
-        raise KdsweepError(f"unknown dataset '{name}'; set dataset.name to one of {', '.join(DATASETS)}")
+        raise _unknown(name) if name not in STREAMED else KdsweepError(
+            f"dataset {name} is streamed from its files, never read into memory whole (kdsweep.data.load_splits)")
     return DATASETS[name](root)
 
 
@@ -312,11 +331,15 @@ def source(name: str, root) -> Path | None:
     folder = download_folder(name, root)
     if folder is not None:
         return Path(folder)
+    if name in STREAMED:
+        return Path(root)
     return _digits_file() if name == "digits" else None
 
 
 def download(name: str, root) -> str:
     """Fetch and verify (md5) a dataset into root, a no-op for bundled data; returns where it now is."""
+    if name in STREAMED:
+        return f"{root} (your own files: nothing to download)"
     if name not in DATASETS:
-        raise KdsweepError(f"unknown dataset '{name}'; set dataset.name to one of {', '.join(DATASETS)}")
+        raise _unknown(name)
     return DATASETS[name](root, download=True).source

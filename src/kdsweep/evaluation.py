@@ -131,9 +131,10 @@ def predict(model, images_uint8, batch_size, runtime=None) -> torch.Tensor:
 
 @torch.inference_mode()
 def loss_and_accuracy(model, images_uint8, labels, batch_size, runtime=None) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy (%) on uint8 images: validation and test of a training run."""
-    loss_sum = torch.zeros((), device=images_uint8.device, dtype=torch.float64)
-    correct = torch.zeros((), device=images_uint8.device, dtype=torch.int64)
+    """Mean cross-entropy and accuracy (%) on uint8 images: validation and test of a training run. The
+    images may lie on the host (an imagefolder's, memory-mapped: each batch goes to the labels' device)."""
+    loss_sum = torch.zeros((), device=labels.device, dtype=torch.float64)
+    correct = torch.zeros((), device=labels.device, dtype=torch.int64)
     for logits, start in batch_logits(model, images_uint8, batch_size, runtime):
         batch_labels = labels[start:start + batch_size]
         loss_sum += F.cross_entropy(logits, batch_labels, reduction="sum").double()
@@ -182,7 +183,7 @@ def evaluate_job(config: dict, run_dir, teacher_dir, out, log=print):
         runs.check_compatible(runs.finished(folder, what), folder, config["dataset"], what=what)
     # One pass over the test set: never compiled (runtime.compile is for training jobs).
     runtime = Runtime.from_config(config["runtime"], training_job=False)
-    splits = data.load_splits(config["dataset"], runtime.device)
+    splits = data.load_splits(config["dataset"], runtime.device, data.study_stats(run_dir, config))
     run, model = runs.load(run_dir, config["dataset"], runtime.device, splits.num_classes, data_digest=splits.digest)
     teacher_run, teacher = runs.load(teacher_dir, config["dataset"], runtime.device, splits.num_classes, "teacher run",
                                      data_digest=splits.digest)

@@ -7,6 +7,10 @@ a checkpoint or a result belongs to it, and the runs kept aside.
   sits (model, seed, temperature, soft weight, role) and, for a distilled run, its teacher's hash. A teacher
   from a checkpoint (kdsweep.teachers) also records `teacher_checkpoint`: the file's sha256, its architecture
   and whether it was fine-tuned; its hash, and so every run distilled from it, changes with the file.
+  An imagefolder dataset's run also holds its transforms (the `imagefolder` section), and its data
+  digest is that of the files' contents, which the stats job reads once (kdsweep.imagefolder: a job
+  checks the files' names and sizes against it, without reading 140 GB again); the number of damaged
+  files left out (dataset.skip_damaged) is recorded beside the digest.
   Not in it: where the data lies (`dataset.root`) and the `runtime` section (device, precision,
   threads, ...): they change no result beyond floating-point noise, so moving the data, or the study
   to another cluster with the same files, retrains nothing. Different files under the same path have
@@ -48,6 +52,9 @@ from .runs import METRICS
 DATASET_KEYS = ("name", "subset", "val_fraction", "split_seed")
 DIGEST = "digest"
 CHECKPOINT_KEY = "teacher_checkpoint"  # a teacher run's provenance in its identity
+# an imagefolder dataset's: its transforms' section of the config, and the damaged files left out
+IMAGEFOLDER = "imagefolder"
+SKIPPED = "skipped"
 ASIDE = "aside"
 LOCK = ".lock"  # kdsweep.lock's file: never moved
 
@@ -78,23 +85,34 @@ def _where(run) -> dict:
 
 
 def run_identity(config: dict, run, teacher_hash: str | None, data_digest: str | None,
-                 checkpoint: dict | None = None) -> dict:
+                 checkpoint: dict | None = None, skipped: int | None = None) -> dict:
     """What a training run is (module docstring); data_digest None where it is not known (a status
     view without stats.json); checkpoint: a teacher's provenance (kdsweep.teachers.provenance), None for a
-    teacher trained from scratch (whose identity is the reference study's)."""
+    teacher trained from scratch (whose identity is the reference study's); skipped: the damaged files an
+    imagefolder dataset leaves out."""
     dataset = {key: config["dataset"][key] for key in DATASET_KEYS}
     dataset[DIGEST] = data_digest
     where = {**_where(run), "teacher_config_hash": teacher_hash}
     if checkpoint is not None:
         where[CHECKPOINT_KEY] = checkpoint
-    return {"dataset": dataset, "training": config["training"], "augmentation": config["augmentation"],
-            "run": where}
+    identity = {"dataset": dataset, "training": config["training"], "augmentation": config["augmentation"],
+                "run": where}
+    if config["dataset"]["name"] == IMAGEFOLDER:
+        # (only here: every other dataset's runs keep the identity, and the hash, they always had)
+        dataset[SKIPPED] = skipped
+        identity[IMAGEFOLDER] = config[IMAGEFOLDER]
+    return identity
+
+
+# The dataset section of the version before data digests: what its hashes were made of.
+_LEGACY_DATASET = ("name", "root", "val_fraction", "split_seed", "subset")
 
 
 def legacy_hash(config: dict, run, teacher_hash: str | None) -> str:
-    """The hash a run had before data digests existed (the whole dataset section, root included): what a
-    checkpoint of that version holds."""
-    return config_hash({"dataset": config["dataset"], "training": config["training"],
+    """The hash a run had before data digests existed (the whole dataset section of then, root included):
+    what a checkpoint of that version holds."""
+    dataset = {key: config["dataset"][key] for key in _LEGACY_DATASET}
+    return config_hash({"dataset": dataset, "training": config["training"],
                         "augmentation": config["augmentation"],
                         "run": {**_where(run), "teacher_config_hash": teacher_hash}})
 

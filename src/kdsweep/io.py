@@ -78,6 +78,11 @@ def write_bytes(path, data: bytes):
     return _atomic(path, lambda handle: handle.write(data))
 
 
+def write_stream(path, write):
+    """A file written by write(handle) as it goes (too large to hold in memory first), whole or not at all."""
+    return _atomic(path, write)
+
+
 def write_text(path, text: str):
     return write_bytes(path, text.encode())
 

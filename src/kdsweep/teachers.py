@@ -197,7 +197,7 @@ def check_config(config: dict):
     process, the training commands). KdsweepError in one sentence otherwise."""
     from .datasets import geometry
 
-    channels, side, classes = geometry(config["dataset"]["name"])
+    channels, side, classes = geometry(config)
     found = teachers(config)
     for name in dict.fromkeys([*config["students"], *(teacher.model for teacher in found)]):
         check_buildable(name, side)

@@ -28,20 +28,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import checkpoint, data, identity, io, lock, teachers
+from . import checkpoint, data, distributed, identity, io, lock, sources, teachers
 from . import runs as runs_
-from .augment import Augment
 from .board import EpochBoard
 from .checkpoint import RunState
 from .config import config_hash
 from .errors import KdsweepError
-from .evaluation import loss_and_accuracy
 from .methods import METHODS, Progress, total as total_loss
 from .models import build_model, save_model
 from .plan import Run
 from .records import Metrics
 from .runs import BEST, CHECKPOINT, HISTORY, METRICS, MODEL
-from .runtime import Preempted, Runtime, SignalStop, environment, nondeterministic_op, to_device
+from .runtime import Preempted, Runtime, SignalStop, environment, nondeterministic_op
 
 __all__ = ["HISTORY_FIELDS", "Point", "train_epoch", "train_points"]
 
@@ -88,7 +86,7 @@ class Point:
     """
 
     def __init__(self, run: Run, training: dict, num_classes, mean, std, runtime: Runtime, image_size=32,
-                 origin=None):
+                 origin=None, processes: distributed.Processes = distributed.Processes()):
         self.run = run
         name, hparams = (run.method, run.params) if run.distilled else HARD_TARGETS
         self.method, self.hparams = METHODS[name], hparams
@@ -97,8 +95,9 @@ class Point:
                             image_size=image_size, stem_kernel=origin.fitted.stem_kernel if origin else None)
         if origin is not None:  # a teacher from a checkpoint: its weights (a fine-tuned head stays as drawn)
             teachers.load_into(model, origin.source, origin.fitted)
-        self.module = runtime.place(model)
-        self.model = runtime.compiled(self.module)
+        # several processes (kdsweep.distributed): BatchNorm and dropout over the whole batch, DDP's averaging
+        self.module = processes.prepare(runtime.place(model), runtime.device)
+        self.model = runtime.compiled(processes.wrap(self.module, runtime.device))
         # the method's trainable state (CTKD's temperature), trained by the point's optimiser beside the
         # student, after its weights
         self.method_state = self.method.make_state(hparams)
@@ -119,62 +118,61 @@ class Point:
         self.rng = _torch_rng(device)
 
 
-def epoch_batches(n: int, batch_size: int) -> list[tuple[int, int]]:
-    """(start, end) of an epoch's batches of n images: batch_size each, the last the rest. A last batch
-    of one image joins the one before it: BatchNorm cannot train on a batch of one."""
-    bounds = [(start, min(start + batch_size, n)) for start in range(0, n, batch_size)]
-    if len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] == 1:
-        bounds[-2:] = [(bounds[-2][0], n)]
-    return bounds
+# (kept here by name: tests and the benchmark cut epochs with it)
+epoch_batches = sources.epoch_batches
 
 
-def train_epoch(points, teacher, augment, images, labels, batch_size, generator, runtime: Runtime, stop=None,
-                epoch: int = 1):
+def train_epoch(points, teacher, source, generator, runtime: Runtime, stop=None, epoch: int = 1,
+                processes: distributed.Processes | None = None):
     """One epoch (the epoch-th, from 1) of every point on one shared stream of augmented batches and
     teacher logits; each point's loss is its method's (kdsweep.methods).
 
-    The epoch's shuffle and augmentation parameters are drawn up front from the CPU generator
-    (the same draws on any device) and moved to the device in one asynchronous copy; after that
-    no step waits for the host, so the CPU queues work ahead of the GPU. Returns each point's
-    mean losses {"total", <each term of its method>} (NaN for a term it does not use).
+    The batches come from `source` (kdsweep.sources: the split in memory, augmented on the device from
+    draws made up front, or streamed from disk), which draws the epoch's order and augmentation from
+    the CPU generator. With several processes each trains its share of every batch (kdsweep.distributed),
+    and the sums of the losses are added up over them. Returns each point's mean losses {"total", <each
+    term of its method>} (NaN for a term it does not use).
     """
     progress = Progress(epoch)
-    device = images.device
+    device = runtime.device
     for point in points:
         point.model.train()
     totals = [{} for _ in points]
     needs_teacher = teacher is not None and any(point.run.needs_teacher for point in points)
-    n = len(labels)
-    order = to_device(torch.randperm(n, generator=generator), device)
-    draws = augment.sample(n, generator).to(device)
-    for start, end in epoch_batches(n, batch_size):
+    n = len(source)
+    for batch in source.epoch(generator, runtime, processes):
         if stop:
             stop.check()
-        index = order[start:end]
-        batch = runtime.layout(augment.apply(images[index], draws[start:end]))
-        batch_labels = labels[index]
+        batch_labels = batch.labels
         teacher_logits = None
         if needs_teacher:
             # no_grad, not inference_mode: a method's loss may keep the teacher's logits for its
             # backward pass (a squared error does), which inference tensors refuse
             with torch.no_grad(), runtime.autocast():
-                teacher_logits = teacher(batch).float()
+                teacher_logits = teacher(batch.images).float()
         for point, total in zip(points, totals):
             run = point.run
-            with point.own_rng(device):
+            with point.own_rng(device), distributed.batch_share(batch):
                 with runtime.autocast():
-                    logits = point.model(batch).float()
+                    logits = point.model(batch.images).float()
                 terms = point.method.loss(logits, teacher_logits if run.needs_teacher else None, batch_labels,
                                           point.hparams, progress, point.method_state)
                 loss = total_loss(terms)
                 point.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                # (a process's share of a batch weighs as many images as it has: sources.Batch.weight)
+                (loss if batch.weight == 1 else loss * batch.weight).backward()
+                if processes is not None:
+                    processes.average_gradients(point.method_state)
                 point.optimizer.step()
             losses = {"total": loss, **{name: value for name, (_, value) in terms.items()}}
             for name, value in losses.items():
                 # A term the point does not use (soft at w = 0) is None: logged as NaN.
                 if value is not None:
-                    total[name] = total.get(name, 0) + value.detach() * len(index)
+                    total[name] = total.get(name, 0) + value.detach() * len(batch)
+    if processes is not None and processes.world > 1:
+        for total in totals:
+            for name in sorted(total):
+                processes.all_sum(total[name])
     return [{name: total[name].item() / n if name in total else math.nan
              for name in ("total", *point.terms)} for point, total in zip(points, totals)]
 
@@ -190,10 +188,10 @@ class Origin:
     provenance: dict
 
     @classmethod
-    def of(cls, run: Run, checkpoint: str, fine_tune: bool, splits) -> "Origin":
+    def of(cls, run: Run, checkpoint: str, fine_tune: bool, splits, config: dict) -> "Origin":
         teacher = teachers.Teacher(run.teacher or run.model, run.model, run.seed, checkpoint, fine_tune)
         source = teachers.read(checkpoint)
-        channels, _, side = splits.train.images.shape[1:]
+        channels, side = data.train_geometry(splits, config)
         fitted = teachers.fit(teacher, source, channels, side, splits.num_classes)
         return cls(teacher, source, fitted, teachers.provenance(teacher, source))
 
@@ -201,14 +199,18 @@ class Origin:
 class _JobPoint(Point):
     """A Point of a training job: its run folder, schedule, early stopping and checkpoint."""
 
-    def __init__(self, config, run, out_dir, teacher_hash, splits, stats, runtime, log, rerun_stale, origin=None):
+    def __init__(self, config, run, out_dir, teacher_hash, splits, stats, runtime, log, rerun_stale, origin=None,
+                 processes: distributed.Processes = distributed.Processes()):
         training = config["training"]
         super().__init__(run, training, splits.num_classes, stats["mean"], stats["std"], runtime,
-                         image_size=splits.train.images.shape[-1], origin=origin)
+                         image_size=data.train_geometry(splits, config)[1], origin=origin, processes=processes)
         self.origin = origin
-        self.out_dir, self.log = Path(out_dir), log
+        # only the first process writes (kdsweep.distributed); the others keep the same state beside it
+        self.out_dir, self.writes = Path(out_dir), processes.main
+        self.log = log if processes.main else (lambda line: None)
+        skipped = len(stats["skipped"]) if "skipped" in stats else None
         self.identity = identity.run_identity(config, run, teacher_hash, splits.digest,
-                                              origin.provenance if origin else None)
+                                              origin.provenance if origin else None, skipped)
         self.run_hash = config_hash(self.identity)
         self.failed = None
         self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
@@ -220,17 +222,30 @@ class _JobPoint(Point):
         self.accepted = {self.run_hash}
         if origin is None:  # (a teacher from a checkpoint has no earlier version)
             self.accepted.add(identity.legacy_hash(config, run, teacher_hash))
-        self._settle_folder(rerun_stale)
+        # the first process settles the folder (and starts a damaged run over) before the others read it
+        found = processes.first(lambda: self._resume_from(rerun_stale))
+        if found:
+            self.rng, self.data_state, self.state = checkpoint.restore(found, self.module, self.optimizer,
+                                                                       self.scheduler, self.method_state)
+            self.state.resumed += 1
+            self.log(f"resuming {self.out_dir} after epoch {self.state.epoch}")
+        if self.writes:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.board = None if self.done or not self.writes else EpochBoard(self.out_dir / "tensorboard")
+
+    def _resume_from(self, rerun_stale) -> dict | None:
+        """The checkpoint the run resumes from (None: it starts, or is finished: self.done), its folder settled
+        by the first process."""
+        if self.writes:
+            self._settle_folder(rerun_stale)
         self.done = (self.out_dir / METRICS).exists()
-        if not self.done and (self.out_dir / CHECKPOINT).exists():
-            found = self._checkpoint(rerun_stale)
-            if found:
-                self.rng, self.data_state, self.state = checkpoint.restore(found, self.module, self.optimizer,
-                                                                           self.scheduler, self.method_state)
-                self.state.resumed += 1
-                log(f"resuming {self.out_dir} after epoch {self.state.epoch}")
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        self.board = None if self.done else EpochBoard(self.out_dir / "tensorboard")
+        if self.done or not (self.out_dir / CHECKPOINT).exists():
+            return None
+        if self.writes:
+            return self._checkpoint(rerun_stale)
+        # the first process accepted the checkpoint's hash (checkpoint.json records it) before the others read it
+        held = identity.held(self.out_dir)
+        return checkpoint.load(self.out_dir / CHECKPOINT, self.accepted | ({held[2]} if held and held[2] else set()))
 
     def _is_this_run(self, held) -> bool:
         _, recorded, found_hash = held
@@ -281,7 +296,8 @@ class _JobPoint(Point):
         self.scheduler.step(val_loss)
         if val_loss < state.best_val_loss:
             state.best_val_loss, state.best_epoch, state.bad_epochs = val_loss, epoch, 0
-            io.torch_save(self.module.state_dict(), self.out_dir / BEST)
+            if self.writes:
+                io.torch_save(self.module.state_dict(), self.out_dir / BEST)
         else:
             state.bad_epochs += 1
         row = {"epoch": epoch, "lr": lr, "train_loss": sums["total"],
@@ -294,6 +310,8 @@ class _JobPoint(Point):
         self.data_state = data_state
         max_epochs, patience = self.stopping
         state.stopped = epoch >= max_epochs or state.bad_epochs >= patience
+        if not self.writes:
+            return state.stopped
         checkpoint.save(self.out_dir, self.run_hash, self.identity, self.module, self.optimizer, self.scheduler,
                         self.rng, data_state, state, self.method_state)
         self.board.epoch(row)
@@ -322,6 +340,8 @@ def train_points(config: dict, runs, stats_path, out_dirs, teacher_dir=None, log
     until_epoch (a successive-halving rung): a point trains to that epoch at most and is paused there, its
     checkpoint kept, so that a later job continues it exactly as an uninterrupted run; its metrics are
     those of its best validation epoch so far, without test numbers (`paused`), and no metrics.json.
+    A job of several processes (kdsweep.distributed: this one is one of them) trains the same runs with
+    its share of every batch; only the first process locks the folders, writes and logs.
     teacher_checkpoint (a teacher run): the teacher's checkpoint (kdsweep.teachers), fine-tuned with `training` where
     fine_tune, else only evaluated.
     histories: a dict that gets each point's validation epochs so far, {out_dir: [{epoch, val_loss, val_acc}]}
@@ -329,14 +349,18 @@ def train_points(config: dict, runs, stats_path, out_dirs, teacher_dir=None, log
     """
     out_dirs = [Path(d) for d in out_dirs]
     _check_folders(out_dirs)
+    processes = distributed.Processes.from_environment()
     try:
-        with lock.run_folders(out_dirs, wait=wait_for_lock, log=log):
-            return _train_points(config, list(runs), stats_path, out_dirs, teacher_dir, log, rerun_stale,
-                                 until_epoch, teacher_checkpoint, fine_tune, {} if histories is None else histories)
+        with lock.run_folders(out_dirs, wait=wait_for_lock, log=log) if processes.main else contextlib.nullcontext():
+            return _train_points(config, list(runs), stats_path, out_dirs, teacher_dir,
+                                 log if processes.main else (lambda line: None), rerun_stale, until_epoch,
+                                 teacher_checkpoint, fine_tune, {} if histories is None else histories, processes)
     except RuntimeError as err:
         if refused := nondeterministic_op(err):
             raise refused from err
         raise
+    finally:
+        processes.close()
 
 
 def _check_folders(out_dirs):
@@ -351,15 +375,16 @@ def _check_folders(out_dirs):
 
 
 def _train_points(config, runs, stats_path, out_dirs, teacher_dir, log, rerun_stale, until_epoch=None,
-                  teacher_checkpoint=None, fine_tune=False, histories=None):
+                  teacher_checkpoint=None, fine_tune=False, histories=None,
+                  processes: distributed.Processes = distributed.Processes()):
     # one student and seed; sweep points of any methods (their roles are their methods) or confirm points
     kinds = {(run.model, run.seed, run.role == "confirm") for run in runs}
     if len(kinds) != 1 or len(runs) != len(out_dirs):
         raise KdsweepError("the points of one job must share student and seed (and be all of the sweep or all "
                            "of a confirmation), one output folder each")
     training = config["training"]
-    runtime = Runtime.from_config(config["runtime"])
-    stats = data.read_stats(stats_path, config["dataset"])
+    runtime = processes.start(Runtime.from_config(config["runtime"]))
+    stats = data.read_stats(stats_path, config["dataset"], config["imagefolder"])
 
     splits = data.load_splits(config["dataset"], runtime.device, stats)
     teacher, teacher_hash = None, None
@@ -374,19 +399,21 @@ def _train_points(config, runs, stats_path, out_dirs, teacher_dir, log, rerun_st
     if teacher_checkpoint is not None:
         if runs[0].role != "teacher":
             raise KdsweepError("--checkpoint is for a teacher: give --role teacher")
-        origin = Origin.of(runs[0], teacher_checkpoint, fine_tune, splits)
-    points = [_JobPoint(config, run, out_dir, teacher_hash, splits, stats, runtime, log, rerun_stale, origin)
+        origin = Origin.of(runs[0], teacher_checkpoint, fine_tune, splits, config)
+    points = [_JobPoint(config, run, out_dir, teacher_hash, splits, stats, runtime, log, rerun_stale, origin,
+                        processes)
               for run, out_dir in zip(runs, out_dirs)]
-    augment = Augment.from_config(config["augmentation"])
+    source = sources.for_split(splits.train, config, runtime, processes)
     generator = torch.Generator()
     results = {point.out_dir: Metrics.read(point.out_dir / METRICS) for point in points if point.done}
     if origin is not None and not fine_tune:
         for point in points:
             if not point.done:  # distilled from as it is: evaluated, never trained
-                val_loss, val_acc = loss_and_accuracy(point.module, splits.val.images, splits.val.labels,
-                                                      training["eval_batch_size"], runtime)
+                val_loss, val_acc = processes.loss_and_accuracy(point.module, splits.val,
+                                                                training["eval_batch_size"], runtime)
                 results[point.out_dir] = _finish(point, splits, training, runtime, teacher_dir,
-                                                 imported={"val_loss": val_loss, "val_acc": val_acc})
+                                                 imported={"val_loss": val_loss, "val_acc": val_acc},
+                                                 processes=processes)
                 point.done = True
             if point.board:
                 point.board.close()
@@ -397,9 +424,10 @@ def _train_points(config, runs, stats_path, out_dirs, teacher_dir, log, rerun_st
                 # Finished in an earlier attempt of this job that died before the job ended
                 # (its outputs may since have been removed): written again from the kept best
                 # weights, without training the point any further.
-                results[point.out_dir] = _finish(point, splits, training, runtime, teacher_dir)
+                results[point.out_dir] = _finish(point, splits, training, runtime, teacher_dir, processes=processes)
                 point.done = True
-        with SignalStop() as stop:
+        with SignalStop() as signals:
+            stop = processes.stop(signals)
             while active := [point for point in points
                              if not point.done and (until_epoch is None or point.state.epoch < until_epoch)]:
                 # Points resumed from checkpoints of different epochs catch up one group at a time.
@@ -407,8 +435,8 @@ def _train_points(config, runs, stats_path, out_dirs, teacher_dir, log, rerun_st
                 group = [point for point in active if point.state.epoch == epoch]
                 generator.set_state(group[0].data_state)
                 started = time.perf_counter()
-                losses = train_epoch(group, teacher, augment, splits.train.images, splits.train.labels,
-                                     training["batch_size"], generator, runtime, stop, epoch=epoch + 1)
+                losses = train_epoch(group, teacher, source, generator, runtime, stop, epoch=epoch + 1,
+                                     processes=processes)
                 for point, sums in zip(group, losses):
                     if not math.isfinite(sums["total"]):
                         point.done, point.failed = True, (
@@ -418,8 +446,8 @@ def _train_points(config, runs, stats_path, out_dirs, teacher_dir, log, rerun_st
                         continue
                     # Validation on the module itself, never its compiled wrapper: every evaluation of
                     # a run (validation, test, attacks, evaluate) then runs the same kernels.
-                    val_loss, val_acc = loss_and_accuracy(point.module, splits.val.images, splits.val.labels,
-                                                          training["eval_batch_size"], runtime)
+                    val_loss, val_acc = processes.loss_and_accuracy(point.module, splits.val,
+                                                                    training["eval_batch_size"], runtime)
                     if not math.isfinite(val_loss):
                         point.done, point.failed = True, (
                             f"the validation loss became non-finite ({val_loss}) in epoch {epoch + 1} of "
@@ -427,7 +455,8 @@ def _train_points(config, runs, stats_path, out_dirs, teacher_dir, log, rerun_st
                         log(point.failed)
                         continue
                     if point.end_epoch(sums, val_loss, val_acc, time.perf_counter() - started, generator.get_state()):
-                        results[point.out_dir] = _finish(point, splits, training, runtime, teacher_dir)
+                        results[point.out_dir] = _finish(point, splits, training, runtime, teacher_dir,
+                                                         processes=processes)
                         point.done = True
     except Preempted as signal_name:
         log(f"received {signal_name}: stopped; each point resumes from the checkpoint of its last finished epoch")
@@ -441,7 +470,8 @@ def _train_points(config, runs, stats_path, out_dirs, teacher_dir, log, rerun_st
         raise KdsweepError(failed[0] if len(failed) == 1 else f"{len(failed)} points failed; first: {failed[0]}")
     for point in points:
         if point.done:
-            checkpoint.remove_scratch(point.out_dir)
+            if point.writes:
+                checkpoint.remove_scratch(point.out_dir)
         else:
             results[point.out_dir] = paused(point)
             log(f"paused {point.out_dir} after epoch {point.state.epoch} (val acc {results[point.out_dir].val_acc:.2f}% "
@@ -476,16 +506,20 @@ def paused(point) -> Metrics:
                    train_seconds=state.train_seconds, config_hash=point.run_hash)
 
 
-def _finish(point, splits, training, runtime: Runtime, teacher_dir, imported=None) -> Metrics:
-    """Evaluate the best-validation weights on the test set and write the run's outputs, metrics.json last.
+def _finish(point, splits, training, runtime: Runtime, teacher_dir, imported=None,
+            processes: distributed.Processes = distributed.Processes()) -> Metrics | None:
+    """Evaluate the best-validation weights on the test set and write the run's outputs, metrics.json last
+    (the first process; the others evaluate their shares of the test set, and return None).
     imported: the validation loss and accuracy of a teacher from a checkpoint, distilled from as it is (its
     weights are the model's own, no epoch trained)."""
     out_dir, state, run = point.out_dir, point.state, point.run
     if imported is None:
-        point.module.load_state_dict(checkpoint.best_weights(out_dir, runtime.device))
+        # every process reads best.pt only once the first has written it (its last end_epoch)
+        point.module.load_state_dict(processes.first(lambda: checkpoint.best_weights(out_dir, runtime.device)))
     best = imported or state.history[state.best_epoch - 1]
-    test_loss, test_acc = loss_and_accuracy(point.module, splits.test.images, splits.test.labels,
-                                            training["eval_batch_size"], runtime)
+    test_loss, test_acc = processes.loss_and_accuracy(point.module, splits.test, training["eval_batch_size"], runtime)
+    if not point.writes:
+        return None
     save_model(out_dir / MODEL, point.module, run.model, splits.num_classes)
     model_digest = identity.file_digest(out_dir / MODEL)
     records = list(point.method.epoch_record(point.method_state)) if point.method_state is not None else []

@@ -26,6 +26,7 @@ from snakemake_interface_executor_plugins.settings import DeploymentMethod
 from kdsweep import chosen as choices
 from kdsweep.config import check_finite, coerce_strings
 from kdsweep.datasets import download_folder
+from kdsweep.imagefolder import arrays_of
 from kdsweep.errors import KdsweepError
 from kdsweep.identity import measures_run_now
 from kdsweep.commands import Commands, number
@@ -65,6 +66,9 @@ if workflow.is_main_process:
 RESULTS = PLAN.results
 LOGS = f"{RESULTS}/logs"
 STATS = f"{RESULTS}/data/stats.json"
+# an imagefolder dataset's: its files streamed, its validation and test images decoded once beside stats.json
+IMAGEFOLDER = config["dataset"]["name"] == "imagefolder"
+STATS_ARRAYS = [str(path) for path in arrays_of(STATS)] if IMAGEFOLDER else []
 # the study's first teacher (the only one of most studies): its folder and its train record, written after
 # its model.pt and metrics.json
 TEACHER = LAYOUT.run_dir(PLAN.teacher)

@@ -63,17 +63,41 @@ if DATASET_DIR:
 
 # The split's statistics and the digest of the data (kdsweep.data): every run's identity holds it, and
 # every job that reads the data checks it, so files that changed under the same path are refused.
-rule stats:
-    input:
-        [ancient(DATASET_RECORD)] if DATASET_DIR else [],
-        runtime=ancient(RUNTIME),
-    output:
-        STATS,
-    log:
-        f"{LOGS}/stats.log",
-    conda:
-        CONDA_ENV
-    params:
-        config=COMMANDS.job_config("stats"),
-    shell:
-        "kdsweep stats --out {output:q} --config {input.runtime:q} {params.config} >> {log:q} 2>&1"
+# An imagefolder dataset's stats job also decodes its validation and test images, once, into two
+# arrays beside stats.json (every epoch's validation and every attack read them), and reads every file
+# of the tree: on a cluster give it CPUs and time (profiles/default: KDSWEEP_SLURM_STATS_*).
+if IMAGEFOLDER:
+
+    rule stats:
+        input:
+            runtime=ancient(RUNTIME),
+        output:
+            stats=STATS,
+            arrays=STATS_ARRAYS,
+        log:
+            f"{LOGS}/stats.log",
+        conda:
+            CONDA_ENV
+        threads: THREADS
+        params:
+            config=COMMANDS.job_config("stats"),
+        shell:
+            "kdsweep stats --out {output.stats:q} --config {input.runtime:q} {params.config}"
+            " runtime.threads={threads} >> {log:q} 2>&1"
+
+else:
+
+    rule stats:
+        input:
+            [ancient(DATASET_RECORD)] if DATASET_DIR else [],
+            runtime=ancient(RUNTIME),
+        output:
+            STATS,
+        log:
+            f"{LOGS}/stats.log",
+        conda:
+            CONDA_ENV
+        params:
+            config=COMMANDS.job_config("stats"),
+        shell:
+            "kdsweep stats --out {output:q} --config {input.runtime:q} {params.config} >> {log:q} 2>&1"

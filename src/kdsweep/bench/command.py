@@ -68,6 +68,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--only", nargs="+", choices=["train", "distill", "fgsm"], default=["train", "distill", "fgsm"],
                         help="which kinds of measurement to run (default: all)")
     parser.add_argument("--seed", type=int, default=0, help="seed of data, models and augmentation (default 0)")
+    parser.add_argument("--data", action="store_true",
+                        help="measure the imagefolder path instead (kdsweep.bench.data, docs/bench/README.md): its "
+                             "loader against torchvision's ImageFolder + DataLoader at --workers, its peak memory on "
+                             "a 10k- and a 100k-image tree, and a distillation job as 2 DDP processes against 1")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
                         help="config overrides after the files, as for every job (e.g. runtime.deterministic=false "
                              "runtime.compile=true): ours runs in the resulting runtime section")
@@ -157,6 +161,8 @@ def run(args) -> dict:
     device = runtime.device
     load_before = list(os.getloadavg())
     machine = _machine(device)
+    if getattr(args, "data", False):
+        return _run_data(args, runtime, machine, load_before)
     bench = Bench(args, config, runtime)
     settings = {"quick": bool(args.quick), "image_size": bench.image_size, "batch_size": args.batch_size,
                 "eval_batch_size": args.eval_batch_size, "images": args.images, "warmup_steps": args.warmup,
@@ -230,6 +236,23 @@ def run(args) -> dict:
           "without it; best of the repeats.\nCPU r/o: reference / ours CPU seconds (workers included). floor s/ep: "
           f"one epoch of {args.epoch_images} images at the peak. others%: CPU share other processes used "
           "during the best epochs.")
+    if args.json:
+        io.write_json(args.json, result)
+        print(f"wrote {args.json}")
+    return result
+
+
+def _run_data(args, runtime, machine, load_before) -> dict:
+    """`bench --data` (kdsweep.bench.data): its three measurements, printed and (--json) written."""
+    from . import data
+
+    print(f"kdsweep bench --data on {machine['device']}: {machine['name']} ({machine['cpu_count']} logical CPUs); "
+          f"torch {machine['torch']}, torchvision {machine['torchvision']}; load avg before: {_loads(load_before)}",
+          flush=True)
+    result = data.run(args, runtime, log=lambda line: print(line, flush=True))
+    result.update(machine=machine, load_before=load_before, load_after=list(os.getloadavg()),
+                  settings={"workers": args.workers, "repeats": args.repeats, "quick": bool(args.quick)})
+    print(f"load avg  after: {_loads(result['load_after'])}   total {result['seconds']:.0f} s")
     if args.json:
         io.write_json(args.json, result)
         print(f"wrote {args.json}")

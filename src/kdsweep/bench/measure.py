@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .. import data, train
+from .. import data, sources, train
 from ..attacks import evaluate_attack
 from ..augment import Augment
 from ..models import build_model, build_network
@@ -160,8 +160,9 @@ class Bench:
         points = [train.Point(run, self.training, NUM_CLASSES, self.mean, self.std, runtime) for run in runs]
 
         def epoch(count):
-            return train.train_epoch(points, teacher, augment, self.images[:count], self.labels[:count],
-                                     a.batch_size, generator, runtime)
+            return train.train_epoch(points, teacher, sources.InMemory(augment, self.images[:count],
+                                                                       self.labels[:count], a.batch_size),
+                                     generator, runtime)
 
         return (lambda: epoch(a.warmup * a.batch_size)), (lambda: epoch(n)), None
 
