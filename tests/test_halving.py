@@ -476,8 +476,8 @@ def test_a_rung_never_leaves_the_confirmation_without_a_point_that_uses_the_teac
     work = copy_of(halving_finished, tmp_path / "work")
     results = work / "results" / "halving-tiny"
     changed = ["--config", "soft_weights=[0, 0.5]", "halving={keep: 0.1}", "confirm={seeds: [2]}"]
-    snakemake(work, "--cores", "2", "--show-failed-logs", *changed, "results/halving-tiny/confirm/mobilenet_v3_small.json",
-              configfiles=[HALVING])
+    snakemake(work, "--cores", "2", "--show-failed-logs", "results/halving-tiny/confirm/mobilenet_v3_small.json",
+              *changed, configfiles=[HALVING])
     for rung in (1, 2):
         decision = RungDecision.read(results / "halving" / f"mobilenet_v3_small_rung{rung}.json")
         assert all(c.uses_teacher == (c.hparams["soft_weight"] > 0) for c in decision.candidates)
