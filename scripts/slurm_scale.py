@@ -63,13 +63,15 @@ SMOKE = """\
 temperatures: [1, 2]
 soft_weights: [0.5]
 epsilons: [0.1]
-attacks: {pgd: null}
+attacks: {pgd: null, apgd_ce: null, apgd_dlr: null, apgd_t: null, square: null}
+robustness: {headline: [fgsm]}
 """
 
 
 LIGHT = """\
 epsilons: [0.1]
-attacks: {pgd: null}
+attacks: {pgd: null, apgd_ce: null, apgd_dlr: null, apgd_t: null, square: null}
+robustness: {headline: [fgsm]}
 """
 
 

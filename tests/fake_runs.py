@@ -23,6 +23,22 @@ def write_run(root, role, model, seed, temperature=None, soft_weight=None, val_a
     return folder
 
 
+def write_method_run(root, role, model, seed, method, hparams, val_acc=90.0, test_acc=90.0, epochs=10,
+                     train_seconds=1.0, device="cpu", dataset="cifar10"):
+    """A finished run folder of any KD method's point (metrics.json with its method and hyperparameters)."""
+    from kdsweep.plan import Run
+
+    run = Run.distilled_run(role, model, seed, method, hparams)
+    folder = root / run.folder
+    folder.mkdir(parents=True, exist_ok=True)
+    Metrics(role=role, dataset=dataset, model=model, seed=seed, temperature=run.temperature,
+            soft_weight=run.soft_weight, method=method, hparams=dict(run.hparams), teacher_run=None, epochs=epochs,
+            best_epoch=epochs, stopped_early=False, val_acc=val_acc, val_loss=0.3, test_acc=test_acc, test_loss=0.3,
+            train_seconds=train_seconds, device=device, config={"dataset": {"name": dataset, "subset": None}},
+            config_hash="0").write(folder / "metrics.json")
+    return folder
+
+
 def write_attack(root, role, model, seed, temperature, soft_weight, epsilon, adv_acc, clean_acc, attack="fgsm"):
     """attacks/<role>/<run>/<attack>_eps<eps>.json as `kdsweep attack` writes it."""
     run = kd_run(role, model, seed, temperature, soft_weight)

@@ -3,6 +3,7 @@
 import json
 import math
 
+import numpy as np
 import pandas as pd
 import pytest
 from conftest import kd_run
@@ -91,7 +92,7 @@ def evaluation_values(model, seed, temperature=None, soft_weight=None):
     w = 0.0 if soft_weight is None else soft_weight
     return {"agreement": 90.0 + 5 * w + SEED_OFFSET[seed], "kl_to_teacher": 0.3 - 0.2 * w,
             "ece": 3.0 + 0.1 * t, "nll": 0.4 + 0.01 * t,
-            "max_logit": 8.0 + t + SEED_OFFSET[seed], "logit_norm": 12.0 + 2 * t}
+            "max_logit": 8.0 + t + SEED_OFFSET[seed], "logit_norm": 12.0 + 2 * t, "worst_class_acc": 70.0 + w}
 
 
 def write_evaluation(root, role, model, seed, temperature=None, soft_weight=None, test_acc=None):
@@ -206,7 +207,8 @@ def test_evaluation_and_pgd_files_are_joined(tmp_path):
     assert base["fgsm eps=0.01_mean"] == pytest.approx(BASE["resnet18"] * FGSM_FACTOR[0.01])
     assert base["max_logit_mean"] == pytest.approx(8.0) and base["logit_norm_n"] == 1
     md = (tmp_path / "tables" / "table1.md").read_text()
-    assert "| FGSM eps=0.01 (%) | FGSM eps=0.05 (%) | PGD eps=0.01 (%) | PGD eps=0.05 (%) |" in md
+    # (no worst case in these files, as in an earlier version's: table1.md shows FGSM, table1.csv every attack)
+    assert "| FGSM (reference study, Table IV) eps=0.01 (%) | FGSM (reference study, Table IV) eps=0.05 (%) |" in md
     assert "pgd (random_start=true, relative_step_size=0.25, seed=0, steps=10)" in md
 
     kd = read(tmp_path, "kd_vs_hard.csv").query("model == 'resnet18'")
@@ -217,7 +219,8 @@ def test_evaluation_and_pgd_files_are_joined(tmp_path):
     assert (row["hard_mean"], row["kd_mean"], row["boost"]) == pytest.approx((8.0, 12.0, 4.0))
     assert math.isnan(row["epsilon"])
     md = (tmp_path / "tables" / "kd_vs_hard.md").read_text()
-    assert "| PGD eps=0.05 (%) |" in md and "| mean largest logit | 8.00 | 12.00 | +4.00 |" in md
+    assert "| FGSM (reference study, Table IV) eps=0.05 (%) |" in md and "| PGD eps=0.05 (%) |" in md
+    assert "| mean largest logit | 8.00 | 12.00 | +4.00 |" in md
     assert "| KL(teacher ‖ student), T = 1 | 0.300 | 0.120 | -0.180 |" in md
 
 
@@ -345,3 +348,173 @@ def test_best_temperature_refuses_bad_input(tmp_path):
     other = kd_runs(tmp_path, {2.0: [81.0]}, soft_weight=0.5)
     with pytest.raises(KdsweepError, match="soft_weight"):
         best_temperature(dirs + other)
+
+
+def test_the_teacher_free_point_appears_once_as_the_baseline_and_each_method_states_its_budget(tmp_path):
+    """A study whose grid holds w = 0 (kd at T 1 and 4) and dkd's alpha = beta = 0 (at T 2 and 4): the plan trains
+    none of them (kdsweep.plan); grid.csv and method_grid.csv show each once per student, the baseline's two seeds,
+    labelled; the spread over w at each T counts it as w = 0; a kd run at w = 0 that an earlier version trained is
+    left out with a note. methods.csv states each method's budget from the runs' metrics.json."""
+    import yaml
+
+    from fake_runs import write_method_run, write_run as fake_run
+    from kdsweep.config import load_config
+    from kdsweep.plots import write_figures
+
+    config = load_config([], ["soft_weights=[0.0, 0.5, 0.9]", "temperatures=[1, 4]", "students=[resnet18]",
+                              "seeds=[0, 1]", "confirm.seeds=[]",
+                              "methods={kd: {}, dkd: {alpha: [0, 1], beta: [0, 8], temperature: [2, 4]}}"])
+    folder = tmp_path / "results" / config["study"]  # the study folder, as its study.yaml names it
+    folder.mkdir(parents=True)
+    (folder / "study.yaml").write_text(yaml.safe_dump(config))
+    for seed, base in ((0, 88.0), (1, 89.0)):
+        fake_run(folder, "baseline", "resnet18", seed, val_acc=base, test_acc=base)
+        for t in (1.0, 4.0):
+            for w, gain in ((0.5, 1.0), (0.9, 2.0)):
+                fake_run(folder, "kd", "resnet18", seed, t, w, val_acc=base + gain, test_acc=base + gain + t / 10)
+        for alpha, beta in ((1, 0), (0, 8), (1, 8)):
+            for t in (2, 4):
+                write_method_run(folder, "dkd", "resnet18", seed, "dkd",
+                                 {"alpha": alpha, "beta": beta, "temperature": t, "warmup_epochs": 20},
+                                 val_acc=base + 0.5, test_acc=base + 0.5, epochs=12, train_seconds=360.0)
+    fake_run(folder, "kd", "resnet18", 0, 4.0, 0.0, val_acc=99.0, test_acc=99.0)  # an earlier version's w = 0 run
+    write_tables(folder)
+    grid = read(folder, "grid.csv")
+    free = grid[grid["soft_weight"] == 0]
+    assert len(free) == 1 and math.isnan(free["temperature"].iloc[0])
+    assert free["teacher_free"].iloc[0] == "the hard-target baseline (w = 0 at every T)"
+    assert (free["test_acc_mean"].iloc[0], free["test_acc_n"].iloc[0]) == (pytest.approx(88.5), 2)
+    assert len(grid) == 1 + 2 * 2 and grid.loc[grid["soft_weight"] > 0, "teacher_free"].isna().all()
+    sensitivity = read(folder, "sensitivity.csv").query("varied == 'soft_weight'")
+    assert sensitivity["points"].tolist() == [3, 3]  # w = 0 (the baseline), 0.5, 0.9 at each T
+    assert sensitivity["min_test_acc_mean"].tolist() == pytest.approx([88.5, 88.5])
+    method_grid = read(folder, "method_grid.csv")
+    dkd_free = method_grid[(method_grid["method"] == "dkd") & (method_grid["teacher_free"] == "baseline")]
+    assert dkd_free["point"].tolist() == ["alpha=0, beta=0, warmup_epochs=20 (any temperature)"]
+    assert (dkd_free["x"].iloc[0], dkd_free["test_acc_mean"].iloc[0]) == (0, pytest.approx(88.5))
+    assert math.isnan(dkd_free["y"].iloc[0])  # the axis it varies over, where it does nothing
+    assert len(method_grid.query("method == 'dkd'")) == 6 + 1
+    assert len(method_grid.query("method == 'kd' and teacher_free == 'baseline'")) == 1
+    methods = read(folder, "methods.csv").query("measure == 'clean'").set_index("method")
+    assert methods.loc["kd", ["budget_points", "budget_seeds", "budget_runs", "budget_epochs"]].tolist() == [4, 2, 8, 80]
+    assert methods.loc["dkd", ["budget_points", "budget_seeds", "budget_runs", "budget_epochs"]].tolist() == [6, 2, 12, 144]
+    assert methods.loc["dkd", "budget_hours"] == pytest.approx(12 * 360 / 3600) and methods.loc["dkd", "budget_unit"] == "CPU-h"
+    md = (folder / "tables" / "methods.md").read_text()
+    assert "| 6 points x 2 seeds, 144 epochs, 1.20 CPU-h |" in md
+    assert not read(folder, "runs.csv")["run"].str.contains("_soft0_").any()
+    paths = write_figures(folder, 0.9, ["resnet18"], ["kd", "dkd"])  # the heat maps leave the baseline out
+    assert all(path.stat().st_size > 0 for path in paths)
+
+
+def test_a_budget_counts_the_searched_points_and_each_pruned_seeds_own_epochs(tmp_path):
+    """A halving study (rung at epoch 3, seeds 0 and 1) with kd's 4 points, and lskd's distilled point (soft weight
+    9) beside its shared teacher-free run (hard weight 0.1, soft weight 0). kd: 2 finalists train 10 epochs per
+    seed; at the rung one pruned point paused both seeds at 3, another paused seed 0 at 3 while early stopping
+    had ended seed 1 at epoch 2 (a finished run, metrics.json), and a third's pack records (of an earlier version)
+    gave no epochs, so each seed counts the rung's 3. Its budget is what trained, seed by seed: 5 points,
+    4 x 10 + 3 + 3 + 3 + 2 + 3 + 3 = 57 epochs; lskd's counts its distilled point, not the teacher-free run
+    (no candidate)."""
+    from fake_runs import write_method_run
+    from fake_runs import write_run as fake_run
+    from kdsweep.records import RungCandidate, RungDecision
+
+    student = "resnet18"
+    for seed in (0, 1):
+        fake_run(tmp_path, "baseline", student, seed, val_acc=88.0 + seed, test_acc=88.0 + seed)
+        for t in (1.0, 4.0):
+            write_method_run(tmp_path, "kd", student, seed, "kd", {"temperature": t, "soft_weight": 0.9},
+                             val_acc=90.0 + t, test_acc=90.0 + seed, epochs=10, train_seconds=100.0)
+        for w in (0.0, 9.0):
+            write_method_run(tmp_path, "lskd", student, seed, "lskd",
+                             {"temperature": 2.0, "hard_weight": 0.1, "soft_weight": w}, epochs=7, train_seconds=70.0)
+    # the seed early stopping ended before the rung: finished, with its metrics.json
+    write_method_run(tmp_path, "kd", student, 1, "kd", {"temperature": 4.0, "soft_weight": 0.5}, val_acc=85.0,
+                     epochs=2, train_seconds=20.0)
+
+    def judged(t, w, epochs, kept):
+        return RungCandidate(method="kd", hparams={"temperature": t, "soft_weight": w}, val_acc_mean=85.0, n=2,
+                             epochs=epochs, finished=None not in epochs and min(epochs) < 3, kept=kept)
+
+    RungDecision(student=student, rung=3, stage=0, keep=0.5, min_kept=1, seeds=[0, 1], candidates=[
+        judged(1.0, 0.5, [3, 3], False), judged(4.0, 0.5, [3, 2], False), judged(2.0, 0.5, [None, None], False),
+        judged(1.0, 0.9, [3, 3], True), judged(4.0, 0.9, [3, 3], True)]).write(
+        tmp_path / "halving" / f"{student}_rung3.json")
+    write_tables(tmp_path, "halving")
+    methods = read(tmp_path, "methods.csv").query("measure == 'clean'").set_index("method")
+    columns = ["budget_points", "budget_seeds", "budget_runs", "budget_epochs"]
+    assert methods.loc["kd", columns].tolist() == [5, 2, 5, 4 * 10 + 3 + 3 + 3 + 2 + 3 + 3]
+    assert methods.loc["kd", "budget_hours"] == pytest.approx((4 * 100 + 20) / 3600)
+    assert methods.loc["lskd", columns].tolist() == [1, 2, 2, 14]
+    assert methods.loc["lskd", "budget_hours"] == pytest.approx(2 * 70 / 3600)
+def write_masking(root, role, model, seed, temperature, soft_weight, checks):
+    """masking/<role>/<run>.json as the attack job writes it, its checks those kdsweep.attacks.diagnostics found."""
+    from kdsweep.records import Masking, MaskingCheck
+
+    run = run_path(role, model, seed, temperature, soft_weight)
+    record = Masking(run=str(root / run), role=role, dataset=DATASET, model=model, temperature=temperature,
+                     soft_weight=soft_weight, seed=seed, n_test=10, tolerance=1.0, transfer=[],
+                     checks=[MaskingCheck(**check) for check in checks],
+                     suspected=not all(check["passed"] for check in checks))
+    record.write(root / "masking" / role / f"{run.split('/')[-1]}.json")
+
+
+def test_a_failed_masking_check_is_said_in_words_and_marks_every_number_it_touches(tmp_path):
+    """Two runs whose attack jobs found masking, as the diagnostics word it: the distilled point of Tables II-V
+    (PGD above FGSM at ε = 0.05 only) and a baseline (FGSM leaving images correct at the large ε: every ε). Every
+    other run's checks pass. masking.md lists both sentences, robustness.csv carries them on those runs' rows at
+    those ε alone, and Table I and Tables II-V count the flagged runs beside each attack number they average."""
+    from kdsweep.attacks.diagnostics import checks
+    from kdsweep.attacks.examples import Examples
+    from kdsweep.attacks.suite import Suite
+    from kdsweep.config import load_config
+
+    make_study(tmp_path)
+    suite = Suite.from_config(load_config([], ["robustness.masking.large_epsilon_attacks=[fgsm]"]))
+    everything = np.arange(10)
+
+    def made(correct):  # ten images, all correct before the attack, the first `correct` still correct after it
+        return Examples(everything, np.ones(10, dtype=bool), np.arange(10) < correct)
+
+    sound = {("fgsm", 0.01): made(8), ("pgd", 0.01): made(6), ("fgsm", 0.05): made(2), ("pgd", 0.05): made(1)}
+    masked = {**sound, ("pgd", 0.05): made(5)}  # PGD above FGSM at 0.05: 50% against 20%
+    chosen = ("kd", "resnet18", 0, *VAL_BEST)
+    for run in (("teacher", TEACHER, 0, None, None), ("baseline", "resnet18", 0, None, None)):
+        write_masking(tmp_path, *run, checks(sound, {}, {"fgsm": made(0)}, suite))
+    write_masking(tmp_path, *chosen, checks(masked, {}, {"fgsm": made(0)}, suite))
+    write_masking(tmp_path, "baseline", "mobilenet_v3_small", 0, None, None, checks(sound, {}, {"fgsm": made(9)}, suite))
+    write_tables(tmp_path)
+
+    pgd_sentence = "masking suspected: PGD above FGSM at ε=0.05 (50.0% against 20.0%)"
+    large_sentence = ("masking suspected: FGSM leaves 90.0% correct at ε=0.5, where any image can be turned into "
+                      "another (more than 10%)")
+    masking_md = (tmp_path / "tables" / "masking.md").read_text()
+    assert f"- kd/resnet18_T4_soft0.9_seed0: {pgd_sentence}" in masking_md
+    assert f"- baseline/mobilenet_v3_small_seed0: {large_sentence}" in masking_md
+    assert "Every check passed" not in masking_md
+    checked = read(tmp_path, "masking.csv")
+    assert checked["run"].nunique() == 4 and (~checked["passed"]).sum() == 2
+
+    robustness = read(tmp_path, "robustness.csv").set_index(["run", "attack", "epsilon"])
+    kd, mobilenet = run_path(*chosen), run_path("baseline", "mobilenet_v3_small", 0)
+    assert robustness.loc[(kd, "fgsm", 0.05), "masking"] == pgd_sentence
+    assert robustness.loc[(kd, "fgsm", 0.05), "masking_suspected"]
+    assert not robustness.loc[(kd, "pgd", 0.01), "masking_suspected"]
+    assert all(robustness.loc[(mobilenet, attack, epsilon), "masking"] == large_sentence
+               for attack in ATTACK_FACTOR for epsilon in EPSILONS)
+    flagged = robustness[robustness["masking_suspected"].astype(bool)].reset_index()
+    assert sorted(set(flagged["run"])) == sorted([kd, mobilenet])
+    assert len(flagged) == len(ATTACK_FACTOR) * (1 + len(EPSILONS))  # kd: at 0.05; the baseline: at both
+
+    kd_vs_hard = read(tmp_path, "kd_vs_hard.csv").set_index(["model", "measure", "epsilon"])
+    assert kd_vs_hard.loc[("resnet18", "pgd", 0.05), "masking_flagged"] == 1
+    assert kd_vs_hard.loc[("resnet18", "fgsm", 0.05), "masking_flagged"] == 1
+    assert kd_vs_hard.loc[("resnet18", "pgd", 0.01), "masking_flagged"] == 0
+    assert kd_vs_hard.loc[("mobilenet_v3_small", "fgsm", 0.01), "masking_flagged"] == 1  # its baseline's
+    assert "| PGD eps=0.05 (%) ⚠ 1 |" in (tmp_path / "tables" / "kd_vs_hard.md").read_text()
+    table1 = read(tmp_path, "table1.csv").set_index("model")
+    assert table1.loc["mobilenet_v3_small", "fgsm eps=0.01_masking_flagged"] == 1
+    assert table1.loc["resnet18", "fgsm eps=0.05_masking_flagged"] == 0
+    table1_md = (tmp_path / "tables" / "table1.md").read_text()
+    mobilenet_row = next(line for line in table1_md.splitlines() if "| baseline | cifar10 | mobilenet_v3_small |" in line)
+    resnet_row = next(line for line in table1_md.splitlines() if "| baseline | cifar10 | resnet18 |" in line)
+    assert mobilenet_row.count("⚠ 1") == len(EPSILONS) and "⚠" not in resnet_row

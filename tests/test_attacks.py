@@ -1,6 +1,8 @@
 import copy
+import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -9,14 +11,23 @@ from torch import nn
 from kdsweep.attacks import ATTACKS, PARAMS, evaluate_attack, fgsm, pgd
 
 
-def small_net(dtype=torch.float64):
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """These models are tiny: on two busy cores a second thread only waits for the first (ten times slower)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def small_net(dtype=torch.float64, classes=3):
     torch.manual_seed(0)
     return nn.Sequential(
         nn.Conv2d(1, 4, 3, padding=1),
         nn.BatchNorm2d(4),
         nn.ReLU(),
         nn.Flatten(),
-        nn.Linear(4 * 4 * 4, 3),
+        nn.Linear(4 * 4 * 4, classes),
     ).to(dtype)
 
 
@@ -195,7 +206,7 @@ def test_images_must_be_uint8(digits):
 
 # ---------------------------------------------------------------- PGD
 
-PGD = {"steps": 10, "relative_step_size": 0.25, "random_start": True, "seed": 0}
+PGD = {"loss": "ce", "steps": 10, "relative_step_size": 0.25, "random_start": True, "restarts": 1, "seed": 0}
 
 
 def textbook_pgd(model, images, labels, epsilon, step_size, steps, start=None):
@@ -388,3 +399,512 @@ def test_attack_parameters_are_checked(digits):
         evaluate_attack(model, images, labels, 0.05, 64, "pgd", steps=3)
     with pytest.raises(ValueError, match="parameters"):
         evaluate_attack(model, images, labels, 0.05, 64, "fgsm", steps=3)
+
+
+# ---------------------------------------------------------------- losses, each against its paper's formula
+
+def test_losses_are_the_papers_formulas_and_margin_and_dlr_ignore_the_logits_scale():
+    """margin: max_{j != y} z_j - z_y (Carlini & Wagner); dlr: -(z_y - max_{j != y} z_j) / (z_pi1 - z_pi3)
+    (Croce & Hein), both written here row by row in plain Python."""
+    from kdsweep.attacks.base import LOSSES
+
+    logits = torch.randn(7, 5, generator=torch.Generator().manual_seed(3), dtype=torch.float64) * 4
+    labels = torch.tensor([0, 1, 2, 3, 4, 0, 2])
+    for row, y, margin, dlr, ce in zip(logits.tolist(), labels.tolist(), LOSSES["margin"](logits, labels).tolist(),
+                                       LOSSES["dlr"](logits, labels).tolist(), LOSSES["ce"](logits, labels).tolist()):
+        best_other = max(v for j, v in enumerate(row) if j != y)
+        ranked = sorted(row, reverse=True)
+        assert margin == pytest.approx(best_other - row[y], abs=1e-12)
+        assert dlr == pytest.approx(-(row[y] - best_other) / (ranked[0] - ranked[2] + 1e-12), abs=1e-12)
+        assert ce == pytest.approx(math.log(sum(math.exp(v) for v in row)) - row[y], abs=1e-12)
+    # x 100: the margin scales by 100 (the sign of its gradient does not move), the DLR loss does not change
+    torch.testing.assert_close(LOSSES["margin"](100 * logits, labels), 100 * LOSSES["margin"](logits, labels))
+    torch.testing.assert_close(LOSSES["dlr"](100 * logits, labels), LOSSES["dlr"](logits, labels))
+
+
+# ---------------------------------------------------------------- APGD against a transcription of the paper
+
+def paper_checkpoints(steps):
+    """w_j = ceil(p_j N), p_0 = 0, p_1 = 0.22, p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06) (Croce & Hein 2020)."""
+    p, found = [0.0, 0.22], []
+    while p[-1] <= 1:
+        found.append(math.ceil(p[-1] * steps - 1e-9))
+        p.append(p[-1] + max(p[-1] - p[-2] - 0.03, 0.06))
+    return [w for w in found if 0 < w <= steps]
+
+
+def textbook_apgd(model, x, y, epsilon, steps, loss, start):
+    """Croce & Hein's Algorithm 1 for one image, written out (with the authors' code's conventions: sign steps,
+    eta_0 = 2 eps, momentum 0.75 but the first step, condition 1 "at most rho of the steps raised f",
+    condition 2 not at the first checkpoint): (fooled at any iterate, x_max)."""
+    model.eval()
+
+    def at(point):
+        point = point.detach().clone().requires_grad_(True)
+        logits = model(point[None])
+        value = loss(logits, y[None])[0]
+        value.backward()
+        return point.grad.detach(), value.item(), logits.argmax(1).item() != y.item()
+
+    def project(point):
+        return torch.clamp(torch.min(torch.max(point, x - epsilon), x + epsilon), 0, 1)
+
+    checkpoints = paper_checkpoints(steps)
+    grad, value, fooled = at(start)
+    values, eta = [value], 2 * epsilon
+    x_previous = x_current = start
+    x_max, f_max, g_max = start, value, grad
+    last, halved_last, f_max_last = 0, True, value
+    for k in range(steps):
+        z = project(x_current + eta * grad.sign())
+        alpha = 1.0 if k == 0 else 0.75
+        x_previous, x_current = x_current, project(x_current + alpha * (z - x_current) + (1 - alpha) * (x_current - x_previous))
+        grad, value, now = at(x_current)
+        fooled |= now
+        values.append(value)
+        if value > f_max:
+            x_max, f_max, g_max = x_current, value, grad
+        if k + 1 in checkpoints:
+            raised = sum(values[i + 1] > values[i] for i in range(last, k + 1))
+            halve = raised <= 0.75 * (k + 1 - last) or (not halved_last and f_max_last >= f_max)
+            if halve:
+                eta, x_current, grad = eta / 2, x_max, g_max
+            last, halved_last, f_max_last = k + 1, halve, f_max
+    return fooled, x_max
+
+
+def test_apgd_checkpoints_are_the_papers_at_100_steps():
+    """The authors' code's integer checkpoints (0.22 N, then 0.03 N fewer each time, at least 0.06 N) are the paper's
+    w_j = ceil(p_j N) at AutoAttack's N = 100 (elsewhere they differ by a step or two, and the code is followed)."""
+    from kdsweep.attacks.apgd_attack import checkpoints
+
+    first, decrease, least = checkpoints(100)
+    mine, gap = [first], first
+    while mine[-1] + max(gap - decrease, least) <= 100:
+        gap = max(gap - decrease, least)
+        mine.append(mine[-1] + gap)
+    assert mine == paper_checkpoints(100) == [22, 41, 57, 70, 80, 87, 93, 99]
+
+
+@pytest.mark.parametrize("loss", ["ce", "dlr"])
+def test_apgd_is_the_papers_algorithm(batch, loss):
+    """Batch against image by image, 100 steps (the paper's checkpoints), from the same random starts."""
+    from kdsweep.attacks.apgd_attack import _run, random_start
+    from kdsweep.attacks.base import LOSSES
+
+    images, labels = batch
+    model = with_running_stats(small_net()).eval()
+    epsilon = 0.2
+    start = random_start(images, epsilon, torch.Generator().manual_seed(5))
+    # the start: a point whose largest coordinate sits on the ball's surface, inside the image box
+    distance = (start - images).abs().flatten(1)
+    assert torch.all((distance.max(1).values > epsilon - 1e-12) | (start.flatten(1) == 0).any(1)
+                     | (start.flatten(1) == 1).any(1))
+    broken, x_best, _ = _run(model, images, labels, start, epsilon, 100, LOSSES[loss])
+    for i in range(len(labels)):
+        fooled, x_max = textbook_apgd(model, images[i], labels[i], epsilon, 100, LOSSES[loss], start[i])
+        assert broken[i].item() == fooled, i
+        torch.testing.assert_close(x_best[i], x_max, rtol=0, atol=1e-12)
+    assert not broken.all() and broken.any()  # both outcomes exercised
+
+
+# ---------------------------------------------------------------- Square: the paper's schedule, sound search
+
+def test_square_schedule_is_the_papers():
+    """p_init halved at 10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000 of 10,000 queries (the authors' code),
+    rescaled to the budget."""
+    from kdsweep.attacks.square_attack import p_selection, side
+
+    table = {0: 1, 10: 1, 11: 2, 50: 2, 51: 4, 200: 4, 201: 8, 500: 8, 501: 16, 1000: 16, 1001: 32, 2000: 32,
+             2001: 64, 4000: 64, 4001: 128, 6001: 256, 8001: 512, 9999: 512}
+    for query, divide in table.items():
+        assert p_selection(0.05, query, 10000) == pytest.approx(0.05 / divide), query
+    assert p_selection(0.05, 101, 1000) == pytest.approx(0.05 / 32)  # 1010 of 10,000
+    assert side(0.05, 32, 32) == round(math.sqrt(0.05 * 1024)) == 7 and side(0.9, 8, 8) == 7 and side(1e-6, 8, 8) == 1
+
+
+def test_square_stays_in_the_ball_and_fools_where_it_says(digits):
+    from kdsweep.attacks import square
+    from kdsweep.attacks.evaluate import attack_examples
+
+    model, images, labels = digits
+    result = attack_examples(model, images, labels, 0.1, 1000, "square", queries=50, p_init=0.05, seed=0)
+    # the evaluation searches from the images correct before it, in one batch here: the same draws as this call
+    correct = torch.from_numpy(result.clean)
+    x, y = images[correct].float() / 255, labels[correct]
+    best = square(model, x, y, 0.1, queries=50, generator=torch.Generator().manual_seed(0))
+    assert (best - x).abs().max() <= 0.1 + 1e-6 and best.min() >= 0 and best.max() <= 1
+    with torch.no_grad():
+        wrong = model(best).argmax(1) != y
+    # every image Square reports broken is wrong at its best image, and every other right
+    assert np.array_equal(~result.robust[result.clean], wrong.numpy()) and wrong.any() and not wrong.all()
+
+
+# ---------------------------------------------------------------- a linear model: the exact answer is known
+
+def exact_linear_robustness(model, images, labels, epsilon):
+    """Per image, whether the linear model f(x) = Wx + b is robust within the L-inf ball of radius epsilon
+    intersected with [0, 1]^d, exactly: for each wrong class j, z_y - z_j is lowest at the box-clipped vertex
+    x_i - eps sign(w_y - w_j)_i; robust iff correct and each of those minima > 0. Also the smallest |minimum|."""
+    W = model[1].weight.detach().double().numpy()
+    b = model[1].bias.detach().double().numpy()
+    X = images.double().numpy().reshape(len(images), -1) / 255
+    robust, closest = [], math.inf
+    for x, y in zip(X, labels.tolist()):
+        low, high = np.clip(x - epsilon, 0, 1), np.clip(x + epsilon, 0, 1)
+        correct = int(np.argmax(W @ x + b)) == y
+        lowest = min((W[y] - W[j]) @ np.where(W[y] - W[j] > 0, low, high) + b[y] - b[j] for j in range(len(b)) if j != y)
+        robust.append(correct and lowest > 0)
+        closest = min(closest, abs(lowest))
+    return np.array(robust), closest
+
+
+SUITE = {"fgsm": {}, "pgd": {"loss": "ce", "steps": 10, "relative_step_size": 0.25, "random_start": True, "restarts": 1,
+                             "seed": 0},
+         "apgd_ce": {"steps": 20, "restarts": 1, "seed": 0}, "apgd_dlr": {"steps": 20, "restarts": 1, "seed": 0},
+         "apgd_t": {"steps": 20, "targets": 9, "seed": 0}, "square": {"queries": 100, "p_init": 0.05, "seed": 0}}
+
+
+def test_no_attack_breaks_a_robust_image_and_the_worst_case_reaches_the_exact_answer(digits):
+    """A trained linear classifier on the digits: every attack leaves correct each image that is exactly robust
+    (it cannot do better than the truth), and the worst case over the headline's attacks finds every other
+    (APGD-T on its own does: the targeted loss follows each wrong class's vertex). The exact minima are at
+    least 5e-4 from 0 at these epsilons, some 800 times float32's rounding of these logits (about 6e-7)."""
+    from kdsweep.attacks import worst_case
+    from kdsweep.attacks.evaluate import attack_examples
+
+    model, images, labels = digits
+    for epsilon in (0.02, 0.05, 0.1, 0.2):
+        exact, closest = exact_linear_robustness(model, images, labels, epsilon)
+        assert closest > 5e-4, epsilon
+        results = {name: attack_examples(model, images, labels, epsilon, 1000, name, **params)
+                   for name, params in SUITE.items()}
+        for name, result in results.items():
+            assert not np.any(exact & ~result.robust), (epsilon, name)  # sound: no robust image broken
+        worst = worst_case([results[name] for name in ("apgd_ce", "apgd_dlr", "apgd_t", "square")],
+                           results["fgsm"].indices)
+        assert np.array_equal(worst.robust, exact), epsilon
+        assert np.array_equal(results["apgd_t"].robust, exact), epsilon
+    assert 0.3 < exact_linear_robustness(model, images, labels, 0.1)[0].mean() < 0.5  # far from 0 and from clean
+
+
+# ---------------------------------------------------------------- the rescale experiment of issue 31
+
+class Scaled(nn.Module):
+    """A model whose logits are multiplied by a constant: the same predictions, so the same true robustness."""
+
+    def __init__(self, model, scale):
+        super().__init__()
+        self.model, self.scale = model, scale
+
+    def forward(self, x):
+        return self.model(x) * self.scale
+
+
+@pytest.fixture(scope="module")
+def conv_digits():
+    """A small convolutional network trained here on 1,500 of the digits (15 epochs, under a second), and the
+    297 held-out images: 91.6% clean accuracy, largest logit about 15."""
+    from sklearn.datasets import load_digits
+
+    data = load_digits()
+    images = torch.from_numpy(data.images).float().mul(255 / 16).round().to(torch.uint8)[:, None]
+    labels = torch.from_numpy(data.target)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 32, 3, padding=1, stride=2),
+                          nn.ReLU(), nn.Flatten(), nn.Linear(32 * 16, 10))
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+    x, y = images[:1400].float() / 255, labels[:1400]
+    for _ in range(15):
+        order = torch.randperm(1400)
+        for start in range(0, 1400, 100):
+            chosen = order[start:start + 100]
+            optimizer.zero_grad()
+            F.cross_entropy(model(x[chosen]), y[chosen]).backward()
+            optimizer.step()
+    return model.eval(), images[1500:], labels[1500:]
+
+
+def margin_pgd_reference(model, images, labels, epsilon, steps=20):
+    """Accuracy (%) under PGD on the Carlini-Wagner margin max_{j != y} z_j - z_y, written out: from the clean
+    image, `steps` sign-gradient steps of 2.5 eps / steps, projected; an image counts as broken when any iterate
+    fooled the model."""
+    x = images.float() / 255
+    adversarial, robust = x.clone(), torch.ones(len(labels), dtype=torch.bool)
+    for step in range(steps + 1):
+        point = adversarial.clone().requires_grad_(True)
+        logits = model(point)
+        robust &= logits.argmax(1) == labels
+        if step == steps:
+            break
+        others = logits.masked_fill(F.one_hot(labels, logits.shape[1]).bool(), float("-inf")).max(1).values
+        (grad,) = torch.autograd.grad((others - logits.gather(1, labels[:, None])[:, 0]).sum(), point)
+        adversarial = torch.min(torch.max(adversarial + 2.5 * epsilon / steps * grad.sign(), x - epsilon),
+                                x + epsilon).clamp(0, 1)
+    return 100.0 * robust.double().mean().item()
+
+
+HEADLINE = ("apgd_ce", "apgd_dlr", "apgd_t", "square")
+
+
+def test_the_headline_does_not_move_when_the_logits_are_rescaled(conv_digits):
+    """Issue 31's experiment: logits x 1, x 10, x 100 change no prediction, so no robustness. Cross-entropy's
+    gradient underflows in float32 as they grow, and CE attacks report the clean accuracy; the headline, the
+    worst case over APGD-CE, APGD-DLR, APGD-T and Square, stays within 0.5 points (measured: one image, 0.34
+    points, at eps 0.1, which APGD-CE alone breaks at x 1; equal at 0.15), and at or below a 20-step margin-loss
+    PGD written here, itself the same at every scale."""
+    from kdsweep.attacks import worst_case
+    from kdsweep.attacks.evaluate import attack_examples
+
+    model, images, labels = conv_digits
+    for epsilon in (0.1, 0.15):
+        headline, reference, ce = {}, {}, {}
+        for scale in (1, 10, 100):
+            scaled = Scaled(model, scale)
+            results = [attack_examples(scaled, images, labels, epsilon, 300, name, **SUITE[name]) for name in HEADLINE]
+            headline[scale] = 100 * worst_case(results, results[0].indices).robust.mean()
+            reference[scale] = margin_pgd_reference(scaled, images, labels, epsilon)
+            ce[scale] = evaluate_attack(scaled, images, labels, epsilon, 300, "pgd", **SUITE["pgd"])["adv_acc"]
+        assert max(headline.values()) - min(headline.values()) <= 0.5, (epsilon, headline)
+        assert max(reference.values()) - min(reference.values()) <= 0.5, (epsilon, reference)
+        assert all(headline[scale] <= reference[scale] for scale in headline), (epsilon, headline, reference)
+        assert ce[100] > headline[100] + 10, (epsilon, ce)  # the masking the headline does not fall for
+
+
+# ---------------------------------------------------------------- masking checks
+
+def test_a_masked_model_is_flagged_under_ce_fgsm(digits):
+    """The linear digits model with logits x 1000: softmax saturates and the cross-entropy gradient is exactly 0,
+    so FGSM moves nothing and reports the clean accuracy even at eps 0.5, where any image can become another.
+    A suite of CE-FGSM alone (the reference study's), its large-epsilon check run by FGSM, flags it; the same
+    model unscaled passes every check."""
+    from kdsweep.attacks.diagnostics import checks
+    from kdsweep.attacks.evaluate import attack_examples
+    from kdsweep.attacks.suite import Suite
+    from kdsweep.config import load_config
+
+    model, images, labels = digits
+    config = load_config([Path(__file__).resolve().parents[1] / "config.yaml"],
+                         ["attacks={fgsm: {}, pgd: null, apgd_ce: null, apgd_dlr: null, apgd_t: null, square: null}",
+                          "robustness.headline=[fgsm]", "robustness.masking.large_epsilon_attacks=[fgsm]",
+                          "epsilons=[0.05, 0.1]"])
+    suite = Suite.from_config(config)
+    assert suite.attacks == {"fgsm": {}} and suite.large_epsilon_attacks == ("fgsm",) and suite.large_epsilon == 0.5
+    found = {}
+    for scale in (1, 1000):
+        scaled = Scaled(model, scale)
+        results = {("fgsm", eps): attack_examples(scaled, images, labels, eps, 1000, "fgsm") for eps in suite.epsilons}
+        large = {"fgsm": attack_examples(scaled, images, labels, suite.large_epsilon, 1000, "fgsm")}
+        found[scale] = checks(results, {}, large, suite)
+    assert all(check["passed"] for check in found[1])
+    failed = [check for check in found[1000] if not check["passed"]]
+    assert [check["check"] for check in failed] == ["large_epsilon"]
+    assert failed[0]["value"] > 80 and failed[0]["sentence"].startswith("masking suspected: FGSM leaves ")
+    assert "at ε=0.5" in failed[0]["sentence"]
+
+
+def test_checks_compare_on_the_same_images_and_say_what_failed():
+    """Constructed outcomes: PGD above FGSM, an accuracy rising with epsilon, Square below the gradient attacks
+    and a white-box attack above a transfer attack each fail their check, by the numbers given."""
+    from kdsweep.attacks.diagnostics import checks
+    from kdsweep.attacks.examples import Examples
+    from kdsweep.attacks.suite import Suite
+    from kdsweep.config import load_config
+
+    suite = Suite.from_config(load_config([Path(__file__).resolve().parents[1] / "config.yaml"]))
+    everything, subset = np.arange(10), np.arange(0, 10, 2)
+
+    def made(robust, indices=everything):
+        return Examples(indices, np.ones(len(indices), dtype=bool), np.array(robust, dtype=bool))
+
+    results = {("fgsm", 0.01): made([1] * 5 + [0] * 5), ("pgd", 0.01): made([1] * 7 + [0] * 3),
+               ("fgsm", 0.05): made([1] * 3 + [0] * 7), ("pgd", 0.05): made([1] * 2 + [0] * 8),
+               ("square", 0.05): made([0, 0, 0, 0, 0], subset), ("apgd_ce", 0.05): made([1, 1, 0, 0, 0], subset)}
+    transfer = {("teacher", 0.05): made([0, 0, 0, 0, 0], subset)}
+    found = {(c["check"], c["attack"], c["against"], c["epsilon"]): c for c in checks(results, transfer, {}, suite)}
+    pgd = found["iterative_above_single_step", "pgd", "fgsm", 0.01]
+    assert not pgd["passed"] and (pgd["value"], pgd["limit"]) == (70.0, 51.0)
+    assert pgd["sentence"] == "masking suspected: PGD above FGSM at ε=0.01 (70.0% against 50.0%)"
+    assert found["iterative_above_single_step", "pgd", "fgsm", 0.05]["passed"]
+    # APGD-CE (on the subset) against FGSM on the same five images: 40% against 40%
+    apgd = found["iterative_above_single_step", "apgd_ce", "fgsm", 0.05]
+    assert apgd["passed"] and apgd["n"] == 5 and apgd["value"] == apgd["limit"] - 1 == 40.0
+    assert not found["white_box_above_transfer", "apgd_ce", "transfer_teacher", 0.05]["passed"]
+    square = found["gradient_free_beats_gradient", "gradient", "square", 0.05]
+    assert not square["passed"] and "Square (gradient-free) below" in square["sentence"]
+    assert found["rises_with_epsilon", "fgsm", "fgsm", 0.05]["passed"]
+    rising = checks({("fgsm", 0.01): made([0] * 10), ("fgsm", 0.05): made([1] * 2 + [0] * 8)}, {}, {}, suite)
+    assert [c["sentence"] for c in rising] == [
+        "masking suspected: FGSM accuracy rises with ε, from 0.0% at ε=0.01 to 20.0% at ε=0.05"]
+
+
+# ---------------------------------------------------------------- precision, iterates, restarts, batches
+
+def test_attacks_compute_in_float32_whatever_autocast_the_caller_set(digits):
+    """A job's bf16 autocast (runtime.precision) reaches no attack: the same result inside it as outside, and
+    through a bf16 Runtime (its device and layout only)."""
+    from kdsweep.runtime import Runtime
+
+    model, images, labels = digits
+    plain = evaluate_attack(model, images, labels, 0.05, 128, "apgd_dlr", **SUITE["apgd_dlr"])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert model(images[:4].float()).dtype == torch.bfloat16  # the autocast is on...
+        assert evaluate_attack(model, images, labels, 0.05, 128, "apgd_dlr", **SUITE["apgd_dlr"]) == plain
+    bf16 = Runtime(device=torch.device("cpu"), bf16=True, channels_last=False, deterministic=True, tf32=False)
+    assert evaluate_attack(model, images, labels, 0.05, 128, "apgd_dlr", runtime=bf16, **SUITE["apgd_dlr"]) == plain
+
+
+def test_pgd_counts_an_image_broken_at_any_iterate(batch):
+    """Per image, robust only if the model was right at every iterate of textbook_pgd (written above), the last
+    one alone would say otherwise for some images here."""
+    from kdsweep.attacks.evaluate import attack_examples
+
+    images, labels = batch
+    model = with_running_stats(small_net()).eval()
+    epsilon, steps = 0.4, 6
+    params = {"loss": "ce", "steps": steps, "relative_step_size": 0.5, "random_start": False, "restarts": 1, "seed": 0}
+    uint8 = (images * 255).round().to(torch.uint8)
+    x = uint8.double() / 255
+    result = attack_examples(model.float(), uint8, labels, epsilon, 6, "pgd", **params)
+    model = model.double()
+    right = [model(x).argmax(1) == labels]
+    for k in range(1, steps + 1):
+        right.append(model(textbook_pgd(copy.deepcopy(model), x, labels, epsilon, 0.5 * epsilon, k)).argmax(1) == labels)
+    right = torch.stack(right)
+    assert np.array_equal(result.robust, right.all(0).numpy())
+    assert np.array_equal(result.clean, right[0].numpy())
+
+
+def test_restarts_only_break_more_and_batches_change_nothing(digits):
+    from kdsweep.attacks.evaluate import attack_examples
+
+    model, images, labels = digits
+    one = attack_examples(model, images, labels, 0.1, 1000, "pgd", **{**SUITE["pgd"], "loss": "margin", "steps": 3})
+    three = attack_examples(model, images, labels, 0.1, 1000, "pgd", **{**SUITE["pgd"], "loss": "margin", "steps": 3,
+                                                                       "restarts": 3})
+    assert not np.any(three.robust & ~one.robust) and three.robust.sum() < one.robust.sum()
+    for name in ("pgd", "apgd_dlr", "apgd_t"):
+        params = {**SUITE[name], "steps": 4} if name != "pgd" else {**SUITE[name], "restarts": 2}
+        a = attack_examples(model, images, labels, 0.1, 1000, name, **params)
+        b = attack_examples(model, images, labels, 0.1, 37, name, **params)
+        assert np.array_equal(a.robust, b.robust), name
+
+
+def test_a_transfer_attack_from_the_model_itself_is_that_attack(digits):
+    """FGSM's images crafted on the model and scored on the same model: exactly FGSM's evaluation."""
+    from kdsweep.attacks.evaluate import attack_examples, transfer_examples
+
+    model, images, labels = digits
+    subset = np.arange(0, len(labels), 3)
+    own = attack_examples(model, images, labels, 0.1, 50, "fgsm", indices=subset)
+    crafted = transfer_examples(model, model, images, labels, 0.1, 50, "fgsm", indices=subset)
+    assert np.array_equal(own.robust, crafted.robust) and np.array_equal(own.indices, subset)
+    with pytest.raises(ValueError, match="crafted by"):
+        transfer_examples(model, model, images, labels, 0.1, 50, "square", queries=5, p_init=0.05, seed=0)
+
+
+# ---------------------------------------------------------------- images: masks, subset, worst case, classes
+
+def test_masks_round_trip_and_a_wrong_length_is_refused():
+    from kdsweep.records import pack_mask, unpack_mask
+
+    for n in (1, 7, 8, 9, 10000):
+        mask = np.random.default_rng(n).random(n) < 0.3
+        text = pack_mask(mask)
+        assert np.array_equal(unpack_mask(text, n), mask) and len(text) == 4 * math.ceil(math.ceil(n / 8) / 3)
+    with pytest.raises(ValueError):
+        unpack_mask(pack_mask(np.ones(20, dtype=bool)), 10)
+
+
+def test_the_subset_is_the_same_for_every_run_and_the_worst_case_is_per_image():
+    from kdsweep.attacks.examples import Examples, on, per_class, subset_indices, worst_case
+
+    first = subset_indices(10000, 1000, 0)
+    assert np.array_equal(first, subset_indices(10000, 1000, 0)) and len(set(first)) == 1000
+    assert np.all(np.diff(first) > 0) and not np.array_equal(first, subset_indices(10000, 1000, 1))
+    assert np.array_equal(subset_indices(50, None, 0), np.arange(50))
+    assert np.array_equal(subset_indices(50, 60, 0), np.arange(50))
+    everything = Examples(np.arange(6), np.array([1, 1, 1, 1, 0, 1], bool), np.array([1, 0, 1, 1, 0, 1], bool))
+    part = Examples(np.array([1, 3, 5]), np.array([1, 1, 1], bool), np.array([1, 0, 1], bool))
+    worst = worst_case([everything, part], [1, 3, 5])
+    assert worst.robust.tolist() == [False, False, True] and worst.clean.tolist() == [True, True, True]
+    with pytest.raises(ValueError, match="not all attacked"):
+        on(part, [0, 1])
+    assert per_class([0, 1, 1, 2], [True, False, True, True], 4) == ([1, 2, 1, 0], [100.0, 50.0, 100.0, None])
+
+
+def test_the_suite_refuses_what_cannot_run():
+    from kdsweep.attacks.suite import Suite
+    from kdsweep.config import load_config
+    from kdsweep.errors import KdsweepError
+
+    def suite(*overrides):
+        return Suite.from_config(load_config([Path(__file__).resolve().parents[1] / "config.yaml"], list(overrides)))
+
+    default = suite()
+    assert default.headline == ("apgd_ce", "apgd_dlr", "apgd_t", "square") and default.transfer == "pgd"
+    assert default.on_subset("apgd_t") and not default.on_subset("fgsm") and default.subset_size == 1000
+    assert suite("attacks.square=null").headline == ("apgd_ce", "apgd_dlr", "apgd_t")
+    for overrides, match in ((["robustness.headline=[cw]"], "no attack"),
+                             (["attacks.apgd_ce=null", "attacks.apgd_dlr=null", "attacks.apgd_t=null",
+                               "attacks.square=null"], "all switched off"),
+                             (["robustness.transfer=square"], "name one of fgsm, pgd, apgd_ce, apgd_dlr")):
+        with pytest.raises(KdsweepError, match=match):
+            suite(*overrides)
+
+
+# ---------------------------------------------------------------- cost, estimated
+
+def test_an_attack_whose_loss_needs_more_classes_is_refused_before_it_runs():
+    """DLR divides by z_pi1 - z_pi3 and its targeted form by z_pi1 - (z_pi3 + z_pi4) / 2: a dataset of fewer
+    classes gets one sentence naming the attack and the fix, not an error in the middle of the job."""
+    from kdsweep.attacks.job import check_classes
+    from kdsweep.errors import KdsweepError
+
+    suite = {"fgsm": {}, "pgd": {"loss": "dlr"}, "apgd_ce": {}, "apgd_dlr": {}, "apgd_t": {}, "square": {}}
+    check_classes(suite, 4)
+    with pytest.raises(KdsweepError, match="attack apgd_t needs at least 4 classes .* has 3; set attacks.apgd_t to null"):
+        check_classes(suite, 3)
+    check_classes({name: suite[name] for name in ("fgsm", "pgd", "apgd_dlr", "square")}, 3)
+    for name in ("pgd", "apgd_dlr"):
+        with pytest.raises(KdsweepError, match=f"attack {name} needs at least 3 classes"):
+            check_classes({name: suite[name]}, 2)
+    check_classes({name: suite[name] for name in ("fgsm", "apgd_ce", "square")}, 2)
+    check_classes({"pgd": {"loss": "margin"}}, 2)
+
+
+def test_the_cost_estimate_counts_the_models_flops_and_the_attacks_passes():
+    """The forward FLOPs of kdsweep.attacks.cost are FlopCounterMode's count on the real models at 32 x 32 (an
+    input gradient twice that), and a study's estimate is runs x images x passes x FLOPs, by hand here."""
+    from kdsweep.attacks import cost
+    from kdsweep.bench.floor import model_flops
+    from kdsweep.config import load_config
+    from kdsweep.models import build_model
+    from kdsweep.plan import Plan
+
+    for name in ("resnet18", "mobilenet_v3_small"):
+        counted = model_flops(build_model(name, 10, [0.5] * 3, [0.25] * 3), (3, 32, 32), 10)
+        assert counted["forward"] == pytest.approx(cost.FORWARD_FLOPS_32[name], rel=1e-3), name
+        # FGSM counted there: an input gradient (a forward and a backward to the input) and a forward
+        assert (counted["fgsm"] - counted["forward"]) / counted["forward"] == pytest.approx(2, rel=0.01)
+    fgsm_only = ["attacks={pgd: null, apgd_ce: null, apgd_dlr: null, apgd_t: null, square: null}",
+                 "robustness={headline: [fgsm], transfer: null, masking: {large_epsilon_attacks: []}}"]
+    plan = Plan(load_config([Path(__file__).resolve().parents[1] / "config.yaml"],
+                            ["dataset.name=digits", "epsilons=[0.1]", *fgsm_only]))
+    runs = plan.fixed_runs()
+    expected = sum(4 * 360 * cost.FORWARD_FLOPS_32[run.model] / 16 for run in runs)
+    assert cost.study_flops(plan, runs) == pytest.approx(expected)
+    # an attack of the evaluation subset: its passes on the subset's images, or on all 360 without the subset
+    subset = Plan(load_config([Path(__file__).resolve().parents[1] / "config.yaml"], [
+        "dataset.name=digits", "epsilons=[0.1]", "attacks={fgsm: null, pgd: null, apgd_dlr: null, apgd_t: null, "
+        "square: null}", "robustness={headline: [apgd_ce], transfer: null, subset: {size: 100}, "
+        "masking: {large_epsilon_attacks: []}}"]))
+    per_image = sum(203 * cost.FORWARD_FLOPS_32[run.model] / 16 for run in runs)  # APGD-CE's 100 steps
+    assert cost.study_flops(subset, runs) == pytest.approx(100 * per_image)
+    assert cost.study_flops(subset, runs, every_image=True) == pytest.approx(360 * per_image)
+    default = Plan(load_config([Path(__file__).resolve().parents[1] / "config.yaml"]))
+    assert {name: cost.passes(name, params) for name, params in default.suite.attacks.items()} == {
+        "fgsm": 4, "pgd": 22, "apgd_ce": 203, "apgd_dlr": 203, "apgd_t": 1820, "square": 1001}
+    # the input gradients among them: 10 steps of PGD, 101 gradients of APGD (the start's and each step's), ...
+    assert {name: cost.gradients(name, params) for name, params in default.suite.attacks.items()} == {
+        "fgsm": 1, "pgd": 10, "apgd_ce": 101, "apgd_dlr": 101, "apgd_t": 909, "square": 0}

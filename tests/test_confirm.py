@@ -11,10 +11,11 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from scipy import stats as scipy_stats
 
 from conftest import TINY_WORKFLOW, copy_of, job_counts, snakemake
 from conftest import kd_run
-from fake_runs import write_attack, write_run
+from fake_runs import write_attack, write_method_run, write_run
 from kdsweep import io
 from kdsweep.config import load_config
 from kdsweep.errors import KdsweepError
@@ -35,11 +36,16 @@ def study(*overrides):
 # ---------------------------------------------------------------- the plan
 
 
-def test_confirmation_is_off_in_the_reference_study():
+def test_confirmation_is_on_in_the_reference_study_with_three_fresh_seeds():
     plan = study()
-    assert plan.confirm_seeds == [] and plan.confirm_baselines() == []
-    assert len(plan.fixed_runs()) == 115 and len(plan.packs) == 112
-    assert not any(run.role == "confirm" for pack in plan.packs for run in pack.runs)
+    assert plan.confirm_seeds == [100, 101, 102] and not set(plan.confirm_seeds) & set(plan.seeds)
+    assert plan.confirm_methods == ["kd"] and plan.choices() == [("resnet18", "kd"), ("mobilenet_v3_small", "kd")]
+    assert plan.confirm_baselines() == [Run("confirm", s, seed) for s in ("resnet18", "mobilenet_v3_small")
+                                        for seed in (100, 101, 102)]
+    off = study("confirm.seeds=[]")
+    assert off.confirm_seeds == [] and off.confirm_baselines() == [] and off.choices() == []
+    assert len(off.fixed_runs()) == 99 and len(off.packs) == 96
+    assert not any(run.role == "confirm" for pack in off.packs for run in pack.runs)
 
 
 def test_three_confirm_seeds_plan_their_runs_on_fresh_seeds():
@@ -47,7 +53,7 @@ def test_three_confirm_seeds_plan_their_runs_on_fresh_seeds():
     assert plan.confirm_baselines() == [Run("confirm", s, seed) for s in ("resnet18", "mobilenet_v3_small")
                                         for seed in (10, 11, 12)]
     fixed = plan.fixed_runs()
-    assert len(fixed) == 115 + 6 and set(plan.confirm_baselines()) <= set(fixed)
+    assert len(fixed) == 99 + 6 and set(plan.confirm_baselines()) <= set(fixed)
     # every distilled point of the grid (w > 0) can be chosen: 8 temperatures x 6 soft weights
     candidates = [dict(point) for point in plan.candidates("resnet18", "kd")]
     assert len(candidates) == 48 and all(point["soft_weight"] > 0 for point in candidates)
@@ -55,7 +61,7 @@ def test_three_confirm_seeds_plan_their_runs_on_fresh_seeds():
     # a pack of one per candidate and confirm seed; only the chosen point's become jobs
     confirm_packs = [pack for pack in plan.packs if pack.role == "confirm"]
     assert len(confirm_packs) == 2 * 3 * 48 and all(len(pack.runs) == 1 for pack in confirm_packs)
-    assert len(plan.packs) == 112 + 288
+    assert len(plan.packs) == 96 + 288
     runs = plan.confirmed("resnet18", "kd", kd_run("kd", "resnet18", 0, 4, 0.5).hparams)
     assert [run.folder for run in runs] == [f"runs/confirm/resnet18_T4_soft0.5_seed{s}" for s in (10, 11, 12)]
     assert {run.seed for run in runs} & set(plan.seeds) == set()
@@ -96,7 +102,7 @@ def test_the_chosen_point_is_a_distilled_point_of_the_config():
 def test_staged_sweep_confirms_any_point_it_can_reach():
     plan = study("sweep=staged", "confirm.seeds=[10]")
     sweep = plan.sweep("resnet18", "kd", 4)  # every temperature at w = 0.9, every w at T = 4 (4, 0.9 once)
-    assert len(sweep) == 8 + 7 - 1 and len(set(sweep)) == len(sweep)
+    assert len(sweep) == 8 + 6 - 1 and len(set(sweep)) == len(sweep)  # w = 0 is the baseline: never in a sweep
     assert {(run.temperature, run.soft_weight) for run in sweep if run.soft_weight == 0.9} == {
         (t, 0.9) for t in (1, 2, 4, 6, 8, 10, 15, 20)}
     assert len(plan.candidates("resnet18", "kd")) == 8 * 6
@@ -192,8 +198,16 @@ def test_kd_vs_hard_pairs_by_seed_and_leaves_unpaired_seeds_out(tmp_path):
     half = 12.706204736174707 * math.sqrt(0.5) / math.sqrt(2)  # t(0.975, 1)
     assert (row["gain_ci95"], row["gain_low"], row["gain_high"]) == pytest.approx((half, 1.5 - half, 1.5 + half))
     assert not row["gain_excludes_zero"]
+    # the paired t-test's p (scipy's), and the family: one row with an interval (clean; no attack, no evaluation),
+    # so the adjusted p and interval are the raw ones
+    p = scipy_stats.ttest_1samp([2.0, 1.0], 0.0).pvalue
+    assert row["gain_p"] == pytest.approx(p) and row["family_size"] == 1
+    assert (row["gain_p_holm"], row["gain_low_adj"], row["gain_high_adj"]) == pytest.approx((p, 1.5 - half, 1.5 + half))
+    assert not row["gain_excludes_zero_adj"] and row["family"].startswith("every row of kd_vs_hard")
     md = (tmp_path / "tables" / "kd_vs_hard.md").read_text()
-    assert f"| +1.50 | [{1.5 - half:+.2f}, {1.5 + half:+.2f}] | 2 | no |" in md
+    cell = f"[{1.5 - half:+.2f}, {1.5 + half:+.2f}]"
+    assert f"| +1.50 | {cell} | {cell} | 2 | {p:.3f} | {p:.3f} | no |" in md
+    assert "one family of m = 1 comparisons (every row of kd_vs_hard (students x measures x eps)" in md
 
 
 def test_one_seed_says_n_1_and_gives_no_interval(tmp_path):
@@ -203,7 +217,8 @@ def test_one_seed_says_n_1_and_gives_no_interval(tmp_path):
     row = pd.read_csv(tmp_path / "tables" / "kd_vs_hard.csv").query("measure == 'clean'").iloc[0]
     assert row["gain_n"] == 1 and row["gain_mean"] == pytest.approx(1.5)
     assert row[["gain_std", "gain_ci95", "gain_low", "gain_high", "gain_excludes_zero"]].isna().all()
-    assert "| +1.50 | none (n = 1) | 1 | – |" in (tmp_path / "tables" / "kd_vs_hard.md").read_text()
+    assert row[["gain_p", "gain_p_holm", "gain_low_adj", "gain_high_adj"]].isna().all() and row["family_size"] == 0
+    assert "| +1.50 | none (n = 1) | – | 1 | – | – | – |" in (tmp_path / "tables" / "kd_vs_hard.md").read_text()
 
 
 def confirmation_study(root):
@@ -247,23 +262,96 @@ def test_confirmed_gain_and_interval_by_hand(tmp_path):
     fgsm = table.query("measure == 'fgsm'").iloc[0]
     assert fgsm["epsilon"] == 0.1 and fgsm["gain_n"] == 3
     assert (fgsm["gain_mean"], fgsm["gain_ci95"]) == pytest.approx((mean / 2, half / 2))
+    # the family: clean and FGSM (two rows with an interval); FGSM's gains are the clean ones halved, so the same
+    # t and p; Holm's step-down over two equal p-values gives each min(1, 2p), Bonferroni's interval t(1 - 0.05/4, 2)
+    p = scipy_stats.ttest_1samp(gains, 0.0).pvalue
+    adjusted = scipy_stats.t.ppf(1 - 0.05 / 4, 2) * sd / math.sqrt(3)
+    assert clean["family_size"] == 2 and clean["gain_p"] == pytest.approx(p)
+    assert clean["gain_p_holm"] == pytest.approx(min(1.0, 2 * p)) and fgsm["gain_p_holm"] == pytest.approx(min(1.0, 2 * p))
+    assert (clean["gain_low_adj"], clean["gain_high_adj"]) == pytest.approx((mean - adjusted, mean + adjusted))
+    assert clean["against"] == "baseline" and set(table["against"]) == {"baseline"}  # kd alone: no head to head
     md = (tmp_path / "tables" / "confirmed.md").read_text()
     assert "| +1.00 (1) | 88.83 ± " in md
-    assert f"| {mean:+.2f} | [{mean - half:+.2f}, {mean + half:+.2f}] | 3 | no |" in md
+    assert (f"| {mean:+.2f} | [{mean - half:+.2f}, {mean + half:+.2f}] | [{mean - adjusted:+.2f}, {mean + adjusted:+.2f}] "
+            f"| 3 | {p:.3f} | {min(1.0, 2 * p):.3f} | no |") in md
+    assert "Cost of the confirmation so far: 8 runs (distilled and baselines), 80 epochs, 0.00 CPU-h" in md
     assert ("candidates, best first: temperature=1, soft_weight=0.5: 92.00; temperature=4, soft_weight=0.9: 90.00."
             in md)
+
+
+DKD = {"alpha": 1.0, "beta": 8.0, "temperature": 4.0, "warmup_epochs": 20}
+
+
+def holm_by_hand(pvalues):
+    """Holm's adjusted p-values, written as the procedure reads: sort, multiply the i-th smallest (from 0) by
+    m - i, carry the running maximum, cap at 1."""
+    order = sorted(range(len(pvalues)), key=lambda i: pvalues[i])
+    adjusted, running = [0.0] * len(pvalues), 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (len(pvalues) - rank) * pvalues[i]))
+        adjusted[i] = running
+    return adjusted
+
+
+def test_each_method_is_confirmed_head_to_head_against_kd_on_the_same_fresh_seeds(tmp_path):
+    """kd's and dkd's chosen points, each trained again on seeds 10-12 with the baseline. dkd - kd is paired by
+    fresh seed (1.0, -0.5, 2.5), beside dkd - kd on the sweep's seed (90 - 89); the three contrasts of the
+    clean accuracy (kd - hard, dkd - hard, dkd - kd) are one family: Holm's p and Bonferroni's intervals by
+    hand. The headline states each from the adjusted numbers only."""
+    kd = [write_run(tmp_path, "kd", "resnet18", 0, 1.0, 0.5, val_acc=92.0, test_acc=89.0)]
+    dkd = [write_method_run(tmp_path, "dkd", "resnet18", 0, "dkd", DKD, val_acc=91.0, test_acc=90.0)]
+    write_run(tmp_path, "baseline", "resnet18", 0, val_acc=89.0, test_acc=88.0)
+    io.write_json(tmp_path / "confirm" / "resnet18.json", best_point(kd))
+    io.write_json(tmp_path / "confirm" / "resnet18_dkd.json", best_point(dkd))
+    fresh = {"kd": (90.0, 91.5, 89.0), "dkd": (91.0, 91.0, 91.5), "hard": (88.0, 90.0, 88.5)}
+    for i, seed in enumerate((10, 11, 12)):
+        write_run(tmp_path, "confirm", "resnet18", seed, 1.0, 0.5, test_acc=fresh["kd"][i])
+        write_method_run(tmp_path, "confirm", "resnet18", seed, "dkd", DKD, test_acc=fresh["dkd"][i])
+        write_run(tmp_path, "confirm", "resnet18", seed, test_acc=fresh["hard"][i])
+    write_tables(tmp_path)
+    table = pd.read_csv(tmp_path / "tables" / "confirmed.csv").query("measure == 'clean'")
+    assert list(zip(table["method"], table["against"])) == [("kd", "baseline"), ("dkd", "baseline"), ("dkd", "kd")]
+    gains = {key: [a - b for a, b in zip(fresh[one], fresh[other])]
+             for key, (one, other) in {"kd": ("kd", "hard"), "dkd": ("dkd", "hard"), "dkd-kd": ("dkd", "kd")}.items()}
+    p = {key: scipy_stats.ttest_1samp(values, 0.0).pvalue for key, values in gains.items()}
+    holm = dict(zip(p, holm_by_hand(list(p.values()))))
+    t_adjusted = scipy_stats.t.ppf(1 - 0.05 / (2 * 3), 2)
+    for (_, row), key in zip(table.iterrows(), gains):
+        values = gains[key]
+        mean = sum(values) / 3
+        sd = math.sqrt(sum((v - mean) ** 2 for v in values) / 2)
+        assert (row["gain_mean"], row["gain_std"], row["gain_n"]) == pytest.approx((mean, sd, 3)), key
+        assert (row["gain_p"], row["gain_p_holm"]) == pytest.approx((p[key], holm[key])), key
+        assert (row["gain_low_adj"], row["gain_high_adj"]) == pytest.approx(
+            (mean - t_adjusted * sd / math.sqrt(3), mean + t_adjusted * sd / math.sqrt(3))), key
+        assert row["gain_excludes_zero_adj"] == (holm[key] < 0.05) and row["family_size"] == 3
+    head = table.iloc[2]
+    assert (head["hard_mean"], head["kd_mean"]) == pytest.approx((sum(fresh["kd"]) / 3, sum(fresh["dkd"]) / 3))
+    assert (head["sweep_gain_mean"], head["sweep_gain_n"]) == (pytest.approx(1.0), 1)
+    md = (tmp_path / "tables" / "confirmed.md").read_text()
+    assert "Head to head: each method's confirmed point against kd's confirmed point" in md
+    assert "| method - kd | 95% CI (raw) | 95% CI (adjusted) |" in md and "| +1.00 (1) |" in md
+    headline = (tmp_path / "tables" / "headline.md").read_text()
+    assert "fresh seeds" in headline and "m = 3 comparisons of confirmed.md" in headline
+    for key, other in (("kd", "the hard-target baseline"), ("dkd", "the hard-target baseline"),
+                       ("dkd-kd", "kd's confirmed point")):
+        mean = sum(gains[key]) / 3
+        verdict = ("beats" if mean > 0 else "trails") if holm[key] < 0.05 else "does not differ detectably from"
+        assert f"{verdict} {other}" in headline and f"{mean:+.2f} points" in headline, key
+    assert "95% CI (raw)" not in headline  # the headline reads the adjusted numbers only
 
 
 def test_confirmation_runs_stay_out_of_the_sweep_tables(tmp_path):
     confirmation_study(tmp_path)
     grid = pd.read_csv(tmp_path / "tables" / "grid.csv")
-    assert len(grid) == 3 and grid["test_acc_n"].eq(1).all()
+    # the sweep's two distilled points; its run at w = 0 (an earlier version trained one) is the baseline, left out
+    assert len(grid) == 2 and grid["test_acc_n"].eq(1).all() and grid["soft_weight"].gt(0).all()
     kd = pd.read_csv(tmp_path / "tables" / "kd_vs_hard.csv").query("measure == 'clean'").iloc[0]
     assert (kd["kd_n"], kd["hard_n"], kd["gain_n"]) == (1, 1, 1) and kd["kd_mean"] == pytest.approx(89.0)
     table1 = pd.read_csv(tmp_path / "tables" / "table1.csv")
     assert table1["test_acc_n"].tolist() == [1]
     runs = pd.read_csv(tmp_path / "tables" / "runs.csv")
-    assert (runs["role"] == "confirm").sum() == 8
+    assert (runs["role"] == "confirm").sum() == 8 and not (runs["soft_weight"] == 0).any()
     robustness = pd.read_csv(tmp_path / "tables" / "robustness.csv")
     assert (robustness["role"] == "confirm").sum() == 8
 
@@ -277,27 +365,33 @@ def test_without_confirmation_the_table_says_so(tmp_path):
 
 # ---------------------------------------------------------------- the workflow
 
-REFERENCE_JOBS = {"download": 1, "runtime": 1, "study": 1, "stats": 1, "train": 3, "attack": 690, "distill": 112,
-                  "evaluate": 115, "tables": 1, "figures": 1, "all": 1, "total": 927}
+# config.yaml's jobs before the checkpoints, confirmation off: teacher, 2 baselines, 96 distilled runs (8 x 6 per
+# student: w = 0 is the baseline), each attacked (2 attacks x 3 eps) and evaluated
+UNCONFIRMED_JOBS = {"download": 1, "runtime": 1, "study": 1, "stats": 1, "train": 3, "attack": 594, "distill": 96,
+                    "evaluate": 99, "tables": 1, "figures": 1, "all": 1, "total": 799}
+
+
+def with_confirmation(seeds):
+    """Before the checkpoints, per student `seeds` baselines (train), each with 2 attacks x 3 epsilons and an
+    evaluation, and one best_point checkpoint; the distilled confirmation runs (distill) and their evaluations
+    come once the checkpoints have chosen (test_plan-level: plan.confirmed)."""
+    extra = {"train": 2 * seeds, "attack": 2 * seeds * 6, "evaluate": 2 * seeds, "best_point": 2}
+    expected = {rule: UNCONFIRMED_JOBS.get(rule, 0) + extra.get(rule, 0) for rule in {*UNCONFIRMED_JOBS, *extra}}
+    expected["total"] = UNCONFIRMED_JOBS["total"] + sum(extra.values())
+    return expected
 
 
 @pytest.mark.workflow
-def test_reference_study_dry_run_is_unchanged_with_confirmation_off(tmp_path):
-    assert job_counts(snakemake(tmp_path, "--dry-run").stdout) == REFERENCE_JOBS
+def test_reference_study_dry_run_confirms_on_three_fresh_seeds_and_confirm_off_drops_only_that(tmp_path):
+    assert job_counts(snakemake(tmp_path, "--dry-run").stdout) == with_confirmation(3)
     explicit = snakemake(tmp_path, "--dry-run", "--config", "confirm={seeds: []}").stdout
-    assert job_counts(explicit) == REFERENCE_JOBS
+    assert job_counts(explicit) == UNCONFIRMED_JOBS
 
 
 @pytest.mark.workflow
-def test_three_confirm_seeds_add_the_expected_jobs(tmp_path):
-    """Before the checkpoints: per student 3 baselines (train), each with 2 attacks x 3 epsilons and an
-    evaluation, and one best_point checkpoint; the 3 x 2 distilled confirmation runs (distill) and their
-    evaluations come once the checkpoints have chosen (test_plan-level: plan.confirmed)."""
-    counts = job_counts(snakemake(tmp_path, "--dry-run", "--config", "confirm={seeds: [10, 11, 12]}").stdout)
-    extra = {"train": 6, "attack": 6 * 6, "evaluate": 6, "best_point": 2}
-    expected = {rule: REFERENCE_JOBS.get(rule, 0) + extra.get(rule, 0) for rule in {*REFERENCE_JOBS, *extra}}
-    expected["total"] = REFERENCE_JOBS["total"] + sum(extra.values())
-    assert counts == expected
+def test_four_confirm_seeds_add_the_expected_jobs(tmp_path):
+    counts = job_counts(snakemake(tmp_path, "--dry-run", "--config", "confirm={seeds: [10, 11, 12, 13]}").stdout)
+    assert counts == with_confirmation(4)
 
 
 @pytest.mark.workflow
@@ -356,16 +450,16 @@ def test_tiny_study_confirms_its_point_on_two_fresh_seeds(tiny, tmp_path):
 def test_the_demo_confirms_each_student_on_two_fresh_seeds(tmp_path):
     """studies/demo.yaml: before its checkpoints, the teacher, 2 sweep and 2 x 2 confirmation baselines,
     each student's 7 sweep points (kd's 2 x 2 grid, one point each of dkd, lskd and ctkd) in two packs
-    of at most 4, and one best_point per student (the demo confirms kd only); then 2 x 2 distilled
-    confirmation runs."""
+    of at most 4, and one best_point per student and confirmed method (kd and dkd: dkd head to head against
+    kd); then 2 x 2 x 2 distilled confirmation runs."""
     plan = Plan(load_config([str(ROOT / "config.yaml"), str(ROOT / "studies" / "demo.yaml")]))
     assert plan.confirm_seeds == [1, 2] and not set(plan.confirm_seeds) & set(plan.seeds)
     counts = job_counts(snakemake(tmp_path, "--dry-run", configfiles=[ROOT / "studies" / "demo.yaml"]).stdout)
-    assert plan.pack_size == 4 and plan.confirm_methods == ["kd"]
+    assert plan.pack_size == 4 and plan.confirm_methods == ["kd", "dkd"]
     points = 4 + 1 + 1 + 1  # per student
     runs = 1 + 2 + points * 2 + 2 * 2  # teacher, baselines, sweep points, confirmation baselines
     packs = -(-points // plan.pack_size)
-    assert (counts["train"], counts["distill"], counts["best_point"]) == (1 + 2 + 4, packs * 2, 2)
+    assert (counts["train"], counts["distill"], counts["best_point"]) == (1 + 2 + 4, packs * 2, 2 * 2)
     assert counts["attack"] == 4 * runs and counts["evaluate"] == runs
 
 

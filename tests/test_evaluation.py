@@ -5,6 +5,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import kd_run
 import torch
@@ -163,14 +164,31 @@ def test_evaluate_run_in_batches_and_against_itself():
     confidence = F.softmax(logits.double(), 1).max(1).values * 10
     assert (confidence - confidence.round()).abs().min().item() > 1e-4
     result = evaluation.evaluate_run(model, teacher, images, labels, batch_size=7, ece_bins=10)
+    other = evaluation.evaluate_run(model, teacher, images, labels, batch_size=64, ece_bins=10)
+    # per class: counts of argmaxes, none near a tie, so exactly equal; and a plain loop's
+    assert (result.pop("class_n"), result.pop("class_acc")) == (other.pop("class_n"), other.pop("class_acc"))
     # Every measure moves by at most ~1e-7 x its size under ~1e-7 changes of the logits: rel=1e-6.
-    assert result == pytest.approx(evaluation.evaluate_run(model, teacher, images, labels, batch_size=64,
-                                                           ece_bins=10), rel=1e-6)
+    assert result == pytest.approx(other, rel=1e-6)
     assert result["test_acc"] == 100 * int((logits.argmax(1) == labels).sum()) / 50  # no argmax near a tie
     assert result["nll"] == pytest.approx(F.cross_entropy(logits, labels).item(), rel=1e-6)
     assert result["n"] == 50 and result["ece_bins"] == 10
     own = evaluation.evaluate_run(teacher, teacher, images, labels, batch_size=7, ece_bins=10)
     assert own["agreement"] == 100 and own["kl_to_teacher"] == 0
+
+
+def test_accuracy_per_class_is_counted_class_by_class():
+    """Against a plain loop over the images; a class without test images has no accuracy, and the worst class is
+    the lowest of those that have one."""
+    logits = torch.tensor([[3.0, 1, 0, 0], [0, 2, 1, 0], [0, 0, 5, 1], [1, 0, 0, 0], [0, 0, 1, 2], [0, 4, 0, 0]])
+    labels = torch.tensor([0, 1, 1, 0, 1, 2])
+    result = evaluation.per_class_accuracy(logits, labels)
+    expected_n, expected_acc = [], []
+    for c in range(4):
+        mine = [i for i in range(len(labels)) if labels[i] == c]
+        expected_n.append(len(mine))
+        expected_acc.append(100 * sum(int(logits[i].argmax() == c) for i in mine) / len(mine) if mine else None)
+    assert result == {"class_n": expected_n, "class_acc": expected_acc, "worst_class_acc": 0.0}
+    assert expected_acc == [100.0, 100 / 3, 0.0, None]
 
 
 # ---------------------------------------------------------------- the commands, in-process on the digits
@@ -251,8 +269,8 @@ def test_evaluate_command_writes_the_documented_keys(finished):
     result = json.loads(out.read_text())
     documented = {"run", "role", "dataset", "model", "temperature", "soft_weight", "seed", "teacher_run",
                   "teacher_model", "n", "test_acc", "test_acc_metrics", "agreement", "kl_to_teacher", "ece",
-                  "ece_bins", "nll", "max_logit", "logit_norm", "seconds", "device", "precision", "runtime", "slurm",
-                  "run_hash", "model_digest", "teacher_run_hash"}
+                  "ece_bins", "nll", "max_logit", "logit_norm", "class_n", "class_acc", "worst_class_acc", "seconds",
+                  "device", "precision", "runtime", "slurm", "run_hash", "model_digest", "teacher_run_hash"}
     assert set(result) == documented
     for key in documented:
         assert f"  {key}" in evaluation.__doc__ or f", {key}" in evaluation.__doc__, key
@@ -314,7 +332,8 @@ def test_attack_command_runs_pgd_with_the_config_parameters(finished, capsys):
         results[attack] = json.loads(out.read_text())
     assert results["fgsm"]["attack"] == "fgsm" and results["fgsm"]["params"] == {}
     assert results["pgd"]["attack"] == "pgd"
-    assert results["pgd"]["params"] == {"steps": 3, "relative_step_size": 0.25, "random_start": True, "seed": 0}
+    assert results["pgd"]["params"] == {"loss": "ce", "steps": 3, "relative_step_size": 0.25, "random_start": True,
+                                        "restarts": 1, "seed": 0}
     assert results["pgd"]["clean_acc"] == results["fgsm"]["clean_acc"]
     assert results["pgd"]["clean_acc"] == json.loads((runs["kd"] / "metrics.json").read_text())["test_acc"]
     assert "PGD eps=0.1" in capsys.readouterr().out
@@ -322,3 +341,45 @@ def test_attack_command_runs_pgd_with_the_config_parameters(finished, capsys):
         main(configs, "attack", "--run", runs["kd"], "--attack", "pgd", "--epsilon", 0.1,
              "--out", folder / "off.json", "attacks.pgd=null")
     assert "switched off" in capsys.readouterr().err
+
+
+def test_the_attack_job_of_a_run_writes_every_attack_its_worst_case_and_its_masking_checks(finished, capsys):
+    """`attack --out-dir` (the workflow's one job per run), cheap settings: every attack's file and the worst case's
+    per epsilon, the masking record last. The worst case is the AND of its attacks' masks image by image; FGSM
+    on every test image keeps the run's test accuracy as its clean accuracy (the same computation on the CPU);
+    the subset is the same images in every file."""
+    from kdsweep.records import AttackResult, Masking
+
+    folder, configs, runs, _ = finished
+    out, masking = folder / "suite" / "kd", folder / "suite" / "masking.json"
+    settings = ["epsilons=[0.05, 0.1]", "attacks.apgd_ce.steps=3", "attacks.apgd_dlr.steps=3", "attacks.apgd_t={steps: 3, targets: 2, seed: 0}",
+                "attacks.square.queries=5", "robustness.subset.size=25"]
+    main(configs, "attack", "--run", runs["kd"], "--out-dir", out, "--masking", masking, "--teacher", runs["teacher"],
+         *settings)
+    names = ["fgsm", "pgd", "apgd_ce", "apgd_dlr", "apgd_t", "square", "worst"]
+    assert sorted(path.name for path in out.iterdir()) == sorted(f"{n}_eps{e}.json" for n in names for e in (0.05, 0.1))
+    metrics = json.loads((runs["kd"] / "metrics.json").read_text())
+    for epsilon in (0.05, 0.1):
+        results = {name: AttackResult.read(out / f"{name}_eps{epsilon}.json") for name in names}
+        assert results["fgsm"].clean_acc == metrics["test_acc"] and results["fgsm"].n == 40
+        assert results["fgsm"].subset is None and results["fgsm"].precision == "fp32"
+        subset = results["worst"].mask("examples")
+        assert subset.sum() == 25 and results["worst"].subset == {"size": 25, "seed": 0}
+        assert all(np.array_equal(results[name].mask("examples"), subset) for name in ("apgd_t", "square", "worst"))
+        members = [results[name].mask() for name in ("apgd_ce", "apgd_dlr", "apgd_t", "square")]
+        assert np.array_equal(results["worst"].mask(), np.logical_and.reduce(members) & subset)
+        assert results["worst"].params == {"attacks": ["apgd_ce", "apgd_dlr", "apgd_t", "square"]}
+        assert results["worst"].adv_acc == 100 * results["worst"].mask().sum() / 25
+        assert sum(results["worst"].class_n) == 25 and results["worst"].run_hash == "hash-kd"
+    record = Masking.read(masking)
+    assert [(t.source, t.epsilon) for t in record.transfer] == [("teacher", 0.05), ("teacher", 0.1)]
+    assert record.transfer[0].source_hash == "hash-teacher" and record.transfer[0].n == 25
+    assert set(record.large_epsilon["accuracy"]) == {"pgd"} and record.large_epsilon["epsilon"] == 0.5
+    checks = {check.check for check in record.checks}
+    assert checks == {"rises_with_epsilon", "iterative_above_single_step", "headline_above_reference",
+                      "white_box_above_transfer", "gradient_free_beats_gradient", "large_epsilon"}
+    assert record.suspected == (not all(check.passed for check in record.checks))
+    assert "masking checks" in capsys.readouterr().out
+    with pytest.raises(SystemExit):  # one form or the other
+        main(configs, "attack", "--run", runs["kd"], "--out-dir", out, "--epsilon", 0.1)
+    assert "not --attack, --epsilon or --out" in capsys.readouterr().err

@@ -278,6 +278,18 @@ def test_the_grid_plans_as_before():
     assert plan.rungs == []
 
 
+def test_teacher_free_points_never_reach_a_rung():
+    """A halving study whose grid holds w = 0 at every temperature (4 of its 8 points): those points are the
+    baseline and train nowhere (kdsweep.plan), so no rung's packs hold one, halving.decide never sees one, and
+    every point a rung can keep is distilled; the confirmation's candidates too."""
+    plan = _plan("temperatures=[1, 2, 4, 8]", "soft_weights=[0.0, 0.9]")
+    for stage in range(len(plan.rungs) + 1):
+        runs = [run for pack in plan.stage_packs("mobilenet_v3_small", stage) for run in pack.runs]
+        assert len(runs) == 4 * len(plan.seeds) and all(run.needs_teacher for run in runs), stage
+    assert sorted(plan.teacher_free["kd"].values()) == ["baseline"] * 4
+    assert [dict(point)["soft_weight"] for point in plan.candidates("mobilenet_v3_small", "kd")] == [0.9] * 4
+
+
 @pytest.mark.parametrize("rungs, message", [
     ("[2, 2]", r"halving.rungs \[2, 2\] do not increase"),
     ("[3, 1]", r"halving.rungs \[3, 1\] do not increase"),
@@ -433,9 +445,11 @@ def test_remade_rung_records_decide_the_same_and_shorter_rungs_table_every_finis
     work = copy_of(halving_finished, tmp_path / "work")
     results = work / "results" / "halving-tiny"
     before = _decisions(results)
-    measured = {path: path.stat().st_mtime_ns for folder in ("attacks", "evaluation")
+    measured = {path: path.stat().st_mtime_ns for folder in ("attacks", "masking", "evaluation")
                 for path in (results / folder).rglob("*.json")}
-    assert len(measured) == 10  # teacher, 2 baselines, 1 finalist x 2 seeds: an evaluation and FGSM each
+    # teacher, 2 baselines, 1 finalist x 2 seeds: an evaluation and an attack job's FGSM, worst case and masking
+    # record each
+    assert len(measured) == 20
     first = [f"results/halving-tiny/packs/mobilenet_v3_small_seed{seed}_pack1_rung1.json" for seed in (0, 1)]
     result = snakemake(work, "--cores", "2", "--show-failed-logs", "--forcerun", *first, configfiles=[HALVING])
     counts = job_counts(result.stdout + result.stderr)

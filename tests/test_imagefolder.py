@@ -170,19 +170,21 @@ def test_an_imagefolder_study_runs_from_snakemake_to_its_tables_and_report(tmp_p
     by snakemake as the README runs a study: every table and the report."""
     write_tree(tmp_path / "data" / "images", classes=3, train=8, test=3)
     study = [ROOT / "studies" / "imagefolder.yaml"]
-    # one distilled point (the study's two are one pack): a teacher, a baseline and a kd run
-    snakemake(tmp_path, "--cores", "2", "--config", "soft_weights=[0.9]", configfiles=study)
+    # one distilled point (the study's two are one pack): a teacher, a baseline and a kd run; confirmation off
+    # (config.yaml confirms on fresh seeds by default): this test is of the data
+    overrides = ("soft_weights=[0.9]", "confirm={seeds: []}")
+    snakemake(tmp_path, "--cores", "2", "--config", *overrides, configfiles=study)
     results = tmp_path / "results" / "imagefolder"
     import pandas as pd
 
     runs = pd.read_csv(results / "tables" / "runs.csv")
     assert sorted(runs["role"]) == ["baseline", "kd", "teacher"] and set(runs["dataset"]) == {"imagefolder"}
     assert runs["test_acc"].notna().all() and runs["agreement"].notna().all()
-    assert len(pd.read_csv(results / "tables" / "robustness.csv")) == 3
+    robustness = pd.read_csv(results / "tables" / "robustness.csv")  # each run: FGSM, APGD-DLR, their worst case
+    assert sorted(robustness["attack"]) == sorted(["fgsm", "apgd_dlr", "worst"] * 3)
     stats = json.loads((results / "data" / "stats.json").read_text())
     assert [entry["file"] for entry in stats["skipped"]] == ["train/class1/damaged.jpg"]
     metrics = json.loads((results / "runs" / "kd" / "mobilenet_v3_small_T4_soft0.9_seed0" / "metrics.json").read_text())
     assert metrics["config"]["dataset"]["skipped"] == 1 and metrics["config"]["imagefolder"]["train_crop"] == 32
-    snakemake(tmp_path, "--report", "results/imagefolder/report.html", "--config", "soft_weights=[0.9]",
-              configfiles=study)
+    snakemake(tmp_path, "--report", "results/imagefolder/report.html", "--config", *overrides, configfiles=study)
     assert (results / "report.html").stat().st_size > 0

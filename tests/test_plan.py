@@ -18,6 +18,7 @@ from conftest import kd_run
 from kdsweep import layout as layout_module
 from kdsweep.commands import JOB_SLICES, MACHINE_LOCAL, Commands, job_slice
 from kdsweep.layout import Layout
+from kdsweep.methods import METHODS
 from kdsweep.plan import Pack, Plan, Run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,25 +32,106 @@ def commands(plan):
     return Commands(plan, Layout(plan))
 
 
+TEMPERATURES = (1, 2, 4, 6, 8, 10, 15, 20)
+
+
 def test_the_reference_study():
     plan = study()
     assert plan.teacher == Run("teacher", "resnet50", 0)
     assert plan.baselines() == [Run("baseline", "resnet18", 0), Run("baseline", "mobilenet_v3_small", 0)]
     runs = plan.fixed_runs()
-    assert Counter(run.role for run in runs) == {"teacher": 1, "baseline": 2, "kd": 2 * 8 * 7}
-    assert len(set(runs)) == len(runs) == 115
+    # w = 0 is the baseline at every T: 8 temperatures x the 6 soft weights above 0 per student; the
+    # confirmation (on by default, 3 fresh seeds) adds its baselines
+    assert Counter(run.role for run in runs) == {"teacher": 1, "baseline": 2, "kd": 2 * 8 * 6, "confirm": 2 * 3}
+    assert len(set(runs)) == len(runs) == 105
     kd = [run for run in runs if run.role == "kd"]
     assert {(run.temperature, run.soft_weight) for run in kd if run.model == "resnet18"} == {
-        (t, w) for t in (1, 2, 4, 6, 8, 10, 15, 20) for w in (0.0, 0.1, 0.3, 0.5, 0.7, 0.9, 1.0)}
-    # one pack per point, named after it; every distilled run in exactly one pack
-    assert len(plan.packs) == 112 and all(len(pack.runs) == 1 for pack in plan.packs)
-    assert {pack.name for pack in plan.packs} == {run.name for run in kd}
-    # files: 115 runs x (evaluation + 2 attacks x 3 epsilons) + 112 pack records + 3 train records
+        (t, w) for t in TEMPERATURES for w in (0.1, 0.3, 0.5, 0.7, 0.9, 1.0)}
+    # the grid's 8 teacher-free points (w = 0), each the baseline
+    assert plan.teacher_free == {"kd": {kd_run("kd", "m", 0, t, 0.0).hparams: "baseline" for t in TEMPERATURES}}
+    assert all(run.needs_teacher for pack in plan.packs for run in pack.runs)
+    # one sweep pack per point, named after it; every distilled run in exactly one pack
+    sweep = [pack for pack in plan.packs if pack.role == "kd"]
+    assert len(sweep) == 96 and all(len(pack.runs) == 1 for pack in plan.packs)
+    assert {pack.name for pack in sweep} == {run.name for run in kd}
+    # files: 105 runs x (evaluation + masking record + (6 attacks + their worst case) x 3 epsilons) + 96 pack
+    # records + 9 train records (teacher, 2 baselines, 6 confirmation baselines)
     outputs = Layout(plan).outputs(runs)
-    assert len(outputs) == len(set(outputs)) == 115 * 7 + 112 + 3
+    assert len(outputs) == len(set(outputs)) == 105 * (2 + 7 * 3) + 96 + 9
     assert "results/cifar10-reference/packs/resnet18_T4_soft0.9_seed0.json" in outputs
     assert "results/cifar10-reference/attacks/kd/resnet18_T4_soft0.9_seed0/pgd_eps0.05.json" in outputs
+    assert not [path for path in outputs if "_soft0_" in path]
     assert Layout(plan).finished(plan.teacher) == ["results/cifar10-reference/trained/teacher/resnet50_seed0.json"]
+
+
+def test_no_teacher_free_point_trains_twice():
+    """Every method's points that use no teacher: those whose loss is the baseline's (kd w = 0, dkd alpha = beta
+    = 0, ctkd w = 0, lskd soft_weight 0 at hard_weight 1) train nowhere; lskd's at hard_weight 0.5, whatever T,
+    are one run per student and seed (the grid's first). The points that use the teacher all train."""
+    plan = study("soft_weights=[0.0, 0.9]", "temperatures=[2, 4]", "seeds=[0,1]",
+                 "methods={kd: {}, dkd: {alpha: [0, 1], beta: [0, 8], temperature: [2, 4]}, "
+                 "lskd: {temperature: [2, 3], hard_weight: [0.5, 1], soft_weight: [0, 9]}, ctkd: {soft_weight: [0, 0.9]}}")
+    trained = Counter((run.method, run.hparams) for pack in plan.packs if pack.role != "confirm" for run in pack.runs)
+    assert set(trained.values()) == {4}  # each point once per student (2) and seed (2)
+    points = {method: [dict(hparams) for m, hparams in trained if m == method] for method in plan.methods}
+    assert [(p["temperature"], p["soft_weight"]) for p in points["kd"]] == [(2, 0.9), (4, 0.9)]
+    assert len(points["dkd"]) == 2 * 2 * 2 - 2 and all(p["alpha"] or p["beta"] for p in points["dkd"])
+    assert [p["soft_weight"] for p in points["ctkd"]] == [0.9]
+    lskd = [(p["temperature"], p["hard_weight"], p["soft_weight"]) for p in points["lskd"]]
+    assert lskd == [(2, 0.5, 0), (2, 0.5, 9), (2, 1, 9), (3, 0.5, 9), (3, 1, 9)]
+    free = plan.teacher_free
+    shared = next(hparams for hparams in free["lskd"] if dict(hparams)["hard_weight"] == 0.5)
+    assert {dict(h)["temperature"]: target for h, target in free["lskd"].items() if dict(h)["hard_weight"] == 0.5} == {
+        2: shared, 3: shared}
+    assert [target for h, target in free["lskd"].items() if dict(h)["hard_weight"] == 1] == ["baseline", "baseline"]
+    assert len(free["kd"]) == 2 and len(free["dkd"]) == 2 and len(free["ctkd"]) == 1
+    assert all(target == "baseline" for method in ("kd", "dkd", "ctkd") for target in free[method].values())
+    # the confirmation chooses among the distilled points only
+    assert all(METHODS[method].needs_teacher(dict(h)) for method in plan.methods
+               for h in plan.candidates("resnet18", method))
+
+
+def test_equal_budgets_give_every_method_the_smallest_grids_count_by_a_seeded_subsample():
+    methods = [str(ROOT / "config.yaml"), str(ROOT / "studies" / "methods.yaml")]
+    unequal = Plan(load_config(methods))
+    assert {name: len(points) for name, points in unequal.points.items()} == {"kd": 48, "dkd": 8, "lskd": 4, "ctkd": 4}
+    equal = Plan(load_config(methods, ["budget.equal=true"]))
+    assert {name: len(points) for name, points in equal.points.items()} == {"kd": 4, "dkd": 4, "lskd": 4, "ctkd": 4}
+    for name, points in equal.points.items():
+        grid = unequal.points[name]
+        assert [point for point in grid if point in points] == points  # a subset, in the grid's order
+    # the same points for every student and seed, and on every call
+    assert Plan(load_config(methods, ["budget.equal=true"])).points == equal.points
+    for student in equal.students:
+        assert [run.hparams for run in equal.method_grid("dkd", [student]) if run.seed == 0] == equal.points["dkd"]
+    # the seed draws another subsample (of kd's 48 points, 4 again)
+    other = Plan(load_config(methods, ["budget.equal=true", "budget.seed=1"]))
+    assert len(other.points["kd"]) == 4 and other.points["kd"] != equal.points["kd"]
+    assert plan_module.subsample("kd", unequal.points["kd"], 4, 0) == equal.points["kd"]
+    with pytest.raises(KdsweepError, match="budget.equal subsamples each method's grid, but sweep: staged"):
+        Plan(load_config(methods, ["budget.equal=true", "sweep=staged"]))
+
+
+def test_equal_budgets_count_distilled_points_only_and_refuse_a_method_with_none():
+    """budget.equal counts the points that use the teacher: a shared teacher-free run (lskd at hard weight 0.1,
+    soft weight 0) is no candidate, so it neither counts as one of lskd's points nor shrinks kd's, and still
+    trains beside them. A method whose grid holds no distilled point is refused, not given every method's
+    budget of none."""
+    plan = study("budget.equal=true", "budget.seed=3", "confirm.seeds=[]",
+                 "methods={kd: {}, lskd: {temperature: [2, 3], hard_weight: [0.1], soft_weight: [0, 9]}}")
+    distilled = {name: [p for p in points if METHODS[name].needs_teacher(dict(p))] for name, points in plan.points.items()}
+    assert {name: len(points) for name, points in distilled.items()} == {"kd": 2, "lskd": 2}
+    shared = [p for p in plan.points["lskd"] if not METHODS["lskd"].needs_teacher(dict(p))]
+    assert [(dict(p)["temperature"], dict(p)["soft_weight"]) for p in shared] == [(2, 0)]
+    trained = Counter(run.method for pack in plan.packs for run in pack.runs if run.seed == 0 and run.model == "resnet18")
+    assert trained == {"kd": 2, "lskd": 3}  # lskd's 2 distilled points and its one teacher-free run
+    for soft_weights, methods in (("[0.0]", "{kd: {}, dkd: {beta: [1, 8]}}"),
+                                  ("[0.9]", "{kd: {}, lskd: {hard_weight: [0.1], soft_weight: [0]}}")):
+        bare = "kd" if soft_weights == "[0.0]" else "lskd"
+        with pytest.raises(KdsweepError, match=f"budget.equal .* but {bare}'s grid has no point that uses the teacher"
+                                               f".*give {bare} a point that uses the teacher, or leave it out"):
+            study(f"soft_weights={soft_weights}", "confirm.seeds=[]", "budget.equal=true", f"methods={methods}")
+        assert study(f"soft_weights={soft_weights}", "confirm.seeds=[]", f"methods={methods}")  # without it, planned
 
 
 def test_names_and_folders():
@@ -96,7 +178,7 @@ def test_every_file_pattern_is_filled_by_the_plan_for_a_run():
     runs = packed.sweep("resnet18")
     files = Layout(packed)
     assert files.finished_files(runs) == list(dict.fromkeys(files.pack_record(packed.pack_of(run)) for run in runs))
-    assert len(files.finished_files(runs)) == 7  # 56 points in packs of 8
+    assert len(files.finished_files(runs)) == 6  # 48 points (the grid's 56 but w = 0) in packs of 8
     for kind in layout_module.FILES:
         assert "{" not in Layout(plan).file(kind, trained="t", model="m", seed=0, pack="p", student="s", role="r", choice="c",
                                     run="n", attack="a", eps="0.1", rung=4), kind
@@ -104,16 +186,16 @@ def test_every_file_pattern_is_filled_by_the_plan_for_a_run():
 
 @pytest.mark.parametrize("pack_size", [1, 3, 8])
 def test_packs_cover_every_point_once_within_one_student_and_seed(pack_size):
-    plan = study(f"runtime.pack_size={pack_size}", "seeds=[0,1]")
+    plan = study(f"runtime.pack_size={pack_size}", "seeds=[0,1]", "confirm.seeds=[]")
     kd = [run for run in plan.fixed_runs() if run.role == "kd"]
     packed = [run for pack in plan.packs for run in pack.runs]
-    assert sorted(packed, key=str) == sorted(kd, key=str) and len(set(packed)) == len(packed) == 224
+    assert sorted(packed, key=str) == sorted(kd, key=str) and len(set(packed)) == len(packed) == 2 * 2 * 48
     for pack in plan.packs:
         assert 1 <= len(pack.runs) <= pack_size
         assert {(run.model, run.seed) for run in pack.runs} == {(pack.student, pack.seed)}
         assert all(plan.pack_of(run) is pack for run in pack.runs)
-    # per student and seed: ceil(56 / pack_size) packs
-    assert len(plan.packs) == 2 * 2 * -(-56 // pack_size)
+    # per student and seed: ceil(48 / pack_size) packs (the grid's 56 points but w = 0)
+    assert len(plan.packs) == 2 * 2 * -(-48 // pack_size)
     if pack_size > 1:
         assert plan.packs[0].name == "resnet18_seed0_pack1"
     names = [pack.name for pack in plan.packs]
@@ -142,10 +224,10 @@ def test_packs_trained_before_keep_their_runs_whatever_the_pack_size_and_new_run
     new packs, written in any order, change none of its packs."""
     results = tmp_path / "results" / "cifar10-reference"
     search = ["sweep=halving"] if halving else []
-    before = study("runtime.pack_size=8", "students=[resnet18]", *search)
+    before = study("runtime.pack_size=8", "students=[resnet18]", "confirm.seeds=[]", *search)
     trained = [pack for pack in before.packs if pack.stage in (None, 0)][:3]
     _record_packs(trained, results)
-    config = load_config([str(ROOT / "config.yaml")], ["runtime.pack_size=3", "students=[resnet18]",
+    config = load_config([str(ROOT / "config.yaml")], ["runtime.pack_size=3", "students=[resnet18]", "confirm.seeds=[]",
                                                        "temperatures=[1, 2, 3, 4, 6, 8, 10, 15, 20]", *search])
     after = Plan(config, plan_module.recorded_packs(results))
     first = [pack for pack in after.packs if pack.stage in (None, 0)]
@@ -191,8 +273,8 @@ def test_a_study_files_spelling_is_no_change_of_any_jobs_params():
     spelled["training"]["lr_factor"] = 0.2
     spelled["temperatures"] = [float(t) for t in spelled["temperatures"]]
     respelled = Plan(spelled)
-    for kind, attack in (("stats", None), ("train", None), ("attack", "pgd"), ("evaluate", None)):
-        assert commands(respelled).job_config(kind, attack) == commands(plan).job_config(kind, attack)
+    for kind in ("stats", "train", "attack", "evaluate"):
+        assert commands(respelled).job_config(kind) == commands(plan).job_config(kind)
     assert commands(respelled).study_config() == commands(plan).study_config()
     assert commands(respelled).machine_local() == commands(plan).machine_local()
     assert [commands(respelled).pack_points(pack) for pack in respelled.packs] == [
@@ -206,7 +288,8 @@ def test_a_study_files_spelling_is_no_change_of_any_jobs_params():
 
 
 def test_a_pack_command_line_gives_the_exact_numbers():
-    plan = study("runtime.pack_size=2", "temperatures=[2.5]", "soft_weights=[0.3, 0.9]", "students=[resnet18]")
+    plan = study("runtime.pack_size=2", "temperatures=[2.5]", "soft_weights=[0.3, 0.9]", "students=[resnet18]",
+                 "confirm.seeds=[]")
     (pack,) = plan.packs
     args = shlex.split(commands(plan).pack_points(pack))
     assert args == ["--temperature", "2.5", "--soft-weight", "0.3", "--out",
@@ -222,7 +305,8 @@ def test_the_staged_sweep():
     assert {(run.model, run.soft_weight) for run in stage_one} == {("resnet18", 0.9), ("mobilenet_v3_small", 0.9)}
     assert sorted(run.temperature for run in plan.temperature_sweep("resnet18")) == [1, 2, 4, 6, 8, 10, 15, 20]
     stage_two = plan.soft_weight_sweep("resnet18", 4)
-    assert [(run.temperature, run.soft_weight) for run in stage_two] == [(4, w) for w in (0, .1, .3, .5, .7, .9, 1)]
+    # w = 0 is the baseline: stage 2 trains the soft weights above it
+    assert [(run.temperature, run.soft_weight) for run in stage_two] == [(4, w) for w in (.1, .3, .5, .7, .9, 1)]
     # every stage-2 candidate has a pack; the point stage 1 trained already (T=4, w=0.9) stays in stage 1's
     assert all(plan.pack_of(run) for run in stage_two)
     assert plan.pack_of(kd_run("kd", "resnet18", 0, 4, 0.9)) in [plan.pack_of(r) for r in plan.temperature_sweep("resnet18")]
@@ -234,7 +318,7 @@ def test_the_staged_sweep():
 
 def test_several_seeds_multiply_the_student_runs_not_the_teacher():
     plan = study("seeds=[0,1,2]")
-    assert Counter(run.role for run in plan.fixed_runs()) == {"teacher": 1, "baseline": 6, "kd": 336}
+    assert Counter(run.role for run in plan.fixed_runs()) == {"teacher": 1, "baseline": 6, "kd": 288, "confirm": 6}
 
 
 def test_number_spellings_find_the_config_numbers_and_refuse_collisions():
@@ -259,12 +343,10 @@ def test_a_job_reads_exactly_its_slice_and_a_runs_identity_is_what_changes_its_r
     data = {key: config["dataset"][key] for key in ("name", "subset", "val_fraction", "split_seed")}
     assert job_slice(config, "train") == {"dataset": data, "training": config["training"],
                                           "augmentation": config["augmentation"]}
-    # an attack or evaluation also carries what its model was trained with (its rerun trigger: its run's
-    # record is an ancient() input)
-    trained = {"dataset": data, "training": config["training"], "augmentation": config["augmentation"],
-               "teacher": config["teacher"]}
-    assert job_slice(config, "attack", "pgd") == {**trained, "attacks": {"pgd": config["attacks"]["pgd"]}}
-    assert job_slice(config, "evaluate") == {**trained, "evaluation": config["evaluation"]}
+    # one attack job per run runs the whole suite (kdsweep.attacks.job): every attack, epsilon and the headline's rules
+    assert job_slice(config, "attack") == {"dataset": data, "training": {"eval_batch_size": 1000},
+                                           "epsilons": config["epsilons"], "attacks": config["attacks"],
+                                           "robustness": config["robustness"]}
     assert set(JOB_SLICES) == {"stats", "train", "attack", "evaluate"}
     # the command line of a job sets exactly its slice: read back, it is the slice again
     plan = Plan(config)
@@ -323,7 +405,8 @@ def test_confirmation_without_a_distilled_point_is_refused_before_any_job():
         Plan(config)
     staged = load_config([str(ROOT / "config.yaml"), str(ROOT / "studies" / "demo.yaml")],
                          ["soft_weights=[0.0]", "sweep=staged", "staged.soft_weight=0.0"])
-    with pytest.raises(KdsweepError, match="no distilled point"):
+    with pytest.raises(KdsweepError, match="staged.soft_weight is 0: at w = 0 every temperature trains the "
+                                           "hard-target baseline"):
         Plan(staged)
     Plan(load_config([str(ROOT / "config.yaml"), str(ROOT / "studies" / "demo.yaml")],
                      ["soft_weights=[0.0]", "confirm.seeds=[]"]))  # without confirmation: a valid study

@@ -24,8 +24,9 @@ def test_figure_names():
     names = plots.figure_names(["resnet18"])
     assert names == ["temperature.png", "temperature.pdf", "fidelity.png", "fidelity.pdf", "pairs.png", "pairs.pdf",
                      "soft_weight_resnet18.png", "soft_weight_resnet18.pdf", "grid_resnet18.png", "grid_resnet18.pdf",
-                     "robustness_resnet18.png", "robustness_resnet18.pdf"]
-    assert len(plots.figure_names(["a", "b"])) == 3 * 2 + 2 * 3 * 2
+                     "robustness_resnet18.png", "robustness_resnet18.pdf", "per_class_resnet18.png",
+                     "per_class_resnet18.pdf"]
+    assert len(plots.figure_names(["a", "b"])) == 3 * 2 + 2 * 4 * 2
 
 
 @pytest.mark.parametrize("seeds", [(0,), (0, 1, 2)], ids=["1seed", "3seeds"])

@@ -155,26 +155,33 @@ def test_ctrl_c_stops_training_like_sigterm_and_the_run_resumes(tiny_study, tmp_
 
 
 def test_attacks_and_the_evaluate_job_measure_in_the_runs_arithmetic(job):
-    """The test accuracy of the training job, the clean accuracy of FGSM and PGD and the evaluate
-    job's accuracy: one arithmetic (autocast, layout, kernels) over the same weights and images,
-    so exactly equal; and each JSON records that arithmetic."""
+    """The test accuracy of the training job and the evaluate job's accuracy: one arithmetic (autocast, layout,
+    kernels) over the same weights and images, so exactly equal; and each JSON records that arithmetic. The
+    attacks compute in float32 whatever runtime.precision says (kdsweep.attacks): their clean accuracy is the
+    evaluate job's under runtime.precision=fp32 in the same layout, exactly, and their record says fp32."""
     folder, config, arithmetic, teacher = job
     run = folder / "attacked"
     kdsweep(*distill_args(job, run, "training.max_epochs=1"), cwd=folder)
     metrics = read(run / "metrics.json")
-    for attack in ("fgsm", "pgd"):
-        out = folder / f"{attack}.json"
-        kdsweep("attack", *config, "--run", run, "--attack", attack, "--epsilon", 0.1, "--out", out, *arithmetic,
-                cwd=folder)
-        result = read(out)
-        assert result["clean_acc"] == metrics["test_acc"], attack
-        assert result["runtime"] == metrics["runtime"] and result["precision"] == metrics["precision"]
     out = folder / "evaluation.json"
     evaluated = kdsweep("evaluate", *config, "--run", run, "--teacher", teacher, "--out", out, *arithmetic,
                         cwd=folder)
     result = read(out)
     assert result["test_acc"] == result["test_acc_metrics"] == metrics["test_acc"]
     assert result["runtime"] == metrics["runtime"] and "warning" not in evaluated.stderr
+    fp32 = folder / "evaluation-fp32.json"
+    kdsweep("evaluate", *config, "--run", run, "--teacher", teacher, "--out", fp32, *arithmetic,
+            "runtime.precision=fp32", cwd=folder)
+    for attack in ("fgsm", "pgd"):
+        out = folder / f"{attack}.json"
+        kdsweep("attack", *config, "--run", run, "--attack", attack, "--epsilon", 0.1, "--out", out, *arithmetic,
+                cwd=folder)
+        result = read(out)
+        assert result["clean_acc"] == read(fp32)["test_acc"], attack
+        expected = "tf32" if metrics["runtime"]["precision"] == "tf32" else "fp32"
+        assert result["precision"] == result["runtime"]["precision"] == expected
+        assert {k: v for k, v in result["runtime"].items() if k != "precision"} == {
+            k: v for k, v in metrics["runtime"].items() if k != "precision"}
 
 
 def test_attack_and_evaluate_jobs_never_compile(job):

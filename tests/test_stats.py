@@ -6,13 +6,15 @@ quality control), on constructed values; comparisons use pytest.approx.
 
 import math
 
+import numpy as np
 import pandas as pd
 import pytest
 from scipy import stats as scipy_stats
 
 from fake_runs import write_run
-from kdsweep.stats import expected_range, interval, paired_differences, paired_gain, t_quantile
+from kdsweep.stats import adjust, expected_range, holm, interval, paired_differences, paired_gain, t_quantile
 from kdsweep.tables import write_tables
+from kdsweep.tables.markdown import gain_cells, yes_no
 
 T_975 = {2: 12.706204736174707, 3: 4.302652729911275, 4: 3.182446305284263}  # t(0.975, n - 1), t tables
 
@@ -69,6 +71,84 @@ def test_missing_values_are_not_pairs_and_a_seed_twice_is_refused():
     assert got["n"] == 2 and got["seeds"] == [0, 2]
     with pytest.raises(ValueError, match="seed"):
         paired_differences(pd.Series([1.0, 2.0], index=[0, 0]), {0: 1.0})
+
+
+def test_the_p_value_is_the_paired_t_tests():
+    """p of paired_gain is scipy's one-sample t-test of the gains against 0 (the paired t-test, ttest_rel of the
+    two sides), below 0.05 exactly where the 95% interval excludes 0."""
+    kd, hard = {0: 91.0, 1: 92.5, 2: 90.0, 3: 93.0}, {0: 90.0, 1: 90.0, 2: 89.5, 3: 90.5}
+    got = paired_gain(kd, hard)
+    assert got["p"] == pytest.approx(scipy_stats.ttest_rel(list(kd.values()), list(hard.values())).pvalue, rel=1e-12)
+    assert got["p"] == pytest.approx(scipy_stats.ttest_1samp([1.0, 2.5, 0.5, 2.5], 0.0).pvalue, rel=1e-12)
+    assert (got["p"] < 0.05) == got["excludes_zero"]
+    wide = paired_gain({0: 91.0, 1: 89.0, 2: 92.0}, {0: 90.0, 1: 90.0, 2: 90.0})
+    assert wide["p"] > 0.05 and not wide["excludes_zero"]
+    assert paired_gain({0: 92.0, 1: 92.0}, {0: 90.0, 1: 90.0})["p"] == 0.0  # equal gains of 2: the interval [2, 2]
+    assert math.isnan(paired_gain({0: 92.0}, {0: 90.0})["p"])  # one pair: no test
+
+
+def holm_by_hand(pvalues):
+    """Holm (1979) as the procedure reads: test the smallest p at 0.05 / m, the next at 0.05 / (m - 1), ... The
+    adjusted p of the i-th smallest (from 0) is max over j <= i of (m - j) p_(j), capped at 1."""
+    ranked = sorted((p, i) for i, p in enumerate(pvalues))
+    out = [0.0] * len(pvalues)
+    for rank, (_, i) in enumerate(ranked):
+        out[i] = min(1.0, max((len(pvalues) - j) * ranked[j][0] for j in range(rank + 1)))
+    return out
+
+
+def test_holm_against_the_procedure_written_out():
+    # a textbook family: 0.01, 0.04, 0.03, 0.005 -> 0.03, 0.06, 0.06, 0.02
+    assert holm([0.01, 0.04, 0.03, 0.005]).tolist() == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    generator = np.random.default_rng(3)
+    for m in (1, 2, 5, 20):
+        pvalues = generator.uniform(0, 0.2, m)
+        assert holm(pvalues).tolist() == pytest.approx(holm_by_hand(list(pvalues)))
+    # a NaN is no test: it stays NaN and m counts the others
+    got = holm([0.01, float("nan"), 0.02])
+    assert math.isnan(got[1]) and got[[0, 2]].tolist() == pytest.approx([0.02, 0.02])
+
+
+def test_a_family_gets_holm_p_values_and_bonferroni_intervals():
+    """Three comparisons with intervals and one without (one pair): m = 3. Each adjusted interval is the gain's
+    mean +- t(1 - 0.05 / (2 * 3), n - 1) sd / sqrt(n); the verdict is Holm's p < 0.05; a row without an
+    interval gets none."""
+    gains = [[2.0, 2.5, 3.0, 2.2], [0.5, -0.5, 1.0, 0.2], [1.0, 1.2, 0.9, 1.1], [4.0]]
+    rows = [{f"gain_{key}": value for key, value in paired_gain(dict(enumerate(g)), dict.fromkeys(range(len(g)), 0.0)).items()}
+            for g in gains]
+    table = adjust(pd.DataFrame(rows))
+    assert table["family_size"].eq(3).all()
+    p = [scipy_stats.ttest_1samp(g, 0.0).pvalue for g in gains[:3]]
+    assert table["gain_p_holm"].iloc[:3].tolist() == pytest.approx(holm_by_hand(p))
+    t = scipy_stats.t.ppf(1 - 0.05 / 6, 3)
+    for i, g in enumerate(gains[:3]):
+        half = t * np.std(g, ddof=1) / 2
+        assert (table["gain_low_adj"].iloc[i], table["gain_high_adj"].iloc[i]) == pytest.approx(
+            (np.mean(g) - half, np.mean(g) + half))
+        assert table["gain_excludes_zero_adj"].iloc[i] == (holm_by_hand(p)[i] < 0.05)
+        assert table["gain_high_adj"].iloc[i] - table["gain_low_adj"].iloc[i] > table["gain_high"].iloc[i] - table["gain_low"].iloc[i]
+    last = table.iloc[3]
+    assert last[["gain_p_holm", "gain_low_adj", "gain_high_adj"]].isna().all() and last["gain_excludes_zero_adj"] is None
+    # a Bonferroni interval that excludes 0 always comes with Holm's p < 0.05
+    for _, row in table.iloc[:3].iterrows():
+        if row["gain_low_adj"] > 0 or row["gain_high_adj"] < 0:
+            assert row["gain_p_holm"] < 0.05
+
+
+def test_markdown_verdicts_read_numpy_booleans():
+    """pandas hands a column of booleans back as numpy.bool_, and numpy.True_ is not True: the cells read any
+    truth value."""
+    assert np.True_ is not True and yes_no(np.True_) == "yes" and yes_no(np.False_) == "no"
+    assert yes_no(None) == "–" and yes_no(float("nan")) == "–" and yes_no(True) == "yes"
+    row = pd.Series({"gain_mean": np.float64(1.5), "gain_n": np.int64(3), "gain_low": np.float64(0.5),
+                     "gain_high": np.float64(2.5), "gain_excludes_zero": np.bool_(True), "gain_p": np.float64(0.01),
+                     "gain_low_adj": np.float64(0.1), "gain_high_adj": np.float64(2.9), "gain_p_holm": np.float64(0.03),
+                     "gain_excludes_zero_adj": np.bool_(True)})
+    assert gain_cells(row) == ["+1.50", "[+0.50, +2.50]", "[+0.10, +2.90]", "3", "0.010", "0.030", "yes"]
+    row["gain_excludes_zero_adj"] = np.bool_(False)
+    assert gain_cells(row)[-1] == "no"
+    from_csv = pd.DataFrame({"gain_excludes_zero_adj": [True, False]})["gain_excludes_zero_adj"]
+    assert [yes_no(value) for value in from_csv] == ["yes", "no"]
 
 
 def test_expected_range_is_the_d2_constant():

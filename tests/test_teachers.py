@@ -162,7 +162,9 @@ def test_a_checkpoint_teacher_without_fine_tuning_is_evaluated_not_trained(tmp_p
 
 
 def _plan(*overrides):
-    return Plan(load_config([ROOT / "config.yaml"], ["temperatures=[4]", "soft_weights=[0.9]", *overrides]))
+    # several teachers are swept without confirmation, which config.yaml has on by default
+    return Plan(load_config([ROOT / "config.yaml"], ["temperatures=[4]", "soft_weights=[0.9]", "confirm.seeds=[]",
+                                                    *overrides]))
 
 
 def test_one_teacher_keeps_every_name_and_a_second_teacher_adds_its_own():
@@ -250,7 +252,14 @@ def test_a_new_student_distils_from_a_checkpoint_teacher_and_a_second_teacher(ar
     assert first["config"]["run"]["teacher_config_hash"] == own["config_hash"]
     assert second["teacher"] == "mobilenet_v3_small" and first.get("teacher") is None
     pairs = pd.read_csv(results / "tables" / "pairs.csv")
-    assert sorted(pairs["teacher"]) == ["mobilenet_v3_small_seed1", "resnet18_own_seed0"]
+    # each teacher's pair by kd and by attention transfer (its taps across ResNet-18 or MobileNetV3 -> ShuffleNetV2)
+    assert sorted(zip(pairs["teacher"], pairs["method"])) == [
+        ("mobilenet_v3_small_seed1", "at"), ("mobilenet_v3_small_seed1", "kd"), ("resnet18_own_seed0", "at"),
+        ("resnet18_own_seed0", "kd")]
+    for run in ("at/shufflenet_v2_x0_5_at_b1000_p2_st3_seed0",
+                "at/shufflenet_v2_x0_5_from_mobilenet_v3_small_at_b1000_p2_st3_seed0"):
+        history = pd.read_csv(results / "runs" / run / "history.csv")
+        assert (history["train_at_loss"] > 0).all(), run
     assert set(pairs["model"]) == {"shufflenet_v2_x0_5"} and (pairs["parameters"] == 352_042).all()
     assert (pairs["teacher_images_per_second"] > 0).all()
     runs = pd.read_csv(results / "tables" / "runs.csv").set_index("run")
@@ -261,15 +270,15 @@ def test_a_new_student_distils_from_a_checkpoint_teacher_and_a_second_teacher(ar
         assert metrics["train_images"] == 360  # 400 digits less the 10% validation split
     # the first teacher's runs are the reference tables'; the second's are in pairs and runs.csv
     grid = pd.read_csv(results / "tables" / "grid.csv")
-    assert len(grid) == 1 and len(pd.read_csv(results / "tables" / "runs.csv")) == 5
+    assert len(grid) == 1 and len(pd.read_csv(results / "tables" / "runs.csv")) == 7
     for figure in ("pairs.png", "grid_shufflenet_v2_x0_5.png"):
         assert (results / "figures" / figure).stat().st_size > 1000
     status = run_kdsweep("status", results, cwd=architectures).stdout
     assert re.search(r"^teacher +resnet18 +1 +1 +0 +0 +0 +0$", status, re.M), status  # its provenance: this run
-    assert re.search(r"^all +5 +5 +0 +0 +0 +0$", status, re.M), status
+    assert re.search(r"^all +7 +7 +0 +0 +0 +0$", status, re.M), status
 
     # a new checkpoint file retrains its teacher and every run distilled from it, nothing else
     work = copy_of(architectures, tmp_path / "work")
     imagenet_resnet18(work / "teacher.pt", seed=1)
     counts = job_counts(snakemake(work, "--dry-run", configfiles=[STUDY]).stdout)
-    assert counts["train"] == 1 and counts["distill"] == 1
+    assert counts["train"] == 1 and counts["distill"] == 2  # its kd and at runs

@@ -5,6 +5,7 @@ one end-to-end run of tests/studies/tiny.yaml checks that the jobs, tables and f
 Nothing is written into the repository: every call uses --directory TMP.
 """
 
+import csv
 import json
 import re
 import shutil
@@ -13,6 +14,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from conftest import TINY_WORKFLOW, built_once, copy_of, job_counts, snakemake
 
@@ -59,72 +61,74 @@ def reference_study(tmp_path_factory):
 
 def test_grid_dry_run_has_every_job_of_the_reference_study(reference_study):
     counts, _ = reference_study
-    runs = 1 + 2 + 2 * 8 * 7  # teacher, baselines, students x temperatures x soft weights
+    # teacher, baselines, students x temperatures x soft weights above 0 (w = 0 is the baseline), and the
+    # confirmation's baselines (2 students x 3 fresh seeds; its distilled runs come after its checkpoints)
+    runs = 1 + 2 + 2 * 8 * 6 + 2 * 3
     assert counts["stats"] == 1
-    assert counts["train"] == 1 + 2  # the teacher and the baselines
-    assert counts["distill"] == 112
-    assert counts["attack"] == 2 * 3 * runs == 690  # every run x attack x epsilon
+    assert counts["train"] == 1 + 2 + 2 * 3  # the teacher and the baselines
+    assert counts["distill"] == 96
+    assert counts["attack"] == runs == 105  # one per run: every attack at every epsilon
     assert counts["evaluate"] == runs
     assert counts["tables"] == counts["figures"] == counts["all"] == 1
     assert counts["download"] == 1  # no CIFAR-10 files in the empty working directory
-    assert "best_temperature" not in counts
+    assert counts["best_point"] == 2 and "best_temperature" not in counts
 
 
 def test_seeds_multiply_the_student_runs(tmp_path):
     counts, _ = dry_run(tmp_path, "--config", "seeds=[0,1]")
-    assert counts["train"] == 1 + 2 * 2
-    assert counts["distill"] == 112 * 2
-    assert counts["attack"] == 2 * 3 * (1 + 4 + 224)
-    assert counts["evaluate"] == 1 + 4 + 224
+    assert counts["train"] == 1 + 2 * 2 + 2 * 3  # teacher, baselines, confirmation baselines (not multiplied)
+    assert counts["distill"] == 96 * 2
+    assert counts["attack"] == 1 + 4 + 192 + 6
+    assert counts["evaluate"] == 1 + 4 + 192 + 6
 
 
-def test_an_attack_switched_off_has_no_jobs(tmp_path):
+def test_an_attack_switched_off_has_no_result_files(tmp_path):
     counts, output = dry_run(tmp_path, "--config", "attacks={pgd: null}")
-    assert counts["attack"] == 345 and "pgd_eps" not in output
+    assert counts["attack"] == 105 and "pgd_eps" not in output and "apgd_t_eps0.01.json" in output
 
 
 def test_staged_sweep_runs_the_temperature_sweep_before_its_checkpoint(tmp_path):
     counts, _ = dry_run(tmp_path, "--config", "sweep=staged")
     assert counts["best_temperature"] == 2  # one checkpoint per student
     assert counts["distill"] == 2 * 8  # every temperature at staged.soft_weight, nothing else yet
-    assert counts["attack"] == 2 * 3 * (1 + 2 + 16)
-    assert counts["evaluate"] == 1 + 2 + 16
+    assert counts["attack"] == 1 + 2 + 16 + 6  # and the confirmation's 6 baselines
+    assert counts["evaluate"] == 1 + 2 + 16 + 6
     assert counts["tables"] == counts["figures"] == 1
 
 
 def test_evaluations_of_one_run_are_one_group_job(reference_study):
     _, output = reference_study
     found = groups(output)
-    assert len(found) == 115  # one submission per model run ...
-    for _, rules in found:  # ... holding both attacks at each epsilon and the evaluation
-        assert rules == Counter(attack=6, evaluate=1)
+    assert len(found) == 105  # one submission per model run ...
+    for _, rules in found:  # ... holding its attack job and its evaluation
+        assert rules == Counter(attack=1, evaluate=1)
     ids = {group for group, _ in found}
-    assert len(ids) == 115
+    assert len(ids) == 105 and not any("_soft0_" in group for group in ids)
     assert "eval_teacher_resnet50_seed0" in ids and "eval_kd_resnet18_T4_soft0.9_seed0" in ids
 
 
 def test_without_group_components_each_job_is_its_own_group(tmp_path):
     _, output = dry_run(tmp_path, "--workflow-profile", "none")
     found = groups(output)
-    assert len(found) == 690 + 115
+    assert len(found) == 105 + 105
     assert all(sum(rules.values()) == 1 for _, rules in found)
 
 
 def test_packed_grid_trains_pack_size_points_per_job(tmp_path):
     counts, output = dry_run(tmp_path, "--printshellcmds", "--config", "runtime={pack_size: 8}")
-    # 56 points per student and seed, 8 to a job, all jobs of rule distill
-    assert counts["distill"] == 14
-    assert counts["attack"] == 690 and counts["evaluate"] == 115  # one folder per point
+    # 48 points per student and seed (the grid's 56 but w = 0), 8 to a job, all jobs of rule distill
+    assert counts["distill"] == 12
+    assert counts["attack"] == 105 and counts["evaluate"] == 105  # one folder per point
     commands = [line for line in output.splitlines() if "kdsweep distill " in line]
-    assert len(commands) == 14
+    assert len(commands) == 12
     outs = [re.findall(r"--out (\S+)", line) for line in commands]
-    assert sorted(len(o) for o in outs) == [8] * 14
-    assert len({o for pack in outs for o in pack}) == 112  # every point in exactly one pack
+    assert sorted(len(o) for o in outs) == [8] * 12
+    assert len({o for pack in outs for o in pack}) == 96  # every point in exactly one pack
     for line in commands:  # one student and seed per pack
         assert line.count("--student ") == 1 and line.count("--seed ") == 1
     records = set(re.findall(r"--record (\S+/packs/\S+)", output))
     assert records == {f"results/cifar10-reference/packs/{s}_seed0_pack{i}.json"
-                       for s in ("mobilenet_v3_small", "resnet18") for i in range(1, 8)}
+                       for s in ("mobilenet_v3_small", "resnet18") for i in range(1, 7)}
 
 
 def test_packed_staged_sweep_packs_the_temperature_sweep(tmp_path):
@@ -166,13 +170,17 @@ def test_jobs_get_the_exact_config_numbers_and_the_config_slice(tmp_path):
     result = snakemake(tmp_path, "--dry-run", "--printshellcmds", "--forceall",
                        "--config", f"epsilons=[{eps!r}]", "temperatures=[2.5]", "soft_weights=[0.3]")
     out = result.stdout
-    assert "attacks/kd/resnet18_T2.5_soft0.3_seed0/fgsm_eps0.0313725.json" in out
-    assert "attacks/kd/resnet18_T2.5_soft0.3_seed0/pgd_eps0.0313725.json" in out
-    assert f"--epsilon {eps!r} " in out
-    pgd = next(line for line in out.splitlines() if " attack --attack pgd " in line)
-    fgsm = next(line for line in out.splitlines() if " attack --attack fgsm " in line)
-    assert "attacks.pgd.steps=10" in pgd and "attacks.pgd.random_start=true" in pgd
-    assert "attacks.pgd" not in fgsm and "'attacks.fgsm={}'" in fgsm
+    for name in ("fgsm", "pgd", "apgd_ce", "apgd_dlr", "apgd_t", "square", "worst"):
+        assert f"attacks/kd/resnet18_T2.5_soft0.3_seed0/{name}_eps0.0313725.json" in out, name
+    assert "masking/kd/resnet18_T2.5_soft0.3_seed0.json" in out
+    attack = next(line for line in out.splitlines() if " attack --run results/cifar10-reference/runs/kd/" in line)
+    assert f"'epsilons=[{eps!r}]'" in attack
+    assert "attacks.pgd.steps=10" in attack and "attacks.pgd.random_start=true" in attack and "'attacks.fgsm={}'" in attack
+    assert "attacks.apgd_t.targets=9" in attack and "robustness.subset.size=1000" in attack
+    assert "--teacher results/cifar10-reference/runs/teacher/resnet50_seed0" in attack
+    assert "--baseline results/cifar10-reference/runs/baseline/resnet18_seed0" in attack
+    teacher = next(line for line in out.splitlines() if " attack --run results/cifar10-reference/runs/teacher/" in line)
+    assert "--teacher" not in teacher and "--baseline" not in teacher
     # how runs are grouped into jobs, not what they compute: in no job's command (only the records of
     # the config, `kdsweep config`, hold it)
     commands = [line for line in out.splitlines() if line.startswith("Shell command: kdsweep ")]
@@ -223,17 +231,34 @@ def test_tiny_study_end_to_end(tiny):
     runs = found["runs.csv"]
     assert sorted(runs["role"]) == ["baseline", "kd", "kd", "teacher"]
     assert sorted(runs.loc[runs["role"] == "kd", "soft_weight"]) == [0.5, 0.9]
-    assert len(found["robustness.csv"]) == 4  # 4 runs x 1 epsilon x FGSM (PGD is off)
-    assert set(found["robustness.csv"]["attack"]) == {"fgsm"}
+    robustness = found["robustness.csv"]
+    # 4 runs x 1 epsilon x (FGSM, APGD-T, Square, their worst case; PGD is off); FGSM's transfer attacks from the
+    # teacher (the baseline's and both kd runs') and from the baseline (the kd runs')
+    assert len(robustness) == 4 * 4 + 3 + 2
+    assert set(robustness["attack"]) == {"fgsm", "apgd_t", "square", "worst", "transfer_teacher", "transfer_baseline"}
+    worst = robustness[robustness["attack"] == "worst"]
+    assert worst["n"].eq(40).all() and worst["subset_size"].eq(40).all() and worst["n_test"].eq(360).all()
+    assert (worst["adv_acc_low"] <= worst["adv_acc"]).all() and (worst["adv_acc"] <= worst["adv_acc_high"]).all()
+    fgsm = robustness[robustness["attack"] == "fgsm"]
+    assert fgsm["n"].eq(360).all() and fgsm["subset_size"].isna().all()
+    assert (fgsm.set_index("run")["clean_acc"] == runs.set_index("run").loc[fgsm["run"], "test_acc"]).all()
+    masking = pd.read_csv(results / "tables" / "masking.csv")
+    assert sorted(masking["run"].unique()) == sorted(runs["run"]) and masking["check"].nunique() >= 5
+    assert "Gradient masking" in (results / "tables" / "masking.md").read_text()
+    per_class = pd.read_csv(results / "tables" / "per_class.csv")
+    assert set(per_class["measure"]) == {"clean", "worst"} and "worst" in set(per_class["class"].astype(str))
+    assert runs["worst_class_acc"].notna().all()
+    for record in (results / "masking").glob("*/*.json"):
+        assert json.loads(record.read_text())["checks"]
     # every run's evaluation joined in: fidelity, calibration and logit scale (issue 6)
     for column in ("agreement", "kl_to_teacher", "ece", "nll", "max_logit", "logit_norm"):
         assert runs[column].notna().all(), column
     assert {"max_logit", "logit_norm"} <= set(found["robustness.csv"].columns)
     assert sorted(found["table1.csv"]["role"]) == ["baseline", "teacher"]
     assert len(found["grid.csv"]) == 2
-    assert {"clean", "fgsm"} <= set(found["kd_vs_hard.csv"]["measure"])
+    assert {"clean", "fgsm", "worst"} <= set(found["kd_vs_hard.csv"]["measure"])
     for stem in ("temperature", "fidelity", "soft_weight_mobilenet_v3_small",
-                 "grid_mobilenet_v3_small", "robustness_mobilenet_v3_small"):
+                 "grid_mobilenet_v3_small", "robustness_mobilenet_v3_small", "per_class_mobilenet_v3_small"):
         for ext in ("png", "pdf"):
             assert (results / "figures" / f"{stem}.{ext}").stat().st_size > 0
     run = results / "runs/kd/mobilenet_v3_small_T4_soft0.5_seed0"
@@ -245,41 +270,50 @@ def test_tiny_study_end_to_end(tiny):
     assert not (run / "checkpoint.pt").exists()
 
 
-# One point of each KD method beside kd's two, one fresh seed for the confirmation of each method's best
-EVERY_METHOD = ["methods={dkd: {warmup_epochs: [1]}, lskd: {}, ctkd: {lambda_epochs: [1]}}", "confirm={seeds: [1]}"]
+# One point of each logit KD method and of attention transfer (a feature method: its student and teacher taps
+# through the workflow) beside kd's two, one fresh seed for the confirmation of each method's best
+EVERY_METHOD = ["methods={dkd: {warmup_epochs: [1]}, lskd: {}, ctkd: {lambda_epochs: [1]}, at: {}}",
+                "confirm={seeds: [1]}"]
 
 
 def test_a_finished_study_gains_every_method_and_confirms_each_without_retraining_kd(tiny, tmp_path):
-    """The finished tiny study (kd alone), with three more KD methods and a confirmation: the dry run plans no
+    """The finished tiny study (kd alone), with four more KD methods and a confirmation: the dry run plans no
     kd training (its packs, records and evaluations are up to date) but the new methods' runs and the
     confirmation; run for real, the methods table has a row per method, each method its heat map, and the
     confirmation a point per method, trained again on the fresh seed."""
     tiny = copy_of(tiny, tmp_path / "tiny")
     results = tiny / "results" / "tiny"
     counts, output = dry_run(tiny, "--config", *EVERY_METHOD, configfiles=[TINY_WORKFLOW])
-    # 3 new points (pack size 1: a job each), the confirmation's baseline; no kd job but the checkpoint
-    assert counts["distill"] == 3 and counts["train"] == 1, counts
-    assert counts["best_point"] == 4  # one per method of the one student
+    # 4 new points (pack size 1: a job each), the confirmation's baseline; no kd job but the checkpoint
+    assert counts["distill"] == 4 and counts["train"] == 1, counts
+    assert counts["best_point"] == 5  # one per method of the one student
     assert "runs/kd/" not in "".join(line for line in output.splitlines() if "output:" in line and "packs/" in line)
     before = kd_metrics(results)
     snakemake(tiny, "--cores", "2", "--show-failed-logs", "--config", *EVERY_METHOD, configfiles=[TINY_WORKFLOW])
     assert kd_metrics(results) == before  # kd's runs untouched
     found = tables(results)
     methods = found["methods.csv"]
-    assert list(dict.fromkeys(methods["method"])) == ["kd", "ctkd", "dkd", "lskd"]
+    assert list(dict.fromkeys(methods["method"])) == ["kd", "at", "ctkd", "dkd", "lskd"]
     assert methods.query("measure == 'clean'")["kd_n"].eq(1).all()
     kd = found["kd_vs_hard.csv"].query("measure == 'clean'").iloc[0]
     mine = methods.query("method == 'kd' and measure == 'clean'").iloc[0]
     assert mine["kd_mean"] == kd["kd_mean"] and mine["point"] == (
         f"temperature={kd['temperature']:g}, soft_weight={kd['soft_weight']:g}")
-    assert set(found["method_grid.csv"]["method"]) == {"kd", "ctkd", "dkd", "lskd"}
+    assert set(found["method_grid.csv"]["method"]) == {"kd", "at", "ctkd", "dkd", "lskd"}
     confirmed = found["confirmed.csv"].query("measure == 'clean'")
-    assert sorted(confirmed["method"]) == ["ctkd", "dkd", "kd", "lskd"] and confirmed["kd_n"].eq(1).all()
-    for method in ("ctkd", "dkd", "lskd"):
+    against = confirmed.groupby("against")["method"].apply(sorted).to_dict()
+    # each method against the baseline, and each other method head to head against kd, on the fresh seed
+    assert against == {"baseline": ["at", "ctkd", "dkd", "kd", "lskd"], "kd": ["at", "ctkd", "dkd", "lskd"]}
+    assert confirmed["kd_n"].eq(1).all() and confirmed["gain_n"].eq(1).all()
+    kd_fresh = confirmed.query("method == 'kd' and against == 'baseline'")["kd_mean"].iloc[0]
+    assert confirmed.query("against == 'kd'")["hard_mean"].eq(kd_fresh).all()  # kd's confirmed point is the other side
+    for method in ("at", "ctkd", "dkd", "lskd"):
         assert (results / "confirm" / f"mobilenet_v3_small_{method}.json").is_file()
         for ext in ("png", "pdf"):
             assert (results / "figures" / f"grid_{method}_mobilenet_v3_small.{ext}").stat().st_size > 0
     assert "| mobilenet_v3_small | ctkd |" in (results / "tables" / "methods.md").read_text()
+    with open(results / "runs/at/mobilenet_v3_small_at_b1000_p2_st3_seed0/history.csv") as handle:
+        assert all(float(row["train_at_loss"]) > 0 for row in csv.DictReader(handle))  # the taps reached the loss
 
 
 def test_tiny_study_is_up_to_date_and_reruns_on_a_changed_value(tiny, tmp_path):

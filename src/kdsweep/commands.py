@@ -22,18 +22,16 @@ from .plan import Pack, Plan, Run
 
 # The data a job reads: what it is (kdsweep.identity.DATASET_KEYS), not where it lies.
 _DATA = ("dataset.name", "dataset.subset", "dataset.val_fraction", "dataset.split_seed")
-# What a trained model is: the data, the training and augmentation it was trained with, and its teacher.
-_TRAINED = (*_DATA, "training", "augmentation", "teacher")
-# The config values a job of each kind reads (dotted paths; "{attack}" is the attack's name), but the
-# machine-local ones (MACHINE_LOCAL). An attack or evaluation also carries what the model it measures was
-# trained with: its input is its run's record as ancient() (workflow/rules/common.smk), so that a record
-# written again (another pack sharing it, a forced rerun) measures nothing again, and this slice reruns it
-# when its model does change.
+# The config values a job of each kind reads (dotted paths), but the machine-local ones (MACHINE_LOCAL). What
+# the model an attack or evaluation measures was trained with is not in its slice: its input is its run's record,
+# ancient() where its results on disk measured the run's model as it is now (their run hash and model digest:
+# workflow/rules/common.smk, identity.measures_run_now), so that a record written again (another pack sharing
+# it, a forced rerun) measures nothing again, and a model trained again is measured again.
 JOB_SLICES = {
     "stats": _DATA,
     "train": (*_DATA, "training", "augmentation"),
-    "attack": (*_TRAINED, "attacks.{attack}"),
-    "evaluate": (*_TRAINED, "evaluation"),
+    "attack": (*_DATA, "training.eval_batch_size", "epsilons", "attacks", "robustness"),
+    "evaluate": (*_DATA, "training.eval_batch_size", "evaluation"),
 }
 # What every job reads but no result depends on (beyond floating-point noise): where the data lies and
 # the runtime section. The workflow gives them to every job in one file (results/<study>/runtime.yaml),

@@ -15,11 +15,12 @@ floating-point noise; tests/test_distributed.py compares them):
   follow from (epoch seed, image) alone, whichever process decodes it.
 - Gradients: DDP averages them over the processes, and each share's loss is weighted
   (sources.Batch.weight) so that the average is the gradient of the whole batch's mean loss, also for
-  a last batch that does not divide evenly. A KD method's own trainable state (CTKD's temperature)
-  is averaged the same way (`average_gradients`). This needs a method's loss to be a mean over the
-  batch's images, as every method's is.
-- BatchNorm normalises with the statistics of the whole batch, not of a process's share:
-  torch.nn.SyncBatchNorm on the GPU, `GlobalBatchNorm` on the CPU (where torch's refuses to run).
+  a last batch that does not divide evenly. A KD method's own trainable state (CTKD's temperature, a
+  feature method's adapters) is averaged the same way (`average_gradients`). This needs a method's
+  loss to be a mean over the batch's images, as every method's is.
+- BatchNorm (the student's, and a feature method's adapter's) normalises with the statistics of the
+  whole batch, not of a process's share: torch.nn.SyncBatchNorm on the GPU, `GlobalBatchNorm` on the
+  CPU (where torch's refuses to run).
   The running statistics are then the same in every process, and so are the weights.
 - Dropout draws its mask for the whole batch from the point's RNG stream (the same in every process)
   and applies the process's rows (`GlobalBatchDropout`): on the CPU the masks of a one-process run,

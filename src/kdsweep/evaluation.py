@@ -1,11 +1,13 @@
-"""What a finished run's test-set logits say beyond accuracy: fidelity to the teacher, calibration, logit scale.
+"""What a finished run's test-set logits say beyond accuracy: fidelity to the teacher, calibration, logit scale,
+accuracy per class.
 
 Why: distillation at a high temperature can inflate the student's logits, which saturates its
 softmax and masks the input gradients that FGSM follows (as defensive distillation did, until
-stronger attacks broke it). Logit scale next to FGSM and PGD accuracy tells a real robustness
-gain from a masked one; fidelity (Stanton et al. 2021, "Does knowledge distillation really
-work?") says how closely the student matches its teacher; calibration says whether its
-confidences mean what they say.
+stronger attacks broke it). Logit scale beside the attacks' accuracy (kdsweep.attacks, whose headline
+no rescaling of the logits can move) shows where that happened; fidelity (Stanton et al. 2021, "Does
+knowledge distillation really work?") says how closely the student matches its teacher; calibration
+says whether its confidences mean what they say; accuracy per class whether a gain is fair across
+classes.
 
 `python -m kdsweep evaluate --run RUN_DIR --teacher TEACHER_RUN_DIR --out FILE.json` writes
 evaluation/<role>/<run>.json under the study's results folder (its type: kdsweep.records.Evaluation), with
@@ -24,6 +26,8 @@ the keys
   nll                 negative log-likelihood: mean cross-entropy of the true label (nats)
   max_logit           mean over images of the largest logit
   logit_norm          mean over images of the L2 norm of the logit vector
+  class_n, class_acc  test images and accuracy (%) per class, indexed by label (null: a class without images)
+  worst_class_acc     the lowest accuracy of a class (%): whether distillation is fair across classes
   seconds, device, precision, slurm
   runtime             the arithmetic (kdsweep.runtime.Runtime.record: device, precision, channels_last,
                       compile, deterministic), the same for every evaluation of a run
@@ -143,13 +147,25 @@ def loss_and_accuracy(model, images_uint8, labels, batch_size, runtime=None) -> 
     return loss_sum.item() / n, 100.0 * correct.item() / n
 
 
+def per_class_accuracy(logits, labels) -> dict:
+    """{"class_n": test images per class, "class_acc": accuracy (%) per class (None for a class without images),
+    "worst_class_acc": the lowest of them}, classes indexed by label (the logits' width of them)."""
+    logits, labels = _float64(logits), torch.as_tensor(labels).cpu().long()
+    classes = logits.shape[1]
+    counts = torch.bincount(labels, minlength=classes)
+    hits = torch.bincount(labels[logits.argmax(1) == labels], minlength=classes)
+    accuracy = [100.0 * h / c if c else None for h, c in zip(hits.tolist(), counts.tolist())]
+    present = [value for value in accuracy if value is not None]
+    return {"class_n": counts.tolist(), "class_acc": accuracy, "worst_class_acc": min(present) if present else None}
+
+
 def evaluate_logits(student_logits, teacher_logits, labels, ece_bins: int) -> dict:
     """Every measure of the module docstring but the bookkeeping, from test-set logits."""
     labels = torch.as_tensor(labels).cpu().long()
     correct = (_float64(student_logits).argmax(1) == labels).sum().item()
     return {"n": len(labels), "test_acc": 100.0 * correct / len(labels),
             **fidelity(student_logits, teacher_logits), **calibration(student_logits, labels, ece_bins),
-            "ece_bins": int(ece_bins), **logit_scale(student_logits)}
+            "ece_bins": int(ece_bins), **logit_scale(student_logits), **per_class_accuracy(student_logits, labels)}
 
 
 def evaluate_run(model, teacher, images_uint8, labels, batch_size, ece_bins, runtime=None) -> dict:
@@ -206,5 +222,6 @@ def evaluate_job(config: dict, run_dir, teacher_dir, out, log=print):
     result.write(out)
     log(f"{run_dir}: test acc {result.test_acc:.2f}%, agreement {result.agreement:.2f}%, "
         f"KL {result.kl_to_teacher:.4f}, ECE {result.ece:.2f}%, NLL {result.nll:.4f}, "
-        f"max logit {result.max_logit:.2f}, logit norm {result.logit_norm:.2f}")
+        f"max logit {result.max_logit:.2f}, logit norm {result.logit_norm:.2f}, "
+        f"worst class {result.worst_class_acc:.2f}%")
     return result

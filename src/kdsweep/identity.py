@@ -27,7 +27,7 @@ a checkpoint or a result belongs to it, and the runs kept aside.
   `python -m kdsweep status` lists what is kept aside; deleting that folder clears it.
 - `file_digest(path)`: a model file's sha256, recorded in metrics.json (`model_digest`) and in every
   attack and evaluation result (with the run's hash, `run_hash`), so that no table pairs the numbers
-  of two versions of a run; `measures_run_now(kind, result, run_dir)`: whether a result on disk measured the
+  of two versions of a run; `measures_run_now(results, run_dir)`: whether a job's results on disk measured the
   run's model as it is now (the workflow's rerun trigger of an attack or evaluation).
 
 Nothing here imports torch: the status view imports this module.
@@ -45,7 +45,7 @@ from pathlib import Path
 from . import io
 from .config import config_hash
 from .errors import KdsweepError
-from .records import AttackResult, Evaluation, Metrics
+from .records import AttackResult, Evaluation, Masking, Metrics
 from .runs import METRICS
 
 # The dataset settings that make a run's data what it is, besides the digest of the data itself.
@@ -279,8 +279,8 @@ def measured(metrics: Metrics) -> dict:
     return {"run_hash": metrics.config_hash, "model_digest": metrics.model_digest}
 
 
-def result_matches(result: AttackResult | Evaluation, metrics: Metrics) -> bool:
-    """Whether an attack or evaluation result measured the run version metrics.json describes: the same
+def result_matches(result: AttackResult | Masking | Evaluation, metrics: Metrics) -> bool:
+    """Whether an attack job's or evaluation's record measured the run version metrics.json describes: the same
     run hash and model digest. A result of an earlier version (neither recorded) matches only a run of
     that version (no model digest recorded either)."""
     if result.run_hash is None:
@@ -290,11 +290,20 @@ def result_matches(result: AttackResult | Evaluation, metrics: Metrics) -> bool:
     return result.model_digest == metrics.model_digest or metrics.model_digest is None
 
 
-def measures_run_now(kind: str, result_path, run_dir) -> bool:
-    """Whether an attack's or evaluation's result file (kind: "attack" or "evaluation", as kdsweep.layout names
-    them) measured the run version that run_dir/metrics.json describes now (result_matches); False where either
-    is missing or unreadable, never an error. The workflow measures a run again only if this is False
-    (workflow/rules/common.smk)."""
-    record = {"attack": AttackResult, "evaluation": Evaluation}[kind]
-    result, metrics = record.peek(result_path), Metrics.peek(Path(run_dir) / METRICS)
-    return result is not None and metrics is not None and result_matches(result, metrics)
+# The record of each file an attack or evaluate job writes, by its kdsweep.layout name (Layout.measurements).
+RESULT_RECORDS = {"attack": AttackResult, "masking": Masking, "evaluation": Evaluation}
+
+
+def measures_run_now(results, run_dir) -> bool:
+    """Whether every file one job wrote of a run (results: [(its kdsweep.layout name, path)], Layout.measurements:
+    an attack job's every attack result, worst case and masking record; an evaluation's file) measured the run
+    version that run_dir/metrics.json describes now (result_matches); False where any is missing or unreadable,
+    never an error. The workflow measures a run again only if this is False (workflow/rules/common.smk)."""
+    metrics = Metrics.peek(Path(run_dir) / METRICS)
+    if metrics is None or not results:
+        return False
+    for kind, path in results:
+        result = RESULT_RECORDS[kind].peek(path)
+        if result is None or not result_matches(result, metrics):
+            return False
+    return True

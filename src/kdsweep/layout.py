@@ -25,7 +25,9 @@ FILES = {
     "evaluation": "evaluation/{role}/{run}.json",
     "evaluation_log": "logs/evaluation/{role}/{run}.log",
     "attack": "attacks/{role}/{run}/" + ATTACK_FILE,
-    "attack_log": "logs/attacks/{role}/{run}/" + ATTACK_FILE.removesuffix(".json") + ".log",
+    "attack_dir": "attacks/{role}/{run}",
+    "attack_log": "logs/attacks/{role}/{run}.log",
+    "masking": "masking/{role}/{run}.json",
 }
 
 
@@ -36,11 +38,12 @@ def attack_file(attack: str, epsilon) -> str:
 # Every table tables.write_tables writes (under results/<study>/tables/).
 TABLES = ("runs.csv", "robustness.csv", "table1.csv", "table1.md", "kd_vs_hard.csv", "kd_vs_hard.md", "grid.csv",
           "confirmed.csv", "confirmed.md", "sensitivity.csv", "sensitivity.md", "vs_reference.csv",
-          "vs_reference.md", "methods.csv", "methods.md", "method_grid.csv", "pairs.csv", "pairs.md")
+          "vs_reference.md", "methods.csv", "methods.md", "method_grid.csv", "pairs.csv", "pairs.md", "headline.md",
+          "masking.csv", "masking.md", "per_class.csv", "per_class.md")
 # Every figure plots.write_figures draws (under results/<study>/figures/), in each of FIGURE_FORMATS:
 # one of each STUDY_FIGURES, and one of each PER_STUDENT_FIGURES per student.
 STUDY_FIGURES = ("temperature", "fidelity", "pairs")
-PER_STUDENT_FIGURES = ("soft_weight", "grid", "robustness")
+PER_STUDENT_FIGURES = ("soft_weight", "grid", "robustness", "per_class")
 FIGURE_FORMATS = ("png", "pdf")
 
 
@@ -81,11 +84,28 @@ class Layout:
         """The tracked files of these runs (duplicates dropped: the runs of a pack share its record)."""
         return list(dict.fromkeys(f for run in runs for f in self.finished(run)))
 
+    def attack_patterns(self) -> list[str]:
+        """What a run's attack job writes, with the wildcards role and run: its result under every attack switched
+        on and its worst case over the headline's, at every epsilon, then its masking checks (rule attack's
+        outputs, in kdsweep.attacks.job.outputs' order)."""
+        return [self.pattern("attack").replace("{attack}", name).replace("{eps}", fmt(eps))
+                for eps in self.plan.config["epsilons"] for name in self.plan.suite.results()] + [
+            self.pattern("masking")]
+
+    def measurements(self, job: str, run: Run) -> list[tuple[str, str]]:
+        """Every file a run's attack or evaluate job writes, each with its name here (the record it is:
+        kdsweep.identity.RESULT_RECORDS): the attack job's results, worst cases and masking record, or the
+        evaluation's file."""
+        if job == "evaluate":
+            return [("evaluation", self.file("evaluation", role=run.role, run=run.name))]
+        *attacks, masking = self.attack_patterns()
+        return [("attack", pattern.format(role=run.role, run=run.name)) for pattern in attacks] + [
+            ("masking", masking.format(role=run.role, run=run.name))]
+
     def evaluations(self, run: Run) -> list[str]:
-        """A run's evaluation file and its result under every attack switched on at every epsilon."""
+        """A run's evaluation file and its attack job's files."""
         return [self.file("evaluation", role=run.role, run=run.name)] + [
-            self.file("attack", role=run.role, run=run.name, attack=attack, eps=fmt(eps))
-            for attack in self.plan.attacks for eps in self.plan.config["epsilons"]]
+            pattern.format(role=run.role, run=run.name) for pattern in self.attack_patterns()]
 
     def outputs(self, runs) -> list[str]:
         """Every file of these runs (duplicates dropped): finished and evaluated."""

@@ -18,6 +18,18 @@ kdsweep.commands. Nothing here imports torch: the Snakefile loads this module in
   renames nothing that exists.
 - `Plan(config)`: kd's grid or staged sweep, every other method's grid, the packs (kd's first), the
   confirmation's choices.
+- Teacher-free points (a method's points that use no teacher: kd's w = 0 at every T, dkd's alpha = beta =
+  0, lskd's and ctkd's soft_weight 0) are never sweep points. Such a point's loss is the labels'
+  cross-entropy alone (Method.teacher_free gives its weight), and a run is a function of its loss and seed:
+  the rule is that a teacher-free point at weight 1 IS the hard-target baseline (train.HARD_TARGETS: the same
+  loss, initial weights, data order and augmentation; tests/test_methods.py trains both and compares the
+  weights), so it is not trained at all; the teacher-free points of one method at another weight (lskd's
+  hard_weight h != 1 at soft_weight 0, whatever T) are one run, the first of them in the grid's order,
+  trained once per student and seed. `Plan.teacher_free` lists what each method's grid held of them.
+- Budgets (config `budget.equal`): every method trains as many distilled points (those that use the teacher)
+  per student and seed as the method with the fewest, each keeping those of its grid that come first in a
+  seeded order (`subsample`), the same for every student; a shared teacher-free run is no candidate, so it
+  is not counted and still trains. A method with no distilled point is refused.
 - Confirmation (config `confirm.seeds`, empty = off): after the sweep, each student's point of each
   KD method with the best mean validation accuracy (one that uses the teacher: kd's w > 0; a
   checkpoint, `kdsweep best-point`) is trained again, with its hard-target baseline, on fresh seeds
@@ -29,12 +41,14 @@ kdsweep.commands. Nothing here imports torch: the Snakefile loads this module in
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
 from dataclasses import dataclass
 
 from . import io
+from .attacks.suite import Suite
 from .errors import KdsweepError
 from .methods import METHODS
 from .records import point_of
@@ -249,6 +263,17 @@ def recorded_packs(results_dir) -> dict:
     return packed
 
 
+def subsample(method: str, points: list, count: int, seed: int) -> list:
+    """`count` of a method's points (its grid's hyperparameter tuples), chosen by a seeded order: the points
+    whose sha256 of "<seed>:<method>:<point>" comes first, kept in the grid's order. The same on any machine
+    and Python, and a point's place depends on its values only, not on the rest of the grid."""
+    def key(point):
+        return hashlib.sha256(f"{seed}:{method}:{json.dumps(point)}".encode()).hexdigest()
+
+    chosen = set(sorted(points, key=key)[:count])
+    return [point for point in points if point in chosen]
+
+
 # A torchvision weights name (ResNet50_Weights.IMAGENET1K_V2), as teacher.checkpoint may give it instead of a file.
 WEIGHTS_NAME = re.compile(r"^[A-Za-z0-9]+(_[A-Za-z0-9]+)*_Weights\.[A-Za-z0-9_]+$")
 
@@ -328,7 +353,8 @@ class Plan:
         if reused := sorted(set(self.confirm_seeds) & set(self.seeds)):
             raise KdsweepError(f"confirm.seeds {reused} are seeds of the sweep too (seeds {self.seeds}); confirmation "
                                "needs fresh seeds, so choose confirm.seeds that are not in seeds")
-        self.attacks = [name for name, params in config["attacks"].items() if params is not None]
+        self.suite = Suite.from_config(config)  # the attacks, the headline, the subset (kdsweep.attacks.suite)
+        self.attacks = list(self.suite.attacks)
         self.temperatures = number_table("temperatures", config["temperatures"])
         self.soft_weights = number_table(
             "soft_weights and staged.soft_weight" if self.staged else "soft_weights",
@@ -340,7 +366,16 @@ class Plan:
         if self.staged and "kd" not in self.methods:
             raise KdsweepError("sweep: staged is kd's temperature-then-soft-weight sweep, but methods leaves kd "
                                "out; set sweep: grid, or give methods a kd section")
-        self.points = {name: self._points(name) for name in self.methods}
+        if self.staged and self.staged_weight == 0:
+            raise KdsweepError("staged.soft_weight is 0: at w = 0 every temperature trains the hard-target baseline, "
+                               "so the temperature sweep would have nothing to choose from; set it above 0 (the "
+                               "reference study's 0.9)")
+        # {method: {point: what trains it}} of the grid's teacher-free points: "baseline", or the point (its
+        # hyperparameters) of the one shared run of its weight
+        self.teacher_free: dict[str, dict] = {}
+        self.grids = {name: self._points(name) for name in self.methods}
+        self.budget = config["budget"]
+        self.points = self._budgeted(self.grids)
         if self.halving:
             self._check_halving(config)
         wanted = config["confirm"].get("methods")
@@ -426,8 +461,9 @@ class Plan:
         return [Run("baseline", student, seed) for student in self.students for seed in self.seeds]
 
     def _points(self, name) -> list[tuple]:
-        """A method's grid in the config: each point's hyperparameters (the method's order and types),
-        refused where two points share a folder name."""
+        """A method's grid in the config that trains: each point's hyperparameters (the method's order and
+        types), refused where two points share a folder name; its teacher-free points set aside (module
+        docstring: `teacher_free`)."""
         method = METHODS[name]
         points, names = [], {}
         for values in method.grid(self.config):
@@ -438,17 +474,60 @@ class Plan:
             if run.name not in names:
                 names[run.name] = run.hparams
                 points.append(run.hparams)
-        return points
+        return self._trained(name, points)
+
+    def _trained(self, name, points) -> list[tuple]:
+        """The points of a method that train: those that use the teacher, and for each weight of the labels'
+        cross-entropy but 1 (the baseline's) the first teacher-free point of that weight; the others are
+        recorded in self.teacher_free."""
+        method, kept, shared = METHODS[name], [], {}
+        for point in points:
+            weight = method.teacher_free(dict(point))
+            if weight is None:
+                kept.append(point)
+                continue
+            if weight != 1 and weight not in shared:
+                shared[weight] = point
+                kept.append(point)
+            self.teacher_free.setdefault(name, {})[point] = "baseline" if weight == 1 else shared[weight]
+        return kept
+
+    def _budgeted(self, grids) -> dict:
+        """Each method's points after `budget`: its grid's, or with budget.equal as many distilled points (those
+        that use the teacher) as the method with the fewest holds, by the seeded `subsample`. A shared
+        teacher-free run is no candidate of the search, so it is not counted and trains beside them."""
+        if not self.budget["equal"] or not grids:
+            return dict(grids)
+        if self.staged:
+            raise KdsweepError("budget.equal subsamples each method's grid, but sweep: staged gives kd a staged "
+                               "sweep, not a grid; set sweep: grid (or halving), or budget.equal: false")
+        distilled = {name: [point for point in points if METHODS[name].needs_teacher(dict(point))]
+                     for name, points in grids.items()}
+        # a method with nothing to search would make every method's equal budget 0 points: refused, not
+        # silently emptied (and left out, the others' budgets would not be equal to its)
+        if bare := [name for name, points in distilled.items() if not points]:
+            raise KdsweepError(f"budget.equal gives every method as many distilled points as the method with the "
+                               f"fewest, but {bare[0]}'s grid has no point that uses the teacher (teacher-free "
+                               f"points, such as kd's w = 0, are the baseline), so every method would train none; "
+                               f"give {bare[0]} a point that uses the teacher, or leave it out of methods")
+        count = min(len(points) for points in distilled.values())
+        chosen = {name: set(subsample(name, points, count, self.budget["seed"])) for name, points in distilled.items()}
+        return {name: [point for point in points if point in chosen[name] or point not in distilled[name]]
+                for name, points in grids.items()}
 
     def grid(self, students=None, temperatures=None, soft_weights=None, teacher=None) -> list[Run]:
-        """kd's distillation runs: every student x temperature x soft weight x seed (the config's, by default),
-        from the teacher of this tag (None: the study's first)."""
+        """kd's distillation runs: every student x temperature x soft weight x seed (by default the config's
+        grid, after `budget`), from the teacher of this tag (None: the study's first), but the teacher-free
+        w = 0 (the baseline is it, whatever the teacher)."""
+        if temperatures is None and soft_weights is None:
+            return self.method_grid("kd", students, teacher)
         temperatures = self.config["temperatures"] if temperatures is None else temperatures
         soft_weights = self.config["soft_weights"] if soft_weights is None else soft_weights
-        return [Run.distilled_run("kd", student, seed, "kd", {"temperature": temperature, "soft_weight": weight},
+        runs = [Run.distilled_run("kd", student, seed, "kd", {"temperature": temperature, "soft_weight": weight},
                                   teacher)
                 for student in (self.students if students is None else students)
                 for temperature in temperatures for weight in soft_weights for seed in self.seeds]
+        return [run for run in runs if run.needs_teacher]  # kd's w = 0 is the baseline at any T
 
     def method_grid(self, method: str, students=None, teacher=None) -> list[Run]:
         """A method's distillation runs: every student x point of its grid x seed."""
@@ -483,6 +562,13 @@ class Plan:
             runs += (self.grid(teacher=teacher.tag) if "kd" in self.methods else []) + self.other_methods(
                 teacher=teacher.tag)
         return runs
+
+    def baseline_of(self, run: Run) -> Run | None:
+        """The hard-target run of a distilled run's own seed (a sweep run's baseline, a confirm run's confirm
+        baseline): what its transfer attack crafts images on beside the teacher. None for other runs."""
+        if not run.distilled:
+            return None
+        return Run("confirm" if run.role == "confirm" else "baseline", run.model, run.seed)
 
     def run(self, role: str, name: str) -> Run:
         """The run of the study (staged: of any stage-2 candidate too; confirmation: of any candidate

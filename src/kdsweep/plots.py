@@ -15,14 +15,15 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Rectangle
 
+from kdsweep.attacks import WORST
 from kdsweep.io import write_bytes
 from kdsweep.layout import FIGURE_FORMATS, PER_STUDENT_FIGURES, STUDY_FIGURES
 from kdsweep.plan import fmt
 from kdsweep.tables import read_table, write_tables
 from kdsweep.tables.pairs import PAIRS_COLUMNS
-from kdsweep.tables.summary import MEASURES, pick_best
+from kdsweep.tables.summary import pick_best
 
-_NEEDED = ("runs.csv", "table1.csv", "kd_vs_hard.csv", "grid.csv", "methods.csv", "method_grid.csv")
+_NEEDED = ("runs.csv", "table1.csv", "kd_vs_hard.csv", "grid.csv", "methods.csv", "method_grid.csv", "per_class.csv")
 _SIZE = (6.4, 4.4)
 _STYLE = {"axes.titlesize": "medium", "savefig.dpi": 150}  # two-line titles fit; readable at 100%
 _ACC = "test accuracy (%)"
@@ -167,8 +168,14 @@ def _pruned_cells(ax, pruned_at, val):
                 color="0.25")
 
 
+def _trained(grid):
+    """A grid table's rows less its teacher-free point, which is the baseline (no cell of the heat map: the
+    soft-weight figure draws it as the baseline's line)."""
+    return grid[grid["teacher_free"].ne("baseline")] if "teacher_free" in grid.columns else grid
+
+
 def _grid_figure(tables, student, dataset):
-    grid = tables["grid.csv"]
+    grid = _trained(tables["grid.csv"])
     temperatures = sorted(grid["temperature"].astype(float).unique())
     weights = sorted(grid["soft_weight"].astype(float).unique())
     cells = grid[grid["model"] == student]
@@ -210,7 +217,7 @@ def _grid_figure(tables, student, dataset):
 def _method_grid_figure(tables, method, student, dataset):
     """A method's heat map over its two main hyperparameters (kdsweep.methods: its `axes`): mean test accuracy
     over seeds; where its other hyperparameters vary, each cell shows the point best on validation."""
-    grid = tables["method_grid.csv"]
+    grid = _trained(tables["method_grid.csv"])
     cells = grid[(grid["method"] == method) & (grid["model"] == student)]
     fig = Figure(figsize=_SIZE, layout="constrained")
     ax = fig.add_subplot()
@@ -254,16 +261,20 @@ def _method_grid_figure(tables, method, student, dataset):
     return fig
 
 
-_ATTACK_STYLE = {"fgsm": "-", "pgd": "--"}  # any other attack: dotted
+# The attacks the robustness figure draws (every attack's numbers: tables/kd_vs_hard.csv): the headline, the
+# reference study's FGSM and PGD; each its line style and width.
+_ATTACK_STYLE = {WORST: ("-", 2.4, "worst case (headline)"), "fgsm": ("--", 1.2, "FGSM (reference study)"),
+                 "pgd": (":", 1.2, "PGD")}
 
 
 def _robustness_figure(tables, student, dataset):
-    """Accuracy against epsilon (0 = clean) under every attack present: hard targets against the
-    distilled run of kd_vs_hard, one line style per attack; the logit scales in the legend title."""
+    """Accuracy against epsilon (0 = clean) under the headline, FGSM and PGD: hard targets against the distilled
+    run of kd_vs_hard, one line style per attack; the logit scales in the legend title, and a failed masking
+    check of a run drawn in the title."""
     rows = tables["kd_vs_hard.csv"]
     rows = rows[rows["model"] == student]
     clean = rows[rows["measure"] == "clean"]
-    attacks = sorted((set(rows["measure"]) - {"clean"} - set(MEASURES)), key=lambda a: (a != "fgsm", a))
+    attacks = [name for name in _ATTACK_STYLE if (rows["measure"] == name).any()]
     fig = Figure(figsize=_SIZE, layout="constrained")
     ax = fig.add_subplot()
     plotted = []
@@ -277,8 +288,9 @@ def _robustness_figure(tables, student, dataset):
                 line = line[line[f"{side}_n"] > 0]
                 if (line["measure"] == attack).any():
                     plotted.append(line)
-                    _errorbar(ax, line["epsilon"], line, side, color=color, label=f"{label}, {attack.upper()}",
-                              linestyle=_ATTACK_STYLE.get(attack, ":"))
+                    style, width, name = _ATTACK_STYLE[attack]
+                    _errorbar(ax, line["epsilon"], line, side, color=color, label=f"{label}, {name}",
+                              linestyle=style, linewidth=width)
     if plotted:
         _ticks(ax, pd.concat(plotted)["epsilon"])
         scale = rows[rows["measure"] == "max_logit"]
@@ -290,9 +302,52 @@ def _robustness_figure(tables, student, dataset):
         _legend(ax, plotted, title)
     else:
         _note(ax, f"no attack on a finished run of {student} yet")
+    flagged = int(rows["masking_flagged"].fillna(0).max()) if "masking_flagged" in rows.columns and len(rows) else 0
+    warning = (f"\n⚠ masking suspected in {flagged} of the runs drawn (tables/masking.md)" if flagged else "")
     ax.set(xlabel="attack ε ([0, 1] pixel units; 0 = clean test set)", ylabel="accuracy under attack (%)",
            title=f"{dataset} · {student}: accuracy under attack\n"
-                 "(distilled run chosen on validation accuracy)" + _search_line(tables["grid.csv"]))
+                 "(distilled run chosen on validation accuracy)" + warning + _search_line(tables["grid.csv"]))
+    return fig
+
+
+def _per_class_figure(tables, student, dataset):
+    """Per class, the distilled point's gain over the hard-target baseline (Tables II-V's point; the fresh seeds of
+    the confirmation where it ran, more pairs than the sweep's): clean and under the headline at the largest
+    epsilon, the mean gain paired by seed with the seeds' spread (± one standard deviation of the per-seed gains,
+    two pairs or more). Not the 95% interval: with two pairs it is 12.7 standard errors wide and would hide every
+    bar (per_class.md gives it)."""
+    table = tables["per_class.csv"]
+    mine = table[table["model"] == student]
+    fig = Figure(figsize=_SIZE, layout="constrained")
+    ax = fig.add_subplot()
+    if mine.empty:
+        ax.set(title=f"{dataset} · {student}: gain per class over hard targets")
+        _note(ax, f"no distilled run and baseline of {student} with per-class results yet")
+        return fig
+    which = "fresh" if (mine["seeds"] == "fresh").any() else "sweep"
+    mine = mine[mine["seeds"] == which]
+    largest = mine.loc[mine["measure"] == WORST, "epsilon"].max()
+    series = [("clean", 0.0, "clean (whole test set)", "C0")]
+    if pd.notna(largest):
+        series.append((WORST, largest, f"headline at ε = {fmt(largest)} (evaluation subset)", "C3"))
+    classes = list(dict.fromkeys(mine["class"].astype(str)))
+    width = 0.8 / len(series)
+    for i, (measure, epsilon, label, color) in enumerate(series):
+        cells = mine[(mine["measure"] == measure) & np.isclose(mine["epsilon"].astype(float), epsilon)]
+        cells = cells.set_index(cells["class"].astype(str)).reindex(classes)
+        x = np.arange(len(classes)) + (i - (len(series) - 1) / 2) * width
+        spread = cells["gain_std"].to_numpy(dtype=float)
+        errors = None if np.isnan(spread).all() else np.nan_to_num(spread)
+        ax.bar(x, cells["gain_mean"].to_numpy(dtype=float), width, yerr=errors, capsize=2, color=color, label=label)
+    ax.axhline(0, color="0.3", linewidth=0.8)
+    ax.set_xticks(range(len(classes)), classes)
+    first = mine.iloc[0]
+    pairs = int(mine["gain_n"].max())
+    ax.set(xlabel="class (worst: each run's lowest class accuracy)", ylabel="distilled − hard (points)",
+           title=f"{dataset} · {student}: gain per class, kd T = {fmt(first['temperature'])}, "
+                 f"w = {fmt(first['soft_weight'])}\n({'the confirmation' if which == 'fresh' else 'the sweep'}'s "
+                 f"seeds, {pairs} pair(s){'; bars: ± SD of the per-seed gains' if pairs > 1 else ''})")
+    ax.legend(fontsize="small")
     return fig
 
 
@@ -428,6 +483,7 @@ def _draw_all(tables, students, methods, soft_weight, dataset, out):
         paths += _save(_soft_weight_figure(tables, student, soft_weight, dataset), out, f"soft_weight_{student}")
         paths += _save(_grid_figure(tables, student, dataset), out, f"grid_{student}")
         paths += _save(_robustness_figure(tables, student, dataset), out, f"robustness_{student}")
+        paths += _save(_per_class_figure(tables, student, dataset), out, f"per_class_{student}")
         for method in methods:
             if method != "kd":
                 paths += _save(_method_grid_figure(tables, method, student, dataset), out,

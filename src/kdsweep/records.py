@@ -7,7 +7,11 @@ present and of its type, or ends with one sentence naming the file and the fix.
                   presence means the run finished)
 - `JobRecord`     packs/<pack>.json and trained/<role>/<run>.json: a training job's record, written once
                   every point (`JobPoint`) has finished (the workflow's output of a training job)
-- `AttackResult`  attacks/<role>/<run>/<attack>_eps<eps>.json (kdsweep.attacks)
+- `AttackResult`  attacks/<role>/<run>/<attack>_eps<eps>.json (kdsweep.attacks): one attack, or the worst
+                  case over the headline's attacks (`worst_eps<eps>.json`), with the test images it left
+                  correct as a bit mask (`robust`)
+- `Masking`       masking/<role>/<run>.json: a run's transfer attacks and gradient-masking checks
+                  (kdsweep.attacks.diagnostics)
 - `Evaluation`    evaluation/<role>/<run>.json (kdsweep.evaluation: fidelity, calibration, logit scale)
 - `BestPoint`     confirm/<choice>.json: the confirmation checkpoint's choice (kdsweep.tables.choices)
 - `StagedChoice`  staged/<student>_seed-all.json: the staged sweep's temperature (kdsweep.tables.choices)
@@ -31,6 +35,7 @@ Nothing here imports torch: the status view and kdsweep.identity read records.
 
 from __future__ import annotations
 
+import base64
 import functools
 import json
 import math
@@ -38,6 +43,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import ClassVar
+
+import numpy as np
 
 from . import io
 from .errors import KdsweepError
@@ -321,16 +328,24 @@ def run_keys(metrics: Metrics) -> dict:
     return {name: getattr(metrics, name) for name in RUN_KEYS}
 
 
+def pack_mask(mask) -> str:
+    """A boolean vector as compact text: its bits packed (numpy.packbits, little-endian bit order), base64. 10,000
+    test images take 1,668 characters; nothing but bits is read back (no pickle)."""
+    return base64.b64encode(np.packbits(np.asarray(mask, dtype=bool), bitorder="little").tobytes()).decode("ascii")
+
+
+def unpack_mask(text: str, n: int) -> np.ndarray:
+    """The boolean vector of length n that pack_mask wrote; ValueError for text that is not one."""
+    raw = np.frombuffer(base64.b64decode(text.encode("ascii"), validate=True), dtype=np.uint8)
+    if len(raw) != (n + 7) // 8:
+        raise ValueError(f"a mask of {n} bits takes {(n + 7) // 8} bytes, not {len(raw)}")
+    return np.unpackbits(raw, count=n, bitorder="little").astype(bool)
+
+
 @dataclass(kw_only=True)
-class AttackResult(Record):
-    """attacks/<role>/<run>/<attack>_eps<eps>.json: a finished run under one attack at one epsilon."""
+class Attacked(Record):
+    """What an attack job's records say of the run they measured: its folder and where it sits (RUN_KEYS)."""
 
-    REQUIRED = ("attack", "epsilon", "role", "model", "temperature", "soft_weight", "seed", "clean_acc", "adv_acc",
-                "adv_acc_on_correct")
-
-    attack: str = key(TEXT)  # fgsm | pgd
-    params: dict | None = key(OBJECT)  # the config's attacks.<attack>
-    epsilon: float = key(NUMBER)
     run: str | None = key(TEXT)  # the run folder
     role: str = key(TEXT)
     dataset: str | None = key(TEXT, null=True)
@@ -338,11 +353,37 @@ class AttackResult(Record):
     temperature: float | None = key(NUMBER, null=True)
     soft_weight: float | None = key(NUMBER, null=True)
     seed: int = key(WHOLE)
-    n: int | None = key(WHOLE)  # test images
-    clean_acc: float = key(NUMBER)
-    adv_acc: float = key(NUMBER)  # of all test images
+
+
+@dataclass(kw_only=True)
+class AttackResult(Attacked):
+    """attacks/<role>/<run>/<attack>_eps<eps>.json: a finished run under one attack at one epsilon, or (attack
+    `worst`) the worst case per test image over the headline's attacks (kdsweep.attacks)."""
+
+    REQUIRED = ("attack", "epsilon", "role", "model", "temperature", "soft_weight", "seed", "clean_acc", "adv_acc",
+                "adv_acc_on_correct")
+
+    attack: str = key(TEXT)  # an attack of kdsweep.attacks.ATTACKS, or worst
+    params: dict | None = key(OBJECT)  # the config's attacks.<attack>; worst: {"attacks": [its attacks]}
+    epsilon: float = key(NUMBER)
+    n: int | None = key(WHOLE)  # test images attacked
+    clean_acc: float = key(NUMBER)  # of those
+    adv_acc: float = key(NUMBER)  # of those
     n_correct: int | None = key(WHOLE)  # clean
     adv_acc_on_correct: float | None = key(NUMBER, null=True)  # of those the model got right (none: null)
+    # Which test images (earlier versions: none of these): the test set's size, the evaluation subset (null:
+    # every test image) and the bit masks over the whole test set of the images attacked (`examples`; absent:
+    # all) and of those still classified correctly under the attack (`robust`: correct before and at every
+    # point the attack tried)
+    n_test: int | None = key(WHOLE)
+    subset: dict | None = key(OBJECT)  # {"size", "seed"} (absent: every test image)
+    examples: str | None = key(TEXT)
+    robust: str | None = key(TEXT)
+    # per class (index = label) over the images attacked: how many, clean accuracy and accuracy under attack (%;
+    # null for a class with none)
+    class_n: list | None = key(LIST)
+    class_clean_acc: list | None = key(LIST)
+    class_adv_acc: list | None = key(LIST)
     seconds: float | None = key(NUMBER)
     device: str | None = key(TEXT)
     precision: str | None = key(TEXT)
@@ -352,10 +393,73 @@ class AttackResult(Record):
     run_hash: str | None = key(TEXT, null=True)
     model_digest: str | None = key(TEXT, null=True)
 
+    def mask(self, name: str = "robust") -> np.ndarray | None:
+        """The bit mask `robust` or `examples` over the test set (examples absent: every image), or None where
+        the record has none (an earlier version's)."""
+        if self.n_test is None:
+            return None
+        text = getattr(self, name)
+        if text is None:
+            return np.ones(self.n_test, dtype=bool) if name == "examples" else None
+        return unpack_mask(text, self.n_test)
+
+
+@dataclass(kw_only=True)
+class TransferResult(Record):
+    """A transfer attack of a run's Masking record: adversarial images crafted on another run (the teacher, the
+    run's own seed's hard-target baseline) by `attack`, scored on this run, at one epsilon."""
+
+    REQUIRED = ("source", "epsilon", "adv_acc")
+
+    source: str = key(TEXT)  # teacher | baseline
+    source_run: str | None = key(TEXT)  # its folder
+    source_hash: str | None = key(TEXT)  # its run hash
+    attack: str | None = key(TEXT)  # what crafted them on the source
+    epsilon: float = key(NUMBER)
+    n: int | None = key(WHOLE)
+    adv_acc: float = key(NUMBER)  # this run's accuracy on them (%; wrong before the attack counts as wrong)
+    robust: str | None = key(TEXT)  # bit mask over the test set (n_test of the Masking record)
+
+
+@dataclass(kw_only=True)
+class MaskingCheck(Record):
+    """One gradient-masking check of a run (kdsweep.attacks.diagnostics): `value` should not exceed `limit`."""
+
+    REQUIRED = ("check", "passed")
+
+    check: str = key(TEXT)  # kdsweep.attacks.diagnostics.CHECKS
+    attack: str | None = key(TEXT, null=True)  # the attack checked
+    against: str | None = key(TEXT, null=True)  # what it is compared with
+    epsilon: float | None = key(NUMBER, null=True)
+    value: float | None = key(NUMBER, null=True)  # accuracy (%) of the attack checked
+    limit: float | None = key(NUMBER, null=True)  # the largest value that passes
+    n: int | None = key(WHOLE)  # test images compared
+    passed: bool = key(FLAG)
+    sentence: str | None = key(TEXT)  # what a failure means, in words
+
+
+@dataclass(kw_only=True)
+class Masking(Attacked):
+    """masking/<role>/<run>.json: a run's transfer attacks, its accuracy at a large epsilon and its gradient-masking
+    checks (kdsweep.attacks.diagnostics), written by its attack job after its attack results."""
+
+    REQUIRED = ("role", "model", "seed", "checks")
+
+    n_test: int | None = key(WHOLE)
+    transfer: list | None = key(LIST, item=TransferResult)
+    large_epsilon: dict | None = key(OBJECT, null=True)  # {"epsilon", "n", "accuracy": {attack: %}}
+    tolerance: float | None = key(NUMBER)
+    checks: list = key(LIST, item=MaskingCheck)
+    suspected: bool | None = key(FLAG)  # some check failed
+    run_hash: str | None = key(TEXT, null=True)
+    model_digest: str | None = key(TEXT, null=True)
+
 
 # The measures of an evaluation: agreement with the teacher (%), KL(teacher || student) at T = 1, ECE (%),
 # NLL, mean largest logit, mean logit L2 norm.
 EVALUATION_MEASURES = ("agreement", "kl_to_teacher", "ece", "nll", "max_logit", "logit_norm")
+# ... and, since per-class accuracy (absent from an earlier version's file): the lowest accuracy of a class (%)
+CLASS_MEASURES = ("worst_class_acc",)
 
 
 @dataclass(kw_only=True)
@@ -384,6 +488,9 @@ class Evaluation(Record):
     nll: float = key(NUMBER)
     max_logit: float = key(NUMBER)
     logit_norm: float = key(NUMBER)
+    class_n: list | None = key(LIST)  # test images per class (index = label)
+    class_acc: list | None = key(LIST)  # accuracy per class (%; null for a class without test images)
+    worst_class_acc: float | None = key(NUMBER)  # the lowest of them
     seconds: float | None = key(NUMBER)
     device: str | None = key(TEXT)
     precision: str | None = key(TEXT)
@@ -394,7 +501,7 @@ class Evaluation(Record):
     teacher_run_hash: str | None = key(TEXT, null=True)
 
     def measures(self) -> dict:
-        return {name: getattr(self, name) for name in EVALUATION_MEASURES}
+        return {name: getattr(self, name) for name in (*EVALUATION_MEASURES, *CLASS_MEASURES)}
 
 
 # ---------------------------------------------------------------- the checkpoints' choices

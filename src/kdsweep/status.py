@@ -33,7 +33,8 @@ from .joblog import last_attempt
 from .lock import LOCK, read_holder
 from .layout import Layout, not_in_study_sentence
 from .plan import ROLES, Plan, Run, recorded_packs
-from .records import BestPoint, Metrics, StagedChoice, point_of
+from .attacks import cost
+from .records import BestPoint, Masking, Metrics, StagedChoice, point_of
 from .runs import CHECKPOINT, METRICS, PROGRESS
 
 STATES = ("finished", "training", "stopped", "failed", "not started")
@@ -67,6 +68,9 @@ class StudyStatus:
     rungs: list = field(default_factory=list)  # successive halving: the rungs decided so far (RungDecision)
     saved_seconds: float | None = None  # successive halving: the training seconds the pruned points did not take
     left_out: list = field(default_factory=list)  # run folders and records the config does not ask for
+    # the attack jobs: {"done", "flagged" (a masking check failed), "planned", "flops" and "flops_every_image"
+    # (kdsweep.attacks.cost: on the evaluation subset, and as if every test image were attacked), "uncounted"}
+    attacks: dict = field(default_factory=dict)
     taken: float = field(default_factory=time.time)
 
 
@@ -219,13 +223,23 @@ def study_status(plan: Plan, root: Path, queue=None) -> StudyStatus:
                 for run in runs]
     saved = _prune(plan, statuses, rungs) if plan.halving else None
     present = planned = 0
-    for run in [entry.run for entry in statuses if entry.state != PRUNED]:
+    attacked, flagged = [], []
+    kept = [entry.run for entry in statuses if entry.state != PRUNED]
+    for run in kept:
         for path in layout.evaluations(run):
             planned += 1
             present += (root / path).exists()
+        masking = Masking.peek(root / layout.file("masking", role=run.role, run=run.name))
+        if masking is not None:
+            attacked.append(run)
+            if masking.suspected:
+                flagged.append(run)
     spent, remaining, unestimated = _gpu_time(plan, statuses, waiting)
+    attacks = {"done": len(attacked), "flagged": len(flagged), "planned": len(kept),
+               "flops": cost.study_flops(plan, kept), "flops_every_image": cost.study_flops(plan, kept, every_image=True),
+               "uncounted": cost.uncounted(plan, kept)}
     return StudyStatus(plan, root, statuses, waiting, (present, planned), slurm, spent, remaining, unestimated,
-                       study_aside(root / plan.results), rungs, saved, left_out)
+                       study_aside(root / plan.results), rungs, saved, left_out, attacks)
 
 
 def _prune(plan: Plan, statuses, rungs) -> float:
@@ -402,6 +416,7 @@ def render(status: StudyStatus, limit: int = 12) -> str:
                      "grid (the pruned points' missing epochs, estimated from their students' finished runs)")
     present, planned = status.evaluations
     lines.append(f"evaluations (attacks, fidelity, calibration): {present} of {planned} files")
+    lines += attack_lines(plan, status.attacks)
     if status.slurm is not None:
         lines.append(f"SLURM jobs in {status.root}: {status.slurm['running']} running, {status.slurm['pending']} pending")
     if sentence := not_in_study_sentence(status.left_out):
@@ -417,6 +432,26 @@ def render(status: StudyStatus, limit: int = 12) -> str:
         if len(status.aside) > limit:
             lines.append(f"  ... and {len(status.aside) - limit} more")
     return "\n".join(lines)
+
+
+def attack_lines(plan: Plan, attacks: dict) -> list[str]:
+    """The attack jobs: done, flagged, what the headline is, and their cost estimated from FLOPs."""
+    if not attacks:
+        return []
+    suite = plan.suite
+    subset = "every test image" if suite.subset_size is None else f"a fixed subset of {suite.subset_size} test images"
+    lines = [f"attack jobs: {attacks['done']} of {attacks['planned']} runs attacked, {attacks['flagged']} with a "
+             f"gradient-masking check failed (tables/masking.md); headline: the worst case per image over "
+             f"{', '.join(suite.headline)} on {subset}"]
+    flops, every = attacks["flops"], attacks["flops_every_image"]
+    lines.append(f"attack cost, estimated (not measured; docs/robustness.md): at most {flops:.2g} FLOPs for these "
+                 f"runs, {cost.gpu_hours(flops):.2f} GPU-hours at an H100's fp32 peak ("
+                 f"{cost.gpu_hours(flops, 'tf32'):.2f} with runtime.tf32), a floor: small models run far below it"
+                 + (f"; on every test image instead of the subset: {cost.gpu_hours(every):.2f} ("
+                    f"{cost.gpu_hours(every, 'tf32'):.2f} with tf32)" if every > flops else "")
+                 + (f"; not counted: {', '.join(attacks['uncounted'])} (no FLOP count in kdsweep.attacks.cost)"
+                    if attacks.get("uncounted") else ""))
+    return lines
 
 
 def show(configfiles=(), overrides=(), folder=None, watch=None, out=None):

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import checkpoint, data, distributed, identity, io, lock, sources, teachers
+from . import checkpoint, data, distributed, features, identity, io, lock, sources, teachers
 from . import runs as runs_
 from .board import EpochBoard
 from .checkpoint import RunState
@@ -83,10 +83,13 @@ class Point:
     run's seed, normalisation inside the model, on the job's device and memory layout.
     `module` owns the weights (every state dict is saved and loaded through it); `model`
     runs the training step: the module itself, or torch.compile of it (runtime.compile).
+    A point of a feature-based method also taps feature maps (`taps`, kdsweep.features): of
+    its student, by hooks on `module`, and of `teacher` (the module, not a compiled wrapper),
+    both found by a probe pass on images of image_size.
     """
 
     def __init__(self, run: Run, training: dict, num_classes, mean, std, runtime: Runtime, image_size=32,
-                 origin=None, processes: distributed.Processes = distributed.Processes()):
+                 origin=None, processes: distributed.Processes = distributed.Processes(), teacher=None):
         self.run = run
         name, hparams = (run.method, run.params) if run.distilled else HARD_TARGETS
         self.method, self.hparams = METHODS[name], hparams
@@ -98,18 +101,45 @@ class Point:
         # several processes (kdsweep.distributed): BatchNorm and dropout over the whole batch, DDP's averaging
         self.module = processes.prepare(runtime.place(model), runtime.device)
         self.model = runtime.compiled(processes.wrap(self.module, runtime.device))
-        # the method's trainable state (CTKD's temperature), trained by the point's optimiser beside the
-        # student, after its weights
-        self.method_state = self.method.make_state(hparams)
+        # the feature maps the loss reads (none for a logit method: no probe, no hook); the probes draw
+        # nothing at random, so the adapters below start as they would in a job of this point alone
+        self.taps = None
+        if run.distilled and self.method.needs_features(hparams):
+            image_shape = (len(mean), image_size, image_size)
+            self.taps = features.plan_taps(
+                self.method, hparams, features.stages(self.module, image_shape, runtime.device),
+                features.stages(teacher, image_shape, runtime.device), run.model,
+                getattr(teacher, "architecture", "network"), image_shape)
+            self.recorder = features.recorder(self.module)
+        # the method's trainable state (CTKD's temperature, a feature method's adapters): trained by the
+        # point's optimiser beside the student, after its weights, or by an optimiser of its own (the
+        # method's authors')
+        self.method_state = (self.method.make_state(hparams) if self.taps is None
+                             else self.method.make_state(hparams, self.taps.shapes))
+        self.state_optimizer = None
         parameters = list(self.module.parameters())
         if self.method_state is not None:
-            self.method_state = self.method_state.to(runtime.device)
-            parameters += list(self.method_state.parameters())
+            # a feature method's adapters normalise over the whole batch of every process, as the student does
+            self.method_state = processes.prepare(self.method_state.to(runtime.device), runtime.device)
+            self.state_optimizer = self.method.state_optimizer(self.method_state, hparams)
+            if self.state_optimizer is None:
+                parameters += list(self.method_state.parameters())
+            else:
+                self.state_lrs = [group["lr"] for group in self.state_optimizer.param_groups]
+        self.lr = training["lr"]
         self.optimizer = runtime.adam(parameters, training["lr"], training["weight_decay"])
         self.terms = self.method.term_names(hparams)
         # Each point draws its dropout masks from its own torch RNG stream, so a point
         # trains exactly as it would alone, whatever else shares its job.
         self.rng = _torch_rng(runtime.device)
+
+    def step_state(self):
+        """Step the method state's own optimiser, its learning rates scaled as the student's schedule scales
+        the student's (the authors train both with one optimiser and one schedule)."""
+        scale = self.optimizer.param_groups[0]["lr"] / self.lr
+        for group, lr in zip(self.state_optimizer.param_groups, self.state_lrs):
+            group["lr"] = lr * scale
+        self.state_optimizer.step()
 
     @contextlib.contextmanager
     def own_rng(self, device):
@@ -138,7 +168,10 @@ def train_epoch(points, teacher, source, generator, runtime: Runtime, stop=None,
     for point in points:
         point.model.train()
     totals = [{} for _ in points]
-    needs_teacher = teacher is not None and any(point.run.needs_teacher for point in points)
+    needs_teacher = teacher is not None and any(point.run.needs_teacher or point.taps for point in points)
+    # the teacher's maps that the points of feature-based methods read, from its one pass per batch
+    teacher_taps = sorted({name for point in points if point.taps for name in point.taps.teacher})
+    teacher_maps = {}
     n = len(source)
     for batch in source.epoch(generator, runtime, processes):
         if stop:
@@ -148,22 +181,35 @@ def train_epoch(points, teacher, source, generator, runtime: Runtime, stop=None,
         if needs_teacher:
             # no_grad, not inference_mode: a method's loss may keep the teacher's logits for its
             # backward pass (a squared error does), which inference tensors refuse
-            with torch.no_grad(), runtime.autocast():
+            with torch.no_grad(), runtime.autocast(), _recording(teacher, teacher_taps) as teacher_maps:
                 teacher_logits = teacher(batch.images).float()
         for point, total in zip(points, totals):
             run = point.run
             with point.own_rng(device), distributed.batch_share(batch):
-                with runtime.autocast():
-                    logits = point.model(batch.images).float()
-                terms = point.method.loss(logits, teacher_logits if run.needs_teacher else None, batch_labels,
-                                          point.hparams, progress, point.method_state)
+                if point.taps is None:
+                    with runtime.autocast():
+                        logits = point.model(batch.images).float()
+                    terms = point.method.loss(logits, teacher_logits if run.needs_teacher else None, batch_labels,
+                                              point.hparams, progress, point.method_state)
+                else:
+                    with runtime.autocast(), point.recorder.recording(point.taps.student) as student_maps:
+                        logits = point.model(batch.images).float()
+                    # in fp32, as the logits: the adapters train outside autocast
+                    maps = ([student_maps[name].float() for name in point.taps.student],
+                            [teacher_maps[name].float() for name in point.taps.teacher])
+                    terms = point.method.loss(logits, teacher_logits, batch_labels, point.hparams, progress,
+                                              point.method_state, maps)
                 loss = total_loss(terms)
                 point.optimizer.zero_grad(set_to_none=True)
+                if point.state_optimizer is not None:
+                    point.state_optimizer.zero_grad(set_to_none=True)
                 # (a process's share of a batch weighs as many images as it has: sources.Batch.weight)
                 (loss if batch.weight == 1 else loss * batch.weight).backward()
                 if processes is not None:
                     processes.average_gradients(point.method_state)
                 point.optimizer.step()
+                if point.state_optimizer is not None:
+                    point.step_state()
             losses = {"total": loss, **{name: value for name, (_, value) in terms.items()}}
             for name, value in losses.items():
                 # A term the point does not use (soft at w = 0) is None: logged as NaN.
@@ -175,6 +221,11 @@ def train_epoch(points, teacher, source, generator, runtime: Runtime, stop=None,
                 processes.all_sum(total[name])
     return [{name: total[name].item() / n if name in total else math.nan
              for name in ("total", *point.terms)} for point, total in zip(points, totals)]
+
+
+def _recording(teacher, names):
+    """The teacher's maps of these names, kept while its forward pass runs (nothing: no hook, no map)."""
+    return features.recorder(teacher).recording(names) if names else contextlib.nullcontext({})
 
 
 @dataclass
@@ -200,10 +251,11 @@ class _JobPoint(Point):
     """A Point of a training job: its run folder, schedule, early stopping and checkpoint."""
 
     def __init__(self, config, run, out_dir, teacher_hash, splits, stats, runtime, log, rerun_stale, origin=None,
-                 processes: distributed.Processes = distributed.Processes()):
+                 processes: distributed.Processes = distributed.Processes(), teacher=None):
         training = config["training"]
         super().__init__(run, training, splits.num_classes, stats["mean"], stats["std"], runtime,
-                         image_size=data.train_geometry(splits, config)[1], origin=origin, processes=processes)
+                         image_size=data.train_geometry(splits, config)[1], origin=origin, processes=processes,
+                         teacher=teacher)
         self.origin = origin
         # only the first process writes (kdsweep.distributed); the others keep the same state beside it
         self.out_dir, self.writes = Path(out_dir), processes.main
@@ -387,21 +439,22 @@ def _train_points(config, runs, stats_path, out_dirs, teacher_dir, log, rerun_st
     stats = data.read_stats(stats_path, config["dataset"], config["imagefolder"])
 
     splits = data.load_splits(config["dataset"], runtime.device, stats)
-    teacher, teacher_hash = None, None
+    teacher, teacher_hash, teacher_module = None, None, None
     if runs[0].distilled:
         if teacher_dir is None:
             raise KdsweepError("distillation needs the teacher's run folder; pass --teacher RUN_DIR")
         record, teacher = runs_.load(teacher_dir, config["dataset"], runtime.device, splits.num_classes, "teacher run",
                                      data_digest=splits.digest)
         teacher_hash = record.config_hash
-        teacher = runtime.compiled(runtime.place(teacher.eval().requires_grad_(False)))
+        teacher_module = runtime.place(teacher.eval().requires_grad_(False))
+        teacher = runtime.compiled(teacher_module)
     origin = None
     if teacher_checkpoint is not None:
         if runs[0].role != "teacher":
             raise KdsweepError("--checkpoint is for a teacher: give --role teacher")
         origin = Origin.of(runs[0], teacher_checkpoint, fine_tune, splits, config)
     points = [_JobPoint(config, run, out_dir, teacher_hash, splits, stats, runtime, log, rerun_stale, origin,
-                        processes)
+                        processes, teacher_module)
               for run, out_dir in zip(runs, out_dirs)]
     source = sources.for_split(splits.train, config, runtime, processes)
     generator = torch.Generator()

@@ -148,8 +148,6 @@ wildcard_constraints:
     seed=r"\d+",
     run=r"[^/]+",
     pack="|".join(re.escape(pack.name) for pack in PLAN.packs) or "(?!)",
-    attack="|".join(PLAN.attacks) or "(?!)",
-    eps="|".join(PLAN.epsilons) or "(?!)",
     choice="|".join(PLAN.choice_name(s, m) for s, m in PLAN.choices()) or "(?!)",
     rung="|".join(str(rung) for rung in PLAN.rungs) or "(?!)",
 
@@ -162,21 +160,48 @@ def run_of(wildcards):
     return PLAN.run(wildcards.role, wildcards.run)
 
 
-def finished(wildcards):
-    """The tracked files of the run an attack or evaluation reads (a distilled run's: its pack record), as
-    ancient() where the job's result on disk measured the run's model as it is now (identity.measures_run_now:
-    its run hash and model digest): a record written again (its pack gained a point, or its job was forced)
-    measures nothing again. A model trained again into other weights, or a run whose metrics are not there
-    yet, is measured again once its record is newer than the result; what the run's model was trained with is
-    in the job's params (commands.JOB_SLICES), which a change reruns."""
-    run = run_of(wildcards)
-    kind = "attack" if "attack" in wildcards.keys() else "evaluation"
-    current = measures_run_now(kind, LAYOUT.file(kind, **dict(wildcards.items())), LAYOUT.run_dir(run))
-    return [ancient(path) if current else path for path in LAYOUT.finished(run)]
+def finished(job):
+    """rule `job`'s input function (job: attack or evaluate): the tracked files of the run it measures (a distilled
+    run's: its pack record), as ancient() where every file the job wrote of the run measured the run's model as it
+    is now (identity.measures_run_now: their run hash and model digest; Layout.measurements: every attack result,
+    worst case and the masking record of an attack job): a record written again (its pack gained a point, or its
+    job was forced) measures nothing again. A model trained again into other weights, a run whose metrics are
+    not there yet, or a job with a file missing or of another version, is measured again once its record is
+    newer than its files."""
+    def inputs(wildcards):
+        run = run_of(wildcards)
+        current = measures_run_now(LAYOUT.measurements(job, run), LAYOUT.run_dir(run))
+        return [ancient(path) if current else path for path in LAYOUT.finished(run)]
+
+    return inputs
 
 
 def run_dir(wildcards):
     return LAYOUT.run_dir(run_of(wildcards))
+
+
+def transfer_runs(wildcards):
+    """{role: run} of the runs an attack job crafts its transfer attacks on: the run's teacher (a baseline: the
+    study's first; a teacher: none) and a distilled run's own seed's baseline (none without robustness.transfer)."""
+    run = run_of(wildcards)
+    if PLAN.suite.transfer is None:
+        return {}
+    sources = {} if run.role == "teacher" else {"teacher": PLAN.teacher_of(run).run}
+    baseline = PLAN.baseline_of(run)
+    return sources if baseline is None else {**sources, "baseline": baseline}
+
+
+def transfer_sources(wildcards):
+    """The tracked files of those runs (rule attack's input): it waits for them to finish."""
+    return LAYOUT.finished_files(transfer_runs(wildcards).values())
+
+
+def transfer_options(wildcards):
+    """` --teacher DIR --baseline DIR` of rule attack's command, for the runs it has."""
+    return "".join(
+        f" --{role} {shlex.quote(LAYOUT.run_dir(run))}"
+        for role, run in transfer_runs(wildcards).items()
+    )
 
 
 def pack_of(wildcards):

@@ -1,17 +1,19 @@
-# Every finished run (teacher, baselines, distilled students) is evaluated on the test set:
-# under each attack of the config's `attacks` at each epsilon (rule attack, one job per run,
-# attack and epsilon), and for fidelity to the teacher, calibration and logit scale (rule
-# evaluate). On a cluster all of a run's evaluations go out as one submission: they share the
-# group eval_{role}_{run}, which --group-components "eval_{role}_{run}=N" (N >= their
-# number; profiles/default, the workflow profile) lets span them.
+# Every finished run (teacher, baselines, distilled students) is evaluated on the test set: under every
+# attack of the config's `attacks` at every epsilon, their worst case per image (the headline), transfer
+# attacks from the teacher and the run's own seed's baseline and the gradient-masking checks (rule attack,
+# one job per run: one process loads the data and the models once for all of them; kdsweep.attacks.job), and
+# for fidelity to the teacher, calibration and logit scale (rule evaluate). On a cluster both of a run's
+# evaluations go out as one submission: they share the group eval_{role}_{run}, which --group-components
+# "eval_{role}_{run}=N" (N >= their number; profiles/default, the workflow profile) lets span them.
 
 
 rule attack:
     input:
-        finished,
+        finished("attack"),
         runtime=ancient(RUNTIME),
+        sources=transfer_sources,
     output:
-        LAYOUT.pattern("attack"),
+        LAYOUT.attack_patterns(),
     log:
         LAYOUT.pattern("attack_log"),
     group:
@@ -21,18 +23,18 @@ rule attack:
     threads: THREADS
     params:
         run=run_dir,
-        # the config's number itself, not its folder spelling
-        epsilon=lambda wildcards: number(PLAN.epsilons[wildcards.eps]),
-        config=lambda wildcards: COMMANDS.job_config("attack", wildcards.attack),
+        out=lambda wildcards: LAYOUT.file("attack_dir", role=wildcards.role, run=wildcards.run),
+        masking=lambda wildcards: LAYOUT.file("masking", role=wildcards.role, run=wildcards.run),
+        sources=transfer_options,
+        config=COMMANDS.job_config("attack"),
     shell:
-        "kdsweep attack --attack {wildcards.attack} --run {params.run:q}"
-        " --epsilon {params.epsilon} --out {output:q}"
+        "kdsweep attack --run {params.run:q} --out-dir {params.out:q} --masking {params.masking:q}{params.sources}"
         " --config {input.runtime:q} {params.config} runtime.threads={threads} >> {log:q} 2>&1"
 
 
 rule evaluate:
     input:
-        finished,
+        finished("evaluate"),
         runtime=ancient(RUNTIME),
         teacher=lambda wildcards: LAYOUT.finished(teacher_of_run(wildcards)),
     output:

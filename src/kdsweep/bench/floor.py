@@ -100,9 +100,9 @@ def model_flops(model, image_size, num_classes) -> dict:
     model.eval()
     with torch.inference_mode():
         forward = flops(lambda: model(x))
-    # attacks.evaluate_attack's work: forward, gradient w.r.t. the input only, forward of the
+    # FGSM's work in kdsweep.attacks: forward, gradient w.r.t. the input only, forward of the
     # adversarial batch. (Counted with backward() on a frozen model: FlopCounterMode's module
-    # tracker cannot follow the torch.autograd.grad that attacks.py uses; the ops are the same.)
+    # tracker cannot follow the torch.autograd.grad that kdsweep.attacks uses; the ops are the same.)
     model.requires_grad_(False)
     x_attack = x.clone().requires_grad_(True)
 

@@ -2,7 +2,8 @@
 
 Every module of this package that defines `METHOD` is one method (mdistiller's distillers, one file
 each): kd (Hinton et al.; the reference study's), dkd (Decoupled KD), lskd (KD with logit
-standardization), ctkd (Curriculum Temperature KD). Adding a method is adding its module (and its
+standardization), ctkd (Curriculum Temperature KD) on the logits; at (attention transfer), fitnets and
+reviewkd also on feature maps (kdsweep.features: which maps, of any network). Adding a method is adding its module (and its
 tests): the plan, runs and folder names, the command line, records, tables, figures and the report
 all derive from this registry.
 """

@@ -10,9 +10,20 @@ than one function (trainable state, a schedule). It declares:
   (the teacher's logits come without a gradient, as ordinary tensors the loss may keep for backward),
   `{name: (weight, value)}`, whose weighted sum is minimised (`total`). Each term's unweighted value goes
   to history.csv (`train_<name>_loss`) and TensorBoard;
-- any trainable state (`make_state`: a module whose parameters the point's optimiser trains, saved in
-  and resumed from the checkpoint) and what of it each epoch records (`epoch_record`: history.csv,
-  TensorBoard, metrics.json).
+- any trainable state (`make_state`: a module saved in and resumed from the checkpoint, whose parameters the
+  point's optimiser trains beside the student's weights, or an optimiser of its own where the method's
+  authors train it apart: `state_optimizer`) and what of it each epoch records (`epoch_record`:
+  history.csv, TensorBoard, metrics.json);
+- what a point that uses no teacher trains on (`teacher_free`): the labels' cross-entropy alone, at a
+  weight. At weight 1 that is the hard-target baseline's loss (kdsweep.plan trains no such point: the
+  baseline is it).
+
+A feature-based method (at, fitnets, reviewkd) also declares which points read feature maps
+(`uses_features`) and which of a network's stage outputs they read (`taps`: kdsweep.features has the rule
+that finds them in any architecture). Such a point's trainable state is its adapters, built for the shapes
+of the tapped maps (`make_state(hparams, shapes)`), and its loss gets the maps, the student's (with their
+gradient) and the teacher's, as `maps=(student_maps, teacher_maps)`. A logit method's loss is called as
+before, and a point that reads no maps has none computed: no probe, no hook.
 
 No method module imports torch at module level: the plan (kdsweep.plan, which every snakemake process
 loads) reads the registry's hyperparameters, and a loss imports torch when it first runs.
@@ -77,6 +88,10 @@ class Method:
     axes: tuple[str, str]
     loss_fn: object = None  # (student, teacher, labels, hparams, progress) -> terms, for a method without state
     uses_teacher: object = None  # hparams -> bool; None: always
+    # hparams -> the weight of the labels' cross-entropy, the loss's only term at a point that uses no teacher
+    # (kd: 1 - w = 1); None: 1
+    hard_weight: object = None
+    uses_features: object = None  # hparams -> bool: the point's loss reads feature maps; None: never (logits only)
 
     def __post_init__(self):
         names = [param.name for param in self.params]
@@ -106,6 +121,22 @@ class Method:
     def needs_teacher(self, hparams: dict) -> bool:
         return True if self.uses_teacher is None else self.uses_teacher(hparams)
 
+    def teacher_free(self, hparams: dict) -> float | None:
+        """None at a point that uses the teacher. At one that does not, its loss is the labels' cross-entropy
+        alone (every other term weighs 0 and `total` leaves it out): the weight it has. At 1 the loss is the
+        hard-target baseline's (train.HARD_TARGETS), so the point, trained from the same seed, is the baseline."""
+        if self.needs_teacher(hparams):
+            return None
+        return 1.0 if self.hard_weight is None else float(self.hard_weight(hparams))
+    def needs_features(self, hparams: dict) -> bool:
+        return False if self.uses_features is None else bool(self.uses_features(hparams))
+
+    def taps(self, hparams: dict, count: int):
+        """Which of a network's `count` stage outputs (kdsweep.features; 0 the shallowest) a point that
+        needs features reads, in the order its loss gets them: the same rule for student and teacher. A
+        sentence instead where `count` is too few (it names the hyperparameter to change)."""
+        raise NotImplementedError(f"{self.name} reads no feature maps")
+
     def section_schema(self) -> dict:
         """JSON schema of the config's `methods.<name>` section: each hyperparameter a list of values (the
         sweep's grid over them is their product)."""
@@ -122,12 +153,22 @@ class Method:
 
     # ---- training
 
-    def make_state(self, hparams: dict):
-        """Trainable state of a point (None: the method has none)."""
+    def make_state(self, hparams: dict, shapes=None):
+        """Trainable state of a point (None: the method has none). shapes (kdsweep.features.Shapes: the
+        (C, H, W) of the maps the loss reads) is given to a point that needs features, whose adapters are
+        built for them."""
         return None
 
-    def loss(self, student, teacher, labels, hparams: dict, progress: Progress, state=None) -> dict:
-        """{term: (weight, value)}; a term the point does not use has value None."""
+    def state_optimizer(self, state, hparams: dict):
+        """The optimiser of a point's trainable state (placed on its device), where the method's authors train it
+        apart from the student (train_epoch steps it after the student's, its learning rate scaled as the
+        student's schedule scales theirs; its state is in `state`'s own, so in the checkpoint); None: the point's
+        optimiser trains it beside the student's weights."""
+        return None
+
+    def loss(self, student, teacher, labels, hparams: dict, progress: Progress, state=None, maps=None) -> dict:
+        """{term: (weight, value)}; a term the point does not use has value None. maps: (student maps,
+        teacher maps) in `taps` order, given to a point that needs features."""
         return self.loss_fn(student, teacher, labels, hparams, progress)
 
     def epoch_record(self, state) -> dict:
@@ -137,6 +178,14 @@ class Method:
     def term_names(self, hparams: dict) -> tuple[str, ...]:
         """The names of the loss's terms, in order (history.csv's columns)."""
         raise NotImplementedError
+
+
+def last_stages(hparams: dict, count: int, method: str, param: str = "stages"):
+    """The last hparams[param] of `count` stage outputs (the deepest), or the sentence that lowers it."""
+    wanted = int(hparams[param])
+    if wanted > count:
+        return f"{param}={wanted} needs {wanted}; set methods.{method}.{param} to at most {count}"
+    return list(range(count - wanted, count))
 
 
 def total(terms: dict):

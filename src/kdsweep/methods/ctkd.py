@@ -2,9 +2,9 @@
 with the global temperature of the authors' code (zhengli97/CTKD).
 
 One learnable temperature for the whole student, T = t_start + t_end * sigmoid(theta) (theta starts at 1),
-trained by the point's optimiser through a gradient-reversal layer: theta's gradient is multiplied by
-lambda, which the authors' cosine schedule takes from lambda_max to lambda_min over lambda_epochs epochs
-(epochs counted from 1) and holds there,
+trained through a gradient-reversal layer: theta's gradient is multiplied by lambda, which the authors'
+cosine schedule takes from lambda_max to lambda_min over lambda_epochs epochs (epochs counted from 1) and
+holds there,
 
     lambda(e) = lambda_min + (lambda_max - lambda_min) * (1 + cos(pi * min(e, lambda_epochs) / lambda_epochs)) / 2,
 
@@ -13,10 +13,30 @@ student descends it, the harder the further training goes. The loss is KD's at t
 
     L = (1 - w) * CE(student, labels) + w * T^2 * KL(softmax(teacher / T) || softmax(student / T)).
 
-The authors' CIFAR-100 settings: w 0.9 (their -r 0.1 -a 0.9), t_start 1, t_end 20, lambda from 0 to -1
-over 10 epochs. The learned temperature after each epoch goes to history.csv, TensorBoard and
-metrics.json; it is in the checkpoint (theta, and its optimiser state), so a resumed run continues the
-same trajectory.
+The temperature's optimiser is the authors' SGD, not the study's: their train_student.py trains the
+student and the temperature with one SGD (momentum 0.9, weight decay 5e-4, lr 0.05), and SGD's step is
+proportional to the gradient, so lambda sets how fast the temperature moves. Adam, which trains the
+student here, divides each step by the gradient's running size, which cancels a constant lambda: the
+temperature would move at Adam's pace whatever lambda is (tests/test_methods.py shows that lambda changes
+the learned temperature here). So the student keeps the study's optimiser and schedule, and theta has an
+SGD of its own (t_lr, t_momentum, t_weight_decay), whose learning rate is t_lr times the student's schedule
+factor (the current learning rate over training.lr), as the authors' step decay scales both. At w = 0 the
+temperature is unused and the loss is the cross-entropy alone, the hard-target baseline's (kdsweep.plan
+trains no such point).
+
+Defaults, as the authors' released code (zhengli97/CTKD):
+- soft_weight 0.9 (and 1 - w = 0.1 on the labels): train_student.py, `-a/--alpha` 0.9 and `-r/--gamma` 0.1,
+  as scripts/run_cifar_distill.sh passes them (`-r 0.1 -a 0.9`);
+- t_start 1, t_end 20: train_student.py, `--t_start` 1 and `--t_end` 20; the temperature module, theta
+  from 1 and its gradient reversal: models/temp_global.py (Global_T, GradientReversalFunction);
+  T = t_start + t_end * sigmoid(theta): helper/loops.py, train_distill;
+- lambda_max 0, lambda_min -1, lambda_epochs 10 and the cosine schedule: scripts/run_cifar_distill.sh
+  (`--cosine_decay 1 --decay_max 0 --decay_min -1 --decay_loops 10`) and train_student.py's CosineDecay;
+- t_lr 0.05, t_momentum 0.9, t_weight_decay 5e-4: scripts/run_cifar_distill.sh (`--learning_rate 0.05`)
+  and train_student.py (`--momentum` 0.9, `--weight_decay` 5e-4, `optim.SGD(trainable_list.parameters()`,
+  the temperature among them; it sets 0.01 for MobileNetV2 and ShuffleNet students).
+The learned temperature after each epoch goes to history.csv, TensorBoard and metrics.json; it is in the
+checkpoint (theta and its SGD's momentum), so a resumed run continues the same trajectory.
 """
 
 import functools
@@ -43,11 +63,13 @@ def temperature_module():
             return ctx.strength * grad, None
 
     class Temperature(torch.nn.Module):
-        """T = t_start + t_end * sigmoid(theta), theta from 1, its gradient reversed by `strength`."""
+        """T = t_start + t_end * sigmoid(theta), theta from 1, its gradient reversed by `strength`; `momentum`
+        is its SGD's momentum buffer (a buffer of the module, so that the checkpoint holds it)."""
 
         def __init__(self, t_start: float, t_end: float):
             super().__init__()
             self.theta = torch.nn.Parameter(torch.ones(1))
+            self.register_buffer("momentum", torch.zeros(1))
             self.t_start, self.t_end = t_start, t_end
 
         def forward(self, strength: float):
@@ -70,6 +92,17 @@ def reversal_strength(epoch: int, hparams: dict) -> float:
 class CTKD(Method):
     def make_state(self, hparams):
         return temperature_module()(float(hparams["t_start"]), float(hparams["t_end"]))
+
+    def state_optimizer(self, state, hparams):
+        """The authors' SGD for theta. torch's SGD updates a momentum buffer it finds in its state in place (and
+        starts one at the first gradient, which a zero buffer gives too: 0.9 * 0 + g), so it is handed the
+        module's buffer, which the checkpoint saves and a resumed run loads back in place."""
+        import torch
+
+        optimizer = torch.optim.SGD(state.parameters(), lr=float(hparams["t_lr"]), momentum=float(hparams["t_momentum"]),
+                                    weight_decay=float(hparams["t_weight_decay"]))
+        optimizer.state[state.theta]["momentum_buffer"] = state.momentum
+        return optimizer
 
     def loss(self, student, teacher, labels, hparams, progress, state=None):
         import torch.nn.functional as F
@@ -106,7 +139,12 @@ METHOD = CTKD(
               description="its strength from lambda_epochs on (negative: the temperature ascends the loss)"),
         Param("lambda_epochs", "lep", 10, minimum=1, maximum=10000, integer=True,
               description="epochs of the cosine schedule from lambda_max to lambda_min"),
+        Param("t_lr", "Tlr", 0.05, minimum=0, maximum=100, exclusive_minimum=True,
+              description="learning rate of the temperature's SGD (times the student's schedule factor)"),
+        Param("t_momentum", "Tmom", 0.9, minimum=0, maximum=0.999, description="momentum of the temperature's SGD"),
+        Param("t_weight_decay", "Twd", 0.0005, minimum=0, maximum=1, description="weight decay of the temperature's SGD"),
     ),
     axes=("soft_weight", "t_end"),
     uses_teacher=lambda hparams: hparams["soft_weight"] > 0,
+    hard_weight=lambda hparams: 1 - hparams["soft_weight"],
 )

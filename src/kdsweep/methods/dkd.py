@@ -9,8 +9,14 @@ KD's KL splits into the target-class part and the non-target part, which DKD wei
 - NCKD: T^2 * KL(p~_teacher || p~_student), p~ = softmax(logits / T) over the non-target classes alone
   (the target class masked out).
 Both are means over the batch. The warm-up grows the distillation term linearly over the first
-warmup_epochs epochs (epochs counted from 1). mdistiller's CIFAR settings: alpha 1, beta 8, T 4, 20
-warm-up epochs, CE weight 1. At beta = 0 it is CE + alpha * TCKD.
+warmup_epochs epochs (epochs counted from 1). At beta = 0 it is CE + alpha * TCKD; at alpha = beta = 0 the
+cross-entropy alone, the hard-target baseline's loss (kdsweep.plan trains no such point).
+
+Defaults, as the authors' released code (megvii-research/mdistiller):
+- alpha 1, beta 8, temperature 4, warmup_epochs 20 and the CE weight 1 (fixed here): mdistiller/engine/cfg.py,
+  CFG.DKD.ALPHA = 1.0, BETA = 8.0, T = 4.0, WARMUP = 20, CE_WEIGHT = 1.0, which
+  configs/cifar100/dkd/res32x4_res8x4.yaml keeps (other pairs' files there set BETA 2 or 6);
+- the loss and the warm-up, min(epoch / WARMUP, 1): mdistiller/distillers/DKD.py.
 """
 
 from .base import Method, Param

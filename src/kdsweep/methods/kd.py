@@ -5,7 +5,15 @@
 w (soft_weight) is the weight of the SOFT (teacher) term; 1 - w is on the hard labels. The reference
 study's eq. 3 puts its alpha on the hard term: alpha = 1 - w. Its grid is the config's top-level
 `temperatures` x `soft_weights` (the reference study's sweep; its section under `methods` takes no
-values), and its runs keep the folder names runs/kd/<model>_T<T>_soft<w>_seed<s>.
+values), and its runs keep the folder names runs/kd/<model>_T<T>_soft<w>_seed<s>. At w = 0 the loss is the
+cross-entropy alone, the hard-target baseline's at any T (kdsweep.plan trains no w = 0 point).
+
+Defaults (Hinton et al. released no code; the reference implementation is megvii-research/mdistiller's, by
+DKD's authors):
+- temperature 4: mdistiller/engine/cfg.py, CFG.KD.TEMPERATURE = 4 (configs/cifar100/kd.yaml keeps it);
+- soft_weight 0.9: the same file's CFG.KD.LOSS.KD_WEIGHT = 0.9 on the soft term and CFG.KD.LOSS.CE_WEIGHT =
+  0.1 = 1 - w on the labels; mdistiller/distillers/KD.py's loss is CE_WEIGHT * CE + KD_WEIGHT * T^2 * KL, the
+  KL summed over classes and averaged over the batch, as here.
 """
 
 from .base import Method, Param, soft_loss
@@ -52,6 +60,7 @@ METHOD = KD(
     axes=("temperature", "soft_weight"),
     loss_fn=losses,
     uses_teacher=lambda hparams: hparams["soft_weight"] > 0,
+    hard_weight=lambda hparams: 1 - hparams["soft_weight"],
 )
 
 

@@ -8,9 +8,14 @@ Accuracies are percent. `soft_weight` is w, the weight of the soft (teacher) ter
 
 A comparison of a distilled student with its baseline (kd_vs_hard, methods, confirmed) also carries the
 gain paired by seed, KD(s) - baseline(s) (kdsweep.stats): `gain_mean, _std, _n` (pairs), `_ci95`,
-`_low, _high` (the 95% t-interval) and `_excludes_zero`; with one pair no interval. The
-confirmation's runs (role confirm, fresh seeds) appear in runs.csv and robustness.csv and in the
-confirmed table only, never in a sweep table.
+`_low, _high` (the 95% t-interval), `_excludes_zero` and `_p` (the paired t-test's); with one pair no
+interval. Each such table is one family of tests (summary.FAMILIES, its `family` and `family_size`
+columns): `gain_p_holm` (Holm), `gain_low_adj, _high_adj` (Bonferroni simultaneous intervals) and
+`gain_excludes_zero_adj` (Holm's p < 0.05) beside the raw ones; headline.md states the study's result
+from those alone. The confirmation's runs (role confirm, fresh seeds) appear in runs.csv and
+robustness.csv and in the confirmed table only, never in a sweep table. A teacher-free point (kd's w = 0,
+...) is trained as the baseline (kdsweep.plan): grid.csv and method_grid.csv show it once per student, the
+baseline's runs, labelled (`teacher_free`).
 
 The package, by responsibility:
 - collect.py    the results -> frames (runs, attacks, evaluations), each bound to the run version it measured
@@ -18,9 +23,12 @@ The package, by responsibility:
 - reference.py  the reference study's tables: table1, grid, kd_vs_hard (Tables II-V), sensitivity, vs_reference
 - methods.py    the KD methods side by side (methods) and every method's grid (method_grid)
 - pairs.py      the architecture pairs side by side: each (teacher, student) with parameters and images/s
-- confirmed.py  the confirmation on fresh seeds
+- confirmed.py  the confirmation on fresh seeds, against the baseline and head to head against kd
+- headline.py   the headline in words, from the adjusted results only
 - choices.py    the checkpoints' choices: best_temperature, best_point, and collect_choices (read back)
 - search.py     which search produced the tables (grid, staged, halving) and the points halving pruned
+- robustness.py the gradient-masking checks and transfer attacks (masking), their marks on every table, and
+                accuracy per class (per_class)
 - markdown.py   the Markdown tables' cells, notes and rendering
 """
 
@@ -36,11 +44,13 @@ from kdsweep.errors import KdsweepError
 from kdsweep.io import read_text, write_text
 from kdsweep.layout import TABLES, not_in_study_sentence
 from kdsweep.tables import confirmed, methods, pairs, reference
+from kdsweep.tables import robustness as robustness_tables
 from kdsweep.tables.choices import collect_choices
 from kdsweep.tables.files import StudyFiles, choice_name
+from kdsweep.tables.headline import headline
 from kdsweep.tables.search import pruned_keys, drop_pruned, study_search
-from kdsweep.tables.collect import (RUN_COLUMNS, collect_attacks, collect_runs, join_robustness, results_folder,
-                                    warn_unmatched)
+from kdsweep.tables.collect import (RUN_COLUMNS, collect_attacks, collect_runs, join_robustness, planned_teacher_free,
+                                    results_folder, warn_unmatched, without_baseline_copies)
 
 
 @dataclass(frozen=True)
@@ -95,20 +105,25 @@ def write_tables(results_dir, search: str | None = None, config: dict | None = N
     if scope is not None:  # a confirmation's record of a choice the config does not ask for is not read
         files.choices = [path for path in files.choices if choice_name(path.name) in scope.choices]
     searched = study_search(results_dir, search, files, *((scope.plan, scope.decisions) if scope else ()))
-    runs = collect_runs(results_dir, unmatched, files)
+    collected = without_baseline_copies(collect_runs(results_dir, unmatched, files))
     attacks = collect_attacks(results_dir, unmatched, files)
+    masking = robustness_tables.collect_masking(results_dir, unmatched, files)
     if scope is not None:
-        runs = runs[runs["run"].isin(scope.runs)].reset_index(drop=True)
+        collected = collected[collected["run"].isin(scope.runs)].reset_index(drop=True)
         attacks = attacks[attacks["run"].isin(scope.runs)].reset_index(drop=True)
+        masking = {name: frame[frame["run"].isin(scope.runs)].reset_index(drop=True)
+                   for name, frame in masking.items()}
         unmatched = [path for path in unmatched if _measured(path, results_dir) in scope.runs]
         if sentence := not_in_study_sentence(scope.left_out):
             print(f"kdsweep: warning: {sentence}", file=sys.stderr)
-    runs = drop_pruned(runs, searched)
+    runs = drop_pruned(collected, searched)
+    # the study's teacher-free points as configured now (without a config or study.yaml: none known)
+    teacher_free = scope.plan.teacher_free if scope is not None else planned_teacher_free(results_dir)
     if runs.empty:
         files.warn()
         raise KdsweepError(f"{results_dir} holds no finished run (no runs/<role>/<run>/metrics.json): nothing to "
                            "tabulate yet; train some runs first, or pass the study's folder results/<study>")
-    robustness = join_robustness(runs, attacks)
+    robustness = join_robustness(runs, attacks, masking)
     warn_unmatched(unmatched, results_dir)
     pair_table = pairs.pairs(runs, robustness)
     # the reference study's tables (and the methods') are of the study's first teacher: the runs of another
@@ -116,7 +131,7 @@ def write_tables(results_dir, search: str | None = None, config: dict | None = N
     every, every_attacked = runs, robustness  # runs.csv and robustness.csv: every run
     first = ~(runs["method"].notna() & runs["teacher_tag"].notna())
     runs, robustness = runs[first], robustness[robustness["run"].isin(runs.loc[first, "run"])]
-    grid = reference.grid(runs)
+    grid = reference.grid(runs, teacher_free)
     table1 = reference.table1(runs, robustness)
     kd_vs_hard = reference.kd_vs_hard(runs, robustness)
     choices = collect_choices(results_dir, files, pruned_keys(searched))
@@ -124,21 +139,27 @@ def write_tables(results_dir, search: str | None = None, config: dict | None = N
     confirmation = confirmed.confirmed(runs, robustness, choices)
     sensitivity = reference.sensitivity(runs, grid)
     vs_reference = reference.vs_reference(runs, results_dir, table1, kd_vs_hard, confirmation, sensitivity)
-    side_by_side = methods.methods(runs, robustness)
+    # a method's budget: its first teacher's runs, the points successive halving pruned among them too
+    budget = methods.budgets(collected[~(collected["method"].notna() & collected["teacher_tag"].notna())], searched)
+    side_by_side = methods.methods(runs, robustness, budget)
     frames = {"runs.csv": every[RUN_COLUMNS], "robustness.csv": every_attacked, "table1.csv": table1,
-              "methods.csv": side_by_side, "method_grid.csv": methods.method_grid(runs, searched),
+              "methods.csv": side_by_side, "method_grid.csv": methods.method_grid(runs, searched, teacher_free),
               "kd_vs_hard.csv": kd_vs_hard, "grid.csv": reference.with_pruned(grid, runs, searched),
               "confirmed.csv": confirmation, "sensitivity.csv": sensitivity, "vs_reference.csv": vs_reference,
-              "pairs.csv": pair_table}
+              "pairs.csv": pair_table, "masking.csv": robustness_tables.masking_table(masking["checks"]),
+              "per_class.csv": robustness_tables.per_class(results_dir, runs, kd_vs_hard, confirmation, files)}
     texts = {name: frame.assign(search=searched.label).to_csv(index=False, float_format="%.10g")
              for name, frame in frames.items()}
     texts["table1.md"] = reference.table1_markdown(table1, robustness)
     texts["kd_vs_hard.md"] = reference.kd_vs_hard_markdown(kd_vs_hard, robustness)
-    texts["confirmed.md"] = confirmed.confirmed_markdown(confirmation, choices)
+    texts["confirmed.md"] = confirmed.confirmed_markdown(confirmation, choices, runs)
+    texts["headline.md"] = headline(confirmation, side_by_side)
     texts["sensitivity.md"] = reference.sensitivity_markdown(sensitivity)
     texts["vs_reference.md"] = reference.vs_reference_markdown(vs_reference)
     texts["methods.md"] = methods.methods_markdown(side_by_side, robustness)
     texts["pairs.md"] = pairs.pairs_markdown(pair_table)
+    texts["masking.md"] = robustness_tables.masking_markdown(masking["checks"], every_attacked)
+    texts["per_class.md"] = robustness_tables.per_class_markdown(frames["per_class.csv"])
     for name in [name for name in texts if name.endswith(".md")]:
         texts[name] += f"\nSearch: {searched.label}.\n"
     out = results_dir / "tables"
@@ -146,10 +167,10 @@ def write_tables(results_dir, search: str | None = None, config: dict | None = N
 
 
 def _measured(path, results_dir) -> str:
-    """The run folder (runs/<role>/<run>) a result file measured: evaluation/<role>/<run>.json or
-    attacks/<role>/<run>/<attack>_eps<eps>.json."""
+    """The run folder (runs/<role>/<run>) a result file measured: evaluation/<role>/<run>.json,
+    masking/<role>/<run>.json or attacks/<role>/<run>/<attack>_eps<eps>.json."""
     parts = Path(path).relative_to(results_dir).parts
-    return f"runs/{parts[1]}/{Path(parts[2]).stem if parts[0] == 'evaluation' else parts[2]}"
+    return f"runs/{parts[1]}/{parts[2] if parts[0] == 'attacks' else Path(parts[2]).stem}"
 
 
 def read_table(path) -> pd.DataFrame:

@@ -2,10 +2,12 @@
 result bound to the run version it measured (kdsweep.identity.result_matches).
 
 Inputs, each read as its record (kdsweep.records): runs/<role>/<run>/metrics.json (a finished run),
-attacks/<role>/<run>/<attack>_eps<eps>.json (one per attack and epsilon) and evaluation/<role>/<run>.json
-(fidelity, calibration, logit scale; kdsweep.evaluation), found by the workflow's names only (what else lies
-there is a stray, kdsweep.tables.files). A missing attack or evaluation file (a sweep in progress) leaves
-empty cells, never an error. A result that measured another version of its run (retrained
+attacks/<role>/<run>/<attack>_eps<eps>.json (one per attack and epsilon, and the worst case over the
+headline's attacks, `worst`), masking/<role>/<run>.json (transfer attacks and gradient-masking checks;
+kdsweep.tables.robustness) and evaluation/<role>/<run>.json (fidelity, calibration, logit scale, per-class
+accuracy; kdsweep.evaluation), found by the workflow's names only (what else lies there is a stray,
+kdsweep.tables.files). A missing attack or evaluation file (a sweep in progress) leaves empty cells, never an
+error. A result that measured another version of its run (retrained
 since: its run hash or model digest differs, kdsweep.identity) is left out with a warning: no table pairs
 the numbers of two versions of a run.
 """
@@ -16,19 +18,23 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from scipy.stats import binomtest
 
 from kdsweep.errors import KdsweepError
 from kdsweep.identity import result_matches
+from kdsweep.attacks import ATTACKS, WORST
 from kdsweep.layout import attack_file
+from kdsweep.methods import METHODS
 from kdsweep.plan import ROLES, Run
-from kdsweep.records import EVALUATION_MEASURES, AttackResult, Evaluation, Metrics, point_of
+from kdsweep.records import CLASS_MEASURES, EVALUATION_MEASURES, AttackResult, Evaluation, Metrics, point_of
 from kdsweep.runs import METRICS
 from kdsweep.tables.files import StudyFiles
 
 KEYS = ["dataset", "model", "role", "temperature", "soft_weight", "seed"]
 # Columns from evaluation/<role>/<run>.json (kdsweep.records.Evaluation): agreement with the teacher (%),
-# KL(teacher || student) at T = 1, ECE (%), NLL, mean largest logit, mean logit L2 norm.
-EVALUATION_COLUMNS = list(EVALUATION_MEASURES)
+# KL(teacher || student) at T = 1, ECE (%), NLL, mean largest logit, mean logit L2 norm, the lowest accuracy of
+# a class (%).
+EVALUATION_COLUMNS = [*EVALUATION_MEASURES, *CLASS_MEASURES]
 LOGIT_SCALE = ["max_logit", "logit_norm"]
 # teacher: the teacher run's folder name (a distilled run's teacher's, a teacher's own); parameters: the
 # model's parameter count; images_per_second: training images per second as the run was trained, epochs x its epoch's
@@ -39,12 +45,20 @@ RUN_COLUMNS = KEYS + ["epochs", "best_epoch", "stopped_early", "val_acc", "val_l
 # A distilled run's row also has its same-seed baseline's accuracy under the same attack and epsilon
 # and the gain of that seed (the sweep's kd against baseline, a confirm run against the confirm baseline).
 SEED_GAIN = ["hard_adv_acc", "adv_gain"]
+# The images attacked: the test set's size, the evaluation subset's (empty: every test image) and the exact
+# (Clopper-Pearson) 95% binomial interval of adv_acc on that many images; the lowest accuracy under the
+# attack of a class; and the run's gradient-masking checks that failed at that epsilon (or at any: the
+# large-epsilon check), in words (kdsweep.tables.robustness).
+# A transfer attack's rows: attack transfer_<source> (teacher, baseline), from the run's masking record.
+TRANSFER = "transfer_"
+IMAGES = ["n_test", "subset_size", "adv_acc_low", "adv_acc_high", "worst_class_adv_acc"]
+MASKING = ["masking_suspected", "masking"]
 ROBUSTNESS_COLUMNS = KEYS + ["attack", "epsilon", "clean_acc", "adv_acc", "adv_acc_on_correct", *LOGIT_SCALE,
-                             "n", "n_correct", "params", "run", *SEED_GAIN]
+                             "n", "n_correct", "params", "run", *SEED_GAIN, *IMAGES, *MASKING]
 _NUMERIC = ("temperature", "soft_weight", "seed", "epochs", "best_epoch", "val_acc", "val_loss", "test_acc",
             "test_loss", "train_seconds", "parameters",
             "images_per_second", "epsilon", "clean_acc", "adv_acc", "adv_acc_on_correct", "n", "n_correct",
-            *EVALUATION_COLUMNS)
+            "n_test", "subset_size", "adv_acc_low", "adv_acc_high", "worst_class_adv_acc", *EVALUATION_COLUMNS)
 
 
 def numeric_frame(rows, columns):
@@ -78,7 +92,8 @@ def _named(metrics: Metrics) -> str | None:
     """runs/<role>/<run> of the run a metrics.json describes (kdsweep.plan.Run.folder); None for none."""
     picked = point_of(metrics)
     try:
-        run = Run(metrics.role, metrics.model, metrics.seed, *(picked or ()))
+        # the teacher's name too: a named teacher's own run and the runs of a study's second teacher carry it
+        run = Run(metrics.role, metrics.model, metrics.seed, *(picked or ()), teacher=metrics.teacher)
     except KdsweepError:
         return None
     return run.folder
@@ -170,7 +185,7 @@ def collect_attacks(results_dir, unmatched: list | None = None, files: StudyFile
     own = files is None
     files = files or StudyFiles(results_dir)
     runs = finished_runs(results_dir, files)
-    columns = [c for c in ROBUSTNESS_COLUMNS if c not in ("dataset", *LOGIT_SCALE, *SEED_GAIN)]  # joined later
+    columns = [c for c in ROBUSTNESS_COLUMNS if c not in ("dataset", *LOGIT_SCALE, *SEED_GAIN, *MASKING)]  # joined later
     rows, left_out = [], []
     for path in files.attacks:
         record = AttackResult.read(path)
@@ -181,9 +196,10 @@ def collect_attacks(results_dir, unmatched: list | None = None, files: StudyFile
         if run not in runs or not result_matches(record, runs[run]):
             left_out.append(path)
             continue
-        row = {key: getattr(record, key) for key in columns if key not in ("params", "run")}
+        row = {key: getattr(record, key) for key in columns if key not in ("params", "run", *IMAGES)}
         row["params"] = json.dumps(record.params or {}, sort_keys=True)
         row["run"] = run
+        row.update(images_of(record))
         rows.append(row)
     _left_out(left_out, unmatched, results_dir)
     if own:
@@ -192,9 +208,29 @@ def collect_attacks(results_dir, unmatched: list | None = None, files: StudyFile
                          ["role", "model", "temperature", "soft_weight", "seed", "attack", "epsilon"])
 
 
-def join_robustness(runs, attacks):
+def binomial_interval(k: int, n: int) -> tuple[float, float]:
+    """The exact (Clopper-Pearson) 95% interval, in %, of a proportion of k in n (scipy.stats.binomtest)."""
+    low, high = binomtest(int(k), int(n)).proportion_ci(confidence_level=0.95, method="exact")
+    return 100.0 * low, 100.0 * high
+
+
+def images_of(record: AttackResult) -> dict:
+    """A result's IMAGES columns (a result of an earlier version: its n only, no subset)."""
+    n = record.n
+    low, high = binomial_interval(round(record.adv_acc * n / 100), n) if n else (np.nan, np.nan)
+    present = [value for value in (record.class_adv_acc or []) if value is not None]
+    return {"n_test": record.n_test if record.n_test is not None else n,
+            "subset_size": (record.subset or {}).get("size"), "adv_acc_low": low, "adv_acc_high": high,
+            "worst_class_adv_acc": min(present) if present else np.nan}
+
+
+def join_robustness(runs, attacks, masking=None):
     """Attack results with the attacked run's dataset and logit scale joined, and for a distilled run the
-    same-seed hard-target run's accuracy under the same attack and epsilon and the seed's gain."""
+    same-seed hard-target run's accuracy under the same attack and epsilon and the seed's gain; with `masking`
+    (kdsweep.tables.robustness.collect_masking), its transfer attacks as rows (attack transfer_<source>) and
+    every row's failed masking checks."""
+    from kdsweep.tables.robustness import with_masking
+
     frame = attacks.merge(runs[["run", "dataset", *LOGIT_SCALE]], on="run", how="left")
     # kd pairs with baseline, a distilled confirm run with the confirm baseline of its seed
     frame["_pairs"] = np.where(frame["role"] == "confirm", "confirm", "sweep")
@@ -204,12 +240,24 @@ def join_robustness(runs, attacks):
     frame = frame.merge(baselines.drop_duplicates(key), on=key, how="left")
     frame.loc[frame["temperature"].isna(), "hard_adv_acc"] = np.nan  # teacher and baselines: no comparison
     frame["adv_gain"] = frame["adv_acc"] - frame["hard_adv_acc"]
-    return frame[ROBUSTNESS_COLUMNS]
+    return with_masking(frame.reindex(columns=ROBUSTNESS_COLUMNS), masking)
+
+
+def attack_rank(name) -> tuple:
+    """The order of attacks in tables: the worst case (the headline) first, FGSM (the reference study's), the
+    others in the registry's order, then the transfer attacks."""
+    if name == WORST:
+        return (0, 0, name)
+    if name == "fgsm":
+        return (1, 0, name)
+    if str(name).startswith(TRANSFER):
+        return (3, 0, name)
+    return (2, list(ATTACKS).index(name) if name in ATTACKS else len(ATTACKS), name)
 
 
 def attack_names(robustness):
-    """The attacks present, FGSM first, then by name."""
-    return sorted(robustness["attack"].dropna().unique(), key=lambda name: (name != "fgsm", name))
+    """The attacks present, in attack_rank's order."""
+    return sorted(robustness["attack"].dropna().unique(), key=attack_rank)
 
 
 def long_scores(runs, robustness):
@@ -217,8 +265,43 @@ def long_scores(runs, robustness):
     each attack (accuracy under it, at its epsilon) and each of EVALUATION_COLUMNS (epsilon NaN; only
     runs with an evaluation file)."""
     clean = runs[["run", "test_acc"]].rename(columns={"test_acc": "value"}).assign(measure="clean", epsilon=0.0)
-    attacked = robustness[["run", "attack", "epsilon", "adv_acc"]].rename(
+    # (transfer attacks are the masking checks' evidence, in robustness.csv and tables/masking.md, not a measure)
+    attacked = robustness.loc[~robustness["attack"].str.startswith(TRANSFER),
+                              ["run", "attack", "epsilon", "adv_acc"]].rename(
         columns={"attack": "measure", "adv_acc": "value"})
     evaluation = runs.melt(id_vars="run", value_vars=EVALUATION_COLUMNS, var_name="measure",
                            value_name="value").dropna(subset="value").assign(epsilon=np.nan)
     return pd.concat([clean, attacked, evaluation], ignore_index=True)[["run", "measure", "epsilon", "value"]]
+
+
+def planned_teacher_free(results_dir) -> dict:
+    """The study's teacher-free points (kdsweep.plan.Plan.teacher_free: {method: {point: "baseline" or the
+    shared run's point}}), from results/<study>/study.yaml, the config the workflow last ran with; {} without
+    one (a folder the workflow did not write), or where it no longer plans."""
+    from kdsweep.config import load_config
+    from kdsweep.plan import Plan
+
+    path = Path(results_dir) / "study.yaml"
+    if not path.is_file():
+        return {}
+    try:
+        return Plan(load_config([path])).teacher_free
+    except (KdsweepError, KeyError, OSError, ValueError):
+        return {}
+
+
+def without_baseline_copies(runs) -> pd.DataFrame:
+    """The runs less sweep runs of teacher-free points whose loss is the baseline's (kd's w = 0; kdsweep.plan
+    trains none, but a study folder from an earlier version may hold them): the baseline stands for them, once."""
+    def copy(role, method, point):
+        if method not in METHODS or role != method or not isinstance(point, tuple):
+            return False
+        names = [param.name for param in METHODS[method].params]
+        return METHODS[method].teacher_free(dict(zip(names, point))) == 1
+
+    copies = [copy(*row) for row in zip(runs["role"], runs["method"], runs["point"])]
+    if any(copies):
+        print(f"kdsweep: note: left out {sum(copies)} run(s) of teacher-free points (e.g. "
+              f"{runs.loc[copies, 'run'].iloc[0]}): their loss is the baseline's, and the baseline stands for them",
+              file=sys.stderr)
+    return runs[[not c for c in copies]].reset_index(drop=True)

@@ -1,8 +1,8 @@
 """A study folder's files as the tables find them: each kind under the name the workflow gives it
 (kdsweep.layout), so that nothing else is ever read or tabled.
 
-Whatever else lies under the study's folders `runs/`, `attacks/`, `evaluation/`, `halving/`, `confirm/`,
-`packs/` and `trained/` -- a `.bak` copy of a run folder, a "(copy)" file, notes, an empty folder of no
+Whatever else lies under the study's folders `runs/`, `attacks/`, `masking/`, `evaluation/`, `halving/`,
+`confirm/`, `packs/` and `trained/` -- a `.bak` copy of a run folder, a "(copy)" file, notes, an empty folder of no
 run, a link that loops -- is a stray: never read, never tabled, and said in one warning line per command
 (`warn_strays`); nothing is moved or deleted. A run folder is the study's when its name is a run's and its
 metrics.json describes that run (a copy of a run under another name is a stray too). Hidden entries (a
@@ -21,7 +21,7 @@ from kdsweep.methods import METHODS
 from kdsweep.plan import PACK_RECORD, ROLES
 
 # The folders whose entries the workflow names (what aggregate reads, and what it checks for strays).
-STUDY_FOLDERS = ("runs", "attacks", "evaluation", "halving", "confirm", "packs", "trained")
+STUDY_FOLDERS = ("runs", "attacks", "masking", "evaluation", "halving", "confirm", "packs", "trained")
 _RUN = r"[A-Za-z0-9][\w.+-]*_seed\d+"  # a run's folder name (kdsweep.plan.Run.name)
 RUN = re.compile(_RUN)
 ATTACK = re.compile(r"(?P<attack>[a-z][a-z0-9_]*)_eps(?P<eps>[0-9][0-9.e+-]*)\.json")  # layout.ATTACK_FILE
@@ -70,6 +70,7 @@ class StudyFiles:
     runs      {"runs/<role>/<run>": folder} of run folders that hold a metrics.json (finished; their
               records are checked against their names by their reader, kdsweep.tables.collect)
     attacks   attack result files, attacks/<role>/<run>/<attack>_eps<eps>.json
+    masking   the attack jobs' masking records, masking/<role>/<run>.json
     decisions halving/<student>_rung<epochs>.json
     choices   confirm/<student>[_<method>].json
     strays    everything else (relative paths), and what a reader finds to be no run of its name (`stray`)
@@ -79,6 +80,7 @@ class StudyFiles:
         self.root = Path(results_dir)
         self.runs: dict[str, Path] = {}
         self.attacks: list[Path] = []
+        self.masking: list[Path] = []
         self.decisions: list[Path] = []
         self.choices: list[Path] = []
         self.strays: list[str] = []
@@ -94,6 +96,8 @@ class StudyFiles:
                     self.stray(run)
                     continue
                 self.attacks += self._files(run, lambda name: ATTACK.fullmatch(name))
+        for role in self._folders("masking", ROLES):
+            self.masking += self._files(role, _run_record)
         for role in self._folders("evaluation", ROLES):
             self._files(role, _run_record)
         self.decisions = self._files(self.root / "halving", decision_name)

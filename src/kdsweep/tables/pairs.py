@@ -2,7 +2,8 @@
 point for that pair (highest mean validation accuracy among the points that use the teacher; never test) against
 the student's hard-target baseline, with both networks' parameter counts and measured training images per
 second. A study with one teacher has one pair per student; with several (architectures as an axis,
-docs/models.md) every student meets every teacher.
+docs/models.md) every student meets every teacher. The table is one family of tests (kdsweep.tables.summary
+.FAMILIES): Holm's p and Bonferroni's intervals beside the raw ones.
 """
 
 import numpy as np
@@ -10,14 +11,14 @@ import pandas as pd
 
 from kdsweep.methods import METHODS
 from kdsweep.tables.collect import long_scores
-from kdsweep.tables.markdown import SEEDS_NOTE, gain_cells, mean_cell, render
+from kdsweep.tables.markdown import SEEDS_NOTE, family_note, gain_cells, mean_cell, render
 from kdsweep.tables.methods import point_label
-from kdsweep.tables.summary import compare, method_candidates, pick_best
+from kdsweep.tables.summary import ADJUSTED_COLUMNS, compare, family, method_candidates, pick_best
 
 PAIRS_COLUMNS = ["dataset", "teacher", "teacher_model", "teacher_parameters", "teacher_test_acc",
                  "teacher_images_per_second", "model", "parameters", "method", "point", "val_acc_mean", "hard_mean",
                  "hard_ci95", "hard_n", "kd_mean", "kd_ci95", "kd_n", "gain_mean", "gain_low", "gain_high",
-                 "gain_excludes_zero", "gain_n", "images_per_second"]
+                 "gain_excludes_zero", "gain_n", "images_per_second", "gain_std", "gain_p", *ADJUSTED_COLUMNS]
 
 
 def _mean(values):
@@ -52,7 +53,7 @@ def pairs(runs, robustness):
                          "val_acc_mean": cells.loc[[point], "val_acc_mean"].iloc[0],
                          **{column: clean[column] for column in PAIRS_COLUMNS if column in clean.index},
                          "images_per_second": _mean(mine.loc[mine["role"] == method, "images_per_second"])})
-    table = pd.DataFrame(rows, columns=PAIRS_COLUMNS)
+    table = family(pd.DataFrame(rows, columns=PAIRS_COLUMNS[:-len(ADJUSTED_COLUMNS)]), "pairs")
     for column in ("hard_n", "kd_n", "gain_n"):
         table[column] = table[column].fillna(0).astype(int)
     for column in ("teacher_parameters", "parameters"):
@@ -73,25 +74,27 @@ def _speed(value) -> str:
 def pairs_markdown(table):
     caption = ("Architecture pairs. Per teacher, student and KD method: the pair's point with the highest mean "
                "VALIDATION accuracy (among those that use the teacher; test accuracy never chooses it) against the "
-               "student's hard-target baseline, clean test accuracy in %, the gain paired by seed with its 95% "
-               "interval (Student t) where there are two pairs or more; parameters in millions; images/s: "
+               "student's hard-target baseline, clean test accuracy in %, the gain paired by seed with its raw 95% "
+               "interval (Student t) where there are two pairs or more and its adjusted one, with Holm's p; "
+               + family_note(table) + "Parameters in millions; images/s: "
                "training images per second as each run was trained (epochs x images / training seconds; a packed "
                "run shares its job's time with its pack, a teacher distilled from as it is has none). Hard targets and "
                "distilled: " + SEEDS_NOTE)
     if table.empty:
         return caption + "\n\nNo distilled run has finished yet.\n"
     header = ["dataset", "teacher", "teacher params", "teacher acc.", "teacher images/s", "student", "params",
-              "method", "point (validation acc.)", "hard targets", "distilled", "distilled - hard (95% CI, n)",
-              "student images/s"]
+              "method", "point (validation acc.)", "hard targets", "distilled",
+              "distilled - hard (95% CI raw; adjusted; n)", "p (Holm)", "student images/s"]
     rows = []
     for _, row in table.iterrows():
-        gain, interval_cell, n, _ = gain_cells(row)
-        paired = f"{gain} ({interval_cell}, n = {n})" if int(n) > 1 else f"{gain} (n = {n}, no interval)"
+        gain, raw, adjusted, n, _, p_holm, _ = gain_cells(row)
+        paired = f"{gain} ({raw}; {adjusted}; n = {n})" if int(n) > 1 else f"{gain} (n = {n}, no interval)"
         teacher = row["teacher"] if pd.isna(row["teacher_model"]) else f"{row['teacher']} ({row['teacher_model']})"
         rows.append([row["dataset"], teacher, _count(row["teacher_parameters"]),
                      "–" if pd.isna(row["teacher_test_acc"]) else f"{row['teacher_test_acc']:.2f}",
                      _speed(row["teacher_images_per_second"]), row["model"], _count(row["parameters"]), row["method"],
                      f"{row['point']} ({row['val_acc_mean']:.2f})",
                      mean_cell(row["hard_mean"], row["hard_ci95"], row["hard_n"]),
-                     mean_cell(row["kd_mean"], row["kd_ci95"], row["kd_n"]), paired, _speed(row["images_per_second"])])
+                     mean_cell(row["kd_mean"], row["kd_ci95"], row["kd_n"]), paired, p_holm,
+                     _speed(row["images_per_second"])])
     return render(caption, header, rows)

@@ -14,12 +14,15 @@ from kdsweep.plan import fmt
 from kdsweep.records import Metrics
 from kdsweep.runs import METRICS
 from kdsweep.stats import expected_range
-from kdsweep.tables.collect import LOGIT_SCALE, attack_names, in_role_order, long_scores
+from kdsweep.attacks import WORST
+from kdsweep.tables.collect import LOGIT_SCALE, TRANSFER, attack_names, in_role_order, long_scores
 from kdsweep.tables.search import pruned_of
-from kdsweep.tables.markdown import (CI_NOTE, GAIN_HEADER, GAIN_NOTE, LOGIT_NOTE, SEEDS_NOTE, attack_note, gain_cells,
-                                     mean_cell, measure_label, number, render)
-from kdsweep.tables.summary import (COMPARISON_COLUMNS, MEASURES, candidates, compare, counts_as_int, in_order,
-                                    pick_best, summarise)
+from kdsweep.tables.markdown import (CI_NOTE, GAIN_HEADER, GAIN_NOTE, LOGIT_NOTE, MASKED_NOTE, SEEDS_NOTE,
+                                     attack_heading, attack_note, family_note, flagged_cell, gain_cells, mean_cell,
+                                     measure_label, number, render)
+from kdsweep.tables.robustness import mark
+from kdsweep.tables.summary import (ADJUSTED_COLUMNS, COMPARISON_COLUMNS, MEASURES, candidates, compare, counts_as_int,
+                                    family, in_order, pick_best, summarise)
 
 
 def eps_column(attack, epsilon):
@@ -32,35 +35,65 @@ def table1(runs, robustness):
     and logit scale (`max_logit_mean`, `logit_norm_mean`, ...)."""
     keys = ["role", "dataset", "model"]
     base = runs[runs["role"].isin(["teacher", "baseline"])]
-    attacked = robustness[["run", "attack", "epsilon", "adv_acc"]].merge(base[["run", *keys]], on="run")
+    attacked = robustness.loc[~robustness["attack"].str.startswith(TRANSFER),
+                              ["run", "attack", "epsilon", "adv_acc", "masking_suspected"]].merge(
+        base[["run", *keys]], on="run")
     parts = [summarise(base, keys, "test_acc")]
     for attack in attack_names(attacked):
         rows = attacked[attacked["attack"] == attack]
-        parts += [summarise(group, keys, "adv_acc", eps_column(attack, epsilon))
-                  for epsilon, group in rows.groupby("epsilon")]
+        for epsilon, group in rows.groupby("epsilon"):
+            parts.append(summarise(group, keys, "adv_acc", eps_column(attack, epsilon)))
+            # how many of the runs averaged failed a masking check at this epsilon (kdsweep.tables.robustness)
+            parts.append(group.groupby(keys)["masking_suspected"].sum().astype(int)
+                         .rename(f"{eps_column(attack, epsilon)}_masking_flagged").to_frame())
     parts += [summarise(base, keys, column) for column in LOGIT_SCALE]
-    return counts_as_int(in_role_order(pd.concat(parts, axis=1).reset_index(), keys))
+    table = in_role_order(pd.concat(parts, axis=1).reset_index(), keys)
+    flagged = [c for c in table.columns if c.endswith("_masking_flagged")]
+    table[flagged] = table[flagged].fillna(0).astype(int)
+    return counts_as_int(table)
+
+
+# table1.md's attack columns: the headline and the reference study's FGSM (every attack: table1.csv)
+TABLE1_ATTACKS = (WORST, "fgsm")
 
 
 def table1_markdown(table, robustness):
-    attacked = [c[: -len("_mean")] for c in table.columns if " eps=" in c and c.endswith("_mean")]
+    attacked = [c[: -len("_mean")] for c in table.columns if " eps=" in c and c.endswith("_mean")
+                and c.split(" ", 1)[0] in TABLE1_ATTACKS]
     header = ["role", "dataset", "model", "test accuracy (%)",
-              *(f"{q.split(' ', 1)[0].upper()} {q.split(' ', 1)[1]} (%)" for q in attacked),
+              *(f"{attack_heading(q.split(' ', 1)[0])} {q.split(' ', 1)[1]} (%)" for q in attacked),
               MEASURES["max_logit"][0], MEASURES["logit_norm"][0]]
     rows = [[row["role"], row["dataset"], row["model"],
-             *(mean_cell(row[f"{q}_mean"], row[f"{q}_ci95"], row[f"{q}_n"])
+             *(flagged_cell(mean_cell(row[f"{q}_mean"], row[f"{q}_ci95"], row[f"{q}_n"]),
+                            {"masking_flagged": row.get(f"{q}_masking_flagged", 0)})
                for q in ["test_acc", *attacked, *LOGIT_SCALE])]
             for _, row in table.iterrows()]
-    caption = ("Table I. Teacher and hard-target baselines: clean test accuracy, accuracy under each attack "
-               "and logit scale. " + attack_note(robustness) + LOGIT_NOTE + CI_NOTE)
+    caption = ("Table I. Teacher and hard-target baselines: clean test accuracy, accuracy under the headline and "
+               "under the reference study's FGSM, and logit scale (every attack's accuracy: table1.csv). "
+               + attack_note(robustness) + MASKED_NOTE + LOGIT_NOTE + CI_NOTE)
     return render(caption, header, rows)
 
 
-def grid(runs):
-    """The kd sweep's grid: per student and point (T, w), test and validation accuracy over seeds."""
+TEACHER_FREE_KD = "the hard-target baseline (w = 0 at every T)"
+
+
+def grid(runs, teacher_free=None):
+    """The kd sweep's grid: per student and point (T, w), test and validation accuracy over seeds. Where the
+    study's grid holds w = 0 (teacher_free: kdsweep.plan.Plan.teacher_free, {method: {point: ...}}), that
+    point once per student, as what trains it, the baseline: its row has no temperature and `teacher_free`
+    says so."""
     keys = ["dataset", "model", "temperature", "soft_weight"]
     kd = runs[runs["role"] == "kd"]
-    return pd.concat([summarise(kd, keys, "test_acc"), summarise(kd, keys, "val_acc")], axis=1).reset_index()
+    table = pd.concat([summarise(kd, keys, "test_acc"), summarise(kd, keys, "val_acc")], axis=1).reset_index()
+    table["teacher_free"] = None
+    if (teacher_free or {}).get("kd"):
+        base = runs[runs["role"] == "baseline"].assign(temperature=np.nan, soft_weight=0.0)
+        rows = pd.concat([summarise(base, keys, "test_acc"), summarise(base, keys, "val_acc")],
+                         axis=1).reset_index().assign(teacher_free=TEACHER_FREE_KD)
+        table = counts_as_int(pd.concat([table, rows], ignore_index=True)
+                              .sort_values(["dataset", "model", "soft_weight", "temperature"], kind="stable",
+                                           na_position="first", ignore_index=True))
+    return table
 
 
 def with_pruned(grid, runs, search):
@@ -79,7 +112,8 @@ def with_pruned(grid, runs, search):
                          .sort_values(["model", "temperature", "soft_weight"], kind="stable", ignore_index=True))
 
 
-KD_VS_HARD_COLUMNS = ["dataset", "model", "temperature", "soft_weight", "kd_val_acc_mean", *COMPARISON_COLUMNS]
+KD_VS_HARD_COLUMNS = ["dataset", "model", "temperature", "soft_weight", "kd_val_acc_mean", *COMPARISON_COLUMNS,
+                      "masking_flagged", *ADJUSTED_COLUMNS]
 
 
 def kd_vs_hard(runs, robustness):
@@ -99,11 +133,13 @@ def kd_vs_hard(runs, robustness):
             kd_runs = mine.loc[(mine["role"] == "kd") & (mine["temperature"] == temperature)
                                & (mine["soft_weight"] == soft_weight), "run"]
         hard_runs = mine.loc[mine["role"] == "baseline", "run"]
-        both = compare(scores, seeds, kd_runs, hard_runs)
+        both = mark(compare(scores, seeds, kd_runs, hard_runs), robustness, [*kd_runs, *hard_runs])
         rows.append(both.assign(dataset=dataset, model=model, temperature=temperature,
                                 soft_weight=soft_weight, kd_val_acc_mean=val_acc))
     table = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame()
-    table = counts_as_int(table.reindex(columns=KD_VS_HARD_COLUMNS))
+    table = counts_as_int(family(table.reindex(columns=COMPARISON_COLUMNS + KD_VS_HARD_COLUMNS[:5] + ["masking_flagged"]),
+                                 "kd_vs_hard")
+                          .reindex(columns=KD_VS_HARD_COLUMNS))
     return in_order(table, ["dataset", "model"])
 
 
@@ -113,7 +149,8 @@ def kd_vs_hard_markdown(table, robustness):
     rows = []
     for _, row in table.iterrows():
         measure, digits = measure_label(row["measure"], row["epsilon"])
-        rows.append([row["dataset"], row["model"], number(row["temperature"]), number(row["soft_weight"]), measure,
+        rows.append([row["dataset"], row["model"], number(row["temperature"]), number(row["soft_weight"]),
+                     flagged_cell(measure, row),
                      mean_cell(row["hard_mean"], row["hard_ci95"], row["hard_n"], digits),
                      mean_cell(row["kd_mean"], row["kd_ci95"], row["kd_n"], digits), *gain_cells(row, digits=digits)])
     caption = ("Tables II-V. Best distilled run per student against its hard-target baseline. The distilled "
@@ -121,10 +158,12 @@ def kd_vs_hard_markdown(table, robustness):
                "is never used to choose it. It is still the best of many points on the same seeds, so its gain "
                "is optimistic: tables/confirmed.md trains it again on fresh seeds. w = soft_weight, the weight "
                "of the soft (teacher) term; the reference study's alpha = 1 - w. " + attack_note(robustness)
-               + LOGIT_NOTE
+               + MASKED_NOTE + LOGIT_NOTE
                + "Agreement and KL(teacher ‖ student) at T = 1 measure fidelity to the teacher (Stanton et al. "
                "2021); ECE (equal-width confidence bins) and NLL measure calibration. "
-               "Accuracies in %, kd - hard in points; " + GAIN_NOTE + "Hard targets and distilled: " + SEEDS_NOTE)
+               "Accuracies in %, kd - hard in points; " + GAIN_NOTE + family_note(table)
+               + "Hard targets and distilled: " + SEEDS_NOTE + " w = 0 trains no run of its own: it is the "
+               "hard-target baseline at every T (the same loss and seed), so the baseline column is it.")
     return render(caption, header, rows)
 
 
@@ -165,8 +204,12 @@ def sensitivity(runs, grid):
     rows = []
     for (dataset, model), cells in grid.groupby(["dataset", "model"], sort=True):
         fallback = _pooled_sd(_replicates(runs, dataset, model))
-        slices = [("soft_weight", t, np.nan, part) for t, part in cells.groupby("temperature")]
-        slices += [("temperature", np.nan, w, part) for w, part in cells.groupby("soft_weight")]
+        # w = 0, where the study's grid holds it, is the baseline (one row, no temperature): every temperature's
+        # w = 0 point
+        free, trained = cells[cells["temperature"].isna()], cells[cells["temperature"].notna()]
+        slices = [("soft_weight", t, np.nan, pd.concat([free, part]) if len(free) else part)
+                  for t, part in trained.groupby("temperature")]
+        slices += [("temperature", np.nan, w, part) for w, part in trained.groupby("soft_weight")]
         slices.append(("both", np.nan, np.nan, cells))
         for varied, temperature, soft_weight, part in slices:
             if len(part) < 2 or (varied == "both" and (part["temperature"].nunique() < 2
@@ -201,7 +244,8 @@ def sensitivity_markdown(table):
                "points' seeds; with one seed per point, from the confirmation's runs and the hard-target runs, "
                "which only estimates it) and the spread that many points would show if they did not differ at "
                "all (expected range of that many means of noise). A spread well above the noise-alone spread is a "
-               "sensitivity; one near it is seed noise. At w = 0 (hard targets only) T changes nothing.")
+               "sensitivity; one near it is seed noise. w = 0 (hard targets only; where the grid holds it) is the "
+               "hard-target baseline at every T, trained once: it counts in each temperature's spread over w.")
     if table.empty:
         return caption + "\n\nNo student has two finished grid points yet.\n"
     header = ["dataset", "student", "varied", "at", "points", "test accuracy range", "spread", "seed-to-seed SD (df)",
@@ -300,7 +344,9 @@ def vs_reference(runs, results_dir, table1, kd_vs_hard, confirmed, sensitivity):
         mine = kd_vs_hard[kd_vs_hard["model"] == model]
         if mine.empty:
             continue
-        confirm = confirmed[confirmed["model"] == model]
+        # kd's confirmed point against the baseline (not another method's, nor a head-to-head row)
+        confirm = confirmed[(confirmed["model"] == model) & (confirmed["method"] == "kd")
+                            & (confirmed["against"] == "baseline")]
         point, confirm_point = first(mine), first(confirm)
         for key, label in (("temperature", "optimal temperature T"), ("soft_weight", "optimal soft weight w")):
             add(model, label, "", np.nan, optimal[key], optimal["source"],
@@ -347,7 +393,8 @@ def vs_reference_markdown(table):
                f"teacher; one run per point, the optimal point chosen on TEST accuracy) beside this study's "
                "(means over seeds; the sweep's point chosen on validation accuracy) and its confirmation on fresh "
                "seeds. Accuracies in %, gains and spreads in points; this study's intervals are 95% (Student t): "
-               "of the mean for accuracies, of the paired gain for gains.")
+               "of the mean for accuracies, of the paired gain for gains, unadjusted: the same gains adjusted for "
+               "multiplicity, within their tables' families, are in kd_vs_hard.md and confirmed.md.")
     if (table["quantity"] == "not applicable").any():
         return caption + "\n\n" + table["note"].iloc[0][0].upper() + table["note"].iloc[0][1:] + ".\n"
 

@@ -26,7 +26,10 @@ from kdsweep.records import RungDecision
 from kdsweep.tables.files import StudyFiles, decision_name
 
 SEARCHES = ("grid", "staged", "halving")
-PRUNED_COLUMNS = ["model", "method", "point", "pruned_at_epoch", "val_acc_mean", "val_acc_n"]
+# seed_epochs: ((seed, the epochs it trained to the rung), ...) per seed: fewer than the rung where early
+# stopping ended it; the rung's where a record of an earlier version does not say; seed None where it does not
+# name its seeds
+PRUNED_COLUMNS = ["model", "method", "point", "pruned_at_epoch", "val_acc_mean", "val_acc_n", "seed_epochs"]
 
 
 @dataclass(frozen=True)
@@ -87,9 +90,13 @@ def study_search(results_dir, kind: str | None = None, files: StudyFiles | None 
             if candidate.kept or key in seen:
                 continue
             seen.add(key)
+            seeds = decision.seeds or [None] * candidate.n
+            # a record of an earlier version gives no seed's epochs (or a point's without them): the rung's
+            epochs = [decision.rung if trained is None else int(trained)
+                      for trained in (candidate.epochs or [None] * len(seeds))]
             rows.append({"model": decision.student, "method": candidate.method, "point": point,
                          "pruned_at_epoch": decision.rung, "val_acc_mean": candidate.val_acc_mean,
-                         "val_acc_n": candidate.n})
+                         "val_acc_n": candidate.n, "seed_epochs": tuple(zip(seeds, epochs))})
     return Search(kind, label, pd.DataFrame(rows, columns=PRUNED_COLUMNS))
 
 

@@ -1,13 +1,16 @@
 """Statistics of the tables: a quantity over seeds (`summarise`: mean, std, n and the 95% Student-t interval
-of kdsweep.stats), the point a choice picks (`pick_best`, among `candidates` or `method_candidates`), and a
+of kdsweep.stats), the point a choice picks (`pick_best`, among `candidates` or `method_candidates`), a
 distilled student against its hard-target baseline per measure (`compare`: each side over its runs and the
-gain paired by seed, kdsweep.stats.paired_gain).
+gain paired by seed, kdsweep.stats.paired_gain), and a table of such comparisons as one family of tests
+(`family`: Holm-adjusted p-values and Bonferroni simultaneous intervals beside the raw ones, kdsweep.stats.adjust;
+FAMILIES names each table's).
 """
 
 import pandas as pd
 
 from kdsweep.methods import METHODS
-from kdsweep.stats import GAIN_FIELDS, half_width, interval, paired_gain
+from kdsweep.stats import ADJUSTED_FIELDS, GAIN_FIELDS, adjust, half_width, interval, paired_gain
+from kdsweep.tables.collect import attack_rank
 
 # kd_vs_hard's measures after the clean accuracy and the attacks, and how the Markdown shows them:
 # (label, decimals).
@@ -18,6 +21,7 @@ MEASURES = {
     "kl_to_teacher": ("KL(teacher ‖ student), T = 1", 3),
     "ece": ("expected calibration error (%)", 2),
     "nll": ("negative log-likelihood", 3),
+    "worst_class_acc": ("lowest accuracy of a class (%)", 2),
 }
 _TIE = 1e-9  # means closer than this count as a tie
 SUMMARY = ("mean", "std", "n", "ci95")
@@ -25,6 +29,21 @@ GAIN_COLUMNS = [f"gain_{field}" for field in GAIN_FIELDS]
 # A comparison of a distilled student with its baseline, per measure and epsilon (compare).
 COMPARISON_COLUMNS = ["measure", "epsilon", *(f"{side}_{stat}" for side in ("hard", "kd") for stat in SUMMARY),
                       "boost", *GAIN_COLUMNS]
+# What `family` adds to a table of comparisons: the adjusted p-value and interval, the verdict after
+# adjustment, and the family's name and size (m, the comparisons with an interval).
+ADJUSTED_COLUMNS = [*(f"gain_{field}" for field in ADJUSTED_FIELDS), "family", "family_size"]
+# Each table of paired comparisons is one family: every row with an interval (two pairs or more).
+FAMILIES = {
+    "kd_vs_hard": "every row of kd_vs_hard (students x measures x eps)",
+    "methods": "every row of methods (students x KD methods x measures x eps)",
+    "confirmed": "every row of confirmed (students x KD methods x {against the baseline, against kd} x measures x eps)",
+    "pairs": "every row of pairs (teachers x students x KD methods, clean test accuracy)",
+}
+
+
+def family(table: pd.DataFrame, name: str) -> pd.DataFrame:
+    """The table as one family of tests (FAMILIES[name]): kdsweep.stats.adjust's columns, and `family`."""
+    return adjust(table).assign(family=FAMILIES[name])
 
 
 def summarise(frame, by, value, name=None) -> pd.DataFrame:
@@ -62,12 +81,13 @@ def method_candidates(runs, method: str) -> pd.DataFrame:
 
 
 def measure_rank(measure):
-    """Order of kd_vs_hard's rows: clean, FGSM, other attacks (then by name), then MEASURES."""
+    """Order of kd_vs_hard's rows: clean, the attacks (the headline's worst case, FGSM, the others in the
+    registry's order: kdsweep.tables.collect.attack_rank), then MEASURES."""
     if measure == "clean":
         return 0
     if measure in MEASURES:
-        return 3 + list(MEASURES).index(measure)
-    return 1 if measure == "fgsm" else 2
+        return 10 + list(MEASURES).index(measure)
+    return 1 + attack_rank(measure)[0] + attack_rank(measure)[1] / 100
 
 
 def compare(scores, seeds, kd_runs, hard_runs) -> pd.DataFrame:
@@ -103,3 +123,18 @@ def counts_as_int(table):
     counts = [c for c in table.columns if c.endswith("_n")]
     table[counts] = table[counts].fillna(0).astype(int)
     return table
+
+
+def hours_unit(devices) -> str:
+    """GPU-h where every run trained on CUDA, CPU-h where every one on the CPU, else h (CPU and GPU)."""
+    kinds = {"GPU" if str(device).startswith("cuda") else "CPU" for device in devices if pd.notna(device)}
+    return f"{kinds.pop()}-h" if len(kinds) == 1 else "h (CPU and GPU)"
+
+
+def budget_of(runs) -> dict:
+    """What these finished runs cost: points (distinct), seeds, runs, epochs (each run's, from metrics.json,
+    summed), hours (train_seconds summed) and their unit (hours_unit)."""
+    points = runs["point"].map(lambda p: p if isinstance(p, tuple) else None) if "point" in runs else None
+    return {"points": int(points.nunique()) if points is not None else 0, "seeds": int(runs["seed"].nunique()),
+            "runs": len(runs), "epochs": int(runs["epochs"].sum()), "hours": float(runs["train_seconds"].sum()) / 3600,
+            "unit": hours_unit(runs["device"])}
