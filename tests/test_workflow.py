@@ -404,6 +404,11 @@ def test_a_rewritten_record_measures_nothing_again_and_a_changed_model_is_measur
     counts, output = dry_run(work, configfiles=[TINY_WORKFLOW])
     assert dict(counts) == {"attack": 1, "evaluate": 1, "tables": 1, "figures": 1, "all": 1, "total": 5}, output
     assert f"attacks/kd/{run.name}/fgsm_eps0.1.json" in output and f"evaluation/kd/{run.name}.json" in output
+    # a training value changed: every run trains again in this invocation, and so every run is measured again in
+    # it (the teacher too, whose attack job has no input but its own record)
+    counts, output = dry_run(work, "--config", "training={lr: 0.002}", configfiles=[TINY_WORKFLOW])
+    runs = 1 + 1 + 2  # the teacher, the baseline, two distilled points
+    assert counts["attack"] == counts["evaluate"] == runs, output
 
 
 def test_points_taken_out_of_the_config_leave_the_tables_in_one_line_and_stay_on_disk(tiny, tmp_path):

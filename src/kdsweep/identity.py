@@ -294,6 +294,42 @@ def result_matches(result: AttackResult | Masking | Evaluation, metrics: Metrics
 RESULT_RECORDS = {"attack": AttackResult, "masking": Masking, "evaluation": Evaluation}
 
 
+def is_this_run(plan, run, metrics: Metrics, teacher_hash, data_digest=None) -> bool:
+    """metrics.json is of the run the plan's configuration describes now (a run of another one is kept aside by
+    the workflow and this one trained). teacher_hash: a distilled run's teacher's (its metrics' config_hash);
+    None for a distilled run: nothing to compare against, so True."""
+    if run.distilled and teacher_hash is None:
+        return True
+    provenance = None
+    if run.role == "teacher" and plan.teacher_of(run).checkpoint:
+        # a teacher from a checkpoint: the file's digest is the job's to take (this reads no weights); its
+        # architecture and fine-tuning are the plan's
+        teacher = plan.teacher_of(run)
+        provenance = ((metrics.config or {}).get("run") or {}).get(CHECKPOINT_KEY)
+        if not isinstance(provenance, dict) or (provenance.get("architecture"), provenance.get("fine_tuned")) != (
+                teacher.model, teacher.fine_tune):
+            return False
+    expected = run_identity(plan.config, run, teacher_hash if run.distilled else None, data_digest, provenance)
+    return metrics.config_hash == config_hash(expected) or same_run(metrics.config, expected)
+
+
+def trained_as_configured(plan, layout, run) -> bool:
+    """Whether the run's metrics.json (and, for a distilled run, its teacher's) is of the configuration as it is
+    now: where it is not, the run trains again in this invocation, so what measured the model on disk is stale
+    even where its files match that model (workflow/rules/common.smk's finished())."""
+    metrics = Metrics.peek(Path(layout.run_dir(run)) / METRICS)
+    if metrics is None:
+        return False
+    teacher_hash = None
+    if run.distilled:
+        teacher = plan.teacher_of(run).run
+        recorded = Metrics.peek(Path(layout.run_dir(teacher)) / METRICS)
+        if recorded is None or not is_this_run(plan, teacher, recorded, None):
+            return False
+        teacher_hash = recorded.config_hash
+    return is_this_run(plan, run, metrics, teacher_hash)
+
+
 def measures_run_now(results, run_dir) -> bool:
     """Whether every file one job wrote of a run (results: [(its kdsweep.layout name, path)], Layout.measurements:
     an attack job's every attack result, worst case and masking record; an evaluation's file) measured the run

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import KdsweepError
-from .identity import ASIDE, study_aside
+from .identity import ASIDE, is_this_run, study_aside
 from .joblog import last_attempt
 from .lock import LOCK, read_holder
 from .layout import Layout, not_in_study_sentence
@@ -130,7 +130,7 @@ def _log_verdict(path: Path) -> tuple[str, str] | None:
 def run_status(layout: Layout, root: Path, run: Run, teacher_hash, running_jobs, host, data_digest=None) -> RunStatus:
     folder = root / layout.run_dir(run)
     metrics = Metrics.peek(folder / METRICS)
-    if metrics is not None and _is_this_run(layout.plan, run, metrics, teacher_hash, data_digest):
+    if metrics is not None and is_this_run(layout.plan, run, metrics, teacher_hash, data_digest):
         return RunStatus(run, "finished", metrics.epochs or 0, float(metrics.train_seconds or 0))
     progress = _read_json(folder / PROGRESS) if (folder / CHECKPOINT).exists() else None
     epochs = int(progress.get("epoch", 0)) if progress else 0
@@ -144,29 +144,6 @@ def run_status(layout: Layout, root: Path, run: Run, teacher_hash, running_jobs,
     if progress or (folder / CHECKPOINT).exists():
         return RunStatus(run, "stopped", epochs, seconds, verdict[1] if verdict else "no process holds it")
     return RunStatus(run, "not started")
-
-
-def _is_this_run(plan, run, metrics: Metrics, teacher_hash, data_digest=None) -> bool:
-    """metrics.json is of this configuration (a run of another one is kept aside by the workflow and
-    this one trained; kdsweep.identity)."""
-    from .config import config_hash
-    from .identity import run_identity, same_run
-
-    from .identity import CHECKPOINT_KEY
-
-    if run.distilled and teacher_hash is None:
-        return True  # the teacher's record is gone: nothing to compare against
-    provenance = None
-    if run.role == "teacher" and plan.teacher_of(run).checkpoint:
-        # a teacher from a checkpoint: the file's digest is the job's to take (status reads no weights); its
-        # architecture and fine-tuning are the plan's
-        teacher = plan.teacher_of(run)
-        provenance = ((metrics.config or {}).get("run") or {}).get(CHECKPOINT_KEY)
-        if not isinstance(provenance, dict) or (provenance.get("architecture"), provenance.get("fine_tuned")) != (
-                teacher.model, teacher.fine_tune):
-            return False
-    expected = run_identity(plan.config, run, teacher_hash if run.distilled else None, data_digest, provenance)
-    return metrics.config_hash == config_hash(expected) or same_run(metrics.config, expected)
 
 
 # ---------------------------------------------------------------- the study

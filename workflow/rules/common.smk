@@ -28,7 +28,7 @@ from kdsweep.config import check_finite, coerce_strings
 from kdsweep.datasets import download_folder
 from kdsweep.imagefolder import arrays_of
 from kdsweep.errors import KdsweepError
-from kdsweep.identity import measures_run_now
+from kdsweep.identity import measures_run_now, trained_as_configured
 from kdsweep.commands import Commands, number
 from kdsweep.joblog import ENV as JOB_LOG
 from kdsweep.layout import TABLES, Layout
@@ -170,7 +170,9 @@ def finished(job):
     newer than its files."""
     def inputs(wildcards):
         run = run_of(wildcards)
-        current = measures_run_now(LAYOUT.measurements(job, run), LAYOUT.run_dir(run))
+        # (and the run is not about to train again: its record, rewritten, would not rerun an ancient() input)
+        current = (measures_run_now(LAYOUT.measurements(job, run), LAYOUT.run_dir(run))
+                   and trained_as_configured(PLAN, LAYOUT, run))
         return [ancient(path) if current else path for path in LAYOUT.finished(run)]
 
     return inputs
