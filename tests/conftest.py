@@ -310,9 +310,11 @@ LONG_FIRST = (
     "test_a_node_failure_mid_job_is_requeued_or_failed_and_either_way_resumes_from_its_checkpoint",
     "test_tiny_study_confirms_its_point_on_two_fresh_seeds",
     "test_tiny_staged_study_resolves_its_checkpoint",
+    "test_a_new_pack_size_and_a_respelled_study_file_plan_nothing_and_the_rungs_stand",  # builds halving_paused
+    "test_remade_rung_records_decide_the_same_and_shorter_rungs_table_every_finished_run",  # halving_finished
     "test_a_halving_study_then_the_grid_on_the_same_folder",
     "test_tiny_study_packed_equals_unpacked",
-    "test_a_new_pack_size_on_a_finished_study_retrains_nothing",
+    "test_points_taken_out_of_the_config_leave_the_tables_in_one_line_and_stay_on_disk",
     "test_tiny_study_is_up_to_date_and_reruns_on_a_changed_value",
     "test_status_of_runs_really_trained_killed_running_and_broken",
 )

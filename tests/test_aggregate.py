@@ -364,43 +364,45 @@ def test_the_teacher_free_point_appears_once_as_the_baseline_and_each_method_sta
     config = load_config([], ["soft_weights=[0.0, 0.5, 0.9]", "temperatures=[1, 4]", "students=[resnet18]",
                               "seeds=[0, 1]", "confirm.seeds=[]",
                               "methods={kd: {}, dkd: {alpha: [0, 1], beta: [0, 8], temperature: [2, 4]}}"])
-    (tmp_path / "study.yaml").write_text(yaml.safe_dump(config))
+    folder = tmp_path / "results" / config["study"]  # the study folder, as its study.yaml names it
+    folder.mkdir(parents=True)
+    (folder / "study.yaml").write_text(yaml.safe_dump(config))
     for seed, base in ((0, 88.0), (1, 89.0)):
-        fake_run(tmp_path, "baseline", "resnet18", seed, val_acc=base, test_acc=base)
+        fake_run(folder, "baseline", "resnet18", seed, val_acc=base, test_acc=base)
         for t in (1.0, 4.0):
             for w, gain in ((0.5, 1.0), (0.9, 2.0)):
-                fake_run(tmp_path, "kd", "resnet18", seed, t, w, val_acc=base + gain, test_acc=base + gain + t / 10)
+                fake_run(folder, "kd", "resnet18", seed, t, w, val_acc=base + gain, test_acc=base + gain + t / 10)
         for alpha, beta in ((1, 0), (0, 8), (1, 8)):
             for t in (2, 4):
-                write_method_run(tmp_path, "dkd", "resnet18", seed, "dkd",
+                write_method_run(folder, "dkd", "resnet18", seed, "dkd",
                                  {"alpha": alpha, "beta": beta, "temperature": t, "warmup_epochs": 20},
                                  val_acc=base + 0.5, test_acc=base + 0.5, epochs=12, train_seconds=360.0)
-    fake_run(tmp_path, "kd", "resnet18", 0, 4.0, 0.0, val_acc=99.0, test_acc=99.0)  # an earlier version's w = 0 run
-    write_tables(tmp_path)
-    grid = read(tmp_path, "grid.csv")
+    fake_run(folder, "kd", "resnet18", 0, 4.0, 0.0, val_acc=99.0, test_acc=99.0)  # an earlier version's w = 0 run
+    write_tables(folder)
+    grid = read(folder, "grid.csv")
     free = grid[grid["soft_weight"] == 0]
     assert len(free) == 1 and math.isnan(free["temperature"].iloc[0])
     assert free["teacher_free"].iloc[0] == "the hard-target baseline (w = 0 at every T)"
     assert (free["test_acc_mean"].iloc[0], free["test_acc_n"].iloc[0]) == (pytest.approx(88.5), 2)
     assert len(grid) == 1 + 2 * 2 and grid.loc[grid["soft_weight"] > 0, "teacher_free"].isna().all()
-    sensitivity = read(tmp_path, "sensitivity.csv").query("varied == 'soft_weight'")
+    sensitivity = read(folder, "sensitivity.csv").query("varied == 'soft_weight'")
     assert sensitivity["points"].tolist() == [3, 3]  # w = 0 (the baseline), 0.5, 0.9 at each T
     assert sensitivity["min_test_acc_mean"].tolist() == pytest.approx([88.5, 88.5])
-    method_grid = read(tmp_path, "method_grid.csv")
+    method_grid = read(folder, "method_grid.csv")
     dkd_free = method_grid[(method_grid["method"] == "dkd") & (method_grid["teacher_free"] == "baseline")]
     assert dkd_free["point"].tolist() == ["alpha=0, beta=0, warmup_epochs=20 (any temperature)"]
     assert (dkd_free["x"].iloc[0], dkd_free["test_acc_mean"].iloc[0]) == (0, pytest.approx(88.5))
     assert math.isnan(dkd_free["y"].iloc[0])  # the axis it varies over, where it does nothing
     assert len(method_grid.query("method == 'dkd'")) == 6 + 1
     assert len(method_grid.query("method == 'kd' and teacher_free == 'baseline'")) == 1
-    methods = read(tmp_path, "methods.csv").query("measure == 'clean'").set_index("method")
+    methods = read(folder, "methods.csv").query("measure == 'clean'").set_index("method")
     assert methods.loc["kd", ["budget_points", "budget_seeds", "budget_runs", "budget_epochs"]].tolist() == [4, 2, 8, 80]
     assert methods.loc["dkd", ["budget_points", "budget_seeds", "budget_runs", "budget_epochs"]].tolist() == [6, 2, 12, 144]
     assert methods.loc["dkd", "budget_hours"] == pytest.approx(12 * 360 / 3600) and methods.loc["dkd", "budget_unit"] == "CPU-h"
-    md = (tmp_path / "tables" / "methods.md").read_text()
+    md = (folder / "tables" / "methods.md").read_text()
     assert "| 6 points x 2 seeds, 144 epochs, 1.20 CPU-h |" in md
-    assert not read(tmp_path, "runs.csv")["run"].str.contains("_soft0_").any()
-    paths = write_figures(tmp_path, 0.9, ["resnet18"], ["kd", "dkd"])  # the heat maps leave the baseline out
+    assert not read(folder, "runs.csv")["run"].str.contains("_soft0_").any()
+    paths = write_figures(folder, 0.9, ["resnet18"], ["kd", "dkd"])  # the heat maps leave the baseline out
     assert all(path.stat().st_size > 0 for path in paths)
 
 

@@ -477,8 +477,10 @@ def test_whole_floats_are_counts_and_yaml_exponents_are_numbers():
     assert config["dataset"]["subset"] == 400 and isinstance(config["dataset"]["subset"], int)
     assert config["seeds"] == [1, 2] and all(isinstance(seed, int) for seed in config["seeds"])
     assert config["temperatures"] == [0.1, 4] and config["training"]["lr"] == 0.001
-    assert coerce_strings({"seeds": ["3.0"], "training": {"bn_momentum": 1.0}}) == {
-        "seeds": [3], "training": {"bn_momentum": 1.0}}  # a number stays a number where the schema takes one
+    coerced = coerce_strings({"seeds": ["3.0"], "training": {"bn_momentum": 1.0, "lr": 0.5}})
+    assert coerced == {"seeds": [3], "training": {"bn_momentum": 1, "lr": 0.5}}
+    # one spelling per number, also where the schema takes any number: a study file's 1.0 is its 1
+    assert isinstance(coerced["training"]["bn_momentum"], int)
 
 
 # ---------------------------------------------------------------- issue 23: an interrupted command ends cleanly

@@ -9,6 +9,7 @@ import math
 from fractions import Fraction
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from kdsweep.config import load_config
@@ -17,7 +18,7 @@ from kdsweep.halving import decide, kept_count
 from kdsweep.plan import Plan
 from kdsweep.records import JobPoint, JobRecord, RungDecision
 
-from conftest import ROOT, kd_run, snakemake
+from conftest import ROOT, built_once, copy_of, job_counts, kd_run, snakemake
 from conftest import run_kdsweep as kdsweep
 
 HALVING = ROOT / "tests" / "studies" / "halving.yaml"
@@ -90,15 +91,125 @@ def test_the_minimum_kept_per_student_and_method_holds(tmp_path):
     assert kept(decision) == points(kd(8, 0.5), kd(2, 0.5), kd(16, 0.5), dkd(1.0), dkd(2.0), dkd(8.0))
 
 
-def test_ties_go_to_the_first_point_in_the_plans_order(tmp_path):
-    decision = decide(_records(tmp_path, POINTS), "resnet18", 0, 3, keep=0.34, min_kept=1, seeds=[0, 1])
-    tied = {("dkd", (("alpha", 1.0), ("beta", 8.0), ("temperature", 4.0), ("warmup_epochs", 20))): [90, 90],
-              ("dkd", (("alpha", 1.0), ("beta", 2.0), ("temperature", 4.0), ("warmup_epochs", 20))): [90, 90],
-              ("dkd", (("alpha", 1.0), ("beta", 1.0), ("temperature", 4.0), ("warmup_epochs", 20))): [90, 90]}
-    (tmp_path / "tie").mkdir()
-    tie = decide(_records(tmp_path / "tie", tied), "resnet18", 0, 3, keep=0.34, min_kept=1, seeds=[0, 1])
-    assert kept(tie) == points(*list(tied)[:2])
-    assert decision.candidates  # (the fixture above decided too)
+def _histories(folder, points, rung, until=None):
+    """One pack record per seed (until_epoch: `until`, the rung's by default) of these points {(method, hparams):
+    [[(val_loss, val_acc) of each epoch] of seed 0, of seed 1, ...]}: a point whose list ends before the rung
+    ended there (early stopping: finished), one that goes past it trained on since (finished at its end)."""
+    seeds = len(next(iter(points.values())))
+    paths = []
+    for seed in range(seeds):
+        entries = []
+        for i, ((method, hparams), by_seed) in enumerate(points.items()):
+            epochs = by_seed[seed]
+            best = min(range(len(epochs)), key=lambda e: (epochs[e][0], e))
+            finished = len(epochs) != rung
+            entries.append(JobPoint(
+                run=f"runs/{method}/p{i}_seed{seed}", method=method, hparams=dict(hparams), config_hash=f"h{i}{seed}",
+                seed=seed, epochs=len(epochs), val_acc=epochs[best][1], finished=finished,
+                test_acc=50.0 if finished else None,
+                history=[{"epoch": e + 1, "val_loss": loss, "val_acc": acc} for e, (loss, acc) in enumerate(epochs)]))
+        paths.append(JobRecord(points=entries, until_epoch=until or rung).write(Path(folder) / f"seed{seed}.json"))
+    return paths
+
+
+def _at(epochs, rung):
+    """A point's (val acc, best epoch) at the rung, computed here: the lowest validation loss among epochs <= rung,
+    the first of equal ones."""
+    seen = epochs[:rung]
+    loss = min(loss for loss, _ in seen)
+    best = next(e for e, (l, _) in enumerate(seen) if l == loss)
+    return seen[best][1], best + 1
+
+
+# (val_loss, val_acc) per epoch and seed; rung 2. kd T=1 went on to epoch 4 and got much better after the rung;
+# T=2 is best at epoch 1 (its epoch-2 accuracy is higher, but its loss is not); T=4 was ended by early stopping
+# after epoch 1; T=8 is the plain one.
+HISTORY = {kd(1, 0.5): [[(2.0, 40.0), (1.5, 50.0), (0.2, 99.0), (0.1, 99.5)], [(2.0, 42.0), (1.4, 52.0), (0.2, 98.0)]],
+           kd(2, 0.5): [[(1.0, 60.0), (1.2, 80.0)], [(1.1, 58.0), (1.1, 90.0)]],
+           kd(4, 0.5): [[(1.3, 55.0)], [(1.3, 57.0)]],
+           kd(8, 0.5): [[(1.8, 45.0), (1.6, 48.0)], [(1.8, 44.0), (1.7, 47.0)]]}
+
+
+def test_a_rung_reads_each_point_at_its_own_epoch_never_past_it(tmp_path):
+    """The decision at rung 2 from records whose points went on past it (a record written again after the
+    survivors trained on) equals the one from records written at the rung, byte for byte: each point judged on
+    the validation accuracy of its best validation-loss epoch up to epoch 2, finished only if early stopping
+    ended it by then."""
+    (tmp_path / "later").mkdir()
+    (tmp_path / "at").mkdir()
+    later = decide(_histories(tmp_path / "later", HISTORY, 2), "resnet18", 1, 2, keep=0.5, min_kept=1, seeds=[0, 1])
+    at_rung = {point: [epochs[:2] for epochs in by_seed] for point, by_seed in HISTORY.items()}
+    at = decide(_histories(tmp_path / "at", at_rung, 2), "resnet18", 1, 2, keep=0.5, min_kept=1, seeds=[0, 1])
+    later.write(tmp_path / "later.json")
+    at.write(tmp_path / "at.json")
+    assert (tmp_path / "later.json").read_bytes() == (tmp_path / "at.json").read_bytes()
+    found = {(c.method, frozenset(c.hparams.items())): c for c in later.candidates}
+    for point, by_seed in HISTORY.items():
+        candidate = found[point[0], frozenset(point[1])]
+        states = [_at(epochs, 2) for epochs in by_seed]
+        assert candidate.val_acc_mean == sum(acc for acc, _ in states) / 2
+        assert candidate.best_epochs == [best for _, best in states]
+        assert candidate.epochs == [min(len(epochs), 2) for epochs in by_seed]
+        assert candidate.finished == (point == kd(4, 0.5))  # the only one ended by epoch 2
+    # means 51, 59, 56, 47.5: T=2 and T=4 go on (T=1's 99% came after the rung)
+    assert kept(later) == points(kd(2, 0.5), kd(4, 0.5))
+
+
+def test_a_record_without_history_is_judged_only_where_it_stopped_at_the_rung(tmp_path):
+    """A pack record of an earlier version (no history) holding a point past the rung cannot say the point's
+    state at the rung: refused with the fix, never judged on what came after."""
+    paths = _records(tmp_path, POINTS, rung=3)
+    record = JobRecord.read(paths[0])
+    record.points[0].epochs = 5
+    record.write(paths[0])
+    with pytest.raises(KdsweepError, match="at epoch 5 without its validation history.*delete it"):
+        decide(paths, "resnet18", 0, 3, 0.34, 1, [0, 1])
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_points_without_the_teacher_never_go_on_and_at_least_min_kept_that_use_it_do(tmp_path, seed):
+    """Many kd w = 0 points (hard targets only), better on validation than every point that uses the teacher:
+    none goes on, and the rung keeps ceil(keep * n) >= min_kept of the n points that use it, so the
+    confirmation always has a candidate."""
+    rng = np.random.default_rng(seed)
+    temperatures = [1, 2, 4, 6, 8, 10, 15, 20]
+    weights = [0.0, 0.3, 0.9]
+    grid = {kd(t, w): [float(rng.uniform(90, 99)) if w == 0 else float(rng.uniform(10, 80)) for _ in range(2)]
+            for t in temperatures for w in weights}
+    keep, min_kept = [(0.1, 1), (0.1, 2), (0.34, 1), (0.5, 3), (0.05, 1), (0.2, 2)][seed]
+    decision = decide(_records(tmp_path, grid), "resnet18", 0, 3, keep=keep, min_kept=min_kept, seeds=[0, 1])
+    teacher = [c for c in decision.candidates if c.hparams["soft_weight"] > 0]
+    free = [c for c in decision.candidates if c.hparams["soft_weight"] == 0]
+    assert len(free) == 8 and not any(c.kept or c.uses_teacher for c in free)
+    assert all(c.uses_teacher for c in teacher)
+    assert sum(c.kept for c in teacher) == max(min_kept, math.ceil(Fraction(str(keep)) * len(teacher))) >= 1
+    best = sorted(teacher, key=lambda c: -c.val_acc_mean)[:sum(c.kept for c in teacher)]
+    assert all(c.kept for c in best)
+
+
+def test_ties_go_to_fewer_epochs_to_the_best_loss_then_to_lower_values_and_are_reported(tmp_path):
+    """Three dkd points tie on mean validation accuracy and keep 0.34 keeps 2: beta 8 reached its best loss in
+    fewer epochs and goes on first; beta 1 and 2 tie on that too, and the lower value (beta 1) goes on. The
+    record names the tie and what broke it, and is the same bytes whatever order its records come in."""
+    tied = {dkd(2.0): [[(1.0, 90.0), (0.9, 90.0)]] * 2,
+            dkd(8.0): [[(0.9, 90.0), (1.0, 91.0)]] * 2,
+            dkd(1.0): [[(1.0, 90.0), (0.9, 90.0)]] * 2}
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    tie = decide(_histories(tmp_path / "a", tied, 2), "resnet18", 0, 2, keep=0.34, min_kept=1, seeds=[0, 1])
+    assert kept(tie) == points(dkd(8.0), dkd(1.0))
+    assert tie.ties == ["dkd: 3 points tie at mean validation accuracy 90%; kept alpha=1, beta=8, temperature=4, "
+                        "warmup_epochs=20; alpha=1, beta=1, temperature=4, warmup_epochs=20, over alpha=1, beta=2, "
+                        "temperature=4, warmup_epochs=20, by the lower hyperparameter values"]
+    reordered = dict(reversed(list(tied.items())))
+    again = decide(list(reversed(_histories(tmp_path / "b", reordered, 2))), "resnet18", 0, 2, keep=0.34, min_kept=1,
+                   seeds=[0, 1])
+    tie.write(tmp_path / "tie.json")
+    again.write(tmp_path / "again.json")
+    assert (tmp_path / "tie.json").read_bytes() == (tmp_path / "again.json").read_bytes()
+    printed = kdsweep("rung-decision", *_histories(tmp_path / "a", tied, 2), "--student", "resnet18", "--stage", 0,
+                      "--rung", 2, "--keep", 0.34, "--min-kept", 1, "--seeds", 0, 1, "--out", tmp_path / "c.json")
+    assert "tie at the cut: dkd: 3 points tie" in printed.stdout
 
 
 def test_a_decision_never_reads_test_accuracy(tmp_path):
@@ -189,6 +300,30 @@ def test_rungs_that_cannot_work_are_refused_before_any_job(rungs, message):
         _plan(f"halving.rungs={rungs}")
 
 
+@pytest.mark.parametrize("overrides, message", [
+    (["methods={kd: null}"], "sweep: halving judges the points of the study's KD methods, but methods names none; "
+                             "give methods a section"),
+    (["soft_weights=[0]"], "kd's grid has none \\(kd: a soft weight above 0\\); add one, or leave the method out"),
+    (["halving.min_kept=4"], "halving keeps every point at every rung .* so it decides nothing; set halving.min_kept "
+                             "below 4"),
+    (["halving.keep=0.8"], "so it decides nothing; set halving.min_kept below 4 and halving.keep at most 0.75,"),
+])
+def test_a_halving_that_cannot_decide_is_refused_before_any_job(overrides, message):
+    """No KD method, a method without a point that uses the teacher (the only points a rung ranks), or a keep
+    and min_kept that keep every point at every rung (4 points: min_kept 4, or keep 0.8 -> ceil(3.2) = 4)."""
+    with pytest.raises(KdsweepError, match=message):
+        _plan(*overrides)
+    assert _plan("halving.min_kept=3").halving  # 3 of 4: the first rung drops one
+    assert _plan("halving.keep=0.75").halving  # ceil(0.75 x 4) = 3 of 4
+
+
+def test_the_workflow_refuses_halving_without_a_kd_method_in_one_sentence(tmp_path):
+    result = snakemake(tmp_path, "--dry-run", "--config", "methods={kd: null}", configfiles=[HALVING], check=False)
+    assert result.returncode != 0 and "Job stats" not in result.stdout
+    assert "sweep: halving judges the points of the study's KD methods, but methods names none" in (
+        result.stdout + result.stderr)
+
+
 # ---------------------------------------------------------------- exactness
 
 
@@ -226,8 +361,148 @@ def test_a_point_trained_rung_by_rung_ends_exactly_as_one_trained_at_once(tiny_s
 # ---------------------------------------------------------------- through Snakemake
 
 
+RUNG2 = "results/halving-tiny/halving/mobilenet_v3_small_rung2.json"
+
+
+@pytest.fixture(scope="session")
+def halving_paused(tmp_path_factory):
+    """A working directory in which tests/studies/halving.yaml ran to its second rung's decision: the survivor
+    paused at epoch 2, nothing evaluated yet (once per test run; work on a copy, copy_of)."""
+    return built_once(tmp_path_factory, "halving-paused", lambda folder: snakemake(
+        folder, "--cores", "2", "--show-failed-logs", RUNG2, configfiles=[HALVING]))
+
+
+@pytest.fixture(scope="session")
+def halving_finished(tmp_path_factory, halving_paused):
+    """halving_paused run to the end: the survivor resumed and finished, every run evaluated, the tables."""
+    import shutil
+
+    def build(folder):
+        shutil.copytree(halving_paused, folder, symlinks=True, dirs_exist_ok=True)
+        snakemake(folder, "--cores", "2", "--show-failed-logs", configfiles=[HALVING])
+
+    return built_once(tmp_path_factory, "halving-finished", build)
+
+
+def _decisions(results) -> dict:
+    return {path.name: path.read_bytes() for path in sorted((results / "halving").glob("*.json"))}
+
+
+def _spellings(folder) -> list[Path]:
+    """tests/studies/halving.yaml three ways that mean the same: two keys of `training` swapped, a default
+    restated (lr, config.yaml's 0.001, as 1.0e-3), and whole numbers written as floats."""
+    text = HALVING.read_text()
+    spelled = {"reordered": text.replace("  batch_size: 100\n  max_epochs: 4\n", "  max_epochs: 4\n  batch_size: 100\n"),
+               "restated": text.replace("training:\n", "training:\n  lr: 1.0e-3\n"),
+               "floats": text.replace("temperatures: [2, 4]", "temperatures: [2.0, 4.0]")
+               .replace("min_kept: 1", "min_kept: 1.0").replace("max_epochs: 4", "max_epochs: 4.0")
+               .replace("rotation_degrees: 10", "rotation_degrees: 10.0").replace("flip_p: 0.0", "flip_p: 0")}
+    paths = []
+    for name, respelled in spelled.items():
+        assert respelled != text, name
+        paths.append(folder / f"{name}.yaml")
+        paths[-1].write_text(respelled)
+    return paths
+
+
+def _nothing_to_do(workdir, *args, configfiles=(HALVING,)):
+    result = snakemake(workdir, "--dry-run", *args, configfiles=configfiles)
+    assert "Nothing to be done" in result.stdout + result.stderr, (args, configfiles, result.stdout[-3000:])
+
+
 @pytest.mark.workflow
-def test_a_halving_study_then_the_grid_on_the_same_folder(tmp_path):
+def test_a_new_pack_size_and_a_respelled_study_file_plan_nothing_and_the_rungs_stand(halving_paused, tmp_path):
+    """The halving study paused at its second rung, finished with runtime.pack_size 3 instead of 4: the packs
+    keep their names and runs (their records on disk), the survivor resumes from its rung's checkpoint, and
+    the rung records are the same bytes as before. Then the finished study plans nothing (dry runs) for either
+    pack size, nor for its study file with keys reordered, a default restated or 1.0 for 1."""
+    work = copy_of(halving_paused, tmp_path / "work")
+    results = work / "results" / "halving-tiny"
+    before = _decisions(results)
+    assert list(before) == ["mobilenet_v3_small_rung1.json", "mobilenet_v3_small_rung2.json"]
+    three = ["--config", "runtime={pack_size: 3}"]
+    snakemake(work, "--cores", "2", "--show-failed-logs", *three, configfiles=[HALVING])
+    assert _decisions(results) == before
+    assert sorted(path.stem for path in (results / "packs").glob("*.json")) == [
+        f"mobilenet_v3_small_seed{seed}_pack1_{stage}" for seed in (0, 1) for stage in ("final", "rung1", "rung2")]
+    for seed in (0, 1):
+        log = (results / "logs" / "packs" / f"mobilenet_v3_small_seed{seed}_pack1_final.log").read_text()
+        assert log.count("resuming ") == 1 and "after epoch 2" in log
+    _nothing_to_do(work, *three)
+    _nothing_to_do(work)
+    for respelled in _spellings(tmp_path):
+        _nothing_to_do(work, configfiles=[respelled])
+
+
+@pytest.mark.workflow
+def test_remade_rung_records_decide_the_same_and_shorter_rungs_table_every_finished_run(halving_finished, tmp_path):
+    """The finished halving study with its first rung's pack records made again, now that its points are past
+    epoch 1 (one finished): both rung records are the same bytes, status counts no point ended before rung 1,
+    and no run is measured again. Then rungs [1] instead of [1, 2]: the second point rung 1 kept trains on to
+    the end and is measured; the first finalist is not measured again though its pack record is written again;
+    the tables hold both finalists and the two points pruned at epoch 1, read no record of the old rung 2, and
+    say in one line that it is not in the study, as status does."""
+    work = copy_of(halving_finished, tmp_path / "work")
+    results = work / "results" / "halving-tiny"
+    before = _decisions(results)
+    measured = {path: path.stat().st_mtime_ns for folder in ("attacks", "masking", "evaluation")
+                for path in (results / folder).rglob("*.json")}
+    # teacher, 2 baselines, 1 finalist x 2 seeds: an evaluation and an attack job's FGSM, worst case and masking
+    # record each
+    assert len(measured) == 20
+    first = [f"results/halving-tiny/packs/mobilenet_v3_small_seed{seed}_pack1_rung1.json" for seed in (0, 1)]
+    result = snakemake(work, "--cores", "2", "--show-failed-logs", "--forcerun", *first, configfiles=[HALVING])
+    counts = job_counts(result.stdout + result.stderr)
+    assert counts["distill"] == 2 and not {"attack", "evaluate", "train"} & set(counts), counts
+    remade = JobRecord.read(results / "packs" / "mobilenet_v3_small_seed0_pack1_rung1.json")
+    assert max(point.epochs for point in remade.points) == 4 and any(point.finished for point in remade.points)
+    assert _decisions(results) == before
+    status = kdsweep("status", "results/halving-tiny", cwd=work).stdout
+    assert "rung 1 (epoch 1): 4 judged, 2 kept, 2 dropped, 0 finished" in status
+
+    shorter = ["--config", "halving={rungs: [1]}"]
+    result = snakemake(work, "--dry-run", *shorter, configfiles=[HALVING])
+    counts = job_counts(result.stdout + result.stderr)
+    assert counts["distill"] == 2 and counts["attack"] == counts["evaluate"] == 2, counts  # the new finalist
+    snakemake(work, "--cores", "2", "--show-failed-logs", *shorter, configfiles=[HALVING])
+    assert all(path.stat().st_mtime_ns == mtime for path, mtime in measured.items())
+    kept = [c for c in RungDecision.read(results / "halving" / "mobilenet_v3_small_rung1.json").candidates if c.kept]
+    runs = list(csv.DictReader(open(results / "tables" / "runs.csv")))
+    finalists = {(float(row["temperature"]), float(row["soft_weight"]), row["seed"]) for row in runs if row["role"] == "kd"}
+    assert finalists == {(c.hparams["temperature"], c.hparams["soft_weight"], seed) for c in kept for seed in "01"}
+    grid = list(csv.DictReader(open(results / "tables" / "grid.csv")))
+    assert sorted(row["pruned_at_epoch"] for row in grid) == ["", "", "1", "1"]
+    assert all(row["search"].startswith("successive halving (a rung at epoch 1;") for row in grid)
+    line = ("not in this study as configured now (kept on disk, left out of every table and choice): 1 checkpoint "
+            "record: halving/mobilenet_v3_small_rung2.json")
+    assert line in (results / "logs" / "tables.log").read_text()
+    assert line in kdsweep("status", "results/halving-tiny", cwd=work).stdout
+    assert (results / "halving" / "mobilenet_v3_small_rung2.json").read_bytes() == before[
+        "mobilenet_v3_small_rung2.json"]  # kept on disk
+
+
+@pytest.mark.workflow
+def test_a_rung_never_leaves_the_confirmation_without_a_point_that_uses_the_teacher(halving_finished, tmp_path):
+    """The finding through Snakemake: soft weights {0, 0.5}, keep 0.1 and confirmation on. Every rung keeps
+    exactly one point, one that uses the teacher (a w = 0 point, where the plan has one, is recorded and never
+    kept, however it did on validation), and the confirmation's checkpoint chooses a point with w > 0 among
+    the finalists; no job fails. (The finished study's w = 0.5 points keep their packs and checkpoints.)"""
+    work = copy_of(halving_finished, tmp_path / "work")
+    results = work / "results" / "halving-tiny"
+    changed = ["--config", "soft_weights=[0, 0.5]", "halving={keep: 0.1}", "confirm={seeds: [2]}"]
+    snakemake(work, "--cores", "2", "--show-failed-logs", "results/halving-tiny/confirm/mobilenet_v3_small.json",
+              *changed, configfiles=[HALVING])
+    for rung in (1, 2):
+        decision = RungDecision.read(results / "halving" / f"mobilenet_v3_small_rung{rung}.json")
+        assert all(c.uses_teacher == (c.hparams["soft_weight"] > 0) for c in decision.candidates)
+        (kept,) = [c for c in decision.candidates if c.kept]  # ceil(0.1 x 2) = 1 (min_kept 1) of those that use it
+        assert kept.uses_teacher and kept.hparams["soft_weight"] == 0.5
+    choice = json.loads((results / "confirm" / "mobilenet_v3_small.json").read_text())
+    assert choice["hparams"]["soft_weight"] == 0.5 and choice["hparams"] == kept.hparams
+
+
+@pytest.mark.workflow
+def test_a_halving_study_then_the_grid_on_the_same_folder(halving_finished, tmp_path):
     """tests/studies/halving.yaml through Snakemake: 4 points x 2 seeds judged at epochs 1 and 2. The
     survivors' metrics equal those of the same points trained at once (in this process, from the study's own
     teacher and stats); the tables show the pruned points with their rung's validation accuracy and no test
@@ -236,7 +511,7 @@ def test_a_halving_study_then_the_grid_on_the_same_folder(tmp_path):
     from kdsweep import train
     from kdsweep.halving import read_decision
 
-    snakemake(tmp_path, "--cores", "2", "--show-failed-logs", configfiles=[HALVING])
+    tmp_path = copy_of(halving_finished, tmp_path / "work")
     results = tmp_path / "results" / "halving-tiny"
     decisions = [read_decision(results / "halving" / f"mobilenet_v3_small_rung{rung}.json") for rung in (1, 2)]
     assert [sum(c.kept for c in d.candidates) for d in decisions] == [2, 1]  # keep 0.5 of 4, then of 2

@@ -202,6 +202,91 @@ def test_packs_cover_every_point_once_within_one_student_and_seed(pack_size):
     assert len(set(names)) == len(names)
 
 
+def _record_packs(packs, results):
+    """Pack records on disk as their jobs write them (one point per run, its folder as the job was given it)."""
+    from kdsweep.records import JobPoint, JobRecord
+
+    for pack in packs:
+        JobRecord(points=[JobPoint(run=f"results/cifar10-reference/{run.folder}", config_hash="h") for run in pack.runs],
+                  until_epoch=pack.until).write(results / "packs" / f"{pack.name}.json")
+
+
+def _packing(plan):
+    return [(pack.name, pack.runs) for pack in plan.packs]
+
+
+@pytest.mark.parametrize("halving", [False, True])
+def test_packs_trained_before_keep_their_runs_whatever_the_pack_size_and_new_runs_are_packed_around_them(
+        tmp_path, halving):
+    """Three packs of 8 trained (their records on disk, halving: of the first rung), then pack_size 3 and a new
+    temperature: the three keep their names and runs (their jobs are the same, nothing reruns); every other run
+    is packed 3 at a time, under a name no record holds; and the plan is a fixed point: the records of its own
+    new packs, written in any order, change none of its packs."""
+    results = tmp_path / "results" / "cifar10-reference"
+    search = ["sweep=halving"] if halving else []
+    before = study("runtime.pack_size=8", "students=[resnet18]", "confirm.seeds=[]", *search)
+    trained = [pack for pack in before.packs if pack.stage in (None, 0)][:3]
+    _record_packs(trained, results)
+    config = load_config([str(ROOT / "config.yaml")], ["runtime.pack_size=3", "students=[resnet18]", "confirm.seeds=[]",
+                                                       "temperatures=[1, 2, 3, 4, 6, 8, 10, 15, 20]", *search])
+    after = Plan(config, plan_module.recorded_packs(results))
+    first = [pack for pack in after.packs if pack.stage in (None, 0)]
+    for pack in trained:
+        assert (pack.name, pack.runs) in [(p.name, p.runs) for p in first]
+    kd = [run for run in after.sweep("resnet18") if run.seed == 0]
+    assert sorted((run for pack in first for run in pack.runs), key=str) == sorted(kd, key=str)
+    assert len({pack.name for pack in after.packs}) == len(after.packs)
+    new = [pack for pack in first if pack not in trained]
+    assert all(1 <= len(pack.runs) <= 3 for pack in new)
+    assert not {pack.name for pack in new} & {pack.name for pack in trained}
+    # the runs at T = 3 and those after the 24th of the 8-packs are the new ones
+    assert {run for pack in new for run in pack.runs} == set(kd) - {run for pack in trained for run in pack.runs}
+    for order in (new, list(reversed(new))[::2]):
+        _record_packs(order, results)
+        assert _packing(Plan(config, plan_module.recorded_packs(results))) == _packing(after)
+    # without records: the packs of today, named <student>_seed<s>_pack<i>
+    assert [pack.name for pack in Plan(config).packs][0].startswith("resnet18_seed0_pack1")
+
+
+def test_a_pack_known_from_a_later_stage_gets_back_its_other_runs(tmp_path):
+    """Halving: a pack's first-rung record gone, its last stage's (the survivors) on disk: the pack is the one the
+    pack size makes, not its survivors alone (its jobs' params are those they were)."""
+    results = tmp_path / "results" / "cifar10-reference"
+    plan = study("runtime.pack_size=8", "students=[resnet18]", "sweep=halving")
+    final = next(pack for pack in plan.packs if pack.stage == 2)
+    _record_packs([Pack(final.name, final.runs[:2], 2)], results)
+    assert _packing(Plan(plan.config, plan_module.recorded_packs(results))) == _packing(plan)
+
+
+def test_a_study_files_spelling_is_no_change_of_any_jobs_params():
+    """Keys in another order, a default restated, 1.0 for 1: every job's params (its config slice on the command
+    line, the study record's) are the same string; a changed value is not."""
+    from kdsweep.commands import canonical, command_line
+
+    config = load_config([str(ROOT / "config.yaml")])
+    plan = Plan(config)
+    spelled = json.loads(json.dumps(config))
+    spelled["training"] = dict(reversed(list(spelled["training"].items())))  # keys reordered
+    spelled = dict(reversed(list(spelled.items())))
+    spelled["training"]["lr"] = 1.0e-3  # the default, restated
+    spelled["augmentation"]["rotation_degrees"] = 15.0  # 1.0 for 1
+    spelled["training"]["lr_factor"] = 0.2
+    spelled["temperatures"] = [float(t) for t in spelled["temperatures"]]
+    respelled = Plan(spelled)
+    for kind in ("stats", "train", "attack", "evaluate"):
+        assert commands(respelled).job_config(kind) == commands(plan).job_config(kind)
+    assert commands(respelled).study_config() == commands(plan).study_config()
+    assert commands(respelled).machine_local() == commands(plan).machine_local()
+    assert [commands(respelled).pack_points(pack) for pack in respelled.packs] == [
+        commands(plan).pack_points(pack) for pack in plan.packs]
+    # (config.yaml's own spelling: its whole numbers stay integers, its keys in its order)
+    assert canonical(config) == config and list(canonical(spelled)) == list(config)
+    assert command_line({"a": {"b": 1.0, "c": 0.5}}) == "a.b=1 a.c=0.5"
+    # how the workflow groups its jobs is not the study: a new pack_size is the same study record
+    assert commands(study("runtime.pack_size=8")).study_config() == commands(plan).study_config()
+    assert commands(study("training.lr=0.002")).job_config("train") != commands(plan).job_config("train")
+
+
 def test_a_pack_command_line_gives_the_exact_numbers():
     plan = study("runtime.pack_size=2", "temperatures=[2.5]", "soft_weights=[0.3, 0.9]", "students=[resnet18]",
                  "confirm.seeds=[]")

@@ -198,12 +198,13 @@ def test_records_are_typed_strictly(tmp_path):
 
 
 def _touch_in_order(root, files, texts=None):
-    """Write each file (a record's JSON, else {}) with increasing modification times, as jobs would have."""
+    """Write each file (a record's JSON, else {}; a pack's record with no point, which the plan reads for its
+    packs) with increasing modification times, as jobs would have."""
     texts = texts or {}
     for i, name in enumerate(files):
         path = Path(root) / name
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(texts.get(name, "{}\n"))
+        path.write_text(texts.get(name, '{"points": []}\n' if "/packs/" in name else "{}\n"))
         os.utime(path, (1e9 + i, 1e9 + i))
 
 

@@ -362,25 +362,79 @@ def kd_metrics(results):
     return {run.name: json.loads((run / "metrics.json").read_text()) for run in (results / "runs" / "kd").iterdir()}
 
 
-def test_a_new_pack_size_on_a_finished_study_retrains_nothing(tiny, tmp_path):
-    """runtime.pack_size 2 on the finished tiny study: one distill job writes the new pack's record and
-    trains nothing (its two points are finished, of this configuration); the distilled runs'
-    evaluations run again, since their input, the pack record, moved. Nothing else runs (the dry
-    run). Then the record's job runs for real, by itself."""
+def test_a_new_pack_size_on_a_finished_study_plans_nothing(tiny, tmp_path):
+    """runtime.pack_size 2 on the finished tiny study: its packs (of one) were trained, and keep their runs and
+    records (plan.recorded_packs), so nothing is planned: no pack, no evaluation, not even the study record
+    (how jobs are grouped is not what the study is)."""
     moved = copy_of(tiny, tmp_path / "moved")
-    pack = ["--config", "runtime={pack_size: 2}"]
-    counts, _ = dry_run(moved, *pack, configfiles=[TINY_WORKFLOW])
-    assert counts["distill"] == 1 and counts["evaluate"] == 2 and counts["attack"] == 2
-    assert not {"train", "stats"} & set(counts)
-    before = kd_metrics(moved / "results" / "tiny")
-    record = "results/tiny/packs/mobilenet_v3_small_seed0_pack1.json"
-    snakemake(moved, "--cores", "2", record, "--show-failed-logs", *pack, configfiles=[TINY_WORKFLOW])
-    log = (moved / "results/tiny/logs/packs/mobilenet_v3_small_seed0_pack1.log").read_text()
-    assert " epoch " not in log and "resuming" not in log, log  # no point trained again
-    assert kd_metrics(moved / "results" / "tiny") == before  # the same files, untouched
-    record = json.loads((moved / record).read_text())
-    assert sorted(point["config_hash"] for point in record["points"]) == sorted(
-        metrics["config_hash"] for metrics in before.values())
+    result = snakemake(moved, "--dry-run", "--config", "runtime={pack_size: 2}", configfiles=[TINY_WORKFLOW])
+    assert "Nothing to be done" in result.stdout + result.stderr
+
+
+def test_a_rewritten_record_measures_nothing_again_and_a_changed_model_is_measured_again(tiny, tmp_path):
+    """The finished tiny study with its kd runs' pack records written again (other bytes, newer than every
+    result, as a forced job, or a pack that gained a point, writes them): no attack or evaluation is planned,
+    only the tables (which read the records) and the figures. Then one run's model changed (its metrics.json
+    names other weights, as the same job run on another machine may leave it; the digest is what the workflow
+    compares) and its record written again: exactly that run's attack and evaluation are planned, and the
+    tables and figures after them."""
+    import os
+
+    def rewrite(record, when):
+        """The record's content in other bytes (Snakemake compares a small input's checksum besides its
+        time: a record only touched is no record written again), dated `when`."""
+        record.write_text(json.dumps(json.loads(record.read_text()), indent=1) + "\n")
+        os.utime(record, (when, when))
+
+    work = copy_of(tiny, tmp_path / "tiny")
+    results = work / "results" / "tiny"
+    later = max(path.stat().st_mtime for path in results.rglob("*") if path.is_file()) + 10
+    records = sorted((results / "packs").glob("*.json"))
+    assert len(records) == 2
+    for record in records:
+        rewrite(record, later)
+    counts, output = dry_run(work, configfiles=[TINY_WORKFLOW])
+    assert dict(counts) == {"tables": 1, "figures": 1, "all": 1, "total": 3}, output  # the tables read the records
+    run = results / "runs" / "kd" / "mobilenet_v3_small_T4_soft0.5_seed0"
+    metrics = json.loads((run / "metrics.json").read_text())
+    metrics["model_digest"] = "0" * 64
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    (record,) = [path for path in records if json.loads(path.read_text())["points"][0]["run"].endswith(run.name)]
+    rewrite(record, later + 10)
+    counts, output = dry_run(work, configfiles=[TINY_WORKFLOW])
+    assert dict(counts) == {"attack": 1, "evaluate": 1, "tables": 1, "figures": 1, "all": 1, "total": 5}, output
+    assert f"attacks/kd/{run.name}/fgsm_eps0.1.json" in output and f"evaluation/kd/{run.name}.json" in output
+    # a training value changed: every run trains again in this invocation, and so every run is measured again in
+    # it (the teacher too, whose attack job has no input but its own record)
+    counts, output = dry_run(work, "--config", "training={lr: 0.002}", configfiles=[TINY_WORKFLOW])
+    runs = 1 + 1 + 2  # the teacher, the baseline, two distilled points
+    assert counts["attack"] == counts["evaluate"] == runs, output
+
+
+def test_points_taken_out_of_the_config_leave_the_tables_in_one_line_and_stay_on_disk(tiny, tmp_path):
+    """The finished tiny study with soft_weights [0.9] instead of [0.5, 0.9]: only the study record, the tables
+    and the figures are made again (no run, no measurement); the tables and the choice of the best point hold
+    w = 0.9 alone, one line of the tables job and of status names the w = 0.5 run left out, and its folder
+    and results stay on disk."""
+    work = copy_of(tiny, tmp_path / "tiny")
+    results = work / "results" / "tiny"
+    fewer = ["--config", "soft_weights=[0.9]"]
+    counts, _ = dry_run(work, *fewer, configfiles=[TINY_WORKFLOW])
+    assert dict(counts) == {"study": 1, "tables": 1, "figures": 1, "all": 1, "total": 4}
+    snakemake(work, "--cores", "2", "--show-failed-logs", *fewer, configfiles=[TINY_WORKFLOW])
+    found = tables(results)
+    assert sorted(found["runs.csv"].query("role == 'kd'")["soft_weight"]) == [0.9]
+    assert set(found["robustness.csv"].query("role == 'kd'")["soft_weight"]) == {0.9}
+    assert list(found["grid.csv"]["soft_weight"]) == [0.9]
+    assert set(found["kd_vs_hard.csv"]["soft_weight"]) == {0.9}
+    line = ("not in this study as configured now (kept on disk, left out of every table and choice): 1 run folder: "
+            "runs/kd/mobilenet_v3_small_T4_soft0.5_seed0")
+    assert line in (results / "logs" / "tables.log").read_text()
+    status = subprocess.run([sys.executable, "-m", "kdsweep", "status", "results/tiny"], cwd=work,
+                            capture_output=True, text=True, check=True).stdout
+    assert line in status
+    assert (results / "runs/kd/mobilenet_v3_small_T4_soft0.5_seed0/metrics.json").is_file()
+    assert (results / "evaluation/kd/mobilenet_v3_small_T4_soft0.5_seed0.json").is_file()
 
 
 def test_tiny_study_packed_equals_unpacked(tiny, tmp_path):
@@ -391,7 +445,9 @@ def test_tiny_study_packed_equals_unpacked(tiny, tmp_path):
     packed = copy_of(tiny, tmp_path / "packed")
     results = packed / "results" / "tiny"
     unpacked = kd_metrics(results)
+    # the runs and their packs' records gone (a pack on record keeps its runs, whatever the pack size)
     shutil.rmtree(results / "runs" / "kd")
+    shutil.rmtree(results / "packs")
     counts, _ = dry_run(packed, *pack, configfiles=[TINY_WORKFLOW])
     assert counts["distill"] == 1 and not {"train", "stats"} & set(counts)
     snakemake(packed, "--cores", "2", "--show-failed-logs", *pack, configfiles=[TINY_WORKFLOW])

@@ -165,25 +165,28 @@ def _train(args, runs, out_dirs, teacher_dir=None):
     status = launch(args.argv, config["runtime"]["processes"])
     if status is not None:
         sys.exit(status if status >= 0 else 128 - status)
+    histories = {}
     try:
         results = train_points(config, runs, args.stats, out_dirs, teacher_dir=teacher_dir,
                                rerun_stale=args.rerun_stale, wait_for_lock=args.wait_for_lock,
                                until_epoch=getattr(args, "until_epoch", None), teacher_checkpoint=checkpoint,
-                               fine_tune=getattr(args, "fine_tune", False))
+                               fine_tune=getattr(args, "fine_tune", False), histories=histories)
     except Preempted:
         sys.exit(EXIT_PREEMPTED)
     if args.record and Processes.from_environment().main:
-        _write_record(args.record, out_dirs, results, getattr(args, "until_epoch", None))
+        _write_record(args.record, out_dirs, results, getattr(args, "until_epoch", None), histories)
     return results
 
 
-def _write_record(path, out_dirs, results, until_epoch=None):
+def _write_record(path, out_dirs, results, until_epoch=None, histories=None):
     """The job's record, written once every run has finished (or, until_epoch, paused there): the workflow's
-    output of a training job."""
+    output of a training job; histories {out_dir: its validation epochs} (kdsweep.train.train_points)."""
     from .records import JobPoint, JobRecord
     from .runtime import environment
 
-    JobRecord(points=[JobPoint.of(out, metrics, finished=metrics.test_acc is not None)
+    histories = {Path(out): history for out, history in (histories or {}).items()}
+    JobRecord(points=[JobPoint.of(out, metrics, finished=metrics.test_acc is not None,
+                                  history=histories.get(Path(out)))
                       for out, metrics in zip(out_dirs, results)],
               slurm=environment()["slurm"], until_epoch=until_epoch).write(path)
 
@@ -268,7 +271,12 @@ def cmd_aggregate(args):
     from .board import INSTALL_HINT, write_hparams
     from .tables import write_tables
 
-    for path in write_tables(Path(args.results), args.search):
+    config = None
+    if args.overrides:
+        from .config import load_config
+
+        config = load_config([], args.overrides)
+    for path in write_tables(Path(args.results), args.search, config):
         print(f"wrote {path}")
     # the study as TensorBoard HParams sessions, from the tables just written
     sessions = write_hparams(Path(args.results))
@@ -345,6 +353,8 @@ def cmd_rung_decision(args):
     decision.write(args.out)
     kept = sum(candidate.kept for candidate in decision.candidates)
     print(f"rung {decision.rung} of {decision.student}: {kept} of {len(decision.candidates)} points go on")
+    for tie in decision.ties or ():
+        print(f"tie at the cut: {tie}")
 
 
 def _rung_decision_parser(subparsers):
@@ -583,6 +593,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--search", choices=("grid", "staged", "halving"),
                    help="the study's search (config sweep), which every table names (default: that of "
                         "results/<study>/study.yaml, else grid); halving's pruned points are read from halving/")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="the study's config, over config.yaml's defaults (the workflow gives it whole); default: "
+                        "results/<study>/study.yaml. The tables hold what it asks for (docs/search.md)")
     p.set_defaults(func=cmd_aggregate)
 
     p = _command(subparsers, "plots", "draw the study's figures from its tables")

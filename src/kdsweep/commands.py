@@ -1,11 +1,20 @@
 """What each job is told on its command line: the slice of the config it reads (its rule's params, so
 its rerun trigger), the machine-local values every job reads from one file, and a pack's points. One
 home for how a config becomes a job's `key=value` overrides. Nothing here imports torch.
+
+Every value reaches a command line in its canonical form (`canonical`): a study file's spelling is no change,
+so that Snakemake's params trigger fires on a change of meaning only. Keys come in config.yaml's order (the
+defaults', which every config is merged onto: the order a study file writes them in, or restating a default,
+changes nothing), keys config.yaml lacks after them, sorted; a whole number is written as an integer (`1.0` and
+`1` are one value, as config.yaml writes its whole numbers). Defaults are in every slice already: each config
+is config.yaml's, merged with the study's files.
 """
 
 from __future__ import annotations
 
+import functools
 import json
+import math
 import shlex
 
 from .layout import Layout
@@ -13,8 +22,11 @@ from .plan import Pack, Plan, Run
 
 # The data a job reads: what it is (kdsweep.identity.DATASET_KEYS), not where it lies.
 _DATA = ("dataset.name", "dataset.subset", "dataset.val_fraction", "dataset.split_seed")
-# The config values a job of each kind reads (dotted paths; "{attack}" is the attack's name), but the
-# machine-local ones (MACHINE_LOCAL).
+# The config values a job of each kind reads (dotted paths), but the machine-local ones (MACHINE_LOCAL). What
+# the model an attack or evaluation measures was trained with is not in its slice: its input is its run's record,
+# ancient() where its results on disk measured the run's model as it is now (their run hash and model digest:
+# workflow/rules/common.smk, identity.measures_run_now), so that a record written again (another pack sharing
+# it, a forced rerun) measures nothing again, and a model trained again is measured again.
 JOB_SLICES = {
     "stats": _DATA,
     "train": (*_DATA, "training", "augmentation"),
@@ -37,6 +49,35 @@ def _get(config: dict, dotted: str):
     return value
 
 
+@functools.cache
+def _defaults() -> dict:
+    from . import io
+    from .config import DEFAULTS_PATH
+
+    return io.read_yaml(DEFAULTS_PATH)
+
+
+def canonical(value, defaults=None):
+    """`value` (a config, a section, a number) in its canonical form (module docstring): the same for any
+    spelling of the same meaning. `defaults`: config.yaml's part at the same place (None: the whole)."""
+    if defaults is None:
+        defaults = _defaults()
+    if isinstance(value, dict):
+        known = defaults if isinstance(defaults, dict) else {}
+        keys = [key for key in known if key in value] + sorted(key for key in value if key not in known)
+        return {key: canonical(value[key], known.get(key, {})) for key in keys}
+    if isinstance(value, list):
+        return [canonical(item, {}) for item in value]
+    if isinstance(value, float) and math.isfinite(value) and value == int(value):
+        return int(value)
+    return value
+
+
+def number(value) -> str:
+    """A number as a command line spells it (canonical: 1.0 as 1, 0.1 as 0.1)."""
+    return json.dumps(canonical(value, {}))
+
+
 def select(config: dict, paths) -> dict:
     """The nested part of `config` at these dotted paths."""
     out: dict = {}
@@ -46,6 +87,18 @@ def select(config: dict, paths) -> dict:
         for part in parents:
             target = target.setdefault(part, {})
         target[leaf] = _get(config, path)
+    return out
+
+
+def _without(config: dict, paths) -> dict:
+    """`config` less the values at these dotted paths."""
+    out = dict(config)
+    for path in paths:
+        head, _, rest = path.partition(".")
+        if rest and isinstance(out.get(head), dict):
+            out[head] = _without(out[head], [rest])
+        else:
+            out.pop(head, None)
     return out
 
 
@@ -84,8 +137,8 @@ def overrides(section: dict, prefix: str = "") -> list[str]:
 
 
 def command_line(section: dict) -> str:
-    """overrides(section), shell-quoted, for a job's command line."""
-    return " ".join(map(shlex.quote, overrides(section)))
+    """overrides(section) in canonical form, shell-quoted, for a job's command line."""
+    return " ".join(map(shlex.quote, overrides(canonical(section))))
 
 
 def machine_local(config: dict) -> dict:
@@ -119,9 +172,15 @@ class Commands:
         """The command-line overrides of MACHINE_LOCAL (no rerun trigger: see the module docstring)."""
         return command_line(machine_local(self.plan.config))
 
+    def study_meaning(self) -> str:
+        """The config less what no result depends on (MACHINE_LOCAL, SCHEDULING), as command-line overrides:
+        the tables' params (a changed value rebuilds them; another device, data folder or pack size does not)."""
+        return command_line(_without(self.plan.config, MACHINE_LOCAL))
+
     def study_config(self) -> str:
-        """The whole config as command-line overrides (rule study's params: a changed value rewrites it)."""
-        return command_line(self.plan.config)
+        """The whole config as command-line overrides (rule study's params: a changed value rewrites it), but
+        SCHEDULING: how the workflow groups its jobs is not what the study is, and changing it plans nothing."""
+        return command_line(_without(self.plan.config, [f"runtime.{key}" for key in SCHEDULING]))
 
     def train_options(self, run: Run) -> str:
         """A train job's options beside its config slice: for a teacher from a checkpoint `--checkpoint SPEC`
@@ -139,13 +198,13 @@ class Commands:
     def pack_points(self, pack: Pack) -> str:
         """The points of the pack's distill command: `--point <method>:<name>=<value>,... --out RUN_DIR`
         pairs; a pack of kd points alone `--temperature T --soft-weight w --out RUN_DIR` triples, as the
-        reference study's jobs have always had them (their params: the same string reruns nothing). A halving
-        rung's pack adds `--until-epoch <its rung>`."""
+        reference study's jobs have always had them (their params: the same string reruns nothing), each number
+        canonical (`number`: the config's 4.0 is 4). A halving rung's pack adds `--until-epoch <its rung>`."""
         until = f" --until-epoch {pack.until}" if pack.until else ""
         # a teacher but the study's first: its name, which the points' folder names carry
         until += f" --teacher-name {pack.teacher}" if pack.teacher else ""
         if all(run.method == "kd" for run in pack.runs):
-            return " ".join(f"--temperature {json.dumps(run.temperature)} --soft-weight {json.dumps(run.soft_weight)}"
+            return " ".join(f"--temperature {number(run.temperature)} --soft-weight {number(run.soft_weight)}"
                             f" --out {shlex.quote(self.layout.run_dir(run))}" for run in pack.runs) + until
         return " ".join(f"--point {run.spec()} --out {shlex.quote(self.layout.run_dir(run))}"
                         for run in pack.runs) + until

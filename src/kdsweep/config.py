@@ -200,7 +200,7 @@ def coerce_strings(config: dict) -> dict:
     Snakemake reads the items of lists and mappings given with --config as strings
     (`seeds=[0,1]` gives ['0', '1'], `attacks={pgd: null}` gives {'pgd': 'null'}); the kdsweep
     command line reads them as YAML. A string the schema accepts as it is stays a string, and a
-    whole float where the schema wants an integer becomes an int (as load_config makes it).
+    whole float becomes an int (as load_config makes it; `_whole`).
     """
     root = schema()
 
@@ -219,7 +219,7 @@ def coerce_strings(config: dict) -> dict:
             return {key: walk(item, properties.get(key, {})) for key, item in value.items()}
         if isinstance(value, list):
             return [walk(item, sub.get("items", {})) for item in value]
-        return _whole(value, sub, root)
+        return _whole(value)
 
     return walk(config, root)
 
@@ -246,19 +246,12 @@ def _resolve(sub: dict, root: dict) -> dict:
     return sub
 
 
-def _wants_integer(sub: dict, root: dict) -> bool:
-    """Whether the schema `sub` takes an integer (and no other number) there."""
-    sub = _resolve(sub, root)
-    branches = [_resolve(branch, root) for branch in sub.get("oneOf", sub.get("anyOf", [sub]))]
-    types = [t for branch in branches for t in (branch.get("type") if isinstance(branch.get("type"), list)
-                                                 else [branch.get("type")])]
-    return "integer" in types and "number" not in types
-
-
-def _whole(value, sub: dict, root: dict):
-    """A float with no fractional part (YAML's 1e3, an override's 64.0) as the int the schema wants there:
-    JSON Schema counts 64.0 as an integer, but Python's range() and slices, and numpy's seeds, do not."""
-    if isinstance(value, float) and value.is_integer() and _wants_integer(sub, root):
+def _whole(value):
+    """A float with no fractional part (YAML's 1e3, an override's 64.0, a study file's 1.0) as an int: JSON
+    Schema counts 64.0 as an integer, but Python's range() and slices, and numpy's seeds, do not; and a whole
+    number has one spelling wherever the schema takes a number, so that `1.0` and `1` in a study file are one
+    config, one run identity and one job command line (kdsweep.commands.canonical)."""
+    if isinstance(value, float) and value.is_integer():
         return int(value)
     return value
 

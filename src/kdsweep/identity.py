@@ -27,7 +27,8 @@ a checkpoint or a result belongs to it, and the runs kept aside.
   `python -m kdsweep status` lists what is kept aside; deleting that folder clears it.
 - `file_digest(path)`: a model file's sha256, recorded in metrics.json (`model_digest`) and in every
   attack and evaluation result (with the run's hash, `run_hash`), so that no table pairs the numbers
-  of two versions of a run.
+  of two versions of a run; `measures_run_now(results, run_dir)`: whether a job's results on disk measured the
+  run's model as it is now (the workflow's rerun trigger of an attack or evaluation).
 
 Nothing here imports torch: the status view imports this module.
 """
@@ -44,7 +45,8 @@ from pathlib import Path
 from . import io
 from .config import config_hash
 from .errors import KdsweepError
-from .records import AttackResult, Evaluation, Metrics
+from .records import AttackResult, Evaluation, Masking, Metrics
+from .runs import METRICS
 
 # The dataset settings that make a run's data what it is, besides the digest of the data itself.
 DATASET_KEYS = ("name", "subset", "val_fraction", "split_seed")
@@ -277,8 +279,8 @@ def measured(metrics: Metrics) -> dict:
     return {"run_hash": metrics.config_hash, "model_digest": metrics.model_digest}
 
 
-def result_matches(result: AttackResult | Evaluation, metrics: Metrics) -> bool:
-    """Whether an attack or evaluation result measured the run version metrics.json describes: the same
+def result_matches(result: AttackResult | Masking | Evaluation, metrics: Metrics) -> bool:
+    """Whether an attack job's or evaluation's record measured the run version metrics.json describes: the same
     run hash and model digest. A result of an earlier version (neither recorded) matches only a run of
     that version (no model digest recorded either)."""
     if result.run_hash is None:
@@ -286,3 +288,58 @@ def result_matches(result: AttackResult | Evaluation, metrics: Metrics) -> bool:
     if result.run_hash != metrics.config_hash:
         return False
     return result.model_digest == metrics.model_digest or metrics.model_digest is None
+
+
+# The record of each file an attack or evaluate job writes, by its kdsweep.layout name (Layout.measurements).
+RESULT_RECORDS = {"attack": AttackResult, "masking": Masking, "evaluation": Evaluation}
+
+
+def is_this_run(plan, run, metrics: Metrics, teacher_hash, data_digest=None) -> bool:
+    """metrics.json is of the run the plan's configuration describes now (a run of another one is kept aside by
+    the workflow and this one trained). teacher_hash: a distilled run's teacher's (its metrics' config_hash);
+    None for a distilled run: nothing to compare against, so True."""
+    if run.distilled and teacher_hash is None:
+        return True
+    provenance = None
+    if run.role == "teacher" and plan.teacher_of(run).checkpoint:
+        # a teacher from a checkpoint: the file's digest is the job's to take (this reads no weights); its
+        # architecture and fine-tuning are the plan's
+        teacher = plan.teacher_of(run)
+        provenance = ((metrics.config or {}).get("run") or {}).get(CHECKPOINT_KEY)
+        if not isinstance(provenance, dict) or (provenance.get("architecture"), provenance.get("fine_tuned")) != (
+                teacher.model, teacher.fine_tune):
+            return False
+    expected = run_identity(plan.config, run, teacher_hash if run.distilled else None, data_digest, provenance)
+    return metrics.config_hash == config_hash(expected) or same_run(metrics.config, expected)
+
+
+def trained_as_configured(plan, layout, run) -> bool:
+    """Whether the run's metrics.json (and, for a distilled run, its teacher's) is of the configuration as it is
+    now: where it is not, the run trains again in this invocation, so what measured the model on disk is stale
+    even where its files match that model (workflow/rules/common.smk's finished())."""
+    metrics = Metrics.peek(Path(layout.run_dir(run)) / METRICS)
+    if metrics is None:
+        return False
+    teacher_hash = None
+    if run.distilled:
+        teacher = plan.teacher_of(run).run
+        recorded = Metrics.peek(Path(layout.run_dir(teacher)) / METRICS)
+        if recorded is None or not is_this_run(plan, teacher, recorded, None):
+            return False
+        teacher_hash = recorded.config_hash
+    return is_this_run(plan, run, metrics, teacher_hash)
+
+
+def measures_run_now(results, run_dir) -> bool:
+    """Whether every file one job wrote of a run (results: [(its kdsweep.layout name, path)], Layout.measurements:
+    an attack job's every attack result, worst case and masking record; an evaluation's file) measured the run
+    version that run_dir/metrics.json describes now (result_matches); False where any is missing or unreadable,
+    never an error. The workflow measures a run again only if this is False (workflow/rules/common.smk)."""
+    metrics = Metrics.peek(Path(run_dir) / METRICS)
+    if metrics is None or not results:
+        return False
+    for kind, path in results:
+        result = RESULT_RECORDS[kind].peek(path)
+        if result is None or not result_matches(result, metrics):
+            return False
+    return True

@@ -92,6 +92,16 @@ class Layout:
                 for eps in self.plan.config["epsilons"] for name in self.plan.suite.results()] + [
             self.pattern("masking")]
 
+    def measurements(self, job: str, run: Run) -> list[tuple[str, str]]:
+        """Every file a run's attack or evaluate job writes, each with its name here (the record it is:
+        kdsweep.identity.RESULT_RECORDS): the attack job's results, worst cases and masking record, or the
+        evaluation's file."""
+        if job == "evaluate":
+            return [("evaluation", self.file("evaluation", role=run.role, run=run.name))]
+        *attacks, masking = self.attack_patterns()
+        return [("attack", pattern.format(role=run.role, run=run.name)) for pattern in attacks] + [
+            ("masking", masking.format(role=run.role, run=run.name))]
+
     def evaluations(self, run: Run) -> list[str]:
         """A run's evaluation file and its attack job's files."""
         return [self.file("evaluation", role=run.role, run=run.name)] + [
@@ -142,3 +152,76 @@ class Layout:
     def confirm_record(self, student, method: str = "kd") -> str:
         """The confirmation checkpoint's record of a student's chosen point of a method (`kdsweep best-point`)."""
         return self.file("confirm_record", choice=self.plan.choice_name(student, method))
+
+    # ---- the study as configured now, against the files on disk (the tables' and the status view's)
+
+    def current_decisions(self, root, read) -> dict:
+        """{(student, stage): RungDecision} of the rung records on disk that this config's halving made: the
+        student's, its rung at its stage, with this config's keep, min_kept and seeds, judging the points the
+        config asks for there (stage 0: every point; later: those the current rung before kept). A record of
+        other rungs or settings is not read (it lies on disk until the workflow decides that rung again).
+        read(kind, path): the record in root/path, or None."""
+        from .halving import kept_points
+        from .records import RungDecision, point_of
+
+        halving, decided = self.plan.config["halving"], {}
+        for student in self.plan.students:
+            judged = {(run.method, run.hparams) for pack in self.plan.stage_packs(student, 0) for run in pack.runs}
+            for stage, rung in enumerate(self.plan.rungs):
+                record = read(RungDecision, self.rung_decision(student, stage))
+                if record is None or record.candidates is None:
+                    break
+                points = {point for point in map(point_of, record.candidates) if point is not None}
+                if (record.student, record.rung, record.stage) != (student, rung, stage) \
+                        or record.keep != halving["keep"] or record.min_kept != halving["min_kept"] \
+                        or sorted(record.seeds or ()) != sorted(self.plan.seeds) \
+                        or _names(student, points) != _names(student, judged) \
+                        or len(points) != len(record.candidates):
+                    break
+                decided[student, stage] = record
+                judged = kept_points(record)
+        return decided
+
+    def asked(self, read) -> list[Run]:
+        """The runs this config asks for, given its checkpoints' records on disk (read as in current_decisions):
+        Plan.planned's (halving: every point, the pruned ones as far as their rung)."""
+        from .records import BestPoint, StagedChoice
+
+        def records(kind, paths):
+            found = {key: (read(kind, path), path) for key, path in paths.items()}
+            return {key: (record, path) for key, (record, path) in found.items() if record is not None}
+
+        staged = {student: self.staged_choice(student) for student in self.plan.students if self.plan.staged}
+        confirmed = {choice: self.confirm_record(*choice) for choice in self.plan.choices()}
+        return self.plan.planned(records(StagedChoice, staged), records(BestPoint, confirmed))[0]
+
+    def not_in_study(self, root, runs, decisions) -> list[str]:
+        """The run folders and checkpoint records under results/<study>/ that this config does not ask for
+        (runs: `asked`; decisions: `current_decisions`), relative to it: kept on disk, never tabled or chosen."""
+        from pathlib import Path
+
+        results = Path(root, self.results)
+        wanted = {Path(root, self.run_dir(run)) for run in runs}
+        wanted |= {Path(root, self.rung_decision(student, stage)) for student, stage in decisions}
+        wanted |= {Path(root, self.confirm_record(*choice)) for choice in self.plan.choices()}
+        wanted |= {Path(root, self.staged_choice(student)) for student in self.plan.students if self.plan.staged}
+        found = [path for path in sorted(results.glob("runs/*/*")) if path.is_dir()]
+        found += [path for kind in ("halving", "confirm", "staged") for path in sorted(results.glob(f"{kind}/*.json"))]
+        return [path.relative_to(results).as_posix() for path in found if path not in wanted]
+
+
+def not_in_study_sentence(paths, limit: int = 3) -> str | None:
+    """The one line that says what lies on disk but is not in the study as configured now (Layout.not_in_study)."""
+    if not paths:
+        return None
+    runs = sum(path.startswith("runs/") for path in paths)
+    counts = [f"{count} {kind}{'s' if count > 1 else ''}" for count, kind in
+              ((runs, "run folder"), (len(paths) - runs, "checkpoint record")) if count]
+    shown = ", ".join(paths[:limit]) + (f" and {len(paths) - limit} more" if len(paths) > limit else "")
+    return (f"not in this study as configured now (kept on disk, left out of every table and choice): "
+            f"{' and '.join(counts)}: {shown}")
+
+
+def _names(student, points) -> set:
+    """The folder names of these (method, hparams) points at seed 0: the spelling the config and records share."""
+    return {Run(method, student, 0, method, hparams).name for method, hparams in points}

@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 from dataclasses import dataclass
 
@@ -173,7 +174,10 @@ class Run:
 
     def spec(self) -> str:
         """The point as the distill command's --point takes it: <method>:<name>=<value>,..."""
-        return f"{self.method}:" + ",".join(f"{name}={json.dumps(value)}" for name, value in self.hparams)
+        # whole numbers as integers (kdsweep.commands.canonical): the config's `4.0` and `4` are one command
+        return f"{self.method}:" + ",".join(
+            f"{name}={json.dumps(int(value) if isinstance(value, float) and value.is_integer() else value)}"
+            for name, value in self.hparams)
 
 
 def parse_point(spec: str) -> tuple[str, dict]:
@@ -229,6 +233,34 @@ class Pack:
         reference study's command) or sweep (sweep points of any methods)."""
         roles = {run.role for run in self.runs}
         return roles.pop() if roles in ({"confirm"}, {"kd"}) else "sweep"
+
+
+# A halving stage's pack is its pack's name and the stage (Plan._packs): what it adds to the name.
+_STAGE = re.compile(r"_(?:rung\d+|final)$")
+# The name of a pack's record (Plan._chunks): a pack of one (its run's name), <student>_seed<s>_pack<i>, or
+# <student>_seed<s>_pack<i>_<its first run's point>; a confirmation's pack confirm_<run>; halving adds the stage.
+PACK_RECORD = re.compile(r"(?:confirm_)?[A-Za-z0-9][\w.+-]*_seed\d+(?:_pack\d+(?:_[\w.+-]+?)?)?(?:_rung\d+|_final)?\.json")
+
+
+def recorded_packs(results_dir) -> dict:
+    """The sweep's packs trained so far, from their records (results/<study>/packs/<pack>.json): {pack:
+    [(role, run name), ...]} in the order each job trained them, a halving pack's stages joined (a pack of the
+    confirmation, one run named after it, is left out). Plan keeps each, whatever runtime.pack_size says now."""
+    from pathlib import Path
+
+    from .records import JobRecord
+
+    packed: dict = {}
+    for path in sorted(Path(results_dir, "packs").glob("*.json")):
+        if path.stem.startswith("confirm_") or not PACK_RECORD.fullmatch(path.name):
+            continue  # a confirmation's pack (of one run, named after it), or no pack's record (a stray)
+        record = JobRecord.read(path, what="pack record", fix="delete it so that its pack is trained again")
+        runs = packed.setdefault(_STAGE.sub("", path.stem), [])
+        for point in record.points:
+            key = tuple(Path(point.run).parts[-2:])
+            if key not in runs:
+                runs.append(key)
+    return packed
 
 
 def subsample(method: str, points: list, count: int, seed: int) -> list:
@@ -302,7 +334,9 @@ def number_table(key: str, values) -> dict:
 class Plan:
     """Every run, pack and file of a validated study config."""
 
-    def __init__(self, config: dict):
+    def __init__(self, config: dict, packed: dict | None = None):
+        """packed: the packs trained so far, {pack: [(role, run name), ...]} (`recorded_packs`: the workflow's,
+        the status view's), which keep their runs whatever runtime.pack_size says now."""
         self.config = config
         self.study = config["study"]
         self.results = f"results/{self.study}"
@@ -342,6 +376,8 @@ class Plan:
         self.grids = {name: self._points(name) for name in self.methods}
         self.budget = config["budget"]
         self.points = self._budgeted(self.grids)
+        if self.halving:
+            self._check_halving(config)
         wanted = config["confirm"].get("methods")
         if wanted is not None and (unknown := [name for name in wanted if name not in self.methods]):
             raise KdsweepError(f"confirm.methods names {unknown[0]!r}, which is no KD method of this study "
@@ -357,7 +393,7 @@ class Plan:
                                "give one teacher")
         if clash := sorted({t.name for t in self.teachers} & set(self.students) - {t.model for t in self.teachers}):
             raise KdsweepError(f"teacher name {clash[0]!r} is a student's architecture; name the teacher otherwise")
-        self.packs = self._packs() + self._confirm_packs()
+        self.packs = self._packs(packed or {}) + self._confirm_packs()
         self._pack_of = {run: pack for pack in self.packs for run in pack.runs}
         self._packs_by_name = {pack.name: pack for pack in self.packs}
         self._runs = {(run.role, run.name): run
@@ -382,6 +418,31 @@ class Plan:
         if rungs[-1] >= max_epochs:
             raise KdsweepError(f"halving.rungs {rungs} reach training.max_epochs ({max_epochs}), where every run "
                                "ends anyway; give rungs below it")
+
+    def _check_halving(self, config):
+        """What successive halving needs to decide anything: a KD method, and in each method points that use the
+        teacher (the only ones a rung ranks, kdsweep.halving), more of them than the first rung keeps."""
+        if not self.methods:
+            raise KdsweepError("sweep: halving judges the points of the study's KD methods, but methods names none; "
+                               "give methods a section (e.g. kd: {}), or set sweep: grid")
+        keep, min_kept = config["halving"]["keep"], config["halving"]["min_kept"]
+        ranked = {}
+        for method in self.methods:
+            ranked[method] = sum(METHODS[method].needs_teacher(dict(hparams)) for hparams in self.points[method])
+            if not ranked[method]:
+                raise KdsweepError(f"sweep: halving ranks each method's points that use the teacher, but {method}'s "
+                                   "grid has none (kd: a soft weight above 0); add one, or leave the method out")
+        from .halving import kept_count
+
+        if all(kept_count(n, keep, min_kept) == n for n in ranked.values()):
+            # refused rather than warned about: every rung would keep every point, so the study would be the grid
+            # with pauses, and its tables would name a search that chose nothing
+            most = max(ranked.values())
+            # the largest keep (6 digits, rounded down) under which ceil(keep x most) drops a point
+            fraction = math.floor((most - 1) / most * 1e6) / 1e6
+            raise KdsweepError(f"halving keeps every point at every rung (halving.keep {keep} and min_kept {min_kept} "
+                               f"of at most {most} points per method), so it decides nothing; set halving.min_kept "
+                               f"below {most} and halving.keep at most {fraction:g}, or set sweep: grid")
 
     # ---- runs
 
@@ -626,23 +687,62 @@ class Plan:
             return [others]
         return [sweeps[0] + others, *sweeps[1:]]
 
-    def _packs(self) -> list[Pack]:
+    def _packs(self, packed: dict) -> list[Pack]:
         """The sweep's packs; halving: every stage's, the last stage's last (so that pack_of a run is the
-        pack that finishes it)."""
+        pack that finishes it). `packed`: the packs on disk (`recorded_packs`), which keep their runs."""
         packs = []
         for teacher, student in [(teacher.tag, student) for teacher in self.teachers for student in self.students]:
             for seed in self.seeds:
-                points = [[run for run in sweep if run.seed == seed] for sweep in self._sweeps(student, teacher)]
-                chunks = [tuple(sweep[i:i + self.pack_size])
-                          for sweep in points for i in range(0, len(sweep), self.pack_size)]
-                for number, chunk in enumerate(chunks, 1):
-                    name = chunk[0].name if self.pack_size == 1 else f"{chunk[0].slot}_seed{seed}_pack{number}"
+                for name, chunk in self._chunks(student, seed, packed, teacher):
                     if not self.halving:
                         packs.append(Pack(name, chunk))
                         continue
                     packs += [Pack(f"{name}_rung{until}", chunk, stage, until) for stage, until in enumerate(self.rungs)]
                     packs.append(Pack(f"{name}_final", chunk, len(self.rungs)))
         return packs
+
+    def _chunks(self, student, seed, packed: dict, teacher=None) -> list[tuple[str, tuple]]:
+        """(name, runs) of the packs of a student and seed, in the order of their first runs. A pack trained
+        before (a record on disk, of any runtime.pack_size) keeps its name and those of its runs this config
+        still asks for, so that a new pack_size renames and reruns nothing (one known only from a later halving
+        stage's record, which holds the survivors, gets back the rest of its pack as this pack_size packs
+        it). The other runs are packed pack_size at a time, as a study without records packs them:
+        `<slot>_seed<s>_pack<i>` (slot: the student, `_from_<teacher>` added for a teacher but the first; a pack
+        of one: its run's name), or, where that name is taken or some of the i-th pack's runs are packed already,
+        `<slot>_seed<s>_pack<i>_<its first run's point>`: names that no later record changes."""
+        order = {}
+        sweeps = [[run for run in sweep if run.seed == seed] for sweep in self._sweeps(student, teacher)]
+        slot = next((sweep[0].slot for sweep in sweeps if sweep), student)  # the student, or its _from_<teacher>
+        for sweep in sweeps:
+            order.update((run, len(order)) for run in sweep)
+        size, standard = self.pack_size, []
+        for sweep in sweeps:
+            for start in range(0, len(sweep), size):
+                chunk = tuple(sweep[start:start + size])
+                standard.append((chunk[0].name if size == 1 else f"{slot}_seed{seed}_pack{len(standard) + 1}",
+                                 len(standard) + 1, chunk))
+        by_name = {(run.role, run.name): run for run in order}
+        recorded = {name: tuple(dict.fromkeys(by_name[key] for key in folders if key in by_name))
+                    for name, folders in packed.items()}
+        claimed = {run for runs in recorded.values() for run in runs}
+        chunks, done = [], set()
+        for name, runs in recorded.items():
+            if not runs or done & set(runs):
+                continue
+            own = next((chunk for standard_name, _, chunk in standard if standard_name == name), ())
+            if set(runs) <= set(own):
+                runs = tuple(run for run in own if run in runs or run not in claimed)
+            chunks.append((name, runs))
+            done.update(runs)
+        for name, number, chunk in standard:
+            left = tuple(run for run in chunk if run not in done)
+            if not left:
+                continue
+            if left != chunk or name in packed:
+                first = left[0].name.removeprefix(f"{slot}_").removesuffix(f"_seed{seed}")
+                name = f"{slot}_seed{seed}_pack{number}_{first}"
+            chunks.append((name, left))
+        return sorted(chunks, key=lambda chunk: order[chunk[1][0]])
 
     # ---- successive halving (sweep: halving; kdsweep.halving decides)
 

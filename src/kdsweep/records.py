@@ -289,15 +289,19 @@ class JobPoint(Record):
     val_acc: float | None = key(NUMBER)
     finished: bool | None = key(FLAG)
     train_seconds: float | None = key(NUMBER)
+    # each epoch's validation loss and accuracy so far, [{epoch, val_loss, val_acc}] (earlier versions: none):
+    # what a successive-halving rung reads the point's state at its own epoch from (kdsweep.halving)
+    history: list | None = key(LIST)
 
     @classmethod
-    def of(cls, folder, metrics: Metrics, finished: bool = True) -> "JobPoint":
+    def of(cls, folder, metrics: Metrics, finished: bool = True, history=None) -> "JobPoint":
         """A point of a job's record from its metrics.json, or (finished False) from the metrics of a point
-        paused at a rung (kdsweep.train: no test numbers)."""
+        paused at a rung (kdsweep.train: no test numbers); history: its validation epochs (kdsweep.train)."""
         return cls(run=str(folder), temperature=metrics.temperature, soft_weight=metrics.soft_weight,
                    method=metrics.method, hparams=metrics.hparams, config_hash=metrics.config_hash,
                    test_acc=metrics.test_acc if finished else None, seed=metrics.seed, epochs=metrics.epochs,
-                   val_acc=metrics.val_acc, finished=finished, train_seconds=metrics.train_seconds)
+                   val_acc=metrics.val_acc, finished=finished, train_seconds=metrics.train_seconds,
+                   history=history)
 
 
 @dataclass(kw_only=True)
@@ -576,6 +580,11 @@ class RungCandidate(Record):
     epochs: list | None = key(LIST)  # each seed's epochs trained at the rung (fewer: early stopping ended it)
     finished: bool | None = key(FLAG)  # every seed finished (early stopping) by the rung
     kept: bool = key(FLAG)
+    # each seed's best validation-loss epoch up to the rung (whose validation accuracy it was judged on); the
+    # first tie-breaker: fewer epochs to it ranks first (earlier versions: none)
+    best_epochs: list | None = key(LIST)
+    # false for a point that does not use the teacher (kd's w = 0): never ranked, never kept
+    uses_teacher: bool | None = key(FLAG)
 
     @classmethod
     def _meaning(cls, record):
@@ -599,6 +608,9 @@ class RungDecision(Record):
     seeds: list | None = key(LIST)
     chosen_on: str | None = key(TEXT)  # a sentence
     candidates: list = key(LIST, item=RungCandidate)
+    # the ties at the cut (points of equal mean validation accuracy, some kept and some not): each a sentence
+    # naming the points and what broke the tie (kdsweep.halving.TIE_BREAK)
+    ties: list | None = key(LIST)
 
     WHAT = "halving decision"
     FIX = "delete it so that the workflow decides the rung again"

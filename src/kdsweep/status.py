@@ -28,13 +28,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import KdsweepError
-from .identity import ASIDE, study_aside
+from .identity import ASIDE, is_this_run, study_aside
 from .joblog import last_attempt
 from .lock import LOCK, read_holder
-from .layout import Layout
-from .plan import ROLES, Plan, Run
+from .layout import Layout, not_in_study_sentence
+from .plan import ROLES, Plan, Run, recorded_packs
 from .attacks import cost
-from .records import BestPoint, Masking, Metrics, RungDecision, StagedChoice, point_of
+from .records import BestPoint, Masking, Metrics, StagedChoice, point_of
 from .runs import CHECKPOINT, METRICS, PROGRESS
 
 STATES = ("finished", "training", "stopped", "failed", "not started")
@@ -67,6 +67,7 @@ class StudyStatus:
     aside: list = field(default_factory=list)  # run versions kept aside (kdsweep.identity.study_aside)
     rungs: list = field(default_factory=list)  # successive halving: the rungs decided so far (RungDecision)
     saved_seconds: float | None = None  # successive halving: the training seconds the pruned points did not take
+    left_out: list = field(default_factory=list)  # run folders and records the config does not ask for
     # the attack jobs: {"done", "flagged" (a masking check failed), "planned", "flops" and "flops_every_image"
     # (kdsweep.attacks.cost: on the evaluation subset, and as if every test image were attacked), "uncounted"}
     attacks: dict = field(default_factory=dict)
@@ -129,7 +130,7 @@ def _log_verdict(path: Path) -> tuple[str, str] | None:
 def run_status(layout: Layout, root: Path, run: Run, teacher_hash, running_jobs, host, data_digest=None) -> RunStatus:
     folder = root / layout.run_dir(run)
     metrics = Metrics.peek(folder / METRICS)
-    if metrics is not None and _is_this_run(layout.plan, run, metrics, teacher_hash, data_digest):
+    if metrics is not None and is_this_run(layout.plan, run, metrics, teacher_hash, data_digest):
         return RunStatus(run, "finished", metrics.epochs or 0, float(metrics.train_seconds or 0))
     progress = _read_json(folder / PROGRESS) if (folder / CHECKPOINT).exists() else None
     epochs = int(progress.get("epoch", 0)) if progress else 0
@@ -143,29 +144,6 @@ def run_status(layout: Layout, root: Path, run: Run, teacher_hash, running_jobs,
     if progress or (folder / CHECKPOINT).exists():
         return RunStatus(run, "stopped", epochs, seconds, verdict[1] if verdict else "no process holds it")
     return RunStatus(run, "not started")
-
-
-def _is_this_run(plan, run, metrics: Metrics, teacher_hash, data_digest=None) -> bool:
-    """metrics.json is of this configuration (a run of another one is kept aside by the workflow and
-    this one trained; kdsweep.identity)."""
-    from .config import config_hash
-    from .identity import run_identity, same_run
-
-    from .identity import CHECKPOINT_KEY
-
-    if run.distilled and teacher_hash is None:
-        return True  # the teacher's record is gone: nothing to compare against
-    provenance = None
-    if run.role == "teacher" and plan.teacher_of(run).checkpoint:
-        # a teacher from a checkpoint: the file's digest is the job's to take (status reads no weights); its
-        # architecture and fine-tuning are the plan's
-        teacher = plan.teacher_of(run)
-        provenance = ((metrics.config or {}).get("run") or {}).get(CHECKPOINT_KEY)
-        if not isinstance(provenance, dict) or (provenance.get("architecture"), provenance.get("fine_tuned")) != (
-                teacher.model, teacher.fine_tune):
-            return False
-    expected = run_identity(plan.config, run, teacher_hash if run.distilled else None, data_digest, provenance)
-    return metrics.config_hash == config_hash(expected) or same_run(metrics.config, expected)
 
 
 # ---------------------------------------------------------------- the study
@@ -182,13 +160,15 @@ def load_plan(configfiles=(), overrides=(), folder=None) -> tuple[Plan, Path]:
         if not record.is_file():
             raise KdsweepError(f"{folder} has no study.yaml (the workflow writes it with its first job); "
                                "give the study's --configfile instead")
-        plan = Plan(load_config([record], overrides))
+        config = load_config([record], overrides)
         root = folder.resolve().parent.parent
-        if (root / plan.results).resolve() != folder.resolve():
-            raise KdsweepError(f"{record} is of study {plan.study!r}, whose folder is results/{plan.study}, "
-                               f"not {folder}")
-        return plan, root
-    return Plan(load_config(list(configfiles), list(overrides))), Path.cwd()
+        if (root / "results" / config["study"]).resolve() != folder.resolve():
+            raise KdsweepError(f"{record} is of study {config['study']!r}, whose folder is "
+                               f"results/{config['study']}, not {folder}")
+    else:
+        config, root = load_config(list(configfiles), list(overrides)), Path.cwd()
+    # the packs trained so far keep their runs, as the workflow's plan keeps them
+    return Plan(config, recorded_packs(root / "results" / config["study"])), root
 
 
 def study_status(plan: Plan, root: Path, queue=None) -> StudyStatus:
@@ -207,14 +187,17 @@ def study_status(plan: Plan, root: Path, queue=None) -> StudyStatus:
     staged = {student: layout.staged_choice(student) for student in plan.students if plan.staged}
     confirmed = {choice: layout.confirm_record(*choice) for choice in plan.choices()}
     runs, waiting = plan.planned(_records(StagedChoice, root, staged), _records(BestPoint, root, confirmed))
+    # the rung records this config's halving made (others lie on disk, not read), each read checked (a damaged
+    # record is one sentence, as for the workflow), and what the config does not ask for
+    rungs = list(layout.current_decisions(root, lambda kind, path: kind.read(root / path)
+                                          if (root / path).exists() else None).values())
+    left_out = layout.not_in_study(root, runs, {(decision.student, decision.stage): decision for decision in rungs})
     digest = (_read_json(root / plan.results / "data" / "stats.json") or {}).get("data_digest")
     # each teacher's hash: what the runs distilled from it record
     hashes = {teacher.name: getattr(Metrics.peek(root / layout.run_dir(teacher.run) / METRICS), "config_hash", None)
               for teacher in plan.teachers}
     statuses = [run_status(layout, root, run, hashes[plan.teacher_of(run).name], running_jobs, host, digest)
                 for run in runs]
-    # the rungs decided so far, each read checked (a damaged record is one sentence, as for the workflow)
-    rungs = [RungDecision.read(root / path) for path in layout.rung_decisions() if (root / path).exists()]
     saved = _prune(plan, statuses, rungs) if plan.halving else None
     present = planned = 0
     attacked, flagged = [], []
@@ -233,7 +216,7 @@ def study_status(plan: Plan, root: Path, queue=None) -> StudyStatus:
                "flops": cost.study_flops(plan, kept), "flops_every_image": cost.study_flops(plan, kept, every_image=True),
                "uncounted": cost.uncounted(plan, kept)}
     return StudyStatus(plan, root, statuses, waiting, (present, planned), slurm, spent, remaining, unestimated,
-                       study_aside(root / plan.results), rungs, saved, attacks)
+                       study_aside(root / plan.results), rungs, saved, left_out, attacks)
 
 
 def _prune(plan: Plan, statuses, rungs) -> float:
@@ -413,6 +396,8 @@ def render(status: StudyStatus, limit: int = 12) -> str:
     lines += attack_lines(plan, status.attacks)
     if status.slurm is not None:
         lines.append(f"SLURM jobs in {status.root}: {status.slurm['running']} running, {status.slurm['pending']} pending")
+    if sentence := not_in_study_sentence(status.left_out):
+        lines.append(sentence)
     if status.aside:
         finished = sum((folder / METRICS).exists() for folder in status.aside)
         folder = status.root / plan.results / ASIDE

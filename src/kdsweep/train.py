@@ -379,7 +379,7 @@ def _print(line):
 
 def train_points(config: dict, runs, stats_path, out_dirs, teacher_dir=None, log=_print, rerun_stale=False,
                  wait_for_lock=False, until_epoch: int | None = None, teacher_checkpoint: str | None = None,
-                 fine_tune: bool = False) -> list[Metrics]:
+                 fine_tune: bool = False, histories: dict | None = None) -> list[Metrics]:
     """Train (or resume) the runs of one job, each into its folder; return their metrics (metrics.json).
 
     One run (a teacher or a baseline), or a pack of distillation runs of one student and seed.
@@ -396,6 +396,8 @@ def train_points(config: dict, runs, stats_path, out_dirs, teacher_dir=None, log
     its share of every batch; only the first process locks the folders, writes and logs.
     teacher_checkpoint (a teacher run): the teacher's checkpoint (kdsweep.teachers), fine-tuned with `training` where
     fine_tune, else only evaluated.
+    histories: a dict that gets each point's validation epochs so far, {out_dir: [{epoch, val_loss, val_acc}]}
+    (what its job's record keeps: a halving rung reads a point's state at its own epoch from it).
     """
     out_dirs = [Path(d) for d in out_dirs]
     _check_folders(out_dirs)
@@ -404,7 +406,7 @@ def train_points(config: dict, runs, stats_path, out_dirs, teacher_dir=None, log
         with lock.run_folders(out_dirs, wait=wait_for_lock, log=log) if processes.main else contextlib.nullcontext():
             return _train_points(config, list(runs), stats_path, out_dirs, teacher_dir,
                                  log if processes.main else (lambda line: None), rerun_stale, until_epoch,
-                                 teacher_checkpoint, fine_tune, processes)
+                                 teacher_checkpoint, fine_tune, {} if histories is None else histories, processes)
     except RuntimeError as err:
         if refused := nondeterministic_op(err):
             raise refused from err
@@ -425,7 +427,8 @@ def _check_folders(out_dirs):
 
 
 def _train_points(config, runs, stats_path, out_dirs, teacher_dir, log, rerun_stale, until_epoch=None,
-                  teacher_checkpoint=None, fine_tune=False, processes: distributed.Processes = distributed.Processes()):
+                  teacher_checkpoint=None, fine_tune=False, histories=None,
+                  processes: distributed.Processes = distributed.Processes()):
     # one student and seed; sweep points of any methods (their roles are their methods) or confirm points
     kinds = {(run.model, run.seed, run.role == "confirm") for run in runs}
     if len(kinds) != 1 or len(runs) != len(out_dirs):
@@ -526,7 +529,24 @@ def _train_points(config, runs, stats_path, out_dirs, teacher_dir, log, rerun_st
             results[point.out_dir] = paused(point)
             log(f"paused {point.out_dir} after epoch {point.state.epoch} (val acc {results[point.out_dir].val_acc:.2f}% "
                 f"at its best epoch {point.state.best_epoch}): its checkpoint is kept")
+    if histories is not None:
+        histories.update({point.out_dir: validation_history(point) for point in points})
     return [results[out_dir] for out_dir in out_dirs]
+
+
+def validation_history(point) -> list[dict]:
+    """A point's validation epochs so far, [{epoch, val_loss, val_acc}]: from its training state, or, for a run
+    finished before this job, from its history.csv (written with metrics.json)."""
+    rows, path = point.state.history, point.out_dir / HISTORY
+    if not rows and path.is_file():
+        rows = list(csv.DictReader(_io.StringIO(io.read_text(path, "history file", "delete the run folder so "
+                                                                 "that its job trains it again"))))
+    try:
+        return [{"epoch": int(row["epoch"]), "val_loss": float(row["val_loss"]), "val_acc": float(row["val_acc"])}
+                for row in rows]
+    except (KeyError, TypeError, ValueError):
+        raise KdsweepError(f"history file {path} lacks an epoch's validation loss or accuracy; delete the run "
+                           "folder so that its job trains it again") from None
 
 
 def paused(point) -> Metrics:

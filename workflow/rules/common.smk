@@ -3,7 +3,10 @@
 # The study itself (its runs, packs and files, and the config slice each kind of job reads)
 # is kdsweep.plan, tested Python; this file wires it to the rules. Each job calls
 # `kdsweep <command>`, the Python that runs Snakemake (shell.prefix below). Its params are its
-# config slice (commands.JOB_SLICES), so a changed value reruns it. The runtime section reaches
+# config slice (commands.JOB_SLICES) in canonical form (commands.canonical), so a changed value
+# reruns it and a changed spelling (keys reordered, a default restated, 1.0 for 1) does not. The
+# packs trained so far keep their runs (plan.recorded_packs: their records on disk), so a new
+# runtime.pack_size renames and reruns nothing. The runtime section reaches
 # every job as the file results/<study>/runtime.yaml, an ancient() input: changing it rewrites
 # the file and reruns nothing, since it changes no result beyond floating-point noise and a
 # stopped run resumes under any runtime section.
@@ -25,10 +28,11 @@ from kdsweep.config import check_finite, coerce_strings
 from kdsweep.datasets import download_folder
 from kdsweep.imagefolder import arrays_of
 from kdsweep.errors import KdsweepError
-from kdsweep.commands import Commands
+from kdsweep.identity import measures_run_now, trained_as_configured
+from kdsweep.commands import Commands, number
 from kdsweep.joblog import ENV as JOB_LOG
 from kdsweep.layout import TABLES, Layout
-from kdsweep.plan import ROLES, Plan, Run
+from kdsweep.plan import ROLES, Plan, Run, recorded_packs
 from kdsweep.slurm import profile_warnings
 from kdsweep.slurm_plugin import plugin_version, work_around_plugin_bugs
 
@@ -38,7 +42,7 @@ config.update(coerce_strings(config))
 validate(config, "../schemas/config.schema.yaml")
 try:
     check_finite(config)
-    PLAN = Plan(config)
+    PLAN = Plan(config, recorded_packs(Path("results", config["study"])))
     LAYOUT = Layout(PLAN)
     COMMANDS = Commands(PLAN, LAYOUT)
     # the checkpoints' records already written, each checked (kdsweep.chosen): a damaged one stops the
@@ -156,9 +160,22 @@ def run_of(wildcards):
     return PLAN.run(wildcards.role, wildcards.run)
 
 
-def finished(wildcards):
-    """The tracked files of the run an evaluation reads (a distilled run's: its pack record)."""
-    return LAYOUT.finished(run_of(wildcards))
+def finished(job):
+    """rule `job`'s input function (job: attack or evaluate): the tracked files of the run it measures (a distilled
+    run's: its pack record), as ancient() where every file the job wrote of the run measured the run's model as it
+    is now (identity.measures_run_now: their run hash and model digest; Layout.measurements: every attack result,
+    worst case and the masking record of an attack job): a record written again (its pack gained a point, or its
+    job was forced) measures nothing again. A model trained again into other weights, a run whose metrics are
+    not there yet, or a job with a file missing or of another version, is measured again once its record is
+    newer than its files."""
+    def inputs(wildcards):
+        run = run_of(wildcards)
+        # (and the run is not about to train again: its record, rewritten, would not rerun an ancient() input)
+        current = (measures_run_now(LAYOUT.measurements(job, run), LAYOUT.run_dir(run))
+                   and trained_as_configured(PLAN, LAYOUT, run))
+        return [ancient(path) if current else path for path in LAYOUT.finished(run)]
+
+    return inputs
 
 
 def run_dir(wildcards):
@@ -239,9 +256,11 @@ def training_pack(wildcards):
 
 
 def rung_before(wildcards):
-    """A halving stage's pack waits for the rung before's decision (rule distill's input)."""
+    """A halving stage's pack waits for the rung before's decision (rule distill's input), as ancient(): a
+    decision written again is the same decision (kdsweep.halving), and one that keeps other points changes
+    the pack's points, its params."""
     pack = pack_of(wildcards)
-    return [LAYOUT.rung_decision(pack.student, pack.stage - 1)] if pack.stage else []
+    return [ancient(LAYOUT.rung_decision(pack.student, pack.stage - 1))] if pack.stage else []
 
 
 def rung_records(wildcards):

@@ -9,7 +9,7 @@
 
 rule attack:
     input:
-        finished,
+        finished("attack"),
         runtime=ancient(RUNTIME),
         sources=transfer_sources,
     output:
@@ -34,7 +34,7 @@ rule attack:
 
 rule evaluate:
     input:
-        finished,
+        finished("evaluate"),
         runtime=ancient(RUNTIME),
         teacher=lambda wildcards: LAYOUT.finished(teacher_of_run(wildcards)),
     output:

@@ -28,11 +28,14 @@ rule tables:
         CONDA_ENV
     params:
         results=lambda wildcards, output: study_folder(output.runs_csv),
+        # the study as configured now, less what no result depends on: the tables hold what it asks for
+        # (kdsweep.tables.study_scope), and a change of it, not of the device, rebuilds them
+        study=COMMANDS.study_meaning(),
     shell:
-        # a grid study's command as it always was; another search is named (kdsweep.tables.search)
+        # another search than the grid is named (kdsweep.tables.search)
         "kdsweep aggregate {params.results:q}"
         + ("" if config["sweep"] == "grid" else f" --search {config['sweep']}")
-        + " >> {log:q} 2>&1"
+        + " {params.study} >> {log:q} 2>&1"
 
 
 rule figures:
@@ -56,7 +59,7 @@ rule figures:
         CONDA_ENV
     params:
         results=lambda wildcards, output: study_folder(output.png[0]),
-        soft_weight=repr(PLAN.staged_weight),
+        soft_weight=number(PLAN.staged_weight),
         students=PLAN.students,
         methods=COMMANDS.methods_option(),
     shell:

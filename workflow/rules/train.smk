@@ -117,7 +117,7 @@ checkpoint rung_decision:
         CONDA_ENV
     params:
         stage=lambda wildcards: PLAN.rungs.index(int(wildcards.rung)),
-        keep=repr(config["halving"]["keep"]),
+        keep=number(config["halving"]["keep"]),
         min_kept=config["halving"]["min_kept"],
         seeds=PLAN.seeds,
     shell:

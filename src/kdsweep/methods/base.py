@@ -103,8 +103,8 @@ class Method:
         return next(param for param in self.params if param.name == name)
 
     def hparams(self, values: dict) -> tuple[tuple[str, float], ...]:
-        """The hyperparameters of a point in the method's own order, each as the config spells it (the
-        distill command keeps that spelling: its params, which a changed spelling would rerun)."""
+        """The hyperparameters of a point in the method's own order, each the config's number (the distill
+        command spells it canonically: kdsweep.commands.number)."""
         return tuple((param.name, values[param.name]) for param in self.params)
 
     def canonical(self, hparams) -> dict:

@@ -33,6 +33,8 @@ The package, by responsibility:
 """
 
 import csv
+import sys
+from dataclasses import dataclass
 from io import StringIO
 from pathlib import Path
 
@@ -40,33 +42,88 @@ import pandas as pd
 
 from kdsweep.errors import KdsweepError
 from kdsweep.io import read_text, write_text
-from kdsweep.layout import TABLES
+from kdsweep.layout import TABLES, not_in_study_sentence
 from kdsweep.tables import confirmed, methods, pairs, reference
 from kdsweep.tables import robustness as robustness_tables
 from kdsweep.tables.choices import collect_choices
-from kdsweep.tables.files import StudyFiles
+from kdsweep.tables.files import StudyFiles, choice_name
 from kdsweep.tables.headline import headline
 from kdsweep.tables.search import pruned_keys, drop_pruned, study_search
 from kdsweep.tables.collect import (RUN_COLUMNS, collect_attacks, collect_runs, join_robustness, planned_teacher_free,
                                     results_folder, warn_unmatched, without_baseline_copies)
 
 
-def write_tables(results_dir, search: str | None = None) -> list[Path]:
-    """Write every table of TABLES under results_dir/tables/ from whatever has finished; search: the study's
-    (grid, staged, halving; kdsweep.tables.search), which every table names."""
+@dataclass(frozen=True)
+class Scope:
+    """The study as configured now (results/<study>/study.yaml, the config the workflow last ran with): the run
+    folders it asks for, its choices and its current rung records; what else lies on disk is left out."""
+
+    plan: object
+    runs: set  # run folders relative to results/<study>/ ("runs/<role>/<run>")
+    choices: set  # (student, method) of the confirmation
+    decisions: dict  # {(student, stage): RungDecision}
+    left_out: list  # Layout.not_in_study
+
+
+def study_scope(results_dir, config: dict | None = None) -> Scope | None:
+    """The Scope of a study folder, as `config` configures it (the workflow's), else as its study.yaml does
+    (None without one: everything on disk is tabled)."""
+    from kdsweep.layout import Layout
+    from kdsweep.plan import Plan, recorded_packs
+    from kdsweep.status import load_plan
+
+    if config is not None:
+        root = results_dir.resolve().parent.parent
+        if (root / "results" / config["study"]).resolve() != results_dir.resolve():
+            raise KdsweepError(f"the config is of study {config['study']!r}, whose folder is "
+                               f"results/{config['study']}, not {results_dir}")
+        plan = Plan(config, recorded_packs(root / "results" / config["study"]))
+    elif (results_dir / "study.yaml").is_file():
+        plan, root = load_plan(folder=results_dir)
+    else:
+        return None
+    layout = Layout(plan)
+
+    def read(kind, path):
+        return kind.read(root / path) if (root / path).is_file() else None
+
+    decisions = layout.current_decisions(root, read)
+    runs = layout.asked(read)
+    return Scope(plan, {run.folder for run in runs}, set(plan.choices()), decisions,
+                 layout.not_in_study(root, runs, decisions))
+
+
+def write_tables(results_dir, search: str | None = None, config: dict | None = None) -> list[Path]:
+    """Write every table of TABLES under results_dir/tables/ from whatever has finished of the study as
+    configured now (`config`, else results_dir/study.yaml: `study_scope`; a run, choice or rung record it
+    does not ask for is left out, in one line on stderr); search: the study's (grid, staged, halving;
+    kdsweep.tables.search), which every table names."""
     results_dir = results_folder(results_dir)
     unmatched = []
     files = StudyFiles(results_dir)  # the study's files by their names; the rest are strays, said once
-    searched = study_search(results_dir, search, files)
+    scope = study_scope(results_dir, config)
+    if scope is not None:  # a confirmation's record of a choice the config does not ask for is not read
+        files.choices = [path for path in files.choices if choice_name(path.name) in scope.choices]
+    searched = study_search(results_dir, search, files, *((scope.plan, scope.decisions) if scope else ()))
     collected = without_baseline_copies(collect_runs(results_dir, unmatched, files))
+    attacks = collect_attacks(results_dir, unmatched, files)
+    masking = robustness_tables.collect_masking(results_dir, unmatched, files)
+    if scope is not None:
+        collected = collected[collected["run"].isin(scope.runs)].reset_index(drop=True)
+        attacks = attacks[attacks["run"].isin(scope.runs)].reset_index(drop=True)
+        masking = {name: frame[frame["run"].isin(scope.runs)].reset_index(drop=True)
+                   for name, frame in masking.items()}
+        unmatched = [path for path in unmatched if _measured(path, results_dir) in scope.runs]
+        if sentence := not_in_study_sentence(scope.left_out):
+            print(f"kdsweep: warning: {sentence}", file=sys.stderr)
     runs = drop_pruned(collected, searched)
-    teacher_free = planned_teacher_free(results_dir)
+    # the study's teacher-free points as configured now (without a config or study.yaml: none known)
+    teacher_free = scope.plan.teacher_free if scope is not None else planned_teacher_free(results_dir)
     if runs.empty:
         files.warn()
         raise KdsweepError(f"{results_dir} holds no finished run (no runs/<role>/<run>/metrics.json): nothing to "
                            "tabulate yet; train some runs first, or pass the study's folder results/<study>")
-    masking = robustness_tables.collect_masking(results_dir, unmatched, files)
-    robustness = join_robustness(runs, collect_attacks(results_dir, unmatched, files), masking)
+    robustness = join_robustness(runs, attacks, masking)
     warn_unmatched(unmatched, results_dir)
     pair_table = pairs.pairs(runs, robustness)
     # the reference study's tables (and the methods') are of the study's first teacher: the runs of another
@@ -107,6 +164,13 @@ def write_tables(results_dir, search: str | None = None) -> list[Path]:
         texts[name] += f"\nSearch: {searched.label}.\n"
     out = results_dir / "tables"
     return [write_text(out / name, texts[name]) for name in TABLES]
+
+
+def _measured(path, results_dir) -> str:
+    """The run folder (runs/<role>/<run>) a result file measured: evaluation/<role>/<run>.json,
+    masking/<role>/<run>.json or attacks/<role>/<run>/<attack>_eps<eps>.json."""
+    parts = Path(path).relative_to(results_dir).parts
+    return f"runs/{parts[1]}/{parts[2] if parts[0] == 'attacks' else Path(parts[2]).stem}"
 
 
 def read_table(path) -> pd.DataFrame:

@@ -18,14 +18,14 @@ from functools import cache
 from pathlib import Path
 
 from kdsweep.methods import METHODS
-from kdsweep.plan import ROLES
+from kdsweep.plan import PACK_RECORD, ROLES
 
 # The folders whose entries the workflow names (what aggregate reads, and what it checks for strays).
 STUDY_FOLDERS = ("runs", "attacks", "masking", "evaluation", "halving", "confirm", "packs", "trained")
 _RUN = r"[A-Za-z0-9][\w.+-]*_seed\d+"  # a run's folder name (kdsweep.plan.Run.name)
 RUN = re.compile(_RUN)
 ATTACK = re.compile(r"(?P<attack>[a-z][a-z0-9_]*)_eps(?P<eps>[0-9][0-9.e+-]*)\.json")  # layout.ATTACK_FILE
-PACK = re.compile(rf"(?:confirm_)?{_RUN}(?:_pack\d+)?(?:_rung\d+|_final)?\.json")  # plan.Plan._packs
+PACK = PACK_RECORD  # plan.Plan._chunks
 TRAINED = ("teacher", "baseline", "confirm")  # the roles rule train writes records of
 
 

@@ -5,8 +5,9 @@ stopped (`pruned_at_epoch`), never a test accuracy. The pruned points' runs are 
 so that a "best" is chosen among the finished points (the last rung's survivors) only.
 
 The search is the workflow's (`kdsweep aggregate --search`), else that of results/<study>/study.yaml (the
-config the workflow last ran with), else the grid. A halving study's rungs are its decision records,
-halving/<student>_rung<epochs>.json (kdsweep.halving).
+config the workflow last ran with), else the grid. A halving study's rungs are those of its config, and its
+pruned points those of the decision records those rungs made, halving/<student>_rung<epochs>.json
+(kdsweep.halving; a record of other rungs or settings is not read).
 """
 
 from __future__ import annotations
@@ -46,31 +47,39 @@ def _configured(results_dir: Path) -> str | None:
     return sweep if sweep in SEARCHES else None
 
 
-def study_search(results_dir, kind: str | None = None, files: StudyFiles | None = None) -> Search:
-    """The search of a study's results (kind: the workflow's, else study.yaml's, else grid). files: the
-    study's files (kdsweep.tables.files), whose rung decisions a halving study's are; strays warned about by
-    the caller that gives them."""
+def study_search(results_dir, kind: str | None = None, files: StudyFiles | None = None, plan=None,
+                 decisions=None) -> Search:
+    """The search of a study's results (kind: the workflow's, else study.yaml's, else grid). plan and decisions:
+    the study as configured now and its current rung records (kdsweep.layout.Layout.current_decisions), of
+    which the label and the pruned points are; without a plan (a folder without study.yaml), the rung records
+    of the study's files (kdsweep.tables.files; strays warned about by the caller that gives them)."""
     results_dir = Path(results_dir)
     kind = kind or _configured(results_dir) or "grid"
     if kind == "staged":
         return Search(kind, "staged (the temperature sweep, then the soft-weight sweep at the best temperature)")
     if kind != "halving":
         return Search(kind, "grid (every point trained to the end)")
-    own = files is None
-    files = files or StudyFiles(results_dir)
-    decisions = []
-    for path in files.decisions:
-        decision = read_decision(path)
-        if decision_name(path.name) != (decision.student, decision.rung):
-            raise KdsweepError(f"{RungDecision.WHAT} {path} is the decision of {decision.student}'s rung at epoch "
-                               f"{decision.rung}, which its file name is not; {RungDecision.FIX}")
-        decisions.append(decision)
-    if own:
-        files.warn()
-    rungs = sorted({decision.rung for decision in decisions})
-    first = decisions[0] if decisions else None
-    label = ("successive halving (" + (f"rungs at epochs {', '.join(map(str, rungs))}; keep {fmt(first.keep)}, "
-                                       f"at least {first.min_kept}, per student and method" if first else "no rung yet")
+    if plan is not None and plan.halving:
+        decisions = list((decisions or {}).values())
+        rungs, halving = plan.rungs, plan.config["halving"]
+        keep, min_kept = halving["keep"], halving["min_kept"]
+    else:
+        own = files is None
+        files = files or StudyFiles(results_dir)
+        decisions = []
+        for path in files.decisions:
+            decision = read_decision(path)
+            if decision_name(path.name) != (decision.student, decision.rung):
+                raise KdsweepError(f"{RungDecision.WHAT} {path} is the decision of {decision.student}'s rung at "
+                                   f"epoch {decision.rung}, which its file name is not; {RungDecision.FIX}")
+            decisions.append(decision)
+        if own:
+            files.warn()
+        rungs = sorted({decision.rung for decision in decisions})
+        keep, min_kept = (decisions[0].keep, decisions[0].min_kept) if decisions else (None, None)
+    at = f"rungs at epochs {', '.join(map(str, rungs))}" if len(rungs) > 1 else f"a rung at epoch {rungs[0]}" if rungs else ""
+    label = ("successive halving (" + (f"{at}; keep {fmt(keep)}, "
+                                       f"at least {min_kept}, per student and method" if rungs else "no rung yet")
              + ")")
     rows, seen = [], set()
     for decision in sorted(decisions, key=lambda d: (d.student, d.stage)):
