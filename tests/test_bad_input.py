@@ -57,7 +57,8 @@ class Bad:
         (self.empty / "runs").mkdir(parents=True)
         self.torn_tables = folder / "torn-study"
         (self.torn_tables / "tables").mkdir(parents=True)
-        for name in ("runs.csv", "table1.csv", "kd_vs_hard.csv", "grid.csv", "methods.csv", "method_grid.csv"):
+        for name in ("runs.csv", "table1.csv", "kd_vs_hard.csv", "grid.csv", "methods.csv", "method_grid.csv",
+                     "per_class.csv"):
             (self.torn_tables / "tables" / name).write_text("dataset,model,role\ndigits,resnet18,base")
         # inputs of this folder's own that an output must not overwrite (the shared study's stay safe if a
         # refusal ever breaks): a teacher, a stats file, a config file and a link to it

@@ -71,8 +71,8 @@ def test_three_confirm_seeds_plan_their_runs_on_fresh_seeds():
     assert base.folder == "runs/confirm/resnet18_seed10" and not base.distilled and not base.needs_teacher
     assert Layout(plan).finished(base) == ["results/cifar10-reference/trained/confirm/resnet18_seed10.json"]
     assert plan.run("confirm", "resnet18_T4_soft0.5_seed10") == runs[0] and plan.run("confirm", base.name) == base
-    # a confirmed run: its evaluation and every attack at every epsilon
-    assert len(Layout(plan).outputs(runs)) == 3 * (1 + 1 + 2 * 3)
+    # a confirmed run: its evaluation, its masking record and every attack (6) and their worst case at every epsilon (3)
+    assert len(Layout(plan).outputs(runs)) == 3 * (1 + 1 + 1 + 7 * 3)
     assert Layout(plan).confirm_record("resnet18") == "results/cifar10-reference/confirm/resnet18.json"
     assert "--out results/cifar10-reference/runs/confirm/resnet18_T4_soft0.5_seed10" in Commands(plan, Layout(plan)).pack_points(
         plan.pack_of(runs[0]))
@@ -367,15 +367,15 @@ def test_without_confirmation_the_table_says_so(tmp_path):
 
 # config.yaml's jobs before the checkpoints, confirmation off: teacher, 2 baselines, 96 distilled runs (8 x 6 per
 # student: w = 0 is the baseline), each attacked (2 attacks x 3 eps) and evaluated
-UNCONFIRMED_JOBS = {"download": 1, "runtime": 1, "study": 1, "stats": 1, "train": 3, "attack": 594, "distill": 96,
-                    "evaluate": 99, "tables": 1, "figures": 1, "all": 1, "total": 799}
+UNCONFIRMED_JOBS = {"download": 1, "runtime": 1, "study": 1, "stats": 1, "train": 3, "attack": 99, "distill": 96,
+                    "evaluate": 99, "tables": 1, "figures": 1, "all": 1, "total": 304}
 
 
 def with_confirmation(seeds):
-    """Before the checkpoints, per student `seeds` baselines (train), each with 2 attacks x 3 epsilons and an
-    evaluation, and one best_point checkpoint; the distilled confirmation runs (distill) and their evaluations
+    """Before the checkpoints, per student `seeds` baselines (train), each with its attack job (the whole suite)
+    and an evaluation, and one best_point checkpoint; the distilled confirmation runs (distill) and their evaluations
     come once the checkpoints have chosen (test_plan-level: plan.confirmed)."""
-    extra = {"train": 2 * seeds, "attack": 2 * seeds * 6, "evaluate": 2 * seeds, "best_point": 2}
+    extra = {"train": 2 * seeds, "attack": 2 * seeds, "evaluate": 2 * seeds, "best_point": 2}
     expected = {rule: UNCONFIRMED_JOBS.get(rule, 0) + extra.get(rule, 0) for rule in {*UNCONFIRMED_JOBS, *extra}}
     expected["total"] = UNCONFIRMED_JOBS["total"] + sum(extra.values())
     return expected
@@ -460,7 +460,7 @@ def test_the_demo_confirms_each_student_on_two_fresh_seeds(tmp_path):
     runs = 1 + 2 + points * 2 + 2 * 2  # teacher, baselines, sweep points, confirmation baselines
     packs = -(-points // plan.pack_size)
     assert (counts["train"], counts["distill"], counts["best_point"]) == (1 + 2 + 4, packs * 2, 2 * 2)
-    assert counts["attack"] == 4 * runs and counts["evaluate"] == runs
+    assert counts["attack"] == runs and counts["evaluate"] == runs  # one attack job per run: the whole suite
 
 
 def test_robustness_rows_carry_each_seeds_gain(tmp_path):

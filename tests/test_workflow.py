@@ -173,7 +173,7 @@ def test_jobs_get_the_exact_config_numbers_and_the_config_slice(tmp_path):
     for name in ("fgsm", "pgd", "apgd_ce", "apgd_dlr", "apgd_t", "square", "worst"):
         assert f"attacks/kd/resnet18_T2.5_soft0.3_seed0/{name}_eps0.0313725.json" in out, name
     assert "masking/kd/resnet18_T2.5_soft0.3_seed0.json" in out
-    attack = next(line for line in out.splitlines() if " attack --run results/cifar10-reference/runs/kd/" in line)
+    attack = next(line for line in out.splitlines() if " attack --run results/cifar10-reference/runs/kd/resnet18_T2.5" in line)
     assert f"'epsilons=[{eps!r}]'" in attack
     assert "attacks.pgd.steps=10" in attack and "attacks.pgd.random_start=true" in attack and "'attacks.fgsm={}'" in attack
     assert "attacks.apgd_t.targets=9" in attack and "robustness.subset.size=1000" in attack
