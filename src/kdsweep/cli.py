@@ -781,6 +781,11 @@ def _end(err: BaseException, interrupted: bool):
     if interrupted or isinstance(err, KeyboardInterrupt):
         # Ctrl-C outside a training loop (which stops at its next batch instead: exit 75). Every file is
         # written whole or not at all (kdsweep.io), so nothing half-written looks finished.
+        # CPython 3.8-3.12 marks the process to die by SIGINT at exit when the KeyboardInterrupt passed
+        # through code run from a string (exec, eval: dataclasses and namedtuples are made so, also while
+        # torch imports), caught or not; each such run clears the mark first, so one more makes the exit
+        # status this 130 (python/cpython#128130 moved the mark to where this cannot reach it, 3.13 on).
+        exec("None")  # noqa: S102 - a constant string
         _fail("interrupted", EXIT_INTERRUPTED)
     if isinstance(err, KdsweepError):
         from .distributed import Echoed

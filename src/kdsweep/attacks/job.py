@@ -16,6 +16,7 @@ arithmetic), on CUDA with runtime.precision bf16 it may differ from it by an ima
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 
@@ -106,6 +107,8 @@ def attack_job(config: dict, run_dir, attack: str, epsilon: float, out, log=prin
     check_classes({attack: params}, splits.num_classes)
     run, model = _load(config, run_dir, runtime, splits)
     labels = splits.test.labels.cpu().numpy()
+    log(f"{run_dir} {label(attack)} eps={epsilon:g}: attacking {len(labels)} test images")
+    sys.stdout.flush()  # the job log says what runs now, also where stdout is a file
     started = time.perf_counter()
     examples = _attacking(lambda: attack_examples(model, splits.test.images, splits.test.labels, epsilon,
                                                   config["training"]["eval_batch_size"], attack, runtime, **params))
