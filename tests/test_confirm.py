@@ -449,17 +449,16 @@ def test_tiny_study_confirms_its_point_on_two_fresh_seeds(tiny, tmp_path):
 @pytest.mark.workflow
 def test_the_demo_confirms_each_student_on_two_fresh_seeds(tmp_path):
     """studies/demo.yaml: before its checkpoints, the teacher, 2 sweep and 2 x 2 confirmation baselines,
-    each student's 7 sweep points (kd's 2 x 2 grid, one point each of dkd, lskd and ctkd) in two packs
-    of at most 4, and one best_point per student and confirmed method (kd and dkd: dkd head to head against
-    kd); then 2 x 2 x 2 distilled confirmation runs."""
+    each student's 7 sweep points (kd's 2 x 2 grid, one point each of dkd, lskd and ctkd) in one pack,
+    and one best_point per student and confirmed method (kd); then 2 x 2 distilled confirmation runs."""
     plan = Plan(load_config([str(ROOT / "config.yaml"), str(ROOT / "studies" / "demo.yaml")]))
     assert plan.confirm_seeds == [1, 2] and not set(plan.confirm_seeds) & set(plan.seeds)
     counts = job_counts(snakemake(tmp_path, "--dry-run", configfiles=[ROOT / "studies" / "demo.yaml"]).stdout)
-    assert plan.pack_size == 4 and plan.confirm_methods == ["kd", "dkd"]
+    assert plan.pack_size == 7 and plan.confirm_methods == ["kd"]
     points = 4 + 1 + 1 + 1  # per student
     runs = 1 + 2 + points * 2 + 2 * 2  # teacher, baselines, sweep points, confirmation baselines
     packs = -(-points // plan.pack_size)
-    assert (counts["train"], counts["distill"], counts["best_point"]) == (1 + 2 + 4, packs * 2, 2 * 2)
+    assert (counts["train"], counts["distill"], counts["best_point"]) == (1 + 2 + 4, packs * 2, 2 * 1)
     assert counts["attack"] == runs and counts["evaluate"] == runs  # one attack job per run: the whole suite
 
 

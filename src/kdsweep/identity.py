@@ -323,11 +323,29 @@ def trained_as_configured(plan, layout, run) -> bool:
     teacher_hash = None
     if run.distilled:
         teacher = plan.teacher_of(run).run
-        recorded = Metrics.peek(Path(layout.run_dir(teacher)) / METRICS)
-        if recorded is None or not is_this_run(plan, teacher, recorded, None):
+        teacher_hash = _teacher_as_configured(plan, teacher, Path(layout.run_dir(teacher)))
+        if teacher_hash is None:
             return False
-        teacher_hash = recorded.config_hash
     return is_this_run(plan, run, metrics, teacher_hash)
+
+
+_TEACHERS_SEEN: dict = {}
+
+
+def _teacher_as_configured(plan, teacher, folder: Path):
+    """The teacher's config_hash where its metrics.json is of the configuration as it is now, else None: read once
+    per teacher and version of that file, not once per run distilled from it (a DAG build asks for each)."""
+    path = folder / METRICS
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    key = (id(plan), str(path), stat.st_ino, stat.st_mtime_ns, stat.st_size)  # a rewrite is a new file (kdsweep.io)
+    if key not in _TEACHERS_SEEN:
+        recorded = Metrics.peek(path)
+        ok = recorded is not None and is_this_run(plan, teacher, recorded, None)
+        _TEACHERS_SEEN[key] = (plan, recorded.config_hash if ok else None)  # the plan kept: its id stays its own
+    return _TEACHERS_SEEN[key][1]
 
 
 def measures_run_now(results, run_dir) -> bool:
