@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdsweep.attacks import ATTACKS, PARAMS, evaluate_attack, fgsm, pgd
+from kdsweep.attacks import ATTACKS, PARAMS, WORST, evaluate_attack, fgsm, pgd
+from kdsweep.attacks.examples import worst_case
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -908,3 +909,176 @@ def test_the_cost_estimate_counts_the_models_flops_and_the_attacks_passes():
     # the input gradients among them: 10 steps of PGD, 101 gradients of APGD (the start's and each step's), ...
     assert {name: cost.gradients(name, params) for name, params in default.suite.attacks.items()} == {
         "fgsm": 1, "pgd": 10, "apgd_ce": 101, "apgd_dlr": 101, "apgd_t": 909, "square": 0}
+
+
+# ---------------------------------------------------------------- degenerate models (a hostile user's)
+
+# Each attack with its cheapest parameters: these models are degenerate, what is tested is what the attack counts.
+CHEAP = {"fgsm": {}, "pgd": {"loss": "ce", "steps": 3, "relative_step_size": 0.5, "random_start": True, "restarts": 2,
+                             "seed": 0},
+         "apgd_ce": {"steps": 3, "restarts": 1, "seed": 0}, "apgd_dlr": {"steps": 3, "restarts": 1, "seed": 0},
+         "apgd_t": {"steps": 3, "targets": 2, "seed": 0}, "square": {"queries": 5, "p_init": 0.3, "seed": 0}}
+
+
+class Fixed(nn.Module):
+    """Logits that do not depend on the image: `row` for every image (through a parameter, so an input
+    gradient exists and is zero)."""
+
+    def __init__(self, row):
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(()))
+        self.register_buffer("row", torch.as_tensor(row, dtype=torch.float32))
+
+    def forward(self, x):
+        return x.flatten(1)[:, :1] * 0 * self.scale + self.row
+
+
+def four_classes():
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (8, 3, 4, 4), generator=generator, dtype=torch.uint8)
+    return images, torch.arange(8) % 4
+
+
+@pytest.mark.parametrize("attack", list(ATTACKS))
+def test_constant_logits_are_attacked_without_error_and_nothing_moves(attack):
+    """All logits equal, for every image: argmax names the first class (as evaluation's test_acc counts it), the
+    images of class 0 are correct, and no attack can change an output that ignores the image."""
+    from kdsweep.attacks.evaluate import attack_examples
+
+    images, labels = four_classes()
+    for epsilon in (0.0, 0.1):
+        examples = attack_examples(Fixed([0.0] * 4), images, labels, epsilon, 3, attack, **CHEAP[attack])
+        assert examples.clean.tolist() == (labels == 0).tolist()
+        assert examples.robust.tolist() == examples.clean.tolist()
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
+def test_a_model_with_nan_or_inf_logits_is_refused_in_one_sentence(value):
+    """argmax takes NaN for the largest value: unguarded, a NaN model named class 0 for every image and the
+    images of class 0 counted as correct and robust under every attack. Now the attack refuses it, and the
+    transfer attack scored on it as well."""
+    from kdsweep.attacks.evaluate import attack_examples, transfer_examples
+    from kdsweep.errors import KdsweepError
+
+    images, labels = four_classes()
+    broken = Fixed([value, 0.0, 0.0, 0.0])
+    for attack in ATTACKS:
+        with pytest.raises(KdsweepError, match=r"^the model attacked gives non-finite logits \(NaN or inf\) on 3 of "
+                                               r"3 clean test images of a batch, .*; retrain it"):
+            attack_examples(broken, images, labels, 0.1, 3, attack, **CHEAP[attack])
+    with pytest.raises(KdsweepError, match="non-finite logits"):
+        transfer_examples(Fixed([0.0] * 4), broken, images, labels, 0.1, 3, "fgsm")
+
+
+class NanOffTheGrid(nn.Module):
+    """Right (class 0, finite) on images of the uint8 grid, NaN logits wherever a pixel leaves it: every
+    perturbation an attack tries gives NaN."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(48, 4)
+
+    def forward(self, x):
+        logits = 0.01 * self.lin(x.flatten(1)) + torch.tensor([5.0, 0.0, 0.0, 0.0])  # a gradient to follow
+        on_grid = ((x * 255 - (x * 255).round()).abs().flatten(1).amax(1) < 1e-3)[:, None]
+        return torch.where(on_grid, logits, torch.full_like(logits, math.nan))
+
+
+@pytest.mark.parametrize("attack", list(ATTACKS))
+def test_logits_that_turn_nan_under_attack_count_as_broken_never_as_robust(attack):
+    """The clean images are fine, every point the attack tries gives NaN: the model has no prediction there,
+    so every image correct before the attack is broken (unguarded, argmax's class 0 counted them robust)."""
+    from kdsweep.attacks.evaluate import attack_examples
+
+    images, labels = four_classes()
+    examples = attack_examples(NanOffTheGrid(), images, labels * 0, 0.1, 3, attack, **CHEAP[attack])
+    assert examples.clean.all() and not examples.robust.any()
+
+
+class NanGradient(nn.Module):
+    """Finite logits (a linear model) with a NaN input gradient everywhere: 0 * d sqrt(u)/du at u = 0."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.lin = nn.Linear(48, 4)
+
+    def forward(self, x):
+        return self.lin(x.flatten(1)) + 0 * (x - x.detach()).sqrt().sum()
+
+
+def test_a_nan_input_gradient_takes_no_step_and_never_leaves_the_ball():
+    """A NaN in the gradient points nowhere: the gradient attacks take no step there (torch's sign(NaN) is 0), and
+    no NaN pixel leaves the ball or the image box."""
+    from kdsweep.attacks.apgd_attack import apgd
+    from kdsweep.attacks.evaluate import attack_examples
+
+    images, _ = four_classes()
+    model = NanGradient()
+    x = images.float() / 255
+    labels = model(x).argmax(1)
+    assert torch.equal(fgsm(model, x, labels, 0.1), x)
+    assert torch.equal(pgd(model, x, labels, 0.1, 0.05, 3, random_start=False), x)
+    crafted = apgd(model, x, labels, 0.1, steps=3, generator=torch.Generator().manual_seed(0))
+    assert torch.isfinite(crafted).all() and (crafted - x).abs().max() <= 0.1 + 1e-6
+    for attack in ("fgsm", "pgd", "apgd_ce", "apgd_dlr", "apgd_t"):
+        examples = attack_examples(model, images, labels, 0.1, 3, attack, **CHEAP[attack])
+        assert examples.clean.all(), attack
+
+
+class OneClass(nn.Module):
+    """Class 3 by a margin of 100 for every image, whatever the image (a real gradient, too small to matter)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.lin = nn.Linear(48, 4)
+
+    def forward(self, x):
+        return self.lin(x.flatten(1)) + torch.tensor([0.0, 0.0, 0.0, 100.0])
+
+
+@pytest.mark.parametrize("attack", list(ATTACKS))
+def test_one_class_everywhere_and_zero_clean_accuracy(attack):
+    """A model that names class 3 for every image: on labels without class 3 it is at 0% clean accuracy, and
+    robust on none (adv_acc_on_correct None, not a division by zero); on labels with class 3 exactly those are
+    correct, and stay so (no step of 0.1 overturns a margin of 100)."""
+    images, labels = four_classes()
+    summary = evaluate_attack(OneClass(), images, labels % 3, 0.1, 3, attack, **CHEAP[attack])
+    assert summary == {"n": 8, "clean_acc": 0.0, "adv_acc": 0.0, "n_correct": 0, "adv_acc_on_correct": None}
+    summary = evaluate_attack(OneClass(), images, labels, 0.1, 3, attack, **CHEAP[attack])
+    assert summary == {"n": 8, "clean_acc": 25.0, "adv_acc": 25.0, "n_correct": 2, "adv_acc_on_correct": 100.0}
+
+
+def test_epsilon_zero_gives_the_clean_accuracy_exactly(digits):
+    """At epsilon 0 no attack can move an image: per image, robust is correct-before, and the clean accuracy is the
+    share where the model's argmax (computed here, apart from the attack code) is the label."""
+    from kdsweep.attacks.evaluate import attack_examples
+
+    model, images, labels = digits
+    with torch.no_grad():
+        right = (model(images.float() / 255).argmax(1) == labels).numpy()
+    for attack in ATTACKS:
+        examples = attack_examples(model, images, labels, 0.0, 128, attack, **CHEAP[attack])
+        assert examples.clean.tolist() == right.tolist(), attack
+        assert examples.robust.tolist() == right.tolist(), attack
+        assert examples.summary()["adv_acc"] == examples.summary()["clean_acc"] == 100 * right.mean()
+
+
+def test_masking_checks_and_the_worst_case_take_degenerate_outcomes():
+    """Outcomes of the models above (nothing correct, everything robust, one image) go through the worst case and
+    every check without an error, and a constant model that keeps its 25% at the large epsilon is flagged."""
+    from kdsweep.attacks.diagnostics import checks
+    from kdsweep.attacks.examples import Examples
+    from kdsweep.attacks.suite import Suite
+    from kdsweep.config import load_config
+
+    suite = Suite.from_config(load_config([Path(__file__).resolve().parents[1] / "config.yaml"]))
+    for clean, robust in (([0] * 8, [0] * 8), ([1] * 8, [1] * 8), ([1], [1]), ([1, 0, 0, 0] * 2, [1, 0, 0, 0] * 2)):
+        made = Examples(np.arange(len(clean)), np.array(clean, dtype=bool), np.array(robust, dtype=bool))
+        results = {(name, epsilon): made for name in suite.attacks for epsilon in suite.epsilons}
+        results.update({(WORST, epsilon): worst_case([made] * 2, made.indices) for epsilon in suite.epsilons})
+        found = checks(results, {("teacher", suite.epsilons[0]): made}, {"fgsm": made}, suite)
+        assert all(check["passed"] for check in found if check["check"] != "large_epsilon")
+        large = [check for check in found if check["check"] == "large_epsilon"]
+        assert [check["passed"] for check in large] == [100 * np.mean(robust) <= suite.large_epsilon_accuracy]

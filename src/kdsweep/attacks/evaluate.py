@@ -13,6 +13,7 @@ import importlib
 import numpy as np
 import torch
 
+from ..errors import KdsweepError
 from . import ATTACKS, PARAMS
 from .base import check_epsilon, eval_mode, fooled, full_precision
 from .examples import Examples
@@ -43,6 +44,17 @@ def check_images(images_uint8, labels):
     return images_uint8, labels
 
 
+def check_finite(correct, logits, where):
+    """Refuses a model whose logits on clean test images are NaN or infinite: nothing it says about them is a
+    prediction, and no attack can be measured against it."""
+    bad = int((~torch.isfinite(logits).all(1)).sum())
+    if bad:
+        raise KdsweepError(f"{where} gives non-finite logits (NaN or inf) on {bad} of {len(logits)} clean test images "
+                           "of a batch, so no attack can be measured on it; retrain it (lower training.lr) or check "
+                           "its weights")
+    return correct
+
+
 def pixels(batch, device, runtime):
     """uint8 images -> float32 [0, 1] on the device (in the job's memory layout with a runtime)."""
     return runtime.pixels(batch) if runtime else batch.to(device).float().div_(255)
@@ -69,7 +81,8 @@ def attack_examples(model, images_uint8, labels, epsilon, batch_size, attack="fg
             x = pixels(images_uint8[chosen], device, runtime)
             y = labels[chosen].to(device).long()
             with torch.no_grad():
-                correct = ~fooled(model(x), y)
+                logits = model(x)
+            correct = check_finite(~fooled(logits, y), logits, "the model attacked")
             clean.append(correct)
             robust.append(run_attack(model, x, y, correct) & correct)
     # read back once at the end: no batch waits for the host
@@ -108,7 +121,8 @@ def transfer_examples(source, model, images_uint8, labels, epsilon, batch_size, 
             y = labels[chosen].to(device).long()
             crafted = craft(source, x, y)
             with torch.no_grad():
-                correct = ~fooled(model(x), y)
+                logits = model(x)
+                correct = check_finite(~fooled(logits, y), logits, "the model attacked")
                 clean.append(correct)
                 robust.append(correct & ~fooled(model(crafted), y))
     return Examples(indices, torch.cat(clean).cpu().numpy(), torch.cat(robust).cpu().numpy())
