@@ -182,3 +182,66 @@ def test_a_logit_point_has_no_probe_and_no_hook_and_a_mismatched_pair_trains_thr
     for p in (fitnets, reviewkd):
         assert all(not torch.equal(before, after)
                    for before, after in zip(adapters[p.method.name], p.method_state.parameters())), p.method.name
+
+
+# ---------------------------------------------------------------- mismatched pairs (a hostile user's)
+
+@pytest.mark.parametrize("student, teacher", [("mobilenet_v3_small", "resnet18"), ("resnet18", "mobilenet_v3_small")])
+def test_a_pair_mismatched_in_count_channels_and_odd_sizes_trains_every_feature_method(request, student, teacher):
+    """On 20 x 20 images (an imagefolder's crop) the maps are 20, 10, 5, 3 (and 2) pixels: five stage outputs
+    against four, other channels everywhere, and sizes no factor of two apart. Each feature method pairs them
+    from the deepest and trains a step with a finite term; fitnets' regressor meets both of ConvReg's odd
+    cases (3 against 5: the teacher's map pooled; 5 against 3: a 3 x 3 kernel)."""
+    from kdsweep import sources, train
+    from kdsweep.augment import Augment
+    from kdsweep.plan import Run
+    from kdsweep.runtime import Runtime
+
+    request.addfinalizer(functools.partial(torch.set_num_threads, torch.get_num_threads()))
+    rt = Runtime.from_config({"device": "cpu", "threads": 1, "precision": "fp32", "tf32": False,
+                              "deterministic": True, "channels_last": False, "compile": False})
+    mean, std = [0.5] * 3, [0.25] * 3
+    network = build_model(teacher, 10, mean, std, image_size=20).eval().requires_grad_(False)
+    hparams = {"at": {"beta": 1000.0, "p": 2.0, "stages": 4}, "fitnets": {"hint_weight": 100.0, "hint_stage": 2},
+               "reviewkd": {"review_weight": 5.0, "warmup_epochs": 1, "stages": 4}}
+    points = [train.Point(Run.distilled_run(name, student, 0, name, params), {"lr": 1e-3, "weight_decay": 0.0,
+                                                                               "bn_momentum": 0.1},
+                          10, mean, std, rt, image_size=20, teacher=network) for name, params in hparams.items()]
+    at, fitnets, reviewkd = points
+    sizes = {"mobilenet_v3_small": [10, 5, 3, 2], "resnet18": [20, 10, 5, 3]}  # the last four of each
+    assert [shape[1] for shape in at.taps.shapes.student] == sizes[student]
+    assert [shape[1] for shape in at.taps.shapes.teacher] == sizes[teacher]
+    s_map, t_map = fitnets.taps.shapes.student[0], fitnets.taps.shapes.teacher[0]
+    assert {s_map[1], t_map[1]} == {3, 5}
+    regressor = fitnets.method_state
+    out = regressor(torch.randn(2, *s_map))
+    assert out.shape == regressor.target(torch.randn(2, *t_map)).shape == (2, t_map[0], *[min(s_map[1], t_map[1])] * 2)
+    images = torch.randint(0, 256, (4, 3, 20, 20), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    augment = Augment(pad=0, flip_p=0.0, rotation_degrees=0)
+    losses = train.train_epoch(points, network, sources.InMemory(augment, images, torch.arange(4), 4),
+                               torch.Generator().manual_seed(0), rt)
+    assert all(0 < loss[term] < float("inf") for loss, term in zip(losses, ("at", "hint", "review"))), losses
+
+
+def test_a_student_with_no_stage_output_is_refused_before_any_training_step():
+    """A vision transformer has one map (its patch embedding) and a network of linear layers none: a feature point
+    with either is refused when the point is built (before the optimiser, before any batch), in one sentence
+    naming the hyperparameter or the way out."""
+    from kdsweep import train
+    from kdsweep.plan import Run
+    from kdsweep.runtime import Runtime
+
+    rt = Runtime.from_config({"device": "cpu", "threads": 1, "precision": "fp32", "tf32": False,
+                              "deterministic": True, "channels_last": False, "compile": False})
+    training = {"lr": 1e-3, "weight_decay": 0.0, "bn_momentum": 0.1}
+    mlp = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 10))
+    mlp.architecture = "mlp"
+    vit = torchvision.models.vision_transformer.VisionTransformer(
+        image_size=8, patch_size=4, num_layers=1, num_heads=2, hidden_dim=16, mlp_dim=32, num_classes=10)
+    vit.architecture = "tiny_vit"
+    for teacher, why in ((mlp, r"which has 0 stage outputs \(none\): it has no 4-D feature map"),
+                         (vit, r"which has 1 stage outputs \(16x2x2\): stages=2 needs 2; set methods.at.stages to at "
+                               r"most 1; or distil it with a logit method$")):
+        with pytest.raises(KdsweepError, match=f"^at cannot tap the teacher {teacher.architecture} on 8x8 images, {why}"):
+            train.Point(Run.distilled_run("at", "mobilenet_v3_small", 0, "at", {"beta": 1000.0, "p": 2.0, "stages": 2}),
+                        training, 10, [0.5] * 3, [0.25] * 3, rt, image_size=8, teacher=teacher)
