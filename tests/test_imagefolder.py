@@ -2,6 +2,7 @@
 the validation and test arrays, digests), its streamed batches, and a whole study through snakemake."""
 
 import importlib.util
+import os
 import json
 import shutil
 from pathlib import Path
@@ -188,3 +189,118 @@ def test_an_imagefolder_study_runs_from_snakemake_to_its_tables_and_report(tmp_p
     assert metrics["config"]["dataset"]["skipped"] == 1 and metrics["config"]["imagefolder"]["train_crop"] == 32
     snakemake(tmp_path, "--report", "results/imagefolder/report.html", "--config", *overrides, configfiles=study)
     assert (results / "report.html").stat().st_size > 0
+
+
+# ---------------------------------------------------------------- bad files (a hostile user's)
+
+def _stats(tree, tmp_path, skip="false"):
+    config = config_of(tree, f"dataset.skip_damaged={skip}")
+    return data.write_stats(tmp_path / "stats.json", config["dataset"], config, log=lambda line: None)
+
+
+@pytest.fixture
+def clean_tree(tmp_path):
+    return write_tree(tmp_path / "images", classes=3, train=6, test=2, damaged=False)
+
+
+def test_a_zero_byte_jpeg_and_a_text_file_named_jpg_are_damaged_files_named_in_the_decoders_words(clean_tree, tmp_path):
+    """Each is refused by name, or with skip_damaged left out and counted; the reason is the decoder's own
+    sentence (torchvision's message less its source location: formerly only the tail after its last comma)."""
+    (clean_tree / "train" / "class0" / "zero.jpg").write_bytes(b"")
+    (clean_tree / "train" / "class2" / "text.jpg").write_text("hello, not an image")
+    with pytest.raises(KdsweepError, match=r"2 of the 26 image files .* cannot be decoded: train/class0/zero.jpg "
+                                           r"\(the file is empty\); train/class2/text.jpg \(Unsupported image file.*"
+                                           r"set dataset.skip_damaged: true"):
+        _stats(clean_tree, tmp_path)
+    stats = _stats(clean_tree, tmp_path, "true")
+    assert [entry["file"] for entry in stats["skipped"]] == ["train/class0/zero.jpg", "train/class2/text.jpg"]
+    assert stats["skipped"][1]["reason"].startswith("Unsupported image file. Only jpeg, png, webp and gif")
+
+
+def test_a_png_named_jpg_is_read_by_its_contents(clean_tree, tmp_path):
+    """The decoder goes by the bytes, not the name: a PNG called .jpg is one more training image, decoded right."""
+    shutil.copy(clean_tree / "train" / "class2" / "train_2_0001.png", clean_tree / "train" / "class0" / "png.jpg")
+    before = len(imagefolder.listings(config_of(clean_tree)["dataset"])[1])
+    stats = _stats(clean_tree, tmp_path)
+    assert stats["skipped"] == [] and stats["n_train"] + stats["n_val"] == before == 19
+    as_jpg = streaming.decode((clean_tree / "train" / "class0" / "png.jpg").read_bytes(), "train/class0/png.jpg")
+    as_png = streaming.decode((clean_tree / "train" / "class2" / "train_2_0001.png").read_bytes(), "a.png")
+    assert torch.equal(as_jpg, as_png)
+
+
+@pytest.mark.parametrize("link", ["loop to its class folder", "loop to the split folder", "to itself", "dangling"])
+def test_a_looping_or_broken_symbolic_link_is_one_sentence(clean_tree, link):
+    """A link to a folder that holds it made the listing follow it until the system's link limit (194 training
+    images listed instead of 18, each many times); a file link to itself or to nothing ended the listing in an
+    OSError traceback. Each is now refused by name, before any image is read."""
+    folder = clean_tree / "train" / "class0"
+    target, name = {"loop to its class folder": (folder, "again"),
+                    "loop to the split folder": (clean_tree / "train", "up"),
+                    "to itself": ("self.jpg", "self.jpg"),
+                    "dangling": (clean_tree / "nowhere.jpg", "gone.jpg")}[link]
+    (folder / name).symlink_to(target)
+    with pytest.raises(KdsweepError) as refused:
+        imagefolder.listings(config_of(clean_tree)["dataset"])
+    message = str(refused.value)
+    assert message.startswith(f"the imagefolder file train/class0/{name} ") and "\n" not in message
+    assert message.endswith("; remove it or fix the link")
+
+
+def test_a_symbolic_link_to_another_folder_is_followed_as_torchvision_does(clean_tree):
+    """Not a loop: a class folder that links to images kept elsewhere is listed, in torchvision's order."""
+    from torchvision.datasets import ImageFolder
+
+    shutil.move(clean_tree / "train" / "class2", clean_tree / "kept")
+    (clean_tree / "train" / "class2").symlink_to(clean_tree / "kept")
+    _, train, _ = imagefolder.listings(config_of(clean_tree)["dataset"])
+    assert [train.path(i) for i in range(len(train))] == [p for p, _ in ImageFolder(str(clean_tree / "train")).samples]
+
+
+def test_a_training_class_with_no_images_is_one_sentence(clean_tree):
+    """An empty class folder (or one of notes only) was a class the model was never shown; torchvision's
+    ImageFolder refuses it too. A test class without images is only a class not tested."""
+    (clean_tree / "train" / "class9").mkdir()
+    (clean_tree / "train" / "class9" / "notes.txt").write_text("to do")
+    with pytest.raises(KdsweepError, match=r"^the imagefolder training folder .*/train has a class 'class9' with no "
+                                           r"image files; put its training images in .*/class9, or remove that folder$"):
+        imagefolder.listings(config_of(clean_tree)["dataset"])
+    shutil.rmtree(clean_tree / "train" / "class9")
+    for image in (clean_tree / "val" / "class1").iterdir():
+        image.unlink()
+    classes, _, test = imagefolder.listings(config_of(clean_tree)["dataset"])
+    assert classes == ["class0", "class1", "class2"] and sorted(set(test.labels.tolist())) == [0, 2]
+
+
+def test_odd_file_names_and_files_that_are_not_regular(clean_tree, tmp_path):
+    """A name with a newline is an image like any other (and a damaged one is named on one line); a name that is
+    not UTF-8 (raised UnicodeEncodeError) and a FIFO named .jpg (its read would wait forever) are refused by name;
+    a folder named .jpg is a folder."""
+    folder = clean_tree / "train" / "class0"
+    shutil.copy(clean_tree / "train" / "class2" / "train_2_0001.png", folder / "new\nline.png")
+    (folder / "dir.jpg").mkdir()
+    stats = _stats(clean_tree, tmp_path)
+    assert stats["skipped"] == [] and stats["n_train"] + stats["n_val"] == 19
+    (folder / "cut\nshort.jpg").write_bytes(b"\xff\xd8\xff")
+    with pytest.raises(KdsweepError) as refused:
+        _stats(clean_tree, tmp_path / "again")
+    assert "\n" not in str(refused.value) and "train/class0/cut\\nshort.jpg" in str(refused.value)
+    (folder / "cut\nshort.jpg").unlink()
+    bad = os.fsencode(folder) + b"/bad\xff.png"
+    shutil.copy(folder / "new\nline.png", bad)
+    with pytest.raises(KdsweepError, match=r"^the imagefolder file train/class0/bad\\udcff.png has a name that is not "
+                                           r"UTF-8; rename it$"):
+        imagefolder.listings(config_of(clean_tree)["dataset"])
+    os.unlink(bad)
+    os.mkfifo(folder / "pipe.jpg")
+    with pytest.raises(KdsweepError, match=r"^the imagefolder file train/class0/pipe.jpg is not a regular file .*; "
+                                           r"remove it or fix the link$"):
+        imagefolder.listings(config_of(clean_tree)["dataset"])
+
+
+def test_an_unreadable_file_is_a_damaged_file_named_with_the_reason():
+    """chmod 000 does not stop root (these tests may run as root), so the read itself is made to fail: the
+    file is named with the system's reason, as a damaged one (streaming.read)."""
+    listing = imagefolder.Listing(Path("/proc/self"), np.asarray([b"mem"], dtype=bytes), np.zeros(1, dtype=np.int64),
+                                  np.zeros(1, dtype=np.int64))
+    with pytest.raises(streaming.Damaged, match=r"^self/mem \(Input/output error\)$"):
+        streaming.read(listing, 0)

@@ -190,7 +190,7 @@ def _write_arrays(paths, listings, pipeline, workers, log):
 
 
 def _named(damaged) -> str:
-    named = "; ".join(f"{err.name} ({err.reason})" for err in damaged[:NAMED])
+    named = "; ".join(f"{imagefolder.shown(err.name)} ({err.reason})" for err in damaged[:NAMED])
     return named + (f"; and {len(damaged) - NAMED} more" if len(damaged) > NAMED else "")
 
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -89,16 +90,52 @@ def classes_of(root, train: str) -> list[str]:
     return classes
 
 
+def shown(name: str) -> str:
+    """A file's name as a one-line message shows it: control characters (a newline in a name) and the bytes of a
+    name that is not UTF-8 (surrogates, which no terminal can print) escaped."""
+    return "".join(repr(c)[1:-1] if ord(c) < 32 or ord(c) == 127 or 0xD800 <= ord(c) < 0xE000 else c for c in name)
+
+
+def _unlistable(relative: str, why: str) -> KdsweepError:
+    return KdsweepError(f"the imagefolder file {shown(relative)} {why}; remove it or fix the link")
+
+
 def _class_files(folder: Path, name: str):
-    """(relative paths, sizes, other files) of one class folder, in torchvision's order."""
+    """(relative paths, sizes, other files) of one class folder, in torchvision's order (os.walk following
+    links). Refused, by name: a link to a folder that holds it (a loop: the walk would list its images again
+    and again, down to the system's link limit), a file that cannot be stat'ed (a link to nothing or to
+    itself), one that is not a regular file (a FIFO's read waits forever), a name that is not UTF-8."""
+    walked = []
+    for directory, subfolders, names in os.walk(folder / name, followlinks=True):
+        here = os.path.realpath(directory)
+        for subfolder in subfolders:
+            path = os.path.join(directory, subfolder)
+            target = os.path.realpath(path)
+            if os.path.islink(path) and (here == target or here.startswith(target.rstrip(os.sep) + os.sep)):
+                raise _unlistable(os.path.relpath(path, folder.parent), "is a symbolic link to a folder that holds "
+                                  "it (a loop)")
+        walked.append((directory, names))
     files, sizes, others = [], [], []
-    for directory, _, names in sorted(os.walk(folder / name, followlinks=True)):
+    for directory, names in sorted(walked):
         for file in sorted(names):
             path = os.path.join(directory, file)
             relative = os.path.relpath(path, folder)
             if file.lower().endswith(IMAGE_EXTENSIONS):
-                files.append(relative.encode())
-                sizes.append(os.stat(path).st_size)
+                try:
+                    encoded = relative.encode()
+                except UnicodeEncodeError:
+                    raise KdsweepError(f"the imagefolder file {shown(os.path.relpath(path, folder.parent))} has a "
+                                       "name that is not UTF-8; rename it") from None
+                try:
+                    status = os.stat(path)
+                except OSError as err:
+                    raise _unlistable(os.path.relpath(path, folder.parent), f"cannot be read ({err.strerror}: a "
+                                      "symbolic link to nothing or to itself?)") from None
+                if not stat.S_ISREG(status.st_mode):
+                    raise _unlistable(os.path.relpath(path, folder.parent), "is not a regular file (a FIFO, a "
+                                      "socket or a device)")
+                files.append(encoded)
+                sizes.append(status.st_size)
             else:
                 others.append(relative)
     return files, sizes, others
@@ -113,6 +150,9 @@ def scan(root, name: str, what: str, classes: list[str]) -> Listing:
                            f"folder has not; every class needs training images (or remove {folder / unknown[0]})")
     with ThreadPoolExecutor(STAT_THREADS) as pool:
         parts = list(pool.map(lambda c: _class_files(folder, c), found))
+    if what == "train" and (empty := [c for part, c in zip(parts, found) if not part[0]]):
+        raise KdsweepError(f"the imagefolder training folder {folder} has a class {empty[0]!r} with no image files; "
+                           f"put its training images in {folder / empty[0]}, or remove that folder")
     label = {c: i for i, c in enumerate(classes)}
     files = [f for part, _ in zip(parts, found) for f in part[0]]
     if not files:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import io
+import re
 import warnings
 from dataclasses import dataclass
 
@@ -35,7 +36,7 @@ from torchvision.transforms import RandomResizedCrop
 from torchvision.transforms.v2 import functional as F
 
 from .errors import KdsweepError
-from .imagefolder import Listing
+from .imagefolder import Listing, shown
 
 # decoded by torchvision.io (libjpeg-turbo, libpng, libwebp); the other image extensions by Pillow
 NATIVE = (".jpg", ".jpeg", ".png", ".webp")
@@ -55,7 +56,7 @@ class Damaged(Exception):
 def _reason(err: BaseException) -> str:
     """The decoder's own words, without torchvision's source location ("decode_jpeg, .../x.cpp:171, ...")."""
     text = str(err).strip().splitlines()[0] if str(err).strip() else err.__class__.__name__
-    return text.rsplit(", ", 1)[-1] if ".cpp:" in text else text
+    return re.sub(r"^\w+, \S+\.cpp:\d+, ", "", text)
 
 
 @functools.lru_cache(maxsize=1)
@@ -228,7 +229,7 @@ def collate_training(samples):
     """(uint8 B x 3 x S x S, int64 labels) of a training batch; its first Damaged raised as one sentence."""
     for sample in samples:
         if isinstance(sample, Damaged):
-            raise KdsweepError(f"the image file {sample.name} cannot be decoded ({sample.reason}), though the stats "
+            raise KdsweepError(f"the image file {shown(sample.name)} cannot be decoded ({sample.reason}), though the stats "
                                "job read it: it changed since; restore it, or delete the study's data/stats.json to "
                                "check the files again")
     return torch.stack([image for image, _ in samples]), torch.tensor([label for _, label in samples])
