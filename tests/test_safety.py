@@ -492,3 +492,104 @@ def test_snakemake_running_a_job_again_keeps_its_earlier_log(tiny, tmp_path):
     snakemake(study, "--cores", "1", "--forcerun=runtime", "results/tiny/runtime.yaml", configfiles=[TINY_WORKFLOW])
     text = log.read_text()
     assert text.count(joblog.HEADER) == 2 and "kdsweep config" in text.split(f"{joblog.HEADER} 2")[0]
+
+
+# ---------------------------------------------------------------- hand-edited checkpoints (a hostile user's)
+
+def _edited(saved):
+    """Each edit of a real checkpoint (a dict as torch.load gives it) a user or another version could make:
+    (name, edited copy, words the refusal holds; None where the run resumes exactly)."""
+    import copy
+
+    model = saved["model"]
+    first = next(key for key, value in model.items() if value.is_floating_point())
+    out = []
+
+    def edit(name, change, words):
+        edited = copy.deepcopy(saved)
+        change(edited)
+        out.append((name, edited, words))
+
+    edit("float64 weights", lambda c: c["model"].update({k: v.double() if v.is_floating_point() else v
+                                                        for k, v in c["model"].items()}),
+         f"its model's {first} is float64, this run's model's float32")
+    edit("float16 weights", lambda c: c["model"].update({first: c["model"][first].half()}),
+         f"its model's {first} is float16, this run's model's float32")
+    edit("a missing weight", lambda c: c["model"].pop(first), f"its model lacks {first}")
+    edit("an extra weight", lambda c: c["model"].update({"net.extra.weight": torch.zeros(3)}),
+         "its model has net.extra.weight, which this run's model has not")
+    edit("another architecture's weights", lambda c: c.update(
+        model={f"net.{k}": v for k, v in torchvision_resnet18().state_dict().items()}), "its model lacks")
+    edit("a reshaped weight", lambda c: c["model"].update({first: c["model"][first].flatten()}),
+         f"its model's {first} is of shape")
+    edit("Adam's moments of another shape", lambda c: c["optimizer"]["state"][0].update(
+        exp_avg=torch.zeros(7)), "its optimizer's state of parameter 0")
+    edit("one parameter group too many", lambda c: c["optimizer"]["param_groups"].append(
+        dict(c["optimizer"]["param_groups"][0])), "its optimizer")
+    edit("an RNG state of another size", lambda c: c["rng"].update(cpu=torch.zeros(10, dtype=torch.uint8)),
+         "its rng's cpu")
+    edit("a data generator state of another dtype", lambda c: c.update(data=c["data"].float()), "its data")
+    edit("an epoch that is a string", lambda c: c["state"].update(epoch="1"), "its state's epoch")
+    edit("a negative epoch", lambda c: c["state"].update(epoch=-3), "its state's epoch")
+    edit("a version from the future and an extra key", lambda c: c.update(version=99, note="edited"), None)
+    return out
+
+
+def torchvision_resnet18():
+    import torchvision
+
+    return torchvision.models.resnet18(num_classes=10)
+
+
+def test_a_hand_edited_checkpoint_is_refused_in_one_sentence_or_resumes_exactly(tiny_study, tmp_path):
+    """Weights of another dtype, shape, set of keys or architecture, an optimiser state or an RNG state that does
+    not fit, numbers of the wrong type in the run's state: unchecked, each ended the resume in a RuntimeError,
+    ValueError or TypeError traceback (load_state_dict, set_rng_state, ...) or, for weights of another float
+    dtype, resumed on silently converted (float16: rounded) weights. Each is now one sentence naming the fix,
+    before any weight is loaded; a key kdsweep does not read (a `version` from a later release) is ignored and
+    the run resumes to the same numbers as from the untouched file. With --rerun-stale (the workflow's jobs),
+    a checkpoint that does not fit is deleted and the run trained from its start."""
+    from kdsweep.train import train_points
+
+    config = load_config([c for c in tiny_study.config if c != "--config"], ["training.max_epochs=2"])
+    paused = tmp_path / "paused"
+    train_points(config, [Run("baseline", STUDENT, 1)], tiny_study.stats, [paused], until_epoch=1, log=lambda _: None)
+    saved = torch.load(paused / "checkpoint.pt", weights_only=True)
+    reference = tmp_path / "reference"
+    shutil.copytree(paused, reference)
+    kdsweep(*train_args(tiny_study, reference, "training.max_epochs=2"), cwd=tmp_path)
+    expected = json.loads((reference / "metrics.json").read_text())
+    for number, (name, edited, words) in enumerate(_edited(saved)):
+        run = tmp_path / f"edit{number}"
+        shutil.copytree(paused, run)
+        torch.save(edited, run / "checkpoint.pt")
+        result = kdsweep(*train_args(tiny_study, run, "training.max_epochs=2"), cwd=tmp_path, check=False)
+        if words is None:
+            assert result.returncode == 0 and "resuming" in result.stdout, (name, result.stderr[-2000:])
+            got = json.loads((run / "metrics.json").read_text())
+            assert {k: got[k] for k in ("val_loss", "test_acc", "epochs")} == {
+                k: expected[k] for k in ("val_loss", "test_acc", "epochs")}, name
+            continue
+        one_sentence(result, str(run / "checkpoint.pt"), "does not fit this run", words,
+                     "delete it to start the run over")
+        assert not (run / "metrics.json").exists(), name
+        refused = run
+        assert torch.equal(torch.load(run / "checkpoint.pt", weights_only=True)["data"], edited["data"]), name
+    started = kdsweep(*train_args(tiny_study, refused, "training.max_epochs=2", "--rerun-stale"), cwd=tmp_path)
+    assert "is damaged: starting the run over" in started.stdout and "resuming" not in started.stdout
+    assert json.loads((refused / "metrics.json").read_text())["resumed"] == 0
+
+
+def test_a_truncated_checkpoint_is_one_sentence_wherever_it_is_cut(tiny_study, tmp_path):
+    """A zip cut at its start, in its middle or just before its central directory's end: one sentence each."""
+    from kdsweep.train import train_points
+
+    config = load_config([c for c in tiny_study.config if c != "--config"], ["training.max_epochs=2"])
+    paused = tmp_path / "paused"
+    train_points(config, [Run("baseline", STUDENT, 1)], tiny_study.stats, [paused], until_epoch=1, log=lambda _: None)
+    whole = (paused / "checkpoint.pt").read_bytes()
+    for cut in (0, 10, len(whole) // 2, len(whole) - 30, len(whole) - 1):
+        (paused / "checkpoint.pt").write_bytes(whole[:cut])
+        with pytest.raises(KdsweepError, match="delete it to start the run over$") as refused:
+            checkpoint.load(paused / "checkpoint.pt", {"x"})
+        assert "\n" not in str(refused.value), cut

@@ -121,6 +121,92 @@ def load(path: Path, accepted_hashes) -> dict:
     return checkpoint
 
 
+def _shape(tensor) -> str:
+    return "x".join(map(str, tensor.shape)) or "a scalar"
+
+
+def _misfit(part: str, saved: dict, own: dict) -> str | None:
+    """How a saved state dict differs from this run's (keys, shapes, dtypes); None where it fits."""
+    if missing := [key for key in own if key not in saved]:
+        return f"its {part} lacks {missing[0]}"
+    if extra := [key for key in saved if key not in own]:
+        return f"its {part} has {extra[0]}, which this run's {part} has not"
+    for key, value in own.items():
+        theirs = saved[key]
+        if not torch.is_tensor(theirs):
+            return f"its {part}'s {key} is no tensor"
+        if theirs.shape != value.shape:
+            return f"its {part}'s {key} is of shape {_shape(theirs)}, this run's {part}'s {_shape(value)}"
+        if theirs.dtype != value.dtype:
+            return (f"its {part}'s {key} is {str(theirs.dtype).removeprefix('torch.')}, this run's {part}'s "
+                    f"{str(value.dtype).removeprefix('torch.')}")
+    return None
+
+
+def _optimizer_misfit(saved: dict, optimizer) -> str | None:
+    own = optimizer.state_dict()
+    groups = saved.get("param_groups")
+    if not isinstance(groups, list) or not isinstance(saved.get("state"), dict) or [
+            len(group.get("params", ())) if isinstance(group, dict) else None for group in groups] != [
+            len(group["params"]) for group in own["param_groups"]]:
+        return "its optimizer's parameter groups are not this run's"
+    params = [param for group in optimizer.param_groups for param in group["params"]]
+    for index, state in saved["state"].items():
+        if not isinstance(index, int) or not 0 <= index < len(params) or not isinstance(state, dict):
+            return f"its optimizer holds state of a parameter {index!r} this run has not"
+        for key, value in state.items():
+            if not torch.is_tensor(value) or (value.dim() > 0 and value.shape != params[index].shape):
+                return f"its optimizer's state of parameter {index} ({key}) does not fit that parameter"
+    return None
+
+
+def _rng_misfit(rng: dict, data) -> str | None:
+    cpu = torch.get_rng_state()
+    if rng["cpu"].dtype != cpu.dtype or rng["cpu"].shape != cpu.shape:
+        return f"its rng's cpu state is {_shape(rng['cpu'])} {rng['cpu'].dtype}, not torch's {_shape(cpu)} {cpu.dtype}"
+    if rng.get("cuda") is not None and (not torch.is_tensor(rng["cuda"]) or rng["cuda"].dtype != torch.uint8):
+        return "its rng's cuda state is no byte tensor"
+    generator = torch.Generator().get_state()
+    if data.dtype != generator.dtype or data.shape != generator.shape:
+        return f"its data generator's state is {_shape(data)} {data.dtype}, not {_shape(generator)} {generator.dtype}"
+    return None
+
+
+_COUNTS = ("epoch", "best_epoch", "bad_epochs", "resumed")
+
+
+def _state_misfit(state: dict) -> str | None:
+    for key in _COUNTS:
+        value = state.get(key, 0)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            return f"its state's {key} is {value!r}, not a count"
+    for key in ("best_val_loss", "train_seconds"):
+        value = state.get(key, 0.0)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value) or value < 0:
+            return f"its state's {key} is {value!r}, not a number of at least 0"
+    if not isinstance(state.get("stopped", False), bool) or not isinstance(state.get("history", []), list):
+        return "its state's stopped or history is of another kind"
+    if state.get("best_epoch", 0) > state.get("epoch", 0) or len(state.get("history", [])) != state.get("epoch", 0):
+        return "its state's epochs, best epoch and history rows do not agree"
+    return None
+
+
+def check_fits(path: Path, checkpoint: dict, module, optimizer, method_state=None):
+    """Refuses, before anything is loaded, a checkpoint (as `load` read it) that does not fit this run: weights of
+    other keys, shapes or dtypes than the model's (another architecture, another torch's defaults, a hand edit:
+    load_state_dict would convert another float dtype silently), an optimiser, RNG or data-generator state of
+    another form, numbers of the wrong kind in its RunState. Keys kdsweep does not read are ignored."""
+    misfit = (_misfit("model", weights(checkpoint["model"]), module.state_dict())
+              or (None if method_state is None else
+                  "it holds no state of the run's KD method" if not isinstance(checkpoint.get("method_state"), dict)
+                  else _misfit("method state", checkpoint["method_state"], method_state.state_dict()))
+              or _optimizer_misfit(checkpoint["optimizer"], optimizer)
+              or _rng_misfit(checkpoint["rng"], checkpoint["data"])
+              or _state_misfit(checkpoint["state"]))
+    if misfit:
+        raise KdsweepError(f"checkpoint {path} does not fit this run: {misfit}; delete it to start the run over")
+
+
 def _read_best(path: Path, device="cpu") -> dict:
     state_dict = io.load_weights(path, "best weights", START_OVER, map_location=device)
     if not isinstance(state_dict, dict) or not all(torch.is_tensor(v) for v in state_dict.values()):

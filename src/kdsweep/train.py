@@ -331,6 +331,7 @@ class _JobPoint(Point):
     def _checkpoint(self, rerun_stale):
         try:
             found = checkpoint.load(self.out_dir / CHECKPOINT, self.accepted)
+            checkpoint.check_fits(self.out_dir / CHECKPOINT, found, self.module, self.optimizer, self.method_state)
             checkpoint.check_best(self.out_dir / BEST, found)
             return found
         except KdsweepError:
