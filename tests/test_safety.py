@@ -580,6 +580,28 @@ def test_a_hand_edited_checkpoint_is_refused_in_one_sentence_or_resumes_exactly(
     assert json.loads((refused / "metrics.json").read_text())["resumed"] == 0
 
 
+def test_best_weights_that_do_not_fit_the_model_are_refused_when_the_run_resumes(tiny_study, tmp_path):
+    """best.pt, which the run loads when it stops: of another architecture, unchecked, the resumed run trained to
+    its end and then stopped in a load_state_dict traceback; in float16 it was loaded rounded. Both are refused
+    at the resume, in one sentence, before any epoch."""
+    from kdsweep.train import train_points
+
+    config = load_config([c for c in tiny_study.config if c != "--config"], ["training.max_epochs=2"])
+    paused = tmp_path / "paused"
+    train_points(config, [Run("baseline", STUDENT, 1)], tiny_study.stats, [paused], until_epoch=1, log=lambda _: None)
+    best = torch.load(paused / "best.pt", weights_only=True)
+    for name, edited, words in (
+            ("another architecture", {f"net.{k}": v for k, v in torchvision_resnet18().state_dict().items()},
+             "its model lacks"),
+            ("float16", {k: v.half() if v.is_floating_point() else v for k, v in best.items()}, "is float16")):
+        run = tmp_path / name.replace(" ", "_")
+        shutil.copytree(paused, run)
+        torch.save(edited, run / "best.pt")
+        one_sentence(kdsweep(*train_args(tiny_study, run, "training.max_epochs=2"), cwd=tmp_path, check=False),
+                     str(run / "best.pt"), "does not fit this run", words, "delete it and the run's checkpoint.pt")
+        assert not (run / "metrics.json").exists()
+
+
 def test_a_truncated_checkpoint_is_one_sentence_wherever_it_is_cut(tiny_study, tmp_path):
     """A zip cut at its start, in its middle or just before its central directory's end: one sentence each."""
     from kdsweep.train import train_points

@@ -214,14 +214,17 @@ def _read_best(path: Path, device="cpu") -> dict:
     return weights(state_dict)
 
 
-def check_best(path: Path, checkpoint: dict):
-    """The best weights a checkpoint relies on (best.pt, once an epoch was best) are there and readable:
-    checked as the checkpoint itself is, before a run resumes on them."""
+def check_best(path: Path, checkpoint: dict, module=None):
+    """The best weights a checkpoint relies on (best.pt, once an epoch was best) are there, readable and, with
+    `module`, of its keys, shapes and dtypes: checked as the checkpoint itself is, before a run resumes on them
+    (not at the run's end, after its epochs)."""
     if RunState.from_dict(checkpoint["state"]).best_epoch > 0:
         if not Path(path).exists():
             raise KdsweepError(f"{path} is missing, though the run's checkpoint relies on it; delete the run's "
                                "checkpoint.pt to start the run over")
-        _read_best(Path(path))
+        best = _read_best(Path(path))
+        if module is not None and (misfit := _misfit("model", best, module.state_dict())):
+            raise KdsweepError(f"{path} does not fit this run: {misfit}; {START_OVER}")
 
 
 def best_weights(folder: Path, device) -> dict:

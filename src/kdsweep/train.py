@@ -332,7 +332,7 @@ class _JobPoint(Point):
         try:
             found = checkpoint.load(self.out_dir / CHECKPOINT, self.accepted)
             checkpoint.check_fits(self.out_dir / CHECKPOINT, found, self.module, self.optimizer, self.method_state)
-            checkpoint.check_best(self.out_dir / BEST, found)
+            checkpoint.check_best(self.out_dir / BEST, found, self.module)
             return found
         except KdsweepError:
             if not rerun_stale:
