@@ -9,6 +9,15 @@ from __future__ import annotations
 
 from .plan import Pack, Plan, Run, fmt
 
+# What a run folder (Run.folder) holds, named once: the jobs that write them and the torch-free readers (the
+# status view, the tables) take these.
+METRICS = "metrics.json"  # written last: a run is finished when it exists
+MODEL = "model.pt"
+HISTORY = "history.csv"
+CHECKPOINT = "checkpoint.pt"  # after every epoch, for resuming
+BEST = "best.pt"  # best-validation weights so far
+PROGRESS = "checkpoint.json"  # checkpoint.pt's RunState as JSON, without the history
+
 # Where the jobs write, relative to results/<study>/, with the rules' wildcards in braces.
 ATTACK_FILE = "{attack}_eps{eps}.json"
 FILES = {
