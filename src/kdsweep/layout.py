@@ -2,7 +2,8 @@
 patterns, each run's folder, its job's record and its evaluations, the checkpoints' records, the tables
 and the figures. One home for every name: the rules take `Layout.pattern(kind)`, everything else
 `Layout.file(kind, ...)` and the methods below, so that each name is written once. Runs' own folders are
-`Run.folder` (kdsweep.plan). Nothing here imports torch: every snakemake process loads it.
+`Run.folder` (kdsweep.plan); what one holds is named here (METRICS, ...). Nothing here imports torch: every
+snakemake process loads it.
 """
 
 from __future__ import annotations
