@@ -22,9 +22,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 import test_attacks as experiment  # noqa: E402  (the test's model, budgets, reference and logit scaling)
-from kdsweep.attacks import worst_case  # noqa: E402
 from kdsweep.attacks.evaluate import attack_examples  # noqa: E402
-from kdsweep.attacks.examples import subset_indices  # noqa: E402
+from kdsweep.attacks.examples import subset_indices, worst_case  # noqa: E402
 
 
 def the_tests():

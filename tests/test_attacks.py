@@ -8,8 +8,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdsweep.attacks import ATTACKS, PARAMS, WORST, evaluate_attack, fgsm, pgd
+from kdsweep.attacks import ATTACKS, PARAMS, WORST
+from kdsweep.attacks.evaluate import evaluate_attack
 from kdsweep.attacks.examples import worst_case
+from kdsweep.attacks.fgsm_attack import fgsm
+from kdsweep.attacks.pgd_attack import pgd
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -525,7 +528,7 @@ def test_square_schedule_is_the_papers():
 
 
 def test_square_stays_in_the_ball_and_fools_where_it_says(digits):
-    from kdsweep.attacks import square
+    from kdsweep.attacks.square_attack import square
     from kdsweep.attacks.evaluate import attack_examples
 
     model, images, labels = digits
@@ -571,7 +574,7 @@ def test_no_attack_breaks_a_robust_image_and_the_worst_case_reaches_the_exact_an
     (it cannot do better than the truth), and the worst case over the headline's attacks finds every other
     (APGD-T on its own does: the targeted loss follows each wrong class's vertex). The exact minima are at
     least 5e-4 from 0 at these epsilons, some 800 times float32's rounding of these logits (about 6e-7)."""
-    from kdsweep.attacks import worst_case
+    from kdsweep.attacks.examples import worst_case
     from kdsweep.attacks.evaluate import attack_examples
 
     model, images, labels = digits
@@ -654,7 +657,7 @@ def test_the_headline_does_not_move_when_the_logits_are_rescaled(conv_digits):
     worst case over APGD-CE, APGD-DLR, APGD-T and Square, stays within 0.5 points (measured: one image, 0.34
     points, at eps 0.1, which APGD-CE alone breaks at x 1; equal at 0.15), and at or below a 20-step margin-loss
     PGD written here, itself the same at every scale."""
-    from kdsweep.attacks import worst_case
+    from kdsweep.attacks.examples import worst_case
     from kdsweep.attacks.evaluate import attack_examples
 
     model, images, labels = conv_digits

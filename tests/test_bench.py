@@ -10,8 +10,7 @@ from pathlib import Path
 import pytest
 from conftest import built_once
 
-from kdsweep import bench
-from kdsweep.bench import floor
+from kdsweep.bench import command, floor
 from kdsweep.errors import KdsweepError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,8 +33,8 @@ def parse(argv):
     parser = argparse.ArgumentParser(prog="kdsweep")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("bench")
-    bench.add_arguments(p)
-    p.set_defaults(func=bench.run)
+    command.add_arguments(p)
+    p.set_defaults(func=command.run)
     return parser.parse_args(["bench", *argv])
 
 
@@ -144,7 +143,7 @@ def test_flop_count_of_grouped_convolutions_is_not_inflated():
 ])
 def test_bad_arguments_name_the_fix(argv, message):
     with pytest.raises(KdsweepError, match=message):
-        bench.run(parse([*TINY, *argv]))
+        command.run(parse([*TINY, *argv]))
 
 
 def test_the_command_line_reaches_the_bench_and_refuses_cuda_without_a_gpu():

@@ -14,8 +14,8 @@ import pytest
 
 from kdsweep.config import load_config
 from kdsweep.errors import KdsweepError
-from kdsweep.halving import decide, kept_count
-from kdsweep.plan import Plan
+from kdsweep.halving import decide
+from kdsweep.plan import Plan, kept_count
 from kdsweep.records import JobPoint, JobRecord, RungDecision
 
 from conftest import ROOT, built_once, copy_of, job_counts, kd_run, snakemake

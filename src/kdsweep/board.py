@@ -78,7 +78,7 @@ def _read_csv(path):
 def _method_hparams(results_dir, run) -> dict:
     """A distilled run's method and hyperparameters, from its metrics.json (kd's as T and w)."""
     from .records import Metrics, point_of
-    from .runs import METRICS
+    from .layout import METRICS
 
     metrics = Metrics.peek(results_dir / run / METRICS)
     point = point_of(metrics) if metrics is not None else None

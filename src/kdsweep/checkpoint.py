@@ -29,7 +29,7 @@ from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 
 from . import io
 from .errors import KdsweepError
-from .runs import BEST, CHECKPOINT, PROGRESS
+from .layout import BEST, CHECKPOINT, PROGRESS
 
 
 

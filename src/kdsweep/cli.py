@@ -85,7 +85,7 @@ def _dataset(config) -> list:
 
 
 def _holds_run(folder) -> bool:
-    from .runs import METRICS
+    from .layout import METRICS
 
     try:
         return folder is not None and (Path(folder) / METRICS).is_file()

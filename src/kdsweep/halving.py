@@ -25,12 +25,11 @@ for a paused point, and it never reads a finished one's. Nothing here imports to
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 from .errors import KdsweepError
 from .methods import METHODS
-from .plan import fmt
+from .plan import fmt, kept_count
 from .records import JobPoint, JobRecord, RungCandidate, RungDecision, point_of
 
 TIE_BREAK = ("fewer epochs to the best validation loss (mean over the seeds), then the lower hyperparameter values "
@@ -38,11 +37,6 @@ TIE_BREAK = ("fewer epochs to the best validation loss (mean over the seeds), th
 CHOSEN_ON = ("mean validation accuracy over the sweep's seeds at the rung's epoch (each run's best validation-loss "
              "epoch up to it), within each KD method, among the points that use the teacher; ties to "
              f"{TIE_BREAK}; never test accuracy")
-
-
-def kept_count(n: int, keep: float, min_kept: int) -> int:
-    """How many of a method's n points go on: ceil(keep * n), at least min_kept, at most n."""
-    return min(n, max(min_kept, math.ceil(keep * n - 1e-9)))
 
 
 def at_rung(point: JobPoint, rung: int, path) -> tuple[float, int, int | None, bool]:

@@ -45,8 +45,8 @@ from pathlib import Path
 from . import io
 from .config import config_hash
 from .errors import KdsweepError
+from .layout import CHECKPOINT, METRICS, PROGRESS
 from .records import AttackResult, Evaluation, Masking, Metrics
-from .runs import METRICS
 
 # The dataset settings that make a run's data what it is, besides the digest of the data itself.
 DATASET_KEYS = ("name", "subset", "val_fraction", "split_seed")
@@ -143,8 +143,6 @@ def held(folder) -> tuple[str, dict | None, str | None] | None:
     None, hash) from checkpoint.json (a stopped run), or None for nothing. A record that cannot be read
     gives hash "damaged"; a checkpoint.pt without its checkpoint.json (killed between the two writes)
     hash None: only the checkpoint itself can tell (kdsweep.checkpoint.load)."""
-    from .runs import CHECKPOINT, METRICS, PROGRESS
-
     folder = Path(folder)
     if (folder / METRICS).exists():
         metrics = Metrics.peek(folder / METRICS)
@@ -190,8 +188,6 @@ def _move_contents(source: Path, destination: Path):
 def put_aside(run_dir, run_hash: str) -> Path:
     """Move what a run folder holds (all but its lock) to the aside folder of its hash; return that folder.
     A version of that hash already kept there is replaced only by a finished one."""
-    from .runs import METRICS
-
     run_dir = Path(run_dir)
     destination = aside_root(run_dir) / f"{run_dir.name}@{run_hash}"
     try:
@@ -248,8 +244,6 @@ def bring_back(run_dir, identity: dict) -> Path | None:
 
 
 def _epochs(folder: Path) -> float:
-    from .runs import PROGRESS
-
     try:
         return float(io.read_json(folder / PROGRESS).get("epoch", 0))
     except (KdsweepError, TypeError, ValueError):

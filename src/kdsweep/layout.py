@@ -2,12 +2,22 @@
 patterns, each run's folder, its job's record and its evaluations, the checkpoints' records, the tables
 and the figures. One home for every name: the rules take `Layout.pattern(kind)`, everything else
 `Layout.file(kind, ...)` and the methods below, so that each name is written once. Runs' own folders are
-`Run.folder` (kdsweep.plan). Nothing here imports torch: every snakemake process loads it.
+`Run.folder` (kdsweep.plan); what one holds is named here (METRICS, ...). Nothing here imports torch: every
+snakemake process loads it.
 """
 
 from __future__ import annotations
 
 from .plan import Pack, Plan, Run, fmt
+
+# What a run folder (Run.folder) holds, named once: the jobs that write them and the torch-free readers (the
+# status view, the tables) take these.
+METRICS = "metrics.json"  # written last: a run is finished when it exists
+MODEL = "model.pt"
+HISTORY = "history.csv"
+CHECKPOINT = "checkpoint.pt"  # after every epoch, for resuming
+BEST = "best.pt"  # best-validation weights so far
+PROGRESS = "checkpoint.json"  # checkpoint.pt's RunState as JSON, without the history
 
 # Where the jobs write, relative to results/<study>/, with the rules' wildcards in braces.
 ATTACK_FILE = "{attack}_eps{eps}.json"

@@ -19,7 +19,7 @@ import os
 from pathlib import Path
 
 from .errors import KdsweepError
-from .runs import BEST, CHECKPOINT, HISTORY, METRICS, MODEL, PROGRESS
+from .layout import BEST, CHECKPOINT, HISTORY, METRICS, MODEL, PROGRESS
 
 # What a training job writes into its run folder (with kdsweep.lock's .lock), besides tensorboard/.
 RUN_FILES = (METRICS, MODEL, HISTORY, CHECKPOINT, BEST, PROGRESS, ".lock")

@@ -64,6 +64,12 @@ def fmt(value) -> str:
     return f"{float(value):g}"
 
 
+# Successive halving's arithmetic, which the plan checks a config with (a rung that keeps every point decides
+# nothing) and kdsweep.halving decides each rung with.
+def kept_count(n: int, keep: float, min_kept: int) -> int:
+    """How many of a method's n points go on: ceil(keep * n), at least min_kept, at most n."""
+    return min(n, max(min_kept, math.ceil(keep * n - 1e-9)))
+
 
 @dataclass(frozen=True)
 class Run:
@@ -432,8 +438,6 @@ class Plan:
             if not ranked[method]:
                 raise KdsweepError(f"sweep: halving ranks each method's points that use the teacher, but {method}'s "
                                    "grid has none (kd: a soft weight above 0); add one, or leave the method out")
-        from .halving import kept_count
-
         if all(kept_count(n, keep, min_kept) == n for n in ranked.values()):
             # refused rather than warned about: every rung would keep every point, so the study would be the grid
             # with pauses, and its tables would name a search that chose nothing

@@ -11,15 +11,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from .errors import KdsweepError
+from .identity import DATASET_KEYS, DIGEST, file_digest
+from .layout import METRICS, MODEL
 from .records import Metrics
-
-# What a run folder holds, named once: torch-free readers (the status view) use these too.
-METRICS = "metrics.json"  # written last: a run is finished when it exists
-MODEL = "model.pt"
-HISTORY = "history.csv"
-CHECKPOINT = "checkpoint.pt"  # after every epoch, for resuming
-BEST = "best.pt"  # best-validation weights so far
-PROGRESS = "checkpoint.json"  # checkpoint.pt's RunState as JSON, without the history
 
 
 def finished(run_dir, what: str = "run") -> Metrics:
@@ -38,8 +32,6 @@ def check_compatible(run: Metrics, run_dir, dataset_cfg: dict, num_classes: int 
                      data_digest: str | None = None):
     """KdsweepError unless the run was trained on the config's data (identity.DATASET_KEYS, and the data
     digest where both are known) with num_classes outputs."""
-    from .identity import DATASET_KEYS, DIGEST
-
     trained = (run.config or {}).get("dataset") or {}
     for key in DATASET_KEYS:
         if key in trained and trained[key] != dataset_cfg[key]:
@@ -61,8 +53,7 @@ def load(run_dir, dataset_cfg: dict, device, num_classes: int | None = None, wha
          data_digest: str | None = None):
     """(metrics, model on device) of a finished run of the config's data, its model.pt checked against
     its metrics.json; KdsweepError otherwise."""
-    from .identity import file_digest
-    from .models import load_model
+    from .models import load_model  # torch, imported by the jobs that load a model only
 
     run_dir = Path(run_dir)
     record = finished(run_dir, what)

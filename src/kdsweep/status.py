@@ -31,11 +31,10 @@ from .errors import KdsweepError
 from .identity import ASIDE, is_this_run, study_aside
 from .joblog import last_attempt
 from .lock import LOCK, read_holder
-from .layout import Layout, not_in_study_sentence
+from .layout import CHECKPOINT, METRICS, PROGRESS, Layout, not_in_study_sentence
 from .plan import ROLES, Plan, Run, recorded_packs
 from .attacks import cost
 from .records import BestPoint, Masking, Metrics, StagedChoice, point_of
-from .runs import CHECKPOINT, METRICS, PROGRESS
 
 STATES = ("finished", "training", "stopped", "failed", "not started")
 PRUNED = "pruned"  # successive halving: a point a rung dropped (its run keeps the rung's checkpoint)

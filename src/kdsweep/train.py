@@ -38,7 +38,7 @@ from .methods import METHODS, Progress, total as total_loss
 from .models import build_model, save_model
 from .plan import Run
 from .records import Metrics
-from .runs import BEST, CHECKPOINT, HISTORY, METRICS, MODEL
+from .layout import BEST, CHECKPOINT, HISTORY, METRICS, MODEL
 from .runtime import Preempted, Runtime, SignalStop, environment, nondeterministic_op
 
 __all__ = ["HISTORY_FIELDS", "Point", "train_epoch", "train_points"]

@@ -25,12 +25,12 @@ and the study's headline is the worst case per image over the attacks of `robust
 every epsilon, the transfer attacks and the gradient-masking checks (kdsweep.attacks.diagnostics).
 
 This module is torch-free (the workflow's Snakemake processes read the registry and kdsweep.attacks.suite);
-the attacks themselves import torch when first used.
+the attacks are imported from their own modules (kdsweep.attacks.evaluate.evaluate_attack, ...), which import
+torch.
 """
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
 
 
@@ -67,19 +67,6 @@ ATTACKS = {attack.name: attack for attack in (
 PARAMS = {name: attack.params for name, attack in ATTACKS.items()}
 # The worst case per test image over the headline's attacks: its name in result files and tables.
 WORST = "worst"
-
-# What `from kdsweep.attacks import X` finds in a module of this package, imported (with torch) on first use.
-_LAZY = {
-    "fgsm": "fgsm_attack", "pgd": "pgd_attack", "apgd": "apgd_attack", "square": "square_attack",
-    "LOSSES": "base", "evaluate_attack": "evaluate", "attack_examples": "evaluate", "worst_case": "examples",
-    "attack_job": "job", "robustness_job": "job",
-}
-
-
-def __getattr__(name):
-    if name in _LAZY:
-        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def label(name: str) -> str:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from .. import data, sources, train
-from ..attacks import evaluate_attack
+from ..attacks.evaluate import evaluate_attack
 from ..augment import Augment
 from ..models import build_model, build_network
 from ..plan import Run

@@ -49,8 +49,9 @@ from kdsweep.tables.choices import collect_choices
 from kdsweep.tables.files import StudyFiles, choice_name
 from kdsweep.tables.headline import headline
 from kdsweep.tables.search import pruned_keys, drop_pruned, study_search
-from kdsweep.tables.collect import (RUN_COLUMNS, collect_attacks, collect_runs, join_robustness, planned_teacher_free,
-                                    results_folder, warn_unmatched, without_baseline_copies)
+from kdsweep.tables.collect import (RUN_COLUMNS, collect_attacks, collect_runs, planned_teacher_free, results_folder,
+                                    warn_unmatched, without_baseline_copies)
+from kdsweep.tables.robustness import join_robustness
 
 
 @dataclass(frozen=True)

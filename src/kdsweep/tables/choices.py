@@ -10,7 +10,7 @@ from pathlib import Path
 from kdsweep.errors import KdsweepError
 from kdsweep.methods import METHODS
 from kdsweep.records import BestPoint, Metrics, StagedChoice, point_of
-from kdsweep.runs import METRICS
+from kdsweep.layout import METRICS
 from kdsweep.tables.collect import metrics_frame, results_folder
 from kdsweep.tables.files import StudyFiles, choice_name
 from kdsweep.tables.summary import method_candidates, pick_best

@@ -23,11 +23,10 @@ from scipy.stats import binomtest
 from kdsweep.errors import KdsweepError
 from kdsweep.identity import result_matches
 from kdsweep.attacks import ATTACKS, WORST
-from kdsweep.layout import attack_file
+from kdsweep.layout import METRICS, attack_file
 from kdsweep.methods import METHODS
 from kdsweep.plan import ROLES, Run
 from kdsweep.records import CLASS_MEASURES, EVALUATION_MEASURES, AttackResult, Evaluation, Metrics, point_of
-from kdsweep.runs import METRICS
 from kdsweep.tables.files import StudyFiles
 
 KEYS = ["dataset", "model", "role", "temperature", "soft_weight", "seed"]
@@ -222,25 +221,6 @@ def images_of(record: AttackResult) -> dict:
     return {"n_test": record.n_test if record.n_test is not None else n,
             "subset_size": (record.subset or {}).get("size"), "adv_acc_low": low, "adv_acc_high": high,
             "worst_class_adv_acc": min(present) if present else np.nan}
-
-
-def join_robustness(runs, attacks, masking=None):
-    """Attack results with the attacked run's dataset and logit scale joined, and for a distilled run the
-    same-seed hard-target run's accuracy under the same attack and epsilon and the seed's gain; with `masking`
-    (kdsweep.tables.robustness.collect_masking), its transfer attacks as rows (attack transfer_<source>) and
-    every row's failed masking checks."""
-    from kdsweep.tables.robustness import with_masking
-
-    frame = attacks.merge(runs[["run", "dataset", *LOGIT_SCALE]], on="run", how="left")
-    # kd pairs with baseline, a distilled confirm run with the confirm baseline of its seed
-    frame["_pairs"] = np.where(frame["role"] == "confirm", "confirm", "sweep")
-    hard = frame["role"].eq("baseline") | (frame["role"].eq("confirm") & frame["temperature"].isna())
-    key = ["_pairs", "dataset", "model", "seed", "attack", "epsilon"]
-    baselines = frame.loc[hard, [*key, "adv_acc"]].rename(columns={"adv_acc": "hard_adv_acc"})
-    frame = frame.merge(baselines.drop_duplicates(key), on=key, how="left")
-    frame.loc[frame["temperature"].isna(), "hard_adv_acc"] = np.nan  # teacher and baselines: no comparison
-    frame["adv_gain"] = frame["adv_acc"] - frame["hard_adv_acc"]
-    return with_masking(frame.reindex(columns=ROBUSTNESS_COLUMNS), masking)
 
 
 def attack_rank(name) -> tuple:

@@ -12,7 +12,7 @@ import yaml
 
 from kdsweep.plan import fmt
 from kdsweep.records import Metrics
-from kdsweep.runs import METRICS
+from kdsweep.layout import METRICS
 from kdsweep.stats import expected_range
 from kdsweep.attacks import WORST
 from kdsweep.tables.collect import LOGIT_SCALE, TRANSFER, attack_names, in_role_order, long_scores

@@ -26,8 +26,8 @@ from kdsweep.identity import result_matches
 from kdsweep.plan import fmt
 from kdsweep.records import AttackResult, Evaluation, Masking
 from kdsweep.stats import paired_gain
-from kdsweep.tables.collect import (KEYS, ROBUSTNESS_COLUMNS, TRANSFER, attack_rank, binomial_interval,
-                                    finished_runs, in_role_order, numeric_frame)
+from kdsweep.tables.collect import (KEYS, LOGIT_SCALE, ROBUSTNESS_COLUMNS, TRANSFER, attack_rank,
+                                    binomial_interval, finished_runs, in_role_order, numeric_frame)
 from kdsweep.tables.files import StudyFiles
 from kdsweep.tables.markdown import number, render
 
@@ -93,6 +93,23 @@ def with_masking(frame: pd.DataFrame, masking: dict | None) -> pd.DataFrame:
     frame = frame.assign(_attack=frame["attack"].map(attack_rank))
     return in_role_order(frame, ["role", "model", "temperature", "soft_weight", "seed", "_attack", "epsilon"]
                          ).drop(columns="_attack")[ROBUSTNESS_COLUMNS]
+
+
+def join_robustness(runs, attacks, masking=None):
+    """Attack results with the attacked run's dataset and logit scale joined, and for a distilled run the
+    same-seed hard-target run's accuracy under the same attack and epsilon and the seed's gain; with `masking`
+    (collect_masking), its transfer attacks as rows (attack transfer_<source>) and every row's failed masking
+    checks: robustness.csv."""
+    frame = attacks.merge(runs[["run", "dataset", *LOGIT_SCALE]], on="run", how="left")
+    # kd pairs with baseline, a distilled confirm run with the confirm baseline of its seed
+    frame["_pairs"] = np.where(frame["role"] == "confirm", "confirm", "sweep")
+    hard = frame["role"].eq("baseline") | (frame["role"].eq("confirm") & frame["temperature"].isna())
+    key = ["_pairs", "dataset", "model", "seed", "attack", "epsilon"]
+    baselines = frame.loc[hard, [*key, "adv_acc"]].rename(columns={"adv_acc": "hard_adv_acc"})
+    frame = frame.merge(baselines.drop_duplicates(key), on=key, how="left")
+    frame.loc[frame["temperature"].isna(), "hard_adv_acc"] = np.nan  # teacher and baselines: no comparison
+    frame["adv_gain"] = frame["adv_acc"] - frame["hard_adv_acc"]
+    return with_masking(frame.reindex(columns=ROBUSTNESS_COLUMNS), masking)
 
 
 def mark(table: pd.DataFrame, robustness: pd.DataFrame, runs) -> pd.DataFrame:
