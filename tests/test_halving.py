@@ -1,4 +1,4 @@
-"""Successive halving (config `sweep: halving`, kdsweep.halving): the rung decision, the plan's stages, the
+"""Successive halving (config `sweep: halving`, kdsweep.search.halving): the rung decision, the plan's stages, the
 exactness of a point trained in stages, and a halving study through the real Snakemake, then switched to
 the grid.
 """
@@ -14,8 +14,8 @@ import pytest
 
 from kdsweep.config import load_config
 from kdsweep.errors import KdsweepError
-from kdsweep.halving import decide
-from kdsweep.plan import Plan, kept_count
+from kdsweep.plan import Plan
+from kdsweep.search.halving import decide, kept_count
 from kdsweep.records import JobPoint, JobRecord, RungDecision
 
 from conftest import ROOT, built_once, copy_of, job_counts, kd_run, snakemake
@@ -313,8 +313,8 @@ def test_a_halving_that_cannot_decide_is_refused_before_any_job(overrides, messa
     and min_kept that keep every point at every rung (4 points: min_kept 4, or keep 0.8 -> ceil(3.2) = 4)."""
     with pytest.raises(KdsweepError, match=message):
         _plan(*overrides)
-    assert _plan("halving.min_kept=3").halving  # 3 of 4: the first rung drops one
-    assert _plan("halving.keep=0.75").halving  # ceil(0.75 x 4) = 3 of 4
+    assert _plan("halving.min_kept=3").search.prunes  # 3 of 4: the first rung drops one
+    assert _plan("halving.keep=0.75").search.prunes  # ceil(0.75 x 4) = 3 of 4
 
 
 def test_the_workflow_refuses_halving_without_a_kd_method_in_one_sentence(tmp_path):
@@ -509,7 +509,7 @@ def test_a_halving_study_then_the_grid_on_the_same_folder(halving_finished, tmp_
     accuracy, and name the search; status shows the rungs. Then the study switched to the grid continues the
     dropped points from their rungs' checkpoints, and every run equals the uninterrupted one."""
     from kdsweep import train
-    from kdsweep.halving import read_decision
+    from kdsweep.search.halving import read_decision
 
     tmp_path = copy_of(halving_finished, tmp_path / "work")
     results = tmp_path / "results" / "halving-tiny"

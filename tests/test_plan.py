@@ -311,9 +311,9 @@ def test_the_staged_sweep():
     assert all(plan.pack_of(run) for run in stage_two)
     assert plan.pack_of(kd_run("kd", "resnet18", 0, 4, 0.9)) in [plan.pack_of(r) for r in plan.temperature_sweep("resnet18")]
     assert len({plan.pack_of(run).name for run in plan.temperature_sweep("resnet18")}) == 2  # 8 points / 4
-    assert plan.chosen_temperature({"temperature": 4.0}, "x.json") == 4
+    assert plan.search.temperature(plan, {"temperature": 4.0}, "x.json") == 4
     with pytest.raises(KdsweepError, match="not in the config's temperatures"):
-        plan.chosen_temperature({"temperature": 3.0}, "x.json")
+        plan.search.temperature(plan, {"temperature": 3.0}, "x.json")
 
 
 def test_several_seeds_multiply_the_student_runs_not_the_teacher():

@@ -198,7 +198,7 @@ def test_planned_runs_and_log_names_are_the_workflows(tmp_path):
     logs = {line.split("log:", 1)[1].strip() for line in result.stdout.splitlines()
             if line.strip().startswith("log:") and ("/logs/runs/" in line or "/logs/packs/" in line)}
     plan, _ = load_plan([TINY], ["seeds=[0,1]", "runtime={pack_size: 2}"])
-    runs, waiting = plan.planned({}, {})
+    runs, waiting = plan.planned(None, {})
     assert {Layout(plan).training_log(run) for run in runs} == logs and not waiting
     assert len(runs) == 1 + 2 + 2 * 2
 

@@ -1,10 +1,11 @@
-"""What the workflow's checkpoints chose, read back: the staged sweep's temperature (records.StagedChoice),
-each successive-halving rung's kept points (records.RungDecision) and the confirmation's points
-(records.BestPoint). Each is read checked (`Record.read`: a damaged file is one sentence naming it and the
+"""What the workflow's checkpoints chose, read back: the confirmation's points (records.BestPoint), and the
+records of the search's decisions present (the staged sweep's temperature, records.StagedChoice; each
+successive-halving rung's kept points, records.RungDecision), which the search strategies read themselves
+(kdsweep.search). Each is read checked (`Record.read`: a damaged file is one sentence naming it and the
 fix; a string is no flag, NaN no accuracy) and held to the study's plan: the choice of this student (and
 rung), of points of its sweep, and for the confirmation of a halving study not a point a rung pruned.
 
-The workflow's input functions read the records here; `check` reads every one present before the workflow
+The workflow's input functions read the confirmation's records here; `check` reads every one present before the workflow
 plans a job, so that a damaged or hand-edited record stops Snakemake with one sentence instead of a
 traceback from an input function, while a record that a changed config makes stale is left to Snakemake,
 which makes it again. Nothing here imports torch.
@@ -19,16 +20,6 @@ from .layout import Layout
 from .methods import METHODS
 from .plan import Plan
 from .records import BestPoint, RungDecision, StagedChoice, point_of
-
-
-def temperature(plan: Plan, path) -> float:
-    """The config's number for the temperature a staged-sweep choice picked."""
-    return plan.chosen_temperature(StagedChoice.read(path), str(path))
-
-
-def kept(plan: Plan, student: str, stage: int, path) -> set[tuple]:
-    """The points (method, hparams) a student's rung (its index in halving.rungs) kept."""
-    return plan.rung_kept(student, stage, RungDecision.read(path), str(path))
 
 
 def point(plan: Plan, student: str, method: str, path, among=None) -> tuple:
@@ -54,12 +45,13 @@ def check(plan: Plan, layout: Layout, root=".") -> None:
     """Read every checkpoint record of the study present under root (KdsweepError for the first that is
     damaged), and check what they say of each other: a confirmation's point of a halving study is one its
     last rung kept, where it was chosen after that rung's decision. What they say of the config is checked
-    where Snakemake reads them, by the functions above: a record that a changed config makes stale is
-    Snakemake's to make again, not an error."""
+    where Snakemake reads them, by `point` and the search strategies (kdsweep.search): a record that a
+    changed config makes stale is Snakemake's to make again, not an error."""
     root = Path(root)
+    for path in layout.staged_choices():
+        if (root / path).exists():
+            StagedChoice.read(root / path)
     for student in plan.students:
-        if plan.staged and (root / layout.staged_choice(student)).exists():
-            StagedChoice.read(root / layout.staged_choice(student))
         last = None
         for stage in range(len(plan.rungs)):
             path = root / layout.rung_decision(student, stage)

@@ -330,12 +330,12 @@ def cmd_best_point(args):
           f"(mean val acc {choice.val_acc:.2f}% over {choice.n} seed(s), of {len(choice.candidates)} candidates)")
 
 
-# ---- rung-decision: successive halving's checkpoint (kdsweep.halving)
+# ---- rung-decision: successive halving's checkpoint (kdsweep.search.halving)
 
 
 def cmd_rung_decision(args):
     from .config import check_value
-    from .halving import decide
+    from .search.halving import decide
 
     # the config's bounds (halving.keep, min_kept, rungs; seeds), as the workflow's values have them
     check_value("halving.keep", args.keep, "--keep")

@@ -36,10 +36,13 @@ def _schema_text() -> str:
 
 def schema() -> dict:
     """config.schema.yaml, with the `methods` section's schema derived from the KD methods' modules
-    (kdsweep.methods: each declares its hyperparameters and their bounds)."""
+    (kdsweep.methods: each declares its hyperparameters and their bounds), and `sweep`'s values from the
+    search strategies' (kdsweep.search)."""
     from .methods import METHODS
+    from .search import STRATEGIES
 
     loaded = yaml.safe_load(_schema_text())
+    loaded["properties"]["sweep"]["enum"] = list(STRATEGIES)
     section = loaded["properties"]["methods"]
     section["additionalProperties"] = False
     # null leaves a method out; its keywords but `type` only apply to a mapping

@@ -9,6 +9,7 @@ snakemake process loads it.
 from __future__ import annotations
 
 from .plan import Pack, Plan, Run, fmt
+from .search import Undecided
 
 # What a run folder (Run.folder) holds, named once: the jobs that write them and the torch-free readers (the
 # status view, the tables) take these.
@@ -39,6 +40,12 @@ FILES = {
     "attack_log": "logs/attacks/{role}/{run}.log",
     "masking": "masking/{role}/{run}.json",
 }
+
+
+# The record each checkpoint of the workflow writes (its rule's output), by the checkpoint's name: what a search
+# strategy's `decided` reads (kdsweep.search.base).
+CHECKPOINT_FILES = {"best_temperature": "staged_choice", "rung_decision": "rung_decision",
+                    "best_point": "confirm_record"}
 
 
 def attack_file(attack: str, epsilon) -> str:
@@ -171,7 +178,7 @@ class Layout:
         config asks for there (stage 0: every point; later: those the current rung before kept). A record of
         other rungs or settings is not read (it lies on disk until the workflow decides that rung again).
         read(kind, path): the record in root/path, or None."""
-        from .halving import kept_points
+        from .search.halving import kept_points
         from .records import RungDecision, point_of
 
         halving, decided = self.plan.config["halving"], {}
@@ -192,18 +199,33 @@ class Layout:
                 judged = kept_points(record)
         return decided
 
-    def asked(self, read) -> list[Run]:
-        """The runs this config asks for, given its checkpoints' records on disk (read as in current_decisions):
-        Plan.planned's (halving: every point, the pruned ones as far as their rung)."""
-        from .records import BestPoint, StagedChoice
+    def decided(self, root):
+        """The search's `decided` (kdsweep.search.base) from the checkpoints' records on disk under root: what a
+        checkpoint chose, read(its record's path), read checked; Undecided where the record is not written."""
+        from pathlib import Path
 
-        def records(kind, paths):
-            found = {key: (read(kind, path), path) for key, path in paths.items()}
-            return {key: (record, path) for key, (record, path) in found.items() if record is not None}
+        def decided(checkpoint, read, **wildcards):
+            path = Path(root, self.file(CHECKPOINT_FILES[checkpoint], **wildcards))
+            if not path.is_file():
+                raise Undecided(f"{path} is not written yet")
+            return read(path)
 
-        staged = {student: self.staged_choice(student) for student in self.plan.students if self.plan.staged}
-        confirmed = {choice: self.confirm_record(*choice) for choice in self.plan.choices()}
-        return self.plan.planned(records(StagedChoice, staged), records(BestPoint, confirmed))[0]
+        return decided
+
+    def staged_choices(self) -> list[str]:
+        """The staged sweep's records of the study (none unless its search decides a temperature)."""
+        decides = "best_temperature" in self.plan.search.decides
+        return [self.staged_choice(student) for student in self.plan.students if decides]
+
+    def asked(self, read, root=".") -> list[Run]:
+        """The runs this config asks for, given its checkpoints' records on disk under root (read as in
+        current_decisions): Plan.planned's (halving: every point, the pruned ones as far as their rung)."""
+        from .records import BestPoint
+
+        found = {choice: (read(BestPoint, path), path)
+                 for choice, path in ((choice, self.confirm_record(*choice)) for choice in self.plan.choices())}
+        confirmed = {choice: (record, path) for choice, (record, path) in found.items() if record is not None}
+        return self.plan.planned(self.decided(root), confirmed)[0]
 
     def not_in_study(self, root, runs, decisions) -> list[str]:
         """The run folders and checkpoint records under results/<study>/ that this config does not ask for
@@ -214,7 +236,7 @@ class Layout:
         wanted = {Path(root, self.run_dir(run)) for run in runs}
         wanted |= {Path(root, self.rung_decision(student, stage)) for student, stage in decisions}
         wanted |= {Path(root, self.confirm_record(*choice)) for choice in self.plan.choices()}
-        wanted |= {Path(root, self.staged_choice(student)) for student in self.plan.students if self.plan.staged}
+        wanted |= {Path(root, path) for path in self.staged_choices()}
         found = [path for path in sorted(results.glob("runs/*/*")) if path.is_dir()]
         found += [path for kind in ("halving", "confirm", "staged") for path in sorted(results.glob(f"{kind}/*.json"))]
         return [path.relative_to(results).as_posix() for path in found if path not in wanted]

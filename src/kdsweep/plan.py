@@ -16,8 +16,9 @@ kdsweep.commands. Nothing here imports torch: the Snakefile loads this module in
   teacher; the runs of the study's first teacher keep the names above, those of another teacher carry it
   after the student, `<student>_from_<teacher>_...` (`Run.teacher`), so that adding a teacher to a study
   renames nothing that exists.
-- `Plan(config)`: kd's grid or staged sweep, every other method's grid, the packs (kd's first), the
-  confirmation's choices.
+- `Plan(config)`: every method's grid (after `budget`), the search over it (config `sweep`, a strategy of
+  kdsweep.search: which runs it packs and trains, and which the study asks for before and after its
+  decisions), the packs (kd's first), the confirmation's choices.
 - Teacher-free points (a method's points that use no teacher: kd's w = 0 at every T, dkd's alpha = beta =
   0, lskd's and ctkd's soft_weight 0) are never sweep points. Such a point's loss is the labels'
   cross-entropy alone (Method.teacher_free gives its weight), and a run is a function of its loss and seed:
@@ -43,7 +44,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import re
 from dataclasses import dataclass
 
@@ -51,24 +51,14 @@ from . import io
 from .attacks.suite import Suite
 from .errors import KdsweepError
 from .methods import METHODS
+from .methods.base import fmt  # noqa: F401 (a number as names spell it; imported from here by the tables)
 from .records import point_of
+from .search import Undecided, nothing_decided, strategy
 
 # A sweep run's role is its KD method's name (kdsweep.methods: kd, the reference study's, first);
 # confirm: a run of the confirmation on fresh seeds, distilled (a method set) or its hard-target
 # baseline (none).
 ROLES = ("teacher", "baseline", *METHODS, "confirm")
-
-
-def fmt(value) -> str:
-    """A number as it appears in names: 4.0 -> '4', 0.9 -> '0.9', 0.01 -> '0.01'."""
-    return f"{float(value):g}"
-
-
-# Successive halving's arithmetic, which the plan checks a config with (a rung that keeps every point decides
-# nothing) and kdsweep.halving decides each rung with.
-def kept_count(n: int, keep: float, min_kept: int) -> int:
-    """How many of a method's n points go on: ceil(keep * n), at least min_kept, at most n."""
-    return min(n, max(min_kept, math.ceil(keep * n - 1e-9)))
 
 
 @dataclass(frozen=True)
@@ -86,7 +76,7 @@ class Run:
     teacher: str | None = None
 
     def __post_init__(self):
-        if self.role not in ROLES:
+        if self.role not in ROLES and self.role not in METHODS:  # (a method registered since this module loaded)
             raise KdsweepError(f"role '{self.role}' is unknown; use one of {', '.join(ROLES)}")
         if self.role in METHODS and self.method != self.role:
             raise KdsweepError(f"a run of role {self.role} is a {self.role} run: its method is {self.role}")
@@ -348,11 +338,9 @@ class Plan:
         self.results = f"results/{self.study}"
         self.students = list(config["students"])
         self.seeds = list(config["seeds"])
-        self.staged = config["sweep"] == "staged"
-        self.halving = config["sweep"] == "halving"
-        self.rungs = list(config["halving"]["rungs"]) if self.halving else []
-        if self.halving:
-            self._check_rungs(config)
+        # the search over the grids (kdsweep.search): its rungs, at which every pack pauses for a decision
+        self.search = strategy(config["sweep"])
+        self.rungs = self.search.rungs(config)
         self.staged_weight = config["staged"]["soft_weight"]
         self.pack_size = config["runtime"]["pack_size"]
         self.confirm_seeds = list(config["confirm"]["seeds"])
@@ -362,28 +350,18 @@ class Plan:
         self.suite = Suite.from_config(config)  # the attacks, the headline, the subset (kdsweep.attacks.suite)
         self.attacks = list(self.suite.attacks)
         self.temperatures = number_table("temperatures", config["temperatures"])
-        self.soft_weights = number_table(
-            "soft_weights and staged.soft_weight" if self.staged else "soft_weights",
-            [*config["soft_weights"], *([self.staged_weight] if self.staged else [])])
+        self.soft_weights = number_table(*self.search.soft_weights(config))
         self.epsilons = number_table("epsilons", config["epsilons"])
         sections = config.get("methods") or {}
-        # the study's KD methods, in the registry's order (kd first); staged applies to kd alone
+        # the study's KD methods, in the registry's order (kd first)
         self.methods = [name for name in METHODS if name in sections and sections[name] is not None]
-        if self.staged and "kd" not in self.methods:
-            raise KdsweepError("sweep: staged is kd's temperature-then-soft-weight sweep, but methods leaves kd "
-                               "out; set sweep: grid, or give methods a kd section")
-        if self.staged and self.staged_weight == 0:
-            raise KdsweepError("staged.soft_weight is 0: at w = 0 every temperature trains the hard-target baseline, "
-                               "so the temperature sweep would have nothing to choose from; set it above 0 (the "
-                               "reference study's 0.9)")
         # {method: {point: what trains it}} of the grid's teacher-free points: "baseline", or the point (its
         # hyperparameters) of the one shared run of its weight
         self.teacher_free: dict[str, dict] = {}
         self.grids = {name: self._points(name) for name in self.methods}
         self.budget = config["budget"]
         self.points = self._budgeted(self.grids)
-        if self.halving:
-            self._check_halving(config)
+        self.search.check(self)
         wanted = config["confirm"].get("methods")
         if wanted is not None and (unknown := [name for name in wanted if name not in self.methods]):
             raise KdsweepError(f"confirm.methods names {unknown[0]!r}, which is no KD method of this study "
@@ -393,7 +371,7 @@ class Plan:
                                 if config["confirm"]["seeds"] else [])
         self.teachers = teachers(config)
         self.teacher = self.teachers[0].run  # the study's first teacher (the only one of most studies)
-        if len(self.teachers) > 1 and (self.staged or self.halving or self.confirm_seeds):
+        if len(self.teachers) > 1 and (not self.search.several_teachers or self.confirm_seeds):
             raise KdsweepError(f"this study has {len(self.teachers)} teachers, and several teachers are swept with "
                                "sweep: grid and no confirmation only; set sweep: grid and confirm.seeds: [], or "
                                "give one teacher")
@@ -415,38 +393,6 @@ class Plan:
         if self.confirm_seeds and not self.methods:
             raise KdsweepError("confirm.seeds is set, but methods names no KD method to confirm; give one, or set "
                                "confirm.seeds to []")
-
-    def _check_rungs(self, config):
-        rungs, max_epochs = self.rungs, config["training"]["max_epochs"]
-        if any(later <= earlier for earlier, later in zip(rungs, rungs[1:])):
-            raise KdsweepError(f"halving.rungs {rungs} do not increase; list the epochs of the rungs in increasing "
-                               "order, e.g. [4, 12]")
-        if rungs[-1] >= max_epochs:
-            raise KdsweepError(f"halving.rungs {rungs} reach training.max_epochs ({max_epochs}), where every run "
-                               "ends anyway; give rungs below it")
-
-    def _check_halving(self, config):
-        """What successive halving needs to decide anything: a KD method, and in each method points that use the
-        teacher (the only ones a rung ranks, kdsweep.halving), more of them than the first rung keeps."""
-        if not self.methods:
-            raise KdsweepError("sweep: halving judges the points of the study's KD methods, but methods names none; "
-                               "give methods a section (e.g. kd: {}), or set sweep: grid")
-        keep, min_kept = config["halving"]["keep"], config["halving"]["min_kept"]
-        ranked = {}
-        for method in self.methods:
-            ranked[method] = sum(METHODS[method].needs_teacher(dict(hparams)) for hparams in self.points[method])
-            if not ranked[method]:
-                raise KdsweepError(f"sweep: halving ranks each method's points that use the teacher, but {method}'s "
-                                   "grid has none (kd: a soft weight above 0); add one, or leave the method out")
-        if all(kept_count(n, keep, min_kept) == n for n in ranked.values()):
-            # refused rather than warned about: every rung would keep every point, so the study would be the grid
-            # with pauses, and its tables would name a search that chose nothing
-            most = max(ranked.values())
-            # the largest keep (6 digits, rounded down) under which ceil(keep x most) drops a point
-            fraction = math.floor((most - 1) / most * 1e6) / 1e6
-            raise KdsweepError(f"halving keeps every point at every rung (halving.keep {keep} and min_kept {min_kept} "
-                               f"of at most {most} points per method), so it decides nothing; set halving.min_kept "
-                               f"below {most} and halving.keep at most {fraction:g}, or set sweep: grid")
 
     # ---- runs
 
@@ -502,9 +448,6 @@ class Plan:
         teacher-free run is no candidate of the search, so it is not counted and trains beside them."""
         if not self.budget["equal"] or not grids:
             return dict(grids)
-        if self.staged:
-            raise KdsweepError("budget.equal subsamples each method's grid, but sweep: staged gives kd a staged "
-                               "sweep, not a grid; set sweep: grid (or halving), or budget.equal: false")
         distilled = {name: [point for point in points if METHODS[name].needs_teacher(dict(point))]
                      for name, points in grids.items()}
         # a method with nothing to search would make every method's equal budget 0 points: refused, not
@@ -553,19 +496,10 @@ class Plan:
         return self.grid([student], temperatures=[temperature])
 
     def fixed_runs(self) -> list[Run]:
-        """The runs known before any checkpoint: teacher, baselines (also the confirmation's), kd's grid (or
-        stage 1 of its staged sweep) and every other method's grid."""
-        runs = [*self.teacher_runs(), *self.baselines(), *self.confirm_baselines()]
-        if self.halving:
-            return runs  # the distilled runs that finish are the last rung's survivors (Plan.finalists)
-        if "kd" in self.methods:
-            runs += ([run for student in self.students for run in self.temperature_sweep(student)]
-                     if self.staged else self.grid())
-        runs += self.other_methods()
-        for teacher in self.teachers[1:]:  # grid only (Plan refuses staged, halving and confirmation)
-            runs += (self.grid(teacher=teacher.tag) if "kd" in self.methods else []) + self.other_methods(
-                teacher=teacher.tag)
-        return runs
+        """The runs the study asks for before any checkpoint: teacher, baselines (also the confirmation's) and
+        the search's (the grid: every method's grid; staged: stage 1; halving: none, as the runs that finish
+        are the last rung's survivors)."""
+        return [*self.teacher_runs(), *self.baselines(), *self.confirm_baselines(), *self.search.fixed_runs(self)]
 
     def baseline_of(self, run: Run) -> Run | None:
         """The hard-target run of a distilled run's own seed (a sweep run's baseline, a confirm run's confirm
@@ -582,36 +516,19 @@ class Plan:
         except KeyError:
             raise KdsweepError(f"{role} run {name!r} is not part of study {self.study!r}") from None
 
-    def chosen_temperature(self, choice: dict, source: str) -> float:
-        """The config's number for the temperature a best-temperature record (`choice`) picked."""
-        spelling = fmt(choice["temperature"])
-        if spelling not in self.temperatures:
-            raise KdsweepError(f"{source} picks temperature {choice['temperature']}, which is not in the config's "
-                               f"temperatures; delete {source} so that it is chosen again")
-        return self.temperatures[spelling]
-
     # ---- confirmation on fresh seeds
 
-    def sweep(self, student, method: str = "kd", temperature=None) -> list[Run]:
-        """The distillation runs a student's point of one method is chosen from (confirmation's checkpoint):
-        the method's grid; kd staged, the temperature sweep and the soft-weight sweep at `temperature`, the
-        chosen one."""
-        if method != "kd":
-            return self.method_grid(method, [student])
-        if not self.staged:
-            return self.grid([student])
-        if temperature is None:
-            raise ValueError("a staged sweep's runs depend on the chosen temperature")
-        return list(dict.fromkeys([*self.temperature_sweep(student), *self.soft_weight_sweep(student, temperature)]))
+    def sweep(self, student, method: str = "kd", decided=None) -> list[Run]:
+        """The distillation runs a student's point of one method is chosen from (confirmation's checkpoint),
+        as the search says (Strategy.sweep: the grid's, the method's grid). decided: what the search's
+        checkpoints chose (kdsweep.search.base; None: nothing yet, Undecided where the runs depend on it)."""
+        return self.search.sweep(self, student, method, decided or nothing_decided)
 
     def candidates(self, student, method: str = "kd") -> list[tuple]:
         """Every point (hyperparameters) of a method the confirmation's checkpoint can choose for a student:
-        those of its sweep that use the teacher (kd: w > 0; w = 0 is hard targets only), kd staged: of any
-        temperature's soft-weight sweep."""
-        if method != "kd":
-            runs = self.method_grid(method, [student])
-        else:
-            runs = [run for sweep in self._kd_sweeps(student) for run in sweep]
+        those of the runs the search packs for it that use the teacher (kd: w > 0; w = 0 is hard targets
+        only), whatever its decisions (staged: of any temperature's soft-weight sweep)."""
+        runs = [run for sweep in self.search.sweeps(self, student) for run in sweep if run.method == method]
         return list(dict.fromkeys(run.hparams for run in runs if run.needs_teacher))
 
     def confirm_baselines(self) -> list[Run]:
@@ -670,35 +587,14 @@ class Plan:
 
     # ---- packs
 
-    def _kd_sweeps(self, student, teacher=None) -> list[list[Run]]:
-        """kd's distillation runs of a student in the order they are packed. Staged: the temperature
-        sweep, then for each temperature the soft-weight sweep it would get if chosen (without the
-        point the temperature sweep trained already): only the chosen temperature's packs become jobs."""
-        if "kd" not in self.methods:
-            return []
-        if not self.staged:
-            return [self.grid([student], teacher=teacher)]
-        return [self.temperature_sweep(student)] + [
-            [run for run in self.soft_weight_sweep(student, t) if run.soft_weight != self.staged_weight]
-            for t in self.config["temperatures"]]
-
-    def _sweeps(self, student, teacher=None) -> list[list[Run]]:
-        """A student's distillation runs in the order they are packed: kd's first (so that a study's kd
-        packs are the same with or without other methods), every other method's after its fixed ones."""
-        sweeps = self._kd_sweeps(student, teacher)
-        others = self.other_methods([student], teacher)
-        if not sweeps:
-            return [others]
-        return [sweeps[0] + others, *sweeps[1:]]
-
     def _packs(self, packed: dict) -> list[Pack]:
-        """The sweep's packs; halving: every stage's, the last stage's last (so that pack_of a run is the
-        pack that finishes it). `packed`: the packs on disk (`recorded_packs`), which keep their runs."""
+        """The sweep's packs; with rungs (halving), every stage's, the last stage's last (so that pack_of a run
+        is the pack that finishes it). `packed`: the packs on disk (`recorded_packs`), which keep their runs."""
         packs = []
         for teacher, student in [(teacher.tag, student) for teacher in self.teachers for student in self.students]:
             for seed in self.seeds:
                 for name, chunk in self._chunks(student, seed, packed, teacher):
-                    if not self.halving:
+                    if not self.rungs:
                         packs.append(Pack(name, chunk))
                         continue
                     packs += [Pack(f"{name}_rung{until}", chunk, stage, until) for stage, until in enumerate(self.rungs)]
@@ -715,7 +611,7 @@ class Plan:
         of one: its run's name), or, where that name is taken or some of the i-th pack's runs are packed already,
         `<slot>_seed<s>_pack<i>_<its first run's point>`: names that no later record changes."""
         order = {}
-        sweeps = [[run for run in sweep if run.seed == seed] for sweep in self._sweeps(student, teacher)]
+        sweeps = [[run for run in sweep if run.seed == seed] for sweep in self.search.sweeps(self, student, teacher)]
         slot = next((sweep[0].slot for sweep in sweeps if sweep), student)  # the student, or its _from_<teacher>
         for sweep in sweeps:
             order.update((run, len(order)) for run in sweep)
@@ -748,7 +644,7 @@ class Plan:
             chunks.append((name, left))
         return sorted(chunks, key=lambda chunk: order[chunk[1][0]])
 
-    # ---- successive halving (sweep: halving; kdsweep.halving decides)
+    # ---- packs trained in stages (a search with rungs: successive halving, kdsweep.search.halving decides)
 
     def stage_packs(self, student, stage: int) -> list[Pack]:
         """Every pack of a student's halving stage (of every seed), whatever the rungs before kept."""
@@ -802,25 +698,21 @@ class Plan:
     def pack_of(self, run: Run) -> Pack:
         return self._pack_of[run]
 
-    def planned(self, staged_choices: dict, confirm_choices: dict) -> tuple[list[Run], dict]:
-        """The runs snakemake makes, given the checkpoints' choices so far: staged_choices {student: (the
-        record of its staged choice, its path)} for the students whose temperature is chosen,
-        confirm_choices {(student, method): (its best-point record, its path)} for the points chosen
+    def planned(self, decided, confirm_choices: dict) -> tuple[list[Run], dict]:
+        """The runs snakemake makes, given the checkpoints' choices so far: decided, what the search's
+        checkpoints chose (kdsweep.search.base; Layout.decided reads their records on disk; None: nothing
+        yet), confirm_choices {(student, method): (its best-point record, its path)} for the points chosen
         (kdsweep.layout names the files). Returns (runs, {(role, student): number of runs still waiting
-        for their student's choice}): what `python -m kdsweep status` shows."""
-        runs, waiting = self.fixed_runs(), {}
-        if self.halving:  # every point trains to the first rung
-            runs += [run for student in self.students for pack in self.stage_packs(student, 0) for run in pack.runs]
-        known = set(runs)
-        if self.staged:
-            for student in self.students:
-                if student in staged_choices:
-                    temperature = self.chosen_temperature(*staged_choices[student])
-                    runs += [run for run in self.soft_weight_sweep(student, temperature) if run not in known]
-                else:
-                    any_temperature = self.config["temperatures"][0]
-                    waiting["kd", student] = sum(run not in known
-                                                 for run in self.soft_weight_sweep(student, any_temperature))
+        for their student's choice}): what `python -m kdsweep status` shows (halving: every point, as far as
+        it trains)."""
+        decided = decided or nothing_decided
+        runs = [*self.teacher_runs(), *self.baselines(), *self.confirm_baselines(), *self.search.first_runs(self)]
+        waiting, known = {}, set(runs)
+        for student in self.students:
+            try:
+                runs += [run for run in self.search.decided_runs(self, student, decided) if run not in known]
+            except Undecided:
+                waiting.update(self.search.waiting(self, student, known))
         for student, method in self.choices():
             if (student, method) in confirm_choices:
                 hparams = self.chosen_point(student, method, *confirm_choices[student, method])

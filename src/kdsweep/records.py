@@ -16,7 +16,7 @@ present and of its type, or ends with one sentence naming the file and the fix.
 - `BestPoint`     confirm/<choice>.json: the confirmation checkpoint's choice (kdsweep.tables.choices)
 - `StagedChoice`  staged/<student>_seed-all.json: the staged sweep's temperature (kdsweep.tables.choices)
 - `RungDecision`  halving/<student>_rung<epochs>.json: a successive-halving rung's points kept and dropped
-                  (kdsweep.halving)
+                  (kdsweep.search.halving)
 
 The JSON keys are the file formats' (docs/internals.md), so that a finished study keeps working. Records
 of earlier versions, which finished studies hold, read as they are: a key added since (metrics.json's
@@ -290,7 +290,7 @@ class JobPoint(Record):
     finished: bool | None = key(FLAG)
     train_seconds: float | None = key(NUMBER)
     # each epoch's validation loss and accuracy so far, [{epoch, val_loss, val_acc}] (earlier versions: none):
-    # what a successive-halving rung reads the point's state at its own epoch from (kdsweep.halving)
+    # what a successive-halving rung reads the point's state at its own epoch from (kdsweep.search.halving)
     history: list | None = key(LIST)
 
     @classmethod
@@ -609,7 +609,7 @@ class RungDecision(Record):
     chosen_on: str | None = key(TEXT)  # a sentence
     candidates: list = key(LIST, item=RungCandidate)
     # the ties at the cut (points of equal mean validation accuracy, some kept and some not): each a sentence
-    # naming the points and what broke the tie (kdsweep.halving.TIE_BREAK)
+    # naming the points and what broke the tie (kdsweep.search.halving.TIE_BREAK)
     ties: list | None = key(LIST)
 
     WHAT = "halving decision"

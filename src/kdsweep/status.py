@@ -34,7 +34,7 @@ from .lock import LOCK, read_holder
 from .layout import CHECKPOINT, METRICS, PROGRESS, Layout, not_in_study_sentence
 from .plan import ROLES, Plan, Run, recorded_packs
 from .attacks import cost
-from .records import BestPoint, Masking, Metrics, StagedChoice, point_of
+from .records import BestPoint, Masking, Metrics, point_of
 
 STATES = ("finished", "training", "stopped", "failed", "not started")
 PRUNED = "pruned"  # successive halving: a point a rung dropped (its run keeps the rung's checkpoint)
@@ -183,9 +183,8 @@ def study_status(plan: Plan, root: Path, queue=None) -> StudyStatus:
         running_jobs = {job.job_id for job in queue if job.state in ("RUNNING", "COMPLETING")}
     layout = Layout(plan)
     # the checkpoints' choices so far, as the plan reads them
-    staged = {student: layout.staged_choice(student) for student in plan.students if plan.staged}
     confirmed = {choice: layout.confirm_record(*choice) for choice in plan.choices()}
-    runs, waiting = plan.planned(_records(StagedChoice, root, staged), _records(BestPoint, root, confirmed))
+    runs, waiting = plan.planned(layout.decided(root), _records(BestPoint, root, confirmed))
     # the rung records this config's halving made (others lie on disk, not read), each read checked (a damaged
     # record is one sentence, as for the workflow), and what the config does not ask for
     rungs = list(layout.current_decisions(root, lambda kind, path: kind.read(root / path)
@@ -197,7 +196,7 @@ def study_status(plan: Plan, root: Path, queue=None) -> StudyStatus:
               for teacher in plan.teachers}
     statuses = [run_status(layout, root, run, hashes[plan.teacher_of(run).name], running_jobs, host, digest)
                 for run in runs]
-    saved = _prune(plan, statuses, rungs) if plan.halving else None
+    saved = _prune(plan, statuses, rungs) if plan.search.prunes else None
     present = planned = 0
     attacked, flagged = [], []
     kept = [entry.run for entry in statuses if entry.state != PRUNED]
@@ -320,7 +319,7 @@ def render(status: StudyStatus, limit: int = 12) -> str:
     rows = {}
     for entry in status.runs:
         key = (entry.run.role, entry.run.model)
-    states = (*STATES, PRUNED) if plan.halving else STATES
+    states = (*STATES, PRUNED) if plan.search.prunes else STATES
     for entry in status.runs:
         key = (entry.run.role, entry.run.model)
         counts = rows.setdefault(key, dict.fromkeys(("planned", *states), 0))
@@ -350,7 +349,7 @@ def render(status: StudyStatus, limit: int = 12) -> str:
     if confirming:
         lines.append(f"(confirmation: {confirming} distilled runs wait for their student's point, chosen when "
                      "its sweep has finished)")
-    if plan.halving:
+    if plan.search.prunes:
         lines += ["", "successive halving (per student: the points judged at each rung, kept and dropped; finished: "
                       "ended by early stopping before it):"]
         decided = {(decision.student, decision.stage): decision for decision in status.rungs}

@@ -232,23 +232,19 @@ def teacher_of_run(wildcards):
     return PLAN.teacher_of(run_of(wildcards)).run
 
 
-def rung_kept(student, stage):
-    """Successive halving: the points a student's rung (its index) kept, as its checkpoint's record says."""
-    return chosen(
-        checkpoints.rung_decision,
-        lambda path: choices.kept(PLAN, student, stage, path),
-        student=student,
-        rung=PLAN.rungs[stage],
-    )
+def decided(checkpoint, read, **wildcards):
+    """What a checkpoint of the study's search chose (kdsweep.search.base: a strategy's `decided`): read(its
+    record's path), once Snakemake has run it."""
+    return chosen(getattr(checkpoints, checkpoint), read, **wildcards)
 
 
 def kept_before(student, stage):
-    """The points the rung before a halving stage kept (None for the first stage: all of them)."""
-    return None if stage == 0 else rung_kept(student, stage - 1)
+    """The points a student's packs train at a stage (the search's decision before it; None: all of them)."""
+    return PLAN.search.kept(PLAN, student, stage, decided)
 
 
 def training_pack(wildcards):
-    """The pack a distill job trains: a halving stage's, the points the rung before kept."""
+    """The pack a distill job trains: at a stage after the first, the points the rung before kept."""
     pack = pack_of(wildcards)
     if not pack.stage:
         return pack
@@ -256,9 +252,9 @@ def training_pack(wildcards):
 
 
 def rung_before(wildcards):
-    """A halving stage's pack waits for the rung before's decision (rule distill's input), as ancient(): a
-    decision written again is the same decision (kdsweep.halving), and one that keeps other points changes
-    the pack's points, its params."""
+    """A stage's pack waits for the rung before's decision (rule distill's input), as ancient(): a decision
+    written again is the same decision (kdsweep.search.halving), and one that keeps other points changes the
+    pack's points, its params."""
     pack = pack_of(wildcards)
     return [ancient(LAYOUT.rung_decision(pack.student, pack.stage - 1))] if pack.stage else []
 
@@ -271,15 +267,14 @@ def rung_records(wildcards):
     return [LAYOUT.pack_record(pack) for pack in packs]
 
 
-def halving_finalists(student):
-    """Successive halving: the outputs of a student's distilled runs that the last rung kept, trained to the end."""
+def search_outputs(student):
+    """The outputs of a student's distilled runs that its search asks for once it has decided (staged: the
+    soft-weight sweep at the chosen temperature; halving: the last rung's survivors, trained to the end)."""
 
     def outputs(wildcards):
-        return LAYOUT.outputs(
-            PLAN.finalists(student, rung_kept(student, len(PLAN.rungs) - 1))
-        )
+        return LAYOUT.outputs(PLAN.search.outputs(PLAN, student, decided))
 
-    outputs.__name__ = f"halving_{student}"
+    outputs.__name__ = f"{PLAN.search.name}_{student}"
     return outputs
 
 
@@ -294,7 +289,7 @@ def temperature_sweep(wildcards):
 
 
 def chosen(checkpoint, read, **wildcards):
-    """What a checkpoint chose: read(its record's path), a kdsweep.chosen reader (checked)."""
+    """What a checkpoint chose: read(its record's path), a kdsweep.chosen or kdsweep.search reader (checked)."""
     path = checkpoint.get(**wildcards).output[0]
     try:
         return read(path)
@@ -302,37 +297,10 @@ def chosen(checkpoint, read, **wildcards):
         raise WorkflowError(str(err))
 
 
-def soft_weight_sweep(student):
-    """Staged sweep: the outputs of a student's soft-weight sweep at the temperature its checkpoint chose."""
-
-    def outputs(wildcards):
-        temperature = chosen(
-            checkpoints.best_temperature,
-            lambda path: choices.temperature(PLAN, path),
-            student=student,
-        )
-        return LAYOUT.outputs(PLAN.soft_weight_sweep(student, temperature))
-
-    outputs.__name__ = f"soft_weight_sweep_{student}"
-    return outputs
-
-
 def sweep_of(student, method):
-    """The distillation runs a student's point of a method is chosen from (kd staged: once its temperature
-    is chosen)."""
-    if PLAN.halving:
-        return PLAN.finalists(student, rung_kept(student, len(PLAN.rungs) - 1), method)
-    if method != "kd" or not PLAN.staged:
-        return PLAN.sweep(student, method)
-    return PLAN.sweep(
-        student,
-        method,
-        chosen(
-            checkpoints.best_temperature,
-            lambda path: choices.temperature(PLAN, path),
-            student=student,
-        ),
-    )
+    """The distillation runs a student's point of a method is chosen from, as its search says (staged kd:
+    once its temperature is chosen; halving: the last rung's survivors)."""
+    return PLAN.search.sweep(PLAN, student, method, decided)
 
 
 def sweep_finished(wildcards):
@@ -345,12 +313,8 @@ def confirmation(student, method):
     its checkpoint chose (the baselines on those seeds are fixed runs)."""
 
     def outputs(wildcards):
-        # successive halving: a point of the last rung's survivors
-        among = (
-            {run.hparams for run in sweep_of(student, method) if run.needs_teacher}
-            if PLAN.halving
-            else None
-        )
+        # the points the search lets it pick (successive halving: of the last rung's survivors)
+        among = PLAN.search.among(PLAN, student, method, decided)
         hparams = chosen(
             checkpoints.best_point,
             lambda path: choices.point(PLAN, student, method, path, among),
@@ -363,16 +327,15 @@ def confirmation(student, method):
 
 
 # Every run output of the study, as named input functions of rules tables and all. One
-# function per student in the staged sweep, so that each student's soft-weight sweep starts as
-# soon as its own temperature is chosen, and one per student and method for its confirmation (when
-# confirm.seeds is set), which starts as soon as that sweep has finished.
+# function per student where the search decides (kdsweep.search: staged, halving), so that each student's
+# search goes on as soon as its own decision is made, and one per student and method for its confirmation
+# (when confirm.seeds is set), which starts as soon as that sweep has finished.
 STUDY_OUTPUTS = {"fixed": LAYOUT.outputs(PLAN.fixed_runs())}
-if PLAN.staged:
-    STUDY_OUTPUTS.update({f"staged_{s}": soft_weight_sweep(s) for s in PLAN.students})
-if PLAN.halving:
-    STUDY_OUTPUTS.update({f"halving_{s}": halving_finalists(s) for s in PLAN.students})
-    # every rung's decision: the tables show the pruned points with their rung's validation accuracy
-    STUDY_OUTPUTS["halving_decisions"] = LAYOUT.rung_decisions()
+if PLAN.search.decides:
+    STUDY_OUTPUTS.update({f"{PLAN.search.name}_{s}": search_outputs(s) for s in PLAN.students})
+# the decisions' records the tables read (halving: every rung's, for the pruned points' accuracy there)
+if decisions := PLAN.search.decision_records(PLAN, LAYOUT):
+    STUDY_OUTPUTS[f"{PLAN.search.name}_decisions"] = decisions
 if PLAN.confirm_seeds:
     STUDY_OUTPUTS.update(
         {

@@ -32,9 +32,9 @@ rule tables:
         # (kdsweep.tables.study_scope), and a change of it, not of the device, rebuilds them
         study=COMMANDS.study_meaning(),
     shell:
-        # another search than the grid is named (kdsweep.tables.search)
+        # a search other than the default (the grid) is named (kdsweep.tables.search)
         "kdsweep aggregate {params.results:q}"
-        + ("" if config["sweep"] == "grid" else f" --search {config['sweep']}")
+        + ("" if PLAN.search.default else f" --search {PLAN.search.name}")
         + " {params.study} >> {log:q} 2>&1"
 
 

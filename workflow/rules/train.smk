@@ -105,7 +105,7 @@ checkpoint best_point:
 
 
 # Successive halving (sweep: halving): a student's points of each KD method judged at a rung on mean
-# validation accuracy over the seeds (never test accuracy); the best go on (kdsweep.halving).
+# validation accuracy over the seeds (never test accuracy); the best go on (kdsweep.search.halving).
 checkpoint rung_decision:
     input:
         rung_records,

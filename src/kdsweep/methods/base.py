@@ -36,6 +36,12 @@ import math
 from dataclasses import dataclass
 
 
+def fmt(value) -> str:
+    """A number as it appears in names (a hyperparameter's value in a run's folder name, an epsilon in a file
+    name): 4.0 -> '4', 0.9 -> '0.9', 0.01 -> '0.01'. Here, under the plan and the search, which both spell."""
+    return f"{float(value):g}"
+
+
 @dataclass(frozen=True)
 class Param:
     """One hyperparameter of a method."""

@@ -89,7 +89,7 @@ def study_scope(results_dir, config: dict | None = None) -> Scope | None:
         return kind.read(root / path) if (root / path).is_file() else None
 
     decisions = layout.current_decisions(root, read)
-    runs = layout.asked(read)
+    runs = layout.asked(read, root)
     return Scope(plan, {run.folder for run in runs}, set(plan.choices()), decisions,
                  layout.not_in_study(root, runs, decisions))
 

@@ -1,13 +1,14 @@
-"""Which search produced a study's tables (config `sweep`: grid, staged or halving), and the points successive
-halving pruned: every table says the search (its `search` column, a Markdown table's last line), and the grid
-tables (grid.csv, method_grid.csv) show each pruned point with the validation accuracy of the rung where it
-stopped (`pruned_at_epoch`), never a test accuracy. The pruned points' runs are left out of every other table,
+"""Which search produced a study's tables (config `sweep`: a strategy of kdsweep.search, whose words the tables
+use), and the points successive halving (a strategy that `prunes`) pruned: every table says the search (its
+`search` column, a Markdown table's last line), and the grid tables (grid.csv, method_grid.csv) show each
+pruned point with the validation accuracy of the rung where it stopped (`pruned_at_epoch`), never a test
+accuracy. The pruned points' runs are left out of every other table,
 so that a "best" is chosen among the finished points (the last rung's survivors) only.
 
 The search is the workflow's (`kdsweep aggregate --search`), else that of results/<study>/study.yaml (the
-config the workflow last ran with), else the grid. A halving study's rungs are those of its config, and its
-pruned points those of the decision records those rungs made, halving/<student>_rung<epochs>.json
-(kdsweep.halving; a record of other rungs or settings is not read).
+config the workflow last ran with), else the default (the grid). A halving study's rungs are those of its
+config, and its pruned points those of the decision records those rungs made,
+halving/<student>_rung<epochs>.json (kdsweep.search.halving; a record of other rungs or settings is not read).
 """
 
 from __future__ import annotations
@@ -19,13 +20,14 @@ import pandas as pd
 import yaml
 
 from kdsweep.errors import KdsweepError
-from kdsweep.halving import read_decision
 from kdsweep.methods import METHODS
-from kdsweep.plan import fmt
 from kdsweep.records import RungDecision
+from kdsweep.search import STRATEGIES
+from kdsweep.search.halving import read_decision
 from kdsweep.tables.files import StudyFiles, decision_name
 
-SEARCHES = ("grid", "staged", "halving")
+# the search a folder without one is tabled as
+DEFAULT = next(name for name, strategy in STRATEGIES.items() if strategy.default)
 # seed_epochs: ((seed, the epochs it trained to the rung), ...) per seed: fewer than the rung where early
 # stopping ended it; the rung's where a record of an earlier version does not say; seed None where it does not
 # name its seeds
@@ -34,7 +36,7 @@ PRUNED_COLUMNS = ["model", "method", "point", "pruned_at_epoch", "val_acc_mean",
 
 @dataclass(frozen=True)
 class Search:
-    kind: str  # grid | staged | halving
+    kind: str  # a strategy's name (kdsweep.search.STRATEGIES)
     label: str  # what the tables and figures say
     pruned: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=PRUNED_COLUMNS))
 
@@ -44,22 +46,21 @@ def _configured(results_dir: Path) -> str | None:
         sweep = yaml.safe_load((results_dir / "study.yaml").read_text()).get("sweep")
     except (OSError, ValueError, AttributeError, yaml.YAMLError):
         return None
-    return sweep if sweep in SEARCHES else None
+    return sweep if sweep in STRATEGIES else None
 
 
 def study_search(results_dir, kind: str | None = None, files: StudyFiles | None = None, plan=None,
                  decisions=None) -> Search:
-    """The search of a study's results (kind: the workflow's, else study.yaml's, else grid). plan and decisions:
+    """The search of a study's results (kind: the workflow's, else study.yaml's, else the grid). plan and decisions:
     the study as configured now and its current rung records (kdsweep.layout.Layout.current_decisions), of
     which the label and the pruned points are; without a plan (a folder without study.yaml), the rung records
     of the study's files (kdsweep.tables.files; strays warned about by the caller that gives them)."""
     results_dir = Path(results_dir)
-    kind = kind or _configured(results_dir) or "grid"
-    if kind == "staged":
-        return Search(kind, "staged (the temperature sweep, then the soft-weight sweep at the best temperature)")
-    if kind != "halving":
-        return Search(kind, "grid (every point trained to the end)")
-    if plan is not None and plan.halving:
+    kind = kind or _configured(results_dir) or DEFAULT
+    strategy = STRATEGIES[kind]
+    if not strategy.prunes:
+        return Search(kind, strategy.label)
+    if plan is not None and plan.search.prunes:
         decisions = list((decisions or {}).values())
         rungs, halving = plan.rungs, plan.config["halving"]
         keep, min_kept = halving["keep"], halving["min_kept"]
@@ -77,10 +78,7 @@ def study_search(results_dir, kind: str | None = None, files: StudyFiles | None 
             files.warn()
         rungs = sorted({decision.rung for decision in decisions})
         keep, min_kept = (decisions[0].keep, decisions[0].min_kept) if decisions else (None, None)
-    at = f"rungs at epochs {', '.join(map(str, rungs))}" if len(rungs) > 1 else f"a rung at epoch {rungs[0]}" if rungs else ""
-    label = ("successive halving (" + (f"{at}; keep {fmt(keep)}, "
-                                       f"at least {min_kept}, per student and method" if rungs else "no rung yet")
-             + ")")
+    label = strategy.describe(rungs, keep, min_kept)
     rows, seen = [], set()
     for decision in sorted(decisions, key=lambda d: (d.student, d.stage)):
         for candidate in decision.candidates:

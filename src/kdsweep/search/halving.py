@@ -21,22 +21,36 @@ confirmation's choice breaks its ties), never to how the points were packed; a t
 record (`ties`). The candidates are listed in that order too (methods in the registry's order), so that the
 record is the same bytes whatever order the pack records came in. The decision reads validation numbers only: the records it reads hold no test accuracy
 for a paused point, and it never reads a finished one's. Nothing here imports torch.
+
+The strategy (`Halving`, below the decision) gives the plan its rungs, refuses a config under which halving
+decides nothing, trains every point to the first rung and, at each later stage, the points the rung before
+kept (checkpoint rung_decision writes each decision: halving/<student>_rung<epochs>.json); the confirmation
+chooses among the last rung's survivors.
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
-from .errors import KdsweepError
-from .methods import METHODS
-from .plan import fmt, kept_count
-from .records import JobPoint, JobRecord, RungCandidate, RungDecision, point_of
+from ..errors import KdsweepError
+from ..methods import METHODS
+from ..methods.base import fmt
+from ..records import JobPoint, JobRecord, RungCandidate, RungDecision, point_of
+from .base import Strategy
 
 TIE_BREAK = ("fewer epochs to the best validation loss (mean over the seeds), then the lower hyperparameter values "
              "in the method's order")
 CHOSEN_ON = ("mean validation accuracy over the sweep's seeds at the rung's epoch (each run's best validation-loss "
              "epoch up to it), within each KD method, among the points that use the teacher; ties to "
              f"{TIE_BREAK}; never test accuracy")
+
+
+# Successive halving's arithmetic, which the strategy checks a config with (a rung that keeps every point decides
+# nothing) and `decide` decides each rung with.
+def kept_count(n: int, keep: float, min_kept: int) -> int:
+    """How many of a method's n points go on: ceil(keep * n), at least min_kept, at most n."""
+    return min(n, max(min_kept, math.ceil(keep * n - 1e-9)))
 
 
 def at_rung(point: JobPoint, rung: int, path) -> tuple[float, int, int | None, bool]:
@@ -141,3 +155,84 @@ def kept_points(decision: RungDecision) -> set[tuple]:
 def read_decision(path) -> RungDecision:
     return RungDecision.read(Path(path), what="halving decision",
                              fix="delete it so that the workflow decides the rung again")
+
+
+class Halving(Strategy):
+    name = "halving"
+    label = "successive halving"
+    decides = ("rung_decision",)
+    prunes = True
+
+    def rungs(self, config: dict) -> list[int]:
+        rungs, max_epochs = list(config["halving"]["rungs"]), config["training"]["max_epochs"]
+        if any(later <= earlier for earlier, later in zip(rungs, rungs[1:])):
+            raise KdsweepError(f"halving.rungs {rungs} do not increase; list the epochs of the rungs in increasing "
+                               "order, e.g. [4, 12]")
+        if rungs[-1] >= max_epochs:
+            raise KdsweepError(f"halving.rungs {rungs} reach training.max_epochs ({max_epochs}), where every run "
+                               "ends anyway; give rungs below it")
+        return rungs
+
+    def check(self, plan) -> None:
+        """What successive halving needs to decide anything: a KD method, and in each method points that use the
+        teacher (the only ones a rung ranks, `decide`), more of them than the first rung keeps."""
+        if not plan.methods:
+            raise KdsweepError("sweep: halving judges the points of the study's KD methods, but methods names none; "
+                               "give methods a section (e.g. kd: {}), or set sweep: grid")
+        keep, min_kept = plan.config["halving"]["keep"], plan.config["halving"]["min_kept"]
+        ranked = {}
+        for method in plan.methods:
+            ranked[method] = sum(METHODS[method].needs_teacher(dict(hparams)) for hparams in plan.points[method])
+            if not ranked[method]:
+                raise KdsweepError(f"sweep: halving ranks each method's points that use the teacher, but {method}'s "
+                                   "grid has none (kd: a soft weight above 0); add one, or leave the method out")
+        if all(kept_count(n, keep, min_kept) == n for n in ranked.values()):
+            # refused rather than warned about: every rung would keep every point, so the study would be the grid
+            # with pauses, and its tables would name a search that chose nothing
+            most = max(ranked.values())
+            # the largest keep (6 digits, rounded down) under which ceil(keep x most) drops a point
+            fraction = math.floor((most - 1) / most * 1e6) / 1e6
+            raise KdsweepError(f"halving keeps every point at every rung (halving.keep {keep} and min_kept {min_kept} "
+                               f"of at most {most} points per method), so it decides nothing; set halving.min_kept "
+                               f"below {most} and halving.keep at most {fraction:g}, or set sweep: grid")
+
+    def first_runs(self, plan) -> list:
+        """Every point of every student trains to the first rung."""
+        return [run for student in plan.students for pack in plan.stage_packs(student, 0) for run in pack.runs]
+
+    def fixed_runs(self, plan) -> list:
+        """None: the distilled runs that finish are the last rung's survivors (Plan.finalists)."""
+        return []
+
+    def kept(self, plan, student: str, stage: int, decided) -> set | None:
+        """The points the rung before a stage kept (None for the first stage: all of them)."""
+        if stage == 0:
+            return None
+        return decided("rung_decision",
+                       lambda path: plan.rung_kept(student, stage - 1, RungDecision.read(path), str(path)),
+                       student=student, rung=plan.rungs[stage - 1])
+
+    def outputs(self, plan, student: str, decided) -> list:
+        """The student's distilled runs that the last rung kept, trained to the end."""
+        return plan.finalists(student, self.kept(plan, student, len(plan.rungs), decided))
+
+    def decision_records(self, plan, layout) -> list[str]:
+        """Every rung's decision: the tables show the pruned points with their rung's validation accuracy."""
+        return layout.rung_decisions()
+
+    def sweep(self, plan, student: str, method: str, decided) -> list:
+        """The last rung's survivors of the method."""
+        return plan.finalists(student, self.kept(plan, student, len(plan.rungs), decided), method)
+
+    def among(self, plan, student: str, method: str, decided) -> set:
+        return {run.hparams for run in self.sweep(plan, student, method, decided) if run.needs_teacher}
+
+    def describe(self, rungs, keep, min_kept) -> str:
+        """The tables' words for a halving of these rungs and settings (none yet: no rung decided)."""
+        at = (f"rungs at epochs {', '.join(map(str, rungs))}" if len(rungs) > 1
+              else f"a rung at epoch {rungs[0]}" if rungs else "")
+        return ("successive halving (" + (f"{at}; keep {fmt(keep)}, at least {min_kept}, per student and method"
+                                          if rungs else "no rung yet") + ")")
+
+
+STRATEGY = Halving()

@@ -1,0 +1,46 @@
+"""The search strategies a study can use: a mapping of names (config `sweep`) to strategies
+(kdsweep.search.base.Strategy).
+
+Every module of this package that defines `STRATEGY` is one strategy (Optuna's samplers and pruners: one
+interface, several strategies, a registry): grid (every point trained to the end; the reference study's),
+staged (kd's temperature sweep, then the soft-weight sweep at the best temperature) and halving (successive
+halving: every point to a rung, the best of each method go on). Adding a strategy is adding its module (and
+its tests): the schema's `sweep` values, the plan's runs and packs, the workflow's outputs and the tables
+derive from this registry (docs/search.md).
+
+Confirmation (config `confirm.seeds`) is no strategy: it is a stage after the search that every strategy
+shares (each student's best point of each method, trained again on fresh seeds: kdsweep.plan). A strategy
+only says which runs a student's point is chosen from (`Strategy.sweep`, `Strategy.among`).
+"""
+
+import importlib
+import pkgutil
+
+from ..errors import KdsweepError
+from .base import Strategy, Undecided, nothing_decided
+
+__all__ = ["STRATEGIES", "Strategy", "Undecided", "nothing_decided", "strategy"]
+
+
+def _discover() -> dict:
+    found = {}
+    for info in sorted(pkgutil.iter_modules(__path__), key=lambda info: info.name):
+        if info.name == "base":
+            continue
+        module = importlib.import_module(f"{__name__}.{info.name}")
+        if isinstance(getattr(module, "STRATEGY", None), Strategy):
+            found[module.STRATEGY.name] = module.STRATEGY
+    # the default (the grid) first: it leads every listing
+    return dict(sorted(found.items(), key=lambda item: (not item[1].default, item[0])))
+
+
+STRATEGIES = _discover()
+
+
+def strategy(name: str) -> Strategy:
+    """The strategy of this name; KdsweepError naming the registered ones otherwise."""
+    try:
+        return STRATEGIES[name]
+    except KeyError:
+        raise KdsweepError(f"sweep {name!r} is no search strategy; use one of {', '.join(STRATEGIES)} "
+                           "(kdsweep.search)") from None

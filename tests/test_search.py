@@ -1,0 +1,190 @@
+"""The search strategies' registry (kdsweep.search): a strategy and a KD method added as one module each.
+
+A toy strategy ("random": a seeded subset of each method's grid, every point trained to the end, each
+student's point chosen among them by the confirmation on validation accuracy) and a toy KD method ("toy", a
+Method subclass) are defined here, registered into kdsweep.search.STRATEGIES and kdsweep.methods.METHODS,
+and a small study that uses both is dry-run by the real Snakemake: the jobs it plans are those the toy
+strategy asked for. The dry run is another process, so it registers them there itself (`register`, run
+before Snakemake reads the Snakefile: the same registries, filled as a module of each package would fill them).
+"""
+
+import random
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from kdsweep.methods import METHODS
+from kdsweep.methods.base import Method, Param, soft_loss
+from kdsweep.search import STRATEGIES
+from kdsweep.search.base import Strategy
+
+ROOT = Path(__file__).resolve().parents[1]
+STUDENT = "resnet18"
+
+
+# ---------------------------------------------------------------- the toy method and strategy
+
+
+class Toy(Method):
+    """A toy logit method: only the soft term, scaled, at temperature T (no labels' term)."""
+
+    def term_names(self, hparams):
+        return ("soft",)
+
+
+TOY = Toy(
+    name="toy", title="toy KD (a test's)", axes=("temperature", "scale"),
+    params=(Param("temperature", "T", 4.0, minimum=0.001, maximum=1000, description="softmax temperature"),
+            Param("scale", "s", 1.0, minimum=0, maximum=10, exclusive_minimum=True, description="the term's weight")),
+    loss_fn=lambda student, teacher, labels, hparams, progress=None: {
+        "soft": (float(hparams["scale"]), soft_loss(student, teacher, float(hparams["temperature"])))},
+)
+
+
+class RandomSearch(Strategy):
+    """COUNT points of each method's grid, drawn with the budget's seed per student, trained to the end."""
+
+    name = "random"
+    label = "random search (a seeded subset of each method's grid, every point trained to the end)"
+    COUNT = 2
+
+    def drawn(self, plan, student: str, method: str) -> list:
+        points = plan.points[method]
+        rng = random.Random(f"{plan.config['budget']['seed']}:{student}:{method}")
+        chosen = set(rng.sample(points, min(self.COUNT, len(points))))
+        return [point for point in points if point in chosen]
+
+    def sweeps(self, plan, student: str, teacher=None) -> list[list]:
+        return [[run for method in plan.methods for run in plan.method_grid(method, [student], teacher)
+                 if run.hparams in self.drawn(plan, student, method)]]
+
+
+RANDOM = RandomSearch()
+
+
+def register(method_table=METHODS, strategy_table=STRATEGIES, setitem=None):
+    """Put the toy method and strategy into the registries (setitem: monkeypatch's, undone after a test)."""
+    setitem = setitem or (lambda table, key, value: table.__setitem__(key, value))
+    setitem(method_table, TOY.name, TOY)
+    setitem(strategy_table, RANDOM.name, RANDOM)
+
+
+@pytest.fixture
+def toys(monkeypatch):
+    register(setitem=monkeypatch.setitem)
+
+
+STUDY = f"""\
+study: toy-search
+students: [{STUDENT}]
+temperatures: [1, 4]
+soft_weights: [0.5, 0.9]
+seeds: [0]
+confirm: {{seeds: [100]}}
+sweep: random
+methods: {{kd: {{}}, toy: {{temperature: [2, 4], scale: [0.5, 1]}}}}
+"""
+
+
+def _plan(study_file):
+    from kdsweep.config import load_config
+    from kdsweep.plan import Plan
+
+    return Plan(load_config([ROOT / "config.yaml", study_file]))
+
+
+# ---------------------------------------------------------------- the registry
+
+
+def test_the_registry_holds_one_strategy_per_module_and_the_schema_takes_their_names():
+    from kdsweep.config import schema
+
+    modules = {path.stem for path in (ROOT / "src" / "kdsweep" / "search").glob("*.py")} - {"__init__", "base"}
+    assert set(STRATEGIES) == modules == {"grid", "staged", "halving"}
+    assert list(STRATEGIES)[0] == "grid" and STRATEGIES["grid"].default  # the default leads
+    assert schema()["properties"]["sweep"]["enum"] == list(STRATEGIES)
+
+
+def test_an_unknown_strategy_is_refused_in_one_sentence_naming_the_registered_ones(tmp_path):
+    from kdsweep.config import load_config
+    from kdsweep.errors import KdsweepError
+
+    with pytest.raises(KdsweepError) as refused:
+        load_config([ROOT / "config.yaml"], ["sweep=random"])
+    assert str(refused.value) == ("config key 'sweep' is invalid: 'random' is not one of ['grid', 'halving', "
+                                  "'staged']; fix it in the override 'sweep=random'")
+
+
+def test_a_registered_strategy_and_method_are_a_study_s_search_and_method(toys, tmp_path):
+    from kdsweep.config import schema
+
+    assert "random" in schema()["properties"]["sweep"]["enum"] and "toy" in schema()["properties"]["methods"][
+        "properties"]
+    (tmp_path / "toy.yaml").write_text(STUDY)
+    plan = _plan(tmp_path / "toy.yaml")
+    assert plan.search is RANDOM and plan.methods == ["kd", "toy"]
+    distilled = [run for run in plan.fixed_runs() if run.distilled]
+    for method, grid in (("kd", 4), ("toy", 4)):  # 2 of each method's 4 points, drawn again the same
+        mine = [run.hparams for run in distilled if run.method == method]
+        assert len(plan.points[method]) == grid and len(mine) == 2 and set(mine) < set(plan.points[method])
+        assert mine == RANDOM.drawn(plan, STUDENT, method)
+        # the confirmation chooses among them, and nothing else: what the strategy drew
+        assert plan.sweep(STUDENT, method) == [run for run in distilled if run.method == method]
+    assert {run for pack in plan.packs if pack.role != "confirm" for run in pack.runs} == set(distilled)
+
+
+# ---------------------------------------------------------------- the real Snakemake
+
+
+# The dry run's process: the toy method and strategy registered before Snakemake reads the Snakefile (so
+# before kdsweep.plan is imported: its roles and the workflow's wildcards include the toy method).
+BOOT = ("import sys; sys.path.insert(0, sys.argv.pop(1)); import test_search; test_search.register(); "
+        "from snakemake.cli import main; main()")
+
+
+def jobs(output: str) -> list[tuple[str, dict]]:
+    """(rule, wildcards) of every job of a dry run's listing."""
+    found = []
+    for line in output.splitlines():
+        if rule := re.match(r"\s*(?:local)?(?:rule|checkpoint) (\w+):$", line):
+            found.append((rule.group(1), {}))
+        elif found and (wildcards := re.match(r"\s+wildcards: (.*)$", line)):
+            found[-1][1].update(item.split("=", 1) for item in wildcards.group(1).split(", "))
+    return found
+
+
+def test_a_study_of_a_toy_strategy_and_a_toy_method_plans_the_jobs_the_strategy_asked_for(toys, tmp_path):
+    study = tmp_path / "toy.yaml"
+    study.write_text(STUDY)
+    (tmp_path / "work").mkdir()
+    plan = _plan(study)
+    result = subprocess.run(
+        [sys.executable, "-c", BOOT, str(Path(__file__).parent), "--snakefile", str(ROOT / "Snakefile"),
+         "--directory", str(tmp_path / "work"), "--configfile", str(ROOT / "config.yaml"), str(study),
+         "--dry-run", "--printshellcmds"], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    planned = jobs(result.stdout)
+    distilled = [run for run in plan.fixed_runs() if run.distilled]
+    assert len(distilled) == 4 and {run.method for run in distilled} == {"kd", "toy"}
+    # the distillation jobs: the packs of the drawn points, nothing of the rest of either grid
+    assert sorted(w["pack"] for rule, w in planned if rule == "distill") == sorted(
+        plan.pack_of(run).name for run in distilled)
+    # every run measured: the teacher, the baselines (the sweep's and the confirmation's) and the drawn points
+    measured = {(run.role, run.name) for run in [*plan.teacher_runs(), *plan.baselines(), *plan.confirm_baselines(),
+                                                 *distilled]}
+    assert {(w["role"], w["run"]) for rule, w in planned if rule == "attack"} == measured
+    assert {(w["role"], w["run"]) for rule, w in planned if rule == "evaluate"} == measured
+    # each method's point is chosen among the drawn points of that method (checkpoint best_point's runs)
+    assert sorted(w["choice"] for rule, w in planned if rule == "best_point") == [STUDENT, f"{STUDENT}_toy"]
+    chosen_from = {}
+    for line in result.stdout.splitlines():
+        if line.strip().startswith("kdsweep best-point"):
+            words = shlex.split(line.split(">>")[0])
+            chosen_from[Path(words[3]).stem] = sorted(words[4:])
+    assert chosen_from == {choice: sorted(f"{plan.results}/{run.folder}" for run in distilled
+                                          if plan.choice_name(STUDENT, run.method) == choice)
+                           for choice in (STUDENT, f"{STUDENT}_toy")}
