@@ -167,7 +167,8 @@ def test_a_study_of_a_toy_strategy_and_a_toy_method_plans_the_jobs_the_strategy_
          "--directory", str(tmp_path / "work"), "--configfile", str(ROOT / "config.yaml"), str(study),
          "--dry-run", "--printshellcmds"], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    planned = jobs(result.stdout)
+    output = result.stdout + result.stderr
+    planned = jobs(output)
     distilled = [run for run in plan.fixed_runs() if run.distilled]
     assert len(distilled) == 4 and {run.method for run in distilled} == {"kd", "toy"}
     # the distillation jobs: the packs of the drawn points, nothing of the rest of either grid
@@ -181,7 +182,7 @@ def test_a_study_of_a_toy_strategy_and_a_toy_method_plans_the_jobs_the_strategy_
     # each method's point is chosen among the drawn points of that method (checkpoint best_point's runs)
     assert sorted(w["choice"] for rule, w in planned if rule == "best_point") == [STUDENT, f"{STUDENT}_toy"]
     chosen_from = {}
-    for line in result.stdout.splitlines():
+    for line in output.splitlines():
         if line.strip().startswith("kdsweep best-point"):
             words = shlex.split(line.split(">>")[0])
             chosen_from[Path(words[3]).stem] = sorted(words[4:])
