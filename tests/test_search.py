@@ -157,6 +157,7 @@ def jobs(output: str) -> list[tuple[str, dict]]:
     return found
 
 
+@pytest.mark.workflow
 def test_a_study_of_a_toy_strategy_and_a_toy_method_plans_the_jobs_the_strategy_asked_for(toys, tmp_path):
     study = tmp_path / "toy.yaml"
     study.write_text(STUDY)
