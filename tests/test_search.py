@@ -183,10 +183,9 @@ def test_a_study_of_a_toy_strategy_and_a_toy_method_plans_the_jobs_the_strategy_
     # each method's point is chosen among the drawn points of that method (checkpoint best_point's runs)
     assert sorted(w["choice"] for rule, w in planned if rule == "best_point") == [STUDENT, f"{STUDENT}_toy"]
     chosen_from = {}
-    for line in output.splitlines():
-        if line.strip().startswith("kdsweep best-point"):
-            words = shlex.split(line.split(">>")[0])
-            chosen_from[Path(words[3]).stem] = sorted(words[4:])
+    for command in re.findall(r"kdsweep best-point (.*?) >>", output):  # --out <record> <run folder>...
+        words = shlex.split(command)
+        chosen_from[Path(words[1]).stem] = sorted(words[2:])
     assert chosen_from == {choice: sorted(f"{plan.results}/{run.folder}" for run in distilled
                                           if plan.choice_name(STUDENT, run.method) == choice)
                            for choice in (STUDENT, f"{STUDENT}_toy")}
