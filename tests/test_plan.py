@@ -233,7 +233,7 @@ def test_packs_trained_before_keep_their_runs_whatever_the_pack_size_and_new_run
     first = [pack for pack in after.packs if pack.stage in (None, 0)]
     for pack in trained:
         assert (pack.name, pack.runs) in [(p.name, p.runs) for p in first]
-    kd = [run for run in after.sweep("resnet18") if run.seed == 0]
+    kd = [run for run in after.grid(["resnet18"]) if run.seed == 0]  # every point (halving: of the first rung)
     assert sorted((run for pack in first for run in pack.runs), key=str) == sorted(kd, key=str)
     assert len({pack.name for pack in after.packs}) == len(after.packs)
     new = [pack for pack in first if pack not in trained]
