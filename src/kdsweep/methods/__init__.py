@@ -8,22 +8,14 @@ tests): the plan, runs and folder names, the command line, records, tables, figu
 all derive from this registry.
 """
 
-import importlib
-import pkgutil
-
+from ..registry import defined_in
 from .base import Method, Param, Progress, soft_loss, total
 
 __all__ = ["METHODS", "Method", "Param", "Progress", "soft_loss", "total", "method"]
 
 
 def _discover() -> dict:
-    found = {}
-    for info in sorted(pkgutil.iter_modules(__path__), key=lambda info: info.name):
-        if info.name == "base":
-            continue
-        module = importlib.import_module(f"{__name__}.{info.name}")
-        if isinstance(getattr(module, "METHOD", None), Method):
-            found[module.METHOD.name] = module.METHOD
+    found = {method.name: method for method in defined_in(__name__, __path__, "METHOD", Method)}
     # kd first: the reference study's method leads every listing and packs first
     return dict(sorted(found.items(), key=lambda item: (item[0] != "kd", item[0])))
 

@@ -13,23 +13,15 @@ shares (each student's best point of each method, trained again on fresh seeds: 
 only says which runs a student's point is chosen from (`Strategy.sweep`, `Strategy.among`).
 """
 
-import importlib
-import pkgutil
-
 from ..errors import KdsweepError
+from ..registry import defined_in
 from .base import Strategy, Undecided, nothing_decided
 
 __all__ = ["STRATEGIES", "Strategy", "Undecided", "nothing_decided", "strategy"]
 
 
 def _discover() -> dict:
-    found = {}
-    for info in sorted(pkgutil.iter_modules(__path__), key=lambda info: info.name):
-        if info.name == "base":
-            continue
-        module = importlib.import_module(f"{__name__}.{info.name}")
-        if isinstance(getattr(module, "STRATEGY", None), Strategy):
-            found[module.STRATEGY.name] = module.STRATEGY
+    found = {strategy.name: strategy for strategy in defined_in(__name__, __path__, "STRATEGY", Strategy)}
     # the default (the grid) first: it leads every listing
     return dict(sorted(found.items(), key=lambda item: (not item[1].default, item[0])))
 
