@@ -181,6 +181,42 @@ def test_unknown_dataset():
         datasets.load_dataset("imagenet", "data")
 
 
+def test_dataset_names_are_the_registrys(monkeypatch):
+    """config.schema()'s dataset.name is the registry's: an unknown name is one sentence naming every dataset,
+    and a dataset added to the registry is one a study can name."""
+    from kdsweep.config import load_config
+
+    with pytest.raises(KdsweepError) as err:
+        load_config([], ["dataset.name=imagenet"])
+    assert "config key 'dataset.name' is invalid: 'imagenet' is not one of" in str(err.value)
+    assert all(f"'{name}'" in str(err.value) for name in ("cifar10", "cifar100", "digits", "imagefolder"))
+    monkeypatch.setitem(datasets.DATASETS, "toy", datasets.Entry("toy", "a toy", (3, 8, 2), lambda root: None))
+    assert load_config([], ["dataset.name=toy"])["dataset"]["name"] == "toy"
+
+
+@pytest.mark.parametrize("name", ["cifar10", "cifar100", "digits"])
+def test_a_datasets_geometry_is_that_of_its_images(synthetic_cifar, name):
+    """The (channels, side, classes) the registry gives before any job (the architectures' checks) are those
+    of the images and classes the dataset reads."""
+    root = synthetic_cifar(name, n_train=4, n_test=2)[0] if name.startswith("cifar") else "unused"
+    ds = datasets.load_dataset(name, root)
+    assert datasets.geometry({"dataset": {"name": name}}) == (ds.image_size[0], ds.image_size[1], ds.num_classes)
+    assert ds.image_size[1] == ds.image_size[2]
+
+
+def test_the_datasets_command_lists_the_registry():
+    """`python -m kdsweep datasets`: a header, then one line per dataset: its name, classes, side, and its line."""
+    from conftest import run_kdsweep
+
+    lines = run_kdsweep("datasets").stdout.splitlines()
+    assert lines[0].split()[:3] == ["dataset", "classes", "side"]
+    assert [line.split()[0] for line in lines[1:]] == ["cifar10", "cifar100", "digits", "imagefolder"]
+    for line, entry in zip(lines[1:], datasets.DATASETS.values()):
+        assert line.endswith(entry.about)
+    assert lines[1].split()[1:3] == ["10", "32"] and lines[2].split()[1:3] == ["100", "32"]
+    assert lines[3].split()[1:3] == ["10", "8"] and lines[4].split()[1:3] == ["-", "-"]
+
+
 def test_download_folder_is_torchvisions_and_imports_no_torch(tmp_path):
     """The workflow asks for the folder in every snakemake process: torchvision's base_folder, without
     importing torch (seconds in each of a cluster job's two snakemake processes)."""

@@ -36,10 +36,16 @@ def _schema_text() -> str:
 
 def schema() -> dict:
     """config.schema.yaml, with the `methods` section's schema derived from the KD methods' modules
-    (kdsweep.methods: each declares its hyperparameters and their bounds)."""
+    (kdsweep.methods: each declares its hyperparameters and their bounds), and the names the registries
+    hold as enums: dataset.name (kdsweep.datasets.DATASETS) and the losses an attack climbs
+    (kdsweep.attacks.LOSSES)."""
+    from .attacks import LOSSES
+    from .datasets import DATASETS
     from .methods import METHODS
 
     loaded = yaml.safe_load(_schema_text())
+    loaded["properties"]["dataset"]["properties"]["name"]["enum"] = list(DATASETS)
+    loaded["properties"]["attacks"]["properties"]["pgd"]["properties"]["loss"]["enum"] = list(LOSSES)
     section = loaded["properties"]["methods"]
     section["additionalProperties"] = False
     # null leaves a method out; its keywords but `type` only apply to a mapping

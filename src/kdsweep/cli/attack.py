@@ -1,6 +1,7 @@
 """`attack`: a finished run's accuracy under attack, one attack at one epsilon or the config's whole suite
 with its worst case, transfer attacks and masking checks (kdsweep.attacks.job)."""
 
+from ..attacks import ATTACKS
 from ..errors import KdsweepError
 from .common import command, config_args, load, path_type, refuse_overwrite
 
@@ -15,7 +16,7 @@ def register(subparsers):
                    help="finished run folder (holds metrics.json and model.pt)")
     p.add_argument("--attack", default=None, metavar="NAME",
                    help="with --out: the attack, named under attacks: in the config, which gives its parameters "
-                        "(fgsm, pgd, apgd_ce, apgd_dlr, apgd_t, square; default: fgsm)")
+                        f"({', '.join(ATTACKS)}; default: fgsm)")
     p.add_argument("--epsilon", type=float, default=None,
                    help="with --out: perturbation size (L-inf) in [0, 1] pixel units")
     p.add_argument("--out", type=path_type, default=None,
