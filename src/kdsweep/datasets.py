@@ -46,7 +46,7 @@ if TYPE_CHECKING:
 DIGITS_TEST_EVERY = 5
 
 # The folder under dataset.root of each torchvision class read here: its `base_folder`, written out
-# so that download_folder does not import torchvision (tests/test_data.py checks them against it).
+# so that download_folder does not import torchvision (tests/test_datasets.py checks them against it).
 CIFAR_FOLDERS = {"CIFAR10": "cifar-10-batches-py", "CIFAR100": "cifar-100-python"}
 CIFAR_CLASSES = {"CIFAR10": 10, "CIFAR100": 100}
 CIFAR_SHAPE = (3, 32, 32)  # one image: a row of 3072 bytes, channel-major
@@ -333,7 +333,7 @@ def load_dataset(name: str, root) -> Dataset:
         raise _unknown(name)
     if name in STREAMED:
         raise KdsweepError(f"dataset {name} is streamed from its files, never read into memory whole "
-                           "(kdsweep.data.load_splits)")
+                           "(kdsweep.split.load_splits)")
     return DATASETS[name].load(root)
 
 

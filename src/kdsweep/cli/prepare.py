@@ -39,12 +39,11 @@ def cmd_download(args):
 
 
 def cmd_stats(args):
-    from .. import data
-
+    from .. import split
     from ..imagefolder import arrays_of
 
     config = load(args)
     arrays = arrays_of(args.out) if config["dataset"]["name"] == "imagefolder" else ()
     refuse_overwrite(args, config, writes=[("--out", args.out), *(("--out", path) for path in arrays)])
-    stats = data.write_stats(args.out, config["dataset"], config)
+    stats = split.write_stats(args.out, config["dataset"], config)
     print(f"wrote {args.out}: mean {['%.4f' % m for m in stats['mean']]} std {['%.4f' % s for s in stats['std']]}")
