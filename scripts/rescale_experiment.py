@@ -35,7 +35,7 @@ def the_tests():
 
 
 def a_run(run, configs, epsilons):
-    from kdsweep import data, runs
+    from kdsweep import split, trained
     from kdsweep.attacks.suite import Suite
     from kdsweep.config import load_config
     from kdsweep.runtime import Runtime
@@ -43,9 +43,9 @@ def a_run(run, configs, epsilons):
     config = load_config([Path(c) for c in configs], ["runtime.threads=1"])
     suite = Suite.from_config(config)
     runtime = Runtime.from_config(config["runtime"], training_job=False)
-    splits = data.load_splits(config["dataset"], runtime.device, data.study_stats(run, config))
-    _, model = runs.load(Path(run), config["dataset"], runtime.device, splits.num_classes, "run",
-                         data_digest=splits.digest)
+    splits = split.load_splits(config["dataset"], runtime.device, split.study_stats(run, config))
+    _, model = trained.load(Path(run), config["dataset"], runtime.device, splits.num_classes, "run",
+                            data_digest=splits.digest)
     subset = subset_indices(len(splits.test.labels), suite.subset_size, suite.subset_seed)
     attacks = {name: suite.attacks[name] for name in ("fgsm", "pgd", *suite.headline) if name in suite.attacks}
     return (model, splits.test.images, splits.test.labels, attacks, suite.headline, subset, suite.full_test_set,

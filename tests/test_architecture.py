@@ -102,10 +102,10 @@ def test_the_graph_sees_every_kind_of_import():
     module-level import, a function-level one, an absolute one, a submodule from its package, and a module's
     own package's __init__ through `from . import x`."""
     assert "kdsweep.errors" in GRAPH["kdsweep.io"]  # from .errors import KdsweepError
-    assert "kdsweep.models" in GRAPH["kdsweep.runs"]  # from .models import load_model, inside load()
+    assert "kdsweep.models" in GRAPH["kdsweep.trained"]  # from .models import load_model, inside load()
     assert "kdsweep.layout" in GRAPH["kdsweep.tables.collect"]  # from kdsweep.layout import ...
-    assert "kdsweep.tables.choices" in GRAPH["kdsweep.cli"]  # from .tables.choices import ..., in a function
-    assert "kdsweep.tables" in GRAPH["kdsweep.cli"]  # which runs tables/__init__ first
+    assert "kdsweep.tables.choices" in GRAPH["kdsweep.cli.decisions"]  # from ..tables.choices import ..., in a function
+    assert "kdsweep.tables" in GRAPH["kdsweep.cli.decisions"]  # which runs tables/__init__ first
     assert {"kdsweep.bench", "kdsweep.bench.floor"} <= GRAPH["kdsweep.bench.command"]  # from . import floor
 
 

@@ -13,6 +13,7 @@ from kdsweep.attacks.evaluate import evaluate_attack
 from kdsweep.attacks.examples import worst_case
 from kdsweep.attacks.fgsm_attack import fgsm
 from kdsweep.attacks.pgd_attack import pgd
+from kdsweep.errors import KdsweepError
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -294,6 +295,37 @@ def test_pgd_refuses_bad_parameters(batch):
     for args, match in (((-0.1, 0.1, 3), "epsilon"), ((0.1, -0.1, 3), "step_size"), ((0.1, 0.1, 0), "steps")):
         with pytest.raises(ValueError, match=match):
             pgd(small_net(), images, labels, *args)
+
+
+def test_the_losses_are_the_registrys(monkeypatch):
+    """Every loss of the torch-free registry (which the schema's attacks.pgd.loss reads) has its function, and
+    an unknown one is one sentence naming every loss; a loss added to the registry is one a study can name."""
+    from kdsweep.attacks import LOSSES
+    from kdsweep.attacks.base import LOSSES as FUNCTIONS
+    from kdsweep.config import load_config
+
+    assert list(FUNCTIONS) == list(LOSSES) == ["ce", "margin", "dlr"]
+    with pytest.raises(KdsweepError) as err:
+        load_config([], ["attacks.pgd.loss=hinge"])
+    assert "config key 'attacks.pgd.loss' is invalid: 'hinge' is not one of ['ce', 'margin', 'dlr']" in str(err.value)
+    monkeypatch.setitem(LOSSES, "hinge", "a toy")
+    assert load_config([], ["attacks.pgd.loss=hinge"])["attacks"]["pgd"]["loss"] == "hinge"
+
+
+def test_the_attacks_command_lists_the_registry():
+    """`python -m kdsweep attacks`: one line per attack (name, label, kind, paper, parameters), then one per
+    loss."""
+    from conftest import run_kdsweep
+
+    blocks = run_kdsweep("attacks").stdout.split("\n\n")
+    attacks, losses = (block.splitlines() for block in blocks)
+    assert attacks[0].split()[:4] == ["attack", "label", "kind", "paper"] and losses[0].split()[0] == "loss"
+    assert [line.split()[0] for line in attacks[1:]] == ["fgsm", "pgd", "apgd_ce", "apgd_dlr", "apgd_t", "square"]
+    for line, attack in zip(attacks[1:], ATTACKS.values()):
+        assert f" {attack.label} " in line and f" {attack.kind} " in line and f" {attack.paper} " in line
+        assert line.endswith(", ".join(attack.params) or "-")
+    assert [line.split()[0] for line in losses[1:]] == ["ce", "margin", "dlr"]
+    assert "Carlini & Wagner 2017" in losses[2] and "Croce & Hein 2020" in losses[3]
 
 
 def test_registry_names_the_config_attacks():
@@ -840,7 +872,6 @@ def test_the_subset_is_the_same_for_every_run_and_the_worst_case_is_per_image():
 def test_the_suite_refuses_what_cannot_run():
     from kdsweep.attacks.suite import Suite
     from kdsweep.config import load_config
-    from kdsweep.errors import KdsweepError
 
     def suite(*overrides):
         return Suite.from_config(load_config([Path(__file__).resolve().parents[1] / "config.yaml"], list(overrides)))

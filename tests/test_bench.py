@@ -29,7 +29,7 @@ REFERENCE = SIDE | {"loader_startup_s", "images_per_s_without_startup"}
 
 
 def parse(argv):
-    """The bench's arguments wired as cli.py wires them: a `bench` subcommand."""
+    """The bench's arguments wired as kdsweep.cli wires them: a `bench` subcommand."""
     parser = argparse.ArgumentParser(prog="kdsweep")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("bench")

@@ -5,7 +5,7 @@ import math
 import statistics
 from pathlib import Path
 
-from kdsweep import data, train
+from kdsweep import split, train
 from kdsweep.config import load_config
 from kdsweep.plan import Run
 
@@ -24,7 +24,7 @@ def test_bf16_accuracy_is_within_run_to_run_noise_of_fp32(tmp_path):
     config = load_config([str(ROOT / "config.yaml"), str(ROOT / "studies" / "demo.yaml")],
                          ["runtime.pack_size=1", "training.max_epochs=3"])
     stats_path = tmp_path / "stats.json"
-    data.write_stats(stats_path, config["dataset"])
+    split.write_stats(stats_path, config["dataset"])
     accuracies = {}
     for precision in ("fp32", "bf16"):
         run_config = load_config([str(ROOT / "config.yaml"), str(ROOT / "studies" / "demo.yaml")],
@@ -34,7 +34,7 @@ def test_bf16_accuracy_is_within_run_to_run_noise_of_fp32(tmp_path):
                                [tmp_path / f"{precision}{seed}"], log=lambda line: None)[0]["test_acc"]
             for seed in (0, 1, 2)]
     fp32, bf16 = accuracies["fp32"], accuracies["bf16"]
-    n_test = len(data.load_configured(config["dataset"]).test_labels)
+    n_test = len(split.load_configured(config["dataset"]).test_labels)
     assert min(fp32 + bf16) > 50, accuracies  # both really trained (chance is 10%)
     pooled = math.sqrt((statistics.variance(fp32) + statistics.variance(bf16)) / 2)
     bound = max(scipy_stats.t.ppf(0.9995, 4) * pooled * math.sqrt(2 / 3), 100 / n_test)

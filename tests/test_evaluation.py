@@ -213,7 +213,7 @@ def finished(tmp_path_factory):
     steps (so that its logits have margins far above rounding) and a student that is that teacher
     with classes 0 and 1 swapped, so that it differs from it by construction and its agreement and KL
     are known from the teacher's logits alone."""
-    from kdsweep import data, io
+    from kdsweep import io, split
     from kdsweep.models import build_model, save_model
     from kdsweep.evaluation import loss_and_accuracy
 
@@ -228,7 +228,7 @@ def finished(tmp_path_factory):
     # The jobs run with runtime.threads = 1: so does the test accuracy written below, so that it is
     # the same computation as the jobs' (CPU kernels can change with the thread count).
     torch.set_num_threads(1)
-    splits = data.load_splits(config["dataset"])
+    splits = split.load_splits(config["dataset"])
     torch.manual_seed(0)
     teacher = build_model("mobilenet_v3_small", splits.num_classes, [0.5] * 3, [0.25] * 3, bn_momentum=0.5)
     optimizer = torch.optim.Adam(teacher.parameters(), lr=0.01)

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from conftest import ROOT, run_kdsweep, snakemake
-from kdsweep import data, imagefolder, sources, streaming
+from kdsweep import imagefolder, sources, split, streaming
 from kdsweep.config import load_config
 from kdsweep.distributed import Processes
 from kdsweep.errors import KdsweepError
@@ -87,7 +87,7 @@ def _eval_images(paths, resize, crop):
 
 def test_the_stats_job_skips_and_counts_damaged_files_and_computes_the_training_splits_statistics(tree, tmp_path):
     config = config_of(tree, "dataset.skip_damaged=true")
-    stats = data.write_stats(tmp_path / "stats.json", config["dataset"], config, log=lambda line: None)
+    stats = split.write_stats(tmp_path / "stats.json", config["dataset"], config, log=lambda line: None)
     assert stats["skipped"] == [{"file": "train/class1/damaged.jpg", "reason": "Image is incomplete or truncated"}]
     # the split, the statistics and the arrays, computed here without kdsweep's code
     train = sorted(p for p in (tree / "train").rglob("*") if p.is_file() and p.name != "damaged.jpg")
@@ -104,7 +104,7 @@ def test_the_stats_job_skips_and_counts_damaged_files_and_computes_the_training_
     assert torch.equal(torch.from_numpy(np.load(val_path)), _eval_images([train[i] for i in val_part], 20, 16))
     assert torch.equal(torch.from_numpy(np.load(test_path)), _eval_images(test, 20, 16))
     # with as many workers as the machine gives, the same record (the integer sums do not depend on them)
-    again = data.write_stats(tmp_path / "again" / "stats.json", config["dataset"],
+    again = split.write_stats(tmp_path / "again" / "stats.json", config["dataset"],
                              config_of(tree, "dataset.skip_damaged=true", "runtime.loader_workers=2"),
                              log=lambda line: None)
     assert {k: v for k, v in again.items() if k != "seconds"} == {k: v for k, v in stats.items() if k != "seconds"}
@@ -113,23 +113,23 @@ def test_the_stats_job_skips_and_counts_damaged_files_and_computes_the_training_
 def test_a_job_reads_the_same_files_moved_and_refuses_changed_ones(tree, tmp_path):
     config = config_of(tree, "dataset.skip_damaged=true")
     path = tmp_path / "stats.json"
-    data.write_stats(path, config["dataset"], config, log=lambda line: None)
+    split.write_stats(path, config["dataset"], config, log=lambda line: None)
     # copied without the files' times (a copy to a node's scratch disk): the same data, the same digests
     moved = tmp_path / "moved"
     shutil.copytree(tree, moved, copy_function=shutil.copyfile)
     moved_cfg = config_of(moved, "dataset.skip_damaged=true")
-    stats = data.read_stats(path, moved_cfg["dataset"], moved_cfg["imagefolder"])
-    splits = data.load_splits(moved_cfg["dataset"], "cpu", stats)
+    stats = split.read_stats(path, moved_cfg["dataset"], moved_cfg["imagefolder"])
+    splits = split.load_splits(moved_cfg["dataset"], "cpu", stats)
     assert splits.digest == stats["data_digest"] and len(splits.train) == stats["n_train"]
     assert splits.val.images.shape == (stats["n_val"], 3, 16, 16) and len(splits.test) == stats["n_test"]
     # one file one byte longer: refused, naming the fix
     victim = moved / "train" / "class0" / "train_0_0000.jpg"
     victim.write_bytes(victim.read_bytes() + b"\0")
     with pytest.raises(KdsweepError, match="not those the stats file was computed from.*delete the study's data/"):
-        data.load_splits(moved_cfg["dataset"], "cpu", stats)
+        split.load_splits(moved_cfg["dataset"], "cpu", stats)
     # another evaluation size than the stats job's: refused
     with pytest.raises(KdsweepError, match="pipeline"):
-        data.read_stats(path, moved_cfg["dataset"], {**moved_cfg["imagefolder"], "eval_crop": 12})
+        split.read_stats(path, moved_cfg["dataset"], {**moved_cfg["imagefolder"], "eval_crop": 12})
 
 
 def _epoch(source, seed, processes=None):
@@ -149,8 +149,9 @@ def test_streamed_batches_follow_the_seed_alone_and_processes_share_them(tree, t
     processes share the batches (their shares, side by side, are the one-process batch)."""
     config = config_of(tree, "dataset.skip_damaged=true")
     path = tmp_path / "stats.json"
-    data.write_stats(path, config["dataset"], config, log=lambda line: None)
-    splits = data.load_splits(config["dataset"], "cpu", data.read_stats(path, config["dataset"], config["imagefolder"]))
+    split.write_stats(path, config["dataset"], config, log=lambda line: None)
+    stats = split.read_stats(path, config["dataset"], config["imagefolder"])
+    splits = split.load_splits(config["dataset"], "cpu", stats)
     pipeline = streaming.Pipeline.from_config(config["imagefolder"])
     alone = _epoch(sources.Streamed(splits.train, pipeline, 5, 0, "cpu"), seed=3)
     assert [len(labels) for _, labels, _, _ in alone] == [5, 5, 4]  # 14 of the 18 decodable training images
@@ -195,7 +196,7 @@ def test_an_imagefolder_study_runs_from_snakemake_to_its_tables_and_report(tmp_p
 
 def _stats(tree, tmp_path, skip="false"):
     config = config_of(tree, f"dataset.skip_damaged={skip}")
-    return data.write_stats(tmp_path / "stats.json", config["dataset"], config, log=lambda line: None)
+    return split.write_stats(tmp_path / "stats.json", config["dataset"], config, log=lambda line: None)
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ import pytest
 
 from kdsweep import plots
 from kdsweep.tables import write_tables
-from test_aggregate import BASE, make_study
+from test_tables import BASE, make_study
 
 MAGIC = {".png": b"\x89PNG\r\n\x1a\n", ".pdf": b"%PDF-"}
 STAGED_WEIGHT = 0.9  # the fake study's temperature-sweep weight (it has runs at 0.5, 0.9 and 1)

@@ -5,7 +5,8 @@ import json
 
 import pytest
 
-from kdsweep import cli, io
+from kdsweep import io
+from kdsweep.cli.train import write_record
 from kdsweep.errors import KdsweepError
 from kdsweep.identity import held, result_matches
 from kdsweep.records import (AttackResult, BestPoint, Evaluation, JobPoint, JobRecord, Metrics, StagedChoice,
@@ -90,7 +91,7 @@ def test_the_job_record_keeps_its_keys(tmp_path):
     epochs, validation accuracy, finished, training seconds); another method's point also its method and
     hyperparameters. A halving rung's record (until_epoch) has a paused point without test accuracy."""
     out = tmp_path / "pack.json"
-    cli._write_record(out, ["runs/teacher/t", "runs/dkd/d"], [Metrics.from_dict(TEACHER), Metrics.from_dict(DKD)])
+    write_record(out, ["runs/teacher/t", "runs/dkd/d"], [Metrics.from_dict(TEACHER), Metrics.from_dict(DKD)])
     record = json.loads(out.read_text())
     assert set(record) == {"points", "slurm"}
     reached = {"seed": 0, "epochs": 3, "val_acc": 90.0, "finished": True, "train_seconds": 12.5}
@@ -99,7 +100,7 @@ def test_the_job_record_keeps_its_keys(tmp_path):
     assert record["points"][1] == {"run": "runs/dkd/d", "temperature": 4, "soft_weight": None, "method": "dkd",
                                    "hparams": DKD["hparams"], "config_hash": "abc", "test_acc": 89.5, **reached}
     paused = Metrics.from_dict({key: value for key, value in DKD.items() if not key.startswith("test_")})
-    cli._write_record(tmp_path / "rung.json", ["runs/dkd/d"], [paused], until_epoch=3)
+    write_record(tmp_path / "rung.json", ["runs/dkd/d"], [paused], until_epoch=3)
     rung = json.loads((tmp_path / "rung.json").read_text())
     assert rung["until_epoch"] == 3 and rung["points"][0]["finished"] is False
     assert "test_acc" not in rung["points"][0]

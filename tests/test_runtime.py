@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from kdsweep import augment as augment_module
-from kdsweep import data, runtime, sources, train
+from kdsweep import runtime, sources, split, train
 from kdsweep.config import load_config
 from kdsweep.plan import Run
 
@@ -212,8 +212,8 @@ def test_a_checkpoint_resumes_under_another_runtime_section(job, monkeypatch):
         monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="eager"))
 
     # Adam's state takes its parameter's layout: CUDA's fused Adam refuses a mismatch.
-    stats = data.read_stats(folder / "stats.json", config["dataset"])
-    splits = data.load_splits(config["dataset"], device, stats)
+    stats = split.read_stats(folder / "stats.json", config["dataset"])
+    splits = split.load_splits(config["dataset"], device, stats)
     resumed = train._JobPoint(config, spec, run, read(teacher / "metrics.json")["config_hash"], splits, stats,
                               runtime.Runtime.from_config(config["runtime"]), lambda line: None, False)
     # the signal lands during epoch 2: the checkpoint is of epoch 1, and epoch 2 trains under the new section

@@ -36,12 +36,17 @@ def _schema_text() -> str:
 
 def schema() -> dict:
     """config.schema.yaml, with the `methods` section's schema derived from the KD methods' modules
-    (kdsweep.methods: each declares its hyperparameters and their bounds), and `sweep`'s values from the
-    search strategies' (kdsweep.search)."""
+    (kdsweep.methods: each declares its hyperparameters and their bounds), and the names the registries
+    hold as enums: dataset.name (kdsweep.datasets.DATASETS), the losses an attack climbs
+    (kdsweep.attacks.LOSSES) and the search strategies, `sweep` (kdsweep.search.STRATEGIES)."""
+    from .attacks import LOSSES
+    from .datasets import DATASETS
     from .methods import METHODS
     from .search import STRATEGIES
 
     loaded = yaml.safe_load(_schema_text())
+    loaded["properties"]["dataset"]["properties"]["name"]["enum"] = list(DATASETS)
+    loaded["properties"]["attacks"]["properties"]["pgd"]["properties"]["loss"]["enum"] = list(LOSSES)
     loaded["properties"]["sweep"]["enum"] = list(STRATEGIES)
     section = loaded["properties"]["methods"]
     section["additionalProperties"] = False

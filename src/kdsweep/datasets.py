@@ -1,6 +1,8 @@
 """The datasets a study can name (`dataset.name`), read whole into memory as uint8 tensors.
 
-Registry `DATASETS`, name -> loader(root, download=False) -> Dataset:
+Registry `DATASETS`, name -> `Entry` (its one line, its images' geometry, its loader(root, download=False)
+-> Dataset); config.schema() takes the names of `dataset.name` from it, and `python -m kdsweep datasets`
+lists it:
 - cifar10, cifar100: torchvision's files under dataset.root (cifar-10-batches-py/,
   cifar-100-python/). Jobs never download; `download()` (the `download` command) does, through
   torchvision, which verifies the archive's and the files' md5 checksums. Jobs read the files as
@@ -17,7 +19,7 @@ Registry `DATASETS`, name -> loader(root, download=False) -> Dataset:
   training set. Its file is checked too: 1,797 rows of 64 pixels in 0..16 and a label in 0..9.
 
 - imagefolder: the user's own images under dataset.root, never read whole: kdsweep.imagefolder lists
-  them, kdsweep.streaming decodes them (not in DATASETS, which holds the datasets read into memory).
+  them, kdsweep.streaming decodes them (its entry has no loader: STREAMED).
 
 torch and torchvision are imported when a dataset is read, not with this module: the workflow
 asks `download_folder` for a dataset's folder in every snakemake process, also in the two of each
@@ -44,7 +46,7 @@ if TYPE_CHECKING:
 DIGITS_TEST_EVERY = 5
 
 # The folder under dataset.root of each torchvision class read here: its `base_folder`, written out
-# so that download_folder does not import torchvision (tests/test_data.py checks them against it).
+# so that download_folder does not import torchvision (tests/test_datasets.py checks them against it).
 CIFAR_FOLDERS = {"CIFAR10": "cifar-10-batches-py", "CIFAR100": "cifar-100-python"}
 CIFAR_CLASSES = {"CIFAR10": 10, "CIFAR100": 100}
 CIFAR_SHAPE = (3, 32, 32)  # one image: a row of 3072 bytes, channel-major
@@ -277,52 +279,71 @@ def _load_digits(root=None, download=False) -> Dataset:
                    "scikit-learn's bundled copy (sklearn.datasets.load_digits)")
 
 
-# name -> loader(root, download=False) -> Dataset; new datasets are added here (and to the schema's enum).
-DATASETS: dict[str, Callable[..., Dataset]] = {
-    "cifar10": partial(_load_cifar, "CIFAR10", "cifar10"),
-    "cifar100": partial(_load_cifar, "CIFAR100", "cifar100"),
-    "digits": _load_digits,
-}
+@dataclass(frozen=True)
+class Entry:
+    """A dataset of the registry: what `python -m kdsweep datasets` says of it, its images' (channels, side,
+    classes) where they are the dataset's own (None: the user's folders say), how a job reads it whole
+    (None: streamed from its files, kdsweep.streaming) and the torchvision class whose files it reads."""
 
+    name: str
+    about: str
+    geometry: tuple[int, int, int] | None = None
+    load: Callable[..., Dataset] | None = None
+    torchvision: str | None = None
+
+
+# name -> its entry; a new dataset is one entry here (the schema's dataset.name and the listing follow).
+DATASETS = {entry.name: entry for entry in (
+    Entry("cifar10", "CIFAR-10 (Krizhevsky 2009): 50,000 training and 10,000 test images; torchvision's files, "
+                     "fetched by `download`", (CIFAR_SHAPE[0], CIFAR_SHAPE[1], CIFAR_CLASSES["CIFAR10"]),
+          partial(_load_cifar, "CIFAR10", "cifar10"), "CIFAR10"),
+    Entry("cifar100", "CIFAR-100 (Krizhevsky 2009): as CIFAR-10, in 100 classes; torchvision's files, fetched "
+                      "by `download`", (CIFAR_SHAPE[0], CIFAR_SHAPE[1], CIFAR_CLASSES["CIFAR100"]),
+          partial(_load_cifar, "CIFAR100", "cifar100"), "CIFAR100"),
+    Entry("digits", f"scikit-learn's bundled handwritten digits: {DIGITS_IMAGES:,} images, every "
+                    f"{DIGITS_TEST_EVERY}th a test image; nothing to download (the offline demo's)",
+          (3, 8, DIGITS_CLASSES), _load_digits),  # 8x8, replicated to 3 channels (_load_digits)
+    Entry("imagefolder", "your own images under dataset.root, one folder per class, streamed from disk at any "
+                         "scale (docs/datasets.md)"),
+)}
 
 # Datasets streamed from their files (kdsweep.streaming), not read into memory.
-STREAMED = ("imagefolder",)
+STREAMED = tuple(name for name, entry in DATASETS.items() if entry.load is None)
 
 
 def _unknown(name) -> KdsweepError:
-    return KdsweepError(f"unknown dataset '{name}'; set dataset.name to one of {', '.join((*DATASETS, *STREAMED))}")
+    return KdsweepError(f"unknown dataset '{name}'; set dataset.name to one of {', '.join(DATASETS)}")
 
 
 def geometry(config: dict) -> tuple[int, int, int]:
     """(channels, side in pixels, classes) of a config's dataset's images, known without reading them: what the
     checks of a study's architectures need before any job (kdsweep.models.check_config). An imagefolder's
     side is its training crop (imagefolder.train_crop), its classes its training folder's subfolders."""
-    name = config["dataset"]["name"]
-    if name in STREAMED:
+    entry = DATASETS[config["dataset"]["name"]]
+    if entry.geometry is None:
         from .imagefolder import classes_of
 
         dataset = config["dataset"]
         return 3, config["imagefolder"]["train_crop"], len(classes_of(dataset["root"], dataset["train"]))
-    loader = DATASETS[name]
-    if isinstance(loader, partial) and loader.func is _load_cifar:
-        return CIFAR_SHAPE[0], CIFAR_SHAPE[1], CIFAR_CLASSES[loader.args[0]]
-    return 3, 8, DIGITS_CLASSES  # the digits: 8x8, replicated to 3 channels (_load_digits)
+    return entry.geometry
 
 
 def load_dataset(name: str, root) -> Dataset:
     if name not in DATASETS:
-        raise _unknown(name) if name not in STREAMED else KdsweepError(
-            f"dataset {name} is streamed from its files, never read into memory whole (kdsweep.data.load_splits)")
-    return DATASETS[name](root)
+        raise _unknown(name)
+    if name in STREAMED:
+        raise KdsweepError(f"dataset {name} is streamed from its files, never read into memory whole "
+                           "(kdsweep.split.load_splits)")
+    return DATASETS[name].load(root)
 
 
 def download_folder(name: str, root) -> str | None:
     """The folder `download` fills for dataset `name` under root (torchvision's own name for it);
     None for a bundled dataset, which needs no download."""
-    loader = DATASETS.get(name)
-    if not isinstance(loader, partial) or loader.func is not _load_cifar:
+    entry = DATASETS.get(name)
+    if entry is None or entry.torchvision is None:
         return None
-    return str(Path(root) / CIFAR_FOLDERS[loader.args[0]])
+    return str(Path(root) / CIFAR_FOLDERS[entry.torchvision])
 
 
 def source(name: str, root) -> Path | None:
@@ -342,4 +363,4 @@ def download(name: str, root) -> str:
         return f"{root} (your own files: nothing to download)"
     if name not in DATASETS:
         raise _unknown(name)
-    return DATASETS[name](root, download=True).source
+    return DATASETS[name].load(root, download=True).source

@@ -42,7 +42,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from . import data, identity
+from . import identity, split
 from .errors import KdsweepError
 
 
@@ -190,19 +190,19 @@ def evaluate_run(model, teacher, images_uint8, labels, batch_size, ece_bins, run
 def evaluate_job(config: dict, run_dir, teacher_dir, out, log=print):
     """Evaluate a finished run against a finished teacher on the config's test set; write `out`
     (kdsweep.records.Evaluation) and return it."""
-    from . import runs
+    from . import trained
     from .records import Evaluation, run_keys
     from .runtime import Runtime, environment
 
     run_dir, teacher_dir = Path(run_dir), Path(teacher_dir)
     for folder, what in ((run_dir, "run"), (teacher_dir, "teacher run")):  # the cheap refusals first
-        runs.check_compatible(runs.finished(folder, what), folder, config["dataset"], what=what)
+        trained.check_compatible(trained.finished(folder, what), folder, config["dataset"], what=what)
     # One pass over the test set: never compiled (runtime.compile is for training jobs).
     runtime = Runtime.from_config(config["runtime"], training_job=False)
-    splits = data.load_splits(config["dataset"], runtime.device, data.study_stats(run_dir, config))
-    run, model = runs.load(run_dir, config["dataset"], runtime.device, splits.num_classes, data_digest=splits.digest)
-    teacher_run, teacher = runs.load(teacher_dir, config["dataset"], runtime.device, splits.num_classes, "teacher run",
-                                     data_digest=splits.digest)
+    splits = split.load_splits(config["dataset"], runtime.device, split.study_stats(run_dir, config))
+    run, model = trained.load(run_dir, config["dataset"], runtime.device, splits.num_classes, data_digest=splits.digest)
+    teacher_run, teacher = trained.load(teacher_dir, config["dataset"], runtime.device, splits.num_classes,
+                                        "teacher run", data_digest=splits.digest)
     model, teacher = runtime.place(model), runtime.place(teacher)
     started = time.perf_counter()
     result = evaluate_run(model, teacher, splits.test.images, splits.test.labels,

@@ -14,7 +14,7 @@ a checkpoint or a result belongs to it, and the runs kept aside.
   Not in it: where the data lies (`dataset.root`) and the `runtime` section (device, precision,
   threads, ...): they change no result beyond floating-point noise, so moving the data, or the study
   to another cluster with the same files, retrains nothing. Different files under the same path have
-  another digest: the jobs refuse them (kdsweep.data) and, once stats.json is made again from them,
+  another digest: the jobs refuse them (kdsweep.split) and, once stats.json is made again from them,
   every run's identity changes.
 - `same_run(recorded, identity)`: whether a recorded identity (metrics.json's `config`, a checkpoint's)
   is this run's. Records made before data digests existed (they hold `dataset.root` and no digest)

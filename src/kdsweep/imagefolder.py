@@ -213,6 +213,6 @@ def content_digest(classes, train: Listing, test: Listing, train_sha, test_sha) 
 
 
 def arrays_of(stats_path) -> tuple[Path, Path]:
-    """The validation and test arrays an imagefolder's stats job writes beside its stats.json (kdsweep.data)."""
+    """The validation and test arrays an imagefolder's stats job writes beside its stats.json (kdsweep.split)."""
     path = Path(stats_path)
     return path.with_name(f"{path.stem}.val.npy"), path.with_name(f"{path.stem}.test.npy")

@@ -51,6 +51,12 @@ def _ticks(ax, values):
     ax.set_xticks(values, [fmt(v) for v in values])
 
 
+def _axes(figsize=_SIZE):
+    """A figure of one plot, laid out to fit its labels."""
+    fig = Figure(figsize=figsize, layout="constrained")
+    return fig, fig.add_subplot()
+
+
 def _note(ax, text):
     ax.set(xticks=[], yticks=[])
     ax.text(0.5, 0.5, text, transform=ax.transAxes, ha="center", va="center", wrap=True,
@@ -99,8 +105,7 @@ def _student_temperature(grid, runs, student, soft_weight):
 
 def _soft_weight_figure(tables, student, soft_weight, dataset):
     grid, runs, table1 = tables["grid.csv"], tables["runs.csv"], tables["table1.csv"]
-    fig = Figure(figsize=_SIZE, layout="constrained")
-    ax = fig.add_subplot()
+    fig, ax = _axes()
     temperature, why = _student_temperature(grid, runs, student, soft_weight)
     title = f"{dataset} · {student}: test accuracy vs soft weight"
     if temperature is None:
@@ -129,8 +134,7 @@ def _soft_weight_figure(tables, student, soft_weight, dataset):
 
 def _temperature_figure(tables, students, soft_weight, dataset):
     grid = tables["grid.csv"]
-    fig = Figure(figsize=_SIZE, layout="constrained")
-    ax = fig.add_subplot()
+    fig, ax = _axes()
     at_w = grid[_close(grid["soft_weight"], soft_weight)]
     plotted = False
     for i, student in enumerate(students):
@@ -159,6 +163,23 @@ def _search_line(table) -> str:
     return "\n" + textwrap.fill(f"search: {table['search'].dropna().iloc[0]}", 64)
 
 
+def _accuracy_cells(ax, table, xs, ys, pruned: bool):
+    """A heat map of mean test accuracy over (x, y) cells, each cell labelled with its mean and, over more than
+    one seed, its 95% interval; table(column) is that column as a (y, x) array. Returns the image."""
+    mean, ci, n = table("test_acc_mean"), table("test_acc_ci95"), table("test_acc_n")
+    image = ax.imshow(np.ma.masked_invalid(mean), cmap=matplotlib.colormaps["viridis"].with_extremes(bad="white"),
+                      aspect="auto", origin="lower")
+    ax.set_xticks(range(len(xs)), [fmt(x) for x in xs])
+    ax.set_yticks(range(len(ys)), [fmt(y) for y in ys])
+    for i, j in zip(*np.nonzero(np.isfinite(mean))):
+        text = f"{mean[i, j]:.2f}" + (f"\n±{ci[i, j]:.2f}" if n[i, j] > 1 else "")
+        ax.text(j, i, text, ha="center", va="center", fontsize=8,
+                color="black" if image.norm(mean[i, j]) > 0.5 else "white")
+    if pruned:
+        _pruned_cells(ax, table("pruned_at_epoch"), table("val_acc_mean"))
+    return image
+
+
 def _pruned_cells(ax, pruned_at, val):
     """Successive halving's pruned points: hatched, with the rung where each stopped and its validation
     accuracy there (it has no test accuracy)."""
@@ -179,9 +200,7 @@ def _grid_figure(tables, student, dataset):
     temperatures = sorted(grid["temperature"].astype(float).unique())
     weights = sorted(grid["soft_weight"].astype(float).unique())
     cells = grid[grid["model"] == student]
-    fig = Figure(figsize=(1.0 * len(weights) + 3.4, 0.55 * len(temperatures) + 2.2) if len(cells) else _SIZE,
-                 layout="constrained")
-    ax = fig.add_subplot()
+    fig, ax = _axes((1.0 * len(weights) + 3.4, 0.55 * len(temperatures) + 2.2) if len(cells) else _SIZE)
     ax.set(xlabel=_W, ylabel="temperature T",
            title=f"{dataset} · {student}: test accuracy (%)\n(mean over seeds; box: best on validation)"
                  + _search_line(grid))
@@ -193,17 +212,7 @@ def _grid_figure(tables, student, dataset):
         return cells.pivot(index="temperature", columns="soft_weight", values=column).reindex(
             index=temperatures, columns=weights).to_numpy(dtype=float)
 
-    mean, ci, n = table("test_acc_mean"), table("test_acc_ci95"), table("test_acc_n")
-    cmap = matplotlib.colormaps["viridis"].with_extremes(bad="white")
-    image = ax.imshow(np.ma.masked_invalid(mean), cmap=cmap, aspect="auto", origin="lower")
-    ax.set_xticks(range(len(weights)), [fmt(w) for w in weights])
-    ax.set_yticks(range(len(temperatures)), [fmt(t) for t in temperatures])
-    for i, j in zip(*np.nonzero(np.isfinite(mean))):
-        text = f"{mean[i, j]:.2f}" + (f"\n±{ci[i, j]:.2f}" if n[i, j] > 1 else "")
-        ax.text(j, i, text, ha="center", va="center", fontsize=8,
-                color="black" if image.norm(mean[i, j]) > 0.5 else "white")
-    if "pruned_at_epoch" in cells.columns:
-        _pruned_cells(ax, table("pruned_at_epoch"), table("val_acc_mean"))
+    image = _accuracy_cells(ax, table, weights, temperatures, "pruned_at_epoch" in cells.columns)
     chosen = tables["kd_vs_hard.csv"]
     chosen = chosen[(chosen["model"] == student) & chosen["temperature"].notna()]
     if len(chosen):  # the distilled run of kd_vs_hard (best on validation)
@@ -219,8 +228,7 @@ def _method_grid_figure(tables, method, student, dataset):
     over seeds; where its other hyperparameters vary, each cell shows the point best on validation."""
     grid = _trained(tables["method_grid.csv"])
     cells = grid[(grid["method"] == method) & (grid["model"] == student)]
-    fig = Figure(figsize=_SIZE, layout="constrained")
-    ax = fig.add_subplot()
+    fig, ax = _axes()
     if cells.empty:
         ax.set(title=f"{dataset} · {student} · {method}: test accuracy (%)")
         _note(ax, f"no {method} run of {student} has finished yet")
@@ -239,17 +247,7 @@ def _method_grid_figure(tables, method, student, dataset):
     def table(column):
         return best.pivot(index="y", columns="x", values=column).reindex(index=ys, columns=xs).to_numpy(dtype=float)
 
-    mean, ci, n = table("test_acc_mean"), table("test_acc_ci95"), table("test_acc_n")
-    image = ax.imshow(np.ma.masked_invalid(mean), cmap=matplotlib.colormaps["viridis"].with_extremes(bad="white"),
-                      aspect="auto", origin="lower")
-    ax.set_xticks(range(len(xs)), [fmt(x) for x in xs])
-    ax.set_yticks(range(len(ys)), [fmt(y) for y in ys])
-    for i, j in zip(*np.nonzero(np.isfinite(mean))):
-        text = f"{mean[i, j]:.2f}" + (f"\n±{ci[i, j]:.2f}" if n[i, j] > 1 else "")
-        ax.text(j, i, text, ha="center", va="center", fontsize=8,
-                color="black" if image.norm(mean[i, j]) > 0.5 else "white")
-    if "pruned_at_epoch" in best.columns:
-        _pruned_cells(ax, table("pruned_at_epoch"), table("val_acc_mean"))
+    image = _accuracy_cells(ax, table, xs, ys, "pruned_at_epoch" in best.columns)
     chosen = tables["methods.csv"]
     chosen = chosen[(chosen["model"] == student) & (chosen["method"] == method)]
     point = best[best["point"].isin(chosen["point"])]
@@ -275,8 +273,7 @@ def _robustness_figure(tables, student, dataset):
     rows = rows[rows["model"] == student]
     clean = rows[rows["measure"] == "clean"]
     attacks = [name for name in _ATTACK_STYLE if (rows["measure"] == name).any()]
-    fig = Figure(figsize=_SIZE, layout="constrained")
-    ax = fig.add_subplot()
+    fig, ax = _axes()
     plotted = []
     if len(rows):
         first = rows.iloc[0]
@@ -318,8 +315,7 @@ def _per_class_figure(tables, student, dataset):
     bar (per_class.md gives it)."""
     table = tables["per_class.csv"]
     mine = table[table["model"] == student]
-    fig = Figure(figsize=_SIZE, layout="constrained")
-    ax = fig.add_subplot()
+    fig, ax = _axes()
     if mine.empty:
         ax.set(title=f"{dataset} · {student}: gain per class over hard targets")
         _note(ax, f"no distilled run and baseline of {student} with per-class results yet")
@@ -361,8 +357,7 @@ def _fidelity_figure(tables, students, dataset):
     if "agreement" not in runs.columns:  # tables written before the evaluation columns existed
         runs = runs.assign(agreement=np.nan)
     have = runs[runs["agreement"].notna() & runs["model"].isin(students) & (runs["role"] != "teacher")]
-    fig = Figure(figsize=_SIZE, layout="constrained")
-    ax = fig.add_subplot()
+    fig, ax = _axes()
     ax.set(xlabel="top-1 agreement with the teacher (%)", ylabel=_ACC,
            title=f"{dataset}: test accuracy vs agreement with the teacher\n(each point one run; fidelity as in "
                  "Stanton et al. 2021)" + _search_line(tables["grid.csv"]))
@@ -407,8 +402,7 @@ def _pairs_figure(tables, dataset):
     accuracy against the student's parameters (colour: teacher, marker: method), the students' hard-target
     baselines as stars."""
     table = tables["pairs.csv"]
-    fig = Figure(figsize=_SIZE, layout="constrained")
-    ax = fig.add_subplot()
+    fig, ax = _axes()
     ax.set(xlabel="student parameters (millions, log scale)", ylabel=_ACC,
            title=f"{dataset}: architecture pairs\n(each point a pair's best point on validation accuracy)"
                  + _search_line(tables["grid.csv"]))

@@ -225,7 +225,7 @@ class Metrics(Record):
     REQUIRED = ("role", "model", "seed")
     # what the tables and the checkpoints' choices read of a run (kdsweep.tables)
     TABULATED = ("dataset", "temperature", "soft_weight", "val_acc", "test_acc")
-    # what a job that reads a finished run binds its result to (kdsweep.runs, kdsweep.identity)
+    # what a job that reads a finished run binds its result to (kdsweep.trained, kdsweep.identity)
     BOUND = ("config_hash", "config")
 
     role: str = key(TEXT)  # teacher | baseline | a method's name | confirm

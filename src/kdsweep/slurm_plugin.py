@@ -1,4 +1,4 @@
-"""Workarounds for six bugs of snakemake-executor-plugin-slurm 2.8.0, as this workflow meets them on a
+"""Workarounds for seven bugs of snakemake-executor-plugin-slurm 2.8.0, as this workflow meets them on a
 real cluster. `work_around_plugin_bugs()` applies them to the plugin of this process; the workflow calls
 it (workflow/rules/common.smk). Each is checked on the local cluster (tests/test_slurm.py) and, where it
 can be, in-process against the plugin's own code.
@@ -47,6 +47,11 @@ can be, in-process against the plugin's own code.
    (10 s later, growing to every 180 s as the plugin's polls do). Only when no query has answered for
    STATUS_PATIENCE_SECONDS does the run stop, with a sentence: the jobs go on in SLURM, and the same
    command, once sacct answers, finds what they finished.
+7. **A requeued job read as failed**: after a node failure SLURM requeues the job (same job id) and runs
+   it again, but sacct can go on answering the failed run's state (FAILED) for a while after the job
+   runs again. The plugin takes that answer: it cancels the running job and Snakemake resubmits it
+   under a new id, which resumes from the checkpoint a second time. Here a job sacct calls failed is
+   asked of slurmctld too (`squeue`), and where slurmctld has it queued or running, that is its state.
 
 Nothing here imports torch or snakemake at module level: the status view imports kdsweep.slurm, and
 the Snakefile this module, in every snakemake process.
@@ -66,6 +71,10 @@ STATUS_PATIENCE_SECONDS = 3600
 _PERMANENT = "accounting storage is disabled"
 
 _CANCELLED_BY = "CANCELLED by "
+# Bug 7: the states sacct can report for a job that slurmctld has running again, and the states in which
+# slurmctld has a job queued or running (not COMPLETING: a job that ends there failed for good).
+_FAILED = ("FAILED", "NODE_FAIL", "BOOT_FAIL")
+_ALIVE = ("PENDING", "CONFIGURING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESIZING", "SUSPENDED")
 
 
 def job_state(state: str) -> str:
@@ -140,8 +149,9 @@ class StatusQueries:
     """Bug 6: the status command's failures, turned into "no news" until STATUS_PATIENCE_SECONDS
     without one answer have passed. One per process (the plugin's status query is a module function)."""
 
-    def __init__(self, patience: float = STATUS_PATIENCE_SECONDS, clock=time.monotonic):
+    def __init__(self, patience: float = STATUS_PATIENCE_SECONDS, clock=time.monotonic, queued=None):
         self.patience, self.clock = patience, clock
+        self.queued = queued or queued_states
         self.failing_since = None
         self.failures = 0
 
@@ -163,7 +173,12 @@ class StatusQueries:
         states, duration = await query(command, _Recorder())
         if states is not None:
             self.failing_since, self.failures = None, 0
-            return {job: job_state(state) for job, state in states.items()}, duration
+            states = {job: job_state(state) for job, state in states.items()}
+            failed = [job for job, state in states.items() if state in _FAILED]
+            if failed and command.split()[0].endswith("sacct"):  # bug 7
+                queued = await self.queued(failed)
+                states.update({job: queued[job] for job in failed if queued.get(job) in _ALIVE})
+            return states, duration
         reason_now = errors[-1] if errors else ""
         if _PERMANENT in reason_now:
             from snakemake_interface_common.exceptions import WorkflowError
@@ -191,6 +206,30 @@ class StatusQueries:
         return {}, 0.0
 
 
+async def queued_states(jobs) -> dict:
+    """slurmctld's state of each of these jobs that it still holds ({} where squeue fails), by raw job id
+    and by array task (`123_4`), as sacct's answers name them."""
+    import asyncio
+
+    try:
+        process = await asyncio.create_subprocess_exec(
+            "squeue", "--noheader", "--format=%A|%i|%T", "--jobs", ",".join(jobs),
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
+    except OSError:
+        return {}
+    try:
+        out, _ = await asyncio.wait_for(process.communicate(), timeout=60)
+    except asyncio.TimeoutError:
+        process.kill()
+        await process.wait()
+        return {}
+    states = {}
+    for line in out.decode(errors="replace").splitlines():
+        raw, task, state = (line.split("|") + ["", ""])[:3]
+        states[raw.strip()] = states[task.strip()] = state.strip()
+    return states
+
+
 def plugin_version() -> str | None:
     """The installed snakemake-executor-plugin-slurm's version, or None."""
     from importlib.metadata import PackageNotFoundError, version
@@ -203,7 +242,7 @@ def plugin_version() -> str | None:
 
 def work_around_plugin_bugs() -> bool:
     """Apply the workarounds above to the slurm executor plugin of this process: wrap its status query
-    (bugs 1 and 6) and its submit command (bug 2), and replace its executor's run_jobs (bugs 3, 4 and 5).
+    (bugs 1, 6 and 7) and its submit command (bug 2), and replace its executor's run_jobs (bugs 3, 4 and 5).
     Does nothing where the plugin is not installed, and nothing twice. Returns whether all are in place;
     False (with nothing changed) where the plugin lacks what they wrap (another version than 2.8)."""
     try:

@@ -82,7 +82,7 @@ class InMemory:
 
 
 class Streamed:
-    """A split on disk's epochs (module docstring): kdsweep.data.Files, decoded by DataLoader workers
+    """A split on disk's epochs (module docstring): kdsweep.split.Files, decoded by DataLoader workers
     through the imagefolder pipeline's training transform."""
 
     def __init__(self, files, pipeline, batch_size: int, workers: int, device):
@@ -136,7 +136,7 @@ class _EpochKeys:
 def for_split(split, config: dict, runtime, processes=None):
     """The batch source of a job's training split: InMemory for a split in memory, Streamed for one of
     files (an imagefolder dataset's, with its pipeline and runtime.loader_workers)."""
-    from .data import Files
+    from .split import Files
 
     if isinstance(split, Files):
         from .streaming import Pipeline, workers

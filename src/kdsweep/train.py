@@ -28,8 +28,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import checkpoint, data, distributed, features, identity, io, lock, sources, teachers
-from . import runs as runs_
+from . import checkpoint, distributed, features, identity, io, lock, sources, split, teachers
+from . import trained
 from .board import EpochBoard
 from .checkpoint import RunState
 from .config import config_hash
@@ -242,7 +242,7 @@ class Origin:
     def of(cls, run: Run, checkpoint: str, fine_tune: bool, splits, config: dict) -> "Origin":
         teacher = teachers.Teacher(run.teacher or run.model, run.model, run.seed, checkpoint, fine_tune)
         source = teachers.read(checkpoint)
-        channels, side = data.train_geometry(splits, config)
+        channels, side = split.train_geometry(splits, config)
         fitted = teachers.fit(teacher, source, channels, side, splits.num_classes)
         return cls(teacher, source, fitted, teachers.provenance(teacher, source))
 
@@ -254,7 +254,7 @@ class _JobPoint(Point):
                  processes: distributed.Processes = distributed.Processes(), teacher=None):
         training = config["training"]
         super().__init__(run, training, splits.num_classes, stats["mean"], stats["std"], runtime,
-                         image_size=data.train_geometry(splits, config)[1], origin=origin, processes=processes,
+                         image_size=split.train_geometry(splits, config)[1], origin=origin, processes=processes,
                          teacher=teacher)
         self.origin = origin
         # only the first process writes (kdsweep.distributed); the others keep the same state beside it
@@ -437,15 +437,15 @@ def _train_points(config, runs, stats_path, out_dirs, teacher_dir, log, rerun_st
                            "of a confirmation), one output folder each")
     training = config["training"]
     runtime = processes.start(Runtime.from_config(config["runtime"]))
-    stats = data.read_stats(stats_path, config["dataset"], config["imagefolder"])
+    stats = split.read_stats(stats_path, config["dataset"], config["imagefolder"])
 
-    splits = data.load_splits(config["dataset"], runtime.device, stats)
+    splits = split.load_splits(config["dataset"], runtime.device, stats)
     teacher, teacher_hash, teacher_module = None, None, None
     if runs[0].distilled:
         if teacher_dir is None:
             raise KdsweepError("distillation needs the teacher's run folder; pass --teacher RUN_DIR")
-        record, teacher = runs_.load(teacher_dir, config["dataset"], runtime.device, splits.num_classes, "teacher run",
-                                     data_digest=splits.digest)
+        record, teacher = trained.load(teacher_dir, config["dataset"], runtime.device, splits.num_classes,
+                                       "teacher run", data_digest=splits.digest)
         teacher_hash = record.config_hash
         teacher_module = runtime.place(teacher.eval().requires_grad_(False))
         teacher = runtime.compiled(teacher_module)

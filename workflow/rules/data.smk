@@ -61,7 +61,7 @@ if DATASET_DIR:
             "kdsweep download {params.dataset} --record {output:q} >> {log:q} 2>&1"
 
 
-# The split's statistics and the digest of the data (kdsweep.data): every run's identity holds it, and
+# The split's statistics and the digest of the data (kdsweep.split): every run's identity holds it, and
 # every job that reads the data checks it, so files that changed under the same path are refused.
 # An imagefolder dataset's stats job also decodes its validation and test images, once, into two
 # arrays beside stats.json (every epoch's validation and every attack read them), and reads every file

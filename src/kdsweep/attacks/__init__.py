@@ -65,6 +65,14 @@ ATTACKS = {attack.name: attack for attack in (
 )}
 # The parameters each attack takes in the config (attacks.<name>) and in evaluate_attack's **params.
 PARAMS = {name: attack.params for name, attack in ATTACKS.items()}
+# The losses an attack can climb (attacks.pgd.loss; kdsweep.attacks.base): name -> what it is. Here, torch-free,
+# the schema's enum (config.schema) and `python -m kdsweep attacks` read them; base.LOSSES holds their functions
+# under the same names.
+LOSSES = {
+    "ce": "cross-entropy of the true class; its gradient underflows on confident images (logits x 100)",
+    "margin": "Carlini & Wagner 2017: max_{j != y} z_j - z_y; the same steps whatever the logits' scale",
+    "dlr": "Croce & Hein 2020: the margin over the spread of the top three logits, scale-free; 3+ classes",
+}
 # The worst case per test image over the headline's attacks: its name in result files and tables.
 WORST = "worst"
 

@@ -79,6 +79,7 @@ def dlr_loss(logits, labels):
     return margin_loss(logits, labels) / (top[:, 0] - top[:, 2] + 1e-12)
 
 
+# The function of each loss of the registry (kdsweep.attacks.LOSSES), under its name there.
 LOSSES = {"ce": ce_loss, "margin": margin_loss, "dlr": dlr_loss}
 
 

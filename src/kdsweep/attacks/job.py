@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import data, identity, runs
+from .. import identity, split, trained
 from ..config import check_value
 from ..errors import KdsweepError
 from ..layout import attack_file
@@ -85,8 +85,8 @@ def check_classes(attacks: dict, num_classes: int):
 
 
 def _load(config, run_dir, runtime, splits, what="run"):
-    run, model = runs.load(run_dir, config["dataset"], runtime.device, splits.num_classes, what,
-                           data_digest=splits.digest)
+    run, model = trained.load(run_dir, config["dataset"], runtime.device, splits.num_classes, what,
+                              data_digest=splits.digest)
     return run, runtime.place(model)
 
 
@@ -101,9 +101,9 @@ def attack_job(config: dict, run_dir, attack: str, epsilon: float, out, log=prin
         raise KdsweepError(f"attack {attack!r} is switched off in the config (attacks.{attack} "
                            f"is null or absent); give it its parameters under attacks: or pick another --attack")
     run_dir = Path(run_dir)
-    runs.finished(run_dir)  # before the data is read: the cheap refusals first
+    trained.finished(run_dir)  # before the data is read: the cheap refusals first
     runtime = Runtime.from_config(config["runtime"], training_job=False)
-    splits = data.load_splits(config["dataset"], runtime.device, data.study_stats(run_dir, config))
+    splits = split.load_splits(config["dataset"], runtime.device, split.study_stats(run_dir, config))
     check_classes({attack: params}, splits.num_classes)
     run, model = _load(config, run_dir, runtime, splits)
     labels = splits.test.labels.cpu().numpy()
@@ -137,11 +137,11 @@ def robustness_job(config: dict, run_dir, out_dir, masking_out, teacher_dir=None
     run_dir = Path(run_dir)
     sources = {role: Path(folder) for role, folder in (("teacher", teacher_dir), ("baseline", baseline_dir))
                if folder is not None}
-    runs.finished(run_dir)  # the cheap refusals first
+    trained.finished(run_dir)  # the cheap refusals first
     for role, folder in sources.items():
-        runs.check_compatible(runs.finished(folder, f"{role} run"), folder, config["dataset"], what=f"{role} run")
+        trained.check_compatible(trained.finished(folder, f"{role} run"), folder, config["dataset"], what=f"{role} run")
     runtime = Runtime.from_config(config["runtime"], training_job=False)
-    splits = data.load_splits(config["dataset"], runtime.device, data.study_stats(run_dir, config))
+    splits = split.load_splits(config["dataset"], runtime.device, split.study_stats(run_dir, config))
     check_classes(suite.attacks, splits.num_classes)
     run, model = _load(config, run_dir, runtime, splits)
     images, labels_tensor = splits.test.images, splits.test.labels

@@ -60,7 +60,7 @@ def _config(root, crop, workers, batch):
 
 
 def _files(root):
-    from ..data import Files
+    from ..split import Files
     from ..imagefolder import classes_of, scan
 
     listing = scan(root, "train", "train", classes_of(root, "train"))
@@ -153,7 +153,7 @@ if kind == "stream":
     end = me.memory_info().rss  # the epoch's end, the stream (its listing, its workers) still alive
     del source  # its workers exit and are waited for: RUSAGE_CHILDREN then holds the largest
 else:
-    from kdsweep.data import write_stats
+    from kdsweep.split import write_stats
     count = write_stats(root / "stats.json", config["dataset"], {**config, "dataset": {**config["dataset"],
                         "val_fraction": 0.1}}, log=lambda line: None)["n_train"]
     end = me.memory_info().rss

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .. import data, sources, train
+from .. import sources, split, train
 from ..attacks.evaluate import evaluate_attack
 from ..augment import Augment
 from ..models import build_model, build_network
@@ -107,7 +107,7 @@ class Bench:
         n = max(args.images, args.warmup * max(args.batch_size, args.eval_batch_size))
         images = torch.randint(0, 256, (n, *self.image_size), dtype=torch.uint8, generator=generator)
         labels = torch.randint(0, NUM_CLASSES, (n,), generator=generator)
-        self.mean, self.std = data.channel_stats(images)
+        self.mean, self.std = split.channel_stats(images)
         # ours: device-resident uint8 N x C x H x W; reference: H x W x C numpy, as CIFAR10 keeps it.
         self.images, self.labels = images.to(self.device), labels.to(self.device)
         self.images_hwc, self.labels_np = images.permute(0, 2, 3, 1).contiguous().numpy(), labels.numpy()

@@ -7,7 +7,7 @@ Student-t 95% confidence interval); with one seed std and ci95 are NaN, never ze
 Accuracies are percent. `soft_weight` is w, the weight of the soft (teacher) term (the reference study's alpha = 1 - w).
 
 A comparison of a distilled student with its baseline (kd_vs_hard, methods, confirmed) also carries the
-gain paired by seed, KD(s) - baseline(s) (kdsweep.stats): `gain_mean, _std, _n` (pairs), `_ci95`,
+gain paired by seed, KD(s) - baseline(s) (kdsweep.intervals): `gain_mean, _std, _n` (pairs), `_ci95`,
 `_low, _high` (the 95% t-interval), `_excludes_zero` and `_p` (the paired t-test's); with one pair no
 interval. Each such table is one family of tests (summary.FAMILIES, its `family` and `family_size`
 columns): `gain_p_holm` (Holm), `gain_low_adj, _high_adj` (Bonferroni simultaneous intervals) and
@@ -19,9 +19,9 @@ baseline's runs, labelled (`teacher_free`).
 
 The package, by responsibility:
 - collect.py    the results -> frames (runs, attacks, evaluations), each bound to the run version it measured
-- summary.py    statistics: summarise (intervals from kdsweep.stats), pick_best, candidates, compare
+- summary.py    statistics: summarise (intervals from kdsweep.intervals), pick_best, candidates, compare
 - reference.py  the reference study's tables: table1, grid, kd_vs_hard (Tables II-V), sensitivity, vs_reference
-- methods.py    the KD methods side by side (methods) and every method's grid (method_grid)
+- method_comparison.py  the KD methods side by side (methods) and every method's grid (method_grid)
 - pairs.py      the architecture pairs side by side: each (teacher, student) with parameters and images/s
 - confirmed.py  the confirmation on fresh seeds, against the baseline and head to head against kd
 - headline.py   the headline in words, from the adjusted results only
@@ -43,7 +43,7 @@ import pandas as pd
 from kdsweep.errors import KdsweepError
 from kdsweep.io import read_text, write_text
 from kdsweep.layout import TABLES, not_in_study_sentence
-from kdsweep.tables import confirmed, methods, pairs, reference
+from kdsweep.tables import confirmed, method_comparison, pairs, reference
 from kdsweep.tables import robustness as robustness_tables
 from kdsweep.tables.choices import collect_choices
 from kdsweep.tables.files import StudyFiles, choice_name
@@ -141,10 +141,12 @@ def write_tables(results_dir, search: str | None = None, config: dict | None = N
     sensitivity = reference.sensitivity(runs, grid)
     vs_reference = reference.vs_reference(runs, results_dir, table1, kd_vs_hard, confirmation, sensitivity)
     # a method's budget: its first teacher's runs, the points successive halving pruned among them too
-    budget = methods.budgets(collected[~(collected["method"].notna() & collected["teacher_tag"].notna())], searched)
-    side_by_side = methods.methods(runs, robustness, budget)
+    budget = method_comparison.budgets(collected[~(collected["method"].notna() & collected["teacher_tag"].notna())],
+                                       searched)
+    side_by_side = method_comparison.methods(runs, robustness, budget)
     frames = {"runs.csv": every[RUN_COLUMNS], "robustness.csv": every_attacked, "table1.csv": table1,
-              "methods.csv": side_by_side, "method_grid.csv": methods.method_grid(runs, searched, teacher_free),
+              "methods.csv": side_by_side,
+              "method_grid.csv": method_comparison.method_grid(runs, searched, teacher_free),
               "kd_vs_hard.csv": kd_vs_hard, "grid.csv": reference.with_pruned(grid, runs, searched),
               "confirmed.csv": confirmation, "sensitivity.csv": sensitivity, "vs_reference.csv": vs_reference,
               "pairs.csv": pair_table, "masking.csv": robustness_tables.masking_table(masking["checks"]),
@@ -157,7 +159,7 @@ def write_tables(results_dir, search: str | None = None, config: dict | None = N
     texts["headline.md"] = headline(confirmation, side_by_side)
     texts["sensitivity.md"] = reference.sensitivity_markdown(sensitivity)
     texts["vs_reference.md"] = reference.vs_reference_markdown(vs_reference)
-    texts["methods.md"] = methods.methods_markdown(side_by_side, robustness)
+    texts["methods.md"] = method_comparison.methods_markdown(side_by_side, robustness)
     texts["pairs.md"] = pairs.pairs_markdown(pair_table)
     texts["masking.md"] = robustness_tables.masking_markdown(masking["checks"], every_attacked)
     texts["per_class.md"] = robustness_tables.per_class_markdown(frames["per_class.csv"])

@@ -13,7 +13,7 @@ from kdsweep.tables.collect import long_scores
 from kdsweep.tables.markdown import (GAIN_NOTE, MASKED_NOTE, SEEDS_NOTE, family_note, flagged_cell, gain_cells,
                                      gain_header, mean_cell, measure_label, render)
 from kdsweep.tables.robustness import mark
-from kdsweep.tables.methods import point_label
+from kdsweep.tables.method_comparison import point_label
 from kdsweep.tables.summary import (ADJUSTED_COLUMNS, GAIN_COLUMNS, SUMMARY, budget_of, compare, counts_as_int, family,
                                     in_order, method_candidates)
 

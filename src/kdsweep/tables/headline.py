@@ -1,6 +1,6 @@
 """The study's headline in words (headline.md): per student, whether each KD method's point beats the
 hard-target baseline, and each other method kd, on clean test accuracy, from results adjusted for
-multiplicity only (kdsweep.stats.adjust: Holm's p for the verdict, Bonferroni's simultaneous interval for
+multiplicity only (kdsweep.intervals.adjust: Holm's p for the verdict, Bonferroni's simultaneous interval for
 the size). It reads the confirmation on fresh seeds (confirmed) where it has finished, else the sweep's own
 comparison (methods), which it says is optimistic (the winner's curse).
 """

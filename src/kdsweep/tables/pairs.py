@@ -12,7 +12,7 @@ import pandas as pd
 from kdsweep.methods import METHODS
 from kdsweep.tables.collect import long_scores
 from kdsweep.tables.markdown import SEEDS_NOTE, family_note, gain_cells, mean_cell, render
-from kdsweep.tables.methods import point_label
+from kdsweep.tables.method_comparison import point_label
 from kdsweep.tables.summary import ADJUSTED_COLUMNS, compare, family, method_candidates, pick_best
 
 PAIRS_COLUMNS = ["dataset", "teacher", "teacher_model", "teacher_parameters", "teacher_test_acc",

@@ -13,7 +13,7 @@ import yaml
 from kdsweep.plan import fmt
 from kdsweep.records import Metrics
 from kdsweep.layout import METRICS
-from kdsweep.stats import expected_range
+from kdsweep.intervals import expected_range
 from kdsweep.attacks import WORST
 from kdsweep.tables.collect import LOGIT_SCALE, TRANSFER, attack_names, in_role_order, long_scores
 from kdsweep.tables.search import pruned_of
@@ -200,7 +200,7 @@ def sensitivity(runs, grid):
     over the temperature at each soft weight, and over the whole grid, beside the seed-to-seed standard
     deviation at the same points (pooled; with one seed per point, from the confirmation's runs and the
     hard-target runs), their ratio, and the spread that points which do not differ at all would show
-    (kdsweep.stats.expected_range(points) x sd / sqrt(seeds per point))."""
+    (kdsweep.intervals.expected_range(points) x sd / sqrt(seeds per point))."""
     rows = []
     for (dataset, model), cells in grid.groupby(["dataset", "model"], sort=True):
         fallback = _pooled_sd(_replicates(runs, dataset, model))

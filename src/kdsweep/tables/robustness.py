@@ -10,7 +10,7 @@ shows beside the number ("⚠ masking suspected in k run(s)"): a flagged run is 
 
 Per class: the clean accuracy of each class on the whole test set (evaluation/<role>/<run>.json) and under the
 headline, the worst case, on the evaluation subset (attacks/<role>/<run>/worst_eps<eps>.json), for each
-student's distilled point of Tables II-V against its hard-target baseline, paired by seed (kdsweep.stats): on the
+student's distilled point of Tables II-V against its hard-target baseline, paired by seed (kdsweep.intervals): on the
 sweep's seeds and, where the confirmation ran, on its fresh seeds; and the lowest class's accuracy (`worst`).
 """
 
@@ -25,7 +25,7 @@ from kdsweep.attacks import ATTACKS, WORST, label
 from kdsweep.identity import result_matches
 from kdsweep.plan import fmt
 from kdsweep.records import AttackResult, Evaluation, Masking
-from kdsweep.stats import paired_gain
+from kdsweep.intervals import paired_gain
 from kdsweep.tables.collect import (KEYS, LOGIT_SCALE, ROBUSTNESS_COLUMNS, TRANSFER, attack_rank,
                                     binomial_interval, finished_runs, in_role_order, numeric_frame)
 from kdsweep.tables.files import StudyFiles

@@ -1,15 +1,15 @@
 """Statistics of the tables: a quantity over seeds (`summarise`: mean, std, n and the 95% Student-t interval
-of kdsweep.stats), the point a choice picks (`pick_best`, among `candidates` or `method_candidates`), a
+of kdsweep.intervals), the point a choice picks (`pick_best`, among `candidates` or `method_candidates`), a
 distilled student against its hard-target baseline per measure (`compare`: each side over its runs and the
-gain paired by seed, kdsweep.stats.paired_gain), and a table of such comparisons as one family of tests
-(`family`: Holm-adjusted p-values and Bonferroni simultaneous intervals beside the raw ones, kdsweep.stats.adjust;
+gain paired by seed, kdsweep.intervals.paired_gain), and a table of such comparisons as one family of tests
+(`family`: Holm-adjusted p-values and Bonferroni simultaneous intervals beside the raw ones, kdsweep.intervals.adjust;
 FAMILIES names each table's).
 """
 
 import pandas as pd
 
 from kdsweep.methods import METHODS
-from kdsweep.stats import ADJUSTED_FIELDS, GAIN_FIELDS, adjust, half_width, interval, paired_gain
+from kdsweep.intervals import ADJUSTED_FIELDS, GAIN_FIELDS, adjust, half_width, interval, paired_gain
 from kdsweep.tables.collect import attack_rank
 
 # kd_vs_hard's measures after the clean accuracy and the attacks, and how the Markdown shows them:
@@ -42,13 +42,13 @@ FAMILIES = {
 
 
 def family(table: pd.DataFrame, name: str) -> pd.DataFrame:
-    """The table as one family of tests (FAMILIES[name]): kdsweep.stats.adjust's columns, and `family`."""
+    """The table as one family of tests (FAMILIES[name]): kdsweep.intervals.adjust's columns, and `family`."""
     return adjust(table).assign(family=FAMILIES[name])
 
 
 def summarise(frame, by, value, name=None) -> pd.DataFrame:
     """Per group of `by`: `<name>_mean, _std, _n, _ci95` of column `value` over the group's rows (seeds); ci95
-    is the half-width of the 95% Student-t interval (kdsweep.stats.half_width), NaN with one seed."""
+    is the half-width of the 95% Student-t interval (kdsweep.intervals.half_width), NaN with one seed."""
     out = frame.groupby(by, dropna=False, sort=True)[value].agg(["mean", "std", "count"])
     out = out.rename(columns={"count": "n"})
     out["ci95"] = half_width(out["std"], out["n"])
@@ -92,7 +92,7 @@ def measure_rank(measure):
 
 def compare(scores, seeds, kd_runs, hard_runs) -> pd.DataFrame:
     """Per (measure, epsilon) of `scores` (long form, long_scores): each side's mean, std, n and ci95 over its
-    runs, `boost` (the difference of the two means) and the gain paired by seed (kdsweep.stats.paired_gain;
+    runs, `boost` (the difference of the two means) and the gain paired by seed (kdsweep.intervals.paired_gain;
     `seeds`: run -> seed)."""
     sides = pd.concat([scores[scores["run"].isin(hard_runs)].assign(side="hard"),
                        scores[scores["run"].isin(kd_runs)].assign(side="kd")], ignore_index=True)

@@ -1,4 +1,4 @@
-"""Aggregation of a fake, partly finished study written in the documented file formats."""
+"""kdsweep.tables: the aggregation of a fake, partly finished study written in the documented file formats."""
 
 import json
 import math

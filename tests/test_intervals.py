@@ -1,4 +1,4 @@
-"""kdsweep.stats (paired gains, Student-t intervals, the spread of noise) and the sensitivity table.
+"""kdsweep.intervals (paired gains, Student-t intervals, the spread of noise) and the sensitivity table.
 
 Every expected number is computed by hand here (t quantiles from a printed t table, d2 constants of
 quality control), on constructed values; comparisons use pytest.approx.
@@ -12,7 +12,7 @@ import pytest
 from scipy import stats as scipy_stats
 
 from fake_runs import write_run
-from kdsweep.stats import adjust, expected_range, holm, interval, paired_differences, paired_gain, t_quantile
+from kdsweep.intervals import adjust, expected_range, holm, interval, paired_differences, paired_gain, t_quantile
 from kdsweep.tables import write_tables
 from kdsweep.tables.markdown import gain_cells, yes_no
 

@@ -1,0 +1,60 @@
+"""`attack`: a finished run's accuracy under attack, one attack at one epsilon or the config's whole suite
+with its worst case, transfer attacks and masking checks (kdsweep.attacks.job)."""
+
+from ..attacks import ATTACKS
+from ..errors import KdsweepError
+from .common import command, config_args, load, path_type, refuse_overwrite
+
+
+def register(subparsers):
+    p = command(subparsers, "attack",
+                "accuracy of a finished run under attack: one attack on the whole test set "
+                "at one epsilon (--out), or every attack of the config at every epsilon with "
+                "the worst case, transfer attacks and masking checks (--out-dir)")
+    config_args(p)
+    p.add_argument("--run", type=path_type, required=True,
+                   help="finished run folder (holds metrics.json and model.pt)")
+    p.add_argument("--attack", default=None, metavar="NAME",
+                   help="with --out: the attack, named under attacks: in the config, which gives its parameters "
+                        f"({', '.join(ATTACKS)}; default: fgsm)")
+    p.add_argument("--epsilon", type=float, default=None,
+                   help="with --out: perturbation size (L-inf) in [0, 1] pixel units")
+    p.add_argument("--out", type=path_type, default=None,
+                   help="JSON file to write for one attack (the workflow's name: "
+                        "attacks/<role>/<run>/<attack>_eps<eps>.json)")
+    p.add_argument("--out-dir", type=path_type, default=None,
+                   help="folder to write every attack's and the worst case's <attack>_eps<eps>.json into "
+                        "(the workflow's: attacks/<role>/<run>)")
+    p.add_argument("--masking", type=path_type, default=None,
+                   help="with --out-dir: the run's transfer attacks and masking checks (masking/<role>/<run>.json)")
+    p.add_argument("--teacher", type=path_type, default=None,
+                   help="with --out-dir: the finished teacher run, source of a transfer attack")
+    p.add_argument("--baseline", type=path_type, default=None,
+                   help="with --out-dir: the finished hard-target run of the same student and seed, source of a "
+                        "transfer attack")
+    p.set_defaults(func=cmd_attack)
+
+
+def cmd_attack(args):
+    config = load(args)
+    runs = [("the run folder", args.run), ("the teacher run", args.teacher), ("the baseline run", args.baseline)]
+    if args.out_dir is None:
+        if args.out is None or args.epsilon is None or args.masking or args.teacher or args.baseline:
+            raise KdsweepError("attack takes --attack NAME --epsilon E --out FILE (one attack), or --out-dir DIR "
+                               "--masking FILE [--teacher RUN] [--baseline RUN] (every attack of the config)")
+        from ..attacks.job import attack_job
+
+        refuse_overwrite(args, config, runs=runs[:1], writes=[("--out", args.out)])
+        attack_job(config, args.run, args.attack or "fgsm", args.epsilon, args.out)
+        return
+    if args.out is not None or args.epsilon is not None or args.attack is not None or args.masking is None:
+        raise KdsweepError("attack --out-dir runs every attack of the config at every epsilon and takes --masking "
+                           "FILE, not --attack, --epsilon or --out")
+    from ..attacks.job import outputs, robustness_job
+    from ..attacks.suite import Suite
+
+    files = outputs(Suite.from_config(config), args.out_dir)
+    refuse_overwrite(args, config, runs=runs,
+                     writes=[*(("--out-dir", path) for path in files), ("--masking", args.masking)])
+    robustness_job(config, args.run, args.out_dir, args.masking, args.teacher, args.baseline)
+
