@@ -4,13 +4,14 @@ tables (kdsweep.tables, kdsweep.plots)."""
 from pathlib import Path
 
 from ..errors import KdsweepError
+from ..search import STRATEGIES
 from .common import command, path_type
 
 
 def register(subparsers):
     p = command(subparsers, "aggregate", "write the tables of a study from whatever runs have finished")
     p.add_argument("results", type=path_type, help="the study's folder, results/<study>")
-    p.add_argument("--search", choices=("grid", "staged", "halving"),
+    p.add_argument("--search", choices=tuple(STRATEGIES),
                    help="the study's search (config sweep), which every table names (default: that of "
                         "results/<study>/study.yaml, else grid); halving's pruned points are read from halving/")
     p.add_argument("overrides", nargs="*", metavar="key=value",
