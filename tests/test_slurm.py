@@ -349,8 +349,8 @@ def test_a_job_sacct_calls_failed_but_slurmctld_runs_again_stays_watched(tmp_pat
     # sacct -X --format=JobIdRaw,State: a requeued job (623), a job that failed for good (624), an array
     # task (raw id 631 = 630_1) requeued, one finishing (640) and one running (641)
     answers = {"sacct": "623|FAILED\n624|FAILED\n631|NODE_FAIL\n640|FAILED\n641|RUNNING\n",
-               # squeue --format=%A|%i|%T --jobs ...: what slurmctld holds of those it was asked about
-               "squeue": "623|623|RUNNING\n631|630_1|PENDING\n640|640|COMPLETING\n"}
+               # squeue --format=%A|%T --jobs ...: what slurmctld holds of those it was asked about (raw ids)
+               "squeue": "623|RUNNING\n631|PENDING\n640|COMPLETING\n"}
     for name, answer in answers.items():
         (bin_dir / name).write_text(f"#!/bin/sh\necho \"$@\" >> {tmp_path / name}.calls\nprintf '{answer}'\n")
         (bin_dir / name).chmod(0o755)

@@ -59,6 +59,7 @@ the Snakefile this module, in every snakemake process.
 
 from __future__ import annotations
 
+import shlex
 import time
 import zlib
 
@@ -149,9 +150,8 @@ class StatusQueries:
     """Bug 6: the status command's failures, turned into "no news" until STATUS_PATIENCE_SECONDS
     without one answer have passed. One per process (the plugin's status query is a module function)."""
 
-    def __init__(self, patience: float = STATUS_PATIENCE_SECONDS, clock=time.monotonic, queued=None):
+    def __init__(self, patience: float = STATUS_PATIENCE_SECONDS, clock=time.monotonic):
         self.patience, self.clock = patience, clock
-        self.queued = queued or queued_states
         self.failing_since = None
         self.failures = 0
 
@@ -175,8 +175,9 @@ class StatusQueries:
             self.failing_since, self.failures = None, 0
             states = {job: job_state(state) for job, state in states.items()}
             failed = [job for job, state in states.items() if state in _FAILED]
-            if failed and command.split()[0].endswith("sacct"):  # bug 7
-                queued = await self.queued(failed)
+            if failed and command.split()[0].endswith("sacct"):  # bug 7: slurmctld's states, by raw id as sacct's
+                ask = ["squeue", "--noheader", "--format=%A|%T", "--jobs", ",".join(failed)]
+                queued = (await query(shlex.join(ask), logger))[0] or {}
                 states.update({job: queued[job] for job in failed if queued.get(job) in _ALIVE})
             return states, duration
         reason_now = errors[-1] if errors else ""
@@ -204,30 +205,6 @@ class StatusQueries:
                        "so far; every job stays watched and the next poll asks again (the run stops after "
                        f"{self.patience / 60:.0f} minutes without an answer)")
         return {}, 0.0
-
-
-async def queued_states(jobs) -> dict:
-    """slurmctld's state of each of these jobs that it still holds ({} where squeue fails), by raw job id
-    and by array task (`123_4`), as sacct's answers name them."""
-    import asyncio
-
-    try:
-        process = await asyncio.create_subprocess_exec(
-            "squeue", "--noheader", "--format=%A|%i|%T", "--jobs", ",".join(jobs),
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
-    except OSError:
-        return {}
-    try:
-        out, _ = await asyncio.wait_for(process.communicate(), timeout=60)
-    except asyncio.TimeoutError:
-        process.kill()
-        await process.wait()
-        return {}
-    states = {}
-    for line in out.decode(errors="replace").splitlines():
-        raw, task, state = (line.split("|") + ["", ""])[:3]
-        states[raw.strip()] = states[task.strip()] = state.strip()
-    return states
 
 
 def plugin_version() -> str | None:
