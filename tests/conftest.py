@@ -297,7 +297,7 @@ def copy_of(folder, destination):
 # other tests, by file: SLOWEST_FIRST, then the rest.
 LONG_FIRST = (
     "test_training_over_its_time_limit_is_stopped_retried_with_a_longer_limit_and_resumed",
-    "test_more_ready_distill_jobs_than_jobs_admits_beside_ready_groups_and_a_failing_sacct",
+    "test_more_ready_distill_jobs_than_jobs_admits_beside_ready_attack_jobs_and_a_failing_sacct",
     "test_study_runs_every_gpu_job_on_slurm_with_one_gpu",
     "test_the_distillation_sweep_goes_out_as_one_job_array",
     "test_a_killed_snakemake_is_restarted_and_nothing_is_trained_twice_or_lost",

@@ -368,16 +368,16 @@ def test_without_confirmation_the_table_says_so(tmp_path):
 # ---------------------------------------------------------------- the workflow
 
 # config.yaml's jobs before the checkpoints, confirmation off: teacher, 2 baselines, 96 distilled runs (8 x 6 per
-# student: w = 0 is the baseline), each attacked (2 attacks x 3 eps) and evaluated
+# student: w = 0 is the baseline), each attacked (2 attacks x 3 eps) and evaluated by one job
 UNCONFIRMED_JOBS = {"download": 1, "runtime": 1, "study": 1, "stats": 1, "train": 3, "attack": 99, "distill": 96,
-                    "evaluate": 99, "tables": 1, "figures": 1, "all": 1, "total": 304}
+                    "tables": 1, "figures": 1, "all": 1, "total": 205}
 
 
 def with_confirmation(seeds):
-    """Before the checkpoints, per student `seeds` baselines (train), each with its attack job (the whole suite)
-    and an evaluation, and one best_point checkpoint; the distilled confirmation runs (distill) and their evaluations
+    """Before the checkpoints, per student `seeds` baselines (train), each with its attack job (the whole suite
+    and the evaluation), and one best_point checkpoint; the distilled confirmation runs (distill) and their evaluations
     come once the checkpoints have chosen (test_plan-level: plan.confirmed)."""
-    extra = {"train": 2 * seeds, "attack": 2 * seeds, "evaluate": 2 * seeds, "best_point": 2}
+    extra = {"train": 2 * seeds, "attack": 2 * seeds, "best_point": 2}
     expected = {rule: UNCONFIRMED_JOBS.get(rule, 0) + extra.get(rule, 0) for rule in {*UNCONFIRMED_JOBS, *extra}}
     expected["total"] = UNCONFIRMED_JOBS["total"] + sum(extra.values())
     return expected
@@ -461,7 +461,7 @@ def test_the_demo_confirms_each_student_on_two_fresh_seeds(tmp_path):
     runs = 1 + 2 + points * 2 + 2 * 2  # teacher, baselines, sweep points, confirmation baselines
     packs = -(-points // plan.pack_size)
     assert (counts["train"], counts["distill"], counts["best_point"]) == (1 + 2 + 4, packs * 2, 2 * 1)
-    assert counts["attack"] == runs and counts["evaluate"] == runs  # one attack job per run: the whole suite
+    assert counts["attack"] == runs and "evaluate" not in counts  # one attack job per run: the whole suite
 
 
 def test_robustness_rows_carry_each_seeds_gain(tmp_path):

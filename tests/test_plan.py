@@ -171,8 +171,9 @@ def test_every_file_pattern_is_filled_by_the_plan_for_a_run():
     assert Layout(plan).training_log(kd) == f"results/cifar10-reference/logs/packs/{plan.packs[0].name}.log"
     assert Layout(plan).staged_choice("resnet18") == "results/cifar10-reference/staged/resnet18_seed-all.json"
     assert Layout(plan).confirm_record("resnet18") == "results/cifar10-reference/confirm/resnet18.json"
-    evaluation, *attacks = Layout(plan).evaluations(kd)
+    *attacks, evaluation, masking = Layout(plan).evaluations(kd)
     assert evaluation == f"results/cifar10-reference/evaluation/kd/{kd.name}.json"
+    assert masking == f"results/cifar10-reference/masking/kd/{kd.name}.json"
     assert f"results/cifar10-reference/attacks/kd/{kd.name}/fgsm_eps0.05.json" in attacks
     packed = study("runtime.pack_size=8")
     runs = packed.sweep("resnet18")
@@ -273,7 +274,7 @@ def test_a_study_files_spelling_is_no_change_of_any_jobs_params():
     spelled["training"]["lr_factor"] = 0.2
     spelled["temperatures"] = [float(t) for t in spelled["temperatures"]]
     respelled = Plan(spelled)
-    for kind in ("stats", "train", "attack", "evaluate"):
+    for kind in ("stats", "train", "attack"):
         assert commands(respelled).job_config(kind) == commands(plan).job_config(kind)
     assert commands(respelled).study_config() == commands(plan).study_config()
     assert commands(respelled).machine_local() == commands(plan).machine_local()
@@ -343,14 +344,15 @@ def test_a_job_reads_exactly_its_slice_and_a_runs_identity_is_what_changes_its_r
     data = {key: config["dataset"][key] for key in ("name", "subset", "val_fraction", "split_seed")}
     assert job_slice(config, "train") == {"dataset": data, "training": config["training"],
                                           "augmentation": config["augmentation"]}
-    # one attack job per run runs the whole suite (kdsweep.attacks.job): every attack, epsilon and the headline's rules
+    # one attack job per run runs the whole suite (kdsweep.attacks.job): every attack, epsilon and the headline's
+    # rules, and the run's evaluation
     assert job_slice(config, "attack") == {"dataset": data, "training": {"eval_batch_size": 1000},
                                            "epsilons": config["epsilons"], "attacks": config["attacks"],
-                                           "robustness": config["robustness"]}
-    assert set(JOB_SLICES) == {"stats", "train", "attack", "evaluate"}
+                                           "robustness": config["robustness"], "evaluation": config["evaluation"]}
+    assert set(JOB_SLICES) == {"stats", "train", "attack"}
     # the command line of a job sets exactly its slice: read back, it is the slice again
     plan = Plan(config)
-    for kind, attack in (("train", None), ("attack", "fgsm"), ("attack", "pgd"), ("evaluate", None)):
+    for kind, attack in (("train", None), ("attack", "fgsm"), ("attack", "pgd")):
         read_back = load_config([], shlex.split(commands(plan).job_config(kind, attack)))
         assert job_slice(read_back, kind, attack) == job_slice(config, kind, attack)
     # where the data lies and the runtime section are machine-local: in no job's params, not in a
@@ -358,7 +360,7 @@ def test_a_job_reads_exactly_its_slice_and_a_runs_identity_is_what_changes_its_r
     run = kd_run("kd", "resnet18", 0, 4, 0.9)
     changed = load_config([str(ROOT / "config.yaml")], ["runtime.precision=fp32", "runtime.compile=true",
                                                          "dataset.root=/elsewhere/data"])
-    for kind, attack in (("stats", None), ("train", None), ("attack", "fgsm"), ("evaluate", None)):
+    for kind, attack in (("stats", None), ("train", None), ("attack", "fgsm")):
         assert commands(Plan(changed)).job_config(kind, attack) == commands(plan).job_config(kind, attack)
     assert run_identity(changed, run, "t", "d") == run_identity(config, run, "t", "d")
     # what changes a result changes the identity: the teacher, the data's digest, any training value

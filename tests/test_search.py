@@ -179,7 +179,6 @@ def test_a_study_of_a_toy_strategy_and_a_toy_method_plans_the_jobs_the_strategy_
     measured = {(run.role, run.name) for run in [*plan.teacher_runs(), *plan.baselines(), *plan.confirm_baselines(),
                                                  *distilled]}
     assert {(w["role"], w["run"]) for rule, w in planned if rule == "attack"} == measured
-    assert {(w["role"], w["run"]) for rule, w in planned if rule == "evaluate"} == measured
     # each method's point is chosen among the drawn points of that method (checkpoint best_point's runs)
     assert sorted(w["choice"] for rule, w in planned if rule == "best_point") == [STUDENT, f"{STUDENT}_toy"]
     chosen_from = {}

@@ -66,7 +66,7 @@ CONFIGS = [ROOT / "config.yaml", STUDY]
 # 3 s an epoch here, not on the study's subset: as a job's override, and as snakemake's --config.
 ALL_DIGITS, ALL_DIGITS_CONFIG = "dataset.subset=null", "dataset={subset: null}"
 TRAINING_RULES = ("train", "distill")
-EVALUATION_RULES = ("attack", "evaluate")
+EVALUATION_RULES = ("attack",)
 GPU_RULES = (*TRAINING_RULES, *EVALUATION_RULES)
 LOCAL_RULES = ("download", "runtime", "tables", "figures", "best_temperature")
 SITE_VARIABLES = ("KDSWEEP_SLURM_ACCOUNT", "KDSWEEP_SLURM_PARTITION", "KDSWEEP_SLURM_QOS")
@@ -123,8 +123,7 @@ def test_workflow_profile_gives_every_gpu_rule_one_gpu_one_cpu_and_growing_runti
     assert not any("--signal" in option for rule in EVALUATION_RULES for option in extra(rule))
     # SLURM's order among our own pending jobs: the teacher, then the other training, then evaluations
     assert nice(extra("train", "teacher")) < nice(extra("train")) == nice(extra("distill")) < nice(extra("attack"))
-    assert extra("attack") == extra("evaluate"), "one group job: its jobs' string resources must agree"
-    assert profile["group-components"] == ["eval_{role}_{run}=100"]
+    assert "group-components" not in profile  # one attack job per run: nothing to group
     assert profile["slurm-keep-successful-logs"] == "True" and profile["slurm-logdir"]
     # Nothing site-specific: the site profile's keys are not replaced by this one's.
     site_keys = {"executor", "jobs", "default-resources", "slurm-qos", "slurm-partition", "latency-wait",
@@ -1000,7 +999,7 @@ def test_study_runs_every_gpu_job_on_slurm_with_one_gpu(cluster, tmp_path):
             evaluation = _read_json(path)
             _assert_one_gpu_job(evaluation["slurm"], path)
             ids.add(evaluation["slurm"]["job_id"])
-        assert len(ids) == 1, f"the evaluations of {folder.name} go out as one SLURM job (group), not {sorted(ids)}"
+        assert len(ids) == 1, f"the evaluations of {folder.name} go out as one SLURM job, not {sorted(ids)}"
         attack_jobs[ids.pop()] = folder.name
     assert len(training_jobs) == len(runs), "each training run is its own SLURM job"
     assert not set(training_jobs) & set(attack_jobs)
@@ -1019,10 +1018,10 @@ def test_study_runs_every_gpu_job_on_slurm_with_one_gpu(cluster, tmp_path):
         rule = "distill" if role == "kd" else "train"
         assert logs.get(job_id, ("?",))[0] == f"rule_{rule}", f"no SLURM log for job {job_id}: {logs}"
     for job_id, run in attack_jobs.items():
-        assert logs.get(job_id, ("?",))[0].startswith("group_eval_"), f"no SLURM log for job {job_id}: {logs}"
+        assert logs.get(job_id, ("?",))[0] == "rule_attack", f"no SLURM log for job {job_id}: {logs}"
     # Aggregation and plots ran here, not as SLURM jobs.
-    submitted = {"rule_stats", *(f"rule_{rule}" for rule in TRAINING_RULES)}
-    assert all(parts[0] in submitted or parts[0].startswith("group_eval_") for parts in logs.values()), logs
+    submitted = {"rule_stats", *(f"rule_{rule}" for rule in (*TRAINING_RULES, *EVALUATION_RULES))}
+    assert all(parts[0] in submitted for parts in logs.values()), logs
     assert "localrule tables:" in output and "localrule figures:" in output
 
     # The tables hold every run and every attack.
@@ -1644,7 +1643,7 @@ def test_the_distillation_sweep_goes_out_as_one_job_array(cluster, tmp_path):
 # ---------------------------------------------------------------- more ready jobs than --jobs admits
 
 # 3 temperatures x 4 soft weights: 12 distillation jobs of one student, ready at once when the teacher
-# has finished, under a cap of 4 jobs, while the evaluation groups of the runs finished so far are
+# has finished, under a cap of 4 jobs, while the attack jobs of the runs finished so far are
 # ready too: what config.yaml's 112 distillation jobs under a site cap of 100 meet, with tiny jobs.
 CAPPED_SWEEP = ["temperatures=[2,4,8]", "soft_weights=[0.3,0.6,0.9,1.0]", "attacks={pgd: null}",
                 "robustness={headline: [fgsm]}"]
@@ -1669,8 +1668,8 @@ exec {sacct} "$@"
 
 
 @pytest.mark.slurm(*SUBMITS, ACCOUNTING)
-def test_more_ready_distill_jobs_than_jobs_admits_beside_ready_groups_and_a_failing_sacct(cluster, tmp_path):
-    """12 distillation jobs (an array rule) under `--jobs 4`, beside grouped evaluations, while sacct
+def test_more_ready_distill_jobs_than_jobs_admits_beside_ready_attack_jobs_and_a_failing_sacct(cluster, tmp_path):
+    """12 distillation jobs (an array rule) under `--jobs 4`, beside ready attack jobs, while sacct
     fails five times in a row: every run is trained once and evaluated, the distillation jobs go out in
     several arrays (none lost, none waiting for slots they hold), and the failed status queries are
     warned about and survived."""

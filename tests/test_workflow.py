@@ -1,6 +1,6 @@
 """The Snakemake workflow, run by the real snakemake (subprocess) in a temporary directory.
 
-Dry runs check the DAG (jobs per rule, the staged checkpoint, FGSM groups, config errors);
+Dry runs check the DAG (jobs per rule, the staged checkpoint, the attack jobs, config errors);
 one end-to-end run of tests/studies/tiny.yaml checks that the jobs, tables and figures exist.
 Nothing is written into the repository: every call uses --directory TMP.
 """
@@ -11,7 +11,6 @@ import re
 import shutil
 import subprocess
 import sys
-from collections import Counter
 from pathlib import Path
 
 import pandas as pd
@@ -24,37 +23,20 @@ pytestmark = pytest.mark.workflow
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULTS = REPO / "config.yaml"
-# the value of the workflow profile (profiles/default, which Snakemake adds to every run of the
-# Snakefile): one submission per run, spanning all of its evaluations
-GROUP_COMPONENTS = "eval_{role}_{run}=100"
-
-
 def dry_run(workdir, *args, configfiles=()):
     result = snakemake(workdir, "--dry-run", *args, configfiles=configfiles)
     return job_counts(result.stdout), result.stdout
 
 
-def groups(output: str) -> list:
-    """Group jobs of a dry run, in order: [(group id, Counter of its jobs' rules)]."""
-    found = []
-    for line in output.splitlines():
-        match = re.search(r"Group job (\S+) \(jobs in lexicogr\. order\):", line)
-        if match:
-            found.append((match.group(1), Counter()))
-        elif found and (rule := re.match(r"\s+rule (\w+):", line)):
-            found[-1][1][rule.group(1)] += 1
-    return found
-
-
 def _dry_run_reference_study(folder):
-    output = snakemake(folder, "--dry-run", "--group-components", GROUP_COMPONENTS).stdout
+    output = snakemake(folder, "--dry-run", "--printshellcmds").stdout
     (folder / "dry-run.txt").write_text(output)
 
 
 @pytest.fixture(scope="session")
 def reference_study(tmp_path_factory):
-    """Dry run of config.yaml (the reference study) with profiles/default's group components, once per
-    test run (conftest.built_once): (job counts, output)."""
+    """Dry run of config.yaml (the reference study) with its shell commands, once per test run
+    (conftest.built_once): (job counts, output)."""
     output = (built_once(tmp_path_factory, "reference-dry-run", _dry_run_reference_study) / "dry-run.txt").read_text()
     return job_counts(output), output
 
@@ -67,8 +49,8 @@ def test_grid_dry_run_has_every_job_of_the_reference_study(reference_study):
     assert counts["stats"] == 1
     assert counts["train"] == 1 + 2 + 2 * 3  # the teacher and the baselines
     assert counts["distill"] == 96
-    assert counts["attack"] == runs == 105  # one per run: every attack at every epsilon
-    assert counts["evaluate"] == runs
+    assert counts["attack"] == runs == 105  # one per run: every attack at every epsilon, and its evaluation
+    assert "evaluate" not in counts
     assert counts["tables"] == counts["figures"] == counts["all"] == 1
     assert counts["download"] == 1  # no CIFAR-10 files in the empty working directory
     assert counts["best_point"] == 2 and "best_temperature" not in counts
@@ -79,7 +61,6 @@ def test_seeds_multiply_the_student_runs(tmp_path):
     assert counts["train"] == 1 + 2 * 2 + 2 * 3  # teacher, baselines, confirmation baselines (not multiplied)
     assert counts["distill"] == 96 * 2
     assert counts["attack"] == 1 + 4 + 192 + 6
-    assert counts["evaluate"] == 1 + 4 + 192 + 6
 
 
 def test_an_attack_switched_off_has_no_result_files(tmp_path):
@@ -92,33 +73,33 @@ def test_staged_sweep_runs_the_temperature_sweep_before_its_checkpoint(tmp_path)
     assert counts["best_temperature"] == 2  # one checkpoint per student
     assert counts["distill"] == 2 * 8  # every temperature at staged.soft_weight, nothing else yet
     assert counts["attack"] == 1 + 2 + 16 + 6  # and the confirmation's 6 baselines
-    assert counts["evaluate"] == 1 + 2 + 16 + 6
     assert counts["tables"] == counts["figures"] == 1
 
 
-def test_evaluations_of_one_run_are_one_group_job(reference_study):
+def test_one_attack_job_per_run_writes_its_evaluation_against_its_teacher(reference_study):
+    """Each run's one job: its attacks, its evaluation and its masking record; a student's and a baseline's
+    measured against the study's teacher (and, with robustness.transfer, attacked from it and from the
+    student's own seed's baseline), the teacher against itself."""
     _, output = reference_study
-    found = groups(output)
-    assert len(found) == 105  # one submission per model run ...
-    for _, rules in found:  # ... holding its attack job and its evaluation
-        assert rules == Counter(attack=1, evaluate=1)
-    ids = {group for group, _ in found}
-    assert len(ids) == 105 and not any("_soft0_" in group for group in ids)
-    assert "eval_teacher_resnet50_seed0" in ids and "eval_kd_resnet18_T4_soft0.9_seed0" in ids
-
-
-def test_without_group_components_each_job_is_its_own_group(tmp_path):
-    _, output = dry_run(tmp_path, "--workflow-profile", "none")
-    found = groups(output)
-    assert len(found) == 105 + 105
-    assert all(sum(rules.values()) == 1 for _, rules in found)
+    commands = {re.search(r"--run (\S+)", line).group(1): line
+                for line in output.splitlines() if "kdsweep attack " in line}
+    assert len(commands) == 105 and not any("_soft0_" in run for run in commands)
+    teacher = "results/cifar10-reference/runs/teacher/resnet50_seed0"
+    assert "--teacher" not in commands[teacher] and "--baseline" not in commands[teacher]
+    assert "--evaluation results/cifar10-reference/evaluation/teacher/resnet50_seed0.json" in commands[teacher]
+    student = commands["results/cifar10-reference/runs/kd/resnet18_T4_soft0.9_seed0"]
+    assert f"--teacher {teacher} " in student and "--baseline results/cifar10-reference/runs/baseline/resnet18_seed0 " in student
+    assert "--evaluation results/cifar10-reference/evaluation/kd/resnet18_T4_soft0.9_seed0.json " in student
+    baseline = commands["results/cifar10-reference/runs/baseline/resnet18_seed0"]
+    assert f"--teacher {teacher} " in baseline and "--baseline" not in baseline
+    assert "Group job" not in output  # one job per run needs no group
 
 
 def test_packed_grid_trains_pack_size_points_per_job(tmp_path):
     counts, output = dry_run(tmp_path, "--printshellcmds", "--config", "runtime={pack_size: 8}")
     # 48 points per student and seed (the grid's 56 but w = 0), 8 to a job, all jobs of rule distill
     assert counts["distill"] == 12
-    assert counts["attack"] == 105 and counts["evaluate"] == 105  # one folder per point
+    assert counts["attack"] == 105  # one folder per point
     commands = [line for line in output.splitlines() if "kdsweep distill " in line]
     assert len(commands) == 12
     outs = [re.findall(r"--out (\S+)", line) for line in commands]
@@ -405,13 +386,13 @@ def test_a_rewritten_record_measures_nothing_again_and_a_changed_model_is_measur
     (record,) = [path for path in records if json.loads(path.read_text())["points"][0]["run"].endswith(run.name)]
     rewrite(record, later + 10)
     counts, output = dry_run(work, configfiles=[TINY_WORKFLOW])
-    assert dict(counts) == {"attack": 1, "evaluate": 1, "tables": 1, "figures": 1, "all": 1, "total": 5}, output
+    assert dict(counts) == {"attack": 1, "tables": 1, "figures": 1, "all": 1, "total": 4}, output
     assert f"attacks/kd/{run.name}/fgsm_eps0.1.json" in output and f"evaluation/kd/{run.name}.json" in output
     # a training value changed: every run trains again in this invocation, and so every run is measured again in
     # it (the teacher too, whose attack job has no input but its own record)
     counts, output = dry_run(work, "--config", "training={lr: 0.002}", configfiles=[TINY_WORKFLOW])
     runs = 1 + 1 + 2  # the teacher, the baseline, two distilled points
-    assert counts["attack"] == counts["evaluate"] == runs, output
+    assert counts["attack"] == runs, output
 
 
 def test_points_taken_out_of_the_config_leave_the_tables_in_one_line_and_stay_on_disk(tiny, tmp_path):

@@ -30,8 +30,7 @@ _DATA = ("dataset.name", "dataset.subset", "dataset.val_fraction", "dataset.spli
 JOB_SLICES = {
     "stats": _DATA,
     "train": (*_DATA, "training", "augmentation"),
-    "attack": (*_DATA, "training.eval_batch_size", "epsilons", "attacks", "robustness"),
-    "evaluate": (*_DATA, "training.eval_batch_size", "evaluation"),
+    "attack": (*_DATA, "training.eval_batch_size", "epsilons", "attacks", "robustness", "evaluation"),
 }
 # What every job reads but no result depends on (beyond floating-point noise): where the data lies and
 # the runtime section. The workflow gives them to every job in one file (results/<study>/runtime.yaml),
@@ -110,8 +109,6 @@ IMAGEFOLDER_SLICES = {
     "train": ("dataset.train", "dataset.test", "dataset.skip_damaged", "imagefolder"),
     "attack": ("dataset.train", "dataset.test", "dataset.skip_damaged", "imagefolder.eval_resize",
                "imagefolder.eval_crop"),
-    "evaluate": ("dataset.train", "dataset.test", "dataset.skip_damaged", "imagefolder.eval_resize",
-                 "imagefolder.eval_crop"),
 }
 
 

@@ -9,9 +9,10 @@ knowledge distillation really work?") says how closely the student matches its t
 says whether its confidences mean what they say; accuracy per class whether a gain is fair across
 classes.
 
-`python -m kdsweep evaluate --run RUN_DIR --teacher TEACHER_RUN_DIR --out FILE.json` writes
-evaluation/<role>/<run>.json under the study's results folder (its type: kdsweep.records.Evaluation), with
-the keys
+The workflow's attack job of each run writes it, beside the run's attacks (kdsweep.attacks.job: one process
+loads the data and the models once), as evaluation/<role>/<run>.json under the study's results folder; by hand,
+`python -m kdsweep evaluate --run RUN_DIR --teacher TEACHER_RUN_DIR --out FILE.json`. Its type is
+kdsweep.records.Evaluation, with the keys
   run, role, dataset, model, temperature, soft_weight, seed   the evaluated run (as its metrics.json)
   teacher_run, teacher_model    the teacher folder compared against, and its architecture
   run_hash, model_digest, teacher_run_hash   the version measured (kdsweep.identity): the run's hash and
@@ -189,10 +190,10 @@ def evaluate_run(model, teacher, images_uint8, labels, batch_size, ece_bins, run
 
 def evaluate_job(config: dict, run_dir, teacher_dir, out, log=print):
     """Evaluate a finished run against a finished teacher on the config's test set; write `out`
-    (kdsweep.records.Evaluation) and return it."""
+    (kdsweep.records.Evaluation) and return it. (The workflow's attack job measures the same, in its own
+    process: kdsweep.attacks.job.robustness_job.)"""
     from . import trained
-    from .records import Evaluation, run_keys
-    from .runtime import Runtime, environment
+    from .runtime import Runtime
 
     run_dir, teacher_dir = Path(run_dir), Path(teacher_dir)
     for folder, what in ((run_dir, "run"), (teacher_dir, "teacher run")):  # the cheap refusals first
@@ -203,7 +204,20 @@ def evaluate_job(config: dict, run_dir, teacher_dir, out, log=print):
     run, model = trained.load(run_dir, config["dataset"], runtime.device, splits.num_classes, data_digest=splits.digest)
     teacher_run, teacher = trained.load(teacher_dir, config["dataset"], runtime.device, splits.num_classes,
                                         "teacher run", data_digest=splits.digest)
-    model, teacher = runtime.place(model), runtime.place(teacher)
+    result = measure(config, (run_dir, run, runtime.place(model)), (teacher_dir, teacher_run, runtime.place(teacher)),
+                     splits, runtime)
+    result.write(out)
+    log(summary(result))
+    return result
+
+
+def measure(config: dict, measured, reference, splits, runtime):
+    """The Evaluation record of a loaded run against a loaded teacher, each (folder, its trained.Run, its model
+    placed by `runtime`), on the test set of `splits` (kdsweep.split)."""
+    from .records import Evaluation, run_keys
+    from .runtime import environment
+
+    (run_dir, run, model), (teacher_dir, teacher_run, teacher) = measured, reference
     started = time.perf_counter()
     result = evaluate_run(model, teacher, splits.test.images, splits.test.labels,
                           config["training"]["eval_batch_size"], config["evaluation"]["ece_bins"], runtime)
@@ -219,9 +233,12 @@ def evaluate_job(config: dict, run_dir, teacher_dir, out, log=print):
         # job's, or runtime.deterministic=false on a GPU, can do this.
         print(f"kdsweep: warning: {run_dir}: test accuracy {result.test_acc:.4f}% here, "
               f"{run.test_acc:.4f}% in metrics.json", file=sys.stderr)
-    result.write(out)
-    log(f"{run_dir}: test acc {result.test_acc:.2f}%, agreement {result.agreement:.2f}%, "
-        f"KL {result.kl_to_teacher:.4f}, ECE {result.ece:.2f}%, NLL {result.nll:.4f}, "
-        f"max logit {result.max_logit:.2f}, logit norm {result.logit_norm:.2f}, "
-        f"worst class {result.worst_class_acc:.2f}%")
     return result
+
+
+def summary(result) -> str:
+    """The job log's line of an Evaluation."""
+    return (f"{result.run}: test acc {result.test_acc:.2f}%, agreement {result.agreement:.2f}%, "
+            f"KL {result.kl_to_teacher:.4f}, ECE {result.ece:.2f}%, NLL {result.nll:.4f}, "
+            f"max logit {result.max_logit:.2f}, logit norm {result.logit_norm:.2f}, "
+            f"worst class {result.worst_class_acc:.2f}%")

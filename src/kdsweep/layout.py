@@ -34,7 +34,6 @@ FILES = {
     "confirm_record": "confirm/{choice}.json",
     "confirm_log": "logs/confirm/{choice}.log",
     "evaluation": "evaluation/{role}/{run}.json",
-    "evaluation_log": "logs/evaluation/{role}/{run}.log",
     "attack": "attacks/{role}/{run}/" + ATTACK_FILE,
     "attack_dir": "attacks/{role}/{run}",
     "attack_log": "logs/attacks/{role}/{run}.log",
@@ -103,26 +102,23 @@ class Layout:
 
     def attack_patterns(self) -> list[str]:
         """What a run's attack job writes, with the wildcards role and run: its result under every attack switched
-        on and its worst case over the headline's, at every epsilon, then its masking checks (rule attack's
-        outputs, in kdsweep.attacks.job.outputs' order)."""
+        on and its worst case over the headline's, at every epsilon (in kdsweep.attacks.job.outputs' order), its
+        evaluation, then its masking checks (rule attack's outputs)."""
         return [self.pattern("attack").replace("{attack}", name).replace("{eps}", fmt(eps))
                 for eps in self.plan.config["epsilons"] for name in self.plan.suite.results()] + [
-            self.pattern("masking")]
+            self.pattern("evaluation"), self.pattern("masking")]
 
-    def measurements(self, job: str, run: Run) -> list[tuple[str, str]]:
-        """Every file a run's attack or evaluate job writes, each with its name here (the record it is:
-        kdsweep.identity.RESULT_RECORDS): the attack job's results, worst cases and masking record, or the
-        evaluation's file."""
-        if job == "evaluate":
-            return [("evaluation", self.file("evaluation", role=run.role, run=run.name))]
-        *attacks, masking = self.attack_patterns()
+    def measurements(self, run: Run) -> list[tuple[str, str]]:
+        """Every file a run's attack job writes, each with its name here (the record it is:
+        kdsweep.identity.RESULT_RECORDS): its attack results, worst cases, evaluation and masking record."""
+        *attacks, evaluation, masking = self.attack_patterns()
         return [("attack", pattern.format(role=run.role, run=run.name)) for pattern in attacks] + [
+            ("evaluation", evaluation.format(role=run.role, run=run.name)),
             ("masking", masking.format(role=run.role, run=run.name))]
 
     def evaluations(self, run: Run) -> list[str]:
-        """A run's evaluation file and its attack job's files."""
-        return [self.file("evaluation", role=run.role, run=run.name)] + [
-            pattern.format(role=run.role, run=run.name) for pattern in self.attack_patterns()]
+        """A run's attack job's files: attacks, evaluation and masking."""
+        return [path for _, path in self.measurements(run)]
 
     def outputs(self, runs) -> list[str]:
         """Every file of these runs (duplicates dropped): finished and evaluated."""

@@ -100,11 +100,10 @@ shell.prefix(PREFIX.replace("{", "{{").replace("}", "}}"))
 THREADS = config["runtime"]["threads"] or 1
 
 
-# On a cluster every GPU job asks for one GPU (the workflow profile's set-resources), and a
-# group job (one run's evaluations) for one too: `gpu` is counted per submission, with one
-# GPU to each, so that a group's attacks run one after another on it. Locally nothing limits
-# `gpu` (unless --resources gpu=N says so). The executor is known only once the DAG is built
-# (not while this file is read), so the evaluations' input functions set it (one_gpu_per_job).
+# On a cluster every GPU job asks for its GPUs (the workflow profile's set-resources): `gpu` is
+# counted per submission. Locally nothing limits `gpu` (unless --resources gpu=N says so). The
+# executor is known only once the DAG is built (not while this file is read), so the input
+# functions set it (one_gpu_per_job).
 resource_scopes:
     gpu="local",
 
@@ -160,49 +159,46 @@ def run_of(wildcards):
     return PLAN.run(wildcards.role, wildcards.run)
 
 
-def finished(job):
-    """rule `job`'s input function (job: attack or evaluate): the tracked files of the run it measures (a distilled
-    run's: its pack record), as ancient() where every file the job wrote of the run measured the run's model as it
-    is now (identity.measures_run_now: their run hash and model digest; Layout.measurements: every attack result,
-    worst case and the masking record of an attack job): a record written again (its pack gained a point, or its
-    job was forced) measures nothing again. A model trained again into other weights, a run whose metrics are
+def measured_run(wildcards):
+    """rule attack's input function: the tracked files of the run it measures (a distilled run's: its pack
+    record), as ancient() where every file the job wrote of the run measured the run's model as it is now
+    (identity.measures_run_now: their run hash and model digest; Layout.measurements: every attack result, worst
+    case, the evaluation and the masking record): a record written again (its pack gained a point, or its job
+    was forced) measures nothing again. A model trained again into other weights, a run whose metrics are
     not there yet, or a job with a file missing or of another version, is measured again once its record is
     newer than its files."""
-    def inputs(wildcards):
-        run = run_of(wildcards)
-        # (and the run is not about to train again: its record, rewritten, would not rerun an ancient() input)
-        current = (measures_run_now(LAYOUT.measurements(job, run), LAYOUT.run_dir(run))
-                   and trained_as_configured(PLAN, LAYOUT, run))
-        return [ancient(path) if current else path for path in LAYOUT.finished(run)]
-
-    return inputs
+    run = run_of(wildcards)
+    # (and the run is not about to train again: its record, rewritten, would not rerun an ancient() input)
+    current = (measures_run_now(LAYOUT.measurements(run), LAYOUT.run_dir(run))
+               and trained_as_configured(PLAN, LAYOUT, run))
+    return [ancient(path) if current else path for path in LAYOUT.finished(run)]
 
 
 def run_dir(wildcards):
     return LAYOUT.run_dir(run_of(wildcards))
 
 
-def transfer_runs(wildcards):
-    """{role: run} of the runs an attack job crafts its transfer attacks on: the run's teacher (a baseline: the
-    study's first; a teacher: none) and a distilled run's own seed's baseline (none without robustness.transfer)."""
+def source_runs(wildcards):
+    """{role: run} of the other runs an attack job loads: the run's teacher (a baseline: the study's first; a
+    teacher: none, it is measured against itself), whose fidelity it measures and whose transfer attacks it
+    crafts, and a distilled run's own seed's baseline, source of a transfer attack (none without
+    robustness.transfer)."""
     run = run_of(wildcards)
-    if PLAN.suite.transfer is None:
-        return {}
     sources = {} if run.role == "teacher" else {"teacher": PLAN.teacher_of(run).run}
-    baseline = PLAN.baseline_of(run)
+    baseline = PLAN.baseline_of(run) if PLAN.suite.transfer is not None else None
     return sources if baseline is None else {**sources, "baseline": baseline}
 
 
-def transfer_sources(wildcards):
+def source_files(wildcards):
     """The tracked files of those runs (rule attack's input): it waits for them to finish."""
-    return LAYOUT.finished_files(transfer_runs(wildcards).values())
+    return LAYOUT.finished_files(source_runs(wildcards).values())
 
 
-def transfer_options(wildcards):
+def source_options(wildcards):
     """` --teacher DIR --baseline DIR` of rule attack's command, for the runs it has."""
     return "".join(
         f" --{role} {shlex.quote(LAYOUT.run_dir(run))}"
-        for role, run in transfer_runs(wildcards).items()
+        for role, run in source_runs(wildcards).items()
     )
 
 
@@ -225,11 +221,6 @@ def teacher_checkpoint(wildcards):
 def teacher_of_pack(wildcards):
     """The teacher run a pack distils from."""
     return PLAN.teacher_of(pack_of(wildcards).runs[0]).run
-
-
-def teacher_of_run(wildcards):
-    """The teacher run a run is measured against (its own teacher; a baseline: the study's first)."""
-    return PLAN.teacher_of(run_of(wildcards)).run
 
 
 def decided(checkpoint, read, **wildcards):

@@ -5,8 +5,9 @@
   (robustness.full_test_set, robustness.subset), written as DIR/<attack>_eps<eps>.json; the worst case over
   the headline's attacks per epsilon (DIR/worst_eps<eps>.json); then the transfer attacks from the teacher and
   the run's own seed's baseline (--teacher, --baseline), the attacks at robustness.masking.large_epsilon and the
-  gradient-masking checks (kdsweep.attacks.diagnostics), written last as FILE (kdsweep.records.Masking). One
-  process loads the data and the models once for all of them.
+  gradient-masking checks (kdsweep.attacks.diagnostics); with --evaluation FILE2 the run's kdsweep.evaluation
+  record (fidelity to --teacher, calibration, logit scale: the workflow's evaluation/<role>/<run>.json); and
+  last FILE (kdsweep.records.Masking). One process loads the data and the models once for all of them.
 - `attack_job` (`--attack NAME --epsilon E --out FILE`): one attack at one epsilon on every test image.
 
 Every pass is float32 with autocast off (the runtime section gives the device and memory layout only); on the
@@ -22,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import identity, split, trained
+from .. import evaluation, identity, split, trained
 from ..config import check_value
 from ..errors import KdsweepError
 from ..layout import attack_file
@@ -128,9 +129,11 @@ def outputs(suite: Suite, out_dir) -> list[Path]:
     return [Path(out_dir) / attack_file(name, epsilon) for epsilon in suite.epsilons for name in suite.results()]
 
 
-def robustness_job(config: dict, run_dir, out_dir, masking_out, teacher_dir=None, baseline_dir=None, log=print):
+def robustness_job(config: dict, run_dir, out_dir, masking_out, teacher_dir=None, baseline_dir=None,
+                   evaluation_out=None, log=print):
     """Every attack, the worst case, the transfer attacks and the masking checks of one finished run (the module
-    docstring); returns its Masking record."""
+    docstring), and with evaluation_out its kdsweep.evaluation record (against teacher_dir; a teacher: against
+    itself); returns its Masking record."""
     suite = Suite.from_config(config)
     for epsilon in suite.epsilons:
         check_value("epsilons.items", epsilon, "epsilons")
@@ -144,6 +147,10 @@ def robustness_job(config: dict, run_dir, out_dir, masking_out, teacher_dir=None
     splits = split.load_splits(config["dataset"], runtime.device, split.study_stats(run_dir, config))
     check_classes(suite.attacks, splits.num_classes)
     run, model = _load(config, run_dir, runtime, splits)
+    if evaluation_out is not None and teacher_dir is None and run.role != "teacher":
+        raise KdsweepError(f"--evaluation of the {run.role} run {run_dir} measures its fidelity to its teacher: "
+                           "give the teacher's run folder as --teacher")
+    loaded = {role: _load(config, folder, runtime, splits, f"{role} run") for role, folder in sources.items()}
     images, labels_tensor = splits.test.images, splits.test.labels
     labels = labels_tensor.cpu().numpy()
     n_test, batch = len(labels), config["training"]["eval_batch_size"]
@@ -174,7 +181,7 @@ def robustness_job(config: dict, run_dir, out_dir, masking_out, teacher_dir=None
     transfer = {}
     if suite.transfer is not None:
         for role, folder in sources.items():
-            source_run, source = _load(config, folder, runtime, splits, f"{role} run")
+            source_run, source = loaded[role]
             for epsilon in suite.epsilons:
                 crafted = _attacking(lambda: transfer_examples(source, model, images, labels_tensor, epsilon, batch,
                                                                suite.transfer, runtime, subset,
@@ -182,7 +189,6 @@ def robustness_job(config: dict, run_dir, out_dir, masking_out, teacher_dir=None
                 transfer[role, epsilon] = (crafted, source_run, folder)
                 log(f"{run_dir} transfer from the {role} ({label(suite.transfer)}) eps={epsilon:g}: "
                     f"{100 * crafted.robust.mean():.2f}%")
-            del source
     large = {}
     for name in suite.large_epsilon_attacks:
         large[name] = _attacking(lambda: attack_examples(model, images, labels_tensor, suite.large_epsilon, batch,
@@ -201,7 +207,12 @@ def robustness_job(config: dict, run_dir, out_dir, masking_out, teacher_dir=None
                        "accuracy": {name: 100.0 * float(examples.robust.mean()) for name, examples in large.items()}},
         checks=[MaskingCheck(**check) for check in found], suspected=not all(check["passed"] for check in found),
         **identity.measured(run))
-    masking.write(masking_out)
+    if evaluation_out is not None:
+        reference = (run_dir, run, model) if teacher_dir is None else (Path(teacher_dir), *loaded["teacher"])
+        evaluated = evaluation.measure(config, (run_dir, run, model), reference, splits, runtime)
+        evaluated.write(evaluation_out)
+        log(evaluation.summary(evaluated))
+    masking.write(masking_out)  # last: the file of the job that says all of them are there
     failed = [check["sentence"] for check in found if not check["passed"]]
     log(f"{run_dir}: {len(found)} masking checks, {len(failed)} failed" + "".join(f"\n  {s}" for s in failed))
     return masking

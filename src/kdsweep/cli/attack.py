@@ -28,10 +28,14 @@ def register(subparsers):
     p.add_argument("--masking", type=path_type, default=None,
                    help="with --out-dir: the run's transfer attacks and masking checks (masking/<role>/<run>.json)")
     p.add_argument("--teacher", type=path_type, default=None,
-                   help="with --out-dir: the finished teacher run, source of a transfer attack")
+                   help="with --out-dir: the run's finished teacher run, source of a transfer attack and what "
+                        "--evaluation measures fidelity to")
     p.add_argument("--baseline", type=path_type, default=None,
                    help="with --out-dir: the finished hard-target run of the same student and seed, source of a "
                         "transfer attack")
+    p.add_argument("--evaluation", type=path_type, default=None,
+                   help="with --out-dir: also write the run's fidelity to --teacher (a teacher run: to itself), "
+                        "calibration and logit scale, as `evaluate` does (the workflow's: evaluation/<role>/<run>.json)")
     p.set_defaults(func=cmd_attack)
 
 
@@ -39,9 +43,11 @@ def cmd_attack(args):
     config = load(args)
     runs = [("the run folder", args.run), ("the teacher run", args.teacher), ("the baseline run", args.baseline)]
     if args.out_dir is None:
-        if args.out is None or args.epsilon is None or args.masking or args.teacher or args.baseline:
+        if args.out is None or args.epsilon is None or args.masking or args.teacher or args.baseline or \
+                args.evaluation:
             raise KdsweepError("attack takes --attack NAME --epsilon E --out FILE (one attack), or --out-dir DIR "
-                               "--masking FILE [--teacher RUN] [--baseline RUN] (every attack of the config)")
+                               "--masking FILE [--teacher RUN] [--baseline RUN] [--evaluation FILE] (every attack "
+                               "of the config)")
         from ..attacks.job import attack_job
 
         refuse_overwrite(args, config, runs=runs[:1], writes=[("--out", args.out)])
@@ -55,6 +61,7 @@ def cmd_attack(args):
 
     files = outputs(Suite.from_config(config), args.out_dir)
     refuse_overwrite(args, config, runs=runs,
-                     writes=[*(("--out-dir", path) for path in files), ("--masking", args.masking)])
-    robustness_job(config, args.run, args.out_dir, args.masking, args.teacher, args.baseline)
+                     writes=[*(("--out-dir", path) for path in files), ("--masking", args.masking),
+                             *([("--evaluation", args.evaluation)] if args.evaluation else [])])
+    robustness_job(config, args.run, args.out_dir, args.masking, args.teacher, args.baseline, args.evaluation)
 
