@@ -28,16 +28,25 @@ def _check(epsilon, step_size, steps):
         raise ValueError(f"steps must be a positive integer, got {steps}")
 
 
-def _iterate(model, clean, labels, start, epsilon, step_size, steps, loss):
-    """(fooled at any iterate from `start` on, the last iterate), model in eval mode."""
-    adversarial, broken = start, torch.zeros(len(labels), dtype=torch.bool, device=labels.device)
+def _iterate(model, clean, labels, start, epsilon, step_size, steps, loss, until_fooled=False):
+    """(fooled at any iterate from `start` on, the last iterate), model in eval mode. until_fooled: an image
+    is attacked no more once an iterate has fooled the model (what an evaluation asks of it is then settled:
+    the same answer for less work), and no last iterate is returned (None)."""
+    broken = torch.zeros(len(labels), dtype=torch.bool, device=labels.device)
+    attacked = torch.arange(len(labels), device=labels.device)  # the images still attacked, by index
+    adversarial = start
     for _ in range(int(steps)):
-        grad, logits, _ = input_gradient(model, adversarial, labels, loss)
-        broken |= fooled(logits, labels)
-        adversarial = project(adversarial + step_size * grad.sign(), clean, epsilon)
+        grad, logits, _ = input_gradient(model, adversarial, labels[attacked], loss)
+        now = fooled(logits, labels[attacked])
+        broken[attacked] |= now
+        if until_fooled:
+            attacked, adversarial, grad = attacked[~now], adversarial[~now], grad[~now]
+            if not len(attacked):
+                return broken, None
+        adversarial = project(adversarial + step_size * grad.sign(), clean[attacked], epsilon)
     with torch.no_grad():
-        broken |= fooled(model(adversarial), labels)
-    return broken, adversarial.detach()
+        broken[attacked] |= fooled(model(adversarial), labels[attacked])
+    return broken, None if until_fooled else adversarial.detach()
 
 
 def pgd(model, images, labels, eps, step_size, steps, random_start=True, generator=None, loss="ce"):
@@ -72,7 +81,7 @@ def batches(epsilon, params):
             start = uniform_start(x, epsilon, generator) if params["random_start"] else x.clone()
             if robust.any():  # (the start is an iterate too: the first gradient's forward pass judges it)
                 broken, _ = _iterate(model, x[robust], y[robust], start[robust], epsilon, step_size,
-                                     params["steps"], loss)
+                                     params["steps"], loss, until_fooled=True)
                 robust[robust.clone()] = ~broken
         return robust
 
