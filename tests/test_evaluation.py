@@ -343,19 +343,22 @@ def test_attack_command_runs_pgd_with_the_config_parameters(finished, capsys):
     assert "switched off" in capsys.readouterr().err
 
 
-def test_the_attack_job_of_a_run_writes_every_attack_its_worst_case_and_its_masking_checks(finished, capsys):
+def test_the_attack_job_of_a_run_writes_every_attack_its_worst_case_its_masking_checks_and_its_evaluation(
+        finished, capsys):
     """`attack --out-dir` (the workflow's one job per run), cheap settings: every attack's file and the worst case's
-    per epsilon, the masking record last. The worst case is the AND of its attacks' masks image by image; FGSM
-    on every test image keeps the run's test accuracy as its clean accuracy (the same computation on the CPU);
-    the subset is the same images in every file."""
-    from kdsweep.records import AttackResult, Masking
+    per epsilon, the run's evaluation, the masking record last. The worst case is the AND of its attacks' masks
+    image by image; FGSM on every test image keeps the run's test accuracy as its clean accuracy (the same
+    computation on the CPU); the subset is the same images in every file; the evaluation is the `evaluate`
+    command's, field by field."""
+    from kdsweep.records import AttackResult, Evaluation, Masking
 
     folder, configs, runs, _ = finished
     out, masking = folder / "suite" / "kd", folder / "suite" / "masking.json"
+    evaluated = folder / "suite" / "evaluation.json"
     settings = ["epsilons=[0.05, 0.1]", "attacks.apgd_ce.steps=3", "attacks.apgd_dlr.steps=3", "attacks.apgd_t={steps: 3, targets: 2, seed: 0}",
                 "attacks.square.queries=5", "robustness.subset.size=25"]
     main(configs, "attack", "--run", runs["kd"], "--out-dir", out, "--masking", masking, "--teacher", runs["teacher"],
-         *settings)
+         "--evaluation", evaluated, *settings)
     names = ["fgsm", "pgd", "apgd_ce", "apgd_dlr", "apgd_t", "square", "worst"]
     assert sorted(path.name for path in out.iterdir()) == sorted(f"{n}_eps{e}.json" for n in names for e in (0.05, 0.1))
     metrics = json.loads((runs["kd"] / "metrics.json").read_text())
@@ -380,6 +383,16 @@ def test_the_attack_job_of_a_run_writes_every_attack_its_worst_case_and_its_mask
                       "white_box_above_transfer", "gradient_free_beats_gradient", "large_epsilon"}
     assert record.suspected == (not all(check.passed for check in record.checks))
     assert "masking checks" in capsys.readouterr().out
+    main(configs, "evaluate", "--run", runs["kd"], "--teacher", runs["teacher"], "--out", folder / "suite" / "alone.json")
+    alone, together = Evaluation.read(folder / "suite" / "alone.json").as_dict(), Evaluation.read(evaluated).as_dict()
+    assert together["agreement"] < 100 and together["teacher_run_hash"] == "hash-teacher"
+    assert {k: v for k, v in together.items() if k != "seconds"} == {k: v for k, v in alone.items() if k != "seconds"}
+    # a student's evaluation needs its teacher: one sentence, before any attack
+    with pytest.raises(SystemExit):
+        main(configs, "attack", "--run", runs["kd"], "--out-dir", folder / "x", "--masking", folder / "x.json",
+             "--evaluation", folder / "x-evaluation.json", *settings)
+    assert "give the teacher's run folder as --teacher" in capsys.readouterr().err
+    assert not (folder / "x").exists() and not (folder / "x-evaluation.json").exists()
     with pytest.raises(SystemExit):  # one form or the other
         main(configs, "attack", "--run", runs["kd"], "--out-dir", out, "--epsilon", 0.1)
     assert "not --attack, --epsilon or --out" in capsys.readouterr().err
