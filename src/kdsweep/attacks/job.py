@@ -140,17 +140,20 @@ def robustness_job(config: dict, run_dir, out_dir, masking_out, teacher_dir=None
     run_dir = Path(run_dir)
     sources = {role: Path(folder) for role, folder in (("teacher", teacher_dir), ("baseline", baseline_dir))
                if folder is not None}
-    trained.finished(run_dir)  # the cheap refusals first
-    for role, folder in sources.items():
-        trained.check_compatible(trained.finished(folder, f"{role} run"), folder, config["dataset"], what=f"{role} run")
+    role = trained.finished(run_dir).role  # the cheap refusals first
+    if evaluation_out is not None and teacher_dir is None and role != "teacher":
+        raise KdsweepError(f"--evaluation of the {role} run {run_dir} measures its fidelity to its teacher: "
+                           "give the teacher's run folder as --teacher")
+    for source, folder in sources.items():
+        trained.check_compatible(trained.finished(folder, f"{source} run"), folder, config["dataset"],
+                                 what=f"{source} run")
     runtime = Runtime.from_config(config["runtime"], training_job=False)
     splits = split.load_splits(config["dataset"], runtime.device, split.study_stats(run_dir, config))
     check_classes(suite.attacks, splits.num_classes)
     run, model = _load(config, run_dir, runtime, splits)
-    if evaluation_out is not None and teacher_dir is None and run.role != "teacher":
-        raise KdsweepError(f"--evaluation of the {run.role} run {run_dir} measures its fidelity to its teacher: "
-                           "give the teacher's run folder as --teacher")
-    loaded = {role: _load(config, folder, runtime, splits, f"{role} run") for role, folder in sources.items()}
+    # the sources a transfer attack or the evaluation uses, each loaded once
+    loaded = {source: _load(config, folder, runtime, splits, f"{source} run") for source, folder in sources.items()
+              if suite.transfer is not None or (source == "teacher" and evaluation_out is not None)}
     images, labels_tensor = splits.test.images, splits.test.labels
     labels = labels_tensor.cpu().numpy()
     n_test, batch = len(labels), config["training"]["eval_batch_size"]

@@ -33,19 +33,21 @@ def _iterate(model, clean, labels, start, epsilon, step_size, steps, loss, until
     is attacked no more once an iterate has fooled the model (what an evaluation asks of it is then settled:
     the same answer for less work), and no last iterate is returned (None)."""
     broken = torch.zeros(len(labels), dtype=torch.bool, device=labels.device)
-    attacked = torch.arange(len(labels), device=labels.device)  # the images still attacked, by index
+    attacked = torch.arange(len(labels), device=labels.device)  # where the images still attacked sit in `broken`
     adversarial = start
     for _ in range(int(steps)):
-        grad, logits, _ = input_gradient(model, adversarial, labels[attacked], loss)
-        now = fooled(logits, labels[attacked])
+        grad, logits, _ = input_gradient(model, adversarial, labels, loss)
+        now = fooled(logits, labels)
         broken[attacked] |= now
         if until_fooled:
-            attacked, adversarial, grad = attacked[~now], adversarial[~now], grad[~now]
+            keep = ~now
+            attacked, adversarial, grad, clean, labels = (attacked[keep], adversarial[keep], grad[keep], clean[keep],
+                                                          labels[keep])
             if not len(attacked):
                 return broken, None
-        adversarial = project(adversarial + step_size * grad.sign(), clean[attacked], epsilon)
+        adversarial = project(adversarial + step_size * grad.sign(), clean, epsilon)
     with torch.no_grad():
-        broken[attacked] |= fooled(model(adversarial), labels[attacked])
+        broken[attacked] |= fooled(model(adversarial), labels)
     return broken, None if until_fooled else adversarial.detach()
 
 
