@@ -2,6 +2,7 @@
 earlier versions read as they are, and a damaged record refused with one sentence naming the file and the fix."""
 
 import json
+from dataclasses import dataclass
 
 import pytest
 
@@ -9,8 +10,8 @@ from kdsweep import io
 from kdsweep.cli.train import write_record
 from kdsweep.errors import KdsweepError
 from kdsweep.identity import held, result_matches
-from kdsweep.records import (AttackResult, BestPoint, Evaluation, JobPoint, JobRecord, Metrics, StagedChoice,
-                             point_of)
+from kdsweep.records import (AttackResult, BestPoint, Evaluation, JobPoint, JobRecord, Masking, Metrics, Record,
+                             StagedChoice, key, point_of)
 
 # A teacher's and a dkd run's metrics.json as kdsweep.train writes them (this version's keys).
 TEACHER = {"role": "teacher", "model": "resnet50", "seed": 0, "temperature": None, "soft_weight": None,
@@ -142,6 +143,77 @@ def test_an_evaluation_needs_only_its_measures(tmp_path):
     io.write_json(path, {**measures, "ece": "3.5"})
     with pytest.raises(KdsweepError, match="ece = '3.5', which is not a number"):
         Evaluation.read(path)
+
+
+def test_each_result_writes_null_for_the_run_keys_it_may_lack(tmp_path):
+    """An attack result, a masking record and an evaluation say alike which run they measured and its version
+    (records.Result): left unset, the keys that may hold null (where the run sits, the version measured, and each
+    kind's own) are written as null, the others left out; and each kind checks their types."""
+    run = {"role": "teacher", "model": "resnet50", "seed": 0}
+    nulls = dict.fromkeys(("dataset", "temperature", "soft_weight", "run_hash", "model_digest"))
+    measures = {"agreement": 100.0, "kl_to_teacher": 0.0, "ece": 3.5, "nll": 0.75, "max_logit": 6.5, "logit_norm": 9.25}
+    attack = {**run, "attack": "fgsm", "epsilon": 0.01, "clean_acc": 90.0, "adv_acc": 50.0}
+    cases = [(AttackResult, attack, {"adv_acc_on_correct": None}),
+             (Masking, {**run, "checks": []}, {"large_epsilon": None}),
+             (Evaluation, measures, {"teacher_model": None, "test_acc_metrics": None, "teacher_run_hash": None})]
+    for kind, given, own_nulls in cases:
+        path = kind(**given).write(tmp_path / f"{kind.__name__}.json")
+        assert json.loads(path.read_text()) == {**given, **nulls, **own_nulls}, kind
+        assert kind.read(path) == kind(**given)
+        io.write_json(path, {**given, **nulls, **own_nulls, "seed": True})
+        with pytest.raises(KdsweepError, match="has seed = true, which is not a whole number"):
+            kind.read(path)
+
+
+@dataclass(kw_only=True)
+class Entry(Record):
+    """An entry of a list of records: a test's own record kind."""
+
+    REQUIRED = ("name",)
+
+    name: str = key()
+    count: int | None = key()
+
+
+@dataclass(kw_only=True)
+class Probe(Record):
+    """A record kind of one key of each JSON type, as a test declares one."""
+
+    whole: int | None = key()
+    number: float | None = key()
+    flag: bool | None = key()
+    text: str | None = key(null=True)
+    table: dict | None = key()
+    values: list | None = key()
+    entries: list[Entry] | None = key()
+
+
+def test_a_key_is_of_its_annotations_json_type(tmp_path):
+    """`key()` reads a key's JSON type off its annotation: a bool is no whole number nor number, a float no whole
+    number, NaN and infinity no number; null only where the key may hold it; a list of records checks and reads
+    each entry as a record of that kind."""
+    accepted = {"whole": [0, -3], "number": [1, 1.5], "flag": [True, False], "text": ["", None], "table": [{}],
+                "values": [[], [1, "a"]], "entries": [[], [{"name": "a"}, {"name": "b", "count": 2}]]}
+    refused = {"whole": [True, 1.0, "1", None], "number": [True, float("nan"), float("inf"), "1.5", None],
+               "flag": [1, "true", None], "text": [1, ["a"]], "table": [[], "{}", None], "values": [{}, "[]", None],
+               "entries": [{}, None, [1], [{"count": 2}], [{"name": "a", "count": True}]]}
+    for name, values in accepted.items():
+        for value in values:
+            assert Probe._problem({name: value}) is None, (name, value)
+    for name, values in refused.items():
+        for value in values:
+            assert Probe._problem({name: value}) is not None, (name, value)
+    written = {"entries": [{"name": "a", "count": 2}], "text": None}
+    read = Probe.read(io.write_json(tmp_path / "probe.json", written))
+    assert read.entries == [Entry(name="a", count=2)]
+    assert json.loads(read.write(tmp_path / "again.json").read_text()) == written
+
+    @dataclass(kw_only=True)
+    class Untyped(Record):
+        entries: list[int] | None = key()  # a list's entries are checked only as records
+
+    with pytest.raises(TypeError, match="annotated list\\[int\\], which is none of str, int, float, bool"):
+        Untyped.keys()
 
 
 def test_a_best_point_record_holds_each_hyperparameter_twice_and_an_earlier_one_once(tmp_path):

@@ -46,7 +46,7 @@ from . import io
 from .config import config_hash
 from .errors import KdsweepError
 from .layout import CHECKPOINT, METRICS, PROGRESS
-from .records import AttackResult, Evaluation, Masking, Metrics
+from .records import AttackResult, Evaluation, Masking, Metrics, Result
 
 # The dataset settings that make a run's data what it is, besides the digest of the data itself.
 DATASET_KEYS = ("name", "subset", "val_fraction", "split_seed")
@@ -273,7 +273,7 @@ def measured(metrics: Metrics) -> dict:
     return {"run_hash": metrics.config_hash, "model_digest": metrics.model_digest}
 
 
-def result_matches(result: AttackResult | Masking | Evaluation, metrics: Metrics) -> bool:
+def result_matches(result: Result, metrics: Metrics) -> bool:
     """Whether an attack job's or evaluation's record measured the run version metrics.json describes: the same
     run hash and model digest. A result of an earlier version (neither recorded) matches only a run of
     that version (no model digest recorded either)."""

@@ -1,7 +1,7 @@
 """The records a study's jobs write and other jobs read: each a typed value with one home, as
-checkpoint.RunState is for checkpoints. A record kind declares its keys and their types; `write(path)`
-writes it whole or not at all (kdsweep.io) and `read(path)` reads it back with every key its readers need
-present and of its type, or ends with one sentence naming the file and the fix.
+checkpoint.RunState is for checkpoints. A record kind declares its keys, each of its annotation's JSON type
+(`key`); `write(path)` writes it whole or not at all (kdsweep.io) and `read(path)` reads it back with every
+key its readers need present and of its type, or ends with one sentence naming the file and the fix.
 
 - `Metrics`       runs/<role>/<run>/metrics.json: a finished run (kdsweep.train writes it last, so its
                   presence means the run finished)
@@ -17,6 +17,9 @@ present and of its type, or ends with one sentence naming the file and the fix.
 - `StagedChoice`  staged/<student>_seed-all.json: the staged sweep's temperature (kdsweep.tables.choices)
 - `RungDecision`  halving/<student>_rung<epochs>.json: a successive-halving rung's points kept and dropped
                   (kdsweep.search.halving)
+
+An attack result, a masking record and an evaluation are each a `Result`, which names the run it measured
+and its version; an attack result and an evaluation are also a `Measurement`, which says how its job measured.
 
 The JSON keys are the file formats' (docs/internals.md), so that a finished study keeps working. Records
 of earlier versions, which finished studies hold, read as they are: a key added since (metrics.json's
@@ -42,7 +45,8 @@ import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import ClassVar
+from types import UnionType
+from typing import ClassVar, get_args, get_origin, get_type_hints
 
 import numpy as np
 
@@ -70,15 +74,33 @@ OBJECT = _Type("an object", lambda value: isinstance(value, dict))
 LIST = _Type("a list", lambda value: isinstance(value, list))
 
 
-def key(kind: _Type, null: bool = False, item: type | None = None):
-    """A key of a record: its type; null: it may hold null and is always written (None is left out of the
-    file otherwise); item: the record kind of each entry of a list."""
-    return field(default=None, metadata={"kind": kind, "null": null, "item": item})
+# A key's JSON type is its annotation's: `int | None` a whole number (None: the key absent), `list[JobPoint]` a
+# list whose entries are each a record of that kind, checked as one.
+JSON_TYPES = {str: TEXT, int: WHOLE, float: NUMBER, bool: FLAG, dict: OBJECT, list: LIST}
+
+
+def key(null: bool = False):
+    """A key of a record, of its annotation's JSON type (JSON_TYPES); null: it may hold null and is always
+    written (None is left out of the file otherwise)."""
+    return field(default=None, metadata={"null": null})
+
+
+def _key_spec(annotation, null: bool) -> dict:
+    """A key's JSON type (`kind`), whether it may hold null, and (`item`) the record kind of a list's entries,
+    from its annotation; TypeError for an annotation that names no JSON type."""
+    if isinstance(annotation, UnionType):  # `X | None`: None is the key absent (or null), not a type of its own
+        named = [member for member in get_args(annotation) if member is not type(None)]
+        annotation = named[0] if len(named) == 1 else annotation
+    base, item = get_origin(annotation) or annotation, next(iter(get_args(annotation)), None)
+    if base not in JSON_TYPES or item is not None and not (base is list and issubclass(item, Record)):
+        raise TypeError(f"a record key is annotated {annotation}, which is none of "
+                        f"{', '.join(kind.__name__ for kind in JSON_TYPES)}, list[<a record kind>] (or those | None)")
+    return {"kind": JSON_TYPES[base], "null": null, "item": item}
 
 
 @dataclass(kw_only=True)
 class Record:
-    """A JSON object of a file format: its keys are the fields made with `key`."""
+    """A JSON object of a file format: its keys are the fields made with `key`, those of its bases first."""
 
     WHAT: ClassVar[str] = "result file"  # how a sentence about a damaged file names it
     FIX: ClassVar[str] = "delete it and rerun the job that writes it"
@@ -94,7 +116,8 @@ class Record:
     @classmethod
     @functools.cache
     def _specs(cls) -> dict:
-        return {f.name: f.metadata for f in fields(cls) if "kind" in f.metadata}
+        annotations = get_type_hints(cls)
+        return {f.name: _key_spec(annotations[f.name], f.metadata["null"]) for f in fields(cls) if "null" in f.metadata}
 
     @classmethod
     def _spec(cls, name):
@@ -228,41 +251,41 @@ class Metrics(Record):
     # what a job that reads a finished run binds its result to (kdsweep.trained, kdsweep.identity)
     BOUND = ("config_hash", "config")
 
-    role: str = key(TEXT)  # teacher | baseline | a method's name | confirm
-    model: str = key(TEXT)
-    seed: int = key(WHOLE)
+    role: str = key()  # teacher | baseline | a method's name | confirm
+    model: str = key()
+    seed: int = key()
     # kd's T and w (the hyperparameters of those names of any method; null for a teacher or baseline)
-    temperature: float | None = key(NUMBER, null=True)
-    soft_weight: float | None = key(NUMBER, null=True)
-    method: str | None = key(TEXT)  # a distilled run's KD method and its hyperparameters (earlier kd runs: none)
-    hparams: dict | None = key(OBJECT)
-    learned: dict | None = key(OBJECT)  # what the method learned, epoch by epoch (CTKD: its temperature)
-    dataset: str | None = key(TEXT)
-    num_classes: int | None = key(WHOLE)
-    teacher_run: str | None = key(TEXT, null=True)  # the teacher's folder, null unless distilled
+    temperature: float | None = key(null=True)
+    soft_weight: float | None = key(null=True)
+    method: str | None = key()  # a distilled run's KD method and its hyperparameters (earlier kd runs: none)
+    hparams: dict | None = key()
+    learned: dict | None = key()  # what the method learned, epoch by epoch (CTKD: its temperature)
+    dataset: str | None = key()
+    num_classes: int | None = key()
+    teacher_run: str | None = key(null=True)  # the teacher's folder, null unless distilled
     # the teacher's name where the run's folder name carries it (kdsweep.plan.Run.teacher; earlier: none)
-    teacher: str | None = key(TEXT)
-    checkpoint: dict | None = key(OBJECT)  # a teacher from a checkpoint: it and its provenance (kdsweep.teachers)
-    params: int | None = key(WHOLE)  # the model's parameters
-    train_images: int | None = key(WHOLE)  # images of one training epoch (images/s: epochs x these / seconds)
-    epochs: int | None = key(WHOLE)  # epochs run
-    best_epoch: int | None = key(WHOLE)
-    stopped_early: bool | None = key(FLAG)
-    val_loss: float | None = key(NUMBER)  # val_* and test_*: of the best-validation weights
-    val_acc: float | None = key(NUMBER)
-    test_loss: float | None = key(NUMBER)
-    test_acc: float | None = key(NUMBER)
-    train_seconds: float | None = key(NUMBER)  # summed over resumes
-    resumed: int | None = key(WHOLE)  # times
-    device: str | None = key(TEXT)
-    precision: str | None = key(TEXT)
-    runtime: dict | None = key(OBJECT)  # the arithmetic (kdsweep.runtime.Runtime.record)
-    versions: dict | None = key(OBJECT)  # {python, torch, torchvision, kdsweep, cuda, cudnn}
-    slurm: dict | None = key(OBJECT)  # {job_id, array_job_id, array_task, restart_count, gpus}
-    host: str | None = key(TEXT)
-    config: dict | None = key(OBJECT)  # the run's identity (kdsweep.identity.run_identity)
-    config_hash: str | None = key(TEXT)  # its hash
-    model_digest: str | None = key(TEXT)  # model.pt's sha256 (earlier versions: none)
+    teacher: str | None = key()
+    checkpoint: dict | None = key()  # a teacher from a checkpoint: it and its provenance (kdsweep.teachers)
+    params: int | None = key()  # the model's parameters
+    train_images: int | None = key()  # images of one training epoch (images/s: epochs x these / seconds)
+    epochs: int | None = key()  # epochs run
+    best_epoch: int | None = key()
+    stopped_early: bool | None = key()
+    val_loss: float | None = key()  # val_* and test_*: of the best-validation weights
+    val_acc: float | None = key()
+    test_loss: float | None = key()
+    test_acc: float | None = key()
+    train_seconds: float | None = key()  # summed over resumes
+    resumed: int | None = key()  # times
+    device: str | None = key()
+    precision: str | None = key()
+    runtime: dict | None = key()  # the arithmetic (kdsweep.runtime.Runtime.record)
+    versions: dict | None = key()  # {python, torch, torchvision, kdsweep, cuda, cudnn}
+    slurm: dict | None = key()  # {job_id, array_job_id, array_task, restart_count, gpus}
+    host: str | None = key()
+    config: dict | None = key()  # the run's identity (kdsweep.identity.run_identity)
+    config_hash: str | None = key()  # its hash
+    model_digest: str | None = key()  # model.pt's sha256 (earlier versions: none)
 
 
 # ---------------------------------------------------------------- a training job's record
@@ -274,24 +297,24 @@ class JobPoint(Record):
 
     REQUIRED = ("run", "config_hash")
 
-    run: str = key(TEXT)  # its folder
-    temperature: float | None = key(NUMBER, null=True)
-    soft_weight: float | None = key(NUMBER, null=True)
-    method: str | None = key(TEXT)
-    hparams: dict | None = key(OBJECT)
-    config_hash: str = key(TEXT)
-    test_acc: float | None = key(NUMBER)  # a finished run's (a point paused at a rung has none)
+    run: str = key()  # its folder
+    temperature: float | None = key(null=True)
+    soft_weight: float | None = key(null=True)
+    method: str | None = key()
+    hparams: dict | None = key()
+    config_hash: str = key()
+    test_acc: float | None = key()  # a finished run's (a point paused at a rung has none)
     # where the point got to (earlier versions: none): its seed, epochs trained, the validation accuracy of
     # its best validation-loss epoch so far (what metrics.json would say were it stopped now), whether it
     # finished (early stopping or max_epochs), and its training seconds so far
-    seed: int | None = key(WHOLE)
-    epochs: int | None = key(WHOLE)
-    val_acc: float | None = key(NUMBER)
-    finished: bool | None = key(FLAG)
-    train_seconds: float | None = key(NUMBER)
+    seed: int | None = key()
+    epochs: int | None = key()
+    val_acc: float | None = key()
+    finished: bool | None = key()
+    train_seconds: float | None = key()
     # each epoch's validation loss and accuracy so far, [{epoch, val_loss, val_acc}] (earlier versions: none):
     # what a successive-halving rung reads the point's state at its own epoch from (kdsweep.search.halving)
-    history: list | None = key(LIST)
+    history: list | None = key()
 
     @classmethod
     def of(cls, folder, metrics: Metrics, finished: bool = True, history=None) -> "JobPoint":
@@ -312,9 +335,9 @@ class JobRecord(Record):
 
     REQUIRED = ("points",)
 
-    points: list[JobPoint] = key(LIST, item=JobPoint)
-    slurm: dict | None = key(OBJECT)
-    until_epoch: int | None = key(WHOLE)
+    points: list[JobPoint] = key()
+    slurm: dict | None = key()
+    until_epoch: int | None = key()
 
 
 # ---------------------------------------------------------------- results measured on a finished run
@@ -343,55 +366,63 @@ def unpack_mask(text: str, n: int) -> np.ndarray:
 
 
 @dataclass(kw_only=True)
-class Attacked(Record):
-    """What an attack job's records say of the run they measured: its folder and where it sits (RUN_KEYS)."""
+class Result(Record):
+    """What a result (an attack's, a masking record, an evaluation) says of the run it measured: its folder, where
+    it sits (RUN_KEYS) and its version (kdsweep.identity; a result of an earlier version has neither run_hash nor
+    model_digest). Which of them a file must hold is its kind's REQUIRED."""
 
-    run: str | None = key(TEXT)  # the run folder
-    role: str = key(TEXT)
-    dataset: str | None = key(TEXT, null=True)
-    model: str = key(TEXT)
-    temperature: float | None = key(NUMBER, null=True)
-    soft_weight: float | None = key(NUMBER, null=True)
-    seed: int = key(WHOLE)
+    run: str | None = key()  # the run folder
+    role: str | None = key()
+    dataset: str | None = key(null=True)
+    model: str | None = key()
+    temperature: float | None = key(null=True)
+    soft_weight: float | None = key(null=True)
+    seed: int | None = key()
+    run_hash: str | None = key(null=True)
+    model_digest: str | None = key(null=True)
 
 
 @dataclass(kw_only=True)
-class AttackResult(Attacked):
+class Measurement(Result):
+    """A result and how its job measured it: the seconds it took, the device and precision, the runtime section
+    (kdsweep.runtime.Runtime.record) and the SLURM job."""
+
+    seconds: float | None = key()
+    device: str | None = key()
+    precision: str | None = key()
+    runtime: dict | None = key()
+    slurm: dict | None = key()
+
+
+@dataclass(kw_only=True)
+class AttackResult(Measurement):
     """attacks/<role>/<run>/<attack>_eps<eps>.json: a finished run under one attack at one epsilon, or (attack
     `worst`) the worst case per test image over the headline's attacks (kdsweep.attacks)."""
 
     REQUIRED = ("attack", "epsilon", "role", "model", "temperature", "soft_weight", "seed", "clean_acc", "adv_acc",
                 "adv_acc_on_correct")
 
-    attack: str = key(TEXT)  # an attack of kdsweep.attacks.ATTACKS, or worst
-    params: dict | None = key(OBJECT)  # the config's attacks.<attack>; worst: {"attacks": [its attacks]}
-    epsilon: float = key(NUMBER)
-    n: int | None = key(WHOLE)  # test images attacked
-    clean_acc: float = key(NUMBER)  # of those
-    adv_acc: float = key(NUMBER)  # of those
-    n_correct: int | None = key(WHOLE)  # clean
-    adv_acc_on_correct: float | None = key(NUMBER, null=True)  # of those the model got right (none: null)
+    attack: str = key()  # an attack of kdsweep.attacks.ATTACKS, or worst
+    params: dict | None = key()  # the config's attacks.<attack>; worst: {"attacks": [its attacks]}
+    epsilon: float = key()
+    n: int | None = key()  # test images attacked
+    clean_acc: float = key()  # of those
+    adv_acc: float = key()  # of those
+    n_correct: int | None = key()  # clean
+    adv_acc_on_correct: float | None = key(null=True)  # of those the model got right (none: null)
     # Which test images (earlier versions: none of these): the test set's size, the evaluation subset (null:
     # every test image) and the bit masks over the whole test set of the images attacked (`examples`; absent:
     # all) and of those still classified correctly under the attack (`robust`: correct before and at every
     # point the attack tried)
-    n_test: int | None = key(WHOLE)
-    subset: dict | None = key(OBJECT)  # {"size", "seed"} (absent: every test image)
-    examples: str | None = key(TEXT)
-    robust: str | None = key(TEXT)
+    n_test: int | None = key()
+    subset: dict | None = key()  # {"size", "seed"} (absent: every test image)
+    examples: str | None = key()
+    robust: str | None = key()
     # per class (index = label) over the images attacked: how many, clean accuracy and accuracy under attack (%;
     # null for a class with none)
-    class_n: list | None = key(LIST)
-    class_clean_acc: list | None = key(LIST)
-    class_adv_acc: list | None = key(LIST)
-    seconds: float | None = key(NUMBER)
-    device: str | None = key(TEXT)
-    precision: str | None = key(TEXT)
-    runtime: dict | None = key(OBJECT)
-    slurm: dict | None = key(OBJECT)
-    # the version of the run it measured (kdsweep.identity; a result of an earlier version has neither)
-    run_hash: str | None = key(TEXT, null=True)
-    model_digest: str | None = key(TEXT, null=True)
+    class_n: list | None = key()
+    class_clean_acc: list | None = key()
+    class_adv_acc: list | None = key()
 
     def mask(self, name: str = "robust") -> np.ndarray | None:
         """The bit mask `robust` or `examples` over the test set (examples absent: every image), or None where
@@ -411,14 +442,14 @@ class TransferResult(Record):
 
     REQUIRED = ("source", "epsilon", "adv_acc")
 
-    source: str = key(TEXT)  # teacher | baseline
-    source_run: str | None = key(TEXT)  # its folder
-    source_hash: str | None = key(TEXT)  # its run hash
-    attack: str | None = key(TEXT)  # what crafted them on the source
-    epsilon: float = key(NUMBER)
-    n: int | None = key(WHOLE)
-    adv_acc: float = key(NUMBER)  # this run's accuracy on them (%; wrong before the attack counts as wrong)
-    robust: str | None = key(TEXT)  # bit mask over the test set (n_test of the Masking record)
+    source: str = key()  # teacher | baseline
+    source_run: str | None = key()  # its folder
+    source_hash: str | None = key()  # its run hash
+    attack: str | None = key()  # what crafted them on the source
+    epsilon: float = key()
+    n: int | None = key()
+    adv_acc: float = key()  # this run's accuracy on them (%; wrong before the attack counts as wrong)
+    robust: str | None = key()  # bit mask over the test set (n_test of the Masking record)
 
 
 @dataclass(kw_only=True)
@@ -427,32 +458,30 @@ class MaskingCheck(Record):
 
     REQUIRED = ("check", "passed")
 
-    check: str = key(TEXT)  # kdsweep.attacks.diagnostics.CHECKS
-    attack: str | None = key(TEXT, null=True)  # the attack checked
-    against: str | None = key(TEXT, null=True)  # what it is compared with
-    epsilon: float | None = key(NUMBER, null=True)
-    value: float | None = key(NUMBER, null=True)  # accuracy (%) of the attack checked
-    limit: float | None = key(NUMBER, null=True)  # the largest value that passes
-    n: int | None = key(WHOLE)  # test images compared
-    passed: bool = key(FLAG)
-    sentence: str | None = key(TEXT)  # what a failure means, in words
+    check: str = key()  # kdsweep.attacks.diagnostics.CHECKS
+    attack: str | None = key(null=True)  # the attack checked
+    against: str | None = key(null=True)  # what it is compared with
+    epsilon: float | None = key(null=True)
+    value: float | None = key(null=True)  # accuracy (%) of the attack checked
+    limit: float | None = key(null=True)  # the largest value that passes
+    n: int | None = key()  # test images compared
+    passed: bool = key()
+    sentence: str | None = key()  # what a failure means, in words
 
 
 @dataclass(kw_only=True)
-class Masking(Attacked):
+class Masking(Result):
     """masking/<role>/<run>.json: a run's transfer attacks, its accuracy at a large epsilon and its gradient-masking
     checks (kdsweep.attacks.diagnostics), written by its attack job after its attack results."""
 
     REQUIRED = ("role", "model", "seed", "checks")
 
-    n_test: int | None = key(WHOLE)
-    transfer: list | None = key(LIST, item=TransferResult)
-    large_epsilon: dict | None = key(OBJECT, null=True)  # {"epsilon", "n", "accuracy": {attack: %}}
-    tolerance: float | None = key(NUMBER)
-    checks: list = key(LIST, item=MaskingCheck)
-    suspected: bool | None = key(FLAG)  # some check failed
-    run_hash: str | None = key(TEXT, null=True)
-    model_digest: str | None = key(TEXT, null=True)
+    n_test: int | None = key()
+    transfer: list[TransferResult] | None = key()
+    large_epsilon: dict | None = key(null=True)  # {"epsilon", "n", "accuracy": {attack: %}}
+    tolerance: float | None = key()
+    checks: list[MaskingCheck] = key()
+    suspected: bool | None = key()  # some check failed
 
 
 # The measures of an evaluation: agreement with the teacher (%), KL(teacher || student) at T = 1, ECE (%),
@@ -463,42 +492,28 @@ CLASS_MEASURES = ("worst_class_acc",)
 
 
 @dataclass(kw_only=True)
-class Evaluation(Record):
+class Evaluation(Measurement):
     """evaluation/<role>/<run>.json: a finished run's fidelity to the teacher, calibration and logit scale
     (kdsweep.evaluation documents each key)."""
 
     REQUIRED = EVALUATION_MEASURES
 
-    run: str | None = key(TEXT)
-    role: str | None = key(TEXT)
-    dataset: str | None = key(TEXT, null=True)
-    model: str | None = key(TEXT)
-    temperature: float | None = key(NUMBER, null=True)
-    soft_weight: float | None = key(NUMBER, null=True)
-    seed: int | None = key(WHOLE)
-    teacher_run: str | None = key(TEXT)
-    teacher_model: str | None = key(TEXT, null=True)
-    n: int | None = key(WHOLE)
-    test_acc: float | None = key(NUMBER)
-    test_acc_metrics: float | None = key(NUMBER, null=True)
-    agreement: float = key(NUMBER)
-    kl_to_teacher: float = key(NUMBER)
-    ece: float = key(NUMBER)
-    ece_bins: int | None = key(WHOLE)
-    nll: float = key(NUMBER)
-    max_logit: float = key(NUMBER)
-    logit_norm: float = key(NUMBER)
-    class_n: list | None = key(LIST)  # test images per class (index = label)
-    class_acc: list | None = key(LIST)  # accuracy per class (%; null for a class without test images)
-    worst_class_acc: float | None = key(NUMBER)  # the lowest of them
-    seconds: float | None = key(NUMBER)
-    device: str | None = key(TEXT)
-    precision: str | None = key(TEXT)
-    runtime: dict | None = key(OBJECT)
-    slurm: dict | None = key(OBJECT)
-    run_hash: str | None = key(TEXT, null=True)
-    model_digest: str | None = key(TEXT, null=True)
-    teacher_run_hash: str | None = key(TEXT, null=True)
+    teacher_run: str | None = key()
+    teacher_model: str | None = key(null=True)
+    n: int | None = key()
+    test_acc: float | None = key()
+    test_acc_metrics: float | None = key(null=True)
+    agreement: float = key()
+    kl_to_teacher: float = key()
+    ece: float = key()
+    ece_bins: int | None = key()
+    nll: float = key()
+    max_logit: float = key()
+    logit_norm: float = key()
+    class_n: list | None = key()  # test images per class (index = label)
+    class_acc: list | None = key()  # accuracy per class (%; null for a class without test images)
+    worst_class_acc: float | None = key()  # the lowest of them
+    teacher_run_hash: str | None = key(null=True)  # the version of the teacher it was measured against
 
     def measures(self) -> dict:
         return {name: getattr(self, name) for name in (*EVALUATION_MEASURES, *CLASS_MEASURES)}
@@ -515,17 +530,17 @@ class BestPoint(Record):
 
     REQUIRED = ("student", "val_acc", "n", "candidates")
 
-    student: str = key(TEXT)
-    dataset: str | None = key(TEXT)
-    method: str | None = key(TEXT)
-    hparams: dict | None = key(OBJECT)
-    val_acc: float = key(NUMBER)  # the chosen point's mean validation accuracy over the sweep's seeds
-    n: int = key(WHOLE)
-    seeds: list | None = key(LIST)
-    chosen_on: str | None = key(TEXT)  # a sentence
+    student: str = key()
+    dataset: str | None = key()
+    method: str | None = key()
+    hparams: dict | None = key()
+    val_acc: float = key()  # the chosen point's mean validation accuracy over the sweep's seeds
+    n: int = key()
+    seeds: list | None = key()
+    chosen_on: str | None = key()  # a sentence
     # [{<each hyperparameter>, val_acc_mean, n}] of every point that uses the teacher
-    candidates: list = key(LIST)
-    hard_target_runs_left_out: int | None = key(WHOLE)
+    candidates: list = key()
+    hard_target_runs_left_out: int | None = key()
 
     WHAT = "best-point record"
     FIX = "delete it so that the workflow chooses the point again"
@@ -557,11 +572,11 @@ class StagedChoice(Record):
 
     REQUIRED = ("student", "temperature")
 
-    student: str = key(TEXT)
-    temperature: float = key(NUMBER)  # the chosen one: highest mean validation accuracy at soft_weight
-    soft_weight: float | None = key(NUMBER)
-    val_acc: float | None = key(NUMBER)
-    candidates: dict | None = key(OBJECT)  # {temperature: its mean validation accuracy}
+    student: str = key()
+    temperature: float = key()  # the chosen one: highest mean validation accuracy at soft_weight
+    soft_weight: float | None = key()
+    val_acc: float | None = key()
+    candidates: dict | None = key()  # {temperature: its mean validation accuracy}
 
     WHAT = "staged-sweep choice"
     FIX = "delete it so that the workflow chooses the temperature again"
@@ -573,18 +588,18 @@ class RungCandidate(Record):
 
     REQUIRED = ("method", "hparams", "val_acc_mean", "n", "kept")
 
-    method: str = key(TEXT)
-    hparams: dict = key(OBJECT)
-    val_acc_mean: float = key(NUMBER)
-    n: int = key(WHOLE)  # seeds
-    epochs: list | None = key(LIST)  # each seed's epochs trained at the rung (fewer: early stopping ended it)
-    finished: bool | None = key(FLAG)  # every seed finished (early stopping) by the rung
-    kept: bool = key(FLAG)
+    method: str = key()
+    hparams: dict = key()
+    val_acc_mean: float = key()
+    n: int = key()  # seeds
+    epochs: list | None = key()  # each seed's epochs trained at the rung (fewer: early stopping ended it)
+    finished: bool | None = key()  # every seed finished (early stopping) by the rung
+    kept: bool = key()
     # each seed's best validation-loss epoch up to the rung (whose validation accuracy it was judged on); the
     # first tie-breaker: fewer epochs to it ranks first (earlier versions: none)
-    best_epochs: list | None = key(LIST)
+    best_epochs: list | None = key()
     # false for a point that does not use the teacher (kd's w = 0): never ranked, never kept
-    uses_teacher: bool | None = key(FLAG)
+    uses_teacher: bool | None = key()
 
     @classmethod
     def _meaning(cls, record):
@@ -600,17 +615,17 @@ class RungDecision(Record):
 
     REQUIRED = ("student", "rung", "stage", "candidates")
 
-    student: str = key(TEXT)
-    rung: int = key(WHOLE)  # the epoch the points were trained to
-    stage: int = key(WHOLE)  # its index in halving.rungs
-    keep: float | None = key(NUMBER)
-    min_kept: int | None = key(WHOLE)
-    seeds: list | None = key(LIST)
-    chosen_on: str | None = key(TEXT)  # a sentence
-    candidates: list = key(LIST, item=RungCandidate)
+    student: str = key()
+    rung: int = key()  # the epoch the points were trained to
+    stage: int = key()  # its index in halving.rungs
+    keep: float | None = key()
+    min_kept: int | None = key()
+    seeds: list | None = key()
+    chosen_on: str | None = key()  # a sentence
+    candidates: list[RungCandidate] = key()
     # the ties at the cut (points of equal mean validation accuracy, some kept and some not): each a sentence
     # naming the points and what broke the tie (kdsweep.search.halving.TIE_BREAK)
-    ties: list | None = key(LIST)
+    ties: list | None = key()
 
     WHAT = "halving decision"
     FIX = "delete it so that the workflow decides the rung again"
