@@ -61,13 +61,12 @@ class AT(Method):
         transferred = transfer(*maps, float(hparams["p"])) if beta > 0 else None
         return {"hard": (1.0, hard), "at": (beta, transferred)}
 
-    def term_names(self, hparams):
-        return ("hard", "at")
-
 
 METHOD = AT(
     name="at",
     title="Attention transfer (Zagoruyko & Komodakis, ICLR 2017)",
+    terms=("hard", "at"),
+    axes=("beta", "stages"),
     params=(
         Param("beta", "b", 1000.0, minimum=0, maximum=1e6,
               description="weight of the attention term (summed over the tapped stages); CE weighs 1"),
@@ -76,7 +75,6 @@ METHOD = AT(
         Param("stages", "st", 3, minimum=1, maximum=16, integer=True,
               description="how many of each network's stage outputs, the deepest, are paired"),
     ),
-    axes=("beta", "stages"),
     uses_teacher=lambda hparams: hparams["beta"] > 0,
     uses_features=lambda hparams: hparams["beta"] > 0,
 )

@@ -8,8 +8,9 @@ than one function (trainable state, a schedule). It declares:
 - its two main hyperparameters (`axes`: the heat map of its figure);
 - its loss: (student logits, teacher logits, labels, hyperparameters, progress, state) -> named terms
   (the teacher's logits come without a gradient, as ordinary tensors the loss may keep for backward),
-  `{name: (weight, value)}`, whose weighted sum is minimised (`total`). Each term's unweighted value goes
-  to history.csv (`train_<name>_loss`) and TensorBoard;
+  `{name: (weight, value)}`, whose weighted sum is minimised (`total`). Their names (`terms`) are the same
+  at every point (a term a point does not use is there, its value None); each term's unweighted value
+  goes to history.csv (`train_<name>_loss`) and TensorBoard;
 - any trainable state (`make_state`: a module saved in and resumed from the checkpoint, whose parameters the
   point's optimiser trains beside the student's weights, or an optimiser of its own where the method's
   authors train it apart: `state_optimizer`) and what of it each epoch records (`epoch_record`:
@@ -90,8 +91,9 @@ class Method:
 
     name: str
     title: str  # for tables and captions, e.g. "Decoupled KD (Zhao et al., CVPR 2022)"
-    params: tuple[Param, ...]
+    terms: tuple[str, ...]  # the names of the loss's terms, in order (history.csv's columns)
     axes: tuple[str, str]
+    params: tuple[Param, ...]
     loss_fn: object = None  # (student, teacher, labels, hparams, progress) -> terms, for a method without state
     uses_teacher: object = None  # hparams -> bool; None: always
     # hparams -> the weight of the labels' cross-entropy, the loss's only term at a point that uses no teacher
@@ -102,6 +104,7 @@ class Method:
     def __post_init__(self):
         names = [param.name for param in self.params]
         assert len(set(names)) == len(names) and set(self.axes) <= set(names), self.name
+        assert self.terms and len(set(self.terms)) == len(self.terms), self.name
 
     # ---- hyperparameters
 
@@ -180,10 +183,6 @@ class Method:
     def epoch_record(self, state) -> dict:
         """What of its state a point records after each epoch (history.csv, TensorBoard, metrics.json)."""
         return {}
-
-    def term_names(self, hparams: dict) -> tuple[str, ...]:
-        """The names of the loss's terms, in order (history.csv's columns)."""
-        raise NotImplementedError
 
 
 def last_stages(hparams: dict, count: int, method: str, param: str = "stages"):

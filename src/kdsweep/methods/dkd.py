@@ -61,14 +61,11 @@ def losses(student_logits, teacher_logits, targets, hparams, progress) -> dict:
     return {"hard": (1.0, hard), "tckd": (warm * alpha, tckd), "nckd": (warm * beta, nckd)}
 
 
-class DKD(Method):
-    def term_names(self, hparams):
-        return ("hard", "tckd", "nckd")
-
-
-METHOD = DKD(
+METHOD = Method(
     name="dkd",
     title="Decoupled KD (Zhao et al., CVPR 2022)",
+    terms=("hard", "tckd", "nckd"),
+    axes=("beta", "temperature"),
     params=(
         Param("alpha", "a", 1.0, minimum=0, maximum=1000, description="weight of TCKD (target / non-target)"),
         Param("beta", "b", 8.0, minimum=0, maximum=1000, description="weight of NCKD (among the non-target classes)"),
@@ -76,7 +73,6 @@ METHOD = DKD(
         Param("warmup_epochs", "warm", 20, minimum=1, maximum=10000, integer=True,
               description="epochs over which the distillation term grows linearly to its full weight"),
     ),
-    axes=("beta", "temperature"),
     loss_fn=losses,
     uses_teacher=lambda hparams: hparams["alpha"] > 0 or hparams["beta"] > 0,
 )

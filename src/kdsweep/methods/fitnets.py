@@ -96,20 +96,18 @@ class FitNets(Method):
             hint = F.mse_loss(state(student_map), state.target(teacher_map.detach()))
         return {"hard": (1.0, hard), "hint": (weight, hint)}
 
-    def term_names(self, hparams):
-        return ("hard", "hint")
-
 
 METHOD = FitNets(
     name="fitnets",
     title="FitNets (Romero et al., ICLR 2015)",
+    terms=("hard", "hint"),
+    axes=("hint_weight", "hint_stage"),
     params=(
         Param("hint_weight", "hint", 100.0, minimum=0, maximum=1e6,
               description="weight of the hint: the MSE between the regressed student map and the teacher's"),
         Param("hint_stage", "stage", 2, minimum=1, maximum=16, integer=True,
               description="the stage output hinted, counted from each network's deepest (1)"),
     ),
-    axes=("hint_weight", "hint_stage"),
     uses_teacher=lambda hparams: hparams["hint_weight"] > 0,
     uses_features=lambda hparams: hparams["hint_weight"] > 0,
 )

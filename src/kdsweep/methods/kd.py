@@ -40,9 +40,6 @@ class KD(Method):
     def grid(self, config):
         return [{"temperature": t, "soft_weight": w} for t in config["temperatures"] for w in config["soft_weights"]]
 
-    def term_names(self, hparams):
-        return ("hard", "soft")
-
     def section_schema(self):
         return {"type": "object", "additionalProperties": False, "maxProperties": 0,
                 "description": f"{self.title}: its grid is temperatures x soft_weights (top level)"}
@@ -51,13 +48,14 @@ class KD(Method):
 METHOD = KD(
     name="kd",
     title="KD (Hinton et al. 2015)",
+    terms=("hard", "soft"),
+    axes=("temperature", "soft_weight"),
     params=(
         Param("temperature", "T", 4.0, minimum=0.001, maximum=1000,
               description="softmax temperature T of both logit vectors"),
         Param("soft_weight", "soft", 0.9, minimum=0, maximum=1,
               description="w: weight of the soft (teacher) term; 1 - w is on the labels"),
     ),
-    axes=("temperature", "soft_weight"),
     loss_fn=losses,
     uses_teacher=lambda hparams: hparams["soft_weight"] > 0,
     hard_weight=lambda hparams: 1 - hparams["soft_weight"],

@@ -41,9 +41,6 @@ def losses(student_logits, teacher_logits, targets, hparams, progress=None) -> d
 
 
 class LSKD(Method):
-    def term_names(self, hparams):
-        return ("hard", "soft")
-
     def problem(self, hparams):
         if hparams["hard_weight"] == 0 and hparams["soft_weight"] == 0:
             return "hard_weight and soft_weight are both 0: the loss would be 0; give one of them a weight"
@@ -53,12 +50,13 @@ class LSKD(Method):
 METHOD = LSKD(
     name="lskd",
     title="KD with logit standardization (Sun et al., CVPR 2024)",
+    terms=("hard", "soft"),
+    axes=("temperature", "soft_weight"),
     params=(
         Param("temperature", "T", 2.0, minimum=0.001, maximum=1000, description="base temperature T"),
         Param("hard_weight", "hard", 0.1, minimum=0, maximum=1000, description="weight of the cross-entropy term"),
         Param("soft_weight", "soft", 9.0, minimum=0, maximum=1000, description="weight of the distillation term"),
     ),
-    axes=("temperature", "soft_weight"),
     loss_fn=losses,
     uses_teacher=lambda hparams: hparams["soft_weight"] > 0,
     hard_weight=lambda hparams: hparams["hard_weight"],

@@ -142,13 +142,12 @@ class ReviewKD(Method):
         warm = min(progress.epoch / hparams["warmup_epochs"], 1.0)
         return {"hard": (1.0, hard), "review": (warm * weight, hcl(state(list(student_maps)), teachers))}
 
-    def term_names(self, hparams):
-        return ("hard", "review")
-
 
 METHOD = ReviewKD(
     name="reviewkd",
     title="ReviewKD (Chen et al., CVPR 2021)",
+    terms=("hard", "review"),
+    axes=("review_weight", "stages"),
     params=(
         Param("review_weight", "rev", 5.0, minimum=0, maximum=1e6,
               description="weight of the hierarchical context loss between the fused student maps and the teacher's"),
@@ -157,7 +156,6 @@ METHOD = ReviewKD(
         Param("stages", "st", 3, minimum=1, maximum=16, integer=True,
               description="how many of each network's stage outputs, the deepest, are reviewed (and the pooled feature)"),
     ),
-    axes=("review_weight", "stages"),
     uses_teacher=lambda hparams: hparams["review_weight"] > 0,
     uses_features=lambda hparams: hparams["review_weight"] > 0,
 )
