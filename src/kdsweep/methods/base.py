@@ -19,12 +19,14 @@ than one function (trainable state, a schedule). It declares:
   weight. At weight 1 that is the hard-target baseline's loss (kdsweep.plan trains no such point: the
   baseline is it).
 
-A feature-based method (at, fitnets, reviewkd) also declares which points read feature maps
-(`uses_features`) and which of a network's stage outputs they read (`taps`: kdsweep.features has the rule
-that finds them in any architecture). Such a point's trainable state is its adapters, built for the shapes
-of the tapped maps (`make_state(hparams, shapes)`), and its loss gets the maps, the student's (with their
-gradient) and the teacher's, as `maps=(student_maps, teacher_maps)`. A logit method's loss is called as
-before, and a point that reads no maps has none computed: no probe, no hook.
+A feature-based method (at, fitnets, reviewkd: a `FeatureMethod`) adds to the labels' cross-entropy one term
+on feature maps, weighted by one hyperparameter (`weight`): a point where it is 0 reads no maps and uses no
+teacher. It declares which of a network's stage outputs a point reads (`taps`: kdsweep.features has the rule
+that finds them in any architecture) and its term on them (`maps_loss`). Such a point's trainable state is
+its adapters, built for the shapes of the tapped maps (`make_state(hparams, shapes)`), and its loss gets the
+maps, the student's (with their gradient) and the teacher's, as `maps=(student_maps, teacher_maps)`. A
+logit method's loss is called as before, and a point that reads no maps has none computed: no probe, no
+hook.
 
 No method module imports torch at module level: the plan (kdsweep.plan, which every snakemake process
 loads) reads the registry's hyperparameters, and a loss imports torch when it first runs.
@@ -34,7 +36,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 def fmt(value) -> str:
@@ -99,7 +101,6 @@ class Method:
     # hparams -> the weight of the labels' cross-entropy, the loss's only term at a point that uses no teacher
     # (kd: 1 - w = 1); None: 1
     hard_weight: object = None
-    uses_features: object = None  # hparams -> bool: the point's loss reads feature maps; None: never (logits only)
 
     def __post_init__(self):
         names = [param.name for param in self.params]
@@ -137,8 +138,10 @@ class Method:
         if self.needs_teacher(hparams):
             return None
         return 1.0 if self.hard_weight is None else float(self.hard_weight(hparams))
+
     def needs_features(self, hparams: dict) -> bool:
-        return False if self.uses_features is None else bool(self.uses_features(hparams))
+        """Whether the point's loss reads feature maps (a logit method's never does)."""
+        return False
 
     def taps(self, hparams: dict, count: int):
         """Which of a network's `count` stage outputs (kdsweep.features; 0 the shallowest) a point that
@@ -185,12 +188,71 @@ class Method:
         return {}
 
 
+@dataclass
+class FeatureMethod(Method):
+    """A method on feature maps: the labels' cross-entropy at weight 1 plus one term on the tapped maps
+    (`terms`: ("hard", its name)) at the weight of one hyperparameter (module docstring)."""
+
+    weight: str = field(kw_only=True)  # the hyperparameter that weighs the maps' term
+
+    def __post_init__(self):
+        super().__post_init__()
+        assert self.weight in {param.name for param in self.params} and len(self.terms) == 2, self.name
+
+    def needs_teacher(self, hparams: dict) -> bool:
+        return hparams[self.weight] > 0
+
+    def needs_features(self, hparams: dict) -> bool:
+        return self.needs_teacher(hparams)
+
+    def taps(self, hparams: dict, count: int):
+        """The last `stages` stage outputs (stages_param)."""
+        return last_stages(hparams, count, self.name)
+
+    def maps_weight(self, hparams: dict, progress: Progress) -> float:
+        """The weight of the maps' term at this point of training."""
+        return float(hparams[self.weight])
+
+    def maps_loss(self, maps, hparams: dict, state):
+        """The maps' term, unweighted: maps = (student maps, teacher maps) in `taps` order."""
+        raise NotImplementedError
+
+    def loss(self, student, teacher, labels, hparams, progress, state=None, maps=None) -> dict:
+        import torch.nn.functional as F
+
+        hard = F.cross_entropy(student, labels)
+        on_maps = self.maps_loss(maps, hparams, state) if self.needs_features(hparams) else None
+        return {"hard": (1.0, hard), self.terms[1]: (self.maps_weight(hparams, progress), on_maps)}
+
+
+def temperature_param(default: float, description: str) -> Param:
+    """`temperature`, the softmax temperature T of a logit method (kd, dkd, lskd): T in a run's folder name."""
+    return Param("temperature", "T", default, minimum=0.001, maximum=1000, description=description)
+
+
+def stages_param(description: str) -> Param:
+    """`stages`, the hyperparameter of a method that reads the deepest stage outputs (last_stages): three by
+    default, as the authors' CIFAR networks have three stages."""
+    return Param("stages", "st", 3, minimum=1, maximum=16, integer=True, description=description)
+
+
 def last_stages(hparams: dict, count: int, method: str, param: str = "stages"):
     """The last hparams[param] of `count` stage outputs (the deepest), or the sentence that lowers it."""
     wanted = int(hparams[param])
     if wanted > count:
         return f"{param}={wanted} needs {wanted}; set methods.{method}.{param} to at most {count}"
     return list(range(count - wanted, count))
+
+
+def warmup_param(description: str) -> Param:
+    """`warmup_epochs`: over how many epochs a method's distillation term grows linearly to its full weight
+    (warm_up); 20 by default, as mdistiller's DKD and ReviewKD (WARMUP, WARMUP_EPOCHS)."""
+    return Param("warmup_epochs", "warm", 20, minimum=1, maximum=10000, integer=True, description=description)
+
+
+def warm_up(hparams: dict, progress: Progress) -> float:
+    """The warm-up's factor on the distillation term's weight: min(epoch / warmup_epochs, 1), epochs from 1."""
+    return min(progress.epoch / hparams["warmup_epochs"], 1.0)
 
 
 def total(terms: dict):

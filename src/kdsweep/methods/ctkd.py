@@ -122,10 +122,7 @@ class CTKD(Method):
 
 
 METHOD = CTKD(
-    name="ctkd",
-    title="Curriculum Temperature KD (Li et al., AAAI 2023)",
-    terms=("hard", "soft"),
-    axes=("soft_weight", "t_end"),
+    name="ctkd", title="Curriculum Temperature KD (Li et al., AAAI 2023)",
     params=(
         Param("soft_weight", "soft", 0.9, minimum=0, maximum=1,
               description="w: weight of the soft term at the learned temperature; 1 - w is on the labels"),
@@ -143,6 +140,8 @@ METHOD = CTKD(
         Param("t_momentum", "Tmom", 0.9, minimum=0, maximum=0.999, description="momentum of the temperature's SGD"),
         Param("t_weight_decay", "Twd", 0.0005, minimum=0, maximum=1, description="weight decay of the temperature's SGD"),
     ),
+    axes=("soft_weight", "t_end"),
+    terms=("hard", "soft"),
     uses_teacher=lambda hparams: hparams["soft_weight"] > 0,
     hard_weight=lambda hparams: 1 - hparams["soft_weight"],
 )
