@@ -17,10 +17,14 @@ from pathlib import Path
 
 import pytest
 
+from kdsweep.errors import KdsweepError
 from kdsweep.methods import METHODS
 from kdsweep.methods.base import Method, Param, soft_loss
-from kdsweep.search import STRATEGIES
+from kdsweep.records import RungCandidate, RungDecision
+from kdsweep.search import STRATEGIES, guarded, write_decision
 from kdsweep.search.base import Strategy
+
+from conftest import run_kdsweep
 
 ROOT = Path(__file__).resolve().parents[1]
 STUDENT = "resnet18"
@@ -97,7 +101,8 @@ def _plan(study_file):
 def test_the_registry_holds_one_strategy_per_module_and_the_schema_takes_their_names():
     from kdsweep.config import schema
 
-    modules = {path.stem for path in (ROOT / "src" / "kdsweep" / "search").glob("*.py")} - {"__init__", "base"}
+    modules = {path.stem for path in (ROOT / "src" / "kdsweep" / "search").glob("*.py")} - {"__init__", "base",
+                                                                                          "evidence"}
     assert set(STRATEGIES) == modules == {"grid", "staged", "halving"}
     assert list(STRATEGIES)[0] == "grid" and STRATEGIES["grid"].default  # the default leads
     assert schema()["properties"]["sweep"]["enum"] == list(STRATEGIES)
@@ -129,6 +134,86 @@ def test_a_registered_strategy_and_method_are_a_study_s_search_and_method(toys, 
         # the confirmation chooses among them, and nothing else: what the strategy drew
         assert plan.sweep(STUDENT, method) == [run for run in distilled if run.method == method]
     assert {run for pack in plan.packs if pack.role != "confirm" for run in pack.runs} == set(distilled)
+
+
+# ---------------------------------------------------------------- the interface's guarantees
+
+
+class KeepOne(Strategy):
+    """A toy strategy that prunes, written with none of the guarantees: at each rung the one point of the highest
+    mean validation accuracy, of any method, goes on (ties to the first given)."""
+
+    name = "keep-one"
+    label = "keep one"
+    decides = ("rung_decision",)
+    prunes = True
+
+    def judge(self, student, stage, rung, seeds, points):
+        best = max(range(len(points)), key=lambda i: (points[i].val_acc_mean, -i))
+        return RungDecision(student=student, rung=rung, stage=stage, seeds=seeds, chosen_on="the best mean", candidates=[
+            RungCandidate(method=point.method, hparams=dict(point.hparams), val_acc_mean=point.val_acc_mean,
+                          n=len(point.val_acc), kept=i == best) for i, point in enumerate(points)])
+
+
+def test_a_strategy_that_prunes_judges_each_rung_on_its_own_history_and_in_one_order(tmp_path):
+    """KeepOne's decision at rung 2 from pack records whose points trained on past the rung (kd T=1 reached 99%
+    at epoch 3) is the one from records written at the rung, and the same whatever order the records come in,
+    byte for byte: the interface hands it each point's state at the rung, computed here from the histories
+    (kdsweep.search.evidence is not asked)."""
+    from test_halving import HISTORY, _histories
+
+    strategy = guarded(KeepOne())
+    at_rung = {point: [epochs[:2] for epochs in by_seed] for point, by_seed in HISTORY.items()}
+    later = _histories(tmp_path / "later", HISTORY, 2)
+    made = [strategy.decide_rung(paths, STUDENT, 1, 2, [1, 0]).as_dict() for paths in (
+        later, list(reversed(later)), _histories(tmp_path / "at", at_rung, 2))]
+    assert made[0] == made[1] == made[2]
+
+    def mean_at_rung(by_seed):  # each seed's accuracy at its lowest validation loss up to epoch 2 (the first)
+        return sum(min(epochs[:2], key=lambda row: row[0])[1] for epochs in by_seed) / len(by_seed)
+
+    best = max(HISTORY, key=lambda point: mean_at_rung(HISTORY[point]))
+    assert [(c["method"], c["hparams"]) for c in made[0]["candidates"] if c["kept"]] == [(best[0], dict(best[1]))]
+    assert best[1] == (("temperature", 2), ("soft_weight", 0.5)) and made[0]["seeds"] == [0, 1]
+
+
+def test_the_registry_refuses_a_strategy_that_judges_rungs_its_own_way():
+    class OwnWay(KeepOne):
+        def decide_rung(self, record_paths, student, stage, rung, seeds, **settings):
+            return None
+
+    class NoJudge(Strategy):
+        name, prunes = "no-judge", True
+
+    with pytest.raises(TypeError, match="overrides decide_rung"):
+        guarded(OwnWay())
+    with pytest.raises(TypeError, match="prunes but has no judge"):
+        guarded(NoJudge())
+    assert all(guarded(strategy) is strategy for strategy in STRATEGIES.values())
+
+
+def test_a_decision_is_written_once(tmp_path):
+    """The same decision again leaves the file as it is (its bytes and its time, which Snakemake reads); another
+    decision over it is refused in one sentence, through the checkpoint's command too, and the file stands."""
+    from test_halving import POINTS, _records
+
+    paths = _records(tmp_path, POINTS)
+    out = tmp_path / "halving" / "resnet18_rung3.json"
+    args = ["rung-decision", *paths, "--student", STUDENT, "--stage", 0, "--rung", 3, "--min-kept", 1, "--seeds", 0,
+            1, "--out", out]
+    run_kdsweep(*args, "--keep", 0.34)
+    first, stamp = out.read_bytes(), out.stat().st_mtime_ns
+    decision = RungDecision.read(out)
+    assert write_decision(decision, out, "halving decision") == out
+    run_kdsweep(*args, "--keep", 0.34)
+    assert out.read_bytes() == first and out.stat().st_mtime_ns == stamp
+    refused = run_kdsweep(*args, "--keep", 0.9, check=False)
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1
+    assert f"halving decision {out} already holds another decision" in refused.stderr and "delete it" in refused.stderr
+    decision.keep = 0.9
+    with pytest.raises(KdsweepError, match="already holds another decision"):
+        write_decision(decision, out, "halving decision")
+    assert out.read_bytes() == first and out.stat().st_mtime_ns == stamp
 
 
 # ---------------------------------------------------------------- the real Snakemake

@@ -87,8 +87,13 @@ def write_text(path, text: str):
     return write_bytes(path, text.encode())
 
 
+def json_text(obj) -> str:
+    """A JSON file's text as write_json writes it: the same object, the same bytes."""
+    return json.dumps(obj, indent=2, sort_keys=True) + "\n"
+
+
 def write_json(path, obj):
-    return write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+    return write_text(path, json_text(obj))
 
 
 def torch_save(obj, path):

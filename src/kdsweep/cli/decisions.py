@@ -41,21 +41,23 @@ def register(subparsers):
 
 def cmd_best_temperature(args):
     from ..records import StagedChoice
+    from ..search import write_decision
     from ..tables.choices import best_temperature
 
     refuse_overwrite(args, runs=[("the run folder", run) for run in args.runs], writes=[("--out", args.out)])
     choice = StagedChoice.from_dict(best_temperature([Path(run) for run in args.runs]))
-    choice.write(args.out)
+    write_decision(choice, args.out, "staged choice")
     print(f"best temperature for {choice.student}: T={choice.temperature:g} (mean val acc {choice.val_acc:.2f}%)")
 
 
 def cmd_best_point(args):
     from ..records import BestPoint
+    from ..search import write_decision
     from ..tables.choices import best_point
 
     refuse_overwrite(args, runs=[("the run folder", run) for run in args.runs], writes=[("--out", args.out)])
     choice = BestPoint.from_dict(best_point([Path(run) for run in args.runs]))
-    choice.write(args.out)
+    write_decision(choice, args.out, "best-point record")
     point = ", ".join(f"{name}={value:g}" for name, value in choice.hparams.items())
     print(f"best {choice.method} point for {choice.student}: {point} "
           f"(mean val acc {choice.val_acc:.2f}% over {choice.n} seed(s), of {len(choice.candidates)} candidates)")
@@ -63,7 +65,7 @@ def cmd_best_point(args):
 
 def cmd_rung_decision(args):
     from ..config import check_value
-    from ..search.halving import decide
+    from ..search import deciding, write_decision
 
     # the config's bounds (halving.keep, min_kept, rungs; seeds), as the workflow's values have them
     check_value("halving.keep", args.keep, "--keep")
@@ -77,8 +79,9 @@ def cmd_rung_decision(args):
                            "halving.rungs")
     refuse_overwrite(args, reads=[("the pack record", record) for record in args.records],
                      writes=[("--out", args.out)])
-    decision = decide(args.records, args.student, args.stage, args.rung, args.keep, args.min_kept, args.seeds)
-    decision.write(args.out)
+    decision = deciding("rung_decision").decide_rung(args.records, args.student, args.stage, args.rung, args.seeds,
+                                                     keep=args.keep, min_kept=args.min_kept)
+    write_decision(decision, args.out, "halving decision")
     kept = sum(candidate.kept for candidate in decision.candidates)
     print(f"rung {decision.rung} of {decision.student}: {kept} of {len(decision.candidates)} points go on")
     for tie in decision.ties or ():

@@ -15,13 +15,28 @@ only says which runs a student's point is chosen from (`Strategy.sweep`, `Strate
 
 from ..errors import KdsweepError
 from ..registry import defined_in
-from .base import Strategy, Undecided, nothing_decided
+from .base import Strategy, Undecided, nothing_decided, write_decision
 
-__all__ = ["STRATEGIES", "Strategy", "Undecided", "nothing_decided", "strategy"]
+__all__ = ["STRATEGIES", "Strategy", "Undecided", "deciding", "guarded", "nothing_decided", "strategy",
+           "write_decision"]
+
+
+def guarded(strategy: Strategy) -> Strategy:
+    """The strategy, where it keeps the interface's guarantees (kdsweep.search.base): it judges its rungs through
+    the interface's `decide_rung`, never its own, and one that prunes has a `judge`. TypeError otherwise: a
+    strategy's bug, never a study's."""
+    kind = type(strategy)
+    if kind.decide_rung is not Strategy.decide_rung:
+        raise TypeError(f"search strategy {strategy.name!r} overrides decide_rung, which hands every strategy the "
+                        "points' state at the rung and nothing else; implement judge instead")
+    if strategy.prunes and kind.judge is Strategy.judge:
+        raise TypeError(f"search strategy {strategy.name!r} prunes but has no judge of its rungs")
+    return strategy
 
 
 def _discover() -> dict:
-    found = {strategy.name: strategy for strategy in defined_in(__name__, __path__, "STRATEGY", Strategy)}
+    found = {strategy.name: guarded(strategy)
+             for strategy in defined_in(__name__, __path__, "STRATEGY", Strategy)}
     # the default (the grid) first: it leads every listing
     return dict(sorted(found.items(), key=lambda item: (not item[1].default, item[0])))
 
@@ -36,3 +51,8 @@ def strategy(name: str) -> Strategy:
     except KeyError:
         raise KdsweepError(f"sweep {name!r} is no search strategy; use one of {', '.join(STRATEGIES)} "
                            "(kdsweep.search)") from None
+
+
+def deciding(checkpoint: str) -> Strategy:
+    """The strategy whose decisions the workflow checkpoint of this name makes (its `decides`)."""
+    return next(strategy for strategy in STRATEGIES.values() if checkpoint in strategy.decides)

@@ -17,17 +17,30 @@ decisions so far chose, it answers:
 Decisions are made by the workflow's checkpoints (`decides`: their rules) and read back through a
 `decided(checkpoint, read, **wildcards)` the caller gives: read(path) of the record that the checkpoint of
 these wildcards wrote. In the workflow it waits for the checkpoint (Snakemake's `checkpoints`); in the status
-view and the tables it reads the record on disk, or raises `Undecided` where none is written yet. So every
-strategy has the guarantees of the search's records (docs/search.md): a decision is a record written once by
-its checkpoint and read checked, the same bytes when made again, and a strategy reads nothing else than
-what its records say, so that the plan stays a function of the config and the records.
+view and the tables it reads the record on disk, or raises `Undecided` where none is written yet.
+
+The search's guarantees (docs/search.md) live here, so that every strategy has them without writing them:
+- a rung is judged on its own history: a strategy that stops points at rungs (`prunes`) implements `judge`,
+  which the interface's `decide_rung` hands each point's state at the rung's epoch (kdsweep.search.evidence:
+  its pack records' validation history cut there, in one order), never the records; so the decision made
+  again from records written later, or given in another order, is the same bytes;
+- a decision is written once: every checkpoint writes its record through `write_decision`, which leaves a
+  record that holds the same decision as it is and refuses to replace one that holds another (the stages
+  after it trained on it); the strategy reads nothing else than what its records say, so that the plan stays
+  a function of the config and the records.
+The registry (kdsweep.search) refuses a strategy that overrides `decide_rung`, or that prunes without `judge`.
 
 Nothing here imports torch or the plan: the plan imports the registry and hands itself in.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Callable, ClassVar
+
+from .. import io
+from ..errors import KdsweepError
+from .evidence import PointAtRung, points_at_rung
 
 
 class Undecided(LookupError):
@@ -37,6 +50,20 @@ class Undecided(LookupError):
 def nothing_decided(checkpoint: str, read: Callable, **wildcards):
     """`decided` before any checkpoint has run."""
     raise Undecided(f"checkpoint {checkpoint} ({', '.join(f'{k}={v}' for k, v in wildcards.items())}) has not run")
+
+
+def write_decision(record, path, what: str) -> Path:
+    """Write a checkpoint's decision (a kdsweep.records record) to `path`, once: a file that already holds these
+    bytes is left as it is (its time too, which Snakemake reads), and one that holds anything else is refused, in
+    a sentence naming the file and the fix. The workflow removes a checkpoint's output before it runs again, so
+    this refuses only a decision made over another by hand, or by two jobs at once."""
+    path = Path(path)
+    if path.exists():
+        if path.read_text(errors="replace") == io.json_text(record.as_dict()):
+            return path
+        raise KdsweepError(f"{what} {path} already holds another decision, and a decision is written once (the runs "
+                           "after it trained on it); delete it, and what was trained on it, to decide again")
+    return record.write(path)
 
 
 class Strategy:
@@ -124,3 +151,19 @@ class Strategy:
     def among(self, plan, student: str, method: str, decided: Callable) -> set | None:
         """The points {hparams} the choice may pick, where not every candidate of the sweep may be; None: any."""
         return None
+
+    # ---- a decision at a rung (a strategy that prunes)
+
+    def decide_rung(self, record_paths, student: str, stage: int, rung: int, seeds, **settings):
+        """The decision of a student's rung (stage: its index), from the pack records of its points (every seed of
+        every point) and the strategy's settings (halving: keep, min_kept): `judge` of each point's state at the
+        rung (the module docstring's guarantees; not to be overridden: the registry refuses a strategy that does)."""
+        points = points_at_rung(record_paths, student, rung, seeds)
+        return self.judge(student, stage, rung, sorted(int(seed) for seed in seeds), points, **settings)
+
+    def judge(self, student: str, stage: int, rung: int, seeds: list[int], points: list[PointAtRung],
+              **settings):
+        """The record of a rung's decision (records.RungDecision) from each point's state at the rung, given in the
+        registry's order of methods and then by hyperparameter values: which points go on. Only a strategy that
+        `prunes` judges."""
+        raise NotImplementedError(f"search {self.name!r} stops no point at a rung")
