@@ -43,8 +43,9 @@ def main(student, teacher_name, size, n, methods):
     labels = torch.arange(n) % 10
     augment = Augment.from_config({"pad": 4, "flip_p": 0.5, "rotation_degrees": 15})
     batches = InMemory(augment, images, labels, 64)
-    # the methods that read feature maps (a checkout without them has no `uses_features`)
-    features = [name for name in methods if getattr(METHODS[name], "uses_features", None) is not None]
+    # the methods that read feature maps at their point (a checkout without them has no `needs_features`)
+    features = [name for name in methods
+                if getattr(METHODS[name], "needs_features", lambda hparams: False)(POINTS[name])]
     if features:
         from kdsweep.features import find_stages
 

@@ -411,7 +411,7 @@ def test_dkd_loss_its_warmup_and_its_edge_case_beta_zero(logits):
         assert loss == pytest.approx(ce + warm * (1.0 * want_t + 8.0 * want_n), rel=1e-10), epoch
     terms = dkd.loss(student, teacher, targets, {**DKD, "beta": 0.0}, Progress(30))
     assert total(terms).item() == pytest.approx(ce + want_t, rel=1e-10)  # beta = 0: CE + alpha * TCKD
-    assert dkd.term_names(DKD) == tuple(terms)
+    assert dkd.terms == tuple(terms)
 
 
 def standardized(row):
@@ -590,7 +590,7 @@ def test_attention_transfer_is_the_authors_formula(logits, p):
     assert terms["at"][1].item() == pytest.approx(sum(parts), rel=1e-10)
     expected = np_cross_entropy(student.numpy(), targets.numpy()) + 1000.0 * sum(parts)
     assert total(terms).item() == pytest.approx(expected, rel=1e-10)
-    assert METHODS["at"].term_names(hparams) == tuple(terms)
+    assert METHODS["at"].terms == tuple(terms)
 
 
 FITNETS = {"hint_weight": 100.0, "hint_stage": 2}

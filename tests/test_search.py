@@ -33,15 +33,9 @@ STUDENT = "resnet18"
 # ---------------------------------------------------------------- the toy method and strategy
 
 
-class Toy(Method):
-    """A toy logit method: only the soft term, scaled, at temperature T (no labels' term)."""
-
-    def term_names(self, hparams):
-        return ("soft",)
-
-
-TOY = Toy(
-    name="toy", title="toy KD (a test's)", axes=("temperature", "scale"),
+# A toy logit method: only the soft term, scaled, at temperature T (no labels' term).
+TOY = Method(
+    name="toy", title="toy KD (a test's)", terms=("soft",), axes=("temperature", "scale"),
     params=(Param("temperature", "T", 4.0, minimum=0.001, maximum=1000, description="softmax temperature"),
             Param("scale", "s", 1.0, minimum=0, maximum=10, exclusive_minimum=True, description="the term's weight")),
     loss_fn=lambda student, teacher, labels, hparams, progress=None: {

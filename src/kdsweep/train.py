@@ -48,11 +48,11 @@ __all__ = ["HISTORY_FIELDS", "Point", "train_epoch", "train_points"]
 HARD_TARGETS = ("kd", {"temperature": 1.0, "soft_weight": 0.0})
 
 
-def history_fields(term_names, records=()) -> list[str]:
+def history_fields(terms, records=()) -> list[str]:
     """history.csv's columns for a point whose loss has these terms and whose method records these values
     each epoch (kd, teacher and baselines: epoch, lr, train_loss, train_hard_loss, train_soft_loss,
     val_loss, val_acc, seconds)."""
-    return ["epoch", "lr", "train_loss", *(f"train_{name}_loss" for name in term_names), "val_loss", "val_acc",
+    return ["epoch", "lr", "train_loss", *(f"train_{name}_loss" for name in terms), "val_loss", "val_acc",
             "seconds", *records]
 
 
@@ -128,7 +128,7 @@ class Point:
                 self.state_lrs = [group["lr"] for group in self.state_optimizer.param_groups]
         self.lr = training["lr"]
         self.optimizer = runtime.adam(parameters, training["lr"], training["weight_decay"])
-        self.terms = self.method.term_names(hparams)
+        self.terms = self.method.terms
         # Each point draws its dropout masks from its own torch RNG stream, so a point
         # trains exactly as it would alone, whatever else shares its job.
         self.rng = _torch_rng(runtime.device)

@@ -7,36 +7,34 @@ from .common import command, config_args, load, path_type, refuse_overwrite
 
 
 def register(subparsers):
-    p = command(subparsers, "attack",
+    p = command(subparsers, "attack", cmd_attack,
                 "accuracy of a finished run under attack: one attack on the whole test set "
                 "at one epsilon (--out), or every attack of the config at every epsilon with "
                 "the worst case, transfer attacks and masking checks (--out-dir)")
     config_args(p)
     p.add_argument("--run", type=path_type, required=True,
                    help="finished run folder (holds metrics.json and model.pt)")
-    p.add_argument("--attack", default=None, metavar="NAME",
-                   help="with --out: the attack, named under attacks: in the config, which gives its parameters "
-                        f"({', '.join(ATTACKS)}; default: fgsm)")
-    p.add_argument("--epsilon", type=float, default=None,
-                   help="with --out: perturbation size (L-inf) in [0, 1] pixel units")
-    p.add_argument("--out", type=path_type, default=None,
-                   help="JSON file to write for one attack (the workflow's name: "
-                        "attacks/<role>/<run>/<attack>_eps<eps>.json)")
-    p.add_argument("--out-dir", type=path_type, default=None,
-                   help="folder to write every attack's and the worst case's <attack>_eps<eps>.json into "
-                        "(the workflow's: attacks/<role>/<run>)")
-    p.add_argument("--masking", type=path_type, default=None,
-                   help="with --out-dir: the run's transfer attacks and masking checks (masking/<role>/<run>.json)")
-    p.add_argument("--teacher", type=path_type, default=None,
-                   help="with --out-dir: the run's finished teacher run, source of a transfer attack and what "
-                        "--evaluation measures fidelity to")
-    p.add_argument("--baseline", type=path_type, default=None,
-                   help="with --out-dir: the finished hard-target run of the same student and seed, source of a "
-                        "transfer attack")
-    p.add_argument("--evaluation", type=path_type, default=None,
-                   help="with --out-dir: also write the run's fidelity to --teacher (a teacher run: to itself), "
-                        "calibration and logit scale, as `evaluate` does (the workflow's: evaluation/<role>/<run>.json)")
-    p.set_defaults(func=cmd_attack)
+    one = p.add_argument_group("one attack at one epsilon (--out)")
+    one.add_argument("--attack", metavar="NAME",
+                     help="the attack, named under attacks: in the config, which gives its parameters "
+                          f"({', '.join(ATTACKS)}; default: fgsm)")
+    one.add_argument("--epsilon", type=float, help="perturbation size (L-inf) in [0, 1] pixel units")
+    one.add_argument("--out", type=path_type, metavar="FILE",
+                     help="JSON file to write (the workflow's name: attacks/<role>/<run>/<attack>_eps<eps>.json)")
+    every = p.add_argument_group("every attack of the config, transfer attacks and masking checks (--out-dir)")
+    every.add_argument("--out-dir", type=path_type, metavar="DIR",
+                       help="folder to write every attack's and the worst case's <attack>_eps<eps>.json into "
+                            "(the workflow's: attacks/<role>/<run>)")
+    every.add_argument("--masking", type=path_type, metavar="FILE",
+                       help="the run's transfer attacks and masking checks (masking/<role>/<run>.json)")
+    every.add_argument("--teacher", type=path_type, metavar="RUN",
+                       help="the run's finished teacher run, source of a transfer attack and what --evaluation "
+                            "measures fidelity to")
+    every.add_argument("--baseline", type=path_type, metavar="RUN",
+                       help="the finished hard-target run of the same student and seed, source of a transfer attack")
+    every.add_argument("--evaluation", type=path_type, metavar="FILE",
+                       help="also write the run's fidelity to --teacher (a teacher run: to itself), calibration and "
+                            "logit scale, as `evaluate` does (the workflow's: evaluation/<role>/<run>.json)")
 
 
 def cmd_attack(args):

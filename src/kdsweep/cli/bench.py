@@ -6,8 +6,8 @@ from .common import Parser, command, refuse_overwrite
 
 def register(subparsers):
     """`bench` in the list of commands, for --help only."""
-    command(subparsers, "bench", "images per second of this pipeline against a plain PyTorch loop, and the "
-                                 "FLOP floor (docs/performance.md; `bench --help` lists its options)")
+    command(subparsers, "bench", None, "images per second of this pipeline against a plain PyTorch loop, and the "
+                                       "FLOP floor (docs/performance.md; `bench --help` lists its options)")
 
 
 def run(argv):

@@ -87,8 +87,10 @@ def refuse_overwrite(args, config=None, runs=(), writes=(), trains=(), reads=())
           writes=writes, trains=trains)
 
 
-def command(subparsers, name, help_text, description=None):
-    """The parser of command `name` of `python -m kdsweep`: help_text in the list of commands, and its --help."""
+def command(subparsers, name, func, help_text, description=None):
+    """The parser of command `name` of `python -m kdsweep`, which func(args) runs (None: main() runs it itself):
+    help_text in the list of commands, and its --help."""
     parser = subparsers.add_parser(name, help=help_text, description=description or help_text, epilog=EPILOG)
+    parser.set_defaults(func=func)
     return parser
 

@@ -8,14 +8,13 @@ from .common import command, epochs_type, path_type, refuse_overwrite
 
 
 def register(subparsers):
-    p = command(subparsers, "best-temperature",
+    p = command(subparsers, "best-temperature", cmd_best_temperature,
                 "pick a student's temperature on validation accuracy (the staged sweep's checkpoint)")
     p.add_argument("runs", type=path_type, nargs="+",
                    help="finished distillation run folders of one student at one soft weight")
     p.add_argument("--out", type=path_type, required=True, help="JSON file to write")
-    p.set_defaults(func=cmd_best_temperature)
 
-    p = command(subparsers, "best-point",
+    p = command(subparsers, "best-point", cmd_best_point,
                 "pick a student's distilled point of one KD method on mean validation accuracy over the sweep's "
                 "seeds (the confirmation's checkpoint); the record names every candidate and its mean")
     p.add_argument("runs", type=path_type, nargs="+",
@@ -24,9 +23,8 @@ def register(subparsers):
     p.add_argument("--out", type=path_type, required=True,
                    help="JSON file to write (the workflow's: confirm/<student>.json for kd, "
                         "confirm/<student>_<method>.json for another method)")
-    p.set_defaults(func=cmd_best_point)
 
-    p = command(subparsers, "rung-decision",
+    p = command(subparsers, "rung-decision", cmd_rung_decision,
                 "successive halving: judge a student's points at one rung on mean validation accuracy over the "
                 "seeds, within each KD method, and keep the best (the workflow's checkpoint)")
     p.add_argument("records", type=path_type, nargs="+",
@@ -39,7 +37,6 @@ def register(subparsers):
     p.add_argument("--seeds", type=int, nargs="+", required=True, help="the sweep's seeds: every point has each")
     p.add_argument("--out", type=path_type, required=True,
                    help="JSON file to write (halving/<student>_rung<epochs>.json)")
-    p.set_defaults(func=cmd_rung_decision)
 
 
 def cmd_best_temperature(args):

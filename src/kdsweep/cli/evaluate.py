@@ -5,7 +5,7 @@ from .common import command, config_args, load, path_type, refuse_overwrite
 
 
 def register(subparsers):
-    p = command(subparsers, "evaluate",
+    p = command(subparsers, "evaluate", cmd_evaluate,
                 "fidelity to the teacher, calibration and logit scale of a finished run on the whole test set")
     config_args(p)
     p.add_argument("--run", type=path_type, required=True, help="finished run folder (holds metrics.json and model.pt)")
@@ -13,7 +13,6 @@ def register(subparsers):
                    help="the study's finished teacher run folder (agreement and KL are measured against it)")
     p.add_argument("--out", type=path_type, required=True,
                    help="JSON file to write (the workflow's name: evaluation/<role>/<run>.json)")
-    p.set_defaults(func=cmd_evaluate)
 
 
 def cmd_evaluate(args):

@@ -5,22 +5,20 @@ from .common import command
 
 
 def register(subparsers):
-    p = command(subparsers, "models", "list the architectures a study can name (torchvision's classification "
-                                      "models, and timm's where installed), their family and parameter count as "
-                                      "a study builds them (docs/models.md)")
+    p = command(subparsers, "models", cmd_models,
+                "list the architectures a study can name (torchvision's classification models, and timm's where "
+                "installed), their family and parameter count as a study builds them (docs/models.md)")
     p.add_argument("--classes", type=int, default=10, help="output classes to count the head with (default 10)")
     p.add_argument("--image-size", type=int, default=32,
                    help="image side in pixels (default 32, CIFAR's): up to 64, the small-image stems")
-    p.set_defaults(func=cmd_models)
 
-    p = command(subparsers, "attacks", "list the attacks a study can run (attacks: in the config, "
-                                       "kdsweep.attacks.ATTACKS), their kind, paper and parameters, and the "
-                                       "losses an attack can climb (docs/robustness.md)")
-    p.set_defaults(func=cmd_attacks)
+    p = command(subparsers, "attacks", cmd_attacks,
+                "list the attacks a study can run (attacks: in the config, kdsweep.attacks.ATTACKS), their kind, "
+                "paper and parameters, and the losses an attack can climb (docs/robustness.md)")
 
-    p = command(subparsers, "datasets", "list the datasets a study can name (dataset.name, kdsweep.datasets."
-                                        "DATASETS), their classes and image side (docs/datasets.md)")
-    p.set_defaults(func=cmd_datasets)
+    p = command(subparsers, "datasets", cmd_datasets,
+                "list the datasets a study can name (dataset.name, kdsweep.datasets.DATASETS), their classes and "
+                "image side (docs/datasets.md)")
 
 
 def cmd_models(args):

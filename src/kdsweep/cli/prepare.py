@@ -5,17 +5,16 @@ from .common import command, config_args, load, path_type, refuse_overwrite
 
 
 def register(subparsers):
-    p = command(subparsers, "download", "download dataset.name into dataset.root (run once, on a login node)")
+    p = command(subparsers, "download", cmd_download,
+                "download dataset.name into dataset.root (run once, on a login node)")
     config_args(p)
     p.add_argument("--record", type=path_type,
                    help="a JSON file to write once the data is there (the workflow's output)")
-    p.set_defaults(func=cmd_download)
 
-    p = command(subparsers, "stats", "split the training set and store its per-channel mean and std")
+    p = command(subparsers, "stats", cmd_stats, "split the training set and store its per-channel mean and std")
     config_args(p)
     p.add_argument("--out", type=path_type, required=True,
                    help="stats file to write, e.g. results/<study>/data/stats.json")
-    p.set_defaults(func=cmd_stats)
 
 
 def cmd_download(args):

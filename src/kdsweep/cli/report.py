@@ -9,7 +9,7 @@ from .common import command, path_type
 
 
 def register(subparsers):
-    p = command(subparsers, "aggregate", "write the tables of a study from whatever runs have finished")
+    p = command(subparsers, "aggregate", cmd_aggregate, "write the tables of a study from whatever runs have finished")
     p.add_argument("results", type=path_type, help="the study's folder, results/<study>")
     p.add_argument("--search", choices=tuple(STRATEGIES),
                    help="the study's search (config sweep), which every table names (default: that of "
@@ -17,9 +17,8 @@ def register(subparsers):
     p.add_argument("overrides", nargs="*", metavar="key=value",
                    help="the study's config, over config.yaml's defaults (the workflow gives it whole); default: "
                         "results/<study>/study.yaml. The tables hold what it asks for (docs/search.md)")
-    p.set_defaults(func=cmd_aggregate)
 
-    p = command(subparsers, "plots", "draw the study's figures from its tables")
+    p = command(subparsers, "plots", cmd_plots, "draw the study's figures from its tables")
     p.add_argument("results", type=path_type, help="the study's folder, results/<study>")
     p.add_argument("--soft-weight", type=float, required=True,
                    help="soft weight of the accuracy-vs-temperature figure (the config's staged.soft_weight)")
@@ -29,7 +28,6 @@ def register(subparsers):
     p.add_argument("--methods", nargs="+", metavar="METHOD",
                    help="KD methods whose heat maps to draw (default: those with a finished run); kd's "
                         "figures are the reference study's")
-    p.set_defaults(func=cmd_plots)
 
 
 def cmd_aggregate(args):

@@ -7,7 +7,7 @@ from .common import command
 
 
 def register(subparsers):
-    p = command(subparsers, "slurm-profile",
+    p = command(subparsers, "slurm-profile", cmd_slurm_profile,
                 "write a minimal SLURM site profile, so that `snakemake --profile slurm` works; "
                 "an existing one is never overwritten",
                 description="Write a minimal Snakemake site profile named slurm (executor, job cap, status "
@@ -23,7 +23,6 @@ def register(subparsers):
     p.add_argument("--no-requeue", action="store_true",
                    help="where the site forbids requeueing: a job of a failed node fails and Snakemake "
                         "resubmits it, instead of SLURM requeueing it (sbatch --requeue, the default)")
-    p.set_defaults(func=cmd_slurm_profile)
 
 
 def cmd_slurm_profile(args):

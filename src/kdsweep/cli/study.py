@@ -11,15 +11,15 @@ WATCH_MAX_SECONDS = 86400
 
 
 def register(subparsers):
-    p = command(subparsers, "config", "print (or write) the study config the given files and overrides make, "
-                                      "validated: config.yaml's defaults, then --config files, then key=value")
+    p = command(subparsers, "config", cmd_config,
+                "print (or write) the study config the given files and overrides make, validated: config.yaml's "
+                "defaults, then --config files, then key=value")
     config_args(p)
     p.add_argument("--section", action="append",
                    help="only this section (e.g. runtime) or key (e.g. dataset.root); repeatable")
     p.add_argument("--out", type=path_type, help="YAML file to write instead of printing")
-    p.set_defaults(func=cmd_config)
 
-    p = command(subparsers, "status",
+    p = command(subparsers, "status", cmd_status,
                 "where a study stands: runs planned, finished, training, stopped, failed, not started; "
                 "GPU-hours; SLURM jobs (reads files only: safe beside a live sweep)",
                 description="Where a study stands, from its files alone: per role and model the runs planned "
@@ -38,7 +38,7 @@ def register(subparsers):
                         "path here is read as a config file, as with the other kdsweep commands")
     p.add_argument("--watch", nargs="?", type=float, const=10.0, metavar="SECONDS",
                    help="refresh every SECONDS (default 10) until Ctrl-C")
-    p.set_defaults(func=cmd_status, overrides=[])
+    p.set_defaults(overrides=[])
 
 
 def cmd_config(args):

@@ -9,7 +9,7 @@ from .common import command, config_args, epochs_type, load, path_type, refuse_o
 
 
 def register(subparsers):
-    p = command(subparsers, "train", "train a teacher or a hard-target baseline")
+    p = command(subparsers, "train", cmd_train, "train a teacher or a hard-target baseline")
     config_args(p)
     p.add_argument("--role", choices=["teacher", "baseline", "confirm"], default="baseline",
                    help="teacher, hard-target baseline (default), or the baseline of a confirmation "
@@ -27,9 +27,8 @@ def register(subparsers):
                         "classes where the checkpoint's differ)")
     _job_arguments(p)
     p.add_argument("--out", type=path_type, required=True, help="run folder; a checkpoint there is resumed")
-    p.set_defaults(func=cmd_train)
 
-    p = command(subparsers, "distill",
+    p = command(subparsers, "distill", cmd_distill,
                 "distil a student from a trained teacher: points of any KD methods (kdsweep.methods)")
     config_args(p)
     p.add_argument("--role", choices=["sweep", "kd", "confirm"], default="sweep",
@@ -58,7 +57,6 @@ def register(subparsers):
                    help="run folder; a checkpoint there is resumed. Repeat --point and --out (or kd's "
                         "--temperature, --soft-weight and --out) together to train several points of one "
                         "student and seed in one job (they share the data stream and the teacher's forward pass)")
-    p.set_defaults(func=cmd_distill)
 
 
 def _job_arguments(p):

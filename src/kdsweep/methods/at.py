@@ -22,7 +22,7 @@ pooling, as mdistiller's single_stage_at_loss). No trainable state. A 1 x 1 map'
 the normalisation, so its term is 0 (the 8 x 8 digits reach 1 x 1 at their last stage).
 """
 
-from .base import Method, Param, last_stages
+from .base import FeatureMethod, Param, stages_param
 
 
 def attention(feature, p):
@@ -49,34 +49,21 @@ def transfer(student_maps, teacher_maps, p):
     return loss
 
 
-class AT(Method):
-    def taps(self, hparams, count):
-        return last_stages(hparams, count, self.name)
-
-    def loss(self, student, teacher, labels, hparams, progress, state=None, maps=None):
-        import torch.nn.functional as F
-
-        beta = float(hparams["beta"])
-        hard = F.cross_entropy(student, labels)
-        transferred = transfer(*maps, float(hparams["p"])) if beta > 0 else None
-        return {"hard": (1.0, hard), "at": (beta, transferred)}
-
-    def term_names(self, hparams):
-        return ("hard", "at")
+class AT(FeatureMethod):
+    def maps_loss(self, maps, hparams, state):
+        return transfer(*maps, float(hparams["p"]))
 
 
 METHOD = AT(
-    name="at",
-    title="Attention transfer (Zagoruyko & Komodakis, ICLR 2017)",
+    name="at", title="Attention transfer (Zagoruyko & Komodakis, ICLR 2017)",
     params=(
         Param("beta", "b", 1000.0, minimum=0, maximum=1e6,
               description="weight of the attention term (summed over the tapped stages); CE weighs 1"),
         Param("p", "p", 2.0, minimum=0, exclusive_minimum=True, maximum=16,
               description="the attention map's exponent: q = mean over channels of |A|^p"),
-        Param("stages", "st", 3, minimum=1, maximum=16, integer=True,
-              description="how many of each network's stage outputs, the deepest, are paired"),
+        stages_param("how many of each network's stage outputs, the deepest, are paired"),
     ),
     axes=("beta", "stages"),
-    uses_teacher=lambda hparams: hparams["beta"] > 0,
-    uses_features=lambda hparams: hparams["beta"] > 0,
+    terms=("hard", "at"),
+    weight="beta",
 )

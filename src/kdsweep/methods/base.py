@@ -8,8 +8,9 @@ than one function (trainable state, a schedule). It declares:
 - its two main hyperparameters (`axes`: the heat map of its figure);
 - its loss: (student logits, teacher logits, labels, hyperparameters, progress, state) -> named terms
   (the teacher's logits come without a gradient, as ordinary tensors the loss may keep for backward),
-  `{name: (weight, value)}`, whose weighted sum is minimised (`total`). Each term's unweighted value goes
-  to history.csv (`train_<name>_loss`) and TensorBoard;
+  `{name: (weight, value)}`, whose weighted sum is minimised (`total`). Their names (`terms`) are the same
+  at every point (a term a point does not use is there, its value None); each term's unweighted value
+  goes to history.csv (`train_<name>_loss`) and TensorBoard;
 - any trainable state (`make_state`: a module saved in and resumed from the checkpoint, whose parameters the
   point's optimiser trains beside the student's weights, or an optimiser of its own where the method's
   authors train it apart: `state_optimizer`) and what of it each epoch records (`epoch_record`:
@@ -18,12 +19,14 @@ than one function (trainable state, a schedule). It declares:
   weight. At weight 1 that is the hard-target baseline's loss (kdsweep.plan trains no such point: the
   baseline is it).
 
-A feature-based method (at, fitnets, reviewkd) also declares which points read feature maps
-(`uses_features`) and which of a network's stage outputs they read (`taps`: kdsweep.features has the rule
-that finds them in any architecture). Such a point's trainable state is its adapters, built for the shapes
-of the tapped maps (`make_state(hparams, shapes)`), and its loss gets the maps, the student's (with their
-gradient) and the teacher's, as `maps=(student_maps, teacher_maps)`. A logit method's loss is called as
-before, and a point that reads no maps has none computed: no probe, no hook.
+A feature-based method (at, fitnets, reviewkd: a `FeatureMethod`) adds to the labels' cross-entropy one term
+on feature maps, weighted by one hyperparameter (`weight`): a point where it is 0 reads no maps and uses no
+teacher. It declares which of a network's stage outputs a point reads (`taps`: kdsweep.features has the rule
+that finds them in any architecture) and its term on them (`maps_loss`). Such a point's trainable state is
+its adapters, built for the shapes of the tapped maps (`make_state(hparams, shapes)`), and its loss gets the
+maps, the student's (with their gradient) and the teacher's, as `maps=(student_maps, teacher_maps)`. A
+logit method's loss is called as before, and a point that reads no maps has none computed: no probe, no
+hook.
 
 No method module imports torch at module level: the plan (kdsweep.plan, which every snakemake process
 loads) reads the registry's hyperparameters, and a loss imports torch when it first runs.
@@ -33,7 +36,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 def fmt(value) -> str:
@@ -90,18 +93,19 @@ class Method:
 
     name: str
     title: str  # for tables and captions, e.g. "Decoupled KD (Zhao et al., CVPR 2022)"
-    params: tuple[Param, ...]
+    terms: tuple[str, ...]  # the names of the loss's terms, in order (history.csv's columns)
     axes: tuple[str, str]
+    params: tuple[Param, ...]
     loss_fn: object = None  # (student, teacher, labels, hparams, progress) -> terms, for a method without state
     uses_teacher: object = None  # hparams -> bool; None: always
     # hparams -> the weight of the labels' cross-entropy, the loss's only term at a point that uses no teacher
     # (kd: 1 - w = 1); None: 1
     hard_weight: object = None
-    uses_features: object = None  # hparams -> bool: the point's loss reads feature maps; None: never (logits only)
 
     def __post_init__(self):
         names = [param.name for param in self.params]
         assert len(set(names)) == len(names) and set(self.axes) <= set(names), self.name
+        assert self.terms and len(set(self.terms)) == len(self.terms), self.name
 
     # ---- hyperparameters
 
@@ -134,8 +138,10 @@ class Method:
         if self.needs_teacher(hparams):
             return None
         return 1.0 if self.hard_weight is None else float(self.hard_weight(hparams))
+
     def needs_features(self, hparams: dict) -> bool:
-        return False if self.uses_features is None else bool(self.uses_features(hparams))
+        """Whether the point's loss reads feature maps (a logit method's never does)."""
+        return False
 
     def taps(self, hparams: dict, count: int):
         """Which of a network's `count` stage outputs (kdsweep.features; 0 the shallowest) a point that
@@ -181,9 +187,53 @@ class Method:
         """What of its state a point records after each epoch (history.csv, TensorBoard, metrics.json)."""
         return {}
 
-    def term_names(self, hparams: dict) -> tuple[str, ...]:
-        """The names of the loss's terms, in order (history.csv's columns)."""
+
+@dataclass
+class FeatureMethod(Method):
+    """A method on feature maps: the labels' cross-entropy at weight 1 plus one term on the tapped maps
+    (`terms`: ("hard", its name)) at the weight of one hyperparameter (module docstring)."""
+
+    weight: str = field(kw_only=True)  # the hyperparameter that weighs the maps' term
+
+    def __post_init__(self):
+        super().__post_init__()
+        assert self.weight in {param.name for param in self.params} and len(self.terms) == 2, self.name
+
+    def needs_teacher(self, hparams: dict) -> bool:
+        return hparams[self.weight] > 0
+
+    def needs_features(self, hparams: dict) -> bool:
+        return self.needs_teacher(hparams)
+
+    def taps(self, hparams: dict, count: int):
+        """The last `stages` stage outputs (stages_param)."""
+        return last_stages(hparams, count, self.name)
+
+    def maps_weight(self, hparams: dict, progress: Progress) -> float:
+        """The weight of the maps' term at this point of training."""
+        return float(hparams[self.weight])
+
+    def maps_loss(self, maps, hparams: dict, state):
+        """The maps' term, unweighted: maps = (student maps, teacher maps) in `taps` order."""
         raise NotImplementedError
+
+    def loss(self, student, teacher, labels, hparams, progress, state=None, maps=None) -> dict:
+        import torch.nn.functional as F
+
+        hard = F.cross_entropy(student, labels)
+        on_maps = self.maps_loss(maps, hparams, state) if self.needs_features(hparams) else None
+        return {"hard": (1.0, hard), self.terms[1]: (self.maps_weight(hparams, progress), on_maps)}
+
+
+def temperature_param(default: float, description: str) -> Param:
+    """`temperature`, the softmax temperature T of a logit method (kd, dkd, lskd): T in a run's folder name."""
+    return Param("temperature", "T", default, minimum=0.001, maximum=1000, description=description)
+
+
+def stages_param(description: str) -> Param:
+    """`stages`, the hyperparameter of a method that reads the deepest stage outputs (last_stages): three by
+    default, as the authors' CIFAR networks have three stages."""
+    return Param("stages", "st", 3, minimum=1, maximum=16, integer=True, description=description)
 
 
 def last_stages(hparams: dict, count: int, method: str, param: str = "stages"):
@@ -192,6 +242,17 @@ def last_stages(hparams: dict, count: int, method: str, param: str = "stages"):
     if wanted > count:
         return f"{param}={wanted} needs {wanted}; set methods.{method}.{param} to at most {count}"
     return list(range(count - wanted, count))
+
+
+def warmup_param(description: str) -> Param:
+    """`warmup_epochs`: over how many epochs a method's distillation term grows linearly to its full weight
+    (warm_up); 20 by default, as mdistiller's DKD and ReviewKD (WARMUP, WARMUP_EPOCHS)."""
+    return Param("warmup_epochs", "warm", 20, minimum=1, maximum=10000, integer=True, description=description)
+
+
+def warm_up(hparams: dict, progress: Progress) -> float:
+    """The warm-up's factor on the distillation term's weight: min(epoch / warmup_epochs, 1), epochs from 1."""
+    return min(progress.epoch / hparams["warmup_epochs"], 1.0)
 
 
 def total(terms: dict):

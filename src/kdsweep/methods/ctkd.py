@@ -120,13 +120,9 @@ class CTKD(Method):
     def epoch_record(self, state):
         return {"temperature": state.value()}
 
-    def term_names(self, hparams):
-        return ("hard", "soft")
-
 
 METHOD = CTKD(
-    name="ctkd",
-    title="Curriculum Temperature KD (Li et al., AAAI 2023)",
+    name="ctkd", title="Curriculum Temperature KD (Li et al., AAAI 2023)",
     params=(
         Param("soft_weight", "soft", 0.9, minimum=0, maximum=1,
               description="w: weight of the soft term at the learned temperature; 1 - w is on the labels"),
@@ -145,6 +141,7 @@ METHOD = CTKD(
         Param("t_weight_decay", "Twd", 0.0005, minimum=0, maximum=1, description="weight decay of the temperature's SGD"),
     ),
     axes=("soft_weight", "t_end"),
+    terms=("hard", "soft"),
     uses_teacher=lambda hparams: hparams["soft_weight"] > 0,
     hard_weight=lambda hparams: 1 - hparams["soft_weight"],
 )

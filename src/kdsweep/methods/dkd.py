@@ -19,7 +19,7 @@ Defaults, as the authors' released code (megvii-research/mdistiller):
 - the loss and the warm-up, min(epoch / WARMUP, 1): mdistiller/distillers/DKD.py.
 """
 
-from .base import Method, Param
+from .base import Method, Param, temperature_param, warm_up, warmup_param
 
 
 def parts(student_logits, teacher_logits, targets, temperature):
@@ -52,7 +52,7 @@ def losses(student_logits, teacher_logits, targets, hparams, progress) -> dict:
     """{"hard": (1, CE), "tckd": (warm * alpha, TCKD), "nckd": (warm * beta, NCKD)}, warm the warm-up."""
     import torch.nn.functional as F
 
-    warm = min(progress.epoch / hparams["warmup_epochs"], 1.0)
+    warm = warm_up(hparams, progress)
     hard = F.cross_entropy(student_logits, targets)
     alpha, beta = float(hparams["alpha"]), float(hparams["beta"])
     if alpha == 0 and beta == 0:
@@ -61,22 +61,16 @@ def losses(student_logits, teacher_logits, targets, hparams, progress) -> dict:
     return {"hard": (1.0, hard), "tckd": (warm * alpha, tckd), "nckd": (warm * beta, nckd)}
 
 
-class DKD(Method):
-    def term_names(self, hparams):
-        return ("hard", "tckd", "nckd")
-
-
-METHOD = DKD(
-    name="dkd",
-    title="Decoupled KD (Zhao et al., CVPR 2022)",
+METHOD = Method(
+    name="dkd", title="Decoupled KD (Zhao et al., CVPR 2022)",
     params=(
         Param("alpha", "a", 1.0, minimum=0, maximum=1000, description="weight of TCKD (target / non-target)"),
         Param("beta", "b", 8.0, minimum=0, maximum=1000, description="weight of NCKD (among the non-target classes)"),
-        Param("temperature", "T", 4.0, minimum=0.001, maximum=1000, description="softmax temperature T"),
-        Param("warmup_epochs", "warm", 20, minimum=1, maximum=10000, integer=True,
-              description="epochs over which the distillation term grows linearly to its full weight"),
+        temperature_param(4.0, "softmax temperature T"),
+        warmup_param("epochs over which the distillation term grows linearly to its full weight"),
     ),
     axes=("beta", "temperature"),
+    terms=("hard", "tckd", "nckd"),
     loss_fn=losses,
     uses_teacher=lambda hparams: hparams["alpha"] > 0 or hparams["beta"] > 0,
 )

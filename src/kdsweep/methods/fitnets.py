@@ -34,7 +34,7 @@ optimiser and a stopping rule of its own outside the sweep's.
 
 import functools
 
-from .base import Method, Param
+from .base import FeatureMethod, Param
 
 
 @functools.cache
@@ -73,7 +73,7 @@ def regressor_module():
     return Regressor
 
 
-class FitNets(Method):
+class FitNets(FeatureMethod):
     def taps(self, hparams, count):
         stage = int(hparams["hint_stage"])
         if stage > count:
@@ -85,24 +85,15 @@ class FitNets(Method):
             return None  # hint_weight 0: no hint, no regressor
         return regressor_module()(shapes.student[0], shapes.teacher[0])
 
-    def loss(self, student, teacher, labels, hparams, progress, state=None, maps=None):
+    def maps_loss(self, maps, hparams, state):
         import torch.nn.functional as F
 
-        weight = float(hparams["hint_weight"])
-        hard = F.cross_entropy(student, labels)
-        hint = None
-        if weight > 0:
-            (student_map,), (teacher_map,) = maps
-            hint = F.mse_loss(state(student_map), state.target(teacher_map.detach()))
-        return {"hard": (1.0, hard), "hint": (weight, hint)}
-
-    def term_names(self, hparams):
-        return ("hard", "hint")
+        (student_map,), (teacher_map,) = maps
+        return F.mse_loss(state(student_map), state.target(teacher_map.detach()))
 
 
 METHOD = FitNets(
-    name="fitnets",
-    title="FitNets (Romero et al., ICLR 2015)",
+    name="fitnets", title="FitNets (Romero et al., ICLR 2015)",
     params=(
         Param("hint_weight", "hint", 100.0, minimum=0, maximum=1e6,
               description="weight of the hint: the MSE between the regressed student map and the teacher's"),
@@ -110,6 +101,6 @@ METHOD = FitNets(
               description="the stage output hinted, counted from each network's deepest (1)"),
     ),
     axes=("hint_weight", "hint_stage"),
-    uses_teacher=lambda hparams: hparams["hint_weight"] > 0,
-    uses_features=lambda hparams: hparams["hint_weight"] > 0,
+    terms=("hard", "hint"),
+    weight="hint_weight",
 )

@@ -16,7 +16,7 @@ DKD's authors):
   KL summed over classes and averaged over the batch, as here.
 """
 
-from .base import Method, Param, soft_loss
+from .base import Method, Param, soft_loss, temperature_param
 
 
 def losses(student_logits, teacher_logits, targets, hparams, progress=None) -> dict:
@@ -40,24 +40,20 @@ class KD(Method):
     def grid(self, config):
         return [{"temperature": t, "soft_weight": w} for t in config["temperatures"] for w in config["soft_weights"]]
 
-    def term_names(self, hparams):
-        return ("hard", "soft")
-
     def section_schema(self):
         return {"type": "object", "additionalProperties": False, "maxProperties": 0,
                 "description": f"{self.title}: its grid is temperatures x soft_weights (top level)"}
 
 
 METHOD = KD(
-    name="kd",
-    title="KD (Hinton et al. 2015)",
+    name="kd", title="KD (Hinton et al. 2015)",
     params=(
-        Param("temperature", "T", 4.0, minimum=0.001, maximum=1000,
-              description="softmax temperature T of both logit vectors"),
+        temperature_param(4.0, "softmax temperature T of both logit vectors"),
         Param("soft_weight", "soft", 0.9, minimum=0, maximum=1,
               description="w: weight of the soft (teacher) term; 1 - w is on the labels"),
     ),
     axes=("temperature", "soft_weight"),
+    terms=("hard", "soft"),
     loss_fn=losses,
     uses_teacher=lambda hparams: hparams["soft_weight"] > 0,
     hard_weight=lambda hparams: 1 - hparams["soft_weight"],

@@ -20,7 +20,7 @@ Defaults, as the authors' released code for KD + logit standardization on CIFAR-
 - the standardization and the loss: mdistiller/distillers/KD.py (`normalize`, `kd_loss`).
 """
 
-from .base import Method, Param, soft_loss
+from .base import Method, Param, soft_loss, temperature_param
 
 
 def standardize(logits):
@@ -41,9 +41,6 @@ def losses(student_logits, teacher_logits, targets, hparams, progress=None) -> d
 
 
 class LSKD(Method):
-    def term_names(self, hparams):
-        return ("hard", "soft")
-
     def problem(self, hparams):
         if hparams["hard_weight"] == 0 and hparams["soft_weight"] == 0:
             return "hard_weight and soft_weight are both 0: the loss would be 0; give one of them a weight"
@@ -51,14 +48,14 @@ class LSKD(Method):
 
 
 METHOD = LSKD(
-    name="lskd",
-    title="KD with logit standardization (Sun et al., CVPR 2024)",
+    name="lskd", title="KD with logit standardization (Sun et al., CVPR 2024)",
     params=(
-        Param("temperature", "T", 2.0, minimum=0.001, maximum=1000, description="base temperature T"),
+        temperature_param(2.0, "base temperature T"),
         Param("hard_weight", "hard", 0.1, minimum=0, maximum=1000, description="weight of the cross-entropy term"),
         Param("soft_weight", "soft", 9.0, minimum=0, maximum=1000, description="weight of the distillation term"),
     ),
     axes=("temperature", "soft_weight"),
+    terms=("hard", "soft"),
     loss_fn=losses,
     uses_teacher=lambda hparams: hparams["soft_weight"] > 0,
     hard_weight=lambda hparams: hparams["hard_weight"],

@@ -39,7 +39,7 @@ the others but the batch and the teacher's pass, and trains as alone.
 
 import functools
 
-from .base import Method, Param, last_stages
+from .base import FeatureMethod, Param, stages_param, warm_up, warmup_param
 
 LEVELS = (4, 2, 1)  # HCL's pooled sizes
 
@@ -121,43 +121,30 @@ def hcl(students, teachers):
     return total
 
 
-class ReviewKD(Method):
-    def taps(self, hparams, count):
-        return last_stages(hparams, count, self.name)
-
+class ReviewKD(FeatureMethod):
     def make_state(self, hparams, shapes=None):
         if shapes is None:
             return None  # review_weight 0: no review, no adapters
         return review_module()(shapes.student, shapes.teacher)
 
-    def loss(self, student, teacher, labels, hparams, progress, state=None, maps=None):
-        import torch.nn.functional as F
+    def maps_weight(self, hparams, progress):
+        return warm_up(hparams, progress) * super().maps_weight(hparams, progress)
 
-        weight = float(hparams["review_weight"])
-        hard = F.cross_entropy(student, labels)
-        if weight == 0:
-            return {"hard": (1.0, hard), "review": (0.0, None)}
+    def maps_loss(self, maps, hparams, state):
         student_maps, teacher_maps = maps
         teachers = [*(t.detach() for t in teacher_maps), pooled(teacher_maps[-1].detach())]
-        warm = min(progress.epoch / hparams["warmup_epochs"], 1.0)
-        return {"hard": (1.0, hard), "review": (warm * weight, hcl(state(list(student_maps)), teachers))}
-
-    def term_names(self, hparams):
-        return ("hard", "review")
+        return hcl(state(list(student_maps)), teachers)
 
 
 METHOD = ReviewKD(
-    name="reviewkd",
-    title="ReviewKD (Chen et al., CVPR 2021)",
+    name="reviewkd", title="ReviewKD (Chen et al., CVPR 2021)",
     params=(
         Param("review_weight", "rev", 5.0, minimum=0, maximum=1e6,
               description="weight of the hierarchical context loss between the fused student maps and the teacher's"),
-        Param("warmup_epochs", "warm", 20, minimum=1, maximum=10000, integer=True,
-              description="epochs over which the review term grows linearly to its full weight"),
-        Param("stages", "st", 3, minimum=1, maximum=16, integer=True,
-              description="how many of each network's stage outputs, the deepest, are reviewed (and the pooled feature)"),
+        warmup_param("epochs over which the review term grows linearly to its full weight"),
+        stages_param("how many of each network's stage outputs, the deepest, are reviewed (and the pooled feature)"),
     ),
     axes=("review_weight", "stages"),
-    uses_teacher=lambda hparams: hparams["review_weight"] > 0,
-    uses_features=lambda hparams: hparams["review_weight"] > 0,
+    terms=("hard", "review"),
+    weight="review_weight",
 )
