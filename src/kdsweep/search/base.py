@@ -158,8 +158,8 @@ class Strategy:
         """The decision of a student's rung (stage: its index), from the pack records of its points (every seed of
         every point) and the strategy's settings (halving: keep, min_kept): `judge` of each point's state at the
         rung (the module docstring's guarantees; not to be overridden: the registry refuses a strategy that does)."""
-        points = points_at_rung(record_paths, student, rung, seeds)
-        return self.judge(student, stage, rung, sorted(int(seed) for seed in seeds), points, **settings)
+        seeds = sorted(int(seed) for seed in seeds)
+        return self.judge(student, stage, rung, seeds, points_at_rung(record_paths, student, rung, seeds), **settings)
 
     def judge(self, student: str, stage: int, rung: int, seeds: list[int], points: list[PointAtRung],
               **settings):

@@ -63,10 +63,11 @@ def at_rung(point: JobPoint, rung: int, path) -> tuple[float, int, int | None, b
     return val_acc, len(rows), best_epoch, bool(point.finished) and point.epochs <= rung
 
 
-def points_at_rung(record_paths, student: str, rung: int, seeds) -> list[PointAtRung]:
-    """Every point of the student's rung, from the pack records of its points (every seed of every point), in the
-    registry's order of methods and then by hyperparameter values; KdsweepError naming the record and the fix
-    where a record is not of this rung, lacks a point's state at it, or a point lacks a seed."""
+def points_at_rung(record_paths, student: str, rung: int, seeds: list[int]) -> list[PointAtRung]:
+    """Every point of the student's rung, from the pack records of its points (every seed of every point; seeds:
+    the sweep's, increasing), in the registry's order of methods and then by hyperparameter values; KdsweepError
+    naming the record and the fix where a record is not of this rung, lacks a point's state at it, or a point
+    lacks a seed."""
     points: dict[tuple, dict] = {}
     for path in record_paths:
         record = JobRecord.read(path, what="pack record", fix="delete it so that its pack is trained again")
@@ -89,16 +90,15 @@ def points_at_rung(record_paths, student: str, rung: int, seeds) -> list[PointAt
             entry[point.seed] = at_rung(point, rung, path)
     if not points:
         raise KdsweepError(f"rung {rung} of {student} got no pack record with a point: pass the rung's pack records")
-    wanted = sorted(int(seed) for seed in seeds)
     for (method, hparams), by_seed in points.items():
-        if sorted(by_seed) != wanted:
+        if sorted(by_seed) != seeds:
             raise KdsweepError(f"{student}'s {method} point {dict(hparams)} has seeds {sorted(by_seed)} at rung "
-                               f"{rung}, not the sweep's {wanted}: pass the pack records of every seed")
+                               f"{rung}, not the sweep's {seeds}: pass the pack records of every seed")
     order = list(METHODS)
     ranked = sorted(points, key=lambda point: (order.index(point[0]), [value for _, value in point[1]]))
     out = []
     for method, hparams in ranked:
-        states = [points[method, hparams][seed] for seed in wanted]
+        states = [points[method, hparams][seed] for seed in seeds]
         out.append(PointAtRung(method=method, hparams=hparams,
                                uses_teacher=METHODS[method].needs_teacher(dict(hparams)),
                                val_acc=tuple(state[0] for state in states), epochs=tuple(state[1] for state in states),
