@@ -1481,17 +1481,21 @@ def _attempt_sections(text):
 
 
 def _job_processes(job):
-    """PIDs on this node that belong to SLURM job `job`: its slurmstepd daemons and what runs under them."""
+    """PIDs on this node that belong to SLURM job `job`: its slurmstepd daemons, what runs under them, and
+    any process that left their tree (reparented to init) but carries the job's SLURM_JOB_ID."""
     stepds = {int(pid) for pid in subprocess.run(["pgrep", "-f", rf"slurmstepd: \[{job}\."], capture_output=True,
                                                  text=True).stdout.split()}
-    children = {}
-    for status in Path("/proc").glob("[0-9]*/status"):
+    children, of_the_job = {}, set()
+    for proc in Path("/proc").glob("[0-9]*"):
         try:
-            ppid = int(re.search(r"^PPid:\s+(\d+)", status.read_text(), re.M).group(1))
+            ppid = int(re.search(r"^PPid:\s+(\d+)", (proc / "status").read_text(), re.M).group(1))
+            environ = (proc / "environ").read_bytes().split(b"\0")
         except (OSError, AttributeError):
             continue
-        children.setdefault(ppid, []).append(int(status.parent.name))
-    found, todo = set(), list(stepds)
+        children.setdefault(ppid, []).append(int(proc.name))
+        if f"SLURM_JOB_ID={job}".encode() in environ:
+            of_the_job.add(int(proc.name))
+    found, todo = set(), [*stepds, *of_the_job]
     while todo:
         pid = todo.pop()
         if pid not in found:
@@ -1501,13 +1505,29 @@ def _job_processes(job):
 
 
 def _fail_node(jobs):
-    """The node dies under running jobs: slurmd and every process of the jobs SIGKILLed at once. slurmctld
-    notices only when the node stops answering (SlurmdTimeout, 30 s here): then the node is down and its
-    jobs NODE_FAIL. The node then comes back (slurmd started again; ReturnToService=2 lets it rejoin)."""
-    victims = {pid for job in jobs for pid in _job_processes(job)}
-    assert victims, f"jobs {jobs} have no processes on this node"
+    """The node dies under running jobs: slurmd and every process of the jobs killed. slurmctld notices
+    only when the node stops answering (SlurmdTimeout, 30 s here): then the node is down and its jobs
+    NODE_FAIL. The node then comes back (slurmd started again; ReturnToService=2 lets it rejoin).
+
+    A real node takes its processes down at one instant, none of them acting on another's death. Here
+    they are SIGSTOPped first, scan after scan until one finds none left running (a stopped process
+    forks no more), and only then SIGKILLed. Killed one by one, a job's snakemake saw its child die
+    and went on for a moment; a process that outlived the kill would act into the requeued job, whose
+    steps reuse the same ids (an `srun` of step <job>.0 giving up cancels step <job>.0)."""
     subprocess.run(["pkill", "-KILL", "-x", "slurmd"], check=False)
-    for pid in victims:
+    stopped = set()
+    for _ in range(50):
+        running = {pid for job in jobs for pid in _job_processes(job)} - stopped
+        if not running:
+            break
+        for pid in running:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGSTOP)
+        stopped |= running
+    else:
+        pytest.fail(f"processes of jobs {jobs} kept appearing through 50 rounds of SIGSTOP")
+    assert stopped, f"jobs {jobs} have no processes on this node"
+    for pid in stopped:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
 
