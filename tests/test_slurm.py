@@ -1512,8 +1512,9 @@ def _fail_node(jobs):
     A real node takes its processes down at one instant, none of them acting on another's death. Here
     they are SIGSTOPped first, scan after scan until one finds none left running (a stopped process
     forks no more), and only then SIGKILLed. Killed one by one, a job's snakemake saw its child die
-    and went on for a moment; a process that outlived the kill would act into the requeued job, whose
-    steps reuse the same ids (an `srun` of step <job>.0 giving up cancels step <job>.0)."""
+    and went on for a moment; a process that outlives the kill can act into the requeued job, whose
+    steps reuse the same ids: the requeued job's step <job>.0 was once cancelled 13 s after it started,
+    with no scancel in slurmctld's log, as an `srun` of the first run's step <job>.0 does when it gives up."""
     subprocess.run(["pkill", "-KILL", "-x", "slurmd"], check=False)
     stopped = set()
     for _ in range(50):
