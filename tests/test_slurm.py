@@ -1480,27 +1480,27 @@ def _attempt_sections(text):
     return [section for section in sections[1:]] or [text]
 
 
+def _parents():
+    """Every process on this machine: {pid: parent pid}."""
+    parents = {}
+    for status in Path("/proc").glob("[0-9]*/status"):
+        with contextlib.suppress(OSError, AttributeError):
+            parents[int(status.parent.name)] = int(re.search(r"^PPid:\s+(\d+)", status.read_text(), re.M).group(1))
+    return parents
+
+
 def _job_processes(job):
     """PIDs on this node that belong to SLURM job `job`: its slurmstepd daemons, what runs under them, and
     any process that left their tree (reparented to init) but carries the job's SLURM_JOB_ID."""
-    stepds = {int(pid) for pid in subprocess.run(["pgrep", "-f", rf"slurmstepd: \[{job}\."], capture_output=True,
-                                                 text=True).stdout.split()}
-    children, of_the_job = {}, set()
-    for proc in Path("/proc").glob("[0-9]*"):
-        try:
-            ppid = int(re.search(r"^PPid:\s+(\d+)", (proc / "status").read_text(), re.M).group(1))
-            environ = (proc / "environ").read_bytes().split(b"\0")
-        except (OSError, AttributeError):
-            continue
-        children.setdefault(ppid, []).append(int(proc.name))
-        if f"SLURM_JOB_ID={job}".encode() in environ:
-            of_the_job.add(int(proc.name))
-    found, todo = set(), [*stepds, *of_the_job]
-    while todo:
-        pid = todo.pop()
-        if pid not in found:
-            found.add(pid)
-            todo += children.get(pid, [])
+    found = {int(pid) for pid in subprocess.run(["pgrep", "-f", rf"slurmstepd: \[{job}\."], capture_output=True,
+                                                text=True).stdout.split()}
+    parents = _parents()
+    for pid in parents:
+        with contextlib.suppress(OSError):
+            if f"SLURM_JOB_ID={job}".encode() in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
+                found.add(pid)
+    while more := {pid for pid, parent in parents.items() if parent in found} - found:
+        found |= more
     return found
 
 
@@ -1509,12 +1509,14 @@ def _fail_node(jobs):
     only when the node stops answering (SlurmdTimeout, 30 s here): then the node is down and its jobs
     NODE_FAIL. The node then comes back (slurmd started again; ReturnToService=2 lets it rejoin).
 
-    A real node takes its processes down at one instant, none of them acting on another's death. Here
-    they are SIGSTOPped first, scan after scan until one finds none left running (a stopped process
-    forks no more), and only then SIGKILLed. Killed one by one, a job's snakemake saw its child die
-    and went on for a moment; a process that outlives the kill can act into the requeued job, whose
-    steps reuse the same ids: the requeued job's step <job>.0 was once cancelled 13 s after it started,
-    with no scancel in slurmctld's log, as an `srun` of the first run's step <job>.0 does when it gives up."""
+    A real node takes its processes down at one instant: none sends anything on another's death. An
+    `srun` that does ("forcing job termination" when its parent dies first) asks slurmctld to kill its
+    step <job>.0; slurmctld cannot reach the dead node and retries, and the request lands about 70 s
+    later on step <job>.0 of the requeued job, which reuses the ids (it failed the requeued job twice
+    so). Here every process of the jobs is first SIGSTOPped, scan after scan until one finds none left
+    running (a stopped process forks no more), then SIGKILLed children before parents: no process dies
+    while one below it still could act (a dying parent would orphan its stopped children's process
+    group, and the kernel resumes them with SIGHUP)."""
     subprocess.run(["pkill", "-KILL", "-x", "slurmd"], check=False)
     stopped = set()
     for _ in range(50):
@@ -1528,7 +1530,12 @@ def _fail_node(jobs):
     else:
         pytest.fail(f"processes of jobs {jobs} kept appearing through 50 rounds of SIGSTOP")
     assert stopped, f"jobs {jobs} have no processes on this node"
-    for pid in stopped:
+    parents = _parents()
+
+    def depth(pid):
+        return 1 + depth(parents[pid]) if parents.get(pid, 0) > 1 else 0
+
+    for pid in sorted(stopped, key=depth, reverse=True):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
 
