@@ -1489,12 +1489,16 @@ def _parents():
     return parents
 
 
-def _job_processes(job):
-    """PIDs on this node that belong to SLURM job `job`: its slurmstepd daemons, what runs under them, and
-    any process that left their tree (reparented to init) but carries the job's SLURM_JOB_ID."""
+def _depth(pid, parents):
+    """How many ancestors below init a process has, from _parents()."""
+    return 1 + _depth(parents[pid], parents) if parents.get(pid, 0) > 1 else 0
+
+
+def _job_processes(job, parents):
+    """PIDs on this node that belong to SLURM job `job`, from _parents(): its slurmstepd daemons, what runs
+    under them, and any process that left their tree (reparented to init) but carries the job's SLURM_JOB_ID."""
     found = {int(pid) for pid in subprocess.run(["pgrep", "-f", rf"slurmstepd: \[{job}\."], capture_output=True,
                                                 text=True).stdout.split()}
-    parents = _parents()
     for pid in parents:
         with contextlib.suppress(OSError):
             if f"SLURM_JOB_ID={job}".encode() in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
@@ -1512,18 +1516,19 @@ def _fail_node(jobs):
     A real node takes its processes down at one instant: none sends anything on another's death. An
     `srun` that does ("forcing job termination" when its parent dies first) asks slurmctld to kill its
     step <job>.0; slurmctld cannot reach the dead node and retries, and the request lands about 70 s
-    later on step <job>.0 of the requeued job, which reuses the ids (it failed the requeued job twice
-    so). Here every process of the jobs is first SIGSTOPped, scan after scan until one finds none left
-    running (a stopped process forks no more), then SIGKILLed children before parents: no process dies
-    while one below it still could act (a dying parent would orphan its stopped children's process
-    group, and the kernel resumes them with SIGHUP)."""
+    later on step <job>.0 of the requeued job, which reuses the ids, failing it (seen in two CI runs, and
+    made to happen by killing a plain `srun sleep` job's processes parents first). Here every process of the jobs is first SIGSTOPped, parents before children (none sees a
+    child stop), scan after scan until one finds none left running (a stopped process forks no more),
+    then SIGKILLed children before parents: no process dies while one below it still could act (a dying
+    parent would orphan its stopped children's process group, and the kernel resumes them with SIGHUP)."""
     subprocess.run(["pkill", "-KILL", "-x", "slurmd"], check=False)
     stopped = set()
     for _ in range(50):
-        running = {pid for job in jobs for pid in _job_processes(job)} - stopped
+        parents = _parents()
+        running = {pid for job in jobs for pid in _job_processes(job, parents)} - stopped
         if not running:
             break
-        for pid in running:
+        for pid in sorted(running, key=lambda pid: _depth(pid, parents)):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGSTOP)
         stopped |= running
@@ -1531,11 +1536,7 @@ def _fail_node(jobs):
         pytest.fail(f"processes of jobs {jobs} kept appearing through 50 rounds of SIGSTOP")
     assert stopped, f"jobs {jobs} have no processes on this node"
     parents = _parents()
-
-    def depth(pid):
-        return 1 + depth(parents[pid]) if parents.get(pid, 0) > 1 else 0
-
-    for pid in sorted(stopped, key=depth, reverse=True):
+    for pid in sorted(stopped, key=lambda pid: _depth(pid, parents), reverse=True):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
 
