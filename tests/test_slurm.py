@@ -1513,14 +1513,15 @@ def _fail_node(jobs):
     only when the node stops answering (SlurmdTimeout, 30 s here): then the node is down and its jobs
     NODE_FAIL. The node then comes back (slurmd started again; ReturnToService=2 lets it rejoin).
 
-    A real node takes its processes down at one instant: none sends anything on another's death. An
-    `srun` that does ("forcing job termination" when its parent dies first) asks slurmctld to kill its
-    step <job>.0; slurmctld cannot reach the dead node and retries, and the request lands about 70 s
-    later on step <job>.0 of the requeued job, which reuses the ids, failing it (seen in two CI runs, and
-    made to happen by killing a plain `srun sleep` job's processes parents first). Here every process of the jobs is first SIGSTOPped, parents before children (none sees a
-    child stop), scan after scan until one finds none left running (a stopped process forks no more),
-    then SIGKILLed children before parents: no process dies while one below it still could act (a dying
-    parent would orphan its stopped children's process group, and the kernel resumes them with SIGHUP)."""
+    A real node takes its processes down at one instant: none sends anything on another's death. An `srun` that
+    does ("forcing job termination" when its parent dies first) asks slurmctld to kill its step <job>.0;
+    slurmctld cannot reach the dead node and retries, and the request lands about 70 s later on step <job>.0 of
+    the requeued job, which reuses the ids, failing it (seen in two CI runs, and made to happen by killing a
+    plain `srun sleep` job's processes parents first). Here every process of the jobs is first SIGSTOPped,
+    parents before children (none sees a child stop), scan after scan until one finds none left running (a
+    stopped process forks no more), then SIGKILLed children before parents: no process dies while one below it
+    still could act (a dying parent would orphan its stopped children's process group, and the kernel resumes
+    them with SIGHUP)."""
     subprocess.run(["pkill", "-KILL", "-x", "slurmd"], check=False)
     stopped = set()
     for _ in range(50):
