@@ -1536,7 +1536,7 @@ def _fail_node(jobs):
     else:
         pytest.fail(f"processes of jobs {jobs} kept appearing through 50 rounds of SIGSTOP")
     assert stopped, f"jobs {jobs} have no processes on this node"
-    parents = _parents()
+    # parents: the last scan's, taken with every process stopped (none can exit or fork since)
     for pid in sorted(stopped, key=lambda pid: _depth(pid, parents), reverse=True):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
